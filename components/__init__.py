@@ -1,0 +1,1 @@
+"""Plain, tested logic of every pipeline step; each step module ends in a thin KFP wrapper."""

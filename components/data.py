@@ -1,0 +1,250 @@
+"""Data contracts: reading and normalising seed records, eval questions and JSONL files.
+
+Every reader names the file and line of a bad record. Records that are unusable but not fatal
+(an empty output, a missing instruction) are set aside as *rejects* with a reason, so a step can
+count them in its report instead of dropping them silently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+# The six writing categories of the paper, keyed in English. Cover letter and poem are held
+# out from training ("unseen" categories), the other four are trained on.
+CATEGORIES: tuple[str, ...] = ("cover_letter", "poem", "blog", "novel", "scenario", "news")
+HELD_OUT_CATEGORIES: tuple[str, ...] = ("cover_letter", "poem")
+CATEGORY_LABELS_KO = {
+    "cover_letter": "자기소개서",
+    "poem": "시",
+    "blog": "블로그",
+    "novel": "소설",
+    "scenario": "시나리오",
+    "news": "뉴스",
+}
+
+_CATEGORY_ALIASES = {
+    **{ko: en for en, ko in CATEGORY_LABELS_KO.items()},
+    "자소서": "cover_letter",
+    "자기 소개서": "cover_letter",
+    "coverletter": "cover_letter",
+    "cover letter": "cover_letter",
+    "cover-letter": "cover_letter",
+    "poetry": "poem",
+    "poems": "poem",
+    "블로그 글": "blog",
+    "blog post": "blog",
+    "blogpost": "blog",
+    "소설 쓰기": "novel",
+    "fiction": "novel",
+    "story": "novel",
+    "시나리오 작성": "scenario",
+    "screenplay": "scenario",
+    "script": "scenario",
+    "뉴스 기사": "news",
+    "기사": "news",
+    "news article": "news",
+}
+
+SAMPLE_SEED = "seed.jsonl"
+SAMPLE_QUESTIONS = "questions.jsonl"
+
+
+class DataError(ValueError):
+    """A data file cannot be used at all; the message names the file, the line and the problem."""
+
+
+@dataclass
+class Reject:
+    """A record set aside instead of used, with the place it came from and why."""
+
+    path: str
+    line: int
+    reason: str
+    raw: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"path": self.path, "line": self.line, "reason": self.reason, "raw": self.raw}
+
+
+@dataclass
+class LoadResult:
+    records: list[dict[str, Any]] = field(default_factory=list)
+    rejects: list[Reject] = field(default_factory=list)
+
+
+def normalize_category(name: str) -> str:
+    """Map Korean or English category names to the six keys; unknown names pass through as a key."""
+    key = " ".join(str(name).strip().lower().replace("_", " ").split())
+    if key.replace(" ", "_") in CATEGORIES:
+        return key.replace(" ", "_")
+    if key in _CATEGORY_ALIASES:
+        return _CATEGORY_ALIASES[key]
+    if key.replace(" ", "") in _CATEGORY_ALIASES:
+        return _CATEGORY_ALIASES[key.replace(" ", "")]
+    return key.replace(" ", "_")
+
+
+def sample_path(name: str) -> Path:
+    """Path of a sample file bundled with the package (`seed.jsonl`, `questions.jsonl`)."""
+    return Path(str(resources.files("selfguided.components") / "sample_data" / name))
+
+
+def iter_jsonl(path: str | Path) -> Iterator[tuple[int, str, Any]]:
+    """Yield (line number, raw line, parsed object) for each non-blank line.
+
+    Raises DataError naming file and line for undecodable bytes or malformed JSON, and for an
+    empty file, since a step fed nothing is almost always a wiring mistake.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    raw_bytes = path.read_bytes()
+    if not raw_bytes.strip():
+        raise DataError(f"{path}: file is empty, expected JSON Lines (one object per line)")
+    for number, raw in enumerate(raw_bytes.splitlines(), start=1):
+        try:
+            line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+        except UnicodeDecodeError as exc:
+            raise DataError(
+                f"{path}:{number}: bytes are not UTF-8 (byte {exc.start}: {raw[exc.start:exc.start + 4]!r}); "
+                "re-save the file as UTF-8"
+            ) from None
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}:{number}: malformed JSON ({exc.msg} at column {exc.colno})") from None
+        yield number, line, obj
+
+
+def read_jsonl(path: str | Path) -> list[Any]:
+    return [obj for _, _, obj in iter_jsonl(path)]
+
+
+def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> int:
+    """Write rows as UTF-8 JSON Lines (Korean kept readable); returns the number written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    count = 0
+    with path.open("w", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+            count += 1
+    return count
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value.strip()
+    return str(value).strip()
+
+
+def _from_messages(messages: Any) -> tuple[str, str]:
+    """Take instruction and output from a chat `messages` list (first user, last assistant turn)."""
+    if not isinstance(messages, list) or not messages:
+        raise ValueError("'messages' must be a non-empty list of {role, content} objects")
+    system = [_text(m.get("content")) for m in messages if isinstance(m, dict) and m.get("role") == "system"]
+    users = [_text(m.get("content")) for m in messages if isinstance(m, dict) and m.get("role") == "user"]
+    assistants = [_text(m.get("content")) for m in messages if isinstance(m, dict) and m.get("role") == "assistant"]
+    if not users:
+        raise ValueError("'messages' has no user turn")
+    if not assistants:
+        raise ValueError("'messages' has no assistant turn")
+    instruction = users[0] if not system else f"{system[0]}\n\n{users[0]}"
+    return instruction, assistants[-1]
+
+
+def normalize_seed_record(obj: Any, *, default_id: str) -> dict[str, Any]:
+    """Turn one input object (Alpaca, KoAlpaca or chat `messages`) into a seed record.
+
+    Raises ValueError with a short reason when the object cannot be a seed record.
+    """
+    if not isinstance(obj, dict):
+        raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
+    if "messages" in obj and "instruction" not in obj:
+        instruction, output = _from_messages(obj["messages"])
+        input_text = ""
+    else:
+        instruction = _text(obj.get("instruction", obj.get("question", obj.get("prompt"))))
+        input_text = _text(obj.get("input", obj.get("context")))
+        output = _text(obj.get("output", obj.get("answer", obj.get("response"))))
+    category = obj.get("category", obj.get("type"))
+    if not instruction:
+        raise ValueError("missing field 'instruction' (or 'messages' with a user turn)")
+    if category is None or not _text(category):
+        raise ValueError("missing field 'category'")
+    if not output:
+        raise ValueError("empty output")
+    record: dict[str, Any] = {
+        "id": _text(obj.get("id")) or default_id,
+        "category": normalize_category(_text(category)),
+        "instruction": instruction,
+        "input": input_text,
+        "output": output,
+    }
+    return record
+
+
+def load_seed(
+    path: str | Path, *, allowed_categories: Iterable[str] | None = None
+) -> LoadResult:
+    """Read seed records; unusable records become rejects, a broken file raises DataError.
+
+    `allowed_categories`: when given, records of other categories are rejected (with the list
+    of known ones in the reason); when None, unknown categories pass through as their own key.
+    """
+    path = Path(path)
+    allowed = set(allowed_categories) if allowed_categories is not None else None
+    result = LoadResult()
+    seen_ids: set[str] = set()
+    for number, line, obj in iter_jsonl(path):
+        try:
+            record = normalize_seed_record(obj, default_id=f"{path.stem}-{number}")
+            if allowed is not None and record["category"] not in allowed:
+                raise ValueError(
+                    f"unknown category {record['category']!r} (known: {', '.join(sorted(allowed))})"
+                )
+            if record["id"] in seen_ids:
+                raise ValueError(f"duplicate id {record['id']!r}")
+        except ValueError as exc:
+            result.rejects.append(Reject(str(path), number, str(exc), line))
+            continue
+        seen_ids.add(record["id"])
+        result.records.append(record)
+    if not result.records:
+        reasons = "; ".join(f"line {r.line}: {r.reason}" for r in result.rejects[:5])
+        raise DataError(f"{path}: no usable seed records ({reasons})")
+    return result
+
+
+def load_questions(path: str | Path) -> list[dict[str, Any]]:
+    """Read FastChat `question.jsonl` (question_id, category, turns); errors name file and line."""
+    path = Path(path)
+    questions = []
+    for number, _, obj in iter_jsonl(path):
+        if not isinstance(obj, dict):
+            raise DataError(f"{path}:{number}: expected a JSON object")
+        missing = [k for k in ("question_id", "category", "turns") if k not in obj]
+        if missing:
+            raise DataError(f"{path}:{number}: missing field(s) {', '.join(missing)}")
+        turns = obj["turns"]
+        if not isinstance(turns, list) or not turns or not all(isinstance(t, str) and t.strip() for t in turns):
+            raise DataError(f"{path}:{number}: 'turns' must be a non-empty list of strings")
+        questions.append({**obj, "category": normalize_category(obj["category"])})
+    return questions
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,1 @@
+"""The self-guided pipeline, its platform settings and the `selfguided` command line."""

@@ -1,0 +1,41 @@
+"""Platform settings: images, GPU node pool, secrets, in-cluster service addresses.
+
+The one place where the pipeline meets a particular cluster. Everything here can be overridden
+by environment variables at compile time, so CI and users compile the same code for their own
+registry and node pools without editing it.
+"""
+
+from __future__ import annotations
+
+import os
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    PACKAGE_VERSION = version("selfguided")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    PACKAGE_VERSION = "0.0.0"
+
+# Images: the tag follows the package version, so a released pipeline always runs the code it
+# was compiled from.
+IMAGE_REGISTRY = os.environ.get("SELFGUIDED_IMAGE_REGISTRY", "ghcr.io/selfguided")
+IMAGE_TAG = os.environ.get("SELFGUIDED_IMAGE_TAG", PACKAGE_VERSION)
+CPU_IMAGE = f"{IMAGE_REGISTRY}/selfguided-cpu:{IMAGE_TAG}"
+GPU_IMAGE = f"{IMAGE_REGISTRY}/selfguided-gpu:{IMAGE_TAG}"
+
+# GPU node pool. Finetune and generate ask for `nvidia.com/gpu`, land on nodes carrying the
+# node-pool label and tolerate the pool's taint. manifests/ uses the same key and values.
+GPU_RESOURCE = "nvidia.com/gpu"
+GPU_NODE_SELECTOR_KEY = os.environ.get("SELFGUIDED_GPU_NODE_SELECTOR_KEY", "selfguided.dev/node-pool")
+GPU_NODE_SELECTOR_VALUE = os.environ.get("SELFGUIDED_GPU_NODE_SELECTOR_VALUE", "gpu")
+GPU_TOLERATION_KEY = "nvidia.com/gpu"
+GPU_TOLERATION_EFFECT = "NoSchedule"
+SHM_SIZE = os.environ.get("SELFGUIDED_SHM_SIZE", "16Gi")
+
+# Secrets: read from Kubernetes Secrets into environment variables, never pipeline parameters.
+OPENAI_SECRET_NAME = "selfguided-openai"
+OPENAI_SECRET_KEYS = {"OPENAI_API_KEY": "OPENAI_API_KEY"}  # secret key -> env var
+S3_SECRET_NAME = "selfguided-s3"
+S3_SECRET_KEYS = {"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY"}
+
+# In-cluster services (manifests/ deploys MLflow under this name and namespace).
+MLFLOW_TRACKING_URI_IN_CLUSTER = "http://mlflow.selfguided.svc.cluster.local:5000"
