@@ -8,6 +8,7 @@ count them in its report instead of dropping them silently.
 from __future__ import annotations
 
 import hashlib
+import os
 import json
 from dataclasses import dataclass, field
 from importlib import resources
@@ -248,3 +249,29 @@ def file_sha256(path: str | Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def fetch_input(uri: str, default_sample: str, workdir: str | Path) -> Path:
+    """Resolve a step's input location to a local file.
+
+    "" means the sample bundled with the package; `s3://bucket/key` is downloaded with boto3
+    (credentials and endpoint from the usual AWS_* variables); anything else is a local path
+    (in a cluster: a mounted volume).
+    """
+    if not uri:
+        return sample_path(default_sample)
+    if uri.startswith("s3://"):
+        import boto3  # only needed for S3 inputs
+
+        bucket, _, key = uri[len("s3://") :].partition("/")
+        if not bucket or not key:
+            raise DataError(f"{uri}: expected s3://BUCKET/KEY")
+        target = Path(workdir) / Path(key).name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("MLFLOW_S3_ENDPOINT_URL")
+        boto3.client("s3", endpoint_url=endpoint).download_file(bucket, key, str(target))
+        return target
+    path = Path(uri)
+    if not path.exists():
+        raise DataError(f"{uri}: file not found")
+    return path

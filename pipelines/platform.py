@@ -39,3 +39,8 @@ S3_SECRET_KEYS = {"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_K
 
 # In-cluster services (manifests/ deploys MLflow under this name and namespace).
 MLFLOW_TRACKING_URI_IN_CLUSTER = "http://mlflow.selfguided.svc.cluster.local:5000"
+
+# A ReadWriteMany volume (manifests/: PersistentVolumeClaim `selfguided-cache`) holding the LLM
+# response cache and the training checkpoints, so a retried or re-run task resumes.
+CACHE_PVC_NAME = "selfguided-cache"
+CACHE_MOUNT_PATH = "/mnt/selfguided"

@@ -1,0 +1,31 @@
+# Two commands for a newcomer: `make run` (the whole pipeline locally) and `make test`.
+# Both create .venv and install the package with its dev extras. CONSTRAINTS pins torch to the
+# CPU wheel so a laptop or CI does not pull a multi-GB CUDA build; on a GPU machine use
+# `make install CONSTRAINTS=` to let pip pick the CUDA torch.
+PYTHON ?= python3
+VENV ?= .venv
+CONSTRAINTS ?= constraints-cpu.txt
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test compile clean
+
+$(STAMP): pyproject.toml $(CONSTRAINTS)
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/selfguided run
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+compile: $(STAMP)
+	$(BIN)/selfguided compile -o pipelines/selfguided_pipeline.yaml
+
+clean:
+	rm -rf .selfguided .pytest_cache build *.egg-info

@@ -1,0 +1,127 @@
+"""`offline-heuristic`: a deterministic stand-in judge for runs without an LLM endpoint.
+
+It is NOT a quality measure. It exists so that a laptop or CI run exercises every step of the
+pipeline end to end, reproducibly and for free. Its scores come from surface features a real
+judge also notices, so that it ranks a thin, off-topic or garbled text below a full one:
+
+- relevance: how many content words (Hangul/Latin bigram shingles) of the request reappear in
+  the text, plus whether the text has the form its category asks for;
+- detail: length and number of sentences against what the category usually needs;
+- accuracy: share of Korean letters, no runs of repeated sentences or words, no broken tokens;
+- helpfulness: the mean of the other three, nudged by completeness (text ends a sentence).
+
+"Reference-aware": where a reference text exists (a seed record's own output when scoring a
+different candidate, not used here) the same features are compared with it; otherwise the
+category's expected length is the reference.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Mapping
+
+from selfguided.components.prompting import CRITERIA
+
+OFFLINE_JUDGE_NAME = "offline-heuristic"
+OFFLINE_PROMPT_VERSION = "heuristic-v1"
+
+# Typical length (characters) of a good answer per category; other categories get the default.
+_TARGET_CHARS = {"cover_letter": 450, "poem": 160, "blog": 450, "novel": 450, "scenario": 400, "news": 400}
+_DEFAULT_TARGET = 350
+
+# Surface cues that the text has the form its category asks for.
+_FORM_CUES: dict[str, tuple[re.Pattern[str], ...]] = {
+    "cover_letter": (re.compile(r"저는|제가|지원"), re.compile(r"경험|역량|성장|배우")),
+    "poem": (re.compile(r"\n.+\n"),),
+    "blog": (re.compile(r"[!?]|요\.|니다\.|요$"), re.compile(r"\n")),
+    "novel": (re.compile(r"[\"“”'‘’]|했다\.|었다\.|였다\."),),
+    "scenario": (re.compile(r"S#|씬|INT\.|EXT\.|#\d|장면"), re.compile(r"^\s*\S{1,8}\s*[:：]", re.M)),
+    "news": (re.compile(r"\d"), re.compile(r"밝혔다|전했다|말했다|예정이다|했다\.")),
+}
+
+_HANGUL = re.compile(r"[가-힣]")
+_LETTER = re.compile(r"[가-힣A-Za-z]")
+_SENTENCE_SPLIT = re.compile(r"(?<=[.!?。])\s+|\n+")
+_WORD = re.compile(r"[가-힣A-Za-z0-9]+")
+
+
+def _clip(value: float) -> float:
+    return max(1.0, min(10.0, value))
+
+
+def _shingles(text: str) -> set[str]:
+    words = _WORD.findall(text.lower())
+    grams: set[str] = set()
+    for word in words:
+        if len(word) < 2:
+            continue
+        grams.update(word[i : i + 2] for i in range(len(word) - 1))
+    return grams
+
+
+def _sentences(text: str) -> list[str]:
+    return [s.strip() for s in _SENTENCE_SPLIT.split(text) if len(s.strip()) > 1]
+
+
+def korean_share(text: str) -> float:
+    """Share of Hangul among letters (0 when the text has no letters)."""
+    letters = _LETTER.findall(text)
+    return len(_HANGUL.findall(text)) / len(letters) if letters else 0.0
+
+
+def repetition(text: str) -> float:
+    """Fraction of sentences and words that repeat an earlier one (0 = none)."""
+    sentences = _sentences(text)
+    words = _WORD.findall(text)
+    repeated_sentences = 1 - len(set(sentences)) / len(sentences) if sentences else 0.0
+    repeated_words = 1 - len(set(words)) / len(words) if len(words) >= 20 else 0.0
+    # Natural Korean prose re-uses ~40-50% of its words (particles, endings); beyond that is filler.
+    return max(repeated_sentences, max(0.0, repeated_words - 0.5) * 2)
+
+
+def heuristic_scores(
+    category: str, request: str, text: str, reference: str | None = None
+) -> tuple[dict[str, float], str]:
+    """Score `text` written for `request` on the four criteria (1-10) with a one-line rationale."""
+    text = text or ""
+    target = len(reference) if reference else _TARGET_CHARS.get(category, _DEFAULT_TARGET)
+    length = len(text.strip())
+    sentences = _sentences(text)
+
+    request_grams = _shingles(request)
+    overlap = len(request_grams & _shingles(text)) / len(request_grams) if request_grams else 0.0
+    cues = _FORM_CUES.get(category, ())
+    form = sum(bool(c.search(text)) for c in cues) / len(cues) if cues else 0.5
+
+    length_ratio = min(length / target, 1.6) if target else 0.0
+    # Falls off below the target and, gently, for rambling far beyond it.
+    length_fit = length_ratio if length_ratio <= 1.0 else 1.0 - (length_ratio - 1.0) * 0.5
+    hangul = korean_share(text)
+    rep = repetition(text)
+    complete = text.rstrip().endswith((".", "!", "?", "다", "요", "…", "\"", "”")) or "\n" in text.strip()
+
+    relevance = _clip(1 + 6 * min(overlap * 2.5, 1.0) + 3 * form)
+    detail = _clip(1 + 7 * length_fit + 2 * min(len(sentences) / 6, 1.0))
+    accuracy = _clip(1 + 7 * hangul * (1 - rep) + 2 * form - (2 if length < 40 else 0))
+    helpfulness = _clip((relevance + detail + accuracy) / 3 + (0.5 if complete else -1.0))
+    scores = {
+        "helpfulness": round(helpfulness, 2),
+        "relevance": round(relevance, 2),
+        "accuracy": round(accuracy, 2),
+        "detail": round(detail, 2),
+    }
+    rationale = (
+        f"{OFFLINE_JUDGE_NAME}: {length} chars vs ~{target} expected, {len(sentences)} sentences, "
+        f"request overlap {overlap:.2f}, {category} form cues {form:.2f}, Korean {hangul:.2f}, "
+        f"repetition {rep:.2f}, {'complete' if complete else 'cut off'}"
+    )
+    return scores, rationale
+
+
+def mean_score(scores: Mapping[str, float]) -> float:
+    return round(sum(float(scores[c]) for c in CRITERIA) / len(CRITERIA), 3)
+
+
+def judge_block(rationale: str) -> dict[str, Any]:
+    return {"model": OFFLINE_JUDGE_NAME, "prompt": OFFLINE_JUDGE_NAME, "prompt_version": OFFLINE_PROMPT_VERSION,
+            "rationale": rationale}

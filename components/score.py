@@ -1,0 +1,178 @@
+"""Step 1, score: rate every seed record on helpfulness, relevance, accuracy and level of detail.
+
+A scored record is the seed record plus `scores` (the four criteria, 1-10), `score` (their mean)
+and `judge` (model, prompt name and version, rationale). A record that could not be scored keeps
+`scores: null` and an `error`; it is never dropped. Records that are not usable seed data at all
+go to the rejects file with file, line and reason, and the report counts them.
+"""
+
+
+import json
+import statistics
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+from kfp import dsl
+from kfp.dsl import Dataset, Markdown, Metrics, Output
+
+from selfguided.components.data import CATEGORIES, fetch_input, load_seed, write_jsonl
+from selfguided.components.offline_judge import (
+    OFFLINE_JUDGE_NAME,
+    heuristic_scores,
+    judge_block,
+    mean_score,
+)
+from selfguided.components.prompting import CRITERIA
+from selfguided.pipelines.platform import CPU_IMAGE
+
+
+def score_offline(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Score with the deterministic `offline-heuristic` stand-in (no LLM, no network)."""
+    scored = []
+    for record in records:
+        request = f"{record['instruction']}\n{record.get('input', '')}"
+        scores, rationale = heuristic_scores(record["category"], request, record["output"])
+        scored.append({**record, "scores": scores, "score": mean_score(scores), "judge": judge_block(rationale)})
+    return scored
+
+
+def score_records(
+    records: list[dict[str, Any]], model: str, *, concurrency: int = 8, cache: str = ""
+) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """Score with `model` through the LLM client layer, or offline when model is `offline-heuristic`.
+
+    Returns the scored records (same order) and usage metrics (tokens, cost, parse rate).
+    """
+    if model == OFFLINE_JUDGE_NAME:
+        return score_offline(records), {}
+    from selfguided.components.llm import LLMConfig, endpoint_configured
+    from selfguided.components.llm_tasks import score_with_llm
+
+    if not endpoint_configured():
+        raise RuntimeError(
+            f"score model {model!r} needs an OpenAI-compatible endpoint: set OPENAI_API_KEY (and "
+            f"OPENAI_BASE_URL for a non-OpenAI server), in a cluster through the selfguided-openai "
+            f"Secret; or use model {OFFLINE_JUDGE_NAME!r} for a run without an API"
+        )
+    config = LLMConfig(model=model, concurrency=concurrency, cache=cache or None)
+    scored, usage = score_with_llm(records, config)
+    return scored, usage.to_metrics("score")
+
+
+def _histogram(values: list[float]) -> str:
+    buckets = Counter(min(int(v), 10) for v in values)
+    return " ".join(f"{b}:{buckets[b]}" for b in range(1, 11) if buckets[b])
+
+
+def score_report(
+    scored: list[dict[str, Any]], rejects: list[dict[str, Any]], usage: dict[str, float], source: str
+) -> str:
+    """Markdown: score distribution per category, failures, rejects and LLM usage."""
+    by_category: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for record in scored:
+        by_category[record["category"]].append(record)
+    judge_models = sorted({r["judge"]["model"] for r in scored if r.get("judge")})
+    lines = [
+        "# Score report",
+        "",
+        f"Source: `{source}`. Judge: {', '.join(judge_models) or 'none'}."
+        + (" (offline-heuristic is a deterministic stand-in for runs without an API, not a quality measure.)"
+           if OFFLINE_JUDGE_NAME in judge_models else ""),
+        "",
+        f"Records scored: {sum(r['scores'] is not None for r in scored)}, failed: "
+        f"{sum(r['scores'] is None for r in scored)}, rejected as unusable input: {len(rejects)}.",
+        "",
+        "| category | n | mean | min | max | " + " | ".join(CRITERIA) + " | histogram (score:count) |",
+        "|---" * (6 + len(CRITERIA)) + "|",
+    ]
+    ordered = [c for c in CATEGORIES if c in by_category] + sorted(set(by_category) - set(CATEGORIES))
+    for category in ordered:
+        ok = [r for r in by_category[category] if r["scores"] is not None]
+        if not ok:
+            lines.append(f"| {category} | 0 | - | - | - | " + " | ".join("-" for _ in CRITERIA) + " | |")
+            continue
+        means = [r["score"] for r in ok]
+        crit = [statistics.fmean(r["scores"][c] for r in ok) for c in CRITERIA]
+        lines.append(
+            f"| {category} | {len(ok)} | {statistics.fmean(means):.2f} | {min(means):.2f} | {max(means):.2f} | "
+            + " | ".join(f"{v:.2f}" for v in crit)
+            + f" | {_histogram(means)} |"
+        )
+    failed = [r for r in scored if r["scores"] is None]
+    if failed:
+        lines += ["", "## Records that could not be scored", ""]
+        lines += [f"- `{r['id']}`: {r.get('error', 'unknown error')}" for r in failed]
+    if rejects:
+        lines += ["", "## Rejected input lines", ""]
+        lines += [f"- {r['path']}:{r['line']}: {r['reason']}" for r in rejects]
+    if usage:
+        lines += ["", "## LLM usage", ""] + [f"- {k}: {v}" for k, v in sorted(usage.items())]
+    return "\n".join(lines) + "\n"
+
+
+def run_score_step(
+    seed_uri: str,
+    model: str,
+    scored_path: str,
+    rejects_path: str,
+    report_path: str,
+    *,
+    concurrency: int = 8,
+    cache: str = "",
+    workdir: str = ".",
+) -> dict[str, float]:
+    """Load, score and write: the whole step as one call. Returns the metrics for the step."""
+    source = fetch_input(seed_uri, "seed.jsonl", workdir)
+    loaded = load_seed(source)
+    scored, usage = score_records(loaded.records, model, concurrency=concurrency, cache=cache)
+    rejects = [r.to_json() for r in loaded.rejects]
+    write_jsonl(scored_path, scored)
+    write_jsonl(rejects_path, rejects)
+    Path(report_path).write_text(score_report(scored, rejects, usage, seed_uri or "bundled sample"), encoding="utf-8")
+    ok = [r["score"] for r in scored if r["scores"] is not None]
+    metrics = {
+        "records": float(len(scored)),
+        "scored": float(len(ok)),
+        "failed": float(len(scored) - len(ok)),
+        "rejected": float(len(rejects)),
+        "mean_score": round(statistics.fmean(ok), 4) if ok else 0.0,
+        **usage,
+    }
+    print(f"[selfguided] score: {len(ok)}/{len(scored)} records scored by {model}, {len(rejects)} rejected",
+          flush=True)
+    return metrics
+
+
+@dsl.component(base_image=CPU_IMAGE)
+def score(
+    seed_uri: str,
+    model: str,
+    concurrency: int,
+    cache: str,
+    scored: Output[Dataset],
+    rejects: Output[Dataset],
+    report: Output[Markdown],
+    metrics: Output[Metrics],
+):
+    """Score every seed record with an LLM judge (or the offline stand-in).
+
+    Args:
+        seed_uri: seed JSONL (Alpaca, KoAlpaca or chat `messages` rows); "" = the bundled sample,
+            `s3://bucket/key`, or a path on a mounted volume.
+        model: judge model name, or `offline-heuristic` for runs without an API.
+        concurrency: concurrent LLM requests.
+        cache: LLM response cache (directory on a PVC or `s3://bucket/prefix`); "" = no cache.
+        scored: scored records (JSONL).
+        rejects: input lines set aside as unusable, with file, line and reason (JSONL).
+        report: score distribution per category (Markdown).
+        metrics: counts, mean score and LLM usage.
+    """
+    import tempfile
+
+    from selfguided.components.score import run_score_step
+
+    values = run_score_step(seed_uri, model, scored.path, rejects.path, report.path, concurrency=concurrency,
+                            cache=cache, workdir=tempfile.mkdtemp())
+    for name, value in values.items():
+        metrics.log_metric(name, value)

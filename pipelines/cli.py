@@ -1,0 +1,149 @@
+"""`selfguided`: run the pipeline locally, compile it for Kubeflow, submit it, or use its steps on files."""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from selfguided.pipelines.local import DEFAULT_WORKDIR, LOCAL_DEFAULTS
+
+
+def _list(value: str) -> list[str]:
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError("expected a comma-separated list")
+    return items
+
+
+def _add_pipeline_options(parser: argparse.ArgumentParser, *, local: bool) -> None:
+    """Options shared by `run` and `submit`, mapped onto pipeline parameters (None = pipeline default)."""
+    g = parser.add_argument_group("pipeline parameters")
+    g.add_argument("--seed", dest="seed_uri", help="seed JSONL (Alpaca, KoAlpaca or chat `messages`); "
+                   "default: the bundled Korean sample" + ("" if local else "; on a cluster an s3:// URI or a path on the cache volume"))
+    g.add_argument("--questions", dest="questions_uri", help="eval questions, FastChat question.jsonl; default: bundled sample")
+    g.add_argument("--base-models", type=_list, help="comma-separated HF ids or local paths; `tiny` builds a small "
+                   "local GPT-NeoX (default: " + ("tiny" if local else "EleutherAI/polyglot-ko-1.3b") + ")")
+    g.add_argument("--arms", type=_list, help="comma-separated arms: unscored,self_guided (default: both)")
+    g.add_argument("--strategy", choices=["condition", "filter"], help="how scores guide the self_guided arm (default: condition)")
+    g.add_argument("--filter-threshold", type=float, help="mean score kept by the filter strategy (default: 7.0)")
+    g.add_argument("--score-model", help="LLM that scores seed data; `offline-heuristic` needs no API "
+                   "(default: " + ("gpt-4o if OPENAI_API_KEY/OPENAI_BASE_URL is set, else offline-heuristic" if local else "gpt-4o") + ")")
+    g.add_argument("--judge-model", help="LLM that grades answers (default: as --score-model)")
+    g.add_argument("--finetune-config", help='JSON object of FinetuneConfig overrides, e.g. \'{"epochs": 2}\'')
+    g.add_argument("--max-new-tokens", type=int, help="longest generated answer (default: "
+                   + (str(LOCAL_DEFAULTS["max_new_tokens"]) if local else "512") + ")")
+    g.add_argument("--registered-model-name", help="MLflow registered model (default: korean-writing-assistant)")
+    g.add_argument("--promotion-tolerance", type=float, help="how much worse one category may get for a promotion (default: 0.25)")
+    if not local:
+        g.add_argument("--num-gpus", type=int, help="GPUs per finetune task (default: 1)")
+        g.add_argument("--mlflow-tracking-uri", help="MLflow server as seen from the cluster")
+
+
+_PARAMETER_NAMES = ("seed_uri", "questions_uri", "base_models", "arms", "strategy", "filter_threshold", "score_model",
+                    "judge_model", "finetune_config", "max_new_tokens", "registered_model_name",
+                    "promotion_tolerance", "num_gpus", "mlflow_tracking_uri")
+
+
+def _parameters(args: argparse.Namespace) -> dict:
+    params = {k: getattr(args, k) for k in _PARAMETER_NAMES if getattr(args, k, None) is not None}
+    if "score_model" in params and "judge_model" not in params:
+        params["judge_model"] = params["score_model"]
+    return params
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from selfguided.components.judge import score_table
+    from selfguided.pipelines.local import run_local
+
+    print(f"selfguided: running the pipeline locally (work folder {Path(args.workdir).resolve()})")
+    result = run_local(args.workdir, verbose=args.verbose, **_parameters(args))
+    print(f"\nFinished in {result.seconds:.0f} s. Judge scores per category (1-10) of the models registered by this run:\n")
+    print(score_table(result.summaries))
+    print(f"\nPromotion: {result.decision}")
+    print("Aliases of '{}': {}".format(result.registered_model_name,
+          ", ".join(f"{a} -> v{v}" for a, v in sorted(result.aliases.items())) or "none"))
+    print(f"\nFull log: {result.log_path}")
+    print(f"Open the MLflow UI on the result:\n  mlflow ui --backend-store-uri {result.tracking_uri} --port 5000\n"
+          "  then browse http://127.0.0.1:5000 (Models -> {})".format(result.registered_model_name))
+    return 0
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    from selfguided.pipelines.compile import compile_pipeline
+
+    path = compile_pipeline(args.output)
+    print(f"wrote {path} (images: see pipelines/platform.py, override with SELFGUIDED_IMAGE_REGISTRY/SELFGUIDED_IMAGE_TAG)")
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    import kfp
+
+    from selfguided.pipelines.pipeline import self_guided_pipeline
+
+    client = kfp.Client(host=args.host, namespace=args.namespace)
+    run = client.create_run_from_pipeline_func(
+        self_guided_pipeline, arguments=_parameters(args), run_name=args.run_name,
+        experiment_name=args.experiment, namespace=args.namespace, service_account=args.service_account,
+    )
+    print(f"submitted run {run.run_id}: {args.host.rstrip('/')}/#/runs/details/{run.run_id}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="selfguided",
+        description="Self-Guided Approach on Kubeflow Pipelines: an LLM scores Korean writing seed data, small "
+        "Korean LMs are fine-tuned on unscored vs score-guided data, judged per category, and the best model is "
+        "promoted in the MLflow registry.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the whole pipeline locally (kfp.local) on embedded defaults",
+                         description="Run the whole pipeline on this machine with kfp.local: bundled sample data, "
+                         "base model `tiny`, both arms, MLflow on a SQLite file in the work folder "
+                         "(MLFLOW_TRACKING_URI wins when set), the offline judge unless OPENAI_API_KEY or "
+                         "OPENAI_BASE_URL is set.")
+    run.add_argument("--workdir", default=DEFAULT_WORKDIR, help="folder for MLflow, pipeline outputs, caches and logs (default: %(default)s)")
+    run.add_argument("-v", "--verbose", action="store_true", help="stream every step's full log, not just progress")
+    _add_pipeline_options(run, local=True)
+    run.set_defaults(func=cmd_run)
+
+    comp = sub.add_parser("compile", help="write the pipeline as KFP IR YAML", description="Compile the pipeline "
+                          "to KFP IR YAML for the Kubeflow UI. Images come from SELFGUIDED_IMAGE_REGISTRY and "
+                          "SELFGUIDED_IMAGE_TAG (default: ghcr.io/selfguided, the package version).")
+    comp.add_argument("-o", "--output", required=True, help="YAML file to write")
+    comp.set_defaults(func=cmd_compile)
+
+    submit = sub.add_parser("submit", help="compile and submit a run to a Kubeflow Pipelines endpoint",
+                            description="Compile the pipeline and start a run with kfp.Client. Credentials for "
+                            "the endpoint come from the environment as kfp.Client reads them.")
+    submit.add_argument("--host", required=True, help="Kubeflow Pipelines API endpoint, e.g. http://localhost:8080")
+    submit.add_argument("--namespace", help="Kubeflow profile namespace to run in")
+    submit.add_argument("--experiment", default="selfguided", help="KFP experiment (default: %(default)s)")
+    submit.add_argument("--run-name", help="name of the run (default: generated)")
+    submit.add_argument("--service-account", help="service account of the run's pods (manifests: selfguided-pipeline)")
+    _add_pipeline_options(submit, local=False)
+    submit.set_defaults(func=cmd_submit)
+
+    try:
+        from selfguided.components.llm_cli import add_judge_parser, add_score_parser
+    except ImportError:  # the standalone LLM commands are optional extras of the CLI
+        pass
+    else:
+        add_score_parser(sub)
+        add_judge_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

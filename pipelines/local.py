@@ -1,0 +1,170 @@
+"""Run the very same pipeline on this machine with `kfp.local` (SubprocessRunner, no venv).
+
+Embedded defaults: MLflow on a SQLite file under the work folder (a set MLFLOW_TRACKING_URI
+wins), the bundled sample data, base model `tiny`, both arms, and the offline judge unless an
+OpenAI-compatible endpoint is configured. kfp.local's verbose task logs go to a log file; the
+terminal gets one line per step and the steps' own progress lines.
+"""
+
+import contextlib
+import io
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_WORKDIR = ".selfguided"
+# Small enough that the whole local pipeline finishes in minutes on a 2-core laptop.
+LOCAL_DEFAULTS: dict[str, Any] = {"base_models": ["tiny"], "max_new_tokens": 48, "llm_concurrency": 8}
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_STARTED = re.compile(r"Executing task '([^']+)'")
+_FINISHED = re.compile(r"Task '([^']+)' finished with status (\w+)")
+
+
+@dataclass
+class LocalRunResult:
+    run_name: str
+    decision: str
+    tracking_uri: str
+    registered_model_name: str
+    log_path: Path
+    seconds: float
+    summaries: list[dict[str, Any]] = field(default_factory=list)
+    aliases: dict[str, str] = field(default_factory=dict)
+
+
+class _ProgressFilter(io.TextIOBase):
+    """Everything to the log file; task start/finish and `[selfguided]` lines to the terminal."""
+
+    def __init__(self, log, terminal, verbose: bool):
+        self.log, self.terminal, self.verbose = log, terminal, verbose
+        self.started: dict[str, float] = {}
+        self.failed: list[str] = []
+        self._buffer = ""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self.log.write(text)
+        self.log.flush()
+        self._buffer += text
+        while "\n" in self._buffer:
+            line, self._buffer = self._buffer.split("\n", 1)
+            self._line(line)
+        return len(text)
+
+    def _line(self, line: str) -> None:
+        plain = _ANSI.sub("", line)
+        if self.verbose:
+            self.terminal.write(line + "\n")
+        elif m := _STARTED.search(plain):
+            self.started[m.group(1)] = time.monotonic()
+            self.terminal.write(f"  > {m.group(1)}\n")
+        elif m := _FINISHED.search(plain):
+            took = time.monotonic() - self.started.get(m.group(1), time.monotonic())
+            mark = "ok" if m.group(2) == "SUCCESS" else m.group(2)
+            if m.group(2) != "SUCCESS":
+                self.failed.append(m.group(1))
+            self.terminal.write(f"  < {m.group(1)}: {mark} ({took:.0f} s)\n")
+        elif "[selfguided]" in plain:
+            self.terminal.write("    " + plain.split("[selfguided]", 1)[1].strip() + "\n")
+        elif "Traceback" in plain or "Error" in plain:
+            self.terminal.write("    " + plain.strip() + "\n")
+        self.terminal.flush()
+
+
+def default_tracking_uri(workdir: Path) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(workdir / 'mlflow.db').resolve()}"
+
+
+def default_llm_model() -> str:
+    """An LLM judge when an endpoint is configured, else the offline stand-in."""
+    from selfguided.components.offline_judge import OFFLINE_JUDGE_NAME
+
+    if os.environ.get("OPENAI_API_KEY") or os.environ.get("OPENAI_BASE_URL"):
+        return os.environ.get("SELFGUIDED_JUDGE_MODEL", "gpt-4o")
+    return OFFLINE_JUDGE_NAME
+
+
+def registry_results(tracking_uri: str, name: str, run_name: str) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """Per-category scores of every version this run registered, and the model's aliases, from MLflow."""
+    from mlflow import MlflowClient
+
+    from selfguided.components.data import CATEGORIES
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    summaries = []
+    for version in client.search_model_versions(f"name = '{name}'"):
+        if version.tags.get("pipeline_run") != run_name:
+            continue
+        metrics = client.get_run(version.run_id).data.metrics
+        categories = {
+            c: {"overall": metrics[f"judge/{c}/overall"]} for c in CATEGORIES if f"judge/{c}/overall" in metrics
+        }
+        summaries.append({
+            "model_id": f"v{version.version} {version.tags.get('base_model')}:{version.tags.get('arm')}",
+            "categories": categories,
+            "overall": metrics.get("judge/overall", float("nan")),
+        })
+    aliases = dict(client.get_registered_model(name).aliases)
+    return sorted(summaries, key=lambda s: s["model_id"]), aliases
+
+
+def run_local(
+    workdir: str | Path = DEFAULT_WORKDIR, *, verbose: bool = False, tracking_uri: str | None = None,
+    **parameters: Any,
+) -> LocalRunResult:
+    """Run the pipeline locally; `parameters` override the pipeline's arguments."""
+    from kfp import local
+
+    from selfguided.pipelines.pipeline import self_guided_pipeline
+
+    workdir = Path(workdir).resolve()
+    (workdir / "logs").mkdir(parents=True, exist_ok=True)
+    tracking_uri = tracking_uri or default_tracking_uri(workdir)
+    llm_model = default_llm_model()
+    arguments: dict[str, Any] = {
+        **LOCAL_DEFAULTS,
+        "score_model": llm_model,
+        "judge_model": llm_model,
+        "llm_cache": str(workdir / "llm-cache"),
+        "checkpoint_dir": str(workdir / "checkpoints"),
+        "mlflow_tracking_uri": tracking_uri,
+        **parameters,
+    }
+    log_path = workdir / "logs" / f"run-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(workdir / "pipeline-root"),
+               raise_on_error=True)
+    started = time.monotonic()
+    terminal = sys.stdout
+    with log_path.open("w", encoding="utf-8") as log:
+        progress = _ProgressFilter(log, terminal, verbose)
+        try:
+            with contextlib.redirect_stdout(progress):
+                task = self_guided_pipeline(**arguments)
+        except Exception as exc:
+            raise RuntimeError(f"local pipeline run failed ({exc}); full log: {log_path}") from exc
+        finally:
+            progress.write("\n")
+    decision = str(task.output)
+    name = arguments.get("registered_model_name", "korean-writing-assistant")
+    # kfp.local names the run itself; register tagged every version with that name.
+    run_name = _newest_run_name(tracking_uri, name)
+    summaries, aliases = registry_results(tracking_uri, name, run_name)
+    return LocalRunResult(run_name=run_name, decision=decision, tracking_uri=tracking_uri,
+                          registered_model_name=name, log_path=log_path, seconds=time.monotonic() - started,
+                          summaries=summaries, aliases=aliases)
+
+
+def _newest_run_name(tracking_uri: str, name: str) -> str:
+    """The pipeline_run tag of the newest registered version."""
+    from mlflow import MlflowClient
+
+    versions = MlflowClient(tracking_uri=tracking_uri).search_model_versions(f"name = '{name}'")
+    newest = max(versions, key=lambda v: int(v.version), default=None)
+    return newest.tags.get("pipeline_run", "") if newest else ""

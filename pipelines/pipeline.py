@@ -1,0 +1,155 @@
+"""The self-guided pipeline, read top to bottom like the paper's steps.
+
+score -> split -> for each (base model, arm): finetune -> generate -> judge -> register + promote
+
+The same function runs locally under `kfp.local` (see `pipelines/local.py`) and compiles to KFP
+IR YAML for a cluster. Cluster-only settings (GPU node pool, secrets, volumes) are attached with
+kfp-kubernetes here; the local runner ignores them.
+"""
+
+from typing import List
+
+from kfp import dsl, kubernetes
+
+from selfguided.components.finetune import finetune
+from selfguided.components.generate import generate
+from selfguided.components.judge import judge
+from selfguided.components.register import register
+from selfguided.components.score import score
+from selfguided.components.split import split
+from selfguided.pipelines import platform
+
+PIPELINE_NAME = "selfguided"
+
+
+@dsl.component(base_image=platform.CPU_IMAGE)
+def plan_runs(base_models: List[str], arms: List[str]) -> List[dict]:
+    """Every (base model, arm) pair to train, as loop items."""
+    if not base_models or not arms:
+        raise ValueError("base_models and arms must both be non-empty")
+    return [{"base_model": m, "arm": a} for m in base_models for a in arms]
+
+
+def _on_gpu_pool(task: dsl.PipelineTask, num_gpus) -> dsl.PipelineTask:
+    """Request GPUs and schedule on the GPU node pool, with /dev/shm large enough for dataloaders/NCCL."""
+    task.set_accelerator_type(platform.GPU_RESOURCE).set_accelerator_limit(num_gpus)
+    kubernetes.add_node_selector(task, platform.GPU_NODE_SELECTOR_KEY, platform.GPU_NODE_SELECTOR_VALUE)
+    kubernetes.add_toleration(task, key=platform.GPU_TOLERATION_KEY, operator="Exists",
+                              effect=platform.GPU_TOLERATION_EFFECT)
+    kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory",
+                               size_limit=platform.SHM_SIZE)
+    return task
+
+
+def _with_llm_secret(task: dsl.PipelineTask) -> dsl.PipelineTask:
+    # optional: a run with the offline judge needs no key; a run with an LLM judge fails in the
+    # step with a message naming the Secret.
+    kubernetes.use_secret_as_env(task, platform.OPENAI_SECRET_NAME, platform.OPENAI_SECRET_KEYS, optional=True)
+    return task
+
+
+def _with_s3_secret(task: dsl.PipelineTask) -> dsl.PipelineTask:
+    # for `s3://` inputs and LLM caches; optional, a run on the cache volume needs none.
+    kubernetes.use_secret_as_env(task, platform.S3_SECRET_NAME, platform.S3_SECRET_KEYS, optional=True)
+    return task
+
+
+def _with_cache_volume(task: dsl.PipelineTask) -> dsl.PipelineTask:
+    kubernetes.mount_pvc(task, pvc_name=platform.CACHE_PVC_NAME, mount_path=platform.CACHE_MOUNT_PATH)
+    return task
+
+
+@dsl.pipeline(
+    name=PIPELINE_NAME,
+    description="Self-Guided Approach: an LLM scores Korean writing seed data, small Korean LMs are fine-tuned "
+    "on unscored vs score-guided data, judged per category, and the best is promoted in MLflow.",
+)
+def self_guided_pipeline(
+    seed_uri: str = "",
+    questions_uri: str = "",
+    base_models: List[str] = ["EleutherAI/polyglot-ko-1.3b"],
+    arms: List[str] = ["unscored", "self_guided"],
+    strategy: str = "condition",
+    filter_threshold: float = 7.0,
+    held_out_categories: List[str] = ["cover_letter", "poem"],
+    eval_fraction: float = 0.1,
+    score_model: str = "gpt-4o",
+    judge_model: str = "gpt-4o",
+    llm_concurrency: int = 8,
+    llm_cache: str = f"{platform.CACHE_MOUNT_PATH}/llm-cache",
+    finetune_config: str = "",
+    num_gpus: int = 1,
+    checkpoint_dir: str = f"{platform.CACHE_MOUNT_PATH}/checkpoints",
+    max_new_tokens: int = 512,
+    registered_model_name: str = "korean-writing-assistant",
+    mlflow_tracking_uri: str = platform.MLFLOW_TRACKING_URI_IN_CLUSTER,
+    experiment_name: str = "selfguided",
+    promotion_tolerance: float = 0.25,
+) -> str:
+    """Score, split, fine-tune each base model on each arm, judge, register and promote.
+
+    Args:
+        seed_uri: seed JSONL; "" = bundled sample, `s3://bucket/key`, or a path on the cache volume.
+        questions_uri: eval questions (FastChat question.jsonl); "" = bundled sample.
+        base_models: Hugging Face ids or local paths of the base models (`tiny` = a small local test model).
+        arms: `unscored` (baseline) and/or `self_guided`.
+        strategy: `condition` (scores in the prompt) or `filter` (keep records scored >= filter_threshold).
+        filter_threshold: minimum mean score for the `filter` strategy.
+        held_out_categories: categories never trained on (evaluated as unseen).
+        eval_fraction: share of trained-on categories kept for evaluation.
+        score_model: LLM that scores the seed data; `offline-heuristic` needs no API.
+        judge_model: LLM that grades the answers; `offline-heuristic` needs no API.
+        llm_concurrency: concurrent LLM requests per step.
+        llm_cache: LLM response cache (a path on the cache volume or `s3://bucket/prefix`; "" = none).
+        finetune_config: JSON object of FinetuneConfig overrides ("" = defaults for the model size).
+        num_gpus: GPUs per finetune task (torchrun on one node when > 1).
+        checkpoint_dir: training checkpoints, on the cache volume so a retried task resumes.
+        max_new_tokens: longest answer generated per eval question.
+        registered_model_name: the MLflow registered model.
+        mlflow_tracking_uri: MLflow tracking server.
+        experiment_name: MLflow experiment of the runs.
+        promotion_tolerance: how much worse (1-10 scale) any one category may get for a promotion.
+    """
+    score_task = score(seed_uri=seed_uri, model=score_model, concurrency=llm_concurrency, cache=llm_cache)
+    score_task.set_display_name("score seed data")
+    _with_s3_secret(_with_llm_secret(_with_cache_volume(score_task))).set_retry(num_retries=2, backoff_duration="60s")
+
+    split_task = split(
+        scored=score_task.outputs["scored"], questions_uri=questions_uri, arms=arms, strategy=strategy,
+        filter_threshold=filter_threshold, held_out_categories=held_out_categories, eval_fraction=eval_fraction,
+    ).set_display_name("split per arm")
+    _with_s3_secret(split_task)
+
+    plan = plan_runs(base_models=base_models, arms=arms).set_display_name("plan runs")
+    with dsl.ParallelFor(plan.output, name="model-and-arm") as run:
+        finetune_task = finetune(
+            train_data=split_task.outputs["train"], base_model=run.base_model, arm=run.arm,
+            config_json=finetune_config, num_gpus=num_gpus, checkpoint_dir=checkpoint_dir,
+        ).set_display_name("finetune")
+        _with_cache_volume(_on_gpu_pool(finetune_task, num_gpus)).set_retry(num_retries=3, backoff_duration="120s")
+
+        generate_task = generate(
+            model=finetune_task.outputs["model"], questions=split_task.outputs["questions"], strategy=strategy,
+            max_new_tokens=max_new_tokens,
+        ).set_display_name("generate answers")
+        _on_gpu_pool(generate_task, 1).set_retry(num_retries=2, backoff_duration="60s")
+
+        judge_task = judge(
+            questions=split_task.outputs["questions"], answers=generate_task.outputs["answers"], model=judge_model,
+            concurrency=llm_concurrency, cache=llm_cache,
+        ).set_display_name("judge answers")
+        _with_s3_secret(_with_llm_secret(_with_cache_volume(judge_task))).set_retry(num_retries=2, backoff_duration="60s")
+
+    register_task = register(
+        models=dsl.Collected(finetune_task.outputs["model"]),
+        judge_summaries=dsl.Collected(judge_task.outputs["summary"]),
+        scored_data=score_task.outputs["scored"],
+        registered_model_name=registered_model_name,
+        tracking_uri=mlflow_tracking_uri,
+        experiment_name=experiment_name,
+        pipeline_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+        promotion_tolerance=promotion_tolerance,
+    ).set_display_name("register and promote")
+    # Registering is a side effect on MLflow: never answer it from the KFP cache.
+    register_task.set_caching_options(False)
+    return register_task.output

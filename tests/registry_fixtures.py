@@ -1,0 +1,160 @@
+"""Builders for the register step's inputs: trained model directories and judge summaries.
+
+Everything is made here, offline and in a second: a 2-layer GPT-NeoX with random weights, a
+byte-level BPE tokenizer trained on a few Korean lines, a real PEFT LoRA adapter saved with
+`save_pretrained`, laid out exactly like the finetune step's Model artifact (selfguided.json,
+adapter/ or model/, tokenizer/, base/ only for a bundled base).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+from selfguided.components.data import CATEGORIES
+from selfguided.components.prompting import CRITERIA
+
+KOREAN_LINES = [
+    "### 지시:\n봄을 주제로 짧은 시를 써 주세요.\n\n### 응답:\n벚꽃이 피고 바람이 분다.",
+    "### 지시:\n자기소개서를 작성해 주세요.\n\n### 응답:\n저는 성실하고 책임감 있는 사람입니다.",
+    "### 지시:\n여행 블로그 글을 써 주세요.\n\n### 응답:\n제주도의 바다는 정말 아름다웠습니다.",
+    "### 지시:\n짧은 소설의 첫 문단을 써 주세요.\n\n### 응답:\n그날 밤, 비가 조용히 내리고 있었다.",
+    "### 지시:\n시나리오의 한 장면을 써 주세요.\n\n### 응답:\n카페 안. 두 사람이 마주 앉아 있다.",
+    "### 지시:\n뉴스 기사를 작성해 주세요.\n\n### 응답:\n오늘 서울의 기온은 영하로 떨어졌다.",
+    "### 목표 평가:\n유용성 10, 관련성 10, 정확성 10, 상세함 10",
+]
+EOS = "<|endoftext|>"
+PAD = "<|padding|>"
+LORA_TARGETS = ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"]
+
+
+def build_tokenizer():
+    """A deterministic byte-level BPE tokenizer (any text encodes, no unknown tokens)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=[EOS, PAD], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(KOREAN_LINES, trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=PAD)
+
+
+def build_tiny_base(seed: int = 0):
+    """(model, tokenizer): a 2-layer, hidden-32 GPT-NeoX with random weights."""
+    import torch
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    tokenizer = build_tokenizer()
+    config = GPTNeoXConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=256,
+        rotary_pct=0.25,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.eos_token_id,
+    )
+    torch.manual_seed(seed)
+    return GPTNeoXForCausalLM(config).eval(), tokenizer
+
+
+def make_model_dir(
+    root: Path,
+    *,
+    base_model: str = "tiny",
+    arm: str = "self_guided",
+    method: str = "lora",
+    seed: int = 0,
+) -> Path:
+    """Write a trained-model directory in the finetune step's layout and return it.
+
+    `base_model="tiny"` bundles the base weights under base/ (base_model_ref "bundled:base");
+    any other name is referenced by hub id and no base weights are written. A `checkpoints/`
+    folder is added too, as the finetune step leaves one when no checkpoint_dir is given: it
+    must not be logged to MLflow.
+    """
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    out = Path(root) / f"{base_model.replace('/', '_')}-{arm}-{method}"
+    out.mkdir(parents=True)
+    base, tokenizer = build_tiny_base(seed)
+    bundled = base_model == "tiny"
+    tokenizer.save_pretrained(out / "tokenizer")
+    if method == "lora":
+        if bundled:
+            base.save_pretrained(out / "base")
+        peft_model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=LORA_TARGETS))
+        torch.manual_seed(seed + 1)
+        with torch.no_grad():  # a non-zero adapter, so merging it visibly changes the model
+            for name, param in peft_model.named_parameters():
+                if "lora_B" in name:
+                    param.normal_(std=0.02)
+        peft_model.save_pretrained(out / "adapter")
+    elif method == "full":
+        base.save_pretrained(out / "model")
+    else:
+        raise ValueError(f"unknown method {method!r}")
+    (out / "checkpoints" / "step-1").mkdir(parents=True)
+    (out / "checkpoints" / "step-1" / "optimizer.pt").write_bytes(b"not for the registry")
+    manifest = {
+        "base_model": base_model,
+        "base_model_ref": "bundled:base" if bundled else base_model,
+        "arm": arm,
+        "method": method,
+        "config": {"learning_rate": 2e-4, "epochs": 1, "lora": {"r": 4, "alpha": 8}, "targets": LORA_TARGETS},
+        "train_metrics": {"train_loss": 2.5, "train_tokens": 1200, "tokens_per_s": 300.0, "device": "cpu"},
+    }
+    (out / "selfguided.json").write_text(json.dumps(manifest, ensure_ascii=False, indent=2), encoding="utf-8")
+    return out
+
+
+def category_scores(base: float, overrides: Mapping[str, float] | None = None) -> dict[str, float]:
+    """Per-category overall scores: `base` everywhere, `overrides` where given."""
+    return {c: float((overrides or {}).get(c, base)) for c in CATEGORIES}
+
+
+def make_summary(
+    base_model: str,
+    arm: str,
+    per_category: Mapping[str, float],
+    *,
+    judge_model: str = "offline-heuristic",
+    usage: Mapping[str, float] | None = None,
+) -> dict[str, Any]:
+    """A judge summary in the judge step's shape; each criterion equals the category's overall."""
+    categories = {
+        cat: {**{c: score for c in CRITERIA}, "overall": score, "n": 6} for cat, score in per_category.items()
+    }
+    overall = sum(per_category.values()) / len(per_category)
+    metrics = {f"judge/{cat}/{c}": v for cat, row in categories.items() for c, v in row.items() if c != "n"}
+    metrics["judge/overall"] = overall
+    return {
+        "base_model": base_model,
+        "arm": arm,
+        "model_id": f"{base_model}:{arm}",
+        "judge_model": judge_model,
+        "prompt_version": "vicuna-single-v1",
+        "mode": "single",
+        "categories": categories,
+        "overall": overall,
+        "metrics": metrics,
+        "n_judged": 6 * len(per_category),
+        "n_failed": 0,
+        "usage": dict(usage or {}),
+    }
+
+
+def write_summary(path: Path, summary: Mapping[str, Any]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(summary, ensure_ascii=False, indent=2), encoding="utf-8")
+    return path
