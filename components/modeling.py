@@ -1,0 +1,224 @@
+"""Base models: Polyglot-ko from the Hugging Face hub (or a local copy), and `tiny` for laptops and CI.
+
+Polyglot-ko (EleutherAI) is GPT-NeoX: parallel attention + MLP residual, partial rotary embeddings,
+untied input/output embeddings, a 30,003-token Korean BPE vocabulary padded to 30,080 rows. The
+three sizes the paper fine-tunes are kept here as data (`POLYGLOT_KO_CONFIGS`), so benchmarks can
+build randomly initialised models of the exact shapes without downloading anything; the parameter
+counts match the model cards (1,331,810,304 / 3,809,974,272 / 5,885,059,072).
+
+`tiny` is a 4-layer GPT-NeoX with a byte-level BPE tokenizer trained (deterministically) on the
+bundled sample data. It downloads nothing, trains in seconds on a CPU and goes through exactly the
+same code paths as Polyglot-ko: LoRA on the same module names, packing, checkpoints, generation.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Iterable
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GPTNeoXConfig,
+    GPTNeoXForCausalLM,
+    PreTrainedTokenizerFast,
+)
+
+from selfguided.components.data import DataError, load_questions, load_seed, sample_path
+from selfguided.components.prompting import format_prompt
+
+TINY = "tiny"
+
+# The four nn.Linear layers of every GPT-NeoX block; LoRA targets all of them.
+GPT_NEOX_LINEAR_MODULES: tuple[str, ...] = ("query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h")
+
+# Shared by every Polyglot-ko size (the hub config.json files of EleutherAI/polyglot-ko-*).
+_POLYGLOT_KO_COMMON = dict(
+    vocab_size=30080,  # 30,003 tokenizer entries, embedding rows padded to a multiple of 128
+    max_position_embeddings=2048,
+    hidden_act="gelu",
+    rotary_emb_base=10000,
+    layer_norm_eps=1e-5,
+    initializer_range=0.02,
+    use_parallel_residual=True,
+    tie_word_embeddings=False,
+    bos_token_id=0,
+    eos_token_id=2,
+)
+
+# Per size: d_model, layers, heads, d_ff and the fraction of each head that gets rotary
+# embeddings (64 dimensions everywhere: 64/128 for 1.3B and 3.8B, 64/256 for 5.8B).
+POLYGLOT_KO_CONFIGS: dict[str, dict] = {
+    "EleutherAI/polyglot-ko-1.3b": dict(
+        _POLYGLOT_KO_COMMON, hidden_size=2048, num_hidden_layers=24, num_attention_heads=16,
+        intermediate_size=8192, rotary_pct=0.5,
+    ),
+    "EleutherAI/polyglot-ko-3.8b": dict(
+        _POLYGLOT_KO_COMMON, hidden_size=3072, num_hidden_layers=32, num_attention_heads=24,
+        intermediate_size=12288, rotary_pct=0.5,
+    ),
+    "EleutherAI/polyglot-ko-5.8b": dict(
+        _POLYGLOT_KO_COMMON, hidden_size=4096, num_hidden_layers=28, num_attention_heads=16,
+        intermediate_size=16384, rotary_pct=0.25,
+    ),
+}
+
+# The tiny model: same architecture family, sized to train in seconds on two CPU cores.
+TINY_CONFIG = dict(
+    hidden_size=128,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    intermediate_size=512,
+    rotary_pct=0.5,
+    max_position_embeddings=2048,
+    hidden_act="gelu",
+    layer_norm_eps=1e-5,
+    initializer_range=0.02,
+    use_parallel_residual=True,
+    tie_word_embeddings=False,
+)
+TINY_VOCAB_SIZE = 4096  # BPE target; the sample corpus may support fewer merges
+TINY_SEED = 0
+EOS_TOKEN = "<|endoftext|>"
+PAD_TOKEN = "<|pad|>"
+
+
+def canonical_name(name: str) -> str:
+    """Map short spellings ("1.3b", "polyglot-ko-5.8b") to the hub id; other names pass through."""
+    key = name.strip()
+    for hub_id in POLYGLOT_KO_CONFIGS:
+        size = hub_id.rsplit("-", 1)[1]
+        if key.lower() in (hub_id.lower(), hub_id.split("/")[1].lower(), size):
+            return hub_id
+    return key
+
+
+def model_config(name: str, vocab_size: int | None = None) -> GPTNeoXConfig:
+    """The GPTNeoXConfig of a Polyglot-ko size (hub id or short name) or of `tiny`."""
+    name = canonical_name(name)
+    if name == TINY:
+        if vocab_size is None:
+            raise ValueError("the tiny config needs the vocab size of its tokenizer")
+        return GPTNeoXConfig(**TINY_CONFIG, vocab_size=vocab_size)
+    if name not in POLYGLOT_KO_CONFIGS:
+        raise ValueError(f"no built-in config for {name!r} (known: {TINY}, {', '.join(POLYGLOT_KO_CONFIGS)})")
+    config = GPTNeoXConfig(**POLYGLOT_KO_CONFIGS[name])
+    if vocab_size is not None:
+        config.vocab_size = vocab_size
+    return config
+
+
+def random_init(name: str, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
+                vocab_size: int | None = None, seed: int = TINY_SEED,
+                attn_implementation: str = "sdpa") -> GPTNeoXForCausalLM:
+    """A randomly initialised model of a built-in config, created directly on `device` (benchmarks)."""
+    config = model_config(name, vocab_size)
+    device = torch.device(device)
+    cuda_devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda_devices):
+        torch.manual_seed(seed)
+        with device:
+            model = GPTNeoXForCausalLM(config)
+    model = model.to(dtype)
+    model.set_attn_implementation(attn_implementation)
+    return model
+
+
+def tiny_corpus() -> list[str]:
+    """Texts the tiny tokenizer is trained on: the bundled seed data in training format, plus the
+    bundled eval questions in inference format, so template and answers tokenize compactly."""
+    seed_file, questions_file = sample_path("seed.jsonl"), sample_path("questions.jsonl")
+    missing = [str(p) for p in (seed_file, questions_file) if not p.exists()]
+    if missing:
+        raise DataError(f"the tiny model is trained on the bundled sample data, missing: {', '.join(missing)}")
+    texts = [format_prompt(r["instruction"], r["input"]) + r["output"] for r in load_seed(seed_file).records]
+    texts += [format_prompt(q["turns"][0]) for q in load_questions(questions_file)]
+    return texts
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int = TINY_VOCAB_SIZE) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer (GPT-NeoX style: no unknown tokens) trained on `texts`.
+
+    Deterministic for the same texts in the same order. `<|endoftext|>` is BOS and EOS (id 0),
+    `<|pad|>` is padding (id 1); no token is added automatically, like Polyglot-ko's tokenizer.
+    """
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=2,
+        special_tokens=[EOS_TOKEN, PAD_TOKEN],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator(list(texts), trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token=EOS_TOKEN, eos_token=EOS_TOKEN, pad_token=PAD_TOKEN)
+
+
+def build_tiny(texts: Iterable[str] | None = None) -> tuple[GPTNeoXForCausalLM, PreTrainedTokenizerFast]:
+    """The tiny model and its tokenizer, trained on `texts` (default: the bundled sample data).
+
+    The embedding matrix is rounded up to a multiple of 64 rows, as Polyglot-ko pads its vocab.
+    """
+    tokenizer = train_tokenizer(tiny_corpus() if texts is None else texts)
+    vocab_size = -(-len(tokenizer) // 64) * 64
+    model = random_init(TINY, vocab_size=vocab_size)
+    model.config.bos_token_id = model.config.eos_token_id = tokenizer.eos_token_id
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.bos_token_id = model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def save_tiny(out_dir: str | Path, texts: Iterable[str] | None = None) -> Path:
+    """Build `tiny` and save it with save_pretrained, so it loads like any local model path."""
+    out_dir = Path(out_dir)
+    model, tokenizer = build_tiny(texts)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir
+
+
+def is_local(name_or_path: str) -> bool:
+    return Path(name_or_path).expanduser().is_dir()
+
+
+def default_attn_implementation(device: str | torch.device) -> str:
+    """FlashAttention-2 (varlen kernels, so packed samples cost no cross-sample work) when it is
+    installed and we are on a GPU; otherwise PyTorch SDPA, which transformers feeds a block-diagonal
+    causal mask built from the reset position_ids of packed samples (correct, not varlen-fast)."""
+    if torch.device(device).type == "cuda" and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return "sdpa"
+
+
+def load_base(name_or_path: str, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
+              attn_implementation: str | None = None):
+    """Load a base model and its tokenizer: `tiny`, a hub id (EleutherAI/polyglot-ko-1.3b, ...) or a
+    local directory written by save_pretrained. Returns (model, tokenizer) with a pad token set.
+
+    Hub ids are fetched through the Hugging Face cache (HF_HOME / HF_ENDPOINT apply); point HF_HOME
+    at a volume on a cluster so retries and the generate step do not download again.
+    """
+    attn_implementation = attn_implementation or default_attn_implementation(device)
+    if name_or_path == TINY:
+        model, tokenizer = build_tiny()
+        model.set_attn_implementation(attn_implementation)
+    else:
+        name = name_or_path if is_local(name_or_path) else canonical_name(name_or_path)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(name)
+            model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, attn_implementation=attn_implementation)
+        except OSError as exc:
+            raise OSError(
+                f"cannot load base model {name_or_path!r}: not a local directory with config.json, and the "
+                f"hub did not serve it ({exc}). Use `tiny`, a hub id such as EleutherAI/polyglot-ko-1.3b, "
+                "or a path written by save_pretrained."
+            ) from exc
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model.to(device=device, dtype=dtype), tokenizer

@@ -1,0 +1,84 @@
+"""The compiled pipeline: the six steps, GPU node-pool settings, secret wiring, no drift from the code."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from selfguided.pipelines import platform
+from selfguided.pipelines.compile import COMMITTED_PIPELINE, compile_pipeline
+
+STEPS = ("score", "split", "finetune", "generate", "judge", "register")
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    path = compile_pipeline(tmp_path_factory.mktemp("compiled") / "pipeline.yaml")
+    docs = list(yaml.safe_load_all(path.read_text()))
+    pipeline_spec = docs[0]
+    platform_spec = docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"] if len(docs) > 1 else {}
+    return path, pipeline_spec, platform_spec
+
+
+def _executor(spec, step):
+    return spec["deploymentSpec"]["executors"][f"exec-{step}"]["container"]
+
+
+def test_the_six_steps_are_in_the_pipeline(compiled):
+    _, spec, _ = compiled
+    for step in STEPS:
+        assert f"comp-{step}" in spec["components"], step
+        assert f"exec-{step}" in spec["deploymentSpec"]["executors"], step
+
+
+def test_gpu_steps_ask_for_gpus_on_the_gpu_node_pool_with_shared_memory(compiled):
+    _, spec, kube = compiled
+    for step in ("finetune", "generate"):
+        container = _executor(spec, step)
+        assert container["image"] == platform.GPU_IMAGE
+        assert container["resources"]["accelerator"]["resourceType"] == platform.GPU_RESOURCE
+        config = kube[f"exec-{step}"]
+        assert config["nodeSelector"]["labels"] == {platform.GPU_NODE_SELECTOR_KEY: platform.GPU_NODE_SELECTOR_VALUE}
+        assert {"key": platform.GPU_TOLERATION_KEY, "operator": "Exists",
+                "effect": platform.GPU_TOLERATION_EFFECT} in config["tolerations"]
+        (shm,) = [m for m in config["emptyDirMounts"] if m["mountPath"] == "/dev/shm"]
+        assert shm["medium"] == "Memory" and shm["sizeLimit"] == platform.SHM_SIZE
+    for step in ("score", "split", "judge", "register"):
+        assert _executor(spec, step)["image"] == platform.CPU_IMAGE
+        assert "accelerator" not in _executor(spec, step).get("resources", {})
+        assert "nodeSelector" not in kube.get(f"exec-{step}", {})
+
+
+def test_the_openai_key_comes_from_a_secret_never_from_a_parameter(compiled):
+    path, spec, kube = compiled
+    for step in ("score", "judge"):
+        (secret,) = [s for s in kube[f"exec-{step}"]["secretAsEnv"] if s["secretName"] == platform.OPENAI_SECRET_NAME]
+        assert {"secretKey": "OPENAI_API_KEY", "envVar": "OPENAI_API_KEY"} in secret["keyToEnv"]
+    for step in ("split", "finetune", "generate", "register"):
+        names = [s["secretName"] for s in kube.get(f"exec-{step}", {}).get("secretAsEnv", [])]
+        assert platform.OPENAI_SECRET_NAME not in names, step
+    parameters = spec["root"]["inputDefinitions"]["parameters"]
+    assert not [p for p in parameters if "key" in p.lower() or "secret" in p.lower() or "token" in p.lower()]
+
+
+def test_retries_and_no_cache_on_register(compiled):
+    _, spec, _ = compiled
+    tasks = spec["root"]["dag"]["tasks"]
+    assert tasks["register"]["cachingOptions"] == {} or not tasks["register"]["cachingOptions"].get("enableCache")
+    loop = next(t for t in tasks.values() if "componentRef" in t and t["componentRef"]["name"].startswith("comp-for-loop"))
+    inner = spec["components"][loop["componentRef"]["name"]]["dag"]["tasks"]
+    assert inner["finetune"]["retryPolicy"]["maxRetryCount"] == 3
+
+
+def test_committed_pipeline_matches_the_code(tmp_path):
+    """CI fails when the pipeline changed without `make compile`; recompiling fixes it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SELFGUIDED_")}
+    fresh = tmp_path / "fresh.yaml"
+    subprocess.run([sys.executable, "-m", "selfguided.pipelines.cli", "compile", "-o", str(fresh)], check=True,
+                   env=env, capture_output=True)
+    assert COMMITTED_PIPELINE.exists(), "run `make compile` and commit pipelines/selfguided_pipeline.yaml"
+    assert fresh.read_text() == COMMITTED_PIPELINE.read_text(), (
+        "pipelines/selfguided_pipeline.yaml is out of date: run `make compile` and commit the result"
+    )

@@ -1,0 +1,38 @@
+"""The whole pipeline, run locally with kfp.local on the `tiny` model, read back from MLflow."""
+
+import pytest
+from mlflow import MlflowClient
+
+from selfguided.components.data import CATEGORIES
+from selfguided.pipelines.local import run_local
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def local_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("run")
+    return run_local(workdir)
+
+
+def test_every_model_version_has_scores_for_all_six_categories(local_run):
+    client = MlflowClient(tracking_uri=local_run.tracking_uri)
+    versions = client.search_model_versions(f"name = '{local_run.registered_model_name}'")
+    assert {(v.tags["base_model"], v.tags["arm"]) for v in versions} == {("tiny", "unscored"), ("tiny", "self_guided")}
+    for version in versions:
+        assert len(version.tags["data_sha256"]) == 64 and version.tags["pipeline_run"] == local_run.run_name
+        metrics = client.get_run(version.run_id).data.metrics
+        for category in CATEGORIES:
+            for criterion in ("helpfulness", "relevance", "accuracy", "detail", "overall"):
+                assert 1.0 <= metrics[f"judge/{category}/{criterion}"] <= 10.0
+        assert "judge/overall" in metrics
+
+
+def test_champion_points_at_a_registered_version(local_run):
+    client = MlflowClient(tracking_uri=local_run.tracking_uri)
+    champion = client.get_model_version_by_alias(local_run.registered_model_name, "champion")
+    challenger = client.get_model_version_by_alias(local_run.registered_model_name, "challenger")
+    assert champion.version == challenger.version  # first run: no champion to beat
+    assert set(local_run.aliases) >= {"champion", "challenger"}
+    assert len(local_run.summaries) == 2 and all(len(s["categories"]) == len(CATEGORIES) for s in local_run.summaries)
+    assert "promot" in local_run.decision.lower()
