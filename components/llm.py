@@ -355,22 +355,6 @@ def open_cache(location: str | None) -> DirCache | S3Cache | None:
 # Rate limits
 
 
-def _seconds(value: str | None) -> float | None:
-    """Parse a duration as OpenAI writes them: '1s', '6m0s', '20ms', '1h2m3.5s', or plain seconds."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return float(value)
-    except ValueError:
-        pass
-    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|h|m|s)", value)
-    if not parts or "".join(n + u for n, u in parts) != value:
-        return None
-    scale = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-    return sum(float(n) * scale[u] for n, u in parts)
-
-
 def retry_after(headers: Mapping[str, str]) -> float | None:
     """Seconds to wait from retry-after-ms, or Retry-After as seconds or an HTTP date."""
     ms = headers.get("retry-after-ms")
@@ -400,13 +384,15 @@ def backoff(attempt: int, base_s: float, max_s: float) -> float:
 class RateGovernor:
     """Pacing shared by every request of one client, so a rate limit slows the whole pool.
 
-    - `wait_turn` holds a request while the pool is paused, and spaces request starts `interval`
-      seconds apart: the pool runs at the endpoint's limit instead of bouncing off it.
-    - `on_rate_limited` (a 429) pauses the pool for Retry-After, or an exponential backoff when the
-      answer carries none.
-    - `observe` reads x-ratelimit-* headers from every answer: the request limit sets the interval
-      (never faster than `rpm_limit`); remaining requests at zero, or remaining tokens below what
-      the last request used, pause the pool until the matching reset.
+    - `wait_turn` holds a request while the pool is paused and spaces request starts `interval`
+      seconds apart, so the pool runs at the endpoint's limit instead of bouncing off it.
+    - `on_rate_limited` (a 429) pauses the pool for Retry-After, or for an exponential backoff
+      when the answer carries none.
+    - `observe` reads the limits every answer advertises: x-ratelimit-limit-requests (per minute)
+      and x-ratelimit-limit-tokens divided by the tokens a request uses on average; the tighter
+      one, or `rpm_limit` when tighter still, sets the interval. The x-ratelimit-remaining-*
+      headers are not used: they describe the limit when that request was admitted, and the
+      requests sent since have already changed it.
     """
 
     def __init__(self, rpm_limit: float | None, backoff_base_s: float = 1.0, backoff_max_s: float = 60.0) -> None:
@@ -417,15 +403,16 @@ class RateGovernor:
         self.backoff_max_s = backoff_max_s
         self._next_start = 0.0
         self._limited_streak = 0
+        self._tokens_per_request: float | None = None
 
     async def wait_turn(self) -> None:
         while True:
             now = time.monotonic()
             start = max(self.paused_until, self._next_start)
             if start <= now:
-                # Keep the schedule's grid, so wake-up lag does not erode the rate; after an idle
-                # spell at most one extra request may start right away.
-                self._next_start = max(self._next_start + self.interval, now)
+                # Starts follow a grid, so wake-up lag does not erode the rate, but never come
+                # closer than half an interval: no back-to-back pair into a tight limit.
+                self._next_start = max(self._next_start + self.interval, now + self.interval / 2)
                 return
             await asyncio.sleep(start - now)
 
@@ -433,6 +420,8 @@ class RateGovernor:
         self.paused_until = max(self.paused_until, time.monotonic() + seconds)
 
     def on_rate_limited(self, headers: Mapping[str, str]) -> float:
+        """Pause the pool after a 429 (and learn the limits it advertises); returns the pause in seconds."""
+        self._learn_limits(headers)
         self._limited_streak += 1
         wait = retry_after(headers)
         if wait is None:
@@ -441,16 +430,23 @@ class RateGovernor:
         return wait
 
     def observe(self, headers: Mapping[str, str], tokens_used: int) -> None:
+        """Learn the pace from an answer's x-ratelimit-limit-* headers and its token count."""
         self._limited_streak = 0
-        limit = _float(headers.get("x-ratelimit-limit-requests"))
-        if limit:
-            self.interval = max(60.0 / limit, 60.0 / self.rpm_limit if self.rpm_limit else 0.0)
-        remaining = _float(headers.get("x-ratelimit-remaining-requests"))
-        if remaining is not None and remaining < 1:
-            self.pause(_seconds(headers.get("x-ratelimit-reset-requests")) or self.interval)
-        remaining_tokens = _float(headers.get("x-ratelimit-remaining-tokens"))
-        if remaining_tokens is not None and remaining_tokens < tokens_used:
-            self.pause(_seconds(headers.get("x-ratelimit-reset-tokens")) or 1.0)
+        if tokens_used:
+            previous = self._tokens_per_request
+            self._tokens_per_request = tokens_used if previous is None else 0.9 * previous + 0.1 * tokens_used
+        self._learn_limits(headers)
+
+    def _learn_limits(self, headers: Mapping[str, str]) -> None:
+        advertised = []
+        requests_per_minute = _float(headers.get("x-ratelimit-limit-requests"))
+        if requests_per_minute:
+            advertised.append(60.0 / requests_per_minute)
+        tokens_per_minute = _float(headers.get("x-ratelimit-limit-tokens"))
+        if tokens_per_minute and self._tokens_per_request:
+            advertised.append(60.0 * self._tokens_per_request / tokens_per_minute)
+        if advertised:
+            self.interval = max(*advertised, 60.0 / self.rpm_limit if self.rpm_limit else 0.0)
 
 
 def _float(value: str | None) -> float | None:

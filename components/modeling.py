@@ -18,8 +18,10 @@ from pathlib import Path
 from typing import Iterable
 
 import torch
+import torch.nn.functional as F
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
+    AttentionInterface,
     AutoModelForCausalLM,
     AutoTokenizer,
     GPTNeoXConfig,
@@ -187,13 +189,59 @@ def is_local(name_or_path: str) -> bool:
     return Path(name_or_path).expanduser().is_dir()
 
 
+# -- attention backends -------------------------------------------------------------------------
+#
+# A packed row holds several samples; position_ids restart at 0 at each one. transformers offers
+# GPT-NeoX these backends: flash_attention_2/3 run the varlen kernel on the samples' boundaries
+# (no work across samples); sdpa, eager and flex_attention get a block-diagonal causal mask built
+# from the position_ids. SDPA with that mask is correct but dense: it computes the full
+# L x L score matrix of the row and throws most of it away. `sdpa_varlen` (registered below) is
+# the varlen idea without FlashAttention: causal SDPA on each sample's slice of the row, so the
+# cost is sum(len_i^2) instead of (sum len_i)^2. It is the training backend on CPUs and on GPUs
+# without flash-attn.
+
+SDPA_VARLEN = "sdpa_varlen"
+
+
+def sdpa_varlen_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
+                          position_ids=None, cu_seq_lens_q=None, **kwargs):
+    """Causal attention inside each packed sample of a [1, heads, L, head_dim] row.
+
+    Sample boundaries come from `cu_seq_lens_q` (DataCollatorWithFlattening) or from the
+    position_ids resets. Only for training on packed rows: no padding mask, no KV cache.
+    """
+    if attention_mask is not None or query.shape[0] != 1 or query.shape[2] != key.shape[2]:
+        raise ValueError(f"{SDPA_VARLEN} serves packed rows only (batch 1, no padding mask, no cache); "
+                         "use sdpa for padded batches and generation")
+    if cu_seq_lens_q is not None:
+        bounds = cu_seq_lens_q.tolist()
+    else:
+        starts = (position_ids[0] == 0).nonzero().flatten().tolist()
+        bounds = starts + [query.shape[2]]
+    outputs = [
+        F.scaled_dot_product_attention(query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], is_causal=True,
+                                       scale=scaling, dropout_p=dropout if module.training else 0.0)
+        for a, b in zip(bounds[:-1], bounds[1:])
+    ]
+    return torch.cat(outputs, dim=2).transpose(1, 2).contiguous(), None
+
+
+AttentionInterface.register(SDPA_VARLEN, sdpa_varlen_attention)
+
+
 def default_attn_implementation(device: str | torch.device) -> str:
-    """FlashAttention-2 (varlen kernels, so packed samples cost no cross-sample work) when it is
-    installed and we are on a GPU; otherwise PyTorch SDPA, which transformers feeds a block-diagonal
-    causal mask built from the reset position_ids of packed samples (correct, not varlen-fast)."""
+    """Attention for generation and padded batches: FlashAttention-2 on a GPU when installed, else SDPA."""
     if torch.device(device).type == "cuda" and importlib.util.find_spec("flash_attn") is not None:
         return "flash_attention_2"
     return "sdpa"
+
+
+def training_attn_implementation(device: str | torch.device, packing: bool) -> str:
+    """Attention for training: FlashAttention-2 varlen on a GPU when installed; otherwise
+    sdpa_varlen for packed rows and plain SDPA for the padded baseline."""
+    if torch.device(device).type == "cuda" and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return SDPA_VARLEN if packing else "sdpa"
 
 
 def load_base(name_or_path: str, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",

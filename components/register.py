@@ -16,20 +16,22 @@ version remembers the one it replaced in its `previous_champion` tag, so `rollba
 undoes a promotion in one call.
 """
 
-
+# No `from __future__ import annotations`: KFP reads the component's annotations as real types.
 import json
 import math
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from importlib.metadata import PackageNotFoundError, version as package_version
 from pathlib import Path
-from typing import Any, Iterable, Iterator, List, Mapping, Sequence
+from typing import Any, Iterable, List, Mapping, Sequence
 
 import mlflow
 import pandas as pd
-from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Markdown, Model, Output
+# The decorator from its own module, not `kfp.dsl.component`: while a component runs
+# (_KFP_RUNTIME=true) kfp.dsl leaves out its compile-time names, and the body of `register`
+# imports this module.
+from kfp.dsl.component_decorator import component
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
@@ -314,6 +316,8 @@ class KoreanWritingModel(mlflow.pyfunc.PythonModel):
             model = PeftModel.from_pretrained(base, context.artifacts["adapter"]).merge_and_unload()
         self.model = model.to(self.device).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(context.artifacts["tokenizer"], padding_side="left")
+        if self.tokenizer.pad_token is None:  # batches need one; EOS never reaches the answer text
+            self.tokenizer.pad_token = self.tokenizer.eos_token
 
     def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> list[str]:
         # The signature's single string column makes pyfunc hand over a DataFrame, whether the
@@ -435,23 +439,12 @@ class RegisterReport:
         verdict = "promoted to `champion`" if self.decision.promote else "not promoted"
         lines += ["", f"## Promotion: {verdict}", ""]
         lines += [f"- {reason}" for reason in self.decision.reasons]
-        lines += ["", f"`champion` is now v{self.champion_after}." if self.champion_after else "", ""]
+        lines += ["", f"`champion` is now v{self.champion_after}." if self.champion_after else "No `champion` yet.", ""]
         return "\n".join(lines)
 
 
 def _fmt(value: float | None) -> str:
     return "-" if value is None or not math.isfinite(value) else f"{value:.2f}"
-
-
-@contextmanager
-def _tracking(uri: str) -> Iterator[None]:
-    """Point MLflow's fluent API (start_run, log_model) at `uri` for the block, then restore."""
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(previous)
 
 
 def default_artifact_location(tracking_uri: str) -> str | None:
@@ -596,7 +589,8 @@ def register_candidates(
     """Log and register every candidate, alias the best `challenger`, promote it if the gate passes.
 
     tracking_uri: `http(s)://` MLflow server, or `sqlite:////abs/path/mlflow.db` (artifacts of a
-        new experiment then go to `artifacts/` beside the database file).
+        new experiment then go to `artifacts/` beside the database file). Like
+        `mlflow.set_tracking_uri`, this also points the process's fluent MLflow API at it.
     pipeline_run: id of the pipeline run that produced the candidates (tag on runs and versions).
     data_sha256: hash of the scored seed data the models were trained from (tag).
     """
@@ -606,12 +600,13 @@ def register_candidates(
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     experiment_id = _experiment_id(client, experiment_name, tracking_uri)
     _ensure_registered_model(client, registered_model_name)
-    with _tracking(tracking_uri):
-        versions = [
-            _log_candidate(client, c, experiment_id=experiment_id, registered_model_name=registered_model_name,
-                           pipeline_run=pipeline_run, data_sha256=data_sha256)
-            for c in tqdm(candidates, desc="register", unit="model")
-        ]
+    # mlflow's fluent API (start_run, log_model) follows the process-wide tracking URI.
+    mlflow.set_tracking_uri(tracking_uri)
+    versions = [
+        _log_candidate(client, c, experiment_id=experiment_id, registered_model_name=registered_model_name,
+                       pipeline_run=pipeline_run, data_sha256=data_sha256)
+        for c in tqdm(candidates, desc="register", unit="model")
+    ]
 
     def overall(v: RegisteredVersion) -> float:
         score = _score(v.metrics, "judge/overall")
@@ -662,7 +657,8 @@ def rollback_champion(
     client.get_model_version(registered_model_name, version)  # fails clearly on an unknown version
     client.set_registered_model_alias(registered_model_name, CHAMPION, version)
     if current is not None and str(current.version) != version:
-        client.set_model_version_tag(registered_model_name, current.version, "rolled_back", f"champion moved to v{version}")
+        client.set_model_version_tag(registered_model_name, current.version, "rolled_back",
+                                     f"champion moved to v{version}")
     return version
 
 
@@ -670,7 +666,7 @@ def rollback_champion(
 # KFP component
 # ---------------------------------------------------------------------------------------------
 
-@dsl.component(base_image=CPU_IMAGE)
+@component(base_image=CPU_IMAGE)
 def register(
     models: Input[List[Model]],
     judge_summaries: Input[List[Artifact]],
