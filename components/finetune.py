@@ -109,7 +109,10 @@ class FinetuneConfig:
     )
     seed: int = field(default=42, metadata={"help": "Seeds model-side randomness (LoRA init, dropout) and the data order of every epoch."})
     save_every_steps: int = field(default=50, metadata={"help": "Checkpoint every N optimizer steps (0: only on SIGTERM and at the end)."})
-    keep_checkpoints: int = field(default=2, metadata={"help": "Complete checkpoints kept in checkpoint_dir; older ones are deleted."})
+    keep_checkpoints: int = field(
+        default=1,
+        metadata={"help": "Complete checkpoints kept per run; older ones are deleted. Writes are atomic, so 1 is safe."},
+    )
 
     # Fields that change how a run is checkpointed, not what it computes; a resumed run may differ in them.
     RESUMABLE_FIELDS = ("save_every_steps", "keep_checkpoints")
@@ -137,7 +140,7 @@ class FinetuneConfig:
         ~32k tokens per optimizer step. `tiny` trains in seconds on a CPU."""
         per_model = {
             TINY: dict(lora_r=8, lora_alpha=16, learning_rate=3e-3, num_epochs=3, max_seq_len=1024,
-                       micro_batch_tokens=4096, grad_accum_steps=1, save_every_steps=10),
+                       micro_batch_tokens=4096, grad_accum_steps=1, save_every_steps=5),
             "EleutherAI/polyglot-ko-1.3b": dict(micro_batch_tokens=16384, grad_accum_steps=2),
             "EleutherAI/polyglot-ko-3.8b": dict(micro_batch_tokens=8192, grad_accum_steps=4, learning_rate=1.5e-4),
             "EleutherAI/polyglot-ko-5.8b": dict(micro_batch_tokens=8192, grad_accum_steps=4, learning_rate=1e-4),
@@ -699,8 +702,9 @@ def train(
         output_dir: gets selfguided.json, adapter/ (LoRA) or model/ (full), tokenizer/, base/
             (only for `tiny`, which no hub serves) and train_log.jsonl (one line per step).
         config: defaults to FinetuneConfig.for_model(base_model).
-        checkpoint_dir: persistent folder (a PVC) to resume from and checkpoint into. None: a
-            folder inside output_dir, deleted once training finishes.
+        checkpoint_dir: persistent folder (a PVC), may be shared: each run checkpoints into the
+            subfolder named by its fingerprint (data, base, config, GPU count) and a rerun of the
+            same run resumes there. None: a folder inside output_dir, deleted once training ends.
         arm: the data arm (unscored / self_guided); default: the train file's name.
 
     Returns the training metrics: train_loss, train_tokens, target_tokens, tokens_per_s, steps,
@@ -734,14 +738,17 @@ def train(
 
     torch.manual_seed(config.seed)  # LoRA's A matrices are initialised from the global RNG
     model = prepare_model(model, config)
+    fingerprint = run_fingerprint(train_file, base_model, config, distributed.world_size)
     temporary_checkpoints = checkpoint_dir is None
-    checkpoint_dir = output_dir / "checkpoints" if temporary_checkpoints else Path(checkpoint_dir)
+    # A shared checkpoint_dir (one PVC folder for every model, arm and pipeline run) gets one
+    # subfolder per run identity, so parallel tasks never meet and a retry finds its own.
+    checkpoint_dir = output_dir / "checkpoints" if temporary_checkpoints else Path(checkpoint_dir) / fingerprint[:16]
     model, state = train_loop(
         model, samples, config,
         device=device,
         pad_token_id=tokenizer.pad_token_id,
         checkpoint_dir=checkpoint_dir,
-        fingerprint=run_fingerprint(train_file, base_model, config, distributed.world_size),
+        fingerprint=fingerprint,
         distributed=distributed,
     )
 
@@ -900,8 +907,9 @@ def finetune(
         config_json: "" for the per-size defaults, else a JSON object of FinetuneConfig overrides,
             e.g. '{"method": "full", "num_epochs": 2}'.
         num_gpus: GPUs of this pod; more than 1 runs torchrun (DDP) inside the step.
-        checkpoint_dir: a persistent folder (PVC mount) unique to this run and arm, so a retried
-            pod resumes from the last checkpoint; "" keeps checkpoints inside the output only.
+        checkpoint_dir: a persistent folder (PVC mount), shareable by all tasks: each run uses the
+            subfolder named by its fingerprint, so a retried pod resumes from its last checkpoint;
+            "" keeps checkpoints inside the output only (no resume across pods).
         model: the trained model (selfguided.json, adapter/ or model/, tokenizer/, base/ for tiny).
         metrics: every training metric (train_loss, tokens_per_s, peak_memory_gb, ...).
     """

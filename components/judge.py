@@ -17,7 +17,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from kfp import dsl
+from kfp.dsl.component_decorator import component  # `dsl.component` is absent when a step runs (_KFP_RUNTIME)
 from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Metrics, Output
 
 from selfguided.components.data import CATEGORIES, CATEGORY_LABELS_KO, load_questions, read_jsonl, write_jsonl
@@ -217,7 +217,7 @@ def run_judge_step(
     return summary
 
 
-@dsl.component(base_image=CPU_IMAGE)
+@component(base_image=CPU_IMAGE)
 def judge(
     questions: Input[Dataset],
     answers: Input[Dataset],

@@ -13,7 +13,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
-from kfp import dsl
+from kfp.dsl.component_decorator import component  # `dsl.component` is absent when a step runs (_KFP_RUNTIME)
 from kfp.dsl import Dataset, Markdown, Metrics, Output
 
 from selfguided.components.data import CATEGORIES, fetch_input, load_seed, write_jsonl
@@ -144,7 +144,7 @@ def run_score_step(
     return metrics
 
 
-@dsl.component(base_image=CPU_IMAGE)
+@component(base_image=CPU_IMAGE)
 def score(
     seed_uri: str,
     model: str,

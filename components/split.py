@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kfp import dsl
+from kfp.dsl.component_decorator import component  # `dsl.component` is absent when a step runs (_KFP_RUNTIME)
 from kfp.dsl import Dataset, Input, Markdown, Output
 
 from selfguided.components.data import (
@@ -160,7 +160,7 @@ def run_split_step(
     return result
 
 
-@dsl.component(base_image=CPU_IMAGE)
+@component(base_image=CPU_IMAGE)
 def split(
     scored: Input[Dataset],
     questions_uri: str,

@@ -152,4 +152,4 @@ def self_guided_pipeline(
     ).set_display_name("register and promote")
     # Registering is a side effect on MLflow: never answer it from the KFP cache.
     register_task.set_caching_options(False)
-    return register_task.output
+    return register_task.outputs["Output"]

@@ -212,10 +212,7 @@ def test_bad_model_dirs_and_summaries_are_named(two_arms, tmp_path):
     with pytest.raises(DataError, match="field 'method' is 'qlora'"):
         load_candidates(models, summaries)
     (models[0] / "selfguided.json").write_text(json.dumps(manifest))
-    (models[0] / "adapter" / "adapter_config.json").unlink()
-    (models[0] / "adapter" / "adapter_model.safetensors").rename(models[0] / "moved.safetensors")
-    (models[0] / "adapter" / "README.md").unlink()
-    (models[0] / "adapter").rmdir()
+    shutil.rmtree(models[0] / "adapter")
     with pytest.raises(DataError, match=r"folder adapter/ is missing \(method 'lora'"):
         load_candidates(models, summaries)
     summary = json.loads(summaries[0].read_text())
