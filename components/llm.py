@@ -208,7 +208,9 @@ class UsageSummary:
     cost_usd: float = 0.0
     """Price of the tokens paid for in this run (cached answers are free)."""
     parse_success_rate: float | None = None
-    """Share of answered records whose verdict parsed (after at most one re-ask)."""
+    """Share of first answers whose verdict parsed (the re-asks rescue some of the rest)."""
+    reasked: int = 0
+    """Answers without a parsable verdict that were asked once more."""
     pair_consistency: float | None = None
     """Pairwise mode: share of pairs whose verdict did not change when the positions were swapped."""
     elapsed_s: float = 0.0
@@ -220,7 +222,7 @@ class UsageSummary:
         """Numeric fields as MLflow metrics named llm/<step>/<field>."""
         names = (
             "records", "done", "failed", "cached", "requests_sent", "retries", "rate_limited",
-            "prompt_tokens", "completion_tokens", "cost_usd", "parse_success_rate",
+            "prompt_tokens", "completion_tokens", "cost_usd", "parse_success_rate", "reasked",
             "pair_consistency", "elapsed_s",
         )
         values = self.to_dict()
@@ -247,7 +249,8 @@ class UsageSummary:
             ("prompt tokens", f"{self.prompt_tokens:,}"),
             ("completion tokens", f"{self.completion_tokens:,}"),
             ("cost (USD)", f"{self.cost_usd:.4f}"),
-            ("parse success", rate(self.parse_success_rate)),
+            ("parse success (first answer)", rate(self.parse_success_rate)),
+            ("re-asked for the verdict", self.reasked),
         ]
         if self.pair_consistency is not None:
             rows.append(("pairwise consistency", rate(self.pair_consistency)))
@@ -509,7 +512,7 @@ class LLMClient:
     def _may_fall_back(self, request: LLMRequest) -> bool:
         return self.config.structured_output == "auto" and request.text_fallback is not None
 
-    def _variant(self, request: LLMRequest) -> LLMRequest:
+    def as_sent(self, request: LLMRequest) -> LLMRequest:
         """The request as it will be sent: its text variant once structured output is off."""
         if request.response_format is not None and not self.structured and request.text_fallback is not None:
             return request.text_fallback
@@ -576,10 +579,10 @@ class LLMClient:
         attempt = 0
         while attempt < self.config.max_attempts:
             attempt += 1
-            request = self._variant(request)
             delay = 0.0
             async with slots:
                 await self.governor.wait_turn()
+                request = self.as_sent(request)  # decided late: another request may just have learnt
                 self.usage.requests_sent += 1
                 self.usage.retries += attempt > 1
                 try:
@@ -643,7 +646,7 @@ class LLMClient:
         pending: dict[str, tuple[LLMRequest, list[int]]] = {}  # custom_id (= cache key) -> request, positions
         for index, request in enumerate(requests):
             if results[index] is None:
-                request = self._variant(request)
+                request = self.as_sent(request)
                 pending.setdefault(cache_key(self.config, request), (request, []))[1].append(index)
         if pending:
             async with self._api(max_retries=5) as api:  # batch management calls: the SDK's retries suffice

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from selfguided.pipelines.local import DEFAULT_WORKDIR, LOCAL_DEFAULTS
+from selfguided.pipelines.platform import PIPELINE_SERVICE_ACCOUNT
 
 
 def _list(value: str) -> list[str]:
@@ -122,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--namespace", help="Kubeflow profile namespace to run in")
     submit.add_argument("--experiment", default="selfguided", help="KFP experiment (default: %(default)s)")
     submit.add_argument("--run-name", help="name of the run (default: generated)")
-    submit.add_argument("--service-account", help="service account of the run's pods (manifests: selfguided-pipeline)")
+    submit.add_argument("--service-account", default=PIPELINE_SERVICE_ACCOUNT,
+                        help="service account of the run's pods (default: %(default)s, from manifests/)")
     _add_pipeline_options(submit, local=False)
     submit.set_defaults(func=cmd_submit)
 

@@ -44,3 +44,6 @@ MLFLOW_TRACKING_URI_IN_CLUSTER = "http://mlflow.selfguided.svc.cluster.local:500
 # response cache and the training checkpoints, so a retried or re-run task resumes.
 CACHE_PVC_NAME = "selfguided-cache"
 CACHE_MOUNT_PATH = "/mnt/selfguided"
+
+# The ServiceAccount of pipeline pods (manifests/base/pipeline-runner).
+PIPELINE_SERVICE_ACCOUNT = "selfguided-pipeline"

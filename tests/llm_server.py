@@ -13,8 +13,8 @@ that already has an assistant turn is a re-ask and gets the bare verdict.
 
 Fault knobs (all thread-safe; change them between runs):
 - `script(*faults)`: the next chat requests, in arrival order, get these faults: "429" (with
-  Retry-After `retry_after_s`), "500", "slow" (answers after `slow_s`, beyond a short client
-  timeout) or "garbage" (an answer with no parsable rating).
+  Retry-After `retry_after_s`), "quota" (429 insufficient_quota), "500", "slow" (answers after
+  `slow_s`, beyond a short client timeout) or "garbage" (an answer with no parsable rating).
 - `fail_rate`: share of chat requests answered 500, drawn from a seeded RNG.
 - `garbage_rate`: share of first-ask answers with no parsable rating (re-asks are answered well).
 - `rpm` (+ `burst`) and `max_concurrent`: a token-bucket rate limit and a cap on requests in
@@ -133,7 +133,7 @@ class FakeOpenAI:
             self.files_uploaded = 0
 
     def script(self, *faults: str) -> None:
-        unknown = set(faults) - {"429", "500", "slow", "garbage"}
+        unknown = set(faults) - {"429", "quota", "500", "slow", "garbage"}
         if unknown:
             raise ValueError(f"unknown fault(s) {sorted(unknown)}")
         with self._lock:
@@ -182,7 +182,9 @@ class FakeOpenAI:
             fault = "garbage"
         if fault == "429":
             ms = self.retry_after_s * 1000
-            return fault, {"retry-after-ms": f"{ms:.0f}", "retry-after": str(math.ceil(self.retry_after_s))}
+            return "429-scripted", {"retry-after-ms": f"{ms:.0f}", "retry-after": str(math.ceil(self.retry_after_s))}
+        if fault == "quota":
+            return "429-quota", {}
         self._in_flight += 1
         return fault, self._rate_headers()
 
@@ -258,6 +260,10 @@ class FakeOpenAI:
             self.asked.append(first_user)
         status = 200
         try:
+            if fault == "429-quota":
+                status = 429
+                message = "You exceeded your current quota, please check your plan and billing details."
+                return status, _error(message, "insufficient_quota", code="insufficient_quota"), headers
             if fault is not None and fault.startswith("429"):
                 status = 429
                 reason = "concurrent requests" if fault == "429-concurrency" else "requests per minute"

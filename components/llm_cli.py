@@ -1,0 +1,197 @@
+"""The standalone `selfguided score` and `selfguided judge` commands, on JSONL files.
+
+`pipelines/cli.py` registers them:
+
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    add_score_parser(subparsers)
+    add_judge_parser(subparsers)
+    args = parser.parse_args()
+    sys.exit(args.func(args))
+
+Each subcommand sets `func`, a callable taking the parsed arguments and returning the exit code:
+0 when every record got a verdict, 1 when some failed (they are in the output with their
+`error`, and rerunning the same command with the same --cache retries only those), 2 when the
+input is unusable. Like the openai SDK, both read OPENAI_BASE_URL and OPENAI_API_KEY; with
+neither set they say so and use the offline heuristic judge instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from selfguided.components.data import DataError, load_questions, load_seed, write_jsonl
+from selfguided.components.llm import DEFAULT_PRICES, STRUCTURED_OUTPUT_MODES, LLMConfig, UsageSummary, endpoint_configured
+from selfguided.components.llm_tasks import JUDGE_MODES, judge_with_llm, load_answers, score_with_llm
+
+_ENDPOINT_HELP = """\
+endpoint:
+  OPENAI_BASE_URL   OpenAI-compatible endpoint (vLLM, Azure, a proxy); default: the OpenAI API
+  OPENAI_API_KEY    its key
+  With neither set, the offline heuristic judge is used and no LLM is called.
+
+resume:
+  With --cache every answer is stored the moment it arrives. Rerunning the same command
+  (after a crash, kill -9, or with failed records) sends requests only for what is missing.
+"""
+
+
+def _add_llm_options(parser: argparse.ArgumentParser) -> None:
+    defaults = LLMConfig()
+    group = parser.add_argument_group("LLM client")
+    group.add_argument("--model", default=defaults.model, help="judge model name (default: %(default)s)")
+    group.add_argument("--concurrency", type=int, default=defaults.concurrency,
+                       help="requests in flight at most (default: %(default)s)")
+    group.add_argument("--cache", metavar="PATH",
+                       help="answer cache: a directory or s3://bucket/prefix; makes reruns resume (default: none)")
+    group.add_argument("--batch", action="store_true",
+                       help="use the OpenAI Batch API: half price, results within 24 h; needs --cache to resume")
+    group.add_argument("--max-attempts", type=int, default=defaults.max_attempts,
+                       help="attempts per request before it is marked failed (default: %(default)s)")
+    group.add_argument("--timeout", type=float, default=defaults.timeout_s,
+                       help="seconds to wait for one answer (default: %(default)s)")
+    group.add_argument("--rpm", type=float, default=None,
+                       help="requests per minute to stay under (default: learnt from x-ratelimit headers)")
+    group.add_argument("--structured-output", choices=STRUCTURED_OUTPUT_MODES, default=defaults.structured_output,
+                       help="json: JSON-schema answers; text: [[rating]] answers; auto: JSON where the endpoint "
+                            "supports it (default: %(default)s)")
+    group.add_argument("--poll-interval", type=float, default=defaults.poll_interval_s,
+                       help="seconds between batch status polls (default: %(default)s)")
+    group.add_argument("--price", nargs=3, action="append", metavar=("MODEL", "PROMPT_USD", "COMPLETION_USD"),
+                       help="price per 1M tokens, repeatable (built in: "
+                            + ", ".join(f"{m} {p}/{c}" for m, (p, c) in DEFAULT_PRICES.items()) + ")")
+
+
+def _config(args: argparse.Namespace) -> LLMConfig:
+    prices = dict(DEFAULT_PRICES)
+    for model, prompt_usd, completion_usd in args.price or []:
+        prices[model] = (float(prompt_usd), float(completion_usd))
+    return LLMConfig(
+        model=args.model,
+        concurrency=args.concurrency,
+        max_attempts=args.max_attempts,
+        timeout_s=args.timeout,
+        structured_output=args.structured_output,
+        rpm_limit=args.rpm,
+        cache=args.cache,
+        prices=prices,
+        batch=args.batch,
+        poll_interval_s=args.poll_interval,
+    )
+
+
+def add_score_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register `score SEED.jsonl -o SCORED.jsonl`: rate seed records on the four criteria."""
+    parser = subparsers.add_parser(
+        "score",
+        help="rate seed records (helpfulness, relevance, accuracy, detail) with an LLM",
+        description=(
+            "Rate every seed record (Alpaca, KoAlpaca or chat-messages JSONL) on helpfulness, relevance, "
+            "accuracy and level of detail, 1-10 each, with a GPT-4 class model. The output has the seed "
+            "record plus 'scores', 'score' (their mean) and 'judge'; a record that could not be scored keeps "
+            "its place with 'scores': null and an 'error'. Unusable input lines go to OUTPUT.rejects.jsonl."
+        ),
+        epilog=_ENDPOINT_HELP + "\nexample:\n  selfguided score seed.jsonl -o scored.jsonl --cache .selfguided/llm-cache",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("seed", type=Path, help="seed records, JSONL")
+    parser.add_argument("-o", "--output", type=Path, required=True, help="scored records, JSONL")
+    _add_llm_options(parser)
+    parser.set_defaults(func=run_score)
+    return parser
+
+
+def add_judge_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register `judge QUESTIONS.jsonl ANSWERS.jsonl -o JUDGMENTS.jsonl`: grade model answers."""
+    parser = subparsers.add_parser(
+        "judge",
+        help="grade model answers to eval questions with an LLM judge (FastChat formats)",
+        description=(
+            "Grade the first turn of FastChat model answers to FastChat question.jsonl questions. "
+            "single: Vicuna-style grading on helpfulness, relevance, accuracy and detail plus an overall "
+            "score, 1-10. pair: each answer against --reference answers, asked twice with the positions "
+            "swapped; a win counts only when both orders agree. Answers not written in Korean are "
+            "penalised as in KoMT-Bench (square root of the score; in pairs, the Korean answer wins)."
+        ),
+        epilog=_ENDPOINT_HELP
+        + "\nexample:\n  selfguided judge questions.jsonl answers.jsonl -o judgments.jsonl --cache .selfguided/llm-cache",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("questions", type=Path, help="FastChat question.jsonl (question_id, category, turns)")
+    parser.add_argument("answers", type=Path, help="FastChat model_answer JSONL, one or more models")
+    parser.add_argument("-o", "--output", type=Path, required=True, help="FastChat model_judgment JSONL")
+    parser.add_argument("--mode", choices=JUDGE_MODES, default="single", help="grading mode (default: %(default)s)")
+    parser.add_argument("--reference", type=Path, metavar="ANSWERS.jsonl",
+                        help="the reference model's answers, required for --mode pair")
+    _add_llm_options(parser)
+    parser.set_defaults(func=run_judge)
+    return parser
+
+
+def _no_endpoint(step: str) -> None:
+    print(
+        f"{step}: no OpenAI-compatible endpoint configured (OPENAI_BASE_URL and OPENAI_API_KEY are unset); "
+        "using the offline heuristic judge",
+        file=sys.stderr,
+    )
+
+
+def _finish(step: str, output: Path, rows: list[dict[str, Any]], usage: UsageSummary | None) -> int:
+    write_jsonl(output, rows)
+    print(f"wrote {len(rows)} rows to {output}", file=sys.stderr)
+    if usage is None:
+        return 0
+    print(usage.summary_line())
+    if usage.failed:
+        print(f"{step}: {usage.failed} failed (see their 'error' field); rerun the same command "
+              "with the same --cache to retry only those", file=sys.stderr)
+        return 1
+    return 0
+
+
+def run_score(args: argparse.Namespace) -> int:
+    try:
+        loaded = load_seed(args.seed)
+    except DataError as exc:
+        print(f"score: {exc}", file=sys.stderr)
+        return 2
+    if loaded.rejects:
+        rejects = args.output.with_name(args.output.stem + ".rejects.jsonl")
+        write_jsonl(rejects, (r.to_json() for r in loaded.rejects))
+        print(f"score: {len(loaded.rejects)} unusable record(s) set aside in {rejects}", file=sys.stderr)
+    if not endpoint_configured():
+        _no_endpoint("score")
+        from selfguided.components.score import score_offline
+
+        return _finish("score", args.output, score_offline(loaded.records), None)
+    scored, usage = score_with_llm(loaded.records, _config(args))
+    return _finish("score", args.output, scored, usage)
+
+
+def run_judge(args: argparse.Namespace) -> int:
+    if args.mode == "pair" and args.reference is None:
+        print("judge: --mode pair needs --reference ANSWERS.jsonl", file=sys.stderr)
+        return 2
+    try:
+        questions = load_questions(args.questions)
+        answers = load_answers(args.answers)
+        reference = load_answers(args.reference) if args.reference else None
+    except DataError as exc:
+        print(f"judge: {exc}", file=sys.stderr)
+        return 2
+    if not endpoint_configured():
+        if args.mode == "pair":
+            print("judge: --mode pair needs an LLM endpoint (set OPENAI_BASE_URL or OPENAI_API_KEY)", file=sys.stderr)
+            return 2
+        _no_endpoint("judge")
+        from selfguided.components.judge import judge_offline
+
+        return _finish("judge", args.output, judge_offline(questions, answers), None)
+    try:
+        rows, usage = judge_with_llm(questions, answers, _config(args), mode=args.mode, reference_answers=reference)
+    except DataError as exc:
+        print(f"judge: {exc}", file=sys.stderr)
+        return 2
+    return _finish("judge", args.output, rows, usage)

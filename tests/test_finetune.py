@@ -1,0 +1,403 @@
+"""Fine-tuning: config, data, packing, loss masking, LoRA, training, checkpoints and exact resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+import torch
+from kfp.dsl import Dataset, Metrics, Model
+from safetensors.torch import load_file
+
+from selfguided.components import finetune as ft
+from selfguided.components.data import DataError, load_seed, sample_path, write_jsonl
+from selfguided.components.finetune import FinetuneConfig, Sample
+from selfguided.components.modeling import GPT_NEOX_LINEAR_MODULES, SDPA_VARLEN, build_tiny
+from selfguided.components.prompting import format_prompt
+
+IGNORE = ft.IGNORE_INDEX
+
+
+def training_rows(limit=None):
+    """Training rows as the split step writes them, from the bundled seed data."""
+    records = load_seed(sample_path("seed.jsonl")).records[:limit]
+    return [
+        {"id": r["id"], "category": r["category"], "prompt": format_prompt(r["instruction"], r["input"]),
+         "response": r["output"]}
+        for r in records
+    ]
+
+
+@pytest.fixture(scope="module")
+def train_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("split") / "unscored.jsonl"
+    write_jsonl(path, training_rows())
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return build_tiny()
+
+
+# -- config ---------------------------------------------------------------------------------------
+
+
+def test_every_config_field_is_documented():
+    undocumented = [f.name for f in fields(FinetuneConfig) if not f.metadata.get("help")]
+    assert undocumented == []
+
+
+def test_defaults_per_model_size_and_json_overrides():
+    small, big = FinetuneConfig.for_model("EleutherAI/polyglot-ko-1.3b"), FinetuneConfig.for_model("5.8b")
+    assert big.micro_batch_tokens < small.micro_batch_tokens
+    assert big.micro_batch_tokens * big.grad_accum_steps == small.micro_batch_tokens * small.grad_accum_steps
+    assert FinetuneConfig.for_model("tiny").max_seq_len < small.max_seq_len
+    assert small.lora_target_modules == ("query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h")
+    config = FinetuneConfig.from_json('{"method": "full", "num_epochs": 1}', "tiny")
+    assert (config.method, config.num_epochs, config.max_seq_len) == ("full", 1, 1024)
+    assert FinetuneConfig.from_json("", "tiny") == FinetuneConfig.for_model("tiny")
+
+
+@pytest.mark.parametrize(
+    "config_json, message",
+    [
+        ('{"epochs": 2}', "unknown field.*epochs.*known:.*num_epochs"),
+        ('{"method": "qlora"}', "method='qlora': expected one of lora, full"),
+        ('{"micro_batch_tokens": 100}', "micro_batch_tokens=100 < max_seq_len"),
+        ("[1, 2]", "must be a JSON object"),
+        ("{oops", "not valid JSON"),
+    ],
+)
+def test_bad_config_json_says_what_is_wrong(config_json, message):
+    with pytest.raises(ValueError, match=message):
+        FinetuneConfig.from_json(config_json, "tiny")
+
+
+# -- data -------------------------------------------------------------------------------------------
+
+
+def test_train_file_errors_name_file_line_and_field(tmp_path):
+    path = tmp_path / "unscored.jsonl"
+    path.write_text('{"prompt": "a", "response": "b"}\n{"prompt": "a", "response": ""}\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"unscored.jsonl:2: field 'response' must be a non-empty string"):
+        ft.read_train_file(path)
+
+
+def test_loss_is_on_response_and_eos_only(tiny):
+    _, tokenizer = tiny
+    rows = [{"prompt": format_prompt("시를 써 주세요"), "response": "봄바람이 분다"}]
+    (sample,), counts = ft.tokenize_records(rows, tokenizer, max_seq_len=512)
+    prompt_ids = tokenizer(rows[0]["prompt"], add_special_tokens=False)["input_ids"]
+    response_ids = tokenizer(rows[0]["response"], add_special_tokens=False)["input_ids"]
+    assert sample.input_ids == prompt_ids + response_ids + [tokenizer.eos_token_id]
+    assert sample.labels == [IGNORE] * len(prompt_ids) + response_ids + [tokenizer.eos_token_id]
+    assert sample.num_targets == len(response_ids) + 1
+    assert counts == {"truncated_samples": 0, "skipped_samples": 0}
+
+
+def test_long_samples_are_cut_or_skipped_and_counted(tiny):
+    _, tokenizer = tiny
+    rows = [
+        {"prompt": format_prompt("짧은 지시"), "response": "아주 긴 응답입니다. " * 200},
+        {"prompt": format_prompt("아주 긴 지시 " * 200), "response": "응답"},
+        {"prompt": format_prompt("보통 지시"), "response": "보통 응답"},
+    ]
+    samples, counts = ft.tokenize_records(rows, tokenizer, max_seq_len=64)
+    assert counts == {"truncated_samples": 1, "skipped_samples": 1}
+    assert len(samples) == 2 and len(samples[0].input_ids) == 64
+    with pytest.raises(DataError, match="no trainable samples"):
+        ft.tokenize_records(rows[1:2], tokenizer, max_seq_len=64)
+
+
+# -- packing ----------------------------------------------------------------------------------------
+
+
+def random_samples(vocab_size, lengths, prompt_len=4, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    samples = []
+    for n in lengths:
+        ids = torch.randint(2, vocab_size, (n,), generator=generator).tolist()
+        samples.append(Sample(ids, [IGNORE] * prompt_len + ids[prompt_len:]))
+    return samples
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager", SDPA_VARLEN])
+def test_packed_logits_equal_unpacked_logits_per_sample(tiny, attn):
+    model, _ = tiny
+    samples = random_samples(model.config.vocab_size, [6, 23, 11, 40, 8])
+    with torch.no_grad():
+        alone = [model(torch.tensor([s.input_ids])).logits[0] for s in samples]
+        model.set_attn_implementation(attn)
+        batch = ft.collate_packed(samples, varlen_kwargs=attn == SDPA_VARLEN)
+        assert batch["input_ids"].shape == (1, sum(len(s.input_ids) for s in samples))  # no padding at all
+        together = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits[0]
+        model.set_attn_implementation("sdpa")
+    for a, b in zip(alone, torch.split(together, [len(s.input_ids) for s in samples])):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_packed_targets_never_cross_a_sample_boundary():
+    samples = [Sample([10, 11, 12, 13], [IGNORE, IGNORE, 12, 13]), Sample([20, 21, 22], [IGNORE, 21, 22])]
+    batch = ft.collate_packed(samples)
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 3, 0, 1, 2]]
+    # position t predicts token t+1 of its own sample; the last token of a sample predicts nothing
+    assert batch["targets"].tolist() == [[IGNORE, 12, 13, IGNORE, 21, 22, IGNORE]]
+
+
+def test_packed_padded_and_per_sample_losses_agree(tiny):
+    model, _ = tiny
+    samples = random_samples(model.config.vocab_size, [12, 30, 7, 19])
+    cpu = torch.device("cpu")
+    with torch.no_grad():
+        one_by_one = sum(ft.loss_sum(model, ft.collate_padded([s], pad_token_id=1), cpu) for s in samples)
+        padded = ft.loss_sum(model, ft.collate_padded(samples, pad_token_id=1), cpu)
+        model.set_attn_implementation(SDPA_VARLEN)
+        packed = ft.loss_sum(model, ft.collate_packed(samples, varlen_kwargs=True), cpu)
+        model.set_attn_implementation("sdpa")
+    assert torch.allclose(packed, one_by_one, rtol=1e-5) and torch.allclose(padded, one_by_one, rtol=1e-5)
+
+
+def test_plan_is_deterministic_and_uses_every_sample_once_per_epoch():
+    lengths = [int(x) for x in torch.randint(20, 300, (57,), generator=torch.Generator().manual_seed(1))]
+    config = FinetuneConfig(max_seq_len=512, micro_batch_tokens=600, grad_accum_steps=2, seed=3)
+    for world_size in (1, 2):
+        steps = ft.plan_epoch(lengths, config, epoch=0, world_size=world_size)
+        assert steps == ft.plan_epoch(lengths, config, epoch=0, world_size=world_size)
+        micro_batches = [mb for step in steps for mb in step]
+        assert sorted(i for mb in micro_batches for i in mb) == list(range(57))
+        assert all(sum(lengths[i] for i in mb) <= 600 for mb in micro_batches)
+        assert all(len(step) == 2 * world_size for step in steps[:-1])
+    assert ft.plan_epoch(lengths, config, 0, 1) != ft.plan_epoch(lengths, config, 1, 1)  # reshuffled per epoch
+    padded = ft.plan_epoch(lengths, FinetuneConfig(max_seq_len=256, micro_batch_tokens=1024, packing=False), 0, 1)
+    assert all(len(mb) <= 4 for step in padded for mb in step)
+
+
+# -- model preparation ------------------------------------------------------------------------------
+
+
+def test_lora_targets_all_four_linear_layers_of_every_block(tiny):
+    model, _ = tiny
+    peft_model = ft.prepare_model(build_tiny()[0], FinetuneConfig.for_model("tiny"))
+    trainable = [n for n, p in peft_model.named_parameters() if p.requires_grad]
+    assert trainable and all(".lora_A." in n or ".lora_B." in n for n in trainable)
+    for layer in range(model.config.num_hidden_layers):
+        for module in GPT_NEOX_LINEAR_MODULES:
+            hits = [n for n in trainable if f"layers.{layer}." in n and f".{module}.lora_" in n]
+            assert len(hits) == 2, (layer, module)  # lora_A and lora_B
+    full = ft.prepare_model(build_tiny()[0], FinetuneConfig.for_model("tiny", method="full"))
+    assert all(p.requires_grad for p in full.parameters())
+
+
+# -- training -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, train_file):
+    out = tmp_path_factory.mktemp("trained")
+    metrics = ft.train(train_file, "tiny", out, FinetuneConfig.for_model("tiny", num_epochs=3))
+    return out, metrics
+
+
+def test_training_lowers_the_loss_and_reports_metrics(trained):
+    out, metrics = trained
+    history = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert len(history) == metrics["steps"] > 4
+    first_epoch = [h["loss"] for h in history if h["epoch"] == 0]
+    last_epoch = [h["loss"] for h in history if h["epoch"] == 2]
+    # LoRA on a randomly initialised base cannot go far (the output head is frozen), but it must go down
+    assert sum(last_epoch) / len(last_epoch) < sum(first_epoch) / len(first_epoch) - 0.1
+    assert history[-1]["loss"] < history[0]["loss"] - 0.2
+    assert metrics["epochs"] == 3.0 and metrics["train_samples"] == 84
+    assert metrics["train_tokens"] > metrics["target_tokens"] > 0 and metrics["tokens_per_s"] > 0
+    assert metrics["peak_memory_gb"] > 0 and metrics["seconds"] > 0
+
+
+def test_output_is_the_model_artifact_layout(trained):
+    out, metrics = trained
+    meta = json.loads((out / "selfguided.json").read_text())
+    assert meta["base_model"] == "tiny" and meta["base_model_ref"] == ft.BUNDLED_BASE
+    assert meta["arm"] == "unscored" and meta["method"] == "lora"
+    assert meta["train_metrics"] == metrics and meta["config"]["num_epochs"] == 3
+    assert (out / "adapter" / "adapter_config.json").exists() and (out / "base" / "config.json").exists()
+    assert (out / "tokenizer" / "tokenizer.json").exists() and not (out / "model").exists()
+    assert not (out / "checkpoints").exists()  # temporary checkpoints are cleaned up
+
+
+def test_full_fine_tuning_writes_a_standalone_model(tmp_path, train_file):
+    config = FinetuneConfig.for_model("tiny", method="full", max_steps=2, learning_rate=1e-3)
+    ft.train(train_file, "tiny", tmp_path, config)
+    assert (tmp_path / "model" / "config.json").exists() and not (tmp_path / "adapter").exists()
+    model, tokenizer = ft.load_trained(tmp_path)
+    assert model.config.use_cache and not model.training
+    with torch.no_grad():
+        model(torch.tensor([tokenizer("시", add_special_tokens=False)["input_ids"]]))
+
+
+def test_unknown_arm_is_refused(tmp_path, train_file):
+    with pytest.raises(ValueError, match="unknown arm 'bogus'"):
+        ft.train(train_file, "tiny", tmp_path, arm="bogus")
+
+
+def test_kfp_component_trains_the_arm_file_and_logs_metrics(tmp_path, train_file):
+    model, metrics = Model(name="model", uri=str(tmp_path / "model"), metadata={}), Metrics(
+        name="metrics", uri=str(tmp_path / "metrics"), metadata={})
+    ft.finetune.python_func(
+        train_data=Dataset(name="train", uri=str(train_file.parent), metadata={}), base_model="tiny", arm="unscored",
+        config_json='{"max_steps": 2}', num_gpus=1, checkpoint_dir="", model=model, metrics=metrics,
+    )
+    assert model.metadata == {"base_model": "tiny", "arm": "unscored", "method": "lora"}
+    assert metrics.metadata["steps"] == 2 and metrics.metadata["train_loss"] > 0
+    with pytest.raises(DataError, match="self_guided.jsonl: no training file for arm"):
+        ft.finetune_step(train_file.parent, "tiny", "self_guided", "", 1, "", tmp_path / "other")
+
+
+# -- checkpoints and resume -------------------------------------------------------------------------
+
+# Long enough (~18 steps) that a SIGTERM sent after the 2nd step lands well before the end.
+RESUME_CONFIG = json.dumps({"max_seq_len": 512, "micro_batch_tokens": 512, "grad_accum_steps": 1,
+                            "num_epochs": 1, "save_every_steps": 2, "lora_dropout": 0.1})
+
+
+def cli(train_file, out, checkpoint_dir, *extra_python):
+    """A training subprocess, as torchrun or a retried pod would start it."""
+    args = ["--train-file", str(train_file), "--base-model", "tiny", "--output-dir", str(out),
+            "--config-json", RESUME_CONFIG, "--checkpoint-dir", str(checkpoint_dir)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    if extra_python:  # run a small driver script instead of the module (to inject a SIGKILL)
+        return subprocess.Popen([sys.executable, "-c", extra_python[0], *args], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen([sys.executable, "-m", "selfguided.components.finetune", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(process, timeout=240):
+    stdout, stderr = process.communicate(timeout=timeout)
+    return process.returncode, stdout, stderr
+
+
+def run_dirs(checkpoint_dir):
+    """The per-run subfolder (named by the run fingerprint) of a shared checkpoint_dir."""
+    (run,) = [p for p in Path(checkpoint_dir).iterdir() if p.is_dir()]
+    return run
+
+
+def wait_for_checkpoint(checkpoint_dir, process, timeout=180):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if list(Path(checkpoint_dir).glob("*/step-*")):
+            return
+        assert process.poll() is None, finish(process)
+        time.sleep(0.05)
+    raise AssertionError(f"no checkpoint in {checkpoint_dir} after {timeout} s")
+
+
+def adapter(out):
+    return load_file(Path(out) / "adapter" / "adapter_model.safetensors")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, train_file):
+    root = tmp_path_factory.mktemp("uninterrupted")
+    code, stdout, stderr = finish(cli(train_file, root / "out", root / "ckpt"))
+    assert code == 0, stderr[-3000:]
+    return root / "out", json.loads(stdout.strip().splitlines()[-1])
+
+
+def assert_same_result(out, reference):
+    ref_out, ref_metrics = reference
+    metrics = json.loads((Path(out) / "selfguided.json").read_text())["train_metrics"]
+    assert metrics["steps"] == ref_metrics["steps"] and metrics["train_tokens"] == ref_metrics["train_tokens"]
+    assert metrics["train_loss"] == pytest.approx(ref_metrics["train_loss"], rel=1e-6)
+    a, b = adapter(out), adapter(ref_out)
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.allclose(a[name], b[name], atol=1e-6), name
+
+
+@pytest.mark.slow
+def test_sigterm_midway_then_resume_ends_where_an_uninterrupted_run_ends(tmp_path, train_file, uninterrupted):
+    process = cli(train_file, tmp_path / "out", tmp_path / "ckpt")
+    wait_for_checkpoint(tmp_path / "ckpt", process)
+    process.send_signal(signal.SIGTERM)
+    code, _, stderr = finish(process)
+    assert code == ft.PREEMPTED_EXIT_CODE, stderr[-3000:]
+    assert "SIGTERM: stopped after step" in stderr
+    (saved,) = ft.Checkpoints(run_dirs(tmp_path / "ckpt"), "", ft.Distributed(), 1).complete()
+    stopped_at = json.loads((saved / "meta.json").read_text())["step"]
+    assert 2 <= stopped_at < uninterrupted[1]["steps"]  # really stopped midway
+    assert not (tmp_path / "out" / "selfguided.json").exists()
+
+    code, _, stderr = finish(cli(train_file, tmp_path / "out", tmp_path / "ckpt"))
+    assert code == 0, stderr[-3000:]
+    assert_same_result(tmp_path / "out", uninterrupted)
+
+
+# Dies by SIGKILL in the middle of writing the step-4 checkpoint (after the weights, before the
+# optimizer state), like a pod killed without grace.
+KILL_WHILE_SAVING = textwrap.dedent("""
+    import os, signal, sys
+    from selfguided.components import finetune
+    real_save = finetune._save_synced
+    def save_then_die(obj, path):
+        if path.parent.name == ".tmp-step-000004" and path.name == "optimizer.pt":
+            os.kill(os.getpid(), signal.SIGKILL)
+        real_save(obj, path)
+    finetune._save_synced = save_then_die
+    sys.exit(finetune.main(sys.argv[1:]))
+""")
+
+
+@pytest.mark.slow
+def test_kill_9_while_saving_leaves_no_torn_checkpoint_and_resume_is_exact(tmp_path, train_file, uninterrupted):
+    code, _, stderr = finish(cli(train_file, tmp_path / "out", tmp_path / "ckpt", KILL_WHILE_SAVING))
+    assert code == -signal.SIGKILL, stderr[-3000:]
+    run = run_dirs(tmp_path / "ckpt")
+    assert sorted(p.name for p in run.iterdir()) == [".tmp-step-000004", "step-000002"]
+    checkpoints = ft.Checkpoints(run, "", ft.Distributed(), 1)  # also clears the torn temporary folder
+    assert [p.name for p in checkpoints.complete()] == ["step-000002"]
+    assert not (run / ".tmp-step-000004").exists()
+
+    code, _, stderr = finish(cli(train_file, tmp_path / "out", tmp_path / "ckpt"))
+    assert code == 0, stderr[-3000:]
+    assert_same_result(tmp_path / "out", uninterrupted)
+
+
+def test_checkpoint_of_another_run_is_refused(tmp_path, tiny):
+    model, _ = tiny
+    optimizer = torch.optim.AdamW(model.parameters())
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    ft.Checkpoints(tmp_path, "run-a", ft.Distributed(), 1).save(ft.RunState(step=3), model, optimizer, scheduler)
+    other = ft.Checkpoints(tmp_path, "run-b", ft.Distributed(), 1)
+    with pytest.raises(RuntimeError, match="checkpoint of a different run"):
+        other.load(other.latest(), model, optimizer, scheduler)
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_match_one_process_with_accumulation(tmp_path, train_file):
+    """DDP over 2 CPU processes (gloo) takes the same steps as 1 process accumulating 2 micro-batches."""
+    base = {"max_seq_len": 512, "micro_batch_tokens": 512, "max_steps": 4, "lora_dropout": 0.0}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    module = ["-m", "selfguided.components.finetune", "--train-file", str(train_file), "--base-model", "tiny"]
+    single = subprocess.run(
+        [sys.executable, *module, "--output-dir", str(tmp_path / "one"),
+         "--config-json", json.dumps({**base, "grad_accum_steps": 2})],
+        env=env, capture_output=True, text=True, timeout=300)
+    assert single.returncode == 0, single.stderr[-3000:]
+    double = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *module,
+         "--output-dir", str(tmp_path / "two"), "--config-json", json.dumps({**base, "grad_accum_steps": 1})],
+        env=env, capture_output=True, text=True, timeout=300)
+    assert double.returncode == 0, double.stderr[-3000:]
+    a, b = adapter(tmp_path / "one"), adapter(tmp_path / "two")
+    for name in a:
+        assert torch.allclose(a[name], b[name], atol=1e-6), name
+    one, two = (json.loads((tmp_path / d / "selfguided.json").read_text())["train_metrics"] for d in ("one", "two"))
+    assert two["train_loss"] == pytest.approx(one["train_loss"], rel=1e-6)
+    assert two["train_tokens"] == one["train_tokens"]

@@ -1,0 +1,127 @@
+"""Generation: batched == one at a time, order restored, EOS, FastChat shape, merged export."""
+
+import json
+
+import pytest
+import torch
+from kfp.dsl import Dataset, Model
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from selfguided.components import finetune as ft
+from selfguided.components import generate as gen
+from selfguided.components.data import load_questions, read_jsonl, sample_path, write_jsonl
+from selfguided.components.prompting import inference_prompt
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """A tiny LoRA model after one step: the adapter is non-zero (merging matters), and the model is
+    still close to its random init, so greedy answers differ from prompt to prompt (a model trained
+    longer on 40 records collapses to repeating one token, which would make these tests blind)."""
+    from selfguided.components.data import load_seed
+    from selfguided.components.prompting import format_prompt
+
+    root = tmp_path_factory.mktemp("model")
+    rows = [
+        {"id": r["id"], "category": r["category"], "prompt": format_prompt(r["instruction"], r["input"]),
+         "response": r["output"]}
+        for r in load_seed(sample_path("seed.jsonl")).records[:40]
+    ]
+    write_jsonl(root / "self_guided.jsonl", rows)
+    ft.train(root / "self_guided.jsonl", "tiny", root / "out", ft.FinetuneConfig.for_model("tiny", max_steps=1))
+    return root / "out"
+
+
+@pytest.fixture(scope="module")
+def questions():
+    return load_questions(sample_path("questions.jsonl"))
+
+
+@pytest.fixture(scope="module")
+def loaded(model_dir):
+    return ft.load_trained(model_dir)
+
+
+def encode(tokenizer, prompts):
+    return tokenizer(prompts, add_special_tokens=False)["input_ids"]
+
+
+def test_batched_generation_equals_one_at_a_time_in_the_original_order(loaded, questions):
+    model, tokenizer = loaded
+    prompts = [inference_prompt(q["turns"][0], "self_guided", "condition") for q in questions[:10]]
+    prompt_ids = encode(tokenizer, prompts)
+    lengths = [len(p) for p in prompt_ids]
+    assert lengths != sorted(lengths) and lengths != sorted(lengths, reverse=True)  # order must be restored
+    kwargs = dict(max_new_tokens=24, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                  progress=False)
+    batched = gen.generate_tokens(model, prompt_ids, batch_size=4, **kwargs)
+    alone = [gen.generate_tokens(model, [p], batch_size=1, **kwargs)[0] for p in prompt_ids]
+    assert batched == alone
+    assert all(0 < len(tokens) <= 24 for tokens in batched)
+    assert len({tuple(tokens) for tokens in batched}) > 5  # answers really differ per prompt
+
+
+def test_generation_stops_at_eos_and_drops_it(loaded, questions):
+    model, tokenizer = loaded
+    prompt_ids = encode(tokenizer, [inference_prompt(q["turns"][0], "unscored", "filter") for q in questions[:6]])
+    kwargs = dict(max_new_tokens=16, batch_size=6, pad_token_id=tokenizer.pad_token_id, progress=False)
+    free = gen.generate_tokens(model, prompt_ids, eos_token_id=tokenizer.eos_token_id, **kwargs)
+    # Declare a token that some answer produces (not first) to be EOS: that answer must stop right
+    # before it, and every other answer before its own first occurrence of that token.
+    row, k = next((i, k) for i, tokens in enumerate(free) for k in range(2, len(tokens)) if tokens[k] not in tokens[:k])
+    stop = free[row][k]
+    stopped = gen.generate_tokens(model, prompt_ids, eos_token_id=stop, **kwargs)
+    assert stopped[row] == free[row][:k]
+    for tokens, unconstrained in zip(stopped, free):
+        expected = unconstrained[: unconstrained.index(stop)] if stop in unconstrained else unconstrained
+        assert tokens == expected and stop not in tokens
+
+
+def test_answers_are_fastchat_model_answer_rows_in_question_order(model_dir, questions):
+    rows = gen.answer_questions(model_dir, questions[:8], strategy="condition", max_new_tokens=12)
+    again = gen.answer_questions(model_dir, questions[:8], strategy="condition", max_new_tokens=12)
+    assert [r["question_id"] for r in rows] == [q["question_id"] for q in questions[:8]]
+    for row, question, same in zip(rows, questions, again):
+        assert set(row) == {"question_id", "answer_id", "model_id", "choices", "tstamp", "category"}
+        assert row["model_id"] == "tiny:self_guided" and row["category"] == question["category"]
+        assert len(row["choices"]) == 1 and row["choices"][0]["index"] == 0
+        (answer,) = row["choices"][0]["turns"]
+        assert isinstance(answer, str) and "<|endoftext|>" not in answer and "<|pad|>" not in answer
+        assert row["answer_id"] == same["answer_id"] and len(row["answer_id"]) == 22  # stable
+        assert isinstance(row["tstamp"], float)
+    assert len({r["answer_id"] for r in rows}) == len(rows)
+
+
+def test_merged_export_loads_with_plain_transformers_and_matches_the_adapter(tmp_path, model_dir):
+    out = ft.export_merged(model_dir, tmp_path / "merged", dtype=torch.float32, device="cpu")
+    merged = AutoModelForCausalLM.from_pretrained(out)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    unmerged, _ = ft.load_trained(model_dir, merge=False)
+    base = AutoModelForCausalLM.from_pretrained(model_dir / "base")
+    ids = torch.tensor([tokenizer("### 지시:\n시를 써 주세요\n\n### 응답:\n", add_special_tokens=False)["input_ids"]])
+    with torch.no_grad():
+        expected, got, untrained = unmerged(ids).logits, merged(ids).logits, base(ids).logits
+    assert not any("lora" in name for name, _ in merged.named_parameters())
+    assert torch.allclose(got, expected, atol=1e-5)
+    assert not torch.allclose(got, untrained, atol=1e-5)  # the adapter really is in the weights
+
+
+def test_kfp_component_writes_answers_and_metadata(tmp_path, model_dir):
+    questions_file = tmp_path / "questions.jsonl"
+    write_jsonl(questions_file, read_jsonl(sample_path("questions.jsonl"))[:5])
+    answers = Dataset(name="answers", uri=str(tmp_path / "answers.jsonl"), metadata={})
+    gen.generate.python_func(
+        model=Model(name="model", uri=str(model_dir), metadata={}),
+        questions=Dataset(name="questions", uri=str(questions_file), metadata={}),
+        strategy="condition", max_new_tokens=8, answers=answers,
+    )
+    rows = [json.loads(line) for line in (tmp_path / "answers.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [r["question_id"] for r in rows] == [1, 2, 3, 4, 5]
+    assert answers.metadata == {"base_model": "tiny", "arm": "self_guided"}
+
+
+def test_backend_choice():
+    assert gen.pick_backend("auto", "cpu") == "transformers"
+    with pytest.raises(ValueError, match="unknown generation backend 'tgi'"):
+        gen.pick_backend("tgi", "cpu")
+    assert gen.generate_answers("unused", [], device="cpu") == []

@@ -1,0 +1,42 @@
+"""A fake API key set in the environment appears nowhere: not in the compiled YAML, the logs,
+the step outputs, the LLM cache, nor MLflow params or tags. The run goes through the real LLM
+path, against a local OpenAI-compatible server."""
+
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from selfguided.pipelines.compile import compile_pipeline
+from selfguided.pipelines.local import run_local
+from tests.llm_server import FakeOpenAI
+
+pytestmark = pytest.mark.slow
+
+CANARY = "sk-selfguided-canary-7f3a9c1e5b"
+
+
+def files_containing(root: Path, needle: bytes) -> list[Path]:
+    return [p for p in root.rglob("*") if p.is_file() and needle in p.read_bytes()]
+
+
+def test_a_fake_api_key_is_found_nowhere(tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", CANARY)
+    with FakeOpenAI() as server:
+        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+        pipeline_yaml = compile_pipeline(tmp_path / "pipeline.yaml")
+        result = run_local(tmp_path / "run", arms=["self_guided"])
+        assert server.chat_requests > 0, "the run did not use the LLM endpoint"
+
+    assert CANARY.encode() not in pipeline_yaml.read_bytes()
+    assert files_containing(tmp_path, CANARY.encode()) == []  # logs, step outputs, LLM cache, mlflow.db, artifacts
+
+    client = MlflowClient(tracking_uri=result.tracking_uri)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert runs
+    for run in runs:
+        assert run.data.params["judge_model"] != "offline-heuristic"
+        for value in [*run.data.params.values(), *run.data.tags.values()]:
+            assert CANARY not in value
+    for version in client.search_model_versions(f"name = '{result.registered_model_name}'"):
+        assert CANARY not in str(version.tags)
