@@ -40,8 +40,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from kfp import dsl
 from kfp.dsl import Dataset, Input, Metrics, Model, Output
+from kfp.dsl.component_decorator import component  # `dsl.component` is absent when a step runs (_KFP_RUNTIME)
 from peft import LoraConfig, PeftModel, get_peft_model
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorWithFlattening, get_scheduler
@@ -76,43 +76,53 @@ class FinetuneConfig:
     """Everything that decides how a model is fine-tuned. Defaults suit Polyglot-ko 1.3B on one
     80 GB GPU; `FinetuneConfig.for_model(name)` adjusts them per model size."""
 
-    method: str = field(default="lora", metadata={"help": "'lora' (adapters on a frozen base) or 'full' (all weights)."})
+    method: str = field(
+        default="lora", metadata={"help": "'lora' (adapters on a frozen base) or 'full' (all weights)."})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
-    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator (the update is scaled by alpha/r)."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA scale numerator: the update is scaled by alpha / r."})
     lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA input."})
     lora_target_modules: tuple[str, ...] = field(
         default=GPT_NEOX_LINEAR_MODULES,
-        metadata={"help": "Module names that get adapters: all four linear layers of a GPT-NeoX block."},
-    )
+        metadata={"help": "Modules that get adapters: all four linear layers of a GPT-NeoX block."})
     learning_rate: float = field(default=2e-4, metadata={"help": "Peak learning rate of AdamW."})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW decoupled weight decay."})
-    lr_scheduler: str = field(default="cosine", metadata={"help": "transformers scheduler name: cosine, linear, constant_with_warmup."})
-    warmup_ratio: float = field(default=0.03, metadata={"help": "Fraction of the optimizer steps spent warming up linearly."})
-    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm (0 disables clipping)."})
+    lr_scheduler: str = field(
+        default="cosine", metadata={"help": "transformers scheduler name: cosine, linear, constant_with_warmup."})
+    warmup_ratio: float = field(
+        default=0.03, metadata={"help": "Share of the optimizer steps spent warming up linearly."})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm (0: no clipping)."})
     num_epochs: int = field(default=3, metadata={"help": "Passes over the training data."})
-    max_steps: int = field(default=0, metadata={"help": "When > 0, train exactly this many optimizer steps (cycling epochs) instead of num_epochs."})
-    max_seq_len: int = field(default=2048, metadata={"help": "Longest sample in tokens; longer responses are cut (counted as truncated_samples)."})
+    max_steps: int = field(
+        default=0,
+        metadata={"help": "When > 0: train exactly this many optimizer steps (cycling epochs), not num_epochs."})
+    max_seq_len: int = field(
+        default=2048,
+        metadata={"help": "Longest sample in tokens; longer responses are cut (counted as truncated_samples)."})
     micro_batch_tokens: int = field(
         default=16384,
-        metadata={"help": "Tokens per micro-batch (per GPU, per forward pass). Packed: the budget of concatenated "
-                          "samples. Padded: rows = micro_batch_tokens // max_seq_len, each padded to the longest row."},
-    )
-    grad_accum_steps: int = field(default=2, metadata={"help": "Micro-batches per GPU accumulated into one optimizer step."})
-    packing: bool = field(default=True, metadata={"help": "Pack samples without padding (True) or pad rows to the longest (the baseline)."})
-    gradient_checkpointing: bool = field(default=False, metadata={"help": "Recompute activations in backward: ~30% slower, far less memory. Off when memory allows."})
-    precision: str = field(default="auto", metadata={"help": "'auto' (bf16 autocast on GPU, fp32 on CPU), 'bf16' or 'fp32'."})
+        metadata={"help": "Tokens per micro-batch (per GPU and forward pass). Packed: the budget of concatenated "
+                          "samples. Padded: rows = micro_batch_tokens // max_seq_len, padded to the longest row."})
+    grad_accum_steps: int = field(
+        default=2, metadata={"help": "Micro-batches per GPU accumulated into one optimizer step."})
+    packing: bool = field(
+        default=True, metadata={"help": "Pack samples without padding (True), or pad rows (the baseline)."})
+    gradient_checkpointing: bool = field(
+        default=False,
+        metadata={"help": "Recompute activations in backward: ~30% slower, far less memory. Off when memory allows."})
+    precision: str = field(
+        default="auto", metadata={"help": "'auto' (bf16 autocast on GPU, fp32 on CPU), 'bf16' or 'fp32'."})
     attn_implementation: str = field(
         default="auto",
-        metadata={"help": "Training attention backend: 'auto' (flash_attention_2 on a GPU when installed, else "
-                          "sdpa_varlen for packed rows, sdpa for padded ones), or any transformers name: "
-                          "'flash_attention_2', 'sdpa_varlen', 'sdpa', 'flex_attention', 'eager'."},
-    )
-    seed: int = field(default=42, metadata={"help": "Seeds model-side randomness (LoRA init, dropout) and the data order of every epoch."})
-    save_every_steps: int = field(default=50, metadata={"help": "Checkpoint every N optimizer steps (0: only on SIGTERM and at the end)."})
+        metadata={"help": "Training attention: 'auto' (flash_attention_2 on a GPU when installed, else "
+                          "sdpa_varlen for packed rows, sdpa for padded ones), or a transformers name: "
+                          "'flash_attention_2', 'sdpa_varlen', 'sdpa', 'flex_attention', 'eager'."})
+    seed: int = field(
+        default=42, metadata={"help": "Seeds LoRA init, dropout and the data order of every epoch."})
+    save_every_steps: int = field(
+        default=50, metadata={"help": "Checkpoint every N optimizer steps (0: only on SIGTERM and at the end)."})
     keep_checkpoints: int = field(
         default=1,
-        metadata={"help": "Complete checkpoints kept per run; older ones are deleted. Writes are atomic, so 1 is safe."},
-    )
+        metadata={"help": "Complete checkpoints kept per run; older ones are deleted. Writes are atomic: 1 is safe."})
 
     # Fields that change how a run is checkpointed, not what it computes; a resumed run may differ in them.
     RESUMABLE_FIELDS = ("save_every_steps", "keep_checkpoints")
@@ -123,7 +133,8 @@ class FinetuneConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"FinetuneConfig.{name}={getattr(self, name)!r}: expected one of {', '.join(allowed)}")
-        positive = ("learning_rate", "num_epochs", "max_seq_len", "micro_batch_tokens", "grad_accum_steps", "keep_checkpoints")
+        positive = ("learning_rate", "num_epochs", "max_seq_len", "micro_batch_tokens", "grad_accum_steps",
+                    "keep_checkpoints")
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ValueError(f"FinetuneConfig.{name}={getattr(self, name)!r}: must be > 0")
@@ -155,13 +166,15 @@ class FinetuneConfig:
         try:
             overrides = json.loads(config_json)
         except json.JSONDecodeError as exc:
-            raise ValueError(f"config_json is not valid JSON ({exc.msg} at column {exc.colno}): {config_json!r}") from None
+            raise ValueError(
+                f"config_json is not valid JSON ({exc.msg} at column {exc.colno}): {config_json!r}") from None
         if not isinstance(overrides, dict):
             raise ValueError(f"config_json must be a JSON object of FinetuneConfig fields, got {config_json!r}")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(overrides) - known)
         if unknown:
-            raise ValueError(f"config_json has unknown field(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+            raise ValueError(
+                f"config_json has unknown field(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
         return cls.for_model(base_model, **overrides)
 
     def to_dict(self) -> dict[str, Any]:
@@ -480,7 +493,9 @@ def train_loop(
         num_training_steps=len(steps),
     )
     state = RunState()
-    checkpoints = Checkpoints(checkpoint_dir, fingerprint, distributed, config.keep_checkpoints) if checkpoint_dir else None
+    checkpoints = None
+    if checkpoint_dir:
+        checkpoints = Checkpoints(checkpoint_dir, fingerprint, distributed, config.keep_checkpoints)
     if checkpoints is not None and (latest := checkpoints.latest()) is not None:
         state = checkpoints.load(latest, model, optimizer, scheduler)
     ddp_model = model
@@ -489,7 +504,8 @@ def train_loop(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
     # cu_seq_lens for the varlen backends, so they need not rebuild them from position_ids per layer
-    varlen = model.config._attn_implementation.startswith("flash_attention") or model.config._attn_implementation == SDPA_VARLEN
+    attn = model.config._attn_implementation
+    varlen = attn.startswith("flash_attention") or attn == SDPA_VARLEN
     autocast = (
         torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
     )
@@ -505,7 +521,7 @@ def train_loop(
             # all-reduce, with a zero-weighted copy of the first micro-batch.
             weights = [1.0] * len(mine) if mine else [0.0]
             mine = mine or step.micro_batches[:1]
-            local_loss = 0.0
+            local_loss = torch.zeros((), device=device)  # stays on the device: one sync per step, not per micro-batch
             for i, (member_ids, weight) in enumerate(zip(mine, weights)):
                 members = [samples[j] for j in member_ids]
                 batch = collate_packed(members, varlen) if config.packing else collate_padded(members, pad_token_id)
@@ -517,7 +533,7 @@ def train_loop(
                     # DDP averages gradients over ranks; scaling by world_size makes the result the
                     # gradient of (summed loss over the whole step) / (targets in the whole step).
                     (summed * (weight * distributed.world_size / step.num_targets)).backward()
-                local_loss += weight * summed.item()
+                local_loss += weight * summed.detach()
             if config.max_grad_norm > 0:
                 grad_norm = torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm).item()
             else:
@@ -527,14 +543,15 @@ def train_loop(
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
 
-            step_loss = distributed.sum(local_loss, device) / step.num_targets
+            step_loss = distributed.sum(local_loss.item(), device) / step.num_targets
             state.step = step_index + 1
             state.loss_sum += step_loss * step.num_targets
             state.target_tokens += step.num_targets
             state.tokens += step.num_tokens
             state.seconds += time.perf_counter() - started
             state.epochs += step.epoch_fraction
-            state.history.append({"step": state.step, "epoch": step.epoch, "loss": step_loss, "lr": lr, "grad_norm": grad_norm})
+            state.history.append(
+                {"step": state.step, "epoch": step.epoch, "loss": step_loss, "lr": lr, "grad_norm": grad_norm})
             bar.update(1)
             bar.set_postfix(loss=f"{step_loss:.4f}", tok_s=f"{state.tokens / state.seconds:,.0f}")
 
@@ -545,7 +562,8 @@ def train_loop(
             if stop:
                 bar.close()
                 where = f"checkpoint saved in {checkpoint_dir}" if checkpoints else "no checkpoint_dir, progress lost"
-                raise TrainingPreempted(f"SIGTERM: stopped after step {state.step}/{len(steps)}; {where}. Rerun to resume.")
+                raise TrainingPreempted(
+                    f"SIGTERM: stopped after step {state.step}/{len(steps)}; {where}. Rerun to resume.")
     bar.close()
     return model, state
 
@@ -727,7 +745,8 @@ def train(
         attn = training_attn_implementation(device, config.packing)
 
     records = read_train_file(train_file)
-    model, tokenizer = load_base(base_model, dtype=weights_dtype(config, device), device=device, attn_implementation=attn)
+    model, tokenizer = load_base(
+        base_model, dtype=weights_dtype(config, device), device=device, attn_implementation=attn)
     if distributed.is_main and base_model_ref(base_model) == BUNDLED_BASE:
         model.save_pretrained(output_dir / "base")
         tokenizer.save_pretrained(output_dir / "base")
@@ -885,7 +904,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-@dsl.component(base_image=GPU_IMAGE)
+@component(base_image=GPU_IMAGE)
 def finetune(
     train_data: Input[Dataset],
     base_model: str,

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from kfp import dsl
 from kfp.dsl import Dataset, Input, Model, Output
+from kfp.dsl.component_decorator import component  # `dsl.component` is absent when a step runs (_KFP_RUNTIME)
 from tqdm.auto import tqdm
 from transformers import GenerationConfig
 
@@ -186,7 +186,7 @@ def generate_step(model_dir: str | Path, questions_file: str | Path, strategy: s
     return meta
 
 
-@dsl.component(base_image=GPU_IMAGE)
+@component(base_image=GPU_IMAGE)
 def generate(
     model: Input[Model],
     questions: Input[Dataset],

@@ -6,9 +6,9 @@ How one request travels through `LLMClient.run`:
    response format). A hit in the cache (a local directory, or `s3://bucket/prefix` so a KFP retry
    on another pod finds it) is answered at no cost.
 2. Slot and turn. It waits for one of `concurrency` slots, then for its turn from the pool-wide
-   `RateGovernor`: request starts are spaced 60/RPM seconds apart once the endpoint advertises its
-   limit (x-ratelimit-limit-requests) or `rpm_limit` is set, and every request waits while the pool
-   is paused.
+   `RateGovernor`: request starts are spaced to the tightest limit known (`rpm_limit`, or the
+   x-ratelimit-limit-requests / -tokens the endpoint advertises), and every request waits while
+   the pool is paused.
 3. Errors. A 429 pauses the whole pool for its Retry-After (or retry-after-ms), because every
    other request would hit the same limit; 5xx, 408, timeouts and connection errors back off this
    request only, exponentially with jitter; other 4xx fail at once (retrying cannot help). After
@@ -44,7 +44,8 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 import openai
 from tqdm.auto import tqdm
@@ -218,15 +219,16 @@ class UsageSummary:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def to_metrics(self) -> dict[str, float]:
-        """Numeric fields as MLflow metrics named llm/<step>/<field>."""
+    def to_metrics(self, step: str | None = None) -> dict[str, float]:
+        """Numeric fields as MLflow metrics named llm/<step>/<field> (`step` defaults to self.step)."""
         names = (
             "records", "done", "failed", "cached", "requests_sent", "retries", "rate_limited",
             "prompt_tokens", "completion_tokens", "cost_usd", "parse_success_rate", "reasked",
             "pair_consistency", "elapsed_s",
         )
         values = self.to_dict()
-        return {f"llm/{self.step}/{name}": float(values[name]) for name in names if values[name] is not None}
+        prefix = f"llm/{step or self.step}"
+        return {f"{prefix}/{name}": float(values[name]) for name in names if values[name] is not None}
 
     def summary_line(self) -> str:
         return (
@@ -494,7 +496,10 @@ class LLMClient:
             log.warning("no price for model %r in LLMConfig.prices: its cost is reported as 0", config.model)
 
     def run(self, requests: list[LLMRequest], desc: str | None = None) -> list[LLMResult]:
-        """Answer every request (in order); never raises for a failed request, see LLMResult.error."""
+        """Answer every request (in order); never raises for a failed request, see LLMResult.error.
+
+        Synchronous (it runs its own event loop), so call it from plain code, not from a coroutine.
+        """
         started = time.monotonic()
         runner = self._run_batch if self.config.batch else self._run_realtime
         results = asyncio.run(runner(requests, desc or f"{self.usage.step} ({self.config.model})"))
@@ -599,7 +604,8 @@ class LLMClient:
                     reason = f"no answer within {self.config.timeout_s:g}s (timeout)"
                     delay = backoff(attempt, self.config.backoff_base_s, self.config.backoff_max_s)
                 except openai.APIConnectionError as exc:
-                    reason = f"connection error: {exc.__cause__ or exc}"
+                    cause = exc.__cause__ or exc
+                    reason = f"connection error: {type(cause).__name__}: {cause}"
                     delay = backoff(attempt, self.config.backoff_base_s, self.config.backoff_max_s)
                 except openai.APIStatusError as exc:
                     message = _error_message(exc)

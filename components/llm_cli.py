@@ -23,7 +23,13 @@ from pathlib import Path
 from typing import Any
 
 from selfguided.components.data import DataError, load_questions, load_seed, write_jsonl
-from selfguided.components.llm import DEFAULT_PRICES, STRUCTURED_OUTPUT_MODES, LLMConfig, UsageSummary, endpoint_configured
+from selfguided.components.llm import (
+    DEFAULT_PRICES,
+    STRUCTURED_OUTPUT_MODES,
+    LLMConfig,
+    UsageSummary,
+    endpoint_configured,
+)
 from selfguided.components.llm_tasks import JUDGE_MODES, judge_with_llm, load_answers, score_with_llm
 
 _ENDPOINT_HELP = """\
@@ -93,7 +99,8 @@ def add_score_parser(subparsers: Any) -> argparse.ArgumentParser:
             "record plus 'scores', 'score' (their mean) and 'judge'; a record that could not be scored keeps "
             "its place with 'scores': null and an 'error'. Unusable input lines go to OUTPUT.rejects.jsonl."
         ),
-        epilog=_ENDPOINT_HELP + "\nexample:\n  selfguided score seed.jsonl -o scored.jsonl --cache .selfguided/llm-cache",
+        epilog=_ENDPOINT_HELP
+        + "\nexample:\n  selfguided score seed.jsonl -o scored.jsonl --cache .selfguided/llm-cache",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("seed", type=Path, help="seed records, JSONL")
@@ -116,7 +123,8 @@ def add_judge_parser(subparsers: Any) -> argparse.ArgumentParser:
             "penalised as in KoMT-Bench (square root of the score; in pairs, the Korean answer wins)."
         ),
         epilog=_ENDPOINT_HELP
-        + "\nexample:\n  selfguided judge questions.jsonl answers.jsonl -o judgments.jsonl --cache .selfguided/llm-cache",
+        + "\nexample:\n  selfguided judge questions.jsonl answers.jsonl -o judgments.jsonl"
+        " --cache .selfguided/llm-cache",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("questions", type=Path, help="FastChat question.jsonl (question_id, category, turns)")

@@ -49,7 +49,8 @@ import time
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from selfguided.components.data import CATEGORY_LABELS_KO, DataError, iter_jsonl
 from selfguided.components.llm import LLMClient, LLMConfig, LLMRequest, UsageSummary

@@ -6,12 +6,14 @@ OpenAI-compatible endpoint is configured. kfp.local's verbose task logs go to a 
 terminal gets one line per step and the steps' own progress lines.
 """
 
+import builtins
 import contextlib
 import io
 import os
 import re
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -141,8 +143,11 @@ def run_local(
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(workdir / "pipeline-root"),
                raise_on_error=True)
     started = time.monotonic()
-    terminal = sys.stdout
-    with log_path.open("w", encoding="utf-8") as log:
+    terminal, original_print = sys.stdout, builtins.print
+    with log_path.open("w", encoding="utf-8") as log, warnings.catch_warnings():
+        # kfp.local warns, per task, that cluster-only settings (images, GPUs, display names)
+        # have no effect here: true and expected, since the same pipeline serves both worlds.
+        warnings.filterwarnings("ignore", module=r"kfp\.local\..*")
         progress = _ProgressFilter(log, terminal, verbose)
         try:
             with contextlib.redirect_stdout(progress):
@@ -151,6 +156,7 @@ def run_local(
             raise RuntimeError(f"local pipeline run failed ({exc}); full log: {log_path}") from exc
         finally:
             progress.write("\n")
+            builtins.print = original_print  # kfp.local indents prints while a task runs; a failure can leave it so
     decision = str(task.output)
     name = arguments.get("registered_model_name", "korean-writing-assistant")
     # kfp.local names the run itself; register tagged every version with that name.

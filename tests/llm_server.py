@@ -16,7 +16,6 @@ Fault knobs (all thread-safe; change them between runs):
   Retry-After `retry_after_s`), "quota" (429 insufficient_quota), "500", "slow" (answers after
   `slow_s`, beyond a short client timeout) or "garbage" (an answer with no parsable rating).
 - `fail_rate`: share of chat requests answered 500, drawn from a seeded RNG.
-- `garbage_rate`: share of first-ask answers with no parsable rating (re-asks are answered well).
 - `rpm` (+ `burst`) and `max_concurrent`: a token-bucket rate limit and a cap on requests in
   flight; over either, 429 with Retry-After, like OpenAI. Every answer carries the
   x-ratelimit-{limit,remaining,reset}-requests headers when `rpm` is set.
@@ -30,10 +29,14 @@ Counters: `chat_requests` (every chat request, refused ones included), `status_c
 `asked` (first user message of every chat request, in arrival order),
 `arrivals` (monotonic arrival time and status of every chat request), `batches_created`,
 `files_uploaded`.
+
+Standalone, to try the CLI by hand: `python tests/llm_server.py --fail-rate 0.3` prints the
+OPENAI_BASE_URL to export and serves until Ctrl-C.
 """
 
 from __future__ import annotations
 
+import argparse
 import email.parser
 import email.policy
 import json
@@ -74,7 +77,6 @@ class FakeOpenAI:
         burst: float | None = None,
         max_concurrent: int | None = None,
         fail_rate: float = 0.0,
-        garbage_rate: float = 0.0,
         seed: int = 0,
         json_schema: bool = True,
         position_bias: bool = False,
@@ -87,7 +89,6 @@ class FakeOpenAI:
         self.burst = burst
         self.max_concurrent = max_concurrent
         self.fail_rate = fail_rate
-        self.garbage_rate = garbage_rate
         self.json_schema = json_schema
         self.position_bias = position_bias
         self.retry_after_s = retry_after_s
@@ -102,9 +103,8 @@ class FakeOpenAI:
         self._files: dict[str, dict[str, Any]] = {}
         self._batches: dict[str, dict[str, Any]] = {}
         self.reset_counters()
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
-        self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._httpd = _Server(("127.0.0.1", 0), _make_handler(self))
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -113,7 +113,7 @@ class FakeOpenAI:
         host, port = self._httpd.server_address[:2]
         return f"http://{host}:{port}/v1"
 
-    def __enter__(self) -> "FakeOpenAI":
+    def __enter__(self) -> FakeOpenAI:
         self._tokens = self._capacity()
         self._thread.start()
         return self
@@ -178,8 +178,6 @@ class FakeOpenAI:
         fault = self._script.pop(0) if self._script else None
         if fault is None and self.fail_rate and self._rng.random() < self.fail_rate:
             fault = "500"
-        if fault is None and self.garbage_rate and self._rng.random() < self.garbage_rate:
-            fault = "garbage"
         if fault == "429":
             ms = self.retry_after_s * 1000
             return "429-scripted", {"retry-after-ms": f"{ms:.0f}", "retry-after": str(math.ceil(self.retry_after_s))}
@@ -203,7 +201,7 @@ class FakeOpenAI:
         first_user = next((m["content"] for m in messages if m.get("role") == "user"), "")
         reask = any(m.get("role") == "assistant" for m in messages)
         blocks = [text for _, text in _BLOCK.findall(first_user)]
-        if garbage and not reask:
+        if garbage:
             text = "이 답변은 흥미롭지만 평가를 내리기 어렵습니다."
         elif response_format is not None:
             text = json.dumps(self._json_verdict(blocks, response_format), ensure_ascii=False)
@@ -355,6 +353,11 @@ class FakeOpenAI:
             batch["completed_at"] = int(time.time())
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 256  # the default 5 drops connections when a client opens many at once
+
+
 def _error(message: str, kind: str, *, code: str | None = None, param: str | None = None) -> dict[str, Any]:
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
@@ -382,7 +385,8 @@ def _make_handler(server: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
             data = payload if isinstance(payload, bytes) else json.dumps(payload, ensure_ascii=False).encode("utf-8")
             try:
                 self.send_response(status)
-                self.send_header("Content-Type", "application/json" if not isinstance(payload, bytes) else "application/octet-stream")
+                kind = "application/octet-stream" if isinstance(payload, bytes) else "application/json"
+                self.send_header("Content-Type", kind)
                 self.send_header("Content-Length", str(len(data)))
                 for key, value in (headers or {}).items():
                     self.send_header(key, value)
@@ -421,3 +425,25 @@ def _make_handler(server: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
                     self._send(404, _error(f"not found: {self.path}", "invalid_request_error"))
 
     return Handler
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Serve the fake OpenAI-compatible endpoint until Ctrl-C.")
+    parser.add_argument("--fail-rate", type=float, default=0.0, help="share of chat requests answered 500")
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds per answer")
+    parser.add_argument("--rpm", type=float, default=None, help="requests-per-minute limit")
+    parser.add_argument("--max-concurrent", type=int, default=None, help="limit on requests in flight")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the failure draws")
+    args = parser.parse_args()
+    with FakeOpenAI(fail_rate=args.fail_rate, latency_s=args.latency, rpm=args.rpm,
+                    max_concurrent=args.max_concurrent, seed=args.seed) as server:
+        print(f"export OPENAI_BASE_URL={server.base_url} OPENAI_API_KEY=fake", flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
+
+
+if __name__ == "__main__":
+    main()

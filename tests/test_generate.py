@@ -1,6 +1,9 @@
 """Generation: batched == one at a time, order restored, EOS, FastChat shape, merged export."""
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -125,3 +128,11 @@ def test_backend_choice():
     with pytest.raises(ValueError, match="unknown generation backend 'tgi'"):
         gen.pick_backend("tgi", "cpu")
     assert gen.generate_answers("unused", [], device="cpu") == []
+
+
+def test_module_imports_inside_a_kfp_step():
+    """A running step has _KFP_RUNTIME=true, where kfp.dsl leaves out `dsl.component`."""
+    env = {**os.environ, "_KFP_RUNTIME": "true"}
+    result = subprocess.run([sys.executable, "-c", "import selfguided.components.generate"], env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]

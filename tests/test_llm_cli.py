@@ -1,0 +1,148 @@
+"""`selfguided score` and `selfguided judge` on JSONL files, against the local fake endpoint."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+from llm_server import FakeOpenAI
+
+from selfguided.components.data import read_jsonl, write_jsonl
+from selfguided.components.llm_cli import add_judge_parser, add_score_parser
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def selfguided(*argv: str) -> int:
+    """What pipelines/cli.py does with these two subcommands."""
+    parser = argparse.ArgumentParser(prog="selfguided")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    add_score_parser(subparsers)
+    add_judge_parser(subparsers)
+    args = parser.parse_args([str(a) for a in argv])
+    return args.func(args)
+
+
+def write_seed(path, n: int) -> list[dict]:
+    records = [
+        {"id": f"s{i}", "category": "소설", "instruction": f"이야기 #{i:02d}를 써 주세요",
+         "output": f"옛날 옛적에 {i} " * (1 + i % 5)}
+        for i in range(n)
+    ]
+    write_jsonl(path, records)
+    return records
+
+
+@pytest.fixture
+def server(monkeypatch):
+    with FakeOpenAI() as fake:
+        monkeypatch.setenv("OPENAI_BASE_URL", fake.base_url)
+        monkeypatch.setenv("OPENAI_API_KEY", "test")
+        yield fake
+
+
+def test_help_documents_every_option(capsys):
+    for command in ("score", "judge"):
+        with pytest.raises(SystemExit):
+            selfguided(command, "--help")
+        text = capsys.readouterr().out
+        for option in ("--model", "--concurrency", "--cache", "--batch", "--max-attempts", "OPENAI_BASE_URL"):
+            assert option in text
+    assert "--reference" in text and "KoMT-Bench" in text
+
+
+def test_score_writes_scored_records_and_a_summary(server, tmp_path, capsys):
+    write_seed(tmp_path / "seed.jsonl", 8)
+    code = selfguided("score", tmp_path / "seed.jsonl", "-o", tmp_path / "scored.jsonl", "--model", "gpt-4o-mini")
+    assert code == 0
+    rows = read_jsonl(tmp_path / "scored.jsonl")
+    assert len(rows) == 8 and all(r["category"] == "novel" and len(r["scores"]) == 4 for r in rows)
+    assert all(r["judge"]["model"] == "gpt-4o-mini" for r in rows)
+    out = capsys.readouterr().out
+    assert "score: done=8 failed=0 cached=0 sent=8" in out and "cost=$" in out
+
+
+def test_score_against_a_failing_server_then_rerun_only_the_failed(server, tmp_path, capsys):
+    records = write_seed(tmp_path / "seed.jsonl", 30)
+    args = ("score", tmp_path / "seed.jsonl", "-o", tmp_path / "scored.jsonl", "--cache", tmp_path / "cache",
+            "--max-attempts", "1")
+    server.fail_rate = 0.3
+    assert selfguided(*args) == 1
+    rows = read_jsonl(tmp_path / "scored.jsonl")
+    assert [r["id"] for r in rows] == [r["id"] for r in records]  # nothing dropped
+    failed = [r for r in rows if r["scores"] is None]
+    assert all(r["scores"] is not None or "server error (500)" in r["error"] for r in rows)
+    assert 0 < len(failed) < 30
+    assert "rerun the same command" in capsys.readouterr().err
+
+    server.fail_rate = 0.0
+    server.reset_counters()
+    assert selfguided(*args) == 0
+    assert server.chat_requests == len(failed)
+    asked = sorted(server.asked)
+    assert all(sum(r["instruction"] in a for a in asked) == 1 for r in failed)  # exactly the failed ones
+    assert all(r["scores"] is not None for r in read_jsonl(tmp_path / "scored.jsonl"))
+
+
+def test_score_in_batch_mode(server, tmp_path, capsys):
+    write_seed(tmp_path / "seed.jsonl", 5)
+    code = selfguided("score", tmp_path / "seed.jsonl", "-o", tmp_path / "scored.jsonl", "--batch",
+                      "--poll-interval", "0.05", "--cache", tmp_path / "cache")
+    assert code == 0 and server.batches_created == 1 and server.chat_requests == 0
+    assert "done=5" in capsys.readouterr().out
+
+
+def test_score_sets_rejects_aside_and_stops_on_a_broken_file(server, tmp_path, capsys):
+    records = write_seed(tmp_path / "seed.jsonl", 3)
+    write_jsonl(tmp_path / "seed.jsonl", [*records, {"id": "bad", "category": "poem", "instruction": "시"}])
+    assert selfguided("score", tmp_path / "seed.jsonl", "-o", tmp_path / "scored.jsonl") == 0
+    [reject] = read_jsonl(tmp_path / "scored.rejects.jsonl")
+    assert reject["line"] == 4 and reject["reason"] == "empty output"
+
+    (tmp_path / "broken.jsonl").write_text('{"id": 1}\n{not json\n', encoding="utf-8")
+    assert selfguided("score", tmp_path / "broken.jsonl", "-o", tmp_path / "x.jsonl") == 2
+    assert "broken.jsonl:2: malformed JSON" in capsys.readouterr().err
+
+
+def _judge_files(tmp_path):
+    questions = [{"question_id": i, "category": "poem", "turns": [f"{i}번 시를 써 주세요"]} for i in range(1, 4)]
+    write_jsonl(tmp_path / "questions.jsonl", questions)
+    for model, text in (("small", "짧은 시"), ("ref", "조금 더 긴 시입니다, 봄이 오네요")):
+        rows = [{"question_id": q["question_id"], "answer_id": f"{model}{q['question_id']}", "model_id": model,
+                 "choices": [{"index": 0, "turns": [text]}], "tstamp": 0.0} for q in questions]
+        write_jsonl(tmp_path / f"{model}.jsonl", rows)
+
+
+def test_judge_single_and_pair(server, tmp_path, capsys):
+    _judge_files(tmp_path)
+    assert selfguided("judge", tmp_path / "questions.jsonl", tmp_path / "small.jsonl",
+                      "-o", tmp_path / "single.jsonl") == 0
+    single = read_jsonl(tmp_path / "single.jsonl")
+    assert len(single) == 3 and all(1 <= r["score"] <= 10 and r["model"] == "small" for r in single)
+
+    assert selfguided("judge", tmp_path / "questions.jsonl", tmp_path / "small.jsonl", "--mode", "pair",
+                      "-o", tmp_path / "pair.jsonl") == 2
+    assert "needs --reference" in capsys.readouterr().err
+    assert selfguided("judge", tmp_path / "questions.jsonl", tmp_path / "small.jsonl", "--mode", "pair",
+                      "--reference", tmp_path / "ref.jsonl", "-o", tmp_path / "pair.jsonl") == 0
+    pairs = read_jsonl(tmp_path / "pair.jsonl")
+    assert [r["winner"] for r in pairs] == ["model_2"] * 3 and pairs[0]["model_2"] == "ref"
+    assert "judge: done=3 failed=0" in capsys.readouterr().out
+
+
+def test_judge_input_errors_exit_2(server, tmp_path, capsys):
+    _judge_files(tmp_path)
+    (tmp_path / "bad.jsonl").write_text(json.dumps({"question_id": 1, "model_id": "m"}) + "\n", encoding="utf-8")
+    assert selfguided("judge", tmp_path / "questions.jsonl", tmp_path / "bad.jsonl", "-o", tmp_path / "j.jsonl") == 2
+    assert "bad.jsonl:1: missing field(s) choices" in capsys.readouterr().err
+
+
+def test_without_an_endpoint_the_offline_judge_is_used(monkeypatch, tmp_path, capsys):
+    pytest.importorskip("selfguided.components.score", reason="the offline judge lands with components/score.py")
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    write_seed(tmp_path / "seed.jsonl", 4)
+    assert selfguided("score", tmp_path / "seed.jsonl", "-o", tmp_path / "scored.jsonl") == 0
+    assert "no OpenAI-compatible endpoint configured" in capsys.readouterr().err
+    assert len(read_jsonl(tmp_path / "scored.jsonl")) == 4
