@@ -217,7 +217,7 @@ def run_judge_step(
     return summary
 
 
-@component(base_image=CPU_IMAGE)
+@component(base_image=CPU_IMAGE, install_kfp_package=False)  # the image has kfp
 def judge(
     questions: Input[Dataset],
     answers: Input[Dataset],

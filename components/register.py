@@ -666,7 +666,7 @@ def rollback_champion(
 # KFP component
 # ---------------------------------------------------------------------------------------------
 
-@component(base_image=CPU_IMAGE)
+@component(base_image=CPU_IMAGE, install_kfp_package=False)  # the image has kfp
 def register(
     models: Input[List[Model]],
     judge_summaries: Input[List[Artifact]],

@@ -144,7 +144,7 @@ def run_score_step(
     return metrics
 
 
-@component(base_image=CPU_IMAGE)
+@component(base_image=CPU_IMAGE, install_kfp_package=False)  # the image has kfp
 def score(
     seed_uri: str,
     model: str,

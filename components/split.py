@@ -160,7 +160,7 @@ def run_split_step(
     return result
 
 
-@component(base_image=CPU_IMAGE)
+@component(base_image=CPU_IMAGE, install_kfp_package=False)  # the image has kfp
 def split(
     scored: Input[Dataset],
     questions_uri: str,

@@ -128,13 +128,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_pipeline_options(submit, local=False)
     submit.set_defaults(func=cmd_submit)
 
-    try:
-        from selfguided.components.llm_cli import add_judge_parser, add_score_parser
-    except ImportError:  # the standalone LLM commands are optional extras of the CLI
-        pass
-    else:
-        add_score_parser(sub)
-        add_judge_parser(sub)
+    from selfguided.components.llm_cli import add_judge_parser, add_score_parser
+
+    add_score_parser(sub)
+    add_judge_parser(sub)
     return parser
 
 

@@ -22,7 +22,7 @@ from selfguided.pipelines import platform
 PIPELINE_NAME = "selfguided"
 
 
-@dsl.component(base_image=platform.CPU_IMAGE)
+@dsl.component(base_image=platform.CPU_IMAGE, install_kfp_package=False)
 def plan_runs(base_models: List[str], arms: List[str]) -> List[dict]:
     """Every (base model, arm) pair to train, as loop items."""
     if not base_models or not arms:

@@ -9,7 +9,7 @@ from mlflow import MlflowClient
 
 from selfguided.pipelines.compile import compile_pipeline
 from selfguided.pipelines.local import run_local
-from tests.llm_server import FakeOpenAI
+from llm_server import FakeOpenAI  # tests/ is on sys.path under pytest
 
 pytestmark = pytest.mark.slow
 
