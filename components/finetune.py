@@ -6,8 +6,8 @@ Read top to bottom:
 2. Data: JSONL rows `{"id", "category", "prompt", "response"}` become token ids with labels on the
    response (+ EOS) only.
 3. Batching: samples are packed without padding into micro-batches of at most
-   `micro_batch_tokens` tokens; position_ids restart at every sample, which makes the attention
-   backend (FlashAttention-2 varlen on GPU, SDPA with a block-diagonal mask on CPU) keep samples
+   `micro_batch_tokens` tokens; position_ids restart at every sample and a varlen attention
+   backend (FlashAttention-2 on a GPU, `sdpa_varlen` elsewhere, see modeling.py) keeps samples
    apart. The padded layout stays as the benchmark baseline (`packing=False`).
 4. `train_loop`: a visible loop (nanoGPT style): gradient accumulation, DDP under torchrun, bf16
    autocast, clipping, LR schedule, tqdm, checkpoints on an interval and on SIGTERM.

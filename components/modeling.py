@@ -191,14 +191,15 @@ def is_local(name_or_path: str) -> bool:
 
 # -- attention backends -------------------------------------------------------------------------
 #
-# A packed row holds several samples; position_ids restart at 0 at each one. transformers offers
-# GPT-NeoX these backends: flash_attention_2/3 run the varlen kernel on the samples' boundaries
-# (no work across samples); sdpa, eager and flex_attention get a block-diagonal causal mask built
-# from the position_ids. SDPA with that mask is correct but dense: it computes the full
-# L x L score matrix of the row and throws most of it away. `sdpa_varlen` (registered below) is
-# the varlen idea without FlashAttention: causal SDPA on each sample's slice of the row, so the
-# cost is sum(len_i^2) instead of (sum len_i)^2. It is the training backend on CPUs and on GPUs
-# without flash-attn.
+# A packed row holds several samples; position_ids restart at 0 at each one. transformers 5 offers
+# GPT-NeoX these backends: flash_attention_2/3 (GPU, flash-attn installed) run the varlen kernel
+# on the samples' boundaries, no work across samples; sdpa and eager get a block-diagonal causal
+# mask built from the position_ids (only when no KV cache is passed), correct but dense: the full
+# L x L score matrix of the row is computed and mostly thrown away; flex_attention gets a
+# block-sparse mask but has no backward pass on CPU (torch 2.13). `sdpa_varlen` (registered
+# below) is the varlen idea without FlashAttention: causal SDPA on each sample's slice of the row,
+# so the cost is sum(len_i^2) instead of (sum len_i)^2. It is the training backend on CPUs and on
+# GPUs without flash-attn.
 
 SDPA_VARLEN = "sdpa_varlen"
 
