@@ -904,7 +904,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-@component(base_image=GPU_IMAGE)
+@component(base_image=GPU_IMAGE, install_kfp_package=False)  # the image has kfp
 def finetune(
     train_data: Input[Dataset],
     base_model: str,

@@ -186,7 +186,7 @@ def generate_step(model_dir: str | Path, questions_file: str | Path, strategy: s
     return meta
 
 
-@component(base_image=GPU_IMAGE)
+@component(base_image=GPU_IMAGE, install_kfp_package=False)  # the image has kfp
 def generate(
     model: Input[Model],
     questions: Input[Dataset],

@@ -30,7 +30,8 @@ def _add_pipeline_options(parser: argparse.ArgumentParser, *, local: bool) -> No
     g.add_argument("--score-model", help="LLM that scores seed data; `offline-heuristic` needs no API "
                    "(default: " + ("gpt-4o if OPENAI_API_KEY/OPENAI_BASE_URL is set, else offline-heuristic" if local else "gpt-4o") + ")")
     g.add_argument("--judge-model", help="LLM that grades answers (default: as --score-model)")
-    g.add_argument("--finetune-config", help='JSON object of FinetuneConfig overrides, e.g. \'{"epochs": 2}\'')
+    g.add_argument("--finetune-config", help='JSON object of FinetuneConfig overrides, e.g. \'{"num_epochs": 2}\''
+                   + (f" (default: {LOCAL_DEFAULTS['finetune_config']})" if local else " (default: per-size defaults, LoRA)"))
     g.add_argument("--max-new-tokens", type=int, help="longest generated answer (default: "
                    + (str(LOCAL_DEFAULTS["max_new_tokens"]) if local else "512") + ")")
     g.add_argument("--registered-model-name", help="MLflow registered model (default: korean-writing-assistant)")

@@ -19,8 +19,16 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_WORKDIR = ".selfguided"
-# Small enough that the whole local pipeline finishes in minutes on a 2-core laptop.
-LOCAL_DEFAULTS: dict[str, Any] = {"base_models": ["tiny"], "max_new_tokens": 48, "llm_concurrency": 8}
+# Small enough that the whole local pipeline finishes in minutes on a 2-core laptop. `tiny` is
+# randomly initialised: LoRA on frozen random weights learns next to nothing (its answers stay
+# empty), so the local demo fine-tunes it fully, long enough to write Korean the judge can grade.
+LOCAL_FINETUNE_CONFIG = '{"method": "full", "learning_rate": 0.003, "num_epochs": 30, "micro_batch_tokens": 2048}'
+LOCAL_DEFAULTS: dict[str, Any] = {
+    "base_models": ["tiny"],
+    "finetune_config": LOCAL_FINETUNE_CONFIG,
+    "max_new_tokens": 128,
+    "llm_concurrency": 8,
+}
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _STARTED = re.compile(r"Executing task '([^']+)'")
@@ -117,6 +125,21 @@ def registry_results(tracking_uri: str, name: str, run_name: str) -> tuple[list[
     return sorted(summaries, key=lambda s: s["model_id"]), aliases
 
 
+@contextlib.contextmanager
+def _share_cpu_cores(parallel_tasks: int):
+    """Give each of the loop's concurrent steps its share of the cores (inherited by the step's
+    subprocess). Two PyTorch processes each using every core spin against each other and train
+    several times slower than one core each would. A set OMP_NUM_THREADS wins."""
+    if "OMP_NUM_THREADS" in os.environ:
+        yield
+        return
+    os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // max(1, parallel_tasks)))
+    try:
+        yield
+    finally:
+        del os.environ["OMP_NUM_THREADS"]
+
+
 def run_local(
     workdir: str | Path = DEFAULT_WORKDIR, *, verbose: bool = False, tracking_uri: str | None = None,
     **parameters: Any,
@@ -139,6 +162,7 @@ def run_local(
         "mlflow_tracking_uri": tracking_uri,
         **parameters,
     }
+    parallel_tasks = len(arguments["base_models"]) * len(arguments.get("arms", ["unscored", "self_guided"]))
     log_path = workdir / "logs" / f"run-{time.strftime('%Y%m%d-%H%M%S')}.log"
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(workdir / "pipeline-root"),
                raise_on_error=True)
@@ -150,7 +174,7 @@ def run_local(
         warnings.filterwarnings("ignore", module=r"kfp\.local\..*")
         progress = _ProgressFilter(log, terminal, verbose)
         try:
-            with contextlib.redirect_stdout(progress):
+            with contextlib.redirect_stdout(progress), _share_cpu_cores(parallel_tasks):
                 task = self_guided_pipeline(**arguments)
         except Exception as exc:
             raise RuntimeError(f"local pipeline run failed ({exc}); full log: {log_path}") from exc
