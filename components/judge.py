@@ -71,7 +71,7 @@ def judge_offline(questions: list[dict[str, Any]], answers: list[dict[str, Any]]
 
 def judge_answers(
     questions: list[dict[str, Any]], answers: list[dict[str, Any]], model: str, *, concurrency: int = 8,
-    cache: str = "",
+    cache: str = "", base_url: str = "",
 ) -> tuple[list[dict[str, Any]], dict[str, float]]:
     """Grade answers with `model` (LLM client layer) or offline; returns judgments and usage metrics."""
     if model == OFFLINE_JUDGE_NAME:
@@ -79,14 +79,14 @@ def judge_answers(
     from selfguided.components.llm import LLMConfig, endpoint_configured
     from selfguided.components.llm_tasks import judge_with_llm
 
-    if not endpoint_configured():
+    if not (base_url or endpoint_configured()):
         raise RuntimeError(
             f"judge model {model!r} needs an OpenAI-compatible endpoint: set OPENAI_API_KEY (and OPENAI_BASE_URL "
             f"for a non-OpenAI server), in a cluster through the selfguided-openai Secret; or use "
             f"{OFFLINE_JUDGE_NAME!r} for a run without an API"
         )
-    judgments, usage = judge_with_llm(questions, answers, LLMConfig(model=model, concurrency=concurrency,
-                                                                    cache=cache or None))
+    config = LLMConfig(model=model, base_url=base_url or None, concurrency=concurrency, cache=cache or None)
+    judgments, usage = judge_with_llm(questions, answers, config)
     return judgments, usage.to_metrics("judge")
 
 
@@ -194,7 +194,7 @@ def judge_report_html(summary: dict[str, Any]) -> str:
 
 def run_judge_step(
     questions_path: str, answers_path: str, model: str, judgments_path: str, summary_path: str,
-    report_path: str, html_path: str, *, concurrency: int = 8, cache: str = "",
+    report_path: str, html_path: str, *, concurrency: int = 8, cache: str = "", base_url: str = "",
 ) -> dict[str, Any]:
     questions = load_questions(questions_path)
     answers = read_jsonl(answers_path)
@@ -204,8 +204,14 @@ def run_judge_step(
     if len(model_ids) != 1:
         raise ValueError(f"{answers_path}: expected answers of one model, found {sorted(model_ids)}")
     base_model, _, arm = next(iter(model_ids)).rpartition(":")
-    judgments, usage = judge_answers(questions, answers, model, concurrency=concurrency, cache=cache)
+    judgments, usage = judge_answers(questions, answers, model, concurrency=concurrency, cache=cache,
+                                     base_url=base_url)
     write_jsonl(judgments_path, judgments)
+    if not any(not j.get("error") for j in judgments):
+        # Registering a model with no scores would only hide the failure; a retry may succeed.
+        errors = sorted({str(j.get("error")) for j in judgments})[:3]
+        raise RuntimeError(f"every one of {len(judgments)} judgments failed (e.g. {'; '.join(errors)}); "
+                           f"judgments kept in {judgments_path}")
     prompt_version = judgments[0]["judge"][1] if judgments else ""
     summary = summarize_judgments(judgments, base_model=base_model, arm=arm, judge_model=model,
                                   prompt_version=prompt_version, usage=usage)
@@ -224,6 +230,7 @@ def judge(
     model: str,
     concurrency: int,
     cache: str,
+    base_url: str,
     judgments: Output[Dataset],
     summary: Output[Artifact],
     metrics: Output[Metrics],
@@ -238,6 +245,7 @@ def judge(
         model: judge model name, or `offline-heuristic` for runs without an API.
         concurrency: concurrent LLM requests.
         cache: LLM response cache (directory on a PVC or `s3://bucket/prefix`); "" = no cache.
+        base_url: OpenAI-compatible endpoint (Azure, vLLM, ...); "" = OPENAI_BASE_URL or OpenAI.
         judgments: FastChat model_judgment rows with the four criteria (JSONL).
         summary: per-category scores and `judge/...` metrics for the register step (JSON).
         metrics: the `judge/<category>/<criterion>` scores, shown in the Kubeflow UI.
@@ -247,7 +255,7 @@ def judge(
     from selfguided.components.judge import run_judge_step
 
     result = run_judge_step(questions.path, answers.path, model, judgments.path, summary.path, report.path,
-                            chart.path, concurrency=concurrency, cache=cache)
+                            chart.path, concurrency=concurrency, cache=cache, base_url=base_url)
     for name, value in result["metrics"].items():
         metrics.log_metric(name, value)
     summary.metadata.update({"base_model": result["base_model"], "arm": result["arm"], "overall": result["overall"]})

@@ -226,13 +226,18 @@ def evaluate_gate(
     challenger_scores: Mapping[str, float],
     champion_scores: Mapping[str, float] | None,
     gate: PromotionGate = PromotionGate(),
+    *,
+    challenger_judge: str | None = None,
+    champion_judge: str | None = None,
 ) -> GateDecision:
     """Decide whether the challenger replaces the champion.
 
     Both score mappings are judge metrics as logged to MLflow: `judge/overall` and
     `judge/<category>/overall` (other keys are ignored). `champion_scores` is None when the
     registered model has no champion yet; the challenger is then promoted if it scored every
-    required category. A NaN or missing score counts as not scored.
+    required category. A NaN or missing score counts as not scored. `challenger_judge` and
+    `champion_judge` ("<judge model>/<prompt version>") guard against comparing scores of
+    different judges: when both are known and differ, nothing is promoted automatically.
     """
     blocking: list[str] = []
     notes: list[str] = []
@@ -246,6 +251,9 @@ def evaluate_gate(
 
     if champion_scores is None:
         notes.append("no champion yet: nothing to compare against")
+    elif challenger_judge and champion_judge and challenger_judge != champion_judge:
+        blocking.append(f"judged by {challenger_judge}, the champion by {champion_judge}: the scores are not "
+                        "comparable; re-judge the champion with the same judge, or promote by hand")
     else:
         champion_overall = _score(champion_scores, "judge/overall")
         if champion_overall is None:
@@ -576,6 +584,12 @@ def _judge_metrics(client: MlflowClient, run_id: str) -> dict[str, float]:
     return {k: v for k, v in client.get_run(run_id).data.metrics.items() if k.startswith("judge/")}
 
 
+def _judge_of_run(client: MlflowClient, run_id: str) -> str | None:
+    """"<judge model>/<prompt version>" a run was judged with, from its params."""
+    params = client.get_run(run_id).data.params
+    return f"{params['judge_model']}/{params.get('prompt_version', '')}" if params.get("judge_model") else None
+
+
 def register_candidates(
     candidates: Iterable[Candidate],
     *,
@@ -616,7 +630,11 @@ def register_candidates(
     client.set_registered_model_alias(registered_model_name, CHALLENGER, challenger.version)
     champion = _alias_version(client, registered_model_name, CHAMPION)
     champion_metrics = _judge_metrics(client, champion.run_id) if champion is not None else None
-    decision = evaluate_gate(challenger.metrics, champion_metrics, gate)
+    decision = evaluate_gate(
+        challenger.metrics, champion_metrics, gate,
+        challenger_judge=_judge_of_run(client, challenger.run_id),
+        champion_judge=_judge_of_run(client, champion.run_id) if champion is not None else None,
+    )
     client.set_model_version_tag(registered_model_name, challenger.version, "promotion",
                                  ("promoted: " if decision.promote else "rejected: ") + "; ".join(decision.reasons))
     if decision.promote:

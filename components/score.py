@@ -38,7 +38,7 @@ def score_offline(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def score_records(
-    records: list[dict[str, Any]], model: str, *, concurrency: int = 8, cache: str = ""
+    records: list[dict[str, Any]], model: str, *, concurrency: int = 8, cache: str = "", base_url: str = ""
 ) -> tuple[list[dict[str, Any]], dict[str, float]]:
     """Score with `model` through the LLM client layer, or offline when model is `offline-heuristic`.
 
@@ -49,13 +49,13 @@ def score_records(
     from selfguided.components.llm import LLMConfig, endpoint_configured
     from selfguided.components.llm_tasks import score_with_llm
 
-    if not endpoint_configured():
+    if not (base_url or endpoint_configured()):
         raise RuntimeError(
             f"score model {model!r} needs an OpenAI-compatible endpoint: set OPENAI_API_KEY (and "
             f"OPENAI_BASE_URL for a non-OpenAI server), in a cluster through the selfguided-openai "
             f"Secret; or use model {OFFLINE_JUDGE_NAME!r} for a run without an API"
         )
-    config = LLMConfig(model=model, concurrency=concurrency, cache=cache or None)
+    config = LLMConfig(model=model, base_url=base_url or None, concurrency=concurrency, cache=cache or None)
     scored, usage = score_with_llm(records, config)
     return scored, usage.to_metrics("score")
 
@@ -120,12 +120,13 @@ def run_score_step(
     *,
     concurrency: int = 8,
     cache: str = "",
+    base_url: str = "",
     workdir: str = ".",
 ) -> dict[str, float]:
     """Load, score and write: the whole step as one call. Returns the metrics for the step."""
     source = fetch_input(seed_uri, "seed.jsonl", workdir)
     loaded = load_seed(source)
-    scored, usage = score_records(loaded.records, model, concurrency=concurrency, cache=cache)
+    scored, usage = score_records(loaded.records, model, concurrency=concurrency, cache=cache, base_url=base_url)
     rejects = [r.to_json() for r in loaded.rejects]
     write_jsonl(scored_path, scored)
     write_jsonl(rejects_path, rejects)
@@ -150,6 +151,7 @@ def score(
     model: str,
     concurrency: int,
     cache: str,
+    base_url: str,
     scored: Output[Dataset],
     rejects: Output[Dataset],
     report: Output[Markdown],
@@ -163,6 +165,7 @@ def score(
         model: judge model name, or `offline-heuristic` for runs without an API.
         concurrency: concurrent LLM requests.
         cache: LLM response cache (directory on a PVC or `s3://bucket/prefix`); "" = no cache.
+        base_url: OpenAI-compatible endpoint (Azure, vLLM, ...); "" = OPENAI_BASE_URL or OpenAI.
         scored: scored records (JSONL).
         rejects: input lines set aside as unusable, with file, line and reason (JSONL).
         report: score distribution per category (Markdown).
@@ -173,6 +176,6 @@ def score(
     from selfguided.components.score import run_score_step
 
     values = run_score_step(seed_uri, model, scored.path, rejects.path, report.path, concurrency=concurrency,
-                            cache=cache, workdir=tempfile.mkdtemp())
+                            cache=cache, base_url=base_url, workdir=tempfile.mkdtemp())
     for name, value in values.items():
         metrics.log_metric(name, value)

@@ -75,6 +75,7 @@ def self_guided_pipeline(
     eval_fraction: float = 0.1,
     score_model: str = "gpt-4o",
     judge_model: str = "gpt-4o",
+    llm_base_url: str = "",
     llm_concurrency: int = 8,
     llm_cache: str = f"{platform.CACHE_MOUNT_PATH}/llm-cache",
     finetune_config: str = "",
@@ -99,6 +100,7 @@ def self_guided_pipeline(
         eval_fraction: share of trained-on categories kept for evaluation.
         score_model: LLM that scores the seed data; `offline-heuristic` needs no API.
         judge_model: LLM that grades the answers; `offline-heuristic` needs no API.
+        llm_base_url: OpenAI-compatible endpoint for score and judge (Azure, vLLM, ...); "" = OpenAI.
         llm_concurrency: concurrent LLM requests per step.
         llm_cache: LLM response cache (a path on the cache volume or `s3://bucket/prefix`; "" = none).
         finetune_config: JSON object of FinetuneConfig overrides ("" = defaults for the model size).
@@ -110,15 +112,18 @@ def self_guided_pipeline(
         experiment_name: MLflow experiment of the runs.
         promotion_tolerance: how much worse (1-10 scale) any one category may get for a promotion.
     """
-    score_task = score(seed_uri=seed_uri, model=score_model, concurrency=llm_concurrency, cache=llm_cache)
-    score_task.set_display_name("score seed data")
+    score_task = score(seed_uri=seed_uri, model=score_model, concurrency=llm_concurrency, cache=llm_cache,
+                       base_url=llm_base_url)
+    # The KFP cache keys on the URI string, not the file behind it: an edited seed file at the same
+    # URI must be scored again (the LLM cache makes that cheap), so score and split never reuse.
+    score_task.set_display_name("score seed data").set_caching_options(False)
     _with_s3_secret(_with_llm_secret(_with_cache_volume(score_task))).set_retry(num_retries=2, backoff_duration="60s")
 
     split_task = split(
         scored=score_task.outputs["scored"], questions_uri=questions_uri, arms=arms, strategy=strategy,
         filter_threshold=filter_threshold, held_out_categories=held_out_categories, eval_fraction=eval_fraction,
-    ).set_display_name("split per arm")
-    _with_s3_secret(split_task)
+    ).set_display_name("split per arm").set_caching_options(False)
+    _with_s3_secret(_with_cache_volume(split_task))
 
     plan = plan_runs(base_models=base_models, arms=arms).set_display_name("plan runs")
     with dsl.ParallelFor(plan.output, name="model-and-arm") as run:
@@ -127,16 +132,19 @@ def self_guided_pipeline(
             config_json=finetune_config, num_gpus=num_gpus, checkpoint_dir=checkpoint_dir,
         ).set_display_name("finetune")
         _with_cache_volume(_on_gpu_pool(finetune_task, num_gpus)).set_retry(num_retries=3, backoff_duration="120s")
+        finetune_task.set_env_variable("HF_HOME", platform.HF_HOME)
 
         generate_task = generate(
             model=finetune_task.outputs["model"], questions=split_task.outputs["questions"], strategy=strategy,
             max_new_tokens=max_new_tokens,
         ).set_display_name("generate answers")
-        _on_gpu_pool(generate_task, 1).set_retry(num_retries=2, backoff_duration="60s")
+        _with_cache_volume(_on_gpu_pool(generate_task, 1)).set_retry(num_retries=2, backoff_duration="60s")
+        # Base weights download once into the cache volume, shared by finetune, generate and retries.
+        generate_task.set_env_variable("HF_HOME", platform.HF_HOME)
 
         judge_task = judge(
             questions=split_task.outputs["questions"], answers=generate_task.outputs["answers"], model=judge_model,
-            concurrency=llm_concurrency, cache=llm_cache,
+            concurrency=llm_concurrency, cache=llm_cache, base_url=llm_base_url,
         ).set_display_name("judge answers")
         _with_s3_secret(_with_llm_secret(_with_cache_volume(judge_task))).set_retry(num_retries=2, backoff_duration="60s")
 

@@ -44,6 +44,7 @@ MLFLOW_TRACKING_URI_IN_CLUSTER = "http://mlflow.selfguided.svc.cluster.local:500
 # response cache and the training checkpoints, so a retried or re-run task resumes.
 CACHE_PVC_NAME = "selfguided-cache"
 CACHE_MOUNT_PATH = "/mnt/selfguided"
+HF_HOME = f"{CACHE_MOUNT_PATH}/huggingface"
 
 # The ServiceAccount of pipeline pods (manifests/base/pipeline-runner).
 PIPELINE_SERVICE_ACCOUNT = "selfguided-pipeline"

@@ -139,7 +139,6 @@ def test_judge_input_errors_exit_2(server, tmp_path, capsys):
 
 
 def test_without_an_endpoint_the_offline_judge_is_used(monkeypatch, tmp_path, capsys):
-    pytest.importorskip("selfguided.components.score", reason="the offline judge lands with components/score.py")
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     write_seed(tmp_path / "seed.jsonl", 4)

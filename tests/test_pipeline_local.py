@@ -35,4 +35,4 @@ def test_champion_points_at_a_registered_version(local_run):
     assert champion.version == challenger.version  # first run: no champion to beat
     assert set(local_run.aliases) >= {"champion", "challenger"}
     assert len(local_run.summaries) == 2 and all(len(s["categories"]) == len(CATEGORIES) for s in local_run.summaries)
-    assert "promot" in local_run.decision.lower()
+    assert local_run.decision.startswith("promoted")

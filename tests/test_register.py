@@ -499,3 +499,15 @@ def test_register_component_runs_under_kfp_local(tmp_path, two_arms):
     assert champion.tags["pipeline_run"] == "kfp-local-run" and champion.tags["data_sha256"] == file_sha256(seed)
     reports = list((tmp_path / "root").rglob("report"))
     assert len(reports) == 1 and "## Promotion: promoted to `champion`" in reports[0].read_text(encoding="utf-8")
+
+
+def test_scores_of_different_judges_are_not_compared():
+    scores = {"judge/overall": 9.0, **{f"judge/{c}/overall": 9.0 for c in CATEGORIES}}
+    champion = {"judge/overall": 5.0, **{f"judge/{c}/overall": 5.0 for c in CATEGORIES}}
+    decision = evaluate_gate(scores, champion, PromotionGate(), challenger_judge="offline-heuristic/heuristic-v1",
+                             champion_judge="gpt-4o/judge-single-v1")
+    assert not decision.promote
+    assert any("not comparable" in r for r in decision.reasons)
+    same = evaluate_gate(scores, champion, PromotionGate(), challenger_judge="gpt-4o/judge-single-v1",
+                         champion_judge="gpt-4o/judge-single-v1")
+    assert same.promote
