@@ -864,7 +864,9 @@ def finetune_step(train_dir: str | Path, base_model: str, arm: str, config_json:
                         f"{', '.join(a + '.jsonl' for a in ARMS)})")
     config = FinetuneConfig.from_json(config_json, base_model)
     if num_gpus <= 1:
-        return train(train_file, base_model, output_dir, config, checkpoint_dir or None, arm=arm)
+        metrics = train(train_file, base_model, output_dir, config, checkpoint_dir or None, arm=arm)
+        _record_prompt_strategy(train_dir, output_dir)
+        return metrics
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={num_gpus}",
         "-m", "selfguided.components.finetune",
@@ -880,7 +882,17 @@ def finetune_step(train_dir: str | Path, base_model: str, arm: str, config_json:
         signal.signal(signal.SIGTERM, previous)
     if returncode != 0:
         raise RuntimeError(f"torchrun exited with code {returncode}: {' '.join(command)}")
+    _record_prompt_strategy(train_dir, output_dir)
     return read_meta(output_dir)["train_metrics"]
+
+
+def _record_prompt_strategy(train_dir: str | Path, output_dir: str | Path) -> None:
+    """Keep the split's strategy with the model, so serving formats prompts the way it was trained."""
+    split_settings = Path(train_dir) / "split.json"
+    if split_settings.exists():
+        meta = read_meta(output_dir)
+        meta["strategy"] = json.loads(split_settings.read_text(encoding="utf-8"))["strategy"]
+        (Path(output_dir) / META_FILE).write_text(json.dumps(meta, ensure_ascii=False, indent=2), encoding="utf-8")
 
 
 def main(argv: list[str] | None = None) -> int:

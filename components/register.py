@@ -292,7 +292,7 @@ class KoreanWritingModel(mlflow.pyfunc.PythonModel):
     model loads from the `model` artifact. The prompt follows the arm the model was trained
     for (`prompting.inference_prompt`).
 
-    predict params: `strategy` ("condition" or "filter", how the self_guided arm was trained),
+    predict params: `strategy` ("condition" or "filter"; default: the one recorded at training),
     `max_new_tokens`, `batch_size`. Decoding is greedy.
     """
 
@@ -300,7 +300,7 @@ class KoreanWritingModel(mlflow.pyfunc.PythonModel):
         inputs=Schema([ColSpec("string")]),
         outputs=Schema([ColSpec("string")]),
         params=ParamSchema([
-            ParamSpec("strategy", "string", "condition"),
+            ParamSpec("strategy", "string", ""),  # "": the strategy recorded at training
             ParamSpec("max_new_tokens", "long", 256),
             ParamSpec("batch_size", "long", 8),
         ]),
@@ -333,7 +333,7 @@ class KoreanWritingModel(mlflow.pyfunc.PythonModel):
         import torch
 
         params = params or {}
-        strategy = params.get("strategy", "condition")
+        strategy = params.get("strategy") or self.manifest.get("strategy", "condition")
         if strategy not in STRATEGIES:
             raise ValueError(f"params.strategy is {strategy!r}, expected one of {', '.join(STRATEGIES)}")
         questions = [str(q) for q in model_input.iloc[:, 0]]

@@ -409,3 +409,16 @@ def test_torchrun_two_processes_match_one_process_with_accumulation(tmp_path, tr
     one, two = (json.loads((tmp_path / d / "selfguided.json").read_text())["train_metrics"] for d in ("one", "two"))
     assert two["train_loss"] == pytest.approx(one["train_loss"], rel=1e-6)
     assert two["train_tokens"] == one["train_tokens"]
+
+
+def test_the_split_strategy_is_kept_with_the_model(tmp_path):
+    from selfguided.components.data import write_jsonl
+    from selfguided.components.prompting import format_prompt
+
+    train_dir = tmp_path / "train"
+    write_jsonl(train_dir / "self_guided.jsonl", [
+        {"id": str(i), "category": "blog", "prompt": format_prompt(f"글 {i}"), "response": "짧은 답입니다."}
+        for i in range(4)])
+    (train_dir / "split.json").write_text('{"strategy": "filter"}', encoding="utf-8")
+    ft.finetune_step(train_dir, "tiny", "self_guided", '{"max_steps": 1}', 1, "", tmp_path / "out")
+    assert ft.read_meta(tmp_path / "out")["strategy"] == "filter"
