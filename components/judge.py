@@ -26,6 +26,7 @@ from selfguided.components.offline_judge import (
     OFFLINE_PROMPT_VERSION,
     heuristic_scores,
     korean_share,
+    llm_step_config,
     mean_score,
 )
 from selfguided.components.prompting import CRITERIA
@@ -76,16 +77,9 @@ def judge_answers(
     """Grade answers with `model` (LLM client layer) or offline; returns judgments and usage metrics."""
     if model == OFFLINE_JUDGE_NAME:
         return judge_offline(questions, answers), {}
-    from selfguided.components.llm import LLMConfig, endpoint_configured
     from selfguided.components.llm_tasks import judge_with_llm
 
-    if not (base_url or endpoint_configured()):
-        raise RuntimeError(
-            f"judge model {model!r} needs an OpenAI-compatible endpoint: set OPENAI_API_KEY (and OPENAI_BASE_URL "
-            f"for a non-OpenAI server), in a cluster through the selfguided-openai Secret; or use "
-            f"{OFFLINE_JUDGE_NAME!r} for a run without an API"
-        )
-    config = LLMConfig(model=model, base_url=base_url or None, concurrency=concurrency, cache=cache or None)
+    config = llm_step_config("judge", model, base_url=base_url, concurrency=concurrency, cache=cache)
     judgments, usage = judge_with_llm(questions, answers, config)
     return judgments, usage.to_metrics("judge")
 

@@ -21,6 +21,7 @@ from selfguided.components.offline_judge import (
     OFFLINE_JUDGE_NAME,
     heuristic_scores,
     judge_block,
+    llm_step_config,
     mean_score,
 )
 from selfguided.components.prompting import CRITERIA
@@ -46,16 +47,9 @@ def score_records(
     """
     if model == OFFLINE_JUDGE_NAME:
         return score_offline(records), {}
-    from selfguided.components.llm import LLMConfig, endpoint_configured
     from selfguided.components.llm_tasks import score_with_llm
 
-    if not (base_url or endpoint_configured()):
-        raise RuntimeError(
-            f"score model {model!r} needs an OpenAI-compatible endpoint: set OPENAI_API_KEY (and "
-            f"OPENAI_BASE_URL for a non-OpenAI server), in a cluster through the selfguided-openai "
-            f"Secret; or use model {OFFLINE_JUDGE_NAME!r} for a run without an API"
-        )
-    config = LLMConfig(model=model, base_url=base_url or None, concurrency=concurrency, cache=cache or None)
+    config = llm_step_config("score", model, base_url=base_url, concurrency=concurrency, cache=cache)
     scored, usage = score_with_llm(records, config)
     return scored, usage.to_metrics("score")
 
