@@ -226,16 +226,23 @@ def load_seed(
     return result
 
 
+def iter_records(path: str | Path, required: Iterable[str]) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield (line number, object) of a JSONL file whose every line must be an object with the
+    `required` fields; DataError names file, line and the missing fields otherwise."""
+    for number, _, obj in iter_jsonl(path):
+        if not isinstance(obj, dict):
+            raise DataError(f"{path}:{number}: expected a JSON object")
+        missing = [k for k in required if k not in obj]
+        if missing:
+            raise DataError(f"{path}:{number}: missing field(s) {', '.join(missing)}")
+        yield number, obj
+
+
 def load_questions(path: str | Path) -> list[dict[str, Any]]:
     """Read FastChat `question.jsonl` (question_id, category, turns); errors name file and line."""
     path = Path(path)
     questions = []
-    for number, _, obj in iter_jsonl(path):
-        if not isinstance(obj, dict):
-            raise DataError(f"{path}:{number}: expected a JSON object")
-        missing = [k for k in ("question_id", "category", "turns") if k not in obj]
-        if missing:
-            raise DataError(f"{path}:{number}: missing field(s) {', '.join(missing)}")
+    for number, obj in iter_records(path, ("question_id", "category", "turns")):
         turns = obj["turns"]
         if not isinstance(turns, list) or not turns or not all(isinstance(t, str) and t.strip() for t in turns):
             raise DataError(f"{path}:{number}: 'turns' must be a non-empty list of strings")

@@ -20,7 +20,8 @@ from typing import Any
 from kfp.dsl.component_decorator import component  # `dsl.component` is absent when a step runs (_KFP_RUNTIME)
 from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Metrics, Output
 
-from selfguided.components.data import CATEGORIES, CATEGORY_LABELS_KO, load_questions, read_jsonl, write_jsonl
+from selfguided.components.data import CATEGORIES, CATEGORY_LABELS_KO, load_questions, write_jsonl
+from selfguided.components.llm_tasks import first_turn, load_answers
 from selfguided.components.offline_judge import (
     OFFLINE_JUDGE_NAME,
     OFFLINE_PROMPT_VERSION,
@@ -35,14 +36,6 @@ from selfguided.pipelines.platform import CPU_IMAGE
 SCORE_NAMES = (*CRITERIA, "overall")
 
 
-def answer_text(answer: dict[str, Any]) -> str:
-    """First turn of the first choice of a FastChat model_answer row."""
-    try:
-        return answer["choices"][0]["turns"][0]
-    except (KeyError, IndexError, TypeError):
-        raise ValueError(f"answer for question {answer.get('question_id')!r} is not a FastChat model_answer row") from None
-
-
 def judge_offline(questions: list[dict[str, Any]], answers: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Grade answers with the deterministic `offline-heuristic` stand-in (no LLM, no network)."""
     by_id = {q["question_id"]: q for q in questions}
@@ -51,7 +44,7 @@ def judge_offline(questions: list[dict[str, Any]], answers: list[dict[str, Any]]
         question = by_id.get(answer["question_id"])
         if question is None:
             raise ValueError(f"answer refers to unknown question_id {answer['question_id']!r}")
-        text = answer_text(answer)
+        text = first_turn(answer)
         scores, rationale = heuristic_scores(question["category"], question["turns"][0], text)
         judgments.append({
             "question_id": question["question_id"],
@@ -191,7 +184,7 @@ def run_judge_step(
     report_path: str, html_path: str, *, concurrency: int = 8, cache: str = "", base_url: str = "",
 ) -> dict[str, Any]:
     questions = load_questions(questions_path)
-    answers = read_jsonl(answers_path)
+    answers = load_answers(answers_path)
     if not answers:
         raise ValueError(f"{answers_path}: no answers to judge")
     model_ids = {a.get("model_id", "unknown") for a in answers}

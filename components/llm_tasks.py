@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import Any
 from collections.abc import Callable
 
-from selfguided.components.data import CATEGORY_LABELS_KO, DataError, iter_jsonl
+from selfguided.components.data import CATEGORY_LABELS_KO, DataError, iter_records
 from selfguided.components.llm import LLMClient, LLMConfig, LLMRequest, UsageSummary
 from selfguided.components.prompting import CRITERIA, CRITERIA_KO
 
@@ -331,21 +331,17 @@ def score_with_llm(records: list[dict[str, Any]], config: LLMConfig) -> tuple[li
 def load_answers(path: str | Path) -> list[dict[str, Any]]:
     """Read FastChat model_answer rows; errors name the file, the line and the field."""
     answers = []
-    for number, _, obj in iter_jsonl(path):
-        if not isinstance(obj, dict):
-            raise DataError(f"{path}:{number}: expected a JSON object")
-        missing = [k for k in ("question_id", "model_id", "choices") if k not in obj]
-        if missing:
-            raise DataError(f"{path}:{number}: missing field(s) {', '.join(missing)}")
+    for number, obj in iter_records(path, ("question_id", "model_id", "choices")):
         try:
-            _first_turn(obj)
+            first_turn(obj)
         except ValueError as exc:
             raise DataError(f"{path}:{number}: {exc}") from None
         answers.append(obj)
     return answers
 
 
-def _first_turn(answer: dict[str, Any]) -> str:
+def first_turn(answer: dict[str, Any]) -> str:
+    """The answer text: first turn of the first choice of a FastChat model_answer row."""
     choices = answer.get("choices")
     turns = choices[0].get("turns") if isinstance(choices, list) and choices and isinstance(choices[0], dict) else None
     if not isinstance(turns, list) or not turns or not isinstance(turns[0], str):
@@ -357,7 +353,7 @@ def _check_answer(answer: dict[str, Any], questions: dict[Any, dict[str, Any]]) 
     """Raise DataError naming the answer when it has no first turn or no matching question."""
     where = f"answer {answer.get('answer_id', '')!s} of model {answer.get('model_id')!r}"
     try:
-        _first_turn(answer)
+        first_turn(answer)
     except ValueError as exc:
         raise DataError(f"{where}: {exc}") from None
     if answer.get("question_id") not in questions:
@@ -409,12 +405,12 @@ def _user_prompt(request: LLMRequest) -> str:
 def _judge_single(
     client: LLMClient, prompt: Prompt, questions: dict[Any, dict[str, Any]], answers: list[dict[str, Any]]
 ) -> list[dict[str, Any]]:
-    requests = [prompt.request(**_fields(questions[a["question_id"]]), answer=_first_turn(a)) for a in answers]
+    requests = [prompt.request(**_fields(questions[a["question_id"]]), answer=first_turn(a)) for a in answers]
     verdicts = _ask(client, prompt, requests, lambda text: parse_ratings(text, with_overall=True))
     rows = []
     for answer, request, verdict in zip(answers, requests, verdicts):
         question = questions[answer["question_id"]]
-        ratio = korean_ratio(_first_turn(answer))
+        ratio = korean_ratio(first_turn(answer))
         penalised = ratio < KOREAN_MIN_RATIO
         scores, overall = None, -1
         if verdict.parsed is not None:
@@ -452,7 +448,7 @@ def _judge_pairs(
     requests = []
     for answer, reference in pairs:
         fields = _fields(questions[answer["question_id"]])
-        mine, theirs = _first_turn(answer), _first_turn(reference)
+        mine, theirs = first_turn(answer), first_turn(reference)
         requests.append(prompt.request(**fields, answer_a=mine, answer_b=theirs))  # g1: model_1 first
         requests.append(prompt.request(**fields, answer_a=theirs, answer_b=mine))  # g2: swapped
     verdicts = _ask(client, prompt, requests, parse_pair_verdict)
@@ -467,8 +463,8 @@ def _judge_pairs(
             judged += 1
             consistent += g1_winner == g2_winner
         winner = "error" if error else g1_winner if g1_winner == g2_winner else "inconsistent"
-        penalty = {"model_1": korean_ratio(_first_turn(answer)) < KOREAN_MIN_RATIO,
-                   "model_2": korean_ratio(_first_turn(reference)) < KOREAN_MIN_RATIO}
+        penalty = {"model_1": korean_ratio(first_turn(answer)) < KOREAN_MIN_RATIO,
+                   "model_2": korean_ratio(first_turn(reference)) < KOREAN_MIN_RATIO}
         if error is None and penalty["model_1"] != penalty["model_2"]:
             winner = "model_2" if penalty["model_1"] else "model_1"
         question = questions[answer["question_id"]]
@@ -499,7 +495,7 @@ def _reference_for(answer: dict[str, Any], references: dict[Any, dict[str, Any]]
     if reference is None:
         raise DataError(f"reference answers: none for question_id {answer['question_id']!r}")
     try:
-        _first_turn(reference)
+        first_turn(reference)
     except ValueError as exc:
         raise DataError(f"reference answer to question_id {answer['question_id']!r}: {exc}") from None
     return reference
