@@ -63,21 +63,27 @@ class RegistryError(RuntimeError):
 # ---------------------------------------------------------------------------------------------
 
 
+def _read_json_object(path: Path, required_strings: tuple[str, ...]) -> dict[str, Any]:
+    """A JSON object file whose `required_strings` fields are non-empty strings; errors name the file."""
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: malformed JSON ({exc.msg} at line {exc.lineno})") from None
+    if not isinstance(obj, dict):
+        raise DataError(f"{path}: expected a JSON object")
+    for key in required_strings:
+        if not isinstance(obj.get(key), str) or not obj[key]:
+            raise DataError(f"{path}: field {key!r} is missing or not a non-empty string")
+    return obj
+
+
 def read_manifest(model_dir: str | Path) -> dict[str, Any]:
     """Read and check `selfguided.json` of a trained model directory (the finetune step's output)."""
     model_dir = Path(model_dir)
     path = model_dir / MANIFEST
     if not path.is_file():
         raise DataError(f"{model_dir}: not a trained model directory, {MANIFEST} is missing")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}: malformed JSON ({exc.msg} at line {exc.lineno})") from None
-    if not isinstance(manifest, dict):
-        raise DataError(f"{path}: expected a JSON object")
-    for key in ("base_model", "base_model_ref", "arm", "method"):
-        if not isinstance(manifest.get(key), str) or not manifest[key]:
-            raise DataError(f"{path}: field {key!r} is missing or not a non-empty string")
+    manifest = _read_json_object(path, ("base_model", "base_model_ref", "arm", "method"))
     if manifest["method"] not in METHODS:
         raise DataError(f"{path}: field 'method' is {manifest['method']!r}, expected one of {', '.join(METHODS)}")
     for key in ("config", "train_metrics"):
@@ -98,15 +104,7 @@ def read_summary(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: judge summary file not found")
-    try:
-        summary = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}: malformed JSON ({exc.msg} at line {exc.lineno})") from None
-    if not isinstance(summary, dict):
-        raise DataError(f"{path}: expected a JSON object")
-    for key in ("base_model", "arm"):
-        if not isinstance(summary.get(key), str) or not summary[key]:
-            raise DataError(f"{path}: field {key!r} is missing or not a non-empty string")
+    summary = _read_json_object(path, ("base_model", "arm"))
     for key in ("metrics", "usage"):
         values = summary.get(key, {})
         if not isinstance(values, dict):

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from selfguided.components.data import CATEGORIES
+from selfguided.components.judge import summarize_judgments
 from selfguided.components.prompting import CRITERIA
 
 KOREAN_LINES = [
@@ -128,29 +129,18 @@ def make_summary(
     per_category: Mapping[str, float],
     *,
     judge_model: str = "offline-heuristic",
+    prompt_version: str = "vicuna-single-v1",
     usage: Mapping[str, float] | None = None,
 ) -> dict[str, Any]:
-    """A judge summary in the judge step's shape; each criterion equals the category's overall."""
-    categories = {
-        cat: {**{c: score for c in CRITERIA}, "overall": score, "n": 6} for cat, score in per_category.items()
-    }
-    overall = sum(per_category.values()) / len(per_category)
-    metrics = {f"judge/{cat}/{c}": v for cat, row in categories.items() for c, v in row.items() if c != "n"}
-    metrics["judge/overall"] = overall
-    return {
-        "base_model": base_model,
-        "arm": arm,
-        "model_id": f"{base_model}:{arm}",
-        "judge_model": judge_model,
-        "prompt_version": "vicuna-single-v1",
-        "mode": "single",
-        "categories": categories,
-        "overall": overall,
-        "metrics": metrics,
-        "n_judged": 6 * len(per_category),
-        "n_failed": 0,
-        "usage": dict(usage or {}),
-    }
+    """A judge summary written by the judge step's own `summarize_judgments`, from six judgments
+    per category whose criteria all equal the category's given score."""
+    judgments = [
+        {"category": cat, "score": score, "scores": {c: score for c in CRITERIA}, "error": None}
+        for cat, score in per_category.items()
+        for _ in range(6)
+    ]
+    return summarize_judgments(judgments, base_model=base_model, arm=arm, judge_model=judge_model,
+                               prompt_version=prompt_version, usage=dict(usage or {}))
 
 
 def write_summary(path: Path, summary: Mapping[str, Any]) -> Path:

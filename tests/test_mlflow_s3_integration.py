@@ -22,14 +22,6 @@ NAME = "korean-writing-assistant"
 HUB_BASE = "EleutherAI/polyglot-ko-1.3b"
 
 
-@pytest.fixture(autouse=True)
-def _restore_tracking_uri():
-    """register_candidates points MLflow's process-wide tracking URI at its store: put it back."""
-    previous = mlflow.get_tracking_uri()
-    yield
-    mlflow.set_tracking_uri(previous)
-
-
 def bucket_keys(s3, bucket: str, prefix: str) -> list[str]:
     keys = []
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):

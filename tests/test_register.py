@@ -33,14 +33,6 @@ NAME = "korean-writing-assistant"
 HUB_BASE = "EleutherAI/polyglot-ko-1.3b"
 
 
-@pytest.fixture(autouse=True)
-def _restore_tracking_uri():
-    """register_candidates points MLflow's process-wide tracking URI at its store: put it back."""
-    previous = mlflow.get_tracking_uri()
-    yield
-    mlflow.set_tracking_uri(previous)
-
-
 def alias(client: MlflowClient, name: str) -> str:
     """The version an alias points at (the SQLite store returns ints, the REST API strings)."""
     return str(client.get_model_version_by_alias(NAME, name).version)
