@@ -4,14 +4,13 @@ import pytest
 
 @pytest.fixture(autouse=True)
 def _isolated_environment(monkeypatch):
-    """Tests never inherit the developer's API keys or tracking server."""
+    """Tests never inherit the developer's API keys or tracking server, and leave none behind.
+
+    `mlflow.set_tracking_uri` (called by register_candidates) also exports MLFLOW_TRACKING_URI so
+    that subprocesses inherit it; unset both after each test, or a later test (and the kfp.local
+    steps it starts) would log into whatever store the previous one used.
+    """
     for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "MLFLOW_TRACKING_URI", "SELFGUIDED_JUDGE_MODEL"):
         monkeypatch.delenv(name, raising=False)
-
-
-@pytest.fixture(autouse=True)
-def _restore_tracking_uri():
-    """register_candidates points MLflow's process-wide tracking URI at its store: put it back."""
-    previous = mlflow.get_tracking_uri()
     yield
-    mlflow.set_tracking_uri(previous)
+    mlflow.set_tracking_uri(None)

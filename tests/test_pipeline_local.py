@@ -12,7 +12,10 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def local_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("run")
-    return run_local(workdir)
+    with pytest.MonkeyPatch.context() as env:  # the embedded defaults, whatever the shell has set
+        for name in ("MLFLOW_TRACKING_URI", "OPENAI_API_KEY", "OPENAI_BASE_URL"):
+            env.delenv(name, raising=False)
+        return run_local(workdir)
 
 
 def test_every_model_version_has_scores_for_all_six_categories(local_run):
