@@ -58,7 +58,7 @@ from selfguided.components.modeling import (
     training_attn_implementation,
 )
 from selfguided.components.prompting import ARMS
-from selfguided.pipelines.platform import GPU_IMAGE
+from selfguided.components.images import GPU_IMAGE
 
 IGNORE_INDEX = -100  # label of tokens that carry no loss (prompt tokens, sample boundaries)
 BUNDLED_BASE = "bundled:base"  # base_model_ref of a base stored in the artifact's base/ folder

@@ -26,7 +26,7 @@ from transformers import GenerationConfig
 from selfguided.components.data import load_questions, write_jsonl
 from selfguided.components.finetune import export_merged, load_trained, read_meta
 from selfguided.components.prompting import inference_prompt
-from selfguided.pipelines.platform import GPU_IMAGE
+from selfguided.components.images import GPU_IMAGE
 
 BACKENDS = ("auto", "transformers", "vllm")
 

@@ -27,11 +27,10 @@ from selfguided.components.offline_judge import (
     OFFLINE_PROMPT_VERSION,
     heuristic_scores,
     korean_share,
-    llm_step_config,
     mean_score,
 )
 from selfguided.components.prompting import CRITERIA
-from selfguided.pipelines.platform import CPU_IMAGE
+from selfguided.components.images import CPU_IMAGE
 
 SCORE_NAMES = (*CRITERIA, "overall")
 
@@ -70,6 +69,7 @@ def judge_answers(
     """Grade answers with `model` (LLM client layer) or offline; returns judgments and usage metrics."""
     if model == OFFLINE_JUDGE_NAME:
         return judge_offline(questions, answers), {}
+    from selfguided.components.llm import llm_step_config
     from selfguided.components.llm_tasks import judge_with_llm
 
     config = llm_step_config("judge", model, base_url=base_url, concurrency=concurrency, cache=cache)

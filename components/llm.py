@@ -76,6 +76,17 @@ def endpoint_configured() -> bool:
     return bool(os.environ.get("OPENAI_BASE_URL") or os.environ.get("OPENAI_API_KEY"))
 
 
+
+def llm_step_config(step: str, model: str, *, base_url: str, concurrency: int, cache: str) -> "LLMConfig":
+    """The LLMConfig of a pipeline step that uses an LLM, or a clear error when none is reachable."""
+    if not (base_url or endpoint_configured()):
+        raise RuntimeError(
+            f"{step} model {model!r} needs an OpenAI-compatible endpoint: set OPENAI_API_KEY (and "
+            f"OPENAI_BASE_URL or the pipeline's llm_base_url for a non-OpenAI server), in a cluster through "
+            f"the selfguided-openai Secret; or use 'offline-heuristic' for a run without an API"
+        )
+    return LLMConfig(model=model, base_url=base_url or None, concurrency=concurrency, cache=cache or None)
+
 @dataclass
 class LLMConfig:
     """Everything the client layer needs to talk to an OpenAI-compatible endpoint."""

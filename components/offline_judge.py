@@ -118,19 +118,6 @@ def heuristic_scores(
     return scores, rationale
 
 
-def llm_step_config(step: str, model: str, *, base_url: str, concurrency: int, cache: str):
-    """The LLMConfig of a pipeline step that uses an LLM, or a clear error when none is reachable."""
-    from selfguided.components.llm import LLMConfig, endpoint_configured
-
-    if not (base_url or endpoint_configured()):
-        raise RuntimeError(
-            f"{step} model {model!r} needs an OpenAI-compatible endpoint: set OPENAI_API_KEY (and "
-            f"OPENAI_BASE_URL or the pipeline's llm_base_url for a non-OpenAI server), in a cluster through "
-            f"the selfguided-openai Secret; or use {OFFLINE_JUDGE_NAME!r} for a run without an API"
-        )
-    return LLMConfig(model=model, base_url=base_url or None, concurrency=concurrency, cache=cache or None)
-
-
 def mean_score(scores: Mapping[str, float]) -> float:
     return round(sum(float(scores[c]) for c in CRITERIA) / len(CRITERIA), 3)
 

@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 
 from selfguided.components.data import CATEGORIES, DataError
 from selfguided.components.prompting import CRITERIA, STRATEGIES, inference_prompt
-from selfguided.pipelines.platform import CPU_IMAGE
+from selfguided.components.images import CPU_IMAGE
 
 DEFAULT_REGISTERED_MODEL = "korean-writing-assistant"
 DEFAULT_EXPERIMENT = "selfguided"

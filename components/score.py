@@ -21,11 +21,10 @@ from selfguided.components.offline_judge import (
     OFFLINE_JUDGE_NAME,
     heuristic_scores,
     judge_block,
-    llm_step_config,
     mean_score,
 )
 from selfguided.components.prompting import CRITERIA
-from selfguided.pipelines.platform import CPU_IMAGE
+from selfguided.components.images import CPU_IMAGE
 
 
 def score_offline(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -47,6 +46,7 @@ def score_records(
     """
     if model == OFFLINE_JUDGE_NAME:
         return score_offline(records), {}
+    from selfguided.components.llm import llm_step_config
     from selfguided.components.llm_tasks import score_with_llm
 
     config = llm_step_config("score", model, base_url=base_url, concurrency=concurrency, cache=cache)

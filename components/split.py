@@ -34,7 +34,7 @@ from selfguided.components.data import (
     write_jsonl,
 )
 from selfguided.components.prompting import ARMS, STRATEGIES, format_prompt
-from selfguided.pipelines.platform import CPU_IMAGE
+from selfguided.components.images import CPU_IMAGE
 
 
 @dataclass

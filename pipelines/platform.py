@@ -8,19 +8,9 @@ registry and node pools without editing it.
 from __future__ import annotations
 
 import os
-from importlib.metadata import PackageNotFoundError, version
 
-try:
-    PACKAGE_VERSION = version("selfguided")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    PACKAGE_VERSION = "0.0.0"
-
-# Images: the tag follows the package version, so a released pipeline always runs the code it
-# was compiled from.
-IMAGE_REGISTRY = os.environ.get("SELFGUIDED_IMAGE_REGISTRY", "ghcr.io/selfguided")
-IMAGE_TAG = os.environ.get("SELFGUIDED_IMAGE_TAG", PACKAGE_VERSION)
-CPU_IMAGE = f"{IMAGE_REGISTRY}/selfguided-cpu:{IMAGE_TAG}"
-GPU_IMAGE = f"{IMAGE_REGISTRY}/selfguided-gpu:{IMAGE_TAG}"
+# Images are the steps' own setting (components/images.py); re-exported for the pipeline and docs.
+from selfguided.components.images import CPU_IMAGE, GPU_IMAGE, IMAGE_REGISTRY, IMAGE_TAG, PACKAGE_VERSION  # noqa: F401
 
 # GPU node pool. Finetune and generate ask for `nvidia.com/gpu`, land on nodes carrying the
 # node-pool label and tolerate the pool's taint. manifests/ uses the same key and values.
