@@ -276,6 +276,14 @@ def test_a_credibly_worse_category_blocks():
     assert any(r.startswith("category poem is credibly worse: paired difference -") for r in decision.reasons)
 
 
+def test_a_category_without_shared_pairs_blocks():
+    champion = make_row("champion/v3", "champion", seed=40)
+    challenger = make_row("tiny/self_guided", arm="self_guided", shift=1.5, seed=41, cats=CATS[:5])
+    decision = decide_promotion(challenger, champion)
+    assert not decision.promote
+    assert any(r.startswith("categories news have no shared scored (question, turn) pairs") for r in decision.reasons)
+
+
 def test_judge_mismatch_refuses():
     champion = make_row("champion/v3", "champion", seed=1, judge="gpt-4o/v1")
     challenger = make_row("tiny/self_guided", arm="self_guided", shift=2.0, seed=2, judge="gpt-4o/v2")
@@ -296,6 +304,9 @@ def test_fallback_without_a_champion_row_says_so():
     assert not worse.promote and worse.reasons[0].startswith("fallback")
     no_overall = decide_promotion(challenger, None, fallback_champion_metrics={})
     assert not no_overall.promote
+    other_judge = decide_promotion(challenger, None, fallback_champion_metrics=logged,
+                                   fallback_champion_judge="gpt-4o/v1")
+    assert not other_judge.promote and "not comparable" in other_judge.reasons[1]
 
 
 def test_first_champion_needs_every_category_scored():
