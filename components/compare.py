@@ -859,10 +859,6 @@ def _ci_text(est: Estimate) -> str:
     return f"{_signed(est.mean)} [95% CI {_signed(est.ci_low)}, {_signed(est.ci_high)}]"
 
 
-def _est_figures(est: Estimate) -> dict[str, Any]:
-    return est.to_dict()
-
-
 def decide_promotion(challenger: RowJudgments, champion: RowJudgments | None, gate: PromotionGate = PromotionGate(),
                      *, fallback_champion_metrics: Mapping[str, float] | None = None,
                      fallback_champion_judge: str | None = None) -> GateDecision:
@@ -885,7 +881,7 @@ def decide_promotion(challenger: RowJudgments, champion: RowJudgments | None, ga
     figures: dict[str, Any] = {"challenger": challenger.row, "min_improvement": gate.min_improvement,
                                "promotion_tolerance": gate.promotion_tolerance,
                                "min_paired_questions": gate.min_paired_questions,
-                               "challenger_overall": _est_figures(summary.overall)}
+                               "challenger_overall": summary.overall.to_dict()}
     unscored_cats = [c for c, s in summary.categories.items() if s.overall.n == 0]
     if champion is not None:
         return _decide_paired(challenger, parsed, champion, gate, figures)
