@@ -315,3 +315,19 @@ def test_component_interface():
         "service_name": "String", "namespace": "String"}
     assert {k: v.type for k, v in spec.outputs.items()} == {"Output": "String"}
     assert spec.implementation.container.image == deploy_module.CPU_IMAGE
+
+
+@pytest.mark.filterwarnings("ignore:You may be attemping to run a task:RuntimeWarning")  # the image is this environment
+def test_component_runs_under_kfp_local_and_changes_nothing_without_a_promotion(tmp_path, monkeypatch):
+    """The thin component imports and calls the step in a real KFP executor (kfp.local, this
+    environment), as in the local pipeline run where nothing is promoted to a cluster."""
+    from kfp import local
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "absent"))
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"))
+    try:
+        task = deploy(promoted=False, storage_uri=URI_V3, model_version=f"{NAME}/3", service_name=NAME, namespace="")
+    finally:
+        local.config.LocalExecutionConfig.instance = None
+    assert task.output == f"no new champion: InferenceService {NAME} left as it is"
