@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1
-# MLflow tracking server for manifests/: the official MLflow image lacks the PostgreSQL driver,
-# so this one installs the server, boto3 and psycopg2 at the versions pinned in the lock (the
-# same MLflow the pipeline's client uses).
+# MLflow tracking server for manifests/: the official MLflow image lacks the PostgreSQL driver
+# and the basic-auth app's Flask-WTF, so this one installs the server with its `auth` extra, boto3
+# and psycopg2 at the versions pinned in the lock (the same MLflow the pipeline's client uses).
 # Build from the repository root (docs/run-on-kubeflow.md):
 #   docker build -f images/mlflow.Dockerfile -t "$REGISTRY/selfguided-mlflow:$VERSION" .
 

@@ -8,10 +8,12 @@ findings must be fixed or skipped in place with a `checkov.io/skip<N>: CHECK=rea
 from __future__ import annotations
 
 import base64
+import configparser
 import copy
 import json
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import sys
@@ -27,6 +29,7 @@ from mlflow import MlflowClient
 from mlflow.server.security_utils import is_allowed_host_header
 from servers import S3_CREDENTIALS, _stop_group, _wait_healthy, free_port, s3_server  # noqa: F401 (fixture)
 
+from selfguided.components import tracking
 from selfguided.pipelines import platform
 
 REPO = Path(__file__).resolve().parents[1]
@@ -203,7 +206,8 @@ def test_pipeline_namespace_has_what_the_compiled_pipeline_names(objects, name):
     assert len(runner) == 1, f"manifests/{name}: expected one ServiceAccount selfguided-pipeline"
     namespace = runner[0]["metadata"]["namespace"]
     for secret_name, keys in ((platform.OPENAI_SECRET_NAME, platform.OPENAI_SECRET_KEYS),
-                              (platform.S3_SECRET_NAME, platform.S3_SECRET_KEYS)):
+                              (platform.S3_SECRET_NAME, platform.S3_SECRET_KEYS),
+                              (tracking.PIPELINE_AUTH_SECRET_NAME, tracking.PIPELINE_AUTH_SECRET_KEYS)):
         secret = _find(objs, "Secret", secret_name, namespace)
         assert set(_secret_data(secret)) == set(keys), f"{_id(secret)}: keys differ from pipelines/platform.py"
     _find(objs, "PersistentVolumeClaim", platform.CACHE_PVC_NAME, namespace)
@@ -286,7 +290,11 @@ def _kubelet_env(container: dict, objs: list[dict], namespace: str) -> dict[str,
         else:
             env |= _find(objs, "ConfigMap", source["configMapRef"]["name"], namespace)["data"]
     for var in container.get("env", []):
-        assert "value" in var, f"{container['name']}: {var['name']} is not a plain value; teach _kubelet_env"
+        if "secretKeyRef" in var.get("valueFrom", {}):
+            ref = var["valueFrom"]["secretKeyRef"]
+            env[var["name"]] = _secret_data(_find(objs, "Secret", ref["name"], namespace))[ref["key"]]
+            continue
+        assert "value" in var, f"{container['name']}: {var['name']} is neither a plain value nor a Secret key; teach _kubelet_env"
         env[var["name"]] = _expand(var["value"], env)
     return env
 
@@ -305,13 +313,103 @@ def test_mlflow_backend_uri_is_assembled_from_the_database_secret(objects, name)
         assert not [a for a in argv if "$(" in a], f"{container['name']}: undefined variable in {argv}"
 
 
+def _container(pod: dict, name: str) -> dict:
+    found = [c for c in pod["spec"].get("initContainers", []) + pod["spec"]["containers"] if c["name"] == name]
+    assert len(found) == 1, f"expected one container {name}, found {len(found)}"
+    return found[0]
+
+
+def _mounts(container: dict) -> dict[str, dict]:
+    return {m["name"]: m for m in container.get("volumeMounts", [])}
+
+
+@pytest.mark.parametrize("name", [k for k in KUSTOMIZATIONS if k.startswith("overlays/")])
+def test_mlflow_asks_for_a_login_and_lets_people_read(objects, name):
+    """basic-auth, READ by default, the auth database beside the backend store, admin and Flask key
+    from a Secret, the admin password nowhere but that Secret."""
+    objs = objects[name]
+    pod = _find(objs, "Deployment", "mlflow", "selfguided")["spec"]["template"]
+    server, writer = _container(pod, "mlflow"), _container(pod, "auth-config")
+    assert "--app-name=basic-auth" in server["args"]
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+
+    # The writer fills the in-memory volume the server reads its config from.
+    server_env, writer_env = _kubelet_env(server, objs, "selfguided"), _kubelet_env(writer, objs, "selfguided")
+    config_path = Path(server_env["MLFLOW_AUTH_CONFIG_PATH"])
+    assert writer_env["MLFLOW_AUTH_CONFIG_PATH"] == str(config_path)
+    written = next(n for n, m in _mounts(writer).items() if config_path.is_relative_to(m["mountPath"]))
+    assert _mounts(server)[written] == {"name": written, "mountPath": _mounts(writer)[written]["mountPath"], "readOnly": True}
+    assert volumes[written]["emptyDir"]["medium"] == "Memory", "the file holds the database password: keep it off disk"
+    assert pod["spec"]["initContainers"][-1]["name"] == "auth-config", "written before the server starts"
+
+    # Its settings: the ConfigMap behind the template path.
+    template = Path(writer_env["MLFLOW_AUTH_CONFIG_TEMPLATE"])
+    source = next(n for n, m in _mounts(writer).items() if template.parent == Path(m["mountPath"]))
+    config_map = _find(objs, "ConfigMap", volumes[source]["configMap"]["name"], "selfguided")
+    ini = configparser.ConfigParser()
+    ini.read_string(config_map["data"][template.name])
+    assert ini["mlflow"]["default_permission"] == "READ", "people read; only grants write"
+    assert not {"database_uri", "admin_password", "admin_username"} & set(ini["mlflow"]), \
+        "the database and the admin come from Secrets at start, not from the ConfigMap"
+
+    auth = _secret_data(_find(objs, "Secret", next(ref["secretRef"]["name"] for ref in server["envFrom"]
+                                                   if "secretRef" in ref and ref["secretRef"]["name"].startswith("mlflow-auth")),
+                              "selfguided"))
+    assert set(auth) == {tracking.ADMIN_USERNAME_ENV, tracking.ADMIN_PASSWORD_ENV, "MLFLOW_FLASK_SERVER_SECRET_KEY"}
+    for key in (tracking.ADMIN_USERNAME_ENV, tracking.ADMIN_PASSWORD_ENV, "MLFLOW_FLASK_SERVER_SECRET_KEY"):
+        assert server_env[key] == auth[key], f"the server does not get {key} from the mlflow-auth Secret"
+
+
+@pytest.mark.parametrize("name", [k for k in KUSTOMIZATIONS if k.startswith("overlays/")])
+def test_pipeline_user_job_creates_the_identity_the_pipeline_logs_in_with(objects, name):
+    objs = objects[name]
+    runner_namespace = _find(objs, "ServiceAccount", "selfguided-pipeline")["metadata"]["namespace"]
+    identity = _secret_data(_find(objs, "Secret", tracking.PIPELINE_AUTH_SECRET_NAME, runner_namespace))
+    job = _find(objs, "Job", "mlflow-pipeline-user", "selfguided")
+    pod = job["spec"]["template"]
+    (container,) = pod["spec"]["containers"]
+    assert container["image"] == platform.CPU_IMAGE
+    assert container["command"] == ["python", "-m", "selfguided.components.tracking", "create-pipeline-user"]
+    args = dict(a.removeprefix("--").split("=", 1) for a in container["args"])
+    assert args["tracking-uri"] == platform.MLFLOW_TRACKING_URI_IN_CLUSTER
+
+    from selfguided.pipelines.pipeline import self_guided_pipeline
+
+    defaults = self_guided_pipeline.component_spec.inputs
+    assert args["experiment"] == defaults["experiment_name"].default, "the Job grants on another experiment than the pipeline's"
+    assert args["registered-model"] == defaults["registered_model_name"].default
+
+    env = _kubelet_env(container, objs, "selfguided")
+    assert {k: env[k] for k in identity} == identity, "the Job creates another user than the one the pipeline logs in as"
+    auth = _secret_data(next(o for o in objs if o["kind"] == "Secret" and o["metadata"]["name"].startswith("mlflow-auth-")))
+    assert env[tracking.ADMIN_USERNAME_ENV] == auth[tracking.ADMIN_USERNAME_ENV]
+    assert env[tracking.ADMIN_PASSWORD_ENV] == auth[tracking.ADMIN_PASSWORD_ENV]
+    assert not [a for a in container["args"] if "PASSWORD" in a.upper()], "passwords travel as env, never as args"
+    assert job["spec"].get("ttlSecondsAfterFinished"), "a finished Job must go, or a changed Secret cannot re-run it"
+
+    # The tracking server's network policy admits the Job's pod.
+    policy = _find(objs, "NetworkPolicy", "mlflow", "selfguided")
+    labels = pod["metadata"]["labels"]
+    assert any(set(peer) == {"podSelector"} and peer["podSelector"]["matchLabels"].items() <= labels.items()
+               for rule in policy["spec"]["ingress"] for peer in rule["from"]), "the Job could not reach MLflow"
+
+
+def test_pipeline_user_job_arguments_parse(objects):
+    """The Job's arguments are ones the command accepts (a typo would fail only in the cluster)."""
+    container = _find(objects["overlays/local"], "Job", "mlflow-pipeline-user")["spec"]["template"]["spec"]["containers"][0]
+    proc = subprocess.run([sys.executable, *container["command"][1:], *container["args"], "--help"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+
+
 @pytest.mark.slow
-def test_mlflow_server_runs_with_the_manifest_settings(objects, s3_server, tmp_path):
-    """The local overlay's init and server commands, environment and ConfigMap, run for real:
-    SQLite stands in for PostgreSQL, moto for the S3 store, and the server binds 127.0.0.1."""
+def test_mlflow_server_runs_with_the_manifest_settings(objects, s3_server, tmp_path, monkeypatch):
+    """The local overlay's init and server commands, environment, ConfigMaps and login settings, run
+    for real: SQLite stands in for PostgreSQL, moto for the S3 store, a temporary folder for the
+    pod's memory volume, and the server binds 127.0.0.1."""
     objs = objects["overlays/local"]
     pod = _find(objs, "Deployment", "mlflow", "selfguided")["spec"]["template"]["spec"]
-    (init,), (server,) = pod["initContainers"], pod["containers"]
+    (upgrade, writer), (server,) = pod["initContainers"], pod["containers"]
     stand_ins = {"MLFLOW_BACKEND_STORE_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "HOME": str(tmp_path),
                  "MLFLOW_S3_ENDPOINT_URL": s3_server.endpoint_url, **S3_CREDENTIALS}
     mlflow_cli = str(Path(sys.executable).with_name("mlflow"))
@@ -321,10 +419,31 @@ def test_mlflow_server_runs_with_the_manifest_settings(objects, s3_server, tmp_p
         assert args[0] == "mlflow"
         return [mlflow_cli, *args[1:]]
 
-    init_env = _kubelet_env(init, objs, "selfguided") | stand_ins
-    subprocess.run(argv(init, init_env), env=os.environ | init_env, check=True, capture_output=True, timeout=300)
+    upgrade_env = _kubelet_env(upgrade, objs, "selfguided") | stand_ins
+    subprocess.run(argv(upgrade, upgrade_env), env=os.environ | upgrade_env, check=True, capture_output=True, timeout=300)
 
-    server_env = _kubelet_env(server, objs, "selfguided") | stand_ins
+    # The auth config: refused while the Secret holds the templates' placeholders, written once filled in.
+    writer_env = _kubelet_env(writer, objs, "selfguided") | stand_ins
+    template = tmp_path / "template" / Path(writer_env["MLFLOW_AUTH_CONFIG_TEMPLATE"]).name
+    source = next(m["name"] for m in writer["volumeMounts"] if m["mountPath"] == str(Path(writer_env["MLFLOW_AUTH_CONFIG_TEMPLATE"]).parent))
+    config_map_name = next(v["configMap"]["name"] for v in pod["volumes"] if v["name"] == source)
+    template.parent.mkdir()
+    template.write_text(_find(objs, "ConfigMap", config_map_name, "selfguided")["data"][template.name], encoding="utf-8")
+    config_path = tmp_path / "auth" / "basic_auth.ini"
+    config_path.parent.mkdir()
+    writer_env |= {"MLFLOW_AUTH_CONFIG_TEMPLATE": str(template), "MLFLOW_AUTH_CONFIG_PATH": str(config_path)}
+    assert writer["command"] == ["sh", "-c"]
+    refused = subprocess.run(["sh", "-c", *writer["args"]], env=os.environ | writer_env, capture_output=True, text=True, timeout=30)
+    assert refused.returncode != 0 and "MLFLOW_AUTH_ADMIN_PASSWORD" in refused.stderr and PLACEHOLDER in refused.stderr
+    assert not config_path.exists(), "a server with the template's admin password must not start"
+    filled = {tracking.ADMIN_PASSWORD_ENV: "admin-" + secrets.token_hex(8), "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16)}
+    subprocess.run(["sh", "-c", *writer["args"]], env=os.environ | writer_env | filled, check=True, timeout=30)
+    assert config_path.stat().st_mode & 0o077 == 0, "the auth config holds the database password: owner only"
+    ini = configparser.ConfigParser()
+    ini.read(config_path)
+    assert ini["mlflow"]["database_uri"] == stand_ins["MLFLOW_BACKEND_STORE_URI"], "the auth tables live beside MLflow's"
+
+    server_env = _kubelet_env(server, objs, "selfguided") | stand_ins | filled | {"MLFLOW_AUTH_CONFIG_PATH": str(config_path)}
     bucket = urlsplit(server_env["MLFLOW_ARTIFACTS_DESTINATION"]).netloc
     s3_server.client().create_bucket(Bucket=bucket)
     port = free_port()
@@ -340,15 +459,21 @@ def test_mlflow_server_runs_with_the_manifest_settings(objects, s3_server, tmp_p
         _wait_healthy(f"http://127.0.0.1:{port}/health", process, log_path)
         uri = urlsplit(platform.MLFLOW_TRACKING_URI_IN_CLUSTER)
         search = f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search?max_results=1"
-        for host, status in ((uri.netloc, 200), ("attacker.example:5000", 403)):
-            request = urllib.request.Request(search, headers={"Host": host})
+        admin = (server_env[tracking.ADMIN_USERNAME_ENV], server_env[tracking.ADMIN_PASSWORD_ENV])
+        login = "Basic " + base64.b64encode(":".join(admin).encode()).decode()
+        for host, authorization, status in ((uri.netloc, None, 401), (uri.netloc, login, 200),
+                                            ("attacker.example:5000", login, 403)):
+            request = urllib.request.Request(search, headers={"Host": host} | ({"Authorization": authorization} if authorization else {}))
             try:
                 with urllib.request.urlopen(request, timeout=30) as response:
                     answered = response.status
             except urllib.error.HTTPError as e:
                 answered = e.code
-            assert answered == status, f"Host: {host} answered {answered}, expected {status}"
+            assert answered == status, f"Host: {host}, {'admin' if authorization else 'no login'}: answered {answered}, expected {status}"
 
+        # The admin the server created from the Secret logs in; artifacts still go to the store.
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", admin[0])
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", admin[1])
         client = MlflowClient(tracking_uri=f"http://127.0.0.1:{port}")
         experiment_id = client.create_experiment("manifest-check")
         assert client.get_experiment(experiment_id).artifact_location.startswith("mlflow-artifacts:")
