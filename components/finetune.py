@@ -15,8 +15,9 @@ Read top to bottom:
    resumes from the newest one (trainable weights, optimizer, scheduler, RNG states, step). The
    data order is a pure function of (seed, epoch), so a resumed run sees exactly the batches an
    uninterrupted run would and ends with the same weights.
-6. `train`: the whole step (load, tokenize, train, write the Model artifact), `load_trained` and
-   `export_merged` to use its output, a CLI for torchrun, and the thin KFP component.
+6. `train`: the whole step (load, tokenize, train, write the Model artifact through
+   `trained_model.save_trained`, which owns the layout), a CLI for torchrun, and the thin KFP
+   component.
 """
 
 # No `from __future__ import annotations`: KFP reads the component's annotations at runtime.
@@ -42,9 +43,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from kfp.dsl import Dataset, Input, Metrics, Model, Output
 from kfp.dsl.component_decorator import component  # `dsl.component` is absent when a step runs (_KFP_RUNTIME)
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import LoraConfig, get_peft_model
 from tqdm.auto import tqdm
-from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorWithFlattening, get_scheduler
+from transformers import DataCollatorWithFlattening, get_scheduler
 
 from selfguided.components.data import DataError, file_sha256, iter_jsonl
 from selfguided.components.modeling import (
@@ -52,17 +53,21 @@ from selfguided.components.modeling import (
     SDPA_VARLEN,
     TINY,
     canonical_name,
-    default_attn_implementation,
     is_local,
     load_base,
     training_attn_implementation,
 )
-from selfguided.components.prompting import ARMS
+from selfguided.components.prompting import ARMS, STRATEGIES
+from selfguided.components.trained_model import (
+    BUNDLED_BASE_REF,
+    ModelManifest,
+    read_manifest,
+    save_bundled_base,
+    save_trained,
+)
 from selfguided.components.images import GPU_IMAGE
 
 IGNORE_INDEX = -100  # label of tokens that carry no loss (prompt tokens, sample boundaries)
-BUNDLED_BASE = "bundled:base"  # base_model_ref of a base stored in the artifact's base/ folder
-META_FILE = "selfguided.json"
 PREEMPTED_EXIT_CODE = 128 + signal.SIGTERM
 
 
@@ -673,14 +678,14 @@ def _fsync_dir(path: Path):
 
 
 # ----------------------------------------------------------------------------------------------
-# 6. The step: train -> Model artifact; load_trained / export_merged; CLI; KFP component
+# 6. The step: train -> Model artifact (trained_model.py owns its layout); CLI; KFP component
 # ----------------------------------------------------------------------------------------------
 
 
 def base_model_ref(base_model: str) -> str:
     """How the artifact points at its base: bundled (tiny), an absolute local path, or a hub id."""
     if base_model == TINY:
-        return BUNDLED_BASE
+        return BUNDLED_BASE_REF
     if is_local(base_model):
         return str(Path(base_model).expanduser().resolve())
     return canonical_name(base_model)
@@ -710,6 +715,7 @@ def train(
     checkpoint_dir: str | Path | None = None,
     *,
     arm: str | None = None,
+    strategy: str = "condition",
 ) -> dict[str, float]:
     """Fine-tune `base_model` on `train_file` and write the Model artifact to `output_dir`.
 
@@ -723,7 +729,9 @@ def train(
         checkpoint_dir: persistent folder (a PVC), may be shared: each run checkpoints into the
             subfolder named by its fingerprint (data, base, config, GPU count) and a rerun of the
             same run resumes there. None: a folder inside output_dir, deleted once training ends.
-        arm: the data arm (unscored / self_guided); default: the train file's name.
+        arm: the data arm (unscored / self_guided / control); default: the train file's name.
+        strategy: how the split used the scores (condition / filter); recorded in the manifest,
+            it decides how the model is prompted at inference.
 
     Returns the training metrics: train_loss, train_tokens, target_tokens, tokens_per_s, steps,
     epochs, seconds, peak_memory_gb, train_samples, truncated_samples, skipped_samples.
@@ -733,6 +741,8 @@ def train(
     arm = arm or Path(train_file).stem
     if arm not in ARMS:
         raise ValueError(f"unknown arm {arm!r} (known: {', '.join(ARMS)}); pass arm= or name the file <arm>.jsonl")
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r} (known: {', '.join(STRATEGIES)})")
     output_dir = Path(output_dir)
     device = pick_device()
     distributed = init_distributed(device.type)
@@ -747,9 +757,10 @@ def train(
     records = read_train_file(train_file)
     model, tokenizer = load_base(
         base_model, dtype=weights_dtype(config, device), device=device, attn_implementation=attn)
-    if distributed.is_main and base_model_ref(base_model) == BUNDLED_BASE:
-        model.save_pretrained(output_dir / "base")
-        tokenizer.save_pretrained(output_dir / "base")
+    # The hub commit the weights came from, so that a registered version is reproducible.
+    base_revision = getattr(model.config, "_commit_hash", None) if base_model_ref(base_model) != BUNDLED_BASE_REF else None
+    if distributed.is_main and base_model_ref(base_model) == BUNDLED_BASE_REF:
+        save_bundled_base(output_dir, model, tokenizer)
     samples, counts = tokenize_records(records, tokenizer, config.max_seq_len)
     if distributed.is_main and (counts["truncated_samples"] or counts["skipped_samples"]):
         print(f"{train_file}: {counts['truncated_samples']} responses cut and {counts['skipped_samples']} samples "
@@ -784,24 +795,18 @@ def train(
         **counts,
     }
     if distributed.is_main:
-        model.config.use_cache = True
-        if config.method == "lora":
-            model.save_pretrained(output_dir / "adapter")
-        else:
-            model.save_pretrained(output_dir / "model")
-        tokenizer.save_pretrained(output_dir / "tokenizer")
-        meta = {
-            "base_model": base_model,
-            "base_model_ref": base_model_ref(base_model),
-            "arm": arm,
-            "method": config.method,
-            "config": config.to_dict(),
-            "train_metrics": metrics,
-            "data_sha256": file_sha256(train_file),
-        }
-        (output_dir / META_FILE).write_text(json.dumps(meta, ensure_ascii=False, indent=2), encoding="utf-8")
-        with (output_dir / "train_log.jsonl").open("w", encoding="utf-8") as fh:
-            fh.writelines(json.dumps(row) + "\n" for row in state.history)
+        manifest = ModelManifest(
+            base_model=base_model,
+            base_model_ref=base_model_ref(base_model),
+            base_revision=base_revision,
+            arm=arm,
+            strategy=strategy,
+            method=config.method,
+            config=config.to_dict(),
+            train_metrics=metrics,
+            train_data_sha256=file_sha256(train_file),
+        )
+        save_trained(output_dir, model, tokenizer, manifest, train_log=state.history)
         if temporary_checkpoints:
             shutil.rmtree(checkpoint_dir, ignore_errors=True)
     distributed.barrier()
@@ -810,51 +815,7 @@ def train(
     return metrics
 
 
-def read_meta(model_dir: str | Path) -> dict[str, Any]:
-    path = Path(model_dir) / META_FILE
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: not a fine-tuned model directory (written by finetune.train)")
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
-def load_trained(model_dir: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-                 merge: bool = True, attn_implementation: str | None = None):
-    """(model, tokenizer) from a fine-tuned model directory, in eval mode with the KV cache on.
-
-    LoRA models load their base (bundled, local path or hub id) and the adapter; `merge=True`
-    folds the adapter into the base weights (plain GPT-NeoX again, no LoRA overhead per token).
-    """
-    model_dir = Path(model_dir)
-    meta = read_meta(model_dir)
-    attn = attn_implementation or default_attn_implementation(device)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir / "tokenizer")
-    if meta["method"] == "full":
-        model = AutoModelForCausalLM.from_pretrained(model_dir / "model", dtype=dtype, attn_implementation=attn)
-    else:
-        ref = meta["base_model_ref"]
-        base = model_dir / "base" if ref == BUNDLED_BASE else ref
-        model, _ = load_base(str(base), dtype=dtype, device=device, attn_implementation=attn)
-        model = PeftModel.from_pretrained(model, model_dir / "adapter")
-        if merge:
-            model = model.merge_and_unload()
-    model.config.use_cache = True
-    return model.to(device).eval(), tokenizer
-
-
-def export_merged(model_dir: str | Path, out_dir: str | Path, dtype: torch.dtype = torch.bfloat16,
-                  device: str | torch.device | None = None) -> Path:
-    """Write a standalone model (adapters merged) that plain `AutoModelForCausalLM.from_pretrained`
-    and engines without LoRA support for GPT-NeoX (vLLM, TGI, llama.cpp converters) can load.
-    The merge runs in fp32, then the weights are cast to `dtype`."""
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model, tokenizer = load_trained(model_dir, device=device, dtype=torch.float32, merge=True)
-    out_dir = Path(out_dir)
-    model.to(dtype).save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-    return out_dir
-
-
-def finetune_step(train_dir: str | Path, base_model: str, arm: str, config_json: str, num_gpus: int,
+def finetune_step(train_dir: str | Path, base_model: str, arm: str, strategy: str, config_json: str, num_gpus: int,
                   checkpoint_dir: str, output_dir: str | Path) -> dict[str, float]:
     """What the KFP component does: train `<train_dir>/<arm>.jsonl`, in this process on one
     device, or under `torchrun --nproc_per_node=num_gpus` (DDP) when num_gpus > 1."""
@@ -864,14 +825,12 @@ def finetune_step(train_dir: str | Path, base_model: str, arm: str, config_json:
                         f"{', '.join(a + '.jsonl' for a in ARMS)})")
     config = FinetuneConfig.from_json(config_json, base_model)
     if num_gpus <= 1:
-        metrics = train(train_file, base_model, output_dir, config, checkpoint_dir or None, arm=arm)
-        _record_prompt_strategy(train_dir, output_dir)
-        return metrics
+        return train(train_file, base_model, output_dir, config, checkpoint_dir or None, arm=arm, strategy=strategy)
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={num_gpus}",
         "-m", "selfguided.components.finetune",
         "--train-file", str(train_file), "--base-model", base_model, "--output-dir", str(output_dir),
-        "--arm", arm, "--config-json", json.dumps(config.to_dict()),
+        "--arm", arm, "--strategy", strategy, "--config-json", json.dumps(config.to_dict()),
     ] + (["--checkpoint-dir", checkpoint_dir] if checkpoint_dir else [])
     process = subprocess.Popen(command)
     # Kubernetes signals this process only; torchrun passes SIGTERM on to its workers.
@@ -882,17 +841,7 @@ def finetune_step(train_dir: str | Path, base_model: str, arm: str, config_json:
         signal.signal(signal.SIGTERM, previous)
     if returncode != 0:
         raise RuntimeError(f"torchrun exited with code {returncode}: {' '.join(command)}")
-    _record_prompt_strategy(train_dir, output_dir)
-    return read_meta(output_dir)["train_metrics"]
-
-
-def _record_prompt_strategy(train_dir: str | Path, output_dir: str | Path) -> None:
-    """Keep the split's strategy with the model, so serving formats prompts the way it was trained."""
-    split_settings = Path(train_dir) / "split.json"
-    if split_settings.exists():
-        meta = read_meta(output_dir)
-        meta["strategy"] = json.loads(split_settings.read_text(encoding="utf-8"))["strategy"]
-        (Path(output_dir) / META_FILE).write_text(json.dumps(meta, ensure_ascii=False, indent=2), encoding="utf-8")
+    return read_manifest(output_dir).train_metrics
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -902,12 +851,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base-model", required=True)
     parser.add_argument("--output-dir", required=True)
     parser.add_argument("--arm", default=None)
+    parser.add_argument("--strategy", default="condition", choices=STRATEGIES)
     parser.add_argument("--config-json", default="", help="JSON object of FinetuneConfig overrides")
     parser.add_argument("--checkpoint-dir", default=None)
     args = parser.parse_args(argv)
     config = FinetuneConfig.from_json(args.config_json, args.base_model)
     try:
-        metrics = train(args.train_file, args.base_model, args.output_dir, config, args.checkpoint_dir, arm=args.arm)
+        metrics = train(args.train_file, args.base_model, args.output_dir, config, args.checkpoint_dir, arm=args.arm,
+                        strategy=args.strategy)
     except TrainingPreempted as exc:
         print(exc, file=sys.stderr)
         return PREEMPTED_EXIT_CODE
@@ -921,6 +872,7 @@ def finetune(
     train_data: Input[Dataset],
     base_model: str,
     arm: str,
+    strategy: str,
     config_json: str,
     num_gpus: int,
     checkpoint_dir: str,
@@ -934,25 +886,25 @@ def finetune(
             `{"id", "category", "prompt", "response"}`.
         base_model: `tiny` (built locally, nothing downloaded), a hub id such as
             EleutherAI/polyglot-ko-1.3b, or a local path reachable from the pod.
-        arm: which file to train on: `unscored` or `self_guided`.
+        arm: which file to train on: `unscored`, `self_guided` or `control`.
+        strategy: how the split used the scores (`condition` or `filter`); written into the model's
+            manifest, where generate and serving read it to prompt the model as it was trained.
         config_json: "" for the per-size defaults, else a JSON object of FinetuneConfig overrides,
             e.g. '{"method": "full", "num_epochs": 2}'.
         num_gpus: GPUs of this pod; more than 1 runs torchrun (DDP) inside the step.
         checkpoint_dir: a persistent folder (PVC mount), shareable by all tasks: each run uses the
             subfolder named by its fingerprint, so a retried pod resumes from its last checkpoint;
             "" keeps checkpoints inside the output only (no resume across pods).
-        model: the trained model (selfguided.json, adapter/ or model/, tokenizer/, base/ for tiny).
+        model: the trained model directory (layout: components/trained_model.py).
         metrics: every training metric (train_loss, tokens_per_s, peak_memory_gb, ...).
     """
-    from selfguided.components.finetune import finetune_step, read_meta
+    from selfguided.components.finetune import finetune_step
 
-    results = finetune_step(train_data.path, base_model, arm, config_json, num_gpus, checkpoint_dir, model.path)
+    results = finetune_step(train_data.path, base_model, arm, strategy, config_json, num_gpus, checkpoint_dir,
+                            model.path)
     for name, value in results.items():
         metrics.log_metric(name, value)
-    meta = read_meta(model.path)
-    model.metadata["base_model"] = meta["base_model"]
-    model.metadata["arm"] = meta["arm"]
-    model.metadata["method"] = meta["method"]
+    model.metadata.update({"base_model": base_model, "arm": arm, "strategy": strategy})
 
 
 if __name__ == "__main__":

@@ -1,10 +1,13 @@
-"""Answers of a fine-tuned model to the eval questions, in FastChat's model_answer shape.
+"""Answers of a model to the eval questions, in FastChat's model_answer shape, every turn.
 
-Two engines, same results for greedy decoding:
+A question with several turns (MT-bench, KoMT-Bench) is answered turn by turn: turn k is asked
+with the earlier turns and the model's own earlier answers in the prompt, as FastChat does. All
+questions' turn k go through the engine as one batch, then turn k + 1.
 
-- transformers (always available): prompts sorted by length, batched with left padding (so every
-  row's next token sits in the last column), KV cache on, each row stopped at its own EOS. Only
-  the new tokens are decoded, and answers go back in the questions' order.
+The prompt follows the model's manifest (arm and strategy, see trained_model.py), so a model is
+asked exactly as it was trained. Two engines, same results for greedy decoding:
+
+- transformers (always available): trained_model.generate_texts, batched with left padding.
 - vLLM (used when installed and a GPU is present): vLLM cannot serve LoRA adapters on GPT-NeoX,
   so the adapter is merged into the base first (`export_merged`) and vLLM serves a plain model.
 """
@@ -12,27 +15,33 @@ Two engines, same results for greedy decoding:
 # No `from __future__ import annotations`: KFP reads the component's annotations at runtime.
 import hashlib
 import importlib.util
+import json
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Protocol
 
-import torch
 from kfp.dsl import Dataset, Input, Model, Output
 from kfp.dsl.component_decorator import component  # `dsl.component` is absent when a step runs (_KFP_RUNTIME)
-from tqdm.auto import tqdm
-from transformers import GenerationConfig
 
 from selfguided.components.data import load_questions, write_jsonl
-from selfguided.components.finetune import export_merged, load_trained, read_meta
-from selfguided.components.prompting import inference_prompt
 from selfguided.components.images import GPU_IMAGE
+from selfguided.components.trained_model import (
+    ModelManifest,
+    converse,
+    export_merged,
+    generate_texts,
+    load_trained,
+    read_manifest,
+)
 
 BACKENDS = ("auto", "transformers", "vllm")
 
 
 def pick_backend(backend: str, device: str) -> str:
     """'auto': vLLM when it is installed and we are on a GPU, else transformers."""
+    import torch
+
     if backend not in BACKENDS:
         raise ValueError(f"unknown generation backend {backend!r} (known: {', '.join(BACKENDS)})")
     if backend == "auto":
@@ -41,170 +50,125 @@ def pick_backend(backend: str, device: str) -> str:
     return backend
 
 
-@torch.inference_mode()
-def generate_tokens(
-    model,
-    prompt_ids: list[list[int]],
-    *,
-    max_new_tokens: int,
-    batch_size: int,
-    eos_token_id: int,
-    pad_token_id: int,
-    temperature: float = 0.0,
-    progress: bool = True,
-) -> list[list[int]]:
-    """New token ids for each prompt (EOS and what follows removed), in the prompts' order.
-
-    Longest prompts go first, so every batch holds prompts of similar length (little padding) and
-    an out-of-memory error shows up in the first batch rather than the last.
-    """
-    device = next(model.parameters()).device
-    config = GenerationConfig(
-        max_new_tokens=max_new_tokens,
-        do_sample=temperature > 0,
-        temperature=temperature if temperature > 0 else None,
-        top_p=None,
-        top_k=None,
-        eos_token_id=eos_token_id,
-        pad_token_id=pad_token_id,
-        use_cache=True,
-    )
-    order = sorted(range(len(prompt_ids)), key=lambda i: -len(prompt_ids[i]))
-    results: list[list[int]] = [[] for _ in prompt_ids]
-    for start in tqdm(range(0, len(order), batch_size), desc="generate", unit="batch", disable=not progress):
-        rows = order[start : start + batch_size]
-        width = max(len(prompt_ids[i]) for i in rows)
-        input_ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for row, i in enumerate(rows):  # left padding
-            n = len(prompt_ids[i])
-            input_ids[row, width - n :] = torch.tensor(prompt_ids[i])
-            attention_mask[row, width - n :] = 1
-        output = model.generate(
-            input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), generation_config=config
-        )
-        for row, i in enumerate(rows):
-            new = output[row, width:].tolist()
-            results[i] = new[: new.index(eos_token_id)] if eos_token_id in new else new
-    return results
+class Engine(Protocol):
+    def __call__(self, prompts: list[str]) -> list[str]: ...
 
 
-def _generate_transformers(model_dir, prompts, max_new_tokens, batch_size, temperature, device) -> list[str]:
-    dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
-    model, tokenizer = load_trained(model_dir, device=device, dtype=dtype, merge=True)
-    prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
-    new_ids = generate_tokens(
-        model, prompt_ids, max_new_tokens=max_new_tokens, batch_size=batch_size, temperature=temperature,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-    )
-    return [tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in new_ids]
+def transformers_engine(model, tokenizer, *, max_new_tokens: int, batch_size: int, temperature: float = 0.0) -> Engine:
+    def run(prompts: list[str]) -> list[str]:
+        return generate_texts(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                              temperature=temperature)
+    return run
 
 
-def _generate_vllm(model_dir, prompts, max_new_tokens, temperature) -> list[str]:
+def vllm_engine(model_dir: str | Path, *, max_new_tokens: int, temperature: float = 0.0) -> Engine:
+    import torch
     from vllm import LLM, SamplingParams
 
     with tempfile.TemporaryDirectory(prefix="merged-") as merged:
         export_merged(model_dir, merged, dtype=torch.bfloat16, device="cuda")
         torch.cuda.empty_cache()
         llm = LLM(model=merged, dtype="bfloat16", seed=0)  # loads the weights now; the folder may go
-        tokenizer = llm.get_tokenizer()
+    tokenizer = llm.get_tokenizer()
+    params = SamplingParams(temperature=temperature, max_tokens=max_new_tokens)
+
+    def run(prompts: list[str]) -> list[str]:
         # Same tokenization as training and the transformers path: no special tokens added.
         requests = [{"prompt_token_ids": tokenizer(p, add_special_tokens=False)["input_ids"]} for p in prompts]
-        params = SamplingParams(temperature=temperature, max_tokens=max_new_tokens)
         outputs = llm.generate(requests, params)
-    return [tokenizer.decode(o.outputs[0].token_ids, skip_special_tokens=True).strip() for o in outputs]
+        return [tokenizer.decode(o.outputs[0].token_ids, skip_special_tokens=True).strip() for o in outputs]
+    return run
 
 
-def generate_answers(
-    model_dir: str | Path,
-    prompts: list[str],
-    max_new_tokens: int = 256,
-    batch_size: int | None = None,
-    temperature: float = 0.0,
-    device: str | None = None,
-    backend: str = "auto",
-) -> list[str]:
-    """Answers of the fine-tuned model in `model_dir` to `prompts`, in order.
+def open_engine(model_dir: str | Path, *, max_new_tokens: int = 256, batch_size: int | None = None,
+                temperature: float = 0.0, device: str | None = None, backend: str = "auto") -> Engine:
+    """An engine on a trained model directory. batch_size: 64 on a GPU, 16 on a CPU by default."""
+    import torch
 
-    temperature 0 is greedy decoding. batch_size defaults to 64 on a GPU and 16 on a CPU.
-    backend: 'auto' (vLLM when installed on a GPU), 'transformers' or 'vllm'.
-    """
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    batch_size = batch_size or (64 if torch.device(device).type == "cuda" else 16)
-    if not prompts:
-        return []
     if pick_backend(backend, device) == "vllm":
-        return _generate_vllm(model_dir, prompts, max_new_tokens, temperature)
-    return _generate_transformers(model_dir, prompts, max_new_tokens, batch_size, temperature, device)
+        return vllm_engine(model_dir, max_new_tokens=max_new_tokens, temperature=temperature)
+    batch_size = batch_size or (64 if torch.device(device).type == "cuda" else 16)
+    model, tokenizer = load_trained(model_dir, device=device)
+    return transformers_engine(model, tokenizer, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                               temperature=temperature)
 
 
-def answer_id(model_id: str, question_id: Any, answer: str) -> str:
-    """Stable id of an answer: the same model, question and text always give the same id."""
-    return hashlib.sha256(f"{model_id}\n{question_id}\n{answer}".encode()).hexdigest()[:22]
+def answer_id(model_id: str, question_id: Any, answers: list[str]) -> str:
+    """Stable id of an answer: the same model, question and texts always give the same id."""
+    return hashlib.sha256(json.dumps([model_id, str(question_id), answers]).encode()).hexdigest()[:22]
 
 
-def answer_questions(
-    model_dir: str | Path,
+def answer_conversations(
     questions: list[dict[str, Any]],
-    arm: str | None = None,
-    strategy: str = "condition",
-    max_new_tokens: int = 256,
-    batch_size: int | None = None,
-    temperature: float = 0.0,
-    device: str | None = None,
-    backend: str = "auto",
+    engine: Engine,
+    prompt: Callable[[list[str], list[str]], str],
+    *,
+    model_id: str,
 ) -> list[dict[str, Any]]:
-    """FastChat model_answer rows for FastChat questions (the first turn is answered).
+    """FastChat model_answer rows: every turn of every question answered, in question order.
 
-    arm picks the prompt format (default: the arm the model was trained on, from selfguided.json);
-    model_id is "<base_model>:<trained arm>".
+    `prompt(turns, earlier_answers)` formats the conversation so far; `model_id` is the row's
+    readable name (a label, never parsed).
     """
-    meta = read_meta(model_dir)
-    arm = arm or meta["arm"]
-    model_id = f"{meta['base_model']}:{meta['arm']}"
-    prompts = [inference_prompt(q["turns"][0], arm, strategy) for q in questions]
-    answers = generate_answers(model_dir, prompts, max_new_tokens, batch_size, temperature, device, backend)
+    answers = converse([q["turns"] for q in questions], engine, prompt)
     return [
         {
             "question_id": q["question_id"],
-            "answer_id": answer_id(model_id, q["question_id"], answer),
+            "answer_id": answer_id(model_id, q["question_id"], texts),
             "model_id": model_id,
-            "choices": [{"index": 0, "turns": [answer]}],
+            "choices": [{"index": 0, "turns": texts}],
             "tstamp": time.time(),
             "category": q["category"],
         }
-        for q, answer in zip(questions, answers)
+        for q, texts in zip(questions, answers)
     ]
 
 
-def generate_step(model_dir: str | Path, questions_file: str | Path, strategy: str, max_new_tokens: int,
+def answer_with_trained_model(model_dir: str | Path, questions: list[dict[str, Any]], *, engine: Engine | None = None,
+                              **engine_options: Any) -> tuple[ModelManifest, list[dict[str, Any]]]:
+    """The manifest and the answers of a trained model directory, prompted as it was trained."""
+    manifest = read_manifest(model_dir)
+    engine = engine or open_engine(model_dir, **engine_options)
+    return manifest, answer_conversations(questions, engine, manifest.prompt, model_id=manifest.display_name)
+
+
+def generate_step(model_dir: str | Path, questions_file: str | Path, max_new_tokens: int,
                   answers_file: str | Path) -> dict[str, Any]:
-    """What the KFP component does; returns the model's selfguided.json."""
-    meta = read_meta(model_dir)
-    rows = answer_questions(model_dir, load_questions(questions_file), meta["arm"], strategy, max_new_tokens)
+    """What the KFP component does; returns the row's facts (identity, answers, seconds)."""
+    questions = load_questions(questions_file)
+    started = time.monotonic()
+    manifest, rows = answer_with_trained_model(model_dir, questions, max_new_tokens=max_new_tokens)
+    seconds = time.monotonic() - started
     write_jsonl(answers_file, rows)
-    return meta
+    turns = sum(len(r["choices"][0]["turns"]) for r in rows)
+    print(f"[selfguided] generate: {manifest.display_name} answered {turns} turns of {len(rows)} questions "
+          f"in {seconds:.0f} s", flush=True)
+    return {"base_model": manifest.base_model, "arm": manifest.arm, "strategy": manifest.strategy,
+            "answers": turns, "generate_seconds": round(seconds, 3)}
 
 
 @component(base_image=GPU_IMAGE, install_kfp_package=False)  # the image has kfp
 def generate(
     model: Input[Model],
     questions: Input[Dataset],
-    strategy: str,
     max_new_tokens: int,
     answers: Output[Dataset],
-):
-    """Answer the eval questions with a fine-tuned model (greedy decoding).
+) -> float:
+    """Answer every turn of the eval questions with a fine-tuned model (greedy decoding).
 
     Args:
-        model: a finetune output (selfguided.json names base model and arm).
+        model: a finetune output; its manifest names base model, arm and prompt strategy.
         questions: FastChat question.jsonl file (question_id, category, turns).
-        strategy: 'condition' (self_guided prompts ask for top scores) or 'filter' (plain prompts).
-        max_new_tokens: longest answer in tokens.
-        answers: FastChat model_answer JSONL file, one row per question, in question order.
+        max_new_tokens: longest answer per turn, in tokens.
+        answers: FastChat model_answer JSONL file, one row per question (all its turns), in
+            question order.
+
+    Returns:
+        The measured generation time in seconds (the compare step prices answers with it).
     """
     from selfguided.components.generate import generate_step
 
-    meta = generate_step(model.path, questions.path, strategy, max_new_tokens, answers.path)
-    answers.metadata["base_model"] = meta["base_model"]
-    answers.metadata["arm"] = meta["arm"]
+    facts = generate_step(model.path, questions.path, max_new_tokens, answers.path)
+    answers.metadata.update(facts)
+    return facts["generate_seconds"]

@@ -1,18 +1,19 @@
-"""Step 5, judge: Vicuna-style grading of a model's answers, per writing category.
+"""Step 5, judge: Vicuna-style grading of one row's answers (every turn), per category.
 
-Every answer is graded on helpfulness, relevance, accuracy and level of detail plus an overall
-score (1-10), by an LLM judge through the client layer or, without an API, by the
-`offline-heuristic` stand-in. Judgments are FastChat `model_judgment` rows extended with the
-four criteria. The summary (per category and criterion, plus `judge/overall`, the mean over
-categories so that every category weighs the same) feeds the register step, the KFP Metrics
-artifact and the reports.
+Every answer turn is graded on helpfulness, relevance, accuracy and level of detail plus an
+overall score (1-10), by an LLM judge through the client layer or, without an API, by the
+`offline-heuristic` stand-in. The rules (criteria, Korean penalty, the judgment row) are
+`judging.py`'s, the same for both judges. The summary (per category and criterion, plus
+`judge/overall`, the mean over categories so that every category weighs the same) carries the
+row's identity as it was given to the step, never parsed from a label, and feeds the compare
+and register steps, the KFP Metrics artifact and the reports.
 """
 
 import base64
+import html
 import io
 import json
 import statistics
-import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -21,44 +22,27 @@ from kfp.dsl.component_decorator import component  # `dsl.component` is absent w
 from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Metrics, Output
 
 from selfguided.components.data import CATEGORIES, CATEGORY_LABELS_KO, load_questions, write_jsonl
-from selfguided.components.llm_tasks import first_turn, load_answers
-from selfguided.components.offline_judge import (
-    OFFLINE_JUDGE_NAME,
-    OFFLINE_PROMPT_VERSION,
-    heuristic_scores,
-    korean_share,
-    mean_score,
-)
-from selfguided.components.prompting import CRITERIA
 from selfguided.components.images import CPU_IMAGE
-
-SCORE_NAMES = (*CRITERIA, "overall")
+from selfguided.components.judging import SCORE_NAMES, judged_ok, judgment_row, mean_of_criteria, row_label
+from selfguided.components.llm_tasks import answer_turns, check_answers, load_answers
+from selfguided.components.offline_judge import OFFLINE_JUDGE_NAME, OFFLINE_PROMPT_VERSION, heuristic_scores
+from selfguided.components.prompting import CRITERIA
 
 
 def judge_offline(questions: list[dict[str, Any]], answers: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Grade answers with the deterministic `offline-heuristic` stand-in (no LLM, no network)."""
+    """Grade every answer turn with the deterministic `offline-heuristic` stand-in (no LLM, no network)."""
     by_id = {q["question_id"]: q for q in questions}
+    check_answers(answers, by_id)
     judgments = []
     for answer in answers:
-        question = by_id.get(answer["question_id"])
-        if question is None:
-            raise ValueError(f"answer refers to unknown question_id {answer['question_id']!r}")
-        text = first_turn(answer)
-        scores, rationale = heuristic_scores(question["category"], question["turns"][0], text)
-        judgments.append({
-            "question_id": question["question_id"],
-            "model": answer.get("model_id", "unknown"),
-            "judge": [OFFLINE_JUDGE_NAME, OFFLINE_PROMPT_VERSION],
-            "user_prompt": question["turns"][0],
-            "judgment": rationale,
-            "score": mean_score(scores),
-            "scores": scores,
-            "category": question["category"],
-            "turn": 1,
-            "tstamp": time.time(),
-            "error": None,
-            "korean_penalty": korean_share(text) < 0.5,
-        })
+        question = by_id[answer["question_id"]]
+        for turn, text in enumerate(answer_turns(answer), start=1):
+            scores, rationale = heuristic_scores(question["category"], question["turns"][turn - 1], text)
+            judgments.append(judgment_row(
+                question=question, turn=turn, answer=text, model=answer.get("model_id", "unknown"),
+                judge=(OFFLINE_JUDGE_NAME, OFFLINE_PROMPT_VERSION), user_prompt=question["turns"][turn - 1],
+                judgment=rationale, ratings={**scores, "overall": mean_of_criteria(scores)}, error=None,
+            ))
     return judgments
 
 
@@ -78,11 +62,13 @@ def judge_answers(
 
 
 def summarize_judgments(
-    judgments: list[dict[str, Any]], *, base_model: str, arm: str, judge_model: str, prompt_version: str,
-    usage: dict[str, float] | None = None,
+    judgments: list[dict[str, Any]], *, row_kind: str, base_model: str = "", arm: str = "", model: str = "",
+    judge_model: str, prompt_version: str, usage: dict[str, float] | None = None, generate_seconds: float = 0.0,
+    llm_cost_usd: float = 0.0,
 ) -> dict[str, Any]:
-    """Per-category means of each criterion and overall; `judge/...` metric names for MLflow and KFP."""
-    ok = [j for j in judgments if not j.get("error") and j.get("scores")]
+    """Per-category means of each criterion and overall, `judge/...` metric names for MLflow and
+    KFP, and the row's identity as given (row_kind, base_model, arm, model)."""
+    ok = [j for j in judgments if judged_ok(j)]
     grouped: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for judgment in ok:
         grouped[judgment["category"]].append(judgment)
@@ -97,35 +83,42 @@ def summarize_judgments(
     metrics = {f"judge/{cat}/{name}": values[name] for cat, values in categories.items() for name in SCORE_NAMES}
     metrics["judge/overall"] = overall
     return {
+        "row": row_label(row_kind, base_model=base_model, arm=arm, model=model),
+        "row_kind": row_kind,
         "base_model": base_model,
         "arm": arm,
-        "model_id": f"{base_model}:{arm}",
+        "model": model,
         "judge_model": judge_model,
         "prompt_version": prompt_version,
+        "judge": f"{judge_model}/{prompt_version}",
         "mode": "single",
         "categories": categories,
         "overall": overall,
         "metrics": metrics,
         "n_judged": len(ok),
         "n_failed": len(judgments) - len(ok),
+        "answers": len(judgments),
+        "generate_seconds": generate_seconds,
+        "llm_cost_usd": llm_cost_usd,
         "usage": usage or {},
     }
 
 
 def score_table(summaries: list[dict[str, Any]]) -> str:
     """Markdown table: one row per model, one column per category (overall), plus the mean."""
-    categories = [c for c in CATEGORIES if any(c in s["categories"] for s in summaries)]
+    present = {c for s in summaries for c in s["categories"]}
+    categories = [c for c in CATEGORIES if c in present] + sorted(present - set(CATEGORIES))
     head = "| model | " + " | ".join(f"{c} ({CATEGORY_LABELS_KO.get(c, c)})" for c in categories) + " | overall |"
     lines = [head, "|---" * (len(categories) + 2) + "|"]
     for s in summaries:
         cells = [f"{s['categories'][c]['overall']:.2f}" if c in s["categories"] else "-" for c in categories]
-        lines.append(f"| {s['model_id']} | " + " | ".join(cells) + f" | {s['overall']:.2f} |")
+        lines.append(f"| {s['row']} | " + " | ".join(cells) + f" | {s['overall']:.2f} |")
     return "\n".join(lines)
 
 
 def judge_report_markdown(summary: dict[str, Any]) -> str:
     lines = [
-        f"# Judge report: {summary['model_id']}",
+        f"# Judge report: {summary['row']}",
         "",
         f"Judge: `{summary['judge_model']}` ({summary['prompt_version']}), {summary['n_judged']} answers graded, "
         f"{summary['n_failed']} failed." + (" offline-heuristic is a deterministic stand-in, not a quality measure."
@@ -158,7 +151,7 @@ def judge_report_html(summary: dict[str, Any]) -> str:
     ax.set_xticks(range(len(categories)), categories)
     ax.set_ylim(0, 10)
     ax.set_ylabel("score (1-10)")
-    ax.set_title(f"{summary['model_id']}: judge scores per category ({summary['judge_model']})")
+    ax.set_title(f"{summary['row']}: judge scores per category ({summary['judge_model']})")
     ax.legend(ncol=len(SCORE_NAMES), fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.1))
     fig.tight_layout()
     buffer = io.BytesIO()
@@ -173,7 +166,7 @@ def judge_report_html(summary: dict[str, Any]) -> str:
     return (
         "<!doctype html><html><head><meta charset='utf-8'><title>Judge report</title>"
         "<style>body{font-family:sans-serif}td,th{padding:2px 8px;text-align:right}</style></head><body>"
-        f"<h2>{summary['model_id']} &mdash; overall {summary['overall']:.2f}</h2>"
+        f"<h2>{html.escape(summary['row'])} &mdash; overall {summary['overall']:.2f}</h2>"
         f"<img alt='scores per category' src='data:image/png;base64,{image}'/>"
         f"<table><tr><th>category</th><th>n</th>{header}</tr>{rows}</table></body></html>"
     )
@@ -181,32 +174,32 @@ def judge_report_html(summary: dict[str, Any]) -> str:
 
 def run_judge_step(
     questions_path: str, answers_path: str, model: str, judgments_path: str, summary_path: str,
-    report_path: str, html_path: str, *, concurrency: int = 8, cache: str = "", base_url: str = "",
+    report_path: str, html_path: str, *, row_kind: str, base_model: str = "", arm: str = "", row_model: str = "",
+    generate_seconds: float = 0.0, llm_cost_usd: float = 0.0, concurrency: int = 8, cache: str = "",
+    base_url: str = "",
 ) -> dict[str, Any]:
     questions = load_questions(questions_path)
     answers = load_answers(answers_path)
     if not answers:
         raise ValueError(f"{answers_path}: no answers to judge")
-    model_ids = {a.get("model_id", "unknown") for a in answers}
-    if len(model_ids) != 1:
-        raise ValueError(f"{answers_path}: expected answers of one model, found {sorted(model_ids)}")
-    base_model, _, arm = next(iter(model_ids)).rpartition(":")
     judgments, usage = judge_answers(questions, answers, model, concurrency=concurrency, cache=cache,
                                      base_url=base_url)
     write_jsonl(judgments_path, judgments)
-    if not any(not j.get("error") for j in judgments):
+    if not any(judged_ok(j) for j in judgments):
         # Registering a model with no scores would only hide the failure; a retry may succeed.
         errors = sorted({str(j.get("error")) for j in judgments})[:3]
         raise RuntimeError(f"every one of {len(judgments)} judgments failed (e.g. {'; '.join(errors)}); "
                            f"judgments kept in {judgments_path}")
-    prompt_version = judgments[0]["judge"][1] if judgments else ""
-    summary = summarize_judgments(judgments, base_model=base_model, arm=arm, judge_model=model,
-                                  prompt_version=prompt_version, usage=usage)
+    prompt_version = judgments[0]["judge"][1]
+    summary = summarize_judgments(judgments, row_kind=row_kind, base_model=base_model, arm=arm, model=row_model,
+                                  judge_model=model, prompt_version=prompt_version, usage=usage,
+                                  generate_seconds=generate_seconds, llm_cost_usd=llm_cost_usd)
     Path(summary_path).write_text(json.dumps(summary, ensure_ascii=False, indent=2), encoding="utf-8")
     Path(report_path).write_text(judge_report_markdown(summary), encoding="utf-8")
     Path(html_path).write_text(judge_report_html(summary), encoding="utf-8")
-    print(f"[selfguided] judge: {summary['model_id']} overall {summary['overall']:.2f} over "
-          f"{len(summary['categories'])} categories ({summary['n_failed']} failed)", flush=True)
+    print(f"[selfguided] judge: {summary['row']} overall {summary['overall']:.2f} over "
+          f"{len(summary['categories'])} categories, {summary['n_judged']} answer turns "
+          f"({summary['n_failed']} failed)", flush=True)
     return summary
 
 
@@ -214,6 +207,11 @@ def run_judge_step(
 def judge(
     questions: Input[Dataset],
     answers: Input[Dataset],
+    row_kind: str,
+    base_model: str,
+    arm: str,
+    row_model: str,
+    generate_seconds: float,
     model: str,
     concurrency: int,
     cache: str,
@@ -224,17 +222,22 @@ def judge(
     report: Output[Markdown],
     chart: Output[HTML],
 ):
-    """Grade one model's answers per category on the four criteria plus overall.
+    """Grade one row's answers (every turn) per category on the four criteria plus overall.
 
     Args:
         questions: eval questions (FastChat question.jsonl).
-        answers: the model's answers (FastChat model_answer rows, one model).
+        answers: the row's answers (FastChat model_answer rows, one model).
+        row_kind: `trained`, `base`, `teacher` or `champion`.
+        base_model: the base model of a trained or base row ("" otherwise).
+        arm: the arm of a trained row ("" otherwise).
+        row_model: the model of a teacher row, or the version of a champion row ("" otherwise).
+        generate_seconds: measured time to generate the answers (for the cost per answer).
         model: judge model name, or `offline-heuristic` for runs without an API.
         concurrency: concurrent LLM requests.
         cache: LLM response cache (directory on a PVC or `s3://bucket/prefix`); "" = no cache.
         base_url: OpenAI-compatible endpoint (Azure, vLLM, ...); "" = OPENAI_BASE_URL or OpenAI.
         judgments: FastChat model_judgment rows with the four criteria (JSONL).
-        summary: per-category scores and `judge/...` metrics for the register step (JSON).
+        summary: the row's identity, per-category scores and `judge/...` metrics (JSON).
         metrics: the `judge/<category>/<criterion>` scores, shown in the Kubeflow UI.
         report: the score table (Markdown).
         chart: a per-category bar chart (HTML).
@@ -242,7 +245,8 @@ def judge(
     from selfguided.components.judge import run_judge_step
 
     result = run_judge_step(questions.path, answers.path, model, judgments.path, summary.path, report.path,
-                            chart.path, concurrency=concurrency, cache=cache, base_url=base_url)
+                            chart.path, row_kind=row_kind, base_model=base_model, arm=arm, row_model=row_model,
+                            generate_seconds=generate_seconds, concurrency=concurrency, cache=cache, base_url=base_url)
     for name, value in result["metrics"].items():
         metrics.log_metric(name, value)
-    summary.metadata.update({"base_model": result["base_model"], "arm": result["arm"], "overall": result["overall"]})
+    summary.metadata.update({"row": result["row"], "overall": result["overall"]})

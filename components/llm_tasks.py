@@ -5,9 +5,11 @@ score_with_llm: a GPT-4 class model rates every seed record on the four Vicuna c
 `scores`, `score` (their mean) and `judge` (model, prompt name and version, rationale). A record
 the LLM could not score keeps its place with `scores: null, score: null, error: <reason>`.
 
-judge_with_llm grades answers to FastChat `question.jsonl` questions (first turn):
-- "single" (default): Vicuna-style single-answer grading, four criteria plus an overall rating;
-  rows are FastChat `model_judgment` rows extended with `scores` and the Korean-penalty flag.
+judge_with_llm grades answers to FastChat `question.jsonl` questions:
+- "single" (default): Vicuna-style single-answer grading of every turn, four criteria plus an
+  overall rating; turn 1 with `judge-single`, later turns with `judge-single-multi`, which shows
+  the judge the conversation so far and asks it to grade the answer to the last question (as
+  FastChat's multi-turn single grading does). Rows come from `judging.judgment_row`.
 - "pair": each answer against a reference model's answer to the same question, asked twice
   with the positions swapped (FastChat's g1 / g2). A win counts only when both orders agree;
   otherwise the pair is "inconsistent". The share of consistent pairs is reported.
@@ -30,14 +32,11 @@ message, with the first answer kept in the conversation). If that fails too, the
 with "unparsable verdict". parse_success_rate is the share of first answers that parsed;
 `reasked` counts the re-asks, and `failed` what was still missing after them.
 
-Korean rule (as KoMT-Bench does): an answer whose Hangul share of letters (`korean_ratio`) is
-below KOREAN_MIN_RATIO (0.5) counts as not written in Korean. The judge prompt says such answers
-are penalised, and on top of the judge's verdict:
-- single grading: the overall score and each criterion become their square root (KoMT-Bench's
-  square-root penalty: 9 -> 3, 4 -> 2, 1 stays 1); the row says `korean_penalty: true`;
-- pairwise: if exactly one of the two answers is not Korean, the Korean one wins the pair
-  whatever the judge said (g1/g2 keep the judge's own verdicts, so consistency is the judge's).
-Hanja and Latin letters count as non-Hangul letters; digits, punctuation and spaces are ignored.
+Korean rule: `judging.py` owns it (KoMT-Bench's square-root penalty on answers that are not in
+Korean). The judge prompt says such answers are penalised; on top of the judge's verdict, single
+grading applies the penalty through `judging.judgment_row`, and in pairwise grading, if exactly
+one of the two answers is not Korean, the Korean one wins the pair whatever the judge said
+(g1/g2 keep the judge's own verdicts, so consistency is the judge's).
 """
 
 from __future__ import annotations
@@ -53,18 +52,19 @@ from typing import Any
 from collections.abc import Callable
 
 from selfguided.components.data import CATEGORY_LABELS_KO, DataError, iter_records
+from selfguided.components.judging import is_korean, judgment_row, mean_of_criteria
 from selfguided.components.llm import LLMClient, LLMConfig, LLMRequest, UsageSummary
 from selfguided.components.prompting import CRITERIA, CRITERIA_KO
 
 __all__ = [
-    "KOREAN_MIN_RATIO", "Prompt", "UsageSummary", "judge_with_llm", "korean_ratio", "load_answers",
-    "load_prompt", "parse_pair_verdict", "parse_ratings", "score_with_llm",
+    "Prompt", "UsageSummary", "answer_turns", "judge_with_llm", "load_answers", "load_prompt",
+    "parse_pair_verdict", "parse_ratings", "score_with_llm",
 ]
 
 SCORE_PROMPT = "score-v1"
 JUDGE_PROMPTS = {"single": "judge-single-v1", "pair": "judge-pair-v1"}
+MULTI_TURN_PROMPT = "judge-single-multi-v1"
 JUDGE_MODES = tuple(JUDGE_PROMPTS)
-KOREAN_MIN_RATIO = 0.5
 _PROMPT_FIELDS = ("name", "version", "system", "user_template", "output_format", "reask")
 
 
@@ -136,33 +136,6 @@ def load_prompt(prompt_id: str) -> Prompt:
 
 
 # ---------------------------------------------------------------------------------------------
-# Korean rule
-
-
-def _is_hangul(ch: str) -> bool:
-    code = ord(ch)
-    return (
-        0xAC00 <= code <= 0xD7A3  # syllables
-        or 0x1100 <= code <= 0x11FF  # jamo
-        or 0x3130 <= code <= 0x318F  # compatibility jamo
-        or 0xA960 <= code <= 0xA97F  # jamo extended-A
-        or 0xD7B0 <= code <= 0xD7FF  # jamo extended-B
-    )
-
-
-def korean_ratio(text: str) -> float:
-    """Share of letters that are Hangul (digits, punctuation, spaces ignored); 0.0 without letters."""
-    letters = [ch for ch in text if ch.isalpha()]
-    if not letters:
-        return 0.0
-    return sum(_is_hangul(ch) for ch in letters) / len(letters)
-
-
-def _sqrt_penalty(value: float) -> float:
-    return round(math.sqrt(value), 3)
-
-
-# ---------------------------------------------------------------------------------------------
 # Parsing
 
 _RATING = r"\[\[\s*(\d+(?:\.\d+)?)\s*\]\]"
@@ -224,7 +197,7 @@ def parse_ratings(text: str, with_overall: bool = False) -> tuple[dict[str, floa
     if any(value is None for value in ratings.values()):
         return None
     if with_overall and "overall" not in ratings:
-        ratings["overall"] = round(sum(ratings[c] for c in CRITERIA) / len(CRITERIA), 3)
+        ratings["overall"] = mean_of_criteria(ratings)
     return ratings, rationale
 
 
@@ -258,8 +231,11 @@ class _Verdict:
     error: str | None
 
 
-def _ask(client: LLMClient, prompt: Prompt, requests: list[LLMRequest], parse: Callable[[str], Any]) -> list[_Verdict]:
-    """Run the requests, parse every answer, re-ask once where it did not parse."""
+def _ask(client: LLMClient, prompts: Prompt | list[Prompt], requests: list[LLMRequest],
+         parse: Callable[[str], Any]) -> list[_Verdict]:
+    """Run the requests, parse every answer, re-ask once (with the request's own prompt's
+    re-ask message) where it did not parse."""
+    by_id = {p.id: p for p in (prompts if isinstance(prompts, list) else [prompts])}
     results = client.run(requests)
     verdicts = []
     for result in results:
@@ -271,7 +247,7 @@ def _ask(client: LLMClient, prompt: Prompt, requests: list[LLMRequest], parse: C
     client.usage.reasked += len(unparsed)
     if unparsed:
         followups = client.run(
-            [prompt.reask_request(requests[i], verdicts[i].text) for i in unparsed],
+            [by_id[requests[i].prompt].reask_request(requests[i], verdicts[i].text) for i in unparsed],
             desc=f"{client.usage.step} re-ask ({client.config.model})",
         )
         for i, result in zip(unparsed, followups):
@@ -314,7 +290,7 @@ def score_with_llm(records: list[dict[str, Any]], config: LLMConfig) -> tuple[li
         scored.append({
             **record,
             "scores": scores,
-            "score": round(sum(scores.values()) / len(scores), 3),
+            "score": mean_of_criteria(scores),
             "judge": {**judge, "rationale": rationale},
         })
     usage = client.usage
@@ -333,31 +309,40 @@ def load_answers(path: str | Path) -> list[dict[str, Any]]:
     answers = []
     for number, obj in iter_records(path, ("question_id", "model_id", "choices")):
         try:
-            first_turn(obj)
+            answer_turns(obj)
         except ValueError as exc:
             raise DataError(f"{path}:{number}: {exc}") from None
         answers.append(obj)
     return answers
 
 
-def first_turn(answer: dict[str, Any]) -> str:
-    """The answer text: first turn of the first choice of a FastChat model_answer row."""
+def answer_turns(answer: dict[str, Any]) -> list[str]:
+    """The answer texts, one per turn: the turns of the first choice of a FastChat model_answer row."""
     choices = answer.get("choices")
     turns = choices[0].get("turns") if isinstance(choices, list) and choices and isinstance(choices[0], dict) else None
-    if not isinstance(turns, list) or not turns or not isinstance(turns[0], str):
+    if not isinstance(turns, list) or not turns or not all(isinstance(t, str) for t in turns):
         raise ValueError("'choices' must be [{\"index\": 0, \"turns\": [\"<answer>\", ...]}]")
-    return turns[0]
+    return turns
 
 
-def _check_answer(answer: dict[str, Any], questions: dict[Any, dict[str, Any]]) -> None:
-    """Raise DataError naming the answer when it has no first turn or no matching question."""
-    where = f"answer {answer.get('answer_id', '')!s} of model {answer.get('model_id')!r}"
-    try:
-        first_turn(answer)
-    except ValueError as exc:
-        raise DataError(f"{where}: {exc}") from None
-    if answer.get("question_id") not in questions:
-        raise DataError(f"{where}: question_id {answer.get('question_id')!r} is not among the questions")
+def first_turn(answer: dict[str, Any]) -> str:
+    return answer_turns(answer)[0]
+
+
+def check_answers(answers: list[dict[str, Any]], questions: dict[Any, dict[str, Any]]) -> None:
+    """Raise DataError naming the answer when it has no turns, no matching question, or more
+    turns than its question."""
+    for answer in answers:
+        where = f"answer {answer.get('answer_id', '')!s} of model {answer.get('model_id')!r}"
+        try:
+            turns = answer_turns(answer)
+        except ValueError as exc:
+            raise DataError(f"{where}: {exc}") from None
+        question = questions.get(answer.get("question_id"))
+        if question is None:
+            raise DataError(f"{where}: question_id {answer.get('question_id')!r} is not among the questions")
+        if len(turns) > len(question["turns"]):
+            raise DataError(f"{where}: {len(turns)} answer turns for a question of {len(question['turns'])}")
 
 
 def judge_with_llm(
@@ -367,20 +352,20 @@ def judge_with_llm(
     mode: str = "single",
     reference_answers: list[dict[str, Any]] | None = None,
 ) -> tuple[list[dict[str, Any]], UsageSummary]:
-    """Judge the first turn of each answer; returns FastChat model_judgment rows and usage.
+    """Judge answers; returns FastChat model_judgment rows and usage.
 
-    mode "single" grades every answer; mode "pair" compares every answer with the reference
-    model's answer to the same question (`reference_answers`), in both orders.
+    mode "single" grades every turn of every answer; mode "pair" compares the first turn of every
+    answer with the reference model's answer to the same question (`reference_answers`), in both
+    orders.
     """
     if mode not in JUDGE_MODES:
         raise ValueError(f"unknown judge mode {mode!r} (known: {', '.join(JUDGE_MODES)})")
     by_id = {q["question_id"]: q for q in questions}
-    for answer in answers:
-        _check_answer(answer, by_id)
+    check_answers(answers, by_id)
     prompt = load_prompt(JUDGE_PROMPTS[mode])
     client = LLMClient(config, step="judge")
     if mode == "single":
-        rows = _judge_single(client, prompt, by_id, answers)
+        rows = _judge_single(client, prompt, load_prompt(MULTI_TURN_PROMPT), by_id, answers)
     else:
         if not reference_answers:
             raise ValueError("pairwise judging needs reference_answers (the reference model's answers)")
@@ -398,40 +383,41 @@ def _fields(question: dict[str, Any]) -> dict[str, str]:
             "question": question["turns"][0]}
 
 
+def _conversation(question: dict[str, Any], answers: list[str], turn: int) -> str:
+    """The conversation before `turn` (1-based), as the multi-turn judge prompt shows it."""
+    lines = []
+    for k in range(turn - 1):
+        lines += [f"### User:\n{question['turns'][k]}", f"### Assistant:\n{answers[k]}"]
+    return "\n\n".join(lines)
+
+
 def _user_prompt(request: LLMRequest) -> str:
     return request.messages[-1]["content"]
 
 
 def _judge_single(
-    client: LLMClient, prompt: Prompt, questions: dict[Any, dict[str, Any]], answers: list[dict[str, Any]]
+    client: LLMClient, prompt: Prompt, multi_turn: Prompt, questions: dict[Any, dict[str, Any]],
+    answers: list[dict[str, Any]],
 ) -> list[dict[str, Any]]:
-    requests = [prompt.request(**_fields(questions[a["question_id"]]), answer=first_turn(a)) for a in answers]
-    verdicts = _ask(client, prompt, requests, lambda text: parse_ratings(text, with_overall=True))
+    items = [(a, questions[a["question_id"]], k + 1) for a in answers for k in range(len(answer_turns(a)))]
+    requests = []
+    for answer, question, turn in items:
+        texts = answer_turns(answer)
+        if turn == 1:
+            requests.append(prompt.request(**_fields(question), answer=texts[0]))
+        else:
+            requests.append(multi_turn.request(**{**_fields(question), "question": question["turns"][turn - 1]},
+                                               conversation=_conversation(question, texts, turn),
+                                               answer=texts[turn - 1]))
+    verdicts = _ask(client, [prompt, multi_turn], requests, lambda text: parse_ratings(text, with_overall=True))
     rows = []
-    for answer, request, verdict in zip(answers, requests, verdicts):
-        question = questions[answer["question_id"]]
-        ratio = korean_ratio(first_turn(answer))
-        penalised = ratio < KOREAN_MIN_RATIO
-        scores, overall = None, -1
-        if verdict.parsed is not None:
-            ratings, _ = verdict.parsed
-            scores = {c: _sqrt_penalty(ratings[c]) if penalised else ratings[c] for c in CRITERIA}
-            overall = _sqrt_penalty(ratings["overall"]) if penalised else ratings["overall"]
-        rows.append({
-            "question_id": answer["question_id"],
-            "model": answer["model_id"],
-            "judge": [client.config.model, prompt.id],
-            "user_prompt": _user_prompt(client.as_sent(request)),
-            "judgment": verdict.text,
-            "score": overall,
-            "scores": scores,
-            "category": question["category"],
-            "turn": 1,
-            "tstamp": time.time(),
-            "error": verdict.error,
-            "korean_ratio": round(ratio, 3),
-            "korean_penalty": penalised,
-        })
+    for (answer, question, turn), request, verdict in zip(items, requests, verdicts):
+        rows.append(judgment_row(
+            question=question, turn=turn, answer=answer_turns(answer)[turn - 1], model=answer["model_id"],
+            judge=(client.config.model, (prompt if turn == 1 else multi_turn).id),
+            user_prompt=_user_prompt(client.as_sent(request)), judgment=verdict.text,
+            ratings=verdict.parsed[0] if verdict.parsed is not None else None, error=verdict.error,
+        ))
     return rows
 
 
@@ -463,8 +449,7 @@ def _judge_pairs(
             judged += 1
             consistent += g1_winner == g2_winner
         winner = "error" if error else g1_winner if g1_winner == g2_winner else "inconsistent"
-        penalty = {"model_1": korean_ratio(first_turn(answer)) < KOREAN_MIN_RATIO,
-                   "model_2": korean_ratio(first_turn(reference)) < KOREAN_MIN_RATIO}
+        penalty = {"model_1": not is_korean(first_turn(answer)), "model_2": not is_korean(first_turn(reference))}
         if error is None and penalty["model_1"] != penalty["model_2"]:
             winner = "model_2" if penalty["model_1"] else "model_1"
         question = questions[answer["question_id"]]

@@ -31,6 +31,7 @@ from transformers import (
 
 from selfguided.components.data import DataError, load_questions, load_seed, sample_path
 from selfguided.components.prompting import format_prompt
+from selfguided.components.trained_model import generation_attn_implementation
 
 TINY = "tiny"
 
@@ -231,10 +232,8 @@ AttentionInterface.register(SDPA_VARLEN, sdpa_varlen_attention)
 
 
 def default_attn_implementation(device: str | torch.device) -> str:
-    """Attention for generation and padded batches: FlashAttention-2 on a GPU when installed, else SDPA."""
-    if torch.device(device).type == "cuda" and importlib.util.find_spec("flash_attn") is not None:
-        return "flash_attention_2"
-    return "sdpa"
+    """Attention for generation and padded batches (trained_model.py owns the rule)."""
+    return generation_attn_implementation(device)
 
 
 def training_attn_implementation(device: str | torch.device, packing: bool) -> str:

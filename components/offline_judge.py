@@ -7,7 +7,7 @@ judge also notices, so that it ranks a thin, off-topic or garbled text below a f
 - relevance: how many content words (Hangul/Latin bigram shingles) of the request reappear in
   the text, plus whether the text has the form its category asks for;
 - detail: length and number of sentences against what the category usually needs;
-- accuracy: share of Korean letters, no runs of repeated sentences or words, no broken tokens;
+- accuracy: share of Korean letters (the judging module's Korean rule), no runs of repeated sentences or words, no broken tokens;
 - helpfulness: the mean of the other three, nudged by completeness (text ends a sentence).
 
 "Reference-aware": where a reference text exists (a seed record's own output when scoring a
@@ -18,9 +18,9 @@ category's expected length is the reference.
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping
+from typing import Any
 
-from selfguided.components.prompting import CRITERIA
+from selfguided.components.judging import korean_ratio
 
 OFFLINE_JUDGE_NAME = "offline-heuristic"
 OFFLINE_PROMPT_VERSION = "heuristic-v1"
@@ -39,8 +39,6 @@ _FORM_CUES: dict[str, tuple[re.Pattern[str], ...]] = {
     "news": (re.compile(r"\d"), re.compile(r"밝혔다|전했다|말했다|예정이다|했다\.")),
 }
 
-_HANGUL = re.compile(r"[가-힣]")
-_LETTER = re.compile(r"[가-힣A-Za-z]")
 _SENTENCE_SPLIT = re.compile(r"(?<=[.!?。])\s+|\n+")
 _WORD = re.compile(r"[가-힣A-Za-z0-9]+")
 
@@ -61,12 +59,6 @@ def _shingles(text: str) -> set[str]:
 
 def _sentences(text: str) -> list[str]:
     return [s.strip() for s in _SENTENCE_SPLIT.split(text) if len(s.strip()) > 1]
-
-
-def korean_share(text: str) -> float:
-    """Share of Hangul among letters (0 when the text has no letters)."""
-    letters = _LETTER.findall(text)
-    return len(_HANGUL.findall(text)) / len(letters) if letters else 0.0
 
 
 def repetition(text: str) -> float:
@@ -96,7 +88,7 @@ def heuristic_scores(
     length_ratio = min(length / target, 1.6) if target else 0.0
     # Falls off below the target and, gently, for rambling far beyond it.
     length_fit = length_ratio if length_ratio <= 1.0 else 1.0 - (length_ratio - 1.0) * 0.5
-    hangul = korean_share(text)
+    hangul = korean_ratio(text)
     rep = repetition(text)
     complete = text.rstrip().endswith((".", "!", "?", "다", "요", "…", "\"", "”")) or "\n" in text.strip()
 
@@ -116,10 +108,6 @@ def heuristic_scores(
         f"repetition {rep:.2f}, {'complete' if complete else 'cut off'}"
     )
     return scores, rationale
-
-
-def mean_score(scores: Mapping[str, float]) -> float:
-    return round(sum(float(scores[c]) for c in CRITERIA) / len(CRITERIA), 3)
 
 
 def judge_block(rationale: str) -> dict[str, Any]:

@@ -3,7 +3,14 @@
 `unscored` is the Alpaca/Self-Instruct baseline: instruction (and input) -> response.
 `self_guided` with the `condition` strategy (SteerLM-style) writes the judge's four scores into
 the prompt; at inference the model is asked for top scores. With the `filter` strategy
-(AlpaGasus-style) the prompt is the plain one, only the data differs.
+(AlpaGasus-style) the prompt is the plain one, only the data differs. `control` is trained like
+`self_guided` on data whose scores carry no information (see split.py), so it is prompted the
+same way.
+
+A conversation (several turns) is the turns' prompts one after the other, each followed by the
+model's answer; the last prompt ends with the response header. `chat_template` writes the same
+format as a Jinja chat template, so any OpenAI-compatible server prompts a model as it was
+trained.
 """
 
 from __future__ import annotations
@@ -13,7 +20,7 @@ from typing import Mapping
 CRITERIA: tuple[str, ...] = ("helpfulness", "relevance", "accuracy", "detail")
 CRITERIA_KO = {"helpfulness": "유용성", "relevance": "관련성", "accuracy": "정확성", "detail": "상세함"}
 TOP_SCORES: dict[str, int] = {c: 10 for c in CRITERIA}
-ARMS: tuple[str, ...] = ("unscored", "self_guided")
+ARMS: tuple[str, ...] = ("unscored", "self_guided", "control")
 STRATEGIES: tuple[str, ...] = ("condition", "filter")
 
 # Kept short: every token of template is paid for in every training sample.
@@ -43,9 +50,46 @@ def conditions_on_scores(arm: str, strategy: str) -> bool:
         raise ValueError(f"unknown arm {arm!r} (known: {', '.join(ARMS)})")
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r} (known: {', '.join(STRATEGIES)})")
-    return arm == "self_guided" and strategy == "condition"
+    return arm in ("self_guided", "control") and strategy == "condition"
 
 
 def inference_prompt(question: str, arm: str, strategy: str) -> str:
     """Prompt for an eval question: the self_guided/condition arm asks for top scores."""
     return format_prompt(question, scores=TOP_SCORES if conditions_on_scores(arm, strategy) else None)
+
+
+_TURN_SEPARATOR = "\n\n"
+
+
+def conversation_prompt(turns: list[str], answers: list[str], arm: str, strategy: str) -> str:
+    """Prompt for the last of `turns`, with the earlier turns and the model's `answers` to them.
+
+    `answers` holds one answer per earlier turn (len(turns) - 1 of them).
+    """
+    if not turns or len(answers) != len(turns) - 1:
+        raise ValueError(f"a conversation needs N turns and N-1 earlier answers, got {len(turns)} and {len(answers)}")
+    parts = []
+    for i, turn in enumerate(turns):
+        parts.append(inference_prompt(turn, arm, strategy))
+        if i < len(answers):
+            parts.append(answers[i].strip() + _TURN_SEPARATOR)
+    return "".join(parts)
+
+
+def chat_template(arm: str, strategy: str) -> str:
+    """A Jinja chat template equal to `conversation_prompt` for [user, assistant, ..., user]
+    messages (system messages are not part of the trained format and are left out)."""
+    scores = (_SCORES + format_scores(TOP_SCORES)) if conditions_on_scores(arm, strategy) else ""
+
+    def literal(text: str) -> str:
+        return text.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n")
+
+    return (
+        "{%- for message in messages -%}"
+        "{%- if message['role'] == 'user' -%}"
+        f"{{{{ '{literal(_HEADER)}' + message['content'] | trim + '{literal(scores + _RESPONSE)}' }}}}"
+        "{%- elif message['role'] == 'assistant' -%}"
+        f"{{{{ message['content'] | trim + '{literal(_TURN_SEPARATOR)}' }}}}"
+        "{%- endif -%}"
+        "{%- endfor -%}"
+    )

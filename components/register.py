@@ -1,25 +1,29 @@
 """Register step: log every trained model with its judge scores to MLflow, then promote the best.
 
-For each candidate (a trained model directory and its judge summary, matched by base model and
-arm) one MLflow run records the fine-tuning parameters, the training metrics as `train/<name>`
+For each candidate (a trained model directory and its judge summary, paired by the pipeline's
+loop) one MLflow run records the fine-tuning parameters, the training metrics as `train/<name>`
 and the per-category judge metrics `judge/<category>/<criterion>` plus `judge/overall`. The run
-logs the model as an MLflow pyfunc model whose artifacts are the LoRA adapter (or the full
-weights) and the tokenizer; the base model is referenced by its hub id in the model metadata, not
-copied (only a bundled base that no hub serves, the `tiny` test model, travels along). Each model
-becomes a version of one registered model, tagged with base_model, arm, data_sha256 and
-pipeline_run.
+logs the model as an MLflow pyfunc model (`pyfunc_model.KoreanWritingModel`) whose artifact is
+the trained model directory (`trained_model.py` owns its layout): the LoRA adapter (or the full
+weights) and the tokenizer; the base model is referenced by hub id and revision, not copied
+(only a bundled base that no hub serves, the `tiny` test model, travels along). The version
+ships the code it needs, so it loads where selfguided is not installed. Each model becomes a
+version of one registered model, tagged with base_model, arm, train_data_sha256 and
+pipeline_run; the runs also carry scored_data_sha256, the hash of the scored seed data.
 
 Promotion uses aliases. The run's best candidate by `judge/overall` becomes `challenger`; an
 explicit gate (`evaluate_gate`: every category scored, overall better than the champion's, no
 category worse beyond a tolerance) decides whether it also becomes `champion`. The new champion
 version remembers the one it replaced in its `previous_champion` tag, so `rollback_champion`
-undoes a promotion in one call.
+undoes a promotion in one call. What the step did is its JSON output (`RegisterReport.to_dict`).
 """
 
 # No `from __future__ import annotations`: KFP reads the component's annotations as real types.
 import json
 import math
-from dataclasses import dataclass
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
 from functools import cached_property
 from importlib.metadata import PackageNotFoundError, version as package_version
 from pathlib import Path
@@ -38,20 +42,18 @@ from mlflow.models import ModelSignature
 from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 from tqdm.auto import tqdm
 
+from selfguided.components import prompting, pyfunc_model, trained_model
 from selfguided.components.data import CATEGORIES, DataError
-from selfguided.components.prompting import CRITERIA, STRATEGIES, inference_prompt
 from selfguided.components.images import CPU_IMAGE
+from selfguided.components.judging import SCORE_NAMES
+from selfguided.components.trained_model import ModelManifest, read_manifest
 
-DEFAULT_REGISTERED_MODEL = "korean-writing-assistant"
-DEFAULT_EXPERIMENT = "selfguided"
+REGISTERED_MODEL_NAME = "korean-writing-assistant"
+EXPERIMENT_NAME = "selfguided"
 CHALLENGER = "challenger"
 CHAMPION = "champion"
 # Tag on a champion version naming the version it replaced: what `rollback_champion` goes back to.
 PREVIOUS_CHAMPION_TAG = "previous_champion"
-MANIFEST = "selfguided.json"
-BUNDLED_PREFIX = "bundled:"  # base_model_ref of a base shipped inside the model dir (base/)
-METHODS = ("lora", "full")
-SCORE_FIELDS = (*CRITERIA, "overall")  # the criteria of a `judge/<category>/<criterion>` metric
 
 
 class RegistryError(RuntimeError):
@@ -63,48 +65,20 @@ class RegistryError(RuntimeError):
 # ---------------------------------------------------------------------------------------------
 
 
-def _read_json_object(path: Path, required_strings: tuple[str, ...]) -> dict[str, Any]:
-    """A JSON object file whose `required_strings` fields are non-empty strings; errors name the file."""
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}: malformed JSON ({exc.msg} at line {exc.lineno})") from None
-    if not isinstance(obj, dict):
-        raise DataError(f"{path}: expected a JSON object")
-    for key in required_strings:
-        if not isinstance(obj.get(key), str) or not obj[key]:
-            raise DataError(f"{path}: field {key!r} is missing or not a non-empty string")
-    return obj
-
-
-def read_manifest(model_dir: str | Path) -> dict[str, Any]:
-    """Read and check `selfguided.json` of a trained model directory (the finetune step's output)."""
-    model_dir = Path(model_dir)
-    path = model_dir / MANIFEST
-    if not path.is_file():
-        raise DataError(f"{model_dir}: not a trained model directory, {MANIFEST} is missing")
-    manifest = _read_json_object(path, ("base_model", "base_model_ref", "arm", "method"))
-    if manifest["method"] not in METHODS:
-        raise DataError(f"{path}: field 'method' is {manifest['method']!r}, expected one of {', '.join(METHODS)}")
-    for key in ("config", "train_metrics"):
-        if not isinstance(manifest.get(key, {}), dict):
-            raise DataError(f"{path}: field {key!r} must be a JSON object")
-    needed = ["adapter" if manifest["method"] == "lora" else "model", "tokenizer"]
-    if manifest["method"] == "lora" and manifest["base_model_ref"].startswith(BUNDLED_PREFIX):
-        needed.append(manifest["base_model_ref"][len(BUNDLED_PREFIX):])
-    for sub in needed:
-        if not (model_dir / sub).is_dir():
-            raise DataError(f"{model_dir}: folder {sub}/ is missing (method {manifest['method']!r}, "
-                            f"base_model_ref {manifest['base_model_ref']!r})")
-    return manifest
-
-
 def read_summary(path: str | Path) -> dict[str, Any]:
     """Read and check a judge summary JSON file (the judge step's output)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: judge summary file not found")
-    summary = _read_json_object(path, ("base_model", "arm"))
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: malformed JSON ({exc.msg} at line {exc.lineno})") from None
+    if not isinstance(summary, dict):
+        raise DataError(f"{path}: expected a JSON object")
+    for key in ("row", "row_kind", "base_model", "arm"):
+        if not isinstance(summary.get(key), str):
+            raise DataError(f"{path}: field {key!r} is missing or not a string")
     for key in ("metrics", "usage"):
         values = summary.get(key, {})
         if not isinstance(values, dict):
@@ -121,8 +95,7 @@ def read_summary(path: str | Path) -> dict[str, Any]:
 class Candidate:
     """One trained model and the judge's verdict on it.
 
-    model_dir: the trained model directory (selfguided.json, adapter/ or model/, tokenizer/,
-        base/ for a bundled base), as written by the finetune step.
+    model_dir: the trained model directory, as the finetune step wrote it (trained_model.py).
     summary: the judge summary of this model (see `read_summary`).
     """
 
@@ -133,50 +106,33 @@ class Candidate:
         self.model_dir = Path(self.model_dir)
 
     @cached_property
-    def manifest(self) -> dict[str, Any]:
+    def manifest(self) -> ModelManifest:
         return read_manifest(self.model_dir)
 
     @property
-    def key(self) -> tuple[str, str]:
-        return self.manifest["base_model"], self.manifest["arm"]
-
-    @property
-    def model_id(self) -> str:
-        return f"{self.manifest['base_model']}:{self.manifest['arm']}"
+    def label(self) -> str:
+        return self.manifest.display_name
 
 
 def load_candidates(model_dirs: Sequence[str | Path], summary_files: Sequence[str | Path]) -> list[Candidate]:
-    """Pair each model directory with its judge summary by (base_model, arm), in model order.
+    """Candidates from the pipeline loop's collected outputs: the i-th model with the i-th summary.
 
-    Raises DataError when a pair is incomplete (a model without a summary or the other way
-    round) or ambiguous (two models, or two summaries, for the same base model and arm).
+    The loop already paired them; this checks that each pair is what it claims (the summary was
+    made for the model's base model and arm) and raises DataError naming both files otherwise.
     """
     if not model_dirs:
         raise DataError("no model directories given")
-    models: dict[tuple[str, str], Path] = {}
-    for model_dir in model_dirs:
-        manifest = read_manifest(model_dir)
-        key = (manifest["base_model"], manifest["arm"])
-        if key in models:
-            raise DataError(f"two model directories for base_model={key[0]!r} arm={key[1]!r}: "
-                            f"{models[key]} and {model_dir}")
-        models[key] = Path(model_dir)
-    summaries: dict[tuple[str, str], tuple[Path, dict[str, Any]]] = {}
-    for path in summary_files:
-        summary = read_summary(path)
-        key = (summary["base_model"], summary["arm"])
-        if key in summaries:
-            raise DataError(f"two judge summaries for base_model={key[0]!r} arm={key[1]!r}: "
-                            f"{summaries[key][0]} and {path}")
-        summaries[key] = (Path(path), summary)
-    unjudged = [f"{m} ({k[0]}:{k[1]})" for k, m in models.items() if k not in summaries]
-    if unjudged:
-        raise DataError(f"no judge summary for model(s) {', '.join(unjudged)}; "
-                        f"summaries cover {', '.join(f'{b}:{a}' for b, a in summaries) or 'nothing'}")
-    orphans = [f"{p} ({k[0]}:{k[1]})" for k, (p, _) in summaries.items() if k not in models]
-    if orphans:
-        raise DataError(f"judge summary without a model directory: {', '.join(orphans)}")
-    return [Candidate(model_dir, summaries[key][1]) for key, model_dir in models.items()]
+    if len(model_dirs) != len(summary_files):
+        raise DataError(f"{len(model_dirs)} model directories but {len(summary_files)} judge summaries")
+    candidates = []
+    for model_dir, path in zip(model_dirs, summary_files):
+        candidate = Candidate(model_dir, read_summary(path))
+        manifest, summary = candidate.manifest, candidate.summary
+        if summary["row_kind"] != "trained" or (summary["base_model"], summary["arm"]) != (manifest.base_model, manifest.arm):
+            raise DataError(f"{path}: judge summary of {summary['row']!r} paired with the model in {model_dir} "
+                            f"({manifest.display_name})")
+        candidates.append(candidate)
+    return candidates
 
 
 # ---------------------------------------------------------------------------------------------
@@ -188,19 +144,19 @@ def load_candidates(model_dirs: Sequence[str | Path], summary_files: Sequence[st
 class PromotionGate:
     """When a challenger may replace the champion. Scores are on the judge's 1-10 scale.
 
-    required_categories: categories the challenger must have a finite `judge/<cat>/overall` for.
+    required_categories: categories the challenger must have a finite `judge/<cat>/overall` for;
+        empty (the default): the categories the evaluation questions carry, as found in the
+        challenger's and the champion's metrics.
     tolerance: how much worse than the champion any single category may be (points).
     min_improvement: how much the challenger's `judge/overall` must exceed the champion's; 0.0
         means strictly better.
     """
 
-    required_categories: tuple[str, ...] = CATEGORIES
+    required_categories: tuple[str, ...] = ()
     tolerance: float = 0.25
     min_improvement: float = 0.0
 
     def __post_init__(self) -> None:
-        if not self.required_categories:
-            raise ValueError("PromotionGate.required_categories must name at least one category")
         if not (self.tolerance >= 0 and math.isfinite(self.tolerance)):
             raise ValueError(f"PromotionGate.tolerance must be a finite number >= 0, got {self.tolerance}")
         if not (self.min_improvement >= 0 and math.isfinite(self.min_improvement)):
@@ -218,6 +174,13 @@ class GateDecision:
 def _score(metrics: Mapping[str, float], name: str) -> float | None:
     value = metrics.get(name)
     return float(value) if value is not None and math.isfinite(value) else None
+
+
+def _categories(*metric_sets: Mapping[str, float]) -> tuple[str, ...]:
+    """Categories with a `judge/<category>/overall` metric, the six writing ones first."""
+    found = {name.split("/")[1] for metrics in metric_sets for name in metrics
+             if name.startswith("judge/") and name.endswith("/overall") and name.count("/") == 2}
+    return tuple(c for c in CATEGORIES if c in found) + tuple(sorted(found - set(CATEGORIES)))
 
 
 def evaluate_gate(
@@ -239,7 +202,10 @@ def evaluate_gate(
     """
     blocking: list[str] = []
     notes: list[str] = []
-    challenger = {c: _score(challenger_scores, f"judge/{c}/overall") for c in gate.required_categories}
+    required = gate.required_categories or _categories(challenger_scores, champion_scores or {})
+    if not required:
+        blocking.append("the challenger has no per-category scores (no judge/<category>/overall)")
+    challenger = {c: _score(challenger_scores, f"judge/{c}/overall") for c in required}
     for category, score in challenger.items():
         if score is None:
             blocking.append(f"category {category} is not scored (no judge/{category}/overall)")
@@ -278,99 +244,53 @@ def evaluate_gate(
 
 
 # ---------------------------------------------------------------------------------------------
-# The logged model: base (referenced) + adapter, served through mlflow.pyfunc
+# The logged model: the trained model directory behind pyfunc_model.KoreanWritingModel
 # ---------------------------------------------------------------------------------------------
 
-
-class KoreanWritingModel(mlflow.pyfunc.PythonModel):
-    """A registered version as a pyfunc model: questions in, answers out.
-
-    Loading fetches the base model by its hub id (`base_model_ref` in the model's metadata), or
-    from the bundled `base` artifact, and merges the LoRA adapter into it; a fully fine-tuned
-    model loads from the `model` artifact. The prompt follows the arm the model was trained
-    for (`prompting.inference_prompt`).
-
-    predict params: `strategy` ("condition" or "filter"; default: the one recorded at training),
-    `max_new_tokens`, `batch_size`. Decoding is greedy.
-    """
-
-    signature = ModelSignature(
-        inputs=Schema([ColSpec("string")]),
-        outputs=Schema([ColSpec("string")]),
-        params=ParamSchema([
-            ParamSpec("strategy", "string", ""),  # "": the strategy recorded at training
-            ParamSpec("max_new_tokens", "long", 256),
-            ParamSpec("batch_size", "long", 8),
-        ]),
-    )
-
-    def load_context(self, context) -> None:
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        self.manifest = json.loads(Path(context.artifacts["manifest"]).read_text(encoding="utf-8"))
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
-        if self.manifest["method"] == "full":
-            model = AutoModelForCausalLM.from_pretrained(context.artifacts["model"], dtype=dtype)
-        else:
-            from peft import PeftModel
-
-            ref = self.manifest["base_model_ref"]
-            base_path = context.artifacts["base"] if ref.startswith(BUNDLED_PREFIX) else ref
-            base = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype)
-            model = PeftModel.from_pretrained(base, context.artifacts["adapter"]).merge_and_unload()
-        self.model = model.to(self.device).eval()
-        self.tokenizer = AutoTokenizer.from_pretrained(context.artifacts["tokenizer"], padding_side="left")
-        if self.tokenizer.pad_token is None:  # batches need one; EOS never reaches the answer text
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-
-    def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> list[str]:
-        # The signature's single string column makes pyfunc hand over a DataFrame, whether the
-        # caller passed a list of questions or a frame.
-        import torch
-
-        params = params or {}
-        strategy = params.get("strategy") or self.manifest.get("strategy", "condition")
-        if strategy not in STRATEGIES:
-            raise ValueError(f"params.strategy is {strategy!r}, expected one of {', '.join(STRATEGIES)}")
-        questions = [str(q) for q in model_input.iloc[:, 0]]
-        prompts = [inference_prompt(q, self.manifest["arm"], strategy) for q in questions]
-        batch_size = int(params.get("batch_size", 8))
-        answers: list[str] = []
-        for start in range(0, len(prompts), batch_size):
-            batch = self.tokenizer(prompts[start:start + batch_size], return_tensors="pt", padding=True)
-            batch = batch.to(self.device)
-            with torch.inference_mode():
-                out = self.model.generate(
-                    **batch,
-                    max_new_tokens=int(params.get("max_new_tokens", 256)),
-                    do_sample=False,
-                    pad_token_id=self.tokenizer.pad_token_id,
-                    eos_token_id=self.tokenizer.eos_token_id,
-                )
-            new_tokens = out[:, batch["input_ids"].shape[1]:]
-            answers.extend(t.strip() for t in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
-        return answers
+MODEL_SIGNATURE = ModelSignature(
+    inputs=Schema([ColSpec("string")]),
+    outputs=Schema([ColSpec("string")]),
+    params=ParamSchema([
+        ParamSpec("max_new_tokens", "long", 256),
+        ParamSpec("batch_size", "long", 8),
+        ParamSpec("temperature", "double", 0.0),
+    ]),
+)
+# The modules a version needs at load time; they import only torch, transformers, peft, mlflow.
+SHIPPED_MODULES = (trained_model, prompting, pyfunc_model)
 
 
-def _model_artifacts(candidate: Candidate) -> dict[str, str]:
-    """The files the logged model carries: weights delta, tokenizer, manifest (+ a bundled base)."""
-    manifest, model_dir = candidate.manifest, candidate.model_dir
-    artifacts = {"manifest": str(model_dir / MANIFEST), "tokenizer": str(model_dir / "tokenizer")}
-    if manifest["method"] == "full":
-        artifacts["model"] = str(model_dir / "model")
-    else:
-        artifacts["adapter"] = str(model_dir / "adapter")
-        if manifest["base_model_ref"].startswith(BUNDLED_PREFIX):
-            artifacts["base"] = str(model_dir / manifest["base_model_ref"][len(BUNDLED_PREFIX):])
-    return artifacts
+def _stage_code(root: Path) -> Path:
+    """A minimal `selfguided` package with the SHIPPED_MODULES, for the version's code path."""
+    package = root / "selfguided"
+    (package / "components").mkdir(parents=True)
+    (package / "__init__.py").write_text("", encoding="utf-8")
+    (package / "components" / "__init__.py").write_text("", encoding="utf-8")
+    for module in SHIPPED_MODULES:
+        shutil.copy2(module.__file__, package / "components" / Path(module.__file__).name)
+    return package
+
+
+def log_trained_model(model_dir: str | Path, metadata: Mapping[str, Any]):
+    """Log a trained model directory as a pyfunc model of the active run; returns its ModelInfo."""
+    with tempfile.TemporaryDirectory(prefix="selfguided-log-") as staging:
+        staging = Path(staging)
+        artifact = trained_model.copy_artifact(model_dir, staging / "model_dir")  # no checkpoints
+        return mlflow.pyfunc.log_model(
+            name="model",
+            python_model=pyfunc_model.KoreanWritingModel(),
+            artifacts={pyfunc_model.MODEL_DIR_ARTIFACT: str(artifact)},
+            code_paths=[str(_stage_code(staging / "code"))],
+            signature=MODEL_SIGNATURE,
+            pip_requirements=_pip_requirements(),
+            metadata=dict(metadata),
+        )
 
 
 def _pip_requirements() -> list[str]:
     """Pinned serving requirements, given explicitly: inferring them would load the model."""
     pins = []
-    for name in ("torch", "transformers", "peft", "tokenizers", "safetensors"):
+    for name in ("torch", "transformers", "peft", "tokenizers", "safetensors", "accelerate"):
         try:
             pins.append(f"{name}=={package_version(name).split('+')[0]}")
         except PackageNotFoundError:
@@ -387,7 +307,7 @@ def _pip_requirements() -> list[str]:
 class RegisteredVersion:
     """A candidate after registration: where it went and what it scored."""
 
-    model_id: str  # "<base_model>:<arm>"
+    label: str  # readable, e.g. "tiny/self_guided"; never parsed
     base_model: str
     arm: str
     version: str
@@ -412,36 +332,51 @@ class RegisterReport:
     def decision_line(self) -> str:
         """The outcome in one line of text (the KFP step's return value)."""
         if self.decision.promote:
-            return (f"promoted {self.registered_model_name} v{self.challenger.version} ({self.challenger.model_id}) "
+            return (f"promoted {self.registered_model_name} v{self.challenger.version} ({self.challenger.label}) "
                     f"to champion" + (f", replacing v{self.champion_before}" if self.champion_before else ""))
         kept = f"kept champion v{self.champion_before}" if self.champion_before else "no champion"
-        return (f"{kept}; challenger v{self.challenger.version} ({self.challenger.model_id}) "
+        return (f"{kept}; challenger v{self.challenger.version} ({self.challenger.label}) "
                 f"not promoted: {self.decision.reasons[0]}")
 
+    def to_dict(self) -> dict[str, Any]:
+        """What the step did, as JSON-ready data: the step's output, read by `selfguided run`."""
+        return {
+            "decision": self.decision_line(),
+            "promoted": self.decision.promote,
+            "reasons": list(self.decision.reasons),
+            "registered_model_name": self.registered_model_name,
+            "pipeline_run": self.pipeline_run,
+            "challenger": self.challenger.version,
+            "champion_before": self.champion_before,
+            "champion_after": self.champion_after,
+            "versions": [asdict(v) for v in self.versions],
+        }
+
     def to_markdown(self) -> str:
-        rows = [(f"{v.model_id} (v{v.version})", v.metrics) for v in self.versions]
+        rows = [(f"{v.label} (v{v.version})", v.metrics) for v in self.versions]
+        categories = _categories(*(metrics for _, metrics in rows))
         if self.champion_before_metrics is not None:
             rows.append((f"champion before (v{self.champion_before})", self.champion_before_metrics))
         lines = [
             f"# Register: {self.registered_model_name}",
             "",
             f"Pipeline run `{self.pipeline_run}`; {len(self.versions)} version(s) registered; "
-            f"challenger v{self.challenger.version} ({self.challenger.model_id}).",
+            f"challenger v{self.challenger.version} ({self.challenger.label}).",
             "",
             "## Judge score per category (overall, 1-10)",
             "",
-            "| model | " + " | ".join(CATEGORIES) + " | overall |",
-            "|---" * (len(CATEGORIES) + 2) + "|",
+            "| model | " + " | ".join(categories) + " | overall |",
+            "|---" * (len(categories) + 2) + "|",
         ]
         for label, metrics in rows:
-            cells = [_fmt(metrics.get(f"judge/{c}/overall")) for c in CATEGORIES]
+            cells = [_fmt(metrics.get(f"judge/{c}/overall")) for c in categories]
             lines.append(f"| {label} | " + " | ".join(cells) + f" | {_fmt(metrics.get('judge/overall'))} |")
-        lines += ["", "## By criterion", "", "| model | category | " + " | ".join(SCORE_FIELDS) + " |",
-                  "|---" * (len(SCORE_FIELDS) + 2) + "|"]
+        lines += ["", "## By criterion", "", "| model | category | " + " | ".join(SCORE_NAMES) + " |",
+                  "|---" * (len(SCORE_NAMES) + 2) + "|"]
         for version in self.versions:
-            for category in CATEGORIES:
-                cells = [_fmt(version.metrics.get(f"judge/{category}/{f}")) for f in SCORE_FIELDS]
-                lines.append(f"| {version.model_id} | {category} | " + " | ".join(cells) + " |")
+            for category in categories:
+                cells = [_fmt(version.metrics.get(f"judge/{category}/{f}")) for f in SCORE_NAMES]
+                lines.append(f"| {version.label} | {category} | " + " | ".join(cells) + " |")
         verdict = "promoted to `champion`" if self.decision.promote else "not promoted"
         lines += ["", f"## Promotion: {verdict}", ""]
         lines += [f"- {reason}" for reason in self.decision.reasons]
@@ -507,17 +442,18 @@ def _log_candidate(
     experiment_id: str,
     registered_model_name: str,
     pipeline_run: str,
-    data_sha256: str,
+    scored_data_sha256: str,
 ) -> RegisteredVersion:
     """One MLflow run for one candidate: params, metrics, the logged model and its version."""
     manifest, summary = candidate.manifest, candidate.summary
-    identity = {"base_model": manifest["base_model"], "arm": manifest["arm"]}
-    train_metrics = manifest.get("train_metrics", {})
+    identity = {"base_model": manifest.base_model, "arm": manifest.arm}
+    origin = {"base_model_ref": manifest.base_model_ref, "base_revision": manifest.base_revision or "",
+              "strategy": manifest.strategy, "method": manifest.method}
+    train_metrics = manifest.train_metrics
     params = {
         **identity,
-        "base_model_ref": manifest["base_model_ref"],
-        "method": manifest["method"],
-        **_flatten("finetune", manifest.get("config", {})),
+        **origin,
+        **_flatten("finetune", manifest.config),
         # Non-numeric training facts (device, dtype) are parameters of the run, not metrics.
         **{f"train.{k}": str(v) for k, v in train_metrics.items() if not _is_number(v)},
         "judge_model": str(summary.get("judge_model", "")),
@@ -530,23 +466,16 @@ def _log_candidate(
         **{f"judge_run/{k}": float(summary[k]) for k in ("n_judged", "n_failed") if _is_number(summary.get(k))},
         **{f"judge_usage/{k}": float(v) for k, v in summary.get("usage", {}).items()},
     }
-    tags = {**identity, "pipeline_run": pipeline_run, "data_sha256": data_sha256}
-    with mlflow.start_run(experiment_id=experiment_id, run_name=candidate.model_id, tags=tags) as run:
+    version_tags = {**identity, "pipeline_run": pipeline_run, "train_data_sha256": manifest.train_data_sha256}
+    run_tags = {**version_tags, "scored_data_sha256": scored_data_sha256, "row": candidate.label,
+                "row_kind": "trained", "judge": str(summary.get("judge", ""))}
+    with mlflow.start_run(experiment_id=experiment_id, run_name=candidate.label, tags=run_tags) as run:
         mlflow.log_params(params)
         mlflow.log_dict(summary, "judge_summary.json")
-        info = mlflow.pyfunc.log_model(
-            name="model",
-            python_model=KoreanWritingModel(),
-            artifacts=_model_artifacts(candidate),
-            signature=KoreanWritingModel.signature,
-            pip_requirements=_pip_requirements(),
-            metadata={
-                **identity,
-                "base_model_ref": manifest["base_model_ref"],
-                "method": manifest["method"],
-                "base_weights": "bundled" if manifest["base_model_ref"].startswith(BUNDLED_PREFIX) else "referenced",
-            },
-        )
+        info = log_trained_model(candidate.model_dir, {
+            **identity, **origin,
+            "base_weights": "bundled" if manifest.bundled_base else "referenced",
+        })
         # Logged with the model id, the metrics show on the run and on the LoggedModel.
         mlflow.log_metrics(metrics, model_id=info.model_id)
         model_version = client.create_model_version(
@@ -554,13 +483,12 @@ def _log_candidate(
             source=info.model_uri,
             run_id=run.info.run_id,
             model_id=info.model_id,
-            tags={**tags, "judge_overall": f"{judge_metrics['judge/overall']:.4f}",
-                  "method": manifest["method"], "base_model_ref": manifest["base_model_ref"]},
+            tags={**version_tags, **origin, "judge_overall": f"{judge_metrics['judge/overall']:.4f}"},
         )
     return RegisteredVersion(
-        model_id=candidate.model_id,
-        base_model=manifest["base_model"],
-        arm=manifest["arm"],
+        label=candidate.label,
+        base_model=manifest.base_model,
+        arm=manifest.arm,
         version=str(model_version.version),
         run_id=run.info.run_id,
         model_uri=f"models:/{registered_model_name}/{model_version.version}",
@@ -592,10 +520,10 @@ def register_candidates(
     candidates: Iterable[Candidate],
     *,
     tracking_uri: str,
-    registered_model_name: str = DEFAULT_REGISTERED_MODEL,
-    experiment_name: str = DEFAULT_EXPERIMENT,
+    registered_model_name: str = REGISTERED_MODEL_NAME,
+    experiment_name: str = EXPERIMENT_NAME,
     pipeline_run: str,
-    data_sha256: str,
+    scored_data_sha256: str,
     gate: PromotionGate = PromotionGate(),
 ) -> RegisterReport:
     """Log and register every candidate, alias the best `challenger`, promote it if the gate passes.
@@ -604,7 +532,7 @@ def register_candidates(
         new experiment then go to `artifacts/` beside the database file). Like
         `mlflow.set_tracking_uri`, this also points the process's fluent MLflow API at it.
     pipeline_run: id of the pipeline run that produced the candidates (tag on runs and versions).
-    data_sha256: hash of the scored seed data the models were trained from (tag).
+    scored_data_sha256: hash of the scored seed data the models were trained from (run tag).
     """
     candidates = list(candidates)
     if not candidates:
@@ -616,7 +544,7 @@ def register_candidates(
     mlflow.set_tracking_uri(tracking_uri)
     versions = [
         _log_candidate(client, c, experiment_id=experiment_id, registered_model_name=registered_model_name,
-                       pipeline_run=pipeline_run, data_sha256=data_sha256)
+                       pipeline_run=pipeline_run, scored_data_sha256=scored_data_sha256)
         for c in tqdm(candidates, desc="register", unit="model")
     ]
 
@@ -653,7 +581,7 @@ def register_candidates(
 
 
 def rollback_champion(
-    tracking_uri: str, registered_model_name: str = DEFAULT_REGISTERED_MODEL, version: str | int | None = None
+    tracking_uri: str, registered_model_name: str = REGISTERED_MODEL_NAME, version: str | int | None = None
 ) -> str:
     """Move `champion` back and return the version it now points at.
 
@@ -698,8 +626,8 @@ def register(
 
     Args:
         models: trained model directories (finetune outputs), one per (base model, arm).
-        judge_summaries: judge summary JSON files (judge outputs), matched to models by
-            base_model and arm.
+        judge_summaries: judge summary JSON files (judge outputs), the i-th for the i-th model,
+            as the pipeline's loop collected them.
         scored_data: the scored seed JSONL file the models were trained from; its SHA-256 tags
             every version.
         registered_model_name: MLflow registered model to add versions to.
@@ -711,8 +639,10 @@ def register(
         report: Markdown report: versions, per-category scores, the gate's decision and reasons.
 
     Returns:
-        The promotion decision as one line of text.
+        What the step did as JSON (RegisterReport.to_dict): the decision line first, then whether
+        it promoted, the gate's reasons, and every version it registered with its scores.
     """
+    import json
     from pathlib import Path
 
     from selfguided.components.data import file_sha256
@@ -725,10 +655,10 @@ def register(
         registered_model_name=registered_model_name,
         experiment_name=experiment_name,
         pipeline_run=pipeline_run,
-        data_sha256=file_sha256(scored_data.path),
+        scored_data_sha256=file_sha256(scored_data.path),
         gate=PromotionGate(tolerance=promotion_tolerance),
     )
     Path(report.path).write_text(result.to_markdown(), encoding="utf-8")
     report.metadata.update({"challenger": result.challenger.version, "champion": result.champion_after or "",
                             "promoted": result.decision.promote})
-    return result.decision_line()
+    return json.dumps(result.to_dict(), ensure_ascii=False)

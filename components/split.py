@@ -1,4 +1,4 @@
-"""Step 2, split: a deterministic train/eval split and one training set per arm.
+"""Step 2, split: a deterministic train/test split, one training set per arm, and the test questions.
 
 - Held-out categories (default cover_letter and poem, as in the paper) never reach training:
   they measure how the models do on unseen kinds of writing.
@@ -8,6 +8,16 @@
 - `self_guided`, strategy `condition` (SteerLM-style): the four scores go into the prompt; at
   inference the model is asked for top scores. Strategy `filter` (AlpaGasus-style): only
   records scored at or above a threshold, plain prompts.
+- `control` separates "the scores carry information" from "a different training set": for
+  `filter`, a seeded random subset of the same size and category mix as the filtered set (the
+  control Deita and AlpaGasus report); for `condition`, the same records with the scores
+  shuffled across records.
+
+The test set (the paper's protocol): with no questions file, every held-out record plus the eval
+fraction of the rest becomes a FastChat question whose `question_id` is the seed id, with its
+category and `seen` (whether the category was trained on); `max_eval_questions` caps each
+category, drawn deterministically. With a questions file (any FastChat benchmark, or `sample`
+for the bundled demo questions) those questions are used, marked seen or unseen the same way.
 
 Training rows are `{"id", "category", "prompt", "response"}`, the prompt already formatted, so
 the finetune step needs to know nothing about arms.
@@ -15,7 +25,7 @@ the finetune step needs to know nothing about arms.
 
 import hashlib
 import json
-import shutil
+import random
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,6 +36,7 @@ from kfp.dsl import Dataset, Input, Markdown, Output
 
 from selfguided.components.data import (
     CATEGORIES,
+    SAMPLE_QUESTIONS,
     HELD_OUT_CATEGORIES,
     DataError,
     fetch_input,
@@ -51,8 +62,11 @@ class SplitConfig:
     """Categories kept out of training entirely (evaluated as unseen)."""
     eval_fraction: float = 0.1
     """Share of the remaining records kept for evaluation, chosen by a hash of the record id."""
+    max_eval_questions: int = 0
+    """Most test questions per category (0: no cap), drawn by a hash of the question id."""
     seed: str = "selfguided"
-    """Salt of the id hash; change it to draw a different (still deterministic) split."""
+    """Salt of the hashes and of the control's draw; change it for a different (still
+    deterministic) split."""
 
     def validate(self) -> None:
         unknown = [a for a in self.arms if a not in ARMS]
@@ -64,12 +78,18 @@ class SplitConfig:
             raise ValueError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
         if not 1.0 <= self.filter_threshold <= 10.0:
             raise ValueError(f"filter_threshold must be in [1, 10], got {self.filter_threshold}")
+        if self.max_eval_questions < 0:
+            raise ValueError(f"max_eval_questions must be >= 0, got {self.max_eval_questions}")
+
+
+def _unit_hash(key: str, seed: str) -> float:
+    digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
 
 
 def in_eval(record_id: str, fraction: float, seed: str) -> bool:
     """Stable membership of the eval split, from a hash of the id (not the file order)."""
-    digest = hashlib.sha256(f"{seed}:{record_id}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+    return _unit_hash(record_id, seed) < fraction
 
 
 def training_row(record: dict[str, Any], with_scores: bool) -> dict[str, Any]:
@@ -84,6 +104,39 @@ class SplitResult:
     held_out: list[dict[str, Any]]
     excluded: dict[str, Counter] = field(default_factory=dict)
     """Per arm, why training-side records were left out (e.g. `unscored by the judge`)."""
+    control: str = ""
+    """What the control arm is, in words (empty when it was not asked for)."""
+
+
+def _guided_records(train_side: list[dict[str, Any]], config: SplitConfig) -> tuple[list[dict[str, Any]], Counter]:
+    """The records the self_guided arm trains on, and why the others were left out."""
+    kept, excluded = [], Counter()
+    for record in train_side:
+        if record.get("scores") is None:
+            excluded["could not be scored"] += 1
+        elif config.strategy == "filter" and record["score"] < config.filter_threshold:
+            excluded[f"score below {config.filter_threshold}"] += 1
+        else:
+            kept.append(record)
+    return kept, excluded
+
+
+def _control_rows(train_side: list[dict[str, Any]], guided: list[dict[str, Any]], config: SplitConfig
+                  ) -> tuple[list[dict[str, Any]], str]:
+    """The control arm's rows and a sentence saying what they are."""
+    rng = random.Random(f"{config.seed}:control")
+    if config.strategy == "filter":
+        wanted = Counter(r["category"] for r in guided)
+        rows = []
+        for category in sorted(wanted):
+            pool = sorted((r for r in train_side if r["category"] == category), key=lambda r: r["id"])
+            rows += [training_row(r, with_scores=False) for r in rng.sample(pool, wanted[category])]
+        return rows, (f"random subset of {len(rows)} records with the filtered set's category mix "
+                      f"(drawn without regard to scores)")
+    scores = [r["scores"] for r in guided]
+    rng.shuffle(scores)
+    rows = [training_row({**r, "scores": s}, with_scores=True) for r, s in zip(guided, scores)]
+    return rows, f"the {len(rows)} self_guided records with their scores shuffled across records"
 
 
 def split_records(scored: list[dict[str, Any]], config: SplitConfig) -> SplitResult:
@@ -94,18 +147,15 @@ def split_records(scored: list[dict[str, Any]], config: SplitConfig) -> SplitRes
     train_side = [r for r in rest if not in_eval(r["id"], config.eval_fraction, config.seed)]
 
     result = SplitResult(train={}, eval=eval_rows, held_out=held_out)
+    guided, guided_excluded = _guided_records(train_side, config)
     for arm in config.arms:
         excluded: Counter = Counter()
-        rows = []
-        for record in train_side:
-            if arm == "unscored":
-                rows.append(training_row(record, with_scores=False))
-            elif record.get("scores") is None:
-                excluded["could not be scored"] += 1
-            elif config.strategy == "filter" and record["score"] < config.filter_threshold:
-                excluded[f"score below {config.filter_threshold}"] += 1
-            else:
-                rows.append(training_row(record, with_scores=config.strategy == "condition"))
+        if arm == "unscored":
+            rows = [training_row(record, with_scores=False) for record in train_side]
+        elif arm == "self_guided":
+            rows, excluded = [training_row(r, with_scores=config.strategy == "condition") for r in guided], guided_excluded
+        else:
+            rows, result.control = _control_rows(train_side, guided, config)
         if not rows:
             raise DataError(
                 f"arm {arm!r} has no training records ({dict(excluded) or 'no records outside the held-out categories'}); "
@@ -116,8 +166,33 @@ def split_records(scored: list[dict[str, Any]], config: SplitConfig) -> SplitRes
     return result
 
 
+def seed_questions(result: SplitResult, config: SplitConfig) -> list[dict[str, Any]]:
+    """The test set from the seed data: held-out and eval records as FastChat questions."""
+    questions = []
+    for record in result.held_out + result.eval:
+        turn = record["instruction"] + (f"\n\n{record['input']}" if record.get("input") else "")
+        questions.append({"question_id": record["id"], "category": record["category"], "turns": [turn]})
+    return questions
+
+
+def mark_and_cap(questions: list[dict[str, Any]], config: SplitConfig, trained: set[str]) -> list[dict[str, Any]]:
+    """Mark each question seen (its category was trained on) or not, and keep at most
+    `max_eval_questions` per category, chosen by a hash of the question id (file order kept)."""
+    marked = [{**q, "seen": q["category"] in trained} for q in questions]
+    if not config.max_eval_questions:
+        return marked
+    by_category: dict[str, list[dict[str, Any]]] = {}
+    for q in marked:
+        by_category.setdefault(q["category"], []).append(q)
+    keep = set()
+    for rows in by_category.values():
+        ranked = sorted(rows, key=lambda q: _unit_hash(str(q["question_id"]), config.seed))
+        keep.update(id(q) for q in ranked[: config.max_eval_questions])
+    return [q for q in marked if id(q) in keep]
+
+
 def split_report(result: SplitResult, config: SplitConfig) -> str:
-    categories = [c for c in CATEGORIES] + sorted(
+    categories = list(CATEGORIES) + sorted(
         {r["category"] for rows in result.train.values() for r in rows} - set(CATEGORIES)
     )
     lines = [
@@ -136,28 +211,45 @@ def split_report(result: SplitResult, config: SplitConfig) -> str:
     for arm, excluded in result.excluded.items():
         for reason, n in excluded.items():
             lines.append(f"\n{arm}: {n} records left out: {reason}.")
+    if result.control:
+        lines.append(f"\ncontrol: {result.control}.")
     return "\n".join(lines) + "\n"
 
 
 def run_split_step(
-    scored_path: str, questions_uri: str, train_dir: str, eval_path: str, questions_path: str, report_path: str,
+    scored_path: str, questions_uri: str, train_dir: str, questions_path: str, report_path: str,
     config: SplitConfig, *, workdir: str = ".",
-) -> SplitResult:
-    """Split scored records into per-arm training files and copy the validated eval questions."""
+) -> tuple[SplitResult, list[dict[str, Any]]]:
+    """Split scored records into per-arm training files and write the test questions."""
     scored = read_jsonl(scored_path)
     result = split_records(scored, config)
     Path(train_dir).mkdir(parents=True, exist_ok=True)
     for arm, rows in result.train.items():
         write_jsonl(Path(train_dir) / f"{arm}.jsonl", rows)
     (Path(train_dir) / "split.json").write_text(json.dumps(asdict(config), ensure_ascii=False, indent=2), "utf-8")
-    write_jsonl(eval_path, result.eval + result.held_out)
-    source = fetch_input(questions_uri, "questions.jsonl", workdir)
-    questions = load_questions(source)  # fails here, early, with file and line, not in generate
+    if questions_uri:
+        source = fetch_input("" if questions_uri == "sample" else questions_uri, SAMPLE_QUESTIONS, workdir)
+        questions = load_questions(source)  # fails here, early, with file and line, not in generate
+        origin = "the bundled sample questions" if questions_uri == "sample" else questions_uri
+    else:
+        questions = seed_questions(result, config)
+        origin = "the seed records held out of training"
+    trained = {r["category"] for rows in result.train.values() for r in rows}
+    questions = mark_and_cap(questions, config, trained)
+    if not questions:
+        raise DataError(f"no test questions from {origin}: hold out a category, raise eval_fraction or pass a "
+                        "questions file")
     write_jsonl(questions_path, questions)
-    Path(report_path).write_text(split_report(result, config), encoding="utf-8")
+    per_category = Counter(q["category"] for q in questions)
+    report = split_report(result, config) + (
+        f"\n## Test questions\n\n{len(questions)} questions from {origin}"
+        + (f", at most {config.max_eval_questions} per category" if config.max_eval_questions else "") + ": "
+        + ", ".join(f"{c} {n}" + ("" if c in trained else " (unseen)") for c, n in per_category.items()) + ".\n")
+    Path(report_path).write_text(report, encoding="utf-8")
     sizes = ", ".join(f"{arm} {len(rows)}" for arm, rows in result.train.items())
-    print(f"[selfguided] split: training records per arm: {sizes}; {len(questions)} eval questions", flush=True)
-    return result
+    print(f"[selfguided] split: training records per arm: {sizes}; {len(questions)} test questions from {origin}",
+          flush=True)
+    return result, questions
 
 
 @component(base_image=CPU_IMAGE, install_kfp_package=False)  # the image has kfp
@@ -169,31 +261,33 @@ def split(
     filter_threshold: float,
     held_out_categories: list,
     eval_fraction: float,
+    max_eval_questions: int,
     train: Output[Dataset],
-    eval_records: Output[Dataset],
     questions: Output[Dataset],
     report: Output[Markdown],
 ):
-    """Split scored seed data into one training set per arm, an eval set and the eval questions.
+    """Split scored seed data into one training set per arm and the test questions.
 
     Args:
         scored: scored records from the score step (JSONL).
-        questions_uri: eval questions in FastChat question.jsonl shape; "" = the bundled sample.
-        arms: training sets to write, from `unscored` and `self_guided`.
+        questions_uri: test questions in FastChat question.jsonl shape (any benchmark); "" = the seed
+            records held out of training (the paper's protocol); `sample` = the bundled demo questions.
+        arms: training sets to write, from `unscored`, `self_guided` and `control`.
         strategy: `condition` (scores in the prompt, SteerLM-style) or `filter` (AlpaGasus-style).
         filter_threshold: minimum mean score kept by the `filter` strategy (1-10).
         held_out_categories: categories that never reach training (unseen at evaluation).
         eval_fraction: share of the other records kept for evaluation (by a hash of the id).
+        max_eval_questions: most test questions per category (0: all), drawn deterministically.
         train: a directory with `<arm>.jsonl` per arm and `split.json` (the settings).
-        eval_records: eval and held-out seed records (JSONL).
-        questions: validated eval questions (JSONL).
-        report: records per arm and category, and what was left out and why (Markdown).
+        questions: the test questions (FastChat question.jsonl, each with `seen`).
+        report: records per arm and category, what was left out and why, the test set (Markdown).
     """
     import tempfile
 
     from selfguided.components.split import SplitConfig, run_split_step
 
     config = SplitConfig(arms=list(arms), strategy=strategy, filter_threshold=filter_threshold,
-                         held_out_categories=list(held_out_categories), eval_fraction=eval_fraction)
-    run_split_step(scored.path, questions_uri, train.path, eval_records.path, questions.path, report.path, config,
+                         held_out_categories=list(held_out_categories), eval_fraction=eval_fraction,
+                         max_eval_questions=max_eval_questions)
+    run_split_step(scored.path, questions_uri, train.path, questions.path, report.path, config,
                    workdir=tempfile.mkdtemp())

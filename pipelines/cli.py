@@ -16,38 +16,40 @@ def _list(value: str) -> list[str]:
     return items
 
 
+# Pipeline parameters become options named after them (`--base-models` for base_models); these
+# read better with a shorter name. Their help is the pipeline docstring's Args section.
+_OPTION_NAMES = {"seed_uri": "--seed", "questions_uri": "--questions"}
+# Set by `selfguided run` from its work folder: not options of a local run.
+_LOCAL_MANAGED = ("llm_cache", "checkpoint_dir", "mlflow_tracking_uri", "num_gpus")
+_PARSERS = {"String": str, "Integer": int, "Float": float, "Boolean": lambda v: v.lower() in ("1", "true", "yes")}
+
+
+def _pipeline_inputs() -> dict:
+    from selfguided.pipelines.pipeline import self_guided_pipeline
+
+    return self_guided_pipeline.component_spec.inputs
+
+
 def _add_pipeline_options(parser: argparse.ArgumentParser, *, local: bool) -> None:
-    """Options shared by `run` and `submit`, mapped onto pipeline parameters (None = pipeline default)."""
+    """One option per pipeline parameter, derived from the pipeline's signature and docstring
+    (None = the pipeline's default, shown in the help; `run` shows its local defaults)."""
     g = parser.add_argument_group("pipeline parameters")
-    g.add_argument("--seed", dest="seed_uri", help="seed JSONL (Alpaca, KoAlpaca or chat `messages`); "
-                   "default: the bundled Korean sample" + ("" if local else "; on a cluster an s3:// URI or a path on the cache volume"))
-    g.add_argument("--questions", dest="questions_uri", help="eval questions, FastChat question.jsonl; default: bundled sample")
-    g.add_argument("--base-models", type=_list, help="comma-separated HF ids or local paths; `tiny` builds a small "
-                   "local GPT-NeoX (default: " + ("tiny" if local else "EleutherAI/polyglot-ko-1.3b") + ")")
-    g.add_argument("--arms", type=_list, help="comma-separated arms: unscored,self_guided (default: both)")
-    g.add_argument("--strategy", choices=["condition", "filter"], help="how scores guide the self_guided arm (default: condition)")
-    g.add_argument("--filter-threshold", type=float, help="mean score kept by the filter strategy (default: 7.0)")
-    g.add_argument("--score-model", help="LLM that scores seed data; `offline-heuristic` needs no API "
-                   "(default: " + ("gpt-4o if OPENAI_API_KEY/OPENAI_BASE_URL is set, else offline-heuristic" if local else "gpt-4o") + ")")
-    g.add_argument("--judge-model", help="LLM that grades answers (default: as --score-model)")
-    g.add_argument("--finetune-config", help='JSON object of FinetuneConfig overrides, e.g. \'{"num_epochs": 2}\''
-                   + (f" (default: {LOCAL_DEFAULTS['finetune_config']})" if local else " (default: per-size defaults, LoRA)"))
-    g.add_argument("--max-new-tokens", type=int, help="longest generated answer (default: "
-                   + (str(LOCAL_DEFAULTS["max_new_tokens"]) if local else "512") + ")")
-    g.add_argument("--registered-model-name", help="MLflow registered model (default: korean-writing-assistant)")
-    g.add_argument("--promotion-tolerance", type=float, help="how much worse one category may get for a promotion (default: 0.25)")
-    if not local:
-        g.add_argument("--num-gpus", type=int, help="GPUs per finetune task (default: 1)")
-        g.add_argument("--mlflow-tracking-uri", help="MLflow server as seen from the cluster")
-
-
-_PARAMETER_NAMES = ("seed_uri", "questions_uri", "base_models", "arms", "strategy", "filter_threshold", "score_model",
-                    "judge_model", "finetune_config", "max_new_tokens", "registered_model_name",
-                    "promotion_tolerance", "num_gpus", "mlflow_tracking_uri")
+    for name, spec in _pipeline_inputs().items():
+        if local and name in _LOCAL_MANAGED:
+            continue
+        default = LOCAL_DEFAULTS.get(name, spec.default) if local else spec.default
+        if local and name in ("score_model", "judge_model"):
+            default = "gpt-4o if OPENAI_API_KEY/OPENAI_BASE_URL is set, else offline-heuristic"
+        kind = str(spec.type)
+        is_list = kind.startswith("typing.List") or kind.startswith("List")
+        shown = ",".join(default) if is_list and isinstance(default, list) else default
+        help_text = (spec.description or "").replace("%", "%%") + f" (default: {shown!s})".replace("%", "%%")
+        g.add_argument(_OPTION_NAMES.get(name, "--" + name.replace("_", "-")), dest=name, help=help_text,
+                       type=_list if is_list else _PARSERS.get(kind, str), metavar=name.upper())
 
 
 def _parameters(args: argparse.Namespace) -> dict:
-    params = {k: getattr(args, k) for k in _PARAMETER_NAMES if getattr(args, k, None) is not None}
+    params = {k: getattr(args, k) for k in _pipeline_inputs() if getattr(args, k, None) is not None}
     if "score_model" in params and "judge_model" not in params:
         params["judge_model"] = params["score_model"]
     return params
@@ -59,7 +61,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     print(f"selfguided: running the pipeline locally (work folder {Path(args.workdir).resolve()})")
     result = run_local(args.workdir, verbose=args.verbose, **_parameters(args))
-    print(f"\nFinished in {result.seconds:.0f} s. Judge scores per category (1-10) of the models registered by this run:\n")
+    print(f"\nFinished in {result.seconds:.0f} s (pipeline run {result.run_name}). Judge scores per category (1-10) "
+          "of the models registered by this run:\n")
     print(score_table(result.summaries))
     print(f"\nPromotion: {result.decision}")
     print("Aliases of '{}': {}".format(result.registered_model_name,

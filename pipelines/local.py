@@ -9,14 +9,17 @@ terminal gets one line per step and the steps' own progress lines.
 import builtins
 import contextlib
 import io
+import json
 import os
 import re
 import sys
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from selfguided.components.prompting import ARMS
 
 DEFAULT_WORKDIR = ".selfguided"
 # Small enough that the whole local pipeline finishes in minutes on a 2-core laptop. `tiny` is
@@ -27,6 +30,9 @@ LOCAL_DEFAULTS: dict[str, Any] = {
     "base_models": ["tiny"],
     "finetune_config": LOCAL_FINETUNE_CONFIG,
     "max_new_tokens": 128,
+    # The bundled seed has 14 records per category: a quarter of the trained-on ones makes 3-4 test
+    # questions per seen category, beside the 14 of each held-out one.
+    "eval_fraction": 0.25,
     "llm_concurrency": 8,
 }
 
@@ -37,14 +43,40 @@ _FINISHED = re.compile(r"Task '([^']+)' finished with status (\w+)")
 
 @dataclass
 class LocalRunResult:
-    run_name: str
-    decision: str
+    """What `run_local` hands back: the register step's output, as the pipeline returned it."""
+
+    register: dict[str, Any]
     tracking_uri: str
-    registered_model_name: str
     log_path: Path
     seconds: float
-    summaries: list[dict[str, Any]] = field(default_factory=list)
-    aliases: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def decision(self) -> str:
+        return self.register["decision"]
+
+    @property
+    def run_name(self) -> str:
+        return self.register["pipeline_run"]
+
+    @property
+    def registered_model_name(self) -> str:
+        return self.register["registered_model_name"]
+
+    @property
+    def aliases(self) -> dict[str, str]:
+        found = {"challenger": self.register["challenger"], "champion": self.register["champion_after"]}
+        return {alias: version for alias, version in found.items() if version}
+
+    @property
+    def summaries(self) -> list[dict[str, Any]]:
+        """Per-category overall scores of every version this run registered (for score_table)."""
+        rows = []
+        for v in self.register["versions"]:
+            categories = {name.split("/")[1]: {"overall": value} for name, value in v["metrics"].items()
+                          if name.count("/") == 2 and name.endswith("/overall")}
+            rows.append({"row": f"v{v['version']} {v['label']}", "categories": categories,
+                         "overall": v["metrics"].get("judge/overall", float("nan"))})
+        return rows
 
 
 class _ProgressFilter(io.TextIOBase):
@@ -101,30 +133,6 @@ def default_llm_model() -> str:
     return OFFLINE_JUDGE_NAME
 
 
-def registry_results(tracking_uri: str, name: str, run_name: str) -> tuple[list[dict[str, Any]], dict[str, str]]:
-    """Per-category scores of every version this run registered, and the model's aliases, from MLflow."""
-    from mlflow import MlflowClient
-
-    from selfguided.components.data import CATEGORIES
-
-    client = MlflowClient(tracking_uri=tracking_uri)
-    summaries = []
-    for version in client.search_model_versions(f"name = '{name}'"):
-        if version.tags.get("pipeline_run") != run_name:
-            continue
-        metrics = client.get_run(version.run_id).data.metrics
-        categories = {
-            c: {"overall": metrics[f"judge/{c}/overall"]} for c in CATEGORIES if f"judge/{c}/overall" in metrics
-        }
-        summaries.append({
-            "model_id": f"v{version.version} {version.tags.get('base_model')}:{version.tags.get('arm')}",
-            "categories": categories,
-            "overall": metrics.get("judge/overall", float("nan")),
-        })
-    aliases = dict(client.get_registered_model(name).aliases)
-    return sorted(summaries, key=lambda s: s["model_id"]), aliases
-
-
 @contextlib.contextmanager
 def _share_cpu_cores(parallel_tasks: int):
     """Give each of the loop's concurrent steps its share of the cores (inherited by the step's
@@ -162,7 +170,7 @@ def run_local(
         "mlflow_tracking_uri": tracking_uri,
         **parameters,
     }
-    parallel_tasks = len(arguments["base_models"]) * len(arguments.get("arms", ["unscored", "self_guided"]))
+    parallel_tasks = len(arguments["base_models"]) * len(arguments.get("arms", ARMS))
     log_path = workdir / "logs" / f"run-{time.strftime('%Y%m%d-%H%M%S')}.log"
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(workdir / "pipeline-root"),
                raise_on_error=True)
@@ -181,20 +189,5 @@ def run_local(
         finally:
             progress.write("\n")
             builtins.print = original_print  # kfp.local indents prints while a task runs; a failure can leave it so
-    decision = str(task.output)
-    name = arguments.get("registered_model_name", "korean-writing-assistant")
-    # kfp.local names the run itself; register tagged every version with that name.
-    run_name = _newest_run_name(tracking_uri, name)
-    summaries, aliases = registry_results(tracking_uri, name, run_name)
-    return LocalRunResult(run_name=run_name, decision=decision, tracking_uri=tracking_uri,
-                          registered_model_name=name, log_path=log_path, seconds=time.monotonic() - started,
-                          summaries=summaries, aliases=aliases)
-
-
-def _newest_run_name(tracking_uri: str, name: str) -> str:
-    """The pipeline_run tag of the newest registered version."""
-    from mlflow import MlflowClient
-
-    versions = MlflowClient(tracking_uri=tracking_uri).search_model_versions(f"name = '{name}'")
-    newest = max(versions, key=lambda v: int(v.version), default=None)
-    return newest.tags.get("pipeline_run", "") if newest else ""
+    return LocalRunResult(register=json.loads(task.output), tracking_uri=tracking_uri, log_path=log_path,
+                          seconds=time.monotonic() - started)

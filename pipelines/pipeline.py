@@ -2,6 +2,11 @@
 
 score -> split -> for each (base model, arm): finetune -> generate -> judge -> register + promote
 
+Data flows forward as step outputs: the split writes the training sets and the test questions;
+each loop iteration passes its (base model, arm) to finetune and judge as parameters and the
+strategy to finetune, which writes it into the model's manifest; register receives the models
+and judge summaries as the loop collected them, and its JSON output is the pipeline's output.
+
 The same function runs locally under `kfp.local` (see `pipelines/local.py`) and compiles to KFP
 IR YAML for a cluster. Cluster-only settings (GPU node pool, secrets, volumes) are attached with
 kfp-kubernetes here; the local runner ignores them.
@@ -14,7 +19,7 @@ from kfp import dsl, kubernetes
 from selfguided.components.finetune import finetune
 from selfguided.components.generate import generate
 from selfguided.components.judge import judge
-from selfguided.components.register import register
+from selfguided.components.register import EXPERIMENT_NAME, REGISTERED_MODEL_NAME, register
 from selfguided.components.score import score
 from selfguided.components.split import split
 from selfguided.pipelines import platform
@@ -68,11 +73,12 @@ def self_guided_pipeline(
     seed_uri: str = "",
     questions_uri: str = "",
     base_models: List[str] = ["EleutherAI/polyglot-ko-1.3b"],
-    arms: List[str] = ["unscored", "self_guided"],
+    arms: List[str] = ["unscored", "self_guided", "control"],
     strategy: str = "condition",
     filter_threshold: float = 7.0,
     held_out_categories: List[str] = ["cover_letter", "poem"],
     eval_fraction: float = 0.1,
+    max_eval_questions: int = 0,
     score_model: str = "gpt-4o",
     judge_model: str = "gpt-4o",
     llm_base_url: str = "",
@@ -82,22 +88,26 @@ def self_guided_pipeline(
     num_gpus: int = 1,
     checkpoint_dir: str = f"{platform.CACHE_MOUNT_PATH}/checkpoints",
     max_new_tokens: int = 512,
-    registered_model_name: str = "korean-writing-assistant",
+    registered_model_name: str = REGISTERED_MODEL_NAME,
     mlflow_tracking_uri: str = platform.MLFLOW_TRACKING_URI_IN_CLUSTER,
-    experiment_name: str = "selfguided",
+    experiment_name: str = EXPERIMENT_NAME,
     promotion_tolerance: float = 0.25,
 ) -> str:
     """Score, split, fine-tune each base model on each arm, judge, register and promote.
 
     Args:
         seed_uri: seed JSONL; "" = bundled sample, `s3://bucket/key`, or a path on the cache volume.
-        questions_uri: eval questions (FastChat question.jsonl); "" = bundled sample.
+        questions_uri: test questions (FastChat question.jsonl: Vicuna bench, MT-bench, KoMT-Bench, ...);
+            "" = the seed records held out of training (the paper's protocol); `sample` = the bundled
+            demo questions.
         base_models: Hugging Face ids or local paths of the base models (`tiny` = a small local test model).
-        arms: `unscored` (baseline) and/or `self_guided`.
+        arms: `unscored` (baseline), `self_guided`, and `control` (same size or the same records as
+            self_guided, with scores that carry no information).
         strategy: `condition` (scores in the prompt) or `filter` (keep records scored >= filter_threshold).
         filter_threshold: minimum mean score for the `filter` strategy.
         held_out_categories: categories never trained on (evaluated as unseen).
         eval_fraction: share of trained-on categories kept for evaluation.
+        max_eval_questions: most test questions per category (0 = all), drawn deterministically.
         score_model: LLM that scores the seed data; `offline-heuristic` needs no API.
         judge_model: LLM that grades the answers; `offline-heuristic` needs no API.
         llm_base_url: OpenAI-compatible endpoint for score and judge (Azure, vLLM, ...); "" = OpenAI.
@@ -122,20 +132,21 @@ def self_guided_pipeline(
     split_task = split(
         scored=score_task.outputs["scored"], questions_uri=questions_uri, arms=arms, strategy=strategy,
         filter_threshold=filter_threshold, held_out_categories=held_out_categories, eval_fraction=eval_fraction,
+        max_eval_questions=max_eval_questions,
     ).set_display_name("split per arm").set_caching_options(False)
     _with_s3_secret(_with_cache_volume(split_task))
 
     plan = plan_runs(base_models=base_models, arms=arms).set_display_name("plan runs")
     with dsl.ParallelFor(plan.output, name="model-and-arm") as run:
         finetune_task = finetune(
-            train_data=split_task.outputs["train"], base_model=run.base_model, arm=run.arm,
+            train_data=split_task.outputs["train"], base_model=run.base_model, arm=run.arm, strategy=strategy,
             config_json=finetune_config, num_gpus=num_gpus, checkpoint_dir=checkpoint_dir,
         ).set_display_name("finetune")
         _with_cache_volume(_on_gpu_pool(finetune_task, num_gpus)).set_retry(num_retries=3, backoff_duration="120s")
         finetune_task.set_env_variable("HF_HOME", platform.HF_HOME)
 
         generate_task = generate(
-            model=finetune_task.outputs["model"], questions=split_task.outputs["questions"], strategy=strategy,
+            model=finetune_task.outputs["model"], questions=split_task.outputs["questions"],
             max_new_tokens=max_new_tokens,
         ).set_display_name("generate answers")
         _with_cache_volume(_on_gpu_pool(generate_task, 1)).set_retry(num_retries=2, backoff_duration="60s")
@@ -143,8 +154,9 @@ def self_guided_pipeline(
         generate_task.set_env_variable("HF_HOME", platform.HF_HOME)
 
         judge_task = judge(
-            questions=split_task.outputs["questions"], answers=generate_task.outputs["answers"], model=judge_model,
-            concurrency=llm_concurrency, cache=llm_cache, base_url=llm_base_url,
+            questions=split_task.outputs["questions"], answers=generate_task.outputs["answers"],
+            row_kind="trained", base_model=run.base_model, arm=run.arm, row_model="",
+            generate_seconds=generate_task.outputs["Output"], model=judge_model, concurrency=llm_concurrency, cache=llm_cache, base_url=llm_base_url,
         ).set_display_name("judge answers")
         _with_s3_secret(_with_llm_secret(_with_cache_volume(judge_task))).set_retry(num_retries=2, backoff_duration="60s")
 

@@ -1,9 +1,8 @@
 """Builders for the register step's inputs: trained model directories and judge summaries.
 
 Everything is made here, offline and in a second: a 2-layer GPT-NeoX with random weights, a
-byte-level BPE tokenizer trained on a few Korean lines, a real PEFT LoRA adapter saved with
-`save_pretrained`, laid out exactly like the finetune step's Model artifact (selfguided.json,
-adapter/ or model/, tokenizer/, base/ only for a bundled base).
+byte-level BPE tokenizer trained on a few Korean lines, a real PEFT LoRA adapter, written through
+`trained_model.save_trained` exactly as the finetune step writes its Model artifact.
 """
 
 from __future__ import annotations
@@ -12,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any, Mapping
 
+from selfguided.components import trained_model as tm
 from selfguided.components.data import CATEGORIES
 from selfguided.components.judge import summarize_judgments
 from selfguided.components.prompting import CRITERIA
@@ -73,14 +73,14 @@ def make_model_dir(
     base_model: str = "tiny",
     arm: str = "self_guided",
     method: str = "lora",
+    strategy: str = "condition",
     seed: int = 0,
 ) -> Path:
-    """Write a trained-model directory in the finetune step's layout and return it.
+    """Write a trained-model directory through trained_model.save_trained and return it.
 
-    `base_model="tiny"` bundles the base weights under base/ (base_model_ref "bundled:base");
-    any other name is referenced by hub id and no base weights are written. A `checkpoints/`
-    folder is added too, as the finetune step leaves one when no checkpoint_dir is given: it
-    must not be logged to MLflow.
+    `base_model="tiny"` bundles the base weights under base/; any other name is referenced by hub
+    id (at a made-up revision) and no base weights are written. A `checkpoints/` folder is added
+    too, as the finetune step leaves one while it trains: it must not be logged to MLflow.
     """
     import torch
     from peft import LoraConfig, get_peft_model
@@ -89,32 +89,33 @@ def make_model_dir(
     out.mkdir(parents=True)
     base, tokenizer = build_tiny_base(seed)
     bundled = base_model == "tiny"
-    tokenizer.save_pretrained(out / "tokenizer")
     if method == "lora":
         if bundled:
-            base.save_pretrained(out / "base")
-        peft_model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=LORA_TARGETS))
+            tm.save_bundled_base(out, base, tokenizer)
+        model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=LORA_TARGETS))
         torch.manual_seed(seed + 1)
         with torch.no_grad():  # a non-zero adapter, so merging it visibly changes the model
-            for name, param in peft_model.named_parameters():
+            for name, param in model.named_parameters():
                 if "lora_B" in name:
                     param.normal_(std=0.02)
-        peft_model.save_pretrained(out / "adapter")
     elif method == "full":
-        base.save_pretrained(out / "model")
+        model = base
     else:
         raise ValueError(f"unknown method {method!r}")
     (out / "checkpoints" / "step-1").mkdir(parents=True)
     (out / "checkpoints" / "step-1" / "optimizer.pt").write_bytes(b"not for the registry")
-    manifest = {
-        "base_model": base_model,
-        "base_model_ref": "bundled:base" if bundled else base_model,
-        "arm": arm,
-        "method": method,
-        "config": {"learning_rate": 2e-4, "epochs": 1, "lora": {"r": 4, "alpha": 8}, "targets": LORA_TARGETS},
-        "train_metrics": {"train_loss": 2.5, "train_tokens": 1200, "tokens_per_s": 300.0, "device": "cpu"},
-    }
-    (out / "selfguided.json").write_text(json.dumps(manifest, ensure_ascii=False, indent=2), encoding="utf-8")
+    manifest = tm.ModelManifest(
+        base_model=base_model,
+        base_model_ref=tm.BUNDLED_BASE_REF if bundled else base_model,
+        base_revision=None if bundled else "0123abcd",
+        arm=arm,
+        strategy=strategy,
+        method=method,
+        config={"learning_rate": 2e-4, "epochs": 1, "lora": {"r": 4, "alpha": 8}, "targets": LORA_TARGETS},
+        train_metrics={"train_loss": 2.5, "train_tokens": 1200, "tokens_per_s": 300.0, "device": "cpu"},
+        train_data_sha256="ab" * 32,
+    )
+    tm.save_trained(out, model, tokenizer, manifest, train_log=[{"step": 1, "loss": 2.5}])
     return out
 
 
@@ -139,8 +140,8 @@ def make_summary(
         for cat, score in per_category.items()
         for _ in range(6)
     ]
-    return summarize_judgments(judgments, base_model=base_model, arm=arm, judge_model=judge_model,
-                               prompt_version=prompt_version, usage=dict(usage or {}))
+    return summarize_judgments(judgments, row_kind="trained", base_model=base_model, arm=arm,
+                               judge_model=judge_model, prompt_version=prompt_version, usage=dict(usage or {}))
 
 
 def write_summary(path: Path, summary: Mapping[str, Any]) -> Path:

@@ -12,6 +12,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from selfguided.components import finetune as ft
 from selfguided.components import generate as gen
+from selfguided.components import trained_model as tm
 from selfguided.components.data import load_questions, read_jsonl, sample_path, write_jsonl
 from selfguided.components.prompting import inference_prompt
 
@@ -42,7 +43,7 @@ def questions():
 
 @pytest.fixture(scope="module")
 def loaded(model_dir):
-    return ft.load_trained(model_dir)
+    return tm.load_trained(model_dir)
 
 
 def encode(tokenizer, prompts):
@@ -57,8 +58,8 @@ def test_batched_generation_equals_one_at_a_time_in_the_original_order(loaded, q
     assert lengths != sorted(lengths) and lengths != sorted(lengths, reverse=True)  # order must be restored
     kwargs = dict(max_new_tokens=24, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
                   progress=False)
-    batched = gen.generate_tokens(model, prompt_ids, batch_size=4, **kwargs)
-    alone = [gen.generate_tokens(model, [p], batch_size=1, **kwargs)[0] for p in prompt_ids]
+    batched = tm.generate_tokens(model, prompt_ids, batch_size=4, **kwargs)
+    alone = [tm.generate_tokens(model, [p], batch_size=1, **kwargs)[0] for p in prompt_ids]
     assert batched == alone
     assert all(0 < len(tokens) <= 24 for tokens in batched)
     assert len({tuple(tokens) for tokens in batched}) > 5  # answers really differ per prompt
@@ -68,12 +69,12 @@ def test_generation_stops_at_eos_and_drops_it(loaded, questions):
     model, tokenizer = loaded
     prompt_ids = encode(tokenizer, [inference_prompt(q["turns"][0], "unscored", "filter") for q in questions[:6]])
     kwargs = dict(max_new_tokens=16, batch_size=6, pad_token_id=tokenizer.pad_token_id, progress=False)
-    free = gen.generate_tokens(model, prompt_ids, eos_token_id=tokenizer.eos_token_id, **kwargs)
+    free = tm.generate_tokens(model, prompt_ids, eos_token_id=tokenizer.eos_token_id, **kwargs)
     # Declare a token that some answer produces (not first) to be EOS: that answer must stop right
     # before it, and every other answer before its own first occurrence of that token.
     row, k = next((i, k) for i, tokens in enumerate(free) for k in range(2, len(tokens)) if tokens[k] not in tokens[:k])
     stop = free[row][k]
-    stopped = gen.generate_tokens(model, prompt_ids, eos_token_id=stop, **kwargs)
+    stopped = tm.generate_tokens(model, prompt_ids, eos_token_id=stop, **kwargs)
     assert stopped[row] == free[row][:k]
     for tokens, unconstrained in zip(stopped, free):
         expected = unconstrained[: unconstrained.index(stop)] if stop in unconstrained else unconstrained
@@ -81,12 +82,13 @@ def test_generation_stops_at_eos_and_drops_it(loaded, questions):
 
 
 def test_answers_are_fastchat_model_answer_rows_in_question_order(model_dir, questions):
-    rows = gen.answer_questions(model_dir, questions[:8], strategy="condition", max_new_tokens=12)
-    again = gen.answer_questions(model_dir, questions[:8], strategy="condition", max_new_tokens=12)
+    manifest, rows = gen.answer_with_trained_model(model_dir, questions[:8], max_new_tokens=12)
+    _, again = gen.answer_with_trained_model(model_dir, questions[:8], max_new_tokens=12)
+    assert (manifest.arm, manifest.strategy) == ("self_guided", "condition")
     assert [r["question_id"] for r in rows] == [q["question_id"] for q in questions[:8]]
     for row, question, same in zip(rows, questions, again):
         assert set(row) == {"question_id", "answer_id", "model_id", "choices", "tstamp", "category"}
-        assert row["model_id"] == "tiny:self_guided" and row["category"] == question["category"]
+        assert row["model_id"] == "tiny/self_guided" and row["category"] == question["category"]
         assert len(row["choices"]) == 1 and row["choices"][0]["index"] == 0
         (answer,) = row["choices"][0]["turns"]
         assert isinstance(answer, str) and "<|endoftext|>" not in answer and "<|pad|>" not in answer
@@ -95,11 +97,29 @@ def test_answers_are_fastchat_model_answer_rows_in_question_order(model_dir, que
     assert len({r["answer_id"] for r in rows}) == len(rows)
 
 
+def test_every_turn_is_answered_with_the_conversation_so_far(model_dir):
+    """Turn 2 is asked with turn 1 and the model's own first answer in the prompt."""
+    questions = [{"question_id": "a", "category": "poem", "turns": ["봄에 대한 시를 써 주세요.", "ㄱ으로 시작하게 고쳐 주세요."]},
+                 {"question_id": "b", "category": "news", "turns": ["축제 기사를 써 주세요."]}]
+    asked: list[list[str]] = []
+
+    def engine(prompts):
+        asked.append(prompts)
+        return [f"답{len(asked)}-{i}" for i in range(len(prompts))]
+
+    manifest = tm.read_manifest(model_dir)
+    _, rows = gen.answer_with_trained_model(model_dir, questions, engine=engine)
+    assert [len(p) for p in asked] == [2, 1]  # all first turns in one batch, then the second turns
+    assert asked[1][0] == manifest.prompt(questions[0]["turns"], ["답1-0"])
+    assert asked[1][0].startswith(asked[0][0] + "답1-0")
+    assert [r["choices"][0]["turns"] for r in rows] == [["답1-0", "답2-0"], ["답1-1"]]
+
+
 def test_merged_export_loads_with_plain_transformers_and_matches_the_adapter(tmp_path, model_dir):
-    out = ft.export_merged(model_dir, tmp_path / "merged", dtype=torch.float32, device="cpu")
+    out = tm.export_merged(model_dir, tmp_path / "merged", dtype=torch.float32, device="cpu")
     merged = AutoModelForCausalLM.from_pretrained(out)
     tokenizer = AutoTokenizer.from_pretrained(out)
-    unmerged, _ = ft.load_trained(model_dir, merge=False)
+    unmerged, _ = tm.load_trained(model_dir, merge=False)
     base = AutoModelForCausalLM.from_pretrained(model_dir / "base")
     ids = torch.tensor([tokenizer("### 지시:\n시를 써 주세요\n\n### 응답:\n", add_special_tokens=False)["input_ids"]])
     with torch.no_grad():
@@ -113,21 +133,23 @@ def test_kfp_component_writes_answers_and_metadata(tmp_path, model_dir):
     questions_file = tmp_path / "questions.jsonl"
     write_jsonl(questions_file, read_jsonl(sample_path("questions.jsonl"))[:5])
     answers = Dataset(name="answers", uri=str(tmp_path / "answers.jsonl"), metadata={})
-    gen.generate.python_func(
+    seconds = gen.generate.python_func(
         model=Model(name="model", uri=str(model_dir), metadata={}),
         questions=Dataset(name="questions", uri=str(questions_file), metadata={}),
-        strategy="condition", max_new_tokens=8, answers=answers,
+        max_new_tokens=8, answers=answers,
     )
     rows = [json.loads(line) for line in (tmp_path / "answers.jsonl").read_text(encoding="utf-8").splitlines()]
     assert [r["question_id"] for r in rows] == [1, 2, 3, 4, 5]
-    assert answers.metadata == {"base_model": "tiny", "arm": "self_guided"}
+    assert {k: answers.metadata[k] for k in ("base_model", "arm", "strategy", "answers")} == \
+        {"base_model": "tiny", "arm": "self_guided", "strategy": "condition", "answers": 5}
+    assert seconds == answers.metadata["generate_seconds"] > 0
 
 
 def test_backend_choice():
     assert gen.pick_backend("auto", "cpu") == "transformers"
     with pytest.raises(ValueError, match="unknown generation backend 'tgi'"):
         gen.pick_backend("tgi", "cpu")
-    assert gen.generate_answers("unused", [], device="cpu") == []
+    assert tm.generate_texts(None, None, []) == []
 
 
 def test_module_imports_inside_a_kfp_step():

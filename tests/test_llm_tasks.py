@@ -10,10 +10,9 @@ from llm_server import FakeOpenAI, ratings_for
 
 from selfguided.components.data import DataError
 from selfguided.components.llm import LLMConfig
+from selfguided.components.judging import KOREAN_MIN_RATIO, korean_ratio
 from selfguided.components.llm_tasks import (
-    KOREAN_MIN_RATIO,
     judge_with_llm,
-    korean_ratio,
     load_answers,
     load_prompt,
     parse_pair_verdict,
@@ -42,9 +41,9 @@ QUESTIONS = [
 ]
 
 
-def answer(question_id, model: str, text: str) -> dict:
+def answer(question_id, model: str, *texts: str) -> dict:
     return {"question_id": question_id, "answer_id": f"{model}-{question_id}", "model_id": model,
-            "choices": [{"index": 0, "turns": [text]}], "tstamp": 0.0}
+            "choices": [{"index": 0, "turns": list(texts)}], "tstamp": 0.0}
 
 
 def config(server: FakeOpenAI, **overrides) -> LLMConfig:
@@ -62,12 +61,12 @@ def server():
 # Prompts, Korean rule, parsing
 
 
-@pytest.mark.parametrize("prompt_id", ["score-v1", "judge-single-v1", "judge-pair-v1"])
+@pytest.mark.parametrize("prompt_id", ["score-v1", "judge-single-v1", "judge-single-multi-v1", "judge-pair-v1"])
 def test_prompts_are_versioned_data_with_working_templates(prompt_id):
     prompt = load_prompt(prompt_id)
     assert prompt.id == prompt_id and prompt.json_schema["strict"] is True
     fields = dict(category="poem", category_label="시", instruction="i", input="(없음)", output="o",
-                  question="q", answer="a", answer_a="a", answer_b="b")
+                  question="q", answer="a", answer_a="a", answer_b="b", conversation="c")
     request = prompt.request(**fields)
     assert request.response_format["json_schema"] == prompt.json_schema
     assert request.text_fallback.messages[-1]["content"].endswith(prompt.output_format)
@@ -76,7 +75,7 @@ def test_prompts_are_versioned_data_with_working_templates(prompt_id):
 
 
 def test_unknown_prompt_names_the_known_ones():
-    with pytest.raises(DataError, match="known: judge-pair-v1, judge-single-v1, score-v1"):
+    with pytest.raises(DataError, match="known: judge-pair-v1, judge-single-multi-v1, judge-single-v1, score-v1"):
         load_prompt("score-v9")
 
 
@@ -187,6 +186,19 @@ def test_single_grading_rows_and_the_korean_penalty(server):
     assert english["score"] == pytest.approx(math.sqrt(raw["overall"]), abs=1e-3)
     assert english["scores"]["detail"] == pytest.approx(math.sqrt(raw["detail"]), abs=1e-3)
     assert usage.step == "judge" and usage.done == 2
+
+
+def test_every_turn_is_judged_and_later_turns_see_the_conversation(server):
+    question = {"question_id": 7, "category": "poem", "turns": ["봄에 대한 시를 써 주세요", "모든 행이 ㄱ으로 시작하게 고쳐 주세요"]}
+    revised = "가을 하늘 아래\n고운 바람이 분다\n기다림은 길다"
+    rows, usage = judge_with_llm([question], [answer(7, "m", KOREAN_POEM, revised)], config(server))
+    first, second = rows
+    assert (first["turn"], second["turn"]) == (1, 2) and usage.done == 2
+    assert second["judge"] == ["gpt-4o", "judge-single-multi-v1"]
+    # The judge of turn 2 sees turn 1 and the model's own first answer, and grades the revision.
+    prompt = second["user_prompt"]
+    assert question["turns"][0] in prompt and KOREAN_POEM in prompt and question["turns"][1] in prompt
+    assert second["score"] == ratings_for(revised)["overall"] and second["answer_chars"] == len(revised)
 
 
 def test_a_failed_judgment_scores_minus_one(server):

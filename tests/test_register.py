@@ -56,8 +56,9 @@ def test_gate_rejects_missing_and_nan_categories_even_without_champion():
     del scores["poem"]
     metrics = judge_metrics(scores)
     metrics["judge/news/overall"] = math.nan
-    decision = evaluate_gate(metrics, None, PromotionGate())
+    decision = evaluate_gate(metrics, None, PromotionGate(required_categories=CATEGORIES))
     assert not decision.promote
+    assert not evaluate_gate(metrics, None, PromotionGate()).promote  # news is present, and NaN
     assert "category poem is not scored (no judge/poem/overall)" in decision.reasons
     assert "category news is not scored (no judge/news/overall)" in decision.reasons
 
@@ -138,14 +139,14 @@ def test_gate_rejects_when_the_champion_has_no_overall():
     assert "the champion has no judge/overall score to compare against; promote by hand" in decision.reasons
 
 
-def test_gate_only_requires_the_configured_categories():
-    metrics = judge_metrics({"novel": 6.0, "scenario": 6.0})
-    assert not evaluate_gate(metrics, None, PromotionGate()).promote
-    assert evaluate_gate(metrics, None, PromotionGate(required_categories=("novel", "scenario"))).promote
+def test_gate_works_over_the_categories_the_questions_carry_unless_told_otherwise():
+    metrics = judge_metrics({"novel": 6.0, "writing": 6.0, "roleplay": 6.0})  # e.g. KoMT-Bench categories
+    assert evaluate_gate(metrics, None, PromotionGate()).promote
+    decision = evaluate_gate(metrics, None, PromotionGate(required_categories=("novel", "poem")))
+    assert not decision.promote and "category poem is not scored (no judge/poem/overall)" in decision.reasons
 
 
-@pytest.mark.parametrize("kwargs", [{"tolerance": -0.1}, {"min_improvement": -1.0},
-                                    {"tolerance": math.inf}, {"required_categories": ()}])
+@pytest.mark.parametrize("kwargs", [{"tolerance": -0.1}, {"min_improvement": -1.0}, {"tolerance": math.inf}])
 def test_gate_rejects_bad_settings(kwargs):
     with pytest.raises(ValueError, match="PromotionGate"):
         PromotionGate(**kwargs)
@@ -165,48 +166,37 @@ def two_arms(tmp_path):
     return models, summaries
 
 
-def test_load_candidates_pairs_by_base_model_and_arm_in_model_order(two_arms):
+def test_load_candidates_takes_the_pairs_as_the_loop_collected_them(two_arms):
     models, summaries = two_arms
-    candidates = load_candidates(models, summaries)
-    assert [c.model_id for c in candidates] == ["tiny:unscored", "tiny:self_guided"]
+    candidates = load_candidates(models, summaries[::-1])  # the i-th summary belongs to the i-th model
+    assert [c.label for c in candidates] == ["tiny/unscored", "tiny/self_guided"]
     assert [c.summary["arm"] for c in candidates] == ["unscored", "self_guided"]
     assert [c.model_dir for c in candidates] == models
 
 
-def test_load_candidates_names_the_model_without_summary(two_arms):
+def test_load_candidates_refuses_a_pair_that_is_not_what_it_claims(two_arms):
     models, summaries = two_arms
-    with pytest.raises(DataError, match=r"no judge summary for model\(s\) .*-self_guided-lora \(tiny:self_guided\)"):
-        load_candidates(models, summaries[1:])
-
-
-def test_load_candidates_names_the_summary_without_model(two_arms):
-    models, summaries = two_arms
-    with pytest.raises(DataError, match=r"judge summary without a model directory: .*un.json \(tiny:unscored\)"):
-        load_candidates(models[1:], summaries)
-
-
-def test_load_candidates_rejects_duplicates(two_arms, tmp_path):
-    models, summaries = two_arms
-    copy = write_summary(tmp_path / "copy.json", json.loads(summaries[0].read_text()))
-    with pytest.raises(DataError, match="two judge summaries for base_model='tiny' arm='self_guided'"):
-        load_candidates(models, [*summaries, copy])
-    other = make_model_dir(tmp_path / "other", arm="unscored")
-    with pytest.raises(DataError, match="two model directories for base_model='tiny' arm='unscored'"):
-        load_candidates([*models, other], summaries)
+    with pytest.raises(DataError, match=r"sg.json: judge summary of 'tiny/self_guided' paired with the model in "
+                                        r".*-unscored-lora \(tiny/unscored\)"):
+        load_candidates(models, summaries)
+    with pytest.raises(DataError, match="2 model directories but 1 judge summaries"):
+        load_candidates(models, summaries[:1])
 
 
 def test_bad_model_dirs_and_summaries_are_named(two_arms, tmp_path):
     models, summaries = two_arms
-    with pytest.raises(DataError, match="selfguided.json is missing"):
-        load_candidates([tmp_path], summaries)
+    summaries = summaries[::-1]
+    with pytest.raises(ValueError, match="selfguided.json is missing"):
+        load_candidates([tmp_path, models[1]], summaries)
     manifest = json.loads((models[0] / "selfguided.json").read_text())
     (models[0] / "selfguided.json").write_text(json.dumps({**manifest, "method": "qlora"}))
-    with pytest.raises(DataError, match="field 'method' is 'qlora'"):
+    with pytest.raises(ValueError, match="field 'method' is 'qlora'"):
         load_candidates(models, summaries)
     (models[0] / "selfguided.json").write_text(json.dumps(manifest))
     shutil.rmtree(models[0] / "adapter")
-    with pytest.raises(DataError, match=r"folder adapter/ is missing \(method 'lora'"):
+    with pytest.raises(ValueError, match=r"folder adapter/ is missing \(method 'lora'"):
         load_candidates(models, summaries)
+    summaries = summaries[::-1]
     summary = json.loads(summaries[0].read_text())
     del summary["metrics"]["judge/overall"]
     summaries[0].write_text(json.dumps(summary))
@@ -247,7 +237,7 @@ def register_one(root: Path, uri: str, per_category: dict[str, float], *, run: s
     model_dir = make_model_dir(root / run, base_model=base_model, arm=arm)
     summary = make_summary(base_model, arm, per_category)
     return register_candidates([Candidate(model_dir, summary)], tracking_uri=uri, pipeline_run=run,
-                               data_sha256="0" * 64, gate=gate)
+                               scored_data_sha256="0" * 64, gate=gate)
 
 
 def test_register_logs_runs_versions_metrics_and_aliases(tmp_path, store, two_arms):
@@ -258,23 +248,24 @@ def test_register_logs_runs_versions_metrics_and_aliases(tmp_path, store, two_ar
                                usage={"prompt_tokens": 1234, "cost_usd": 0.5})
     summaries.append(write_summary(tmp_path / "s" / "hub.json", hub_summary))
 
-    report = register_candidates(load_candidates(models, summaries), tracking_uri=uri,
-                                 pipeline_run="run-1", data_sha256=sha)
+    report = register_candidates(load_candidates(models, [summaries[1], summaries[0], summaries[2]]),
+                                 tracking_uri=uri, pipeline_run="run-1", scored_data_sha256=sha)
 
-    assert [(v.model_id, v.version) for v in report.versions] == [
-        ("tiny:unscored", "1"), ("tiny:self_guided", "2"), (f"{HUB_BASE}:self_guided", "3")]
+    assert [(v.label, v.version) for v in report.versions] == [
+        ("tiny/unscored", "1"), ("tiny/self_guided", "2"), (f"{HUB_BASE}/self_guided", "3")]
     assert report.decision.promote and report.champion_before is None and report.champion_after == "2"
     assert alias(client, CHALLENGER) == "2"
     assert alias(client, CHAMPION) == "2"
 
     hub = client.get_model_version(NAME, "3")
-    assert {k: hub.tags[k] for k in ("base_model", "arm", "data_sha256", "pipeline_run", "judge_overall")} == {
-        "base_model": HUB_BASE, "arm": "self_guided", "data_sha256": sha, "pipeline_run": "run-1",
-        "judge_overall": "5.5000"}
+    assert {k: hub.tags[k] for k in ("base_model", "arm", "train_data_sha256", "pipeline_run", "judge_overall",
+                                     "base_revision", "strategy")} == {
+        "base_model": HUB_BASE, "arm": "self_guided", "train_data_sha256": "ab" * 32, "pipeline_run": "run-1",
+        "judge_overall": "5.5000", "base_revision": "0123abcd", "strategy": "condition"}
     run = client.get_run(hub.run_id)
-    assert run.info.run_name == f"{HUB_BASE}:self_guided"
+    assert run.info.run_name == f"{HUB_BASE}/self_guided"
     assert client.get_experiment(run.info.experiment_id).name == "selfguided"
-    assert run.data.tags["data_sha256"] == sha
+    assert run.data.tags["scored_data_sha256"] == sha and run.data.tags["row_kind"] == "trained"
     assert run.data.params["base_model"] == HUB_BASE
     assert run.data.params["method"] == "lora"
     assert run.data.params["judge_model"] == "gpt-4o"
@@ -300,7 +291,8 @@ def test_logged_files_reference_the_hub_base_and_bundle_only_the_tiny_base(tmp_p
     models.append(make_model_dir(tmp_path / "m", base_model=HUB_BASE, arm="self_guided"))
     summaries.append(write_summary(tmp_path / "s" / "hub.json",
                                    make_summary(HUB_BASE, "self_guided", category_scores(5.5))))
-    register_candidates(load_candidates(models, summaries), tracking_uri=uri, pipeline_run="r", data_sha256=sha)
+    register_candidates(load_candidates(models, [summaries[1], summaries[0], summaries[2]]), tracking_uri=uri, pipeline_run="r",
+                        scored_data_sha256=sha)
 
     def files(version: str) -> tuple[Path, set[str]]:
         local = Path(mlflow.artifacts.download_artifacts(f"models:/{NAME}/{version}", tracking_uri=uri,
@@ -308,17 +300,21 @@ def test_logged_files_reference_the_hub_base_and_bundle_only_the_tiny_base(tmp_p
         return local, {p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file()}
 
     hub_dir, hub_files = files("3")
-    assert "artifacts/adapter/adapter_model.safetensors" in hub_files
-    assert "artifacts/tokenizer/tokenizer.json" in hub_files
-    assert not any(f.startswith("artifacts/base/") for f in hub_files), "hub base weights must not be copied"
+    assert "artifacts/model_dir/adapter/adapter_model.safetensors" in hub_files
+    assert "artifacts/model_dir/tokenizer/tokenizer.json" in hub_files
+    assert "artifacts/model_dir/selfguided.json" in hub_files
+    assert not any(f.startswith("artifacts/model_dir/base/") for f in hub_files), "hub base weights must not be copied"
     assert not any("checkpoints" in f for f in hub_files), "training checkpoints must not be logged"
-    assert (hub_dir / "artifacts/adapter/adapter_model.safetensors").read_bytes() == (
+    # The code a version needs to load travels with it (selfguided need not be installed).
+    assert {"code/selfguided/components/trained_model.py", "code/selfguided/components/pyfunc_model.py",
+            "code/selfguided/components/prompting.py"} <= hub_files
+    assert (hub_dir / "artifacts/model_dir/adapter/adapter_model.safetensors").read_bytes() == (
         models[2] / "adapter" / "adapter_model.safetensors").read_bytes()
     meta = mlflow.models.Model.load(hub_dir / "MLmodel").metadata
     assert meta["base_model_ref"] == HUB_BASE and meta["base_weights"] == "referenced"
 
     tiny_dir, tiny_files = files("1")
-    assert "artifacts/base/model.safetensors" in tiny_files
+    assert "artifacts/model_dir/base/model.safetensors" in tiny_files
     assert mlflow.models.Model.load(tiny_dir / "MLmodel").metadata["base_weights"] == "bundled"
     # With a SQLite store, artifacts live beside the database file, not in the working directory.
     assert (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").is_dir()
@@ -335,7 +331,7 @@ def test_champion_moves_only_through_the_gate_and_rolls_back(tmp_path, store):
     assert alias(client, CHAMPION) == "1"
     assert alias(client, CHALLENGER) == "2"
     assert client.get_model_version(NAME, "2").tags["promotion"].startswith("rejected: overall 5.000 vs champion 6.000")
-    assert worse.decision_line().startswith("kept champion v1; challenger v2 (tiny:self_guided) not promoted: overall")
+    assert worse.decision_line().startswith("kept champion v1; challenger v2 (tiny/self_guided) not promoted: overall")
 
     lopsided = register_one(tmp_path, uri, category_scores(7.0, {"poem": 5.0}), run="run-3")
     assert not lopsided.decision.promote
@@ -344,7 +340,7 @@ def test_champion_moves_only_through_the_gate_and_rolls_back(tmp_path, store):
 
     better = register_one(tmp_path, uri, category_scores(6.5), run="run-4")
     assert better.decision.promote and better.champion_before == "1"
-    assert better.decision_line() == "promoted korean-writing-assistant v4 (tiny:self_guided) to champion, replacing v1"
+    assert better.decision_line() == "promoted korean-writing-assistant v4 (tiny/self_guided) to champion, replacing v1"
     assert alias(client, CHAMPION) == "4"
     assert client.get_model_version_by_alias(NAME, CHAMPION).tags[PREVIOUS_CHAMPION_TAG] == "1"
 
@@ -357,16 +353,15 @@ def test_champion_moves_only_through_the_gate_and_rolls_back(tmp_path, store):
     assert alias(client, CHAMPION) == "4"
 
 
-def test_first_candidate_missing_a_category_is_registered_but_not_champion(tmp_path, store):
+def test_first_candidate_with_an_unscored_category_is_registered_but_not_champion(tmp_path, store):
     uri, client, _ = store
-    scores = category_scores(8.0)
-    del scores["cover_letter"]
+    scores = category_scores(8.0, {"cover_letter": math.nan})
     report = register_one(tmp_path, uri, scores, run="run-1")
     assert not report.decision.promote and report.champion_after is None
     assert alias(client, CHALLENGER) == "1"
     with pytest.raises(mlflow.exceptions.MlflowException):
         client.get_model_version_by_alias(NAME, CHAMPION)
-    assert report.decision_line().startswith("no champion; challenger v1 (tiny:self_guided) not promoted: "
+    assert report.decision_line().startswith("no champion; challenger v1 (tiny/self_guided) not promoted: "
                                              "category cover_letter is not scored")
     with pytest.raises(RegistryError, match="has no champion to roll back"):
         rollback_champion(uri, NAME)
@@ -375,13 +370,15 @@ def test_first_candidate_missing_a_category_is_registered_but_not_champion(tmp_p
 def test_report_markdown_has_the_score_table_and_the_reasons(tmp_path, store, two_arms):
     uri, _, sha = store
     register_one(tmp_path, uri, category_scores(5.5), run="run-0")
-    report = register_candidates(load_candidates(*two_arms), tracking_uri=uri, pipeline_run="run-1", data_sha256=sha)
+    models, summaries = two_arms
+    report = register_candidates(load_candidates(models, summaries[::-1]), tracking_uri=uri, pipeline_run="run-1",
+                                 scored_data_sha256=sha)
     text = report.to_markdown()
     assert "| model | cover_letter | poem | blog | novel | scenario | news | overall |" in text
-    assert "| tiny:unscored (v2) | 5.00 | 5.00 | 5.00 | 5.00 | 5.00 | 5.00 | 5.00 |" in text
-    assert "| tiny:self_guided (v3) | 6.00 | 6.00 | 6.00 | 6.00 | 6.00 | 6.00 | 6.00 |" in text
+    assert "| tiny/unscored (v2) | 5.00 | 5.00 | 5.00 | 5.00 | 5.00 | 5.00 | 5.00 |" in text
+    assert "| tiny/self_guided (v3) | 6.00 | 6.00 | 6.00 | 6.00 | 6.00 | 6.00 | 6.00 |" in text
     assert "| champion before (v1) | 5.50 | 5.50 | 5.50 | 5.50 | 5.50 | 5.50 | 5.50 |" in text
-    assert "| tiny:self_guided | poem | 6.00 | 6.00 | 6.00 | 6.00 | 6.00 |" in text
+    assert "| tiny/self_guided | poem | 6.00 | 6.00 | 6.00 | 6.00 | 6.00 |" in text
     assert "## Promotion: promoted to `champion`" in text
     assert "- overall 6.000 vs champion 5.500 (+0.500, more than the required +0.000)" in text
     assert "`champion` is now v3." in text
@@ -398,12 +395,12 @@ def test_registered_model_loads_back_and_generates_like_the_trained_model(tmp_pa
     uri, _, sha = store
     model_dir = make_model_dir(tmp_path / "m", arm="self_guided", method=method)
     register_candidates([Candidate(model_dir, make_summary("tiny", "self_guided", category_scores(6.0)))],
-                        tracking_uri=uri, pipeline_run="run-1", data_sha256=sha)
+                        tracking_uri=uri, pipeline_run="run-1", scored_data_sha256=sha)
 
     mlflow.set_tracking_uri(uri)
     served = mlflow.pyfunc.load_model(f"models:/{NAME}@{CHAMPION}")
     questions = ["봄을 주제로 짧은 시를 써 주세요.", "뉴스 기사를 작성해 주세요."]
-    answers = served.predict(questions, params={"max_new_tokens": 6, "strategy": "condition"})
+    answers = served.predict(questions, params={"max_new_tokens": 6})
     assert isinstance(answers, list) and len(answers) == 2
 
     # The same answers straight from the trained directory, without MLflow in between.
@@ -463,7 +460,7 @@ def test_register_component_runs_under_kfp_local(tmp_path, two_arms):
 
         shutil.copyfile(src, out.path)
 
-    pairs = [{"model": str(m), "summary": str(s)} for m, s in zip(models, summaries)]
+    pairs = [{"model": str(m), "summary": str(s)} for m, s in zip(models, summaries[::-1])]
     uri = f"sqlite:///{tmp_path}/mlflow.db"
 
     @dsl.pipeline
@@ -485,10 +482,13 @@ def test_register_component_runs_under_kfp_local(tmp_path, two_arms):
 
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"))
     result = register_only(pairs=pairs, seed_file=str(seed), tracking_uri=uri)
-    assert result.output == "promoted korean-writing-assistant v2 (tiny:self_guided) to champion"
+    output = json.loads(result.output)
+    assert output["decision"] == "promoted korean-writing-assistant v2 (tiny/self_guided) to champion"
+    assert output["promoted"] and [v["label"] for v in output["versions"]] == ["tiny/unscored", "tiny/self_guided"]
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     champion = client.get_model_version_by_alias(NAME, CHAMPION)
-    assert champion.tags["pipeline_run"] == "kfp-local-run" and champion.tags["data_sha256"] == file_sha256(seed)
+    assert champion.tags["pipeline_run"] == "kfp-local-run"
+    assert client.get_run(champion.run_id).data.tags["scored_data_sha256"] == file_sha256(seed)
     reports = list((tmp_path / "root").rglob("report"))
     assert len(reports) == 1 and "## Promotion: promoted to `champion`" in reports[0].read_text(encoding="utf-8")
 

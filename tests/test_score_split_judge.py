@@ -6,10 +6,11 @@ import pytest
 
 from selfguided.components.data import CATEGORIES, DataError, read_jsonl
 from selfguided.components.judge import judge_offline, judge_report_html, judge_report_markdown, score_table, summarize_judgments
-from selfguided.components.offline_judge import OFFLINE_JUDGE_NAME, heuristic_scores, mean_score
+from selfguided.components.judging import mean_of_criteria as mean_score
+from selfguided.components.offline_judge import OFFLINE_JUDGE_NAME, heuristic_scores
 from selfguided.components.prompting import CRITERIA, TOP_SCORES, format_prompt, inference_prompt
 from selfguided.components.score import run_score_step, score_offline
-from selfguided.components.split import SplitConfig, in_eval, split_records
+from selfguided.components.split import SplitConfig, in_eval, mark_and_cap, run_split_step, split_records
 
 STRONG_BLOG = (
     "오늘은 집에서 쉽게 따라 할 수 있는 베란다 텃밭 가꾸기 방법을 소개해 드릴게요. 먼저 햇빛이 잘 드는 자리를 고르는 것이 "
@@ -125,23 +126,71 @@ def test_unscorable_records_stay_in_the_baseline_but_not_in_the_guided_arm():
     assert result.excluded["self_guided"]["could not be scored"] == 1
 
 
+def test_filter_control_is_a_random_subset_with_the_filtered_sets_size_and_category_mix():
+    from collections import Counter
+
+    config = SplitConfig(arms=["unscored", "self_guided", "control"], strategy="filter", filter_threshold=7,
+                         eval_fraction=0.0)
+    result = split_records(_scored(), config)
+    guided, control = result.train["self_guided"], result.train["control"]
+    assert Counter(r["category"] for r in control) == Counter(r["category"] for r in guided)
+    assert {r["id"] for r in control} != {r["id"] for r in guided}  # drawn without regard to scores
+    assert "목표 평가" not in control[0]["prompt"] and "random subset" in result.control
+    assert split_records(_scored(), config).train["control"] == control  # seeded
+
+
+def test_condition_control_shuffles_the_scores_across_the_same_records():
+    config = SplitConfig(arms=["self_guided", "control"], strategy="condition", eval_fraction=0.0)
+    result = split_records(_scored(), config)
+    guided, control = result.train["self_guided"], result.train["control"]
+    assert [r["id"] for r in control] == [r["id"] for r in guided]
+    assert [r["response"] for r in control] == [r["response"] for r in guided]
+    assert sorted(r["prompt"].split("목표 평가:\n")[1] for r in control) == \
+        sorted(r["prompt"].split("목표 평가:\n")[1] for r in guided)
+    assert sum(a["prompt"] != b["prompt"] for a, b in zip(control, guided)) > len(guided) / 2
+    assert "shuffled" in result.control
+
+
+def test_without_a_questions_file_the_test_set_is_the_held_out_seed_records(tmp_path):
+    scored = _scored()
+    (tmp_path / "scored.jsonl").write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in scored), "utf-8")
+    config = SplitConfig(eval_fraction=0.3)
+    result, questions = run_split_step(str(tmp_path / "scored.jsonl"), "", str(tmp_path / "train"),
+                                       str(tmp_path / "q.jsonl"), str(tmp_path / "report.md"), config)
+    ids = {q["question_id"] for q in questions}
+    assert ids == {r["id"] for r in result.held_out + result.eval}
+    assert {r["id"] for r in scored if r["category"] in ("cover_letter", "poem")} <= ids
+    assert all(q["seen"] is (q["category"] not in ("cover_letter", "poem")) for q in questions)
+    assert read_jsonl(tmp_path / "q.jsonl") == questions
+    assert "(unseen)" in (tmp_path / "report.md").read_text(encoding="utf-8")
+
+
+def test_max_eval_questions_caps_each_category_deterministically():
+    questions = [{"question_id": f"{c}-{i}", "category": c, "turns": ["q"]} for c in ("blog", "poem") for i in range(9)]
+    capped = mark_and_cap(questions, SplitConfig(max_eval_questions=4), trained={"blog"})
+    assert [sum(q["category"] == c for q in capped) for c in ("blog", "poem")] == [4, 4]
+    assert capped == mark_and_cap(list(questions), SplitConfig(max_eval_questions=4), trained={"blog"})
+    assert {q["seen"] for q in capped if q["category"] == "poem"} == {False}
+
+
 @pytest.mark.parametrize("bad", [dict(arms=["both"]), dict(strategy="sample"), dict(eval_fraction=1.0)])
 def test_bad_split_settings_are_rejected(bad):
     with pytest.raises(ValueError):
         split_records(_scored(), SplitConfig(**bad))
 
 
-def _answers(questions, text):
-    return [{"question_id": q["question_id"], "answer_id": str(q["question_id"]), "model_id": "tiny:unscored",
-             "choices": [{"index": 0, "turns": [text]}], "tstamp": 0.0} for q in questions]
+def _answers(questions, *texts):
+    return [{"question_id": q["question_id"], "answer_id": str(q["question_id"]), "model_id": "tiny/unscored",
+             "choices": [{"index": 0, "turns": list(texts)}], "tstamp": 0.0} for q in questions]
 
 
 def test_judge_summary_has_every_category_and_the_metric_names_of_the_design():
     questions = [{"question_id": i, "category": c, "turns": [f"{c} 글을 써 주세요"]} for i, c in enumerate(CATEGORIES)]
     judgments = judge_offline(questions, _answers(questions, STRONG_BLOG))
     assert all(j["judge"][0] == OFFLINE_JUDGE_NAME and set(j["scores"]) == set(CRITERIA) for j in judgments)
-    summary = summarize_judgments(judgments, base_model="tiny", arm="unscored", judge_model=OFFLINE_JUDGE_NAME,
-                                  prompt_version="heuristic-v1")
+    summary = summarize_judgments(judgments, row_kind="trained", base_model="tiny", arm="unscored",
+                                  judge_model=OFFLINE_JUDGE_NAME, prompt_version="heuristic-v1")
+    assert (summary["row"], summary["base_model"], summary["arm"]) == ("tiny/unscored", "tiny", "unscored")
     assert list(summary["categories"]) == list(CATEGORIES)
     for category in CATEGORIES:
         for name in (*CRITERIA, "overall"):
@@ -151,7 +200,7 @@ def test_judge_summary_has_every_category_and_the_metric_names_of_the_design():
     assert "| news | 1 |" in judge_report_markdown(summary)
     assert "data:image/png;base64," in judge_report_html(summary)
     table = score_table([summary])
-    assert table.splitlines()[0].count("|") == len(CATEGORIES) + 3 and "tiny:unscored" in table
+    assert table.splitlines()[0].count("|") == len(CATEGORIES) + 3 and "tiny/unscored" in table
 
 
 def test_english_answers_are_flagged_and_score_lower():
@@ -162,6 +211,26 @@ def test_english_answers_are_flagged_and_score_lower():
     assert english["score"] < korean["score"] - 2
 
 
+def test_the_offline_judge_applies_the_square_root_penalty_like_the_llm_judge():
+    from selfguided.components.judging import apply_korean_rule
+
+    text = "This is a blog post about balcony gardens. " * 8
+    (row,) = judge_offline([{"question_id": 1, "category": "blog", "turns": [REQUEST]}],
+                           _answers([{"question_id": 1}], text))
+    raw, _ = heuristic_scores("blog", REQUEST, text)
+    expected, overall, _, penalised = apply_korean_rule(raw, mean_score(raw), text)
+    assert penalised and row["korean_penalty"]
+    assert row["scores"] == expected and row["score"] == overall
+    assert row["score"] == pytest.approx(mean_score(raw) ** 0.5, abs=1e-3)
+
+
+def test_every_turn_is_judged_with_its_own_question():
+    question = {"question_id": 1, "category": "poem", "turns": ["봄에 대한 시를 써 주세요.", "모든 행이 ㄱ으로 시작하게 고쳐 주세요."]}
+    rows = judge_offline([question], _answers([question], STRONG_BLOG, "가을 하늘\n고운 바람"))
+    assert [(r["turn"], r["user_prompt"]) for r in rows] == [(1, question["turns"][0]), (2, question["turns"][1])]
+    assert [r["answer_chars"] for r in rows] == [len(STRONG_BLOG), len("가을 하늘\n고운 바람")]
+
+
 def test_judge_rejects_answers_to_unknown_questions():
-    with pytest.raises(ValueError, match="unknown question_id 7"):
+    with pytest.raises(DataError, match="question_id 7 is not among the questions"):
         judge_offline([], _answers([{"question_id": 7}], "x"))

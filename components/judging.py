@@ -1,0 +1,126 @@
+"""Judging rules: one owner for what a judgment is, whoever grades (the offline heuristic or an LLM).
+
+- Criteria: the four Vicuna criteria of `prompting.CRITERIA` plus `overall` (SCORE_NAMES).
+- The mean of the four criteria: `mean_of_criteria`, used for seed scores, for an overall rating
+  the judge left out, and by the offline judge.
+- The Korean rule (as KoMT-Bench does): an answer whose Hangul share of letters (`korean_ratio`)
+  is below KOREAN_MIN_RATIO counts as not written in Korean, and every score of it (each
+  criterion and overall) becomes its square root: 9 -> 3, 4 -> 2, 1 stays 1. Both judges apply
+  it through `apply_korean_rule`, so `korean_penalty: true` means the same thing in every row.
+  Hangul syllables and jamo count as Hangul; Hanja and Latin letters count as other letters;
+  digits, punctuation and spaces are ignored.
+- One row builder, `judgment_row`: a FastChat `model_judgment` row extended with the four
+  criteria, the turn, the category and whether it was trained on (`seen`), the answer's length
+  and the Korean rule's figures.
+- Rows of an evaluation have a readable label (`row_label`), for tables only: identity travels
+  as separate fields (row_kind, base_model, arm), never parsed back from a label.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Mapping
+
+from selfguided.components.prompting import CRITERIA
+
+SCORE_NAMES: tuple[str, ...] = (*CRITERIA, "overall")
+KOREAN_MIN_RATIO = 0.5
+ROW_KINDS: tuple[str, ...] = ("trained", "base", "teacher", "champion")
+
+
+def mean_of_criteria(scores: Mapping[str, float]) -> float:
+    """The mean of the four criteria, rounded to 3 decimals."""
+    return round(sum(float(scores[c]) for c in CRITERIA) / len(CRITERIA), 3)
+
+
+def _is_hangul(ch: str) -> bool:
+    code = ord(ch)
+    return (
+        0xAC00 <= code <= 0xD7A3  # syllables
+        or 0x1100 <= code <= 0x11FF  # jamo
+        or 0x3130 <= code <= 0x318F  # compatibility jamo
+        or 0xA960 <= code <= 0xA97F  # jamo extended-A
+        or 0xD7B0 <= code <= 0xD7FF  # jamo extended-B
+    )
+
+
+def korean_ratio(text: str) -> float:
+    """Share of letters that are Hangul (digits, punctuation, spaces ignored); 0.0 without letters."""
+    letters = [ch for ch in text if ch.isalpha()]
+    if not letters:
+        return 0.0
+    return sum(_is_hangul(ch) for ch in letters) / len(letters)
+
+
+def is_korean(text: str) -> bool:
+    return korean_ratio(text) >= KOREAN_MIN_RATIO
+
+
+def _sqrt_penalty(value: float) -> float:
+    return round(math.sqrt(value), 3)
+
+
+def apply_korean_rule(scores: Mapping[str, float], overall: float, answer: str
+                      ) -> tuple[dict[str, float], float, float, bool]:
+    """(scores, overall, korean_ratio, penalised): the square-root penalty on a non-Korean answer."""
+    ratio = korean_ratio(answer)
+    penalised = ratio < KOREAN_MIN_RATIO
+    if penalised:
+        return {c: _sqrt_penalty(scores[c]) for c in CRITERIA}, _sqrt_penalty(overall), ratio, True
+    return {c: float(scores[c]) for c in CRITERIA}, float(overall), ratio, False
+
+
+def row_label(row_kind: str, *, base_model: str = "", arm: str = "", model: str = "") -> str:
+    """A readable name for a row of the evaluation: "tiny/self_guided", "base/tiny",
+    "teacher/gpt-4o-mini", "champion/v3". A label only: never parsed back."""
+    if row_kind not in ROW_KINDS:
+        raise ValueError(f"unknown row kind {row_kind!r} (known: {', '.join(ROW_KINDS)})")
+    if row_kind == "trained":
+        return f"{base_model}/{arm}"
+    return f"{row_kind}/{model or base_model}"
+
+
+def judgment_row(
+    *,
+    question: Mapping[str, Any],
+    turn: int,
+    answer: str,
+    model: str,
+    judge: tuple[str, str],
+    user_prompt: str,
+    judgment: str,
+    ratings: Mapping[str, float] | None,
+    error: str | None,
+) -> dict[str, Any]:
+    """One judgment: the grade of the answer to `turn` (1-based) of `question`.
+
+    `ratings` holds the judge's four criteria and `overall` (None when the judge failed; then
+    `error` says why and `score` is -1, as in FastChat). The Korean rule is applied here.
+    """
+    ratio = korean_ratio(answer)
+    scores, score, penalised = None, -1.0, ratio < KOREAN_MIN_RATIO
+    if ratings is not None:
+        scores, score, ratio, penalised = apply_korean_rule(ratings, ratings["overall"], answer)
+    return {
+        "question_id": question["question_id"],
+        "model": model,
+        "judge": list(judge),
+        "user_prompt": user_prompt,
+        "judgment": judgment,
+        "score": score,
+        "scores": scores,
+        "category": question["category"],
+        "seen": question.get("seen"),
+        "turn": turn,
+        "answer_chars": len(answer),
+        "korean_ratio": round(ratio, 3),
+        "korean_penalty": penalised,
+        "tstamp": time.time(),
+        "error": error,
+    }
+
+
+def judged_ok(row: Mapping[str, Any]) -> bool:
+    """Whether a judgment row carries a grade (failed rows are kept, but not averaged)."""
+    return not row.get("error") and row.get("scores") is not None
