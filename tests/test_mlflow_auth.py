@@ -245,6 +245,7 @@ def test_read_only_user_reads_but_cannot_register_or_move_an_alias(auth_server, 
     _as(monkeypatch, reader)
     client = MlflowClient(tracking_uri=auth_server.tracking_uri, registry_uri=auth_server.tracking_uri)
     experiment = client.get_experiment_by_name(EXPERIMENT)
+    assert EXPERIMENT in {e.name for e in client.search_experiments()}
     runs = client.search_runs([experiment.experiment_id])
     assert runs and runs[0].data.tags["pipeline_run"] == "auth-run-1"
     champion = client.get_model_version_by_alias(MODEL, CHAMPION)
