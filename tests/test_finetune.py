@@ -16,6 +16,7 @@ from kfp.dsl import Dataset, Metrics, Model
 from safetensors.torch import load_file
 
 from selfguided.components import finetune as ft
+from selfguided.components import trained_model as tm
 from selfguided.components.data import DataError, load_seed, sample_path, write_jsonl
 from selfguided.components.finetune import FinetuneConfig, Sample
 from selfguided.components.modeling import GPT_NEOX_LINEAR_MODULES, SDPA_VARLEN, build_tiny
@@ -221,10 +222,11 @@ def test_training_lowers_the_loss_and_reports_metrics(trained):
 
 def test_output_is_the_model_artifact_layout(trained):
     out, metrics = trained
-    meta = json.loads((out / "selfguided.json").read_text())
-    assert meta["base_model"] == "tiny" and meta["base_model_ref"] == ft.BUNDLED_BASE
-    assert meta["arm"] == "unscored" and meta["method"] == "lora"
-    assert meta["train_metrics"] == metrics and meta["config"]["num_epochs"] == 3
+    meta = tm.read_manifest(out)  # validates the layout
+    assert meta.base_model == "tiny" and meta.base_model_ref == tm.BUNDLED_BASE_REF
+    assert meta.arm == "unscored" and meta.method == "lora" and meta.strategy == "condition"
+    assert meta.train_metrics == metrics and meta.config["num_epochs"] == 3
+    assert tm.read_train_log(out) and len(tm.read_train_log(out)) == metrics["steps"]
     assert (out / "adapter" / "adapter_config.json").exists() and (out / "base" / "config.json").exists()
     assert (out / "tokenizer" / "tokenizer.json").exists() and not (out / "model").exists()
     assert not (out / "checkpoints").exists()  # temporary checkpoints are cleaned up
@@ -234,7 +236,7 @@ def test_full_fine_tuning_writes_a_standalone_model(tmp_path, train_file):
     config = FinetuneConfig.for_model("tiny", method="full", max_steps=2, learning_rate=1e-3)
     ft.train(train_file, "tiny", tmp_path, config)
     assert (tmp_path / "model" / "config.json").exists() and not (tmp_path / "adapter").exists()
-    model, tokenizer = ft.load_trained(tmp_path)
+    model, tokenizer = tm.load_trained(tmp_path)
     assert model.config.use_cache and not model.training
     with torch.no_grad():
         model(torch.tensor([tokenizer("시", add_special_tokens=False)["input_ids"]]))
@@ -250,12 +252,13 @@ def test_kfp_component_trains_the_arm_file_and_logs_metrics(tmp_path, train_file
         name="metrics", uri=str(tmp_path / "metrics"), metadata={})
     ft.finetune.python_func(
         train_data=Dataset(name="train", uri=str(train_file.parent), metadata={}), base_model="tiny", arm="unscored",
-        config_json='{"max_steps": 2}', num_gpus=1, checkpoint_dir="", model=model, metrics=metrics,
+        strategy="filter", config_json='{"max_steps": 2}', num_gpus=1, checkpoint_dir="", model=model, metrics=metrics,
     )
-    assert model.metadata == {"base_model": "tiny", "arm": "unscored", "method": "lora"}
+    assert model.metadata == {"base_model": "tiny", "arm": "unscored", "strategy": "filter"}
+    assert tm.read_manifest(model.path).strategy == "filter"
     assert metrics.metadata["steps"] == 2 and metrics.metadata["train_loss"] > 0
     with pytest.raises(DataError, match="self_guided.jsonl: no training file for arm"):
-        ft.finetune_step(train_file.parent, "tiny", "self_guided", "", 1, "", tmp_path / "other")
+        ft.finetune_step(train_file.parent, "tiny", "self_guided", "condition", "", 1, "", tmp_path / "other")
 
 
 def test_module_imports_inside_a_kfp_step():
@@ -411,14 +414,15 @@ def test_torchrun_two_processes_match_one_process_with_accumulation(tmp_path, tr
     assert two["train_tokens"] == one["train_tokens"]
 
 
-def test_the_split_strategy_is_kept_with_the_model(tmp_path):
-    from selfguided.components.data import write_jsonl
+def test_the_strategy_is_written_once_into_the_manifest(tmp_path):
+    from selfguided.components.data import file_sha256, write_jsonl
     from selfguided.components.prompting import format_prompt
 
     train_dir = tmp_path / "train"
     write_jsonl(train_dir / "self_guided.jsonl", [
         {"id": str(i), "category": "blog", "prompt": format_prompt(f"글 {i}"), "response": "짧은 답입니다."}
         for i in range(4)])
-    (train_dir / "split.json").write_text('{"strategy": "filter"}', encoding="utf-8")
-    ft.finetune_step(train_dir, "tiny", "self_guided", '{"max_steps": 1}', 1, "", tmp_path / "out")
-    assert ft.read_meta(tmp_path / "out")["strategy"] == "filter"
+    ft.finetune_step(train_dir, "tiny", "self_guided", "filter", '{"max_steps": 1}', 1, "", tmp_path / "out")
+    manifest = tm.read_manifest(tmp_path / "out")
+    assert manifest.strategy == "filter" and manifest.base_revision is None
+    assert manifest.train_data_sha256 == file_sha256(train_dir / "self_guided.jsonl")

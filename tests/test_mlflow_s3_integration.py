@@ -42,15 +42,16 @@ def test_register_through_mlflow_server_stores_models_on_s3(tmp_path, mlflow_ser
         write_summary(tmp_path / "s" / "3.json", make_summary(HUB_BASE, "self_guided", category_scores(6.0))),
     ]
     first = register_candidates(load_candidates(models, summaries), tracking_uri=uri,
-                                pipeline_run="run-1", data_sha256="a" * 64)
+                                pipeline_run="run-1", scored_data_sha256="a" * 64)
 
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     versions = {v.version: v for v in client.search_model_versions(f"name = '{NAME}'")}
     assert sorted(versions, key=int) == ["1", "2", "3"]
     assert {(v.tags["base_model"], v.tags["arm"]) for v in versions.values()} == {
         ("tiny", "unscored"), ("tiny", "self_guided"), (HUB_BASE, "self_guided")}
-    assert all(v.tags["pipeline_run"] == "run-1" and v.tags["data_sha256"] == "a" * 64 for v in versions.values())
-    assert first.challenger.model_id == f"{HUB_BASE}:self_guided" and first.decision.promote
+    assert all(v.tags["pipeline_run"] == "run-1" and v.tags["train_data_sha256"] == "ab" * 32
+               for v in versions.values())
+    assert first.challenger.label == f"{HUB_BASE}/self_guided" and first.decision.promote
     assert client.get_model_version_by_alias(NAME, CHAMPION).version == "3"
 
     run = client.get_run(versions["3"].run_id)
@@ -63,23 +64,23 @@ def test_register_through_mlflow_server_stores_models_on_s3(tmp_path, mlflow_ser
     s3 = s3_server.client()
     keys = bucket_keys(s3, mlflow_server.bucket, f"{mlflow_server.prefix}/")
     model_id = versions["3"].source.removeprefix("models:/")
-    adapter_key = next(k for k in keys if model_id in k and k.endswith("artifacts/adapter/adapter_model.safetensors"))
+    adapter_key = next(k for k in keys if model_id in k and k.endswith("artifacts/model_dir/adapter/adapter_model.safetensors"))
     body = s3.get_object(Bucket=mlflow_server.bucket, Key=adapter_key)["Body"].read()
     assert body == (models[2] / "adapter" / "adapter_model.safetensors").read_bytes()
     hub_files = [k for k in keys if model_id in k]
     assert any(k.endswith("/MLmodel") for k in hub_files)
-    assert any(k.endswith("artifacts/tokenizer/tokenizer.json") for k in hub_files)
-    assert not any("/artifacts/base/" in k for k in hub_files), "a hub base must be referenced, not uploaded"
+    assert any(k.endswith("artifacts/model_dir/tokenizer/tokenizer.json") for k in hub_files)
+    assert not any("/artifacts/model_dir/base/" in k for k in hub_files), "a hub base must be referenced, not uploaded"
     assert not any("checkpoints" in k for k in keys)
     tiny_id = versions["1"].source.removeprefix("models:/")
-    assert any(tiny_id in k and k.endswith("artifacts/base/model.safetensors") for k in keys)
+    assert any(tiny_id in k and k.endswith("artifacts/model_dir/base/model.safetensors") for k in keys)
 
     # A second pipeline run: a worse challenger leaves the champion, a better one takes over.
     worse_dir = make_model_dir(tmp_path / "run-2", arm="self_guided")
     worse = register_candidates(
         load_candidates([worse_dir], [write_summary(tmp_path / "run-2" / "s.json",
                                                     make_summary("tiny", "self_guided", category_scores(5.9)))]),
-        tracking_uri=uri, pipeline_run="run-2", data_sha256="b" * 64)
+        tracking_uri=uri, pipeline_run="run-2", scored_data_sha256="b" * 64)
     assert not worse.decision.promote
     assert client.get_model_version_by_alias(NAME, CHALLENGER).version == "4"
     assert client.get_model_version_by_alias(NAME, CHAMPION).version == "3"
@@ -88,7 +89,7 @@ def test_register_through_mlflow_server_stores_models_on_s3(tmp_path, mlflow_ser
     better = register_candidates(
         load_candidates([better_dir], [write_summary(tmp_path / "run-3" / "s.json",
                                                      make_summary("tiny", "self_guided", category_scores(6.4)))]),
-        tracking_uri=uri, pipeline_run="run-3", data_sha256="c" * 64)
+        tracking_uri=uri, pipeline_run="run-3", scored_data_sha256="c" * 64)
     assert better.decision.promote
     champion = client.get_model_version_by_alias(NAME, CHAMPION)
     assert champion.version == "5" and champion.tags[PREVIOUS_CHAMPION_TAG] == "3"

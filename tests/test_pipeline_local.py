@@ -21,9 +21,10 @@ def local_run(tmp_path_factory):
 def test_every_model_version_has_scores_for_all_six_categories(local_run):
     client = MlflowClient(tracking_uri=local_run.tracking_uri)
     versions = client.search_model_versions(f"name = '{local_run.registered_model_name}'")
-    assert {(v.tags["base_model"], v.tags["arm"]) for v in versions} == {("tiny", "unscored"), ("tiny", "self_guided")}
+    assert {(v.tags["base_model"], v.tags["arm"]) for v in versions} == {
+        ("tiny", "unscored"), ("tiny", "self_guided"), ("tiny", "control")}
     for version in versions:
-        assert len(version.tags["data_sha256"]) == 64 and version.tags["pipeline_run"] == local_run.run_name
+        assert len(version.tags["train_data_sha256"]) == 64 and version.tags["pipeline_run"] == local_run.run_name
         metrics = client.get_run(version.run_id).data.metrics
         for category in CATEGORIES:
             for criterion in ("helpfulness", "relevance", "accuracy", "detail", "overall"):
@@ -37,5 +38,5 @@ def test_champion_points_at_a_registered_version(local_run):
     challenger = client.get_model_version_by_alias(local_run.registered_model_name, "challenger")
     assert champion.version == challenger.version  # first run: no champion to beat
     assert set(local_run.aliases) >= {"champion", "challenger"}
-    assert len(local_run.summaries) == 2 and all(len(s["categories"]) == len(CATEGORIES) for s in local_run.summaries)
+    assert len(local_run.summaries) == 3 and all(len(s["categories"]) == len(CATEGORIES) for s in local_run.summaries)
     assert local_run.decision.startswith("promoted")
