@@ -3,6 +3,11 @@
 Every reader names the file and line of a bad record. Records that are unusable but not fatal
 (an empty output, a missing instruction) are set aside as *rejects* with a reason, so a step can
 count them in its report instead of dropping them silently.
+
+Seed text is taken as written or not at all: the text fields (instruction, input, output and their
+aliases, and the content of system, user and assistant messages) and the category must be JSON
+strings. A number, list or object there is a reject naming the field and what it holds, never
+coerced with str(): `["리스트"]` scored as the text "['리스트']" is a paid request for nothing.
 """
 
 from __future__ import annotations
@@ -67,15 +72,19 @@ class Reject:
     line: int
     reason: str
     raw: str
+    extra: dict[str, Any] = field(default_factory=dict)
+    """More fields for the rejects file, e.g. the size of a record too long to score."""
 
     def to_json(self) -> dict[str, Any]:
-        return {"path": self.path, "line": self.line, "reason": self.reason, "raw": self.raw}
+        return {"path": self.path, "line": self.line, "reason": self.reason, "raw": self.raw, **self.extra}
 
 
 @dataclass
 class LoadResult:
     records: list[dict[str, Any]] = field(default_factory=list)
     rejects: list[Reject] = field(default_factory=list)
+    lines: list[int] = field(default_factory=list)
+    """Line number of each record in `records` (same order), for rejects set aside later."""
 
 
 def normalize_category(name: str) -> str:
@@ -140,21 +149,51 @@ def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> int:
     return count
 
 
-def _text(value: Any) -> str:
+def _json_kind(value: Any) -> str:
+    """What a JSON value is, for a reject reason: 'a list (["리스트"])', 'a number (42)'."""
+    kind = ("a boolean" if isinstance(value, bool) else "a number" if isinstance(value, (int, float))
+            else "a list" if isinstance(value, list) else "an object" if isinstance(value, dict)
+            else type(value).__name__)
+    shown = json.dumps(value, ensure_ascii=False)
+    return f"{kind} ({shown if len(shown) <= 40 else shown[:37] + '...'})"
+
+
+def _text(value: Any, name: str) -> str:
+    """A text field as written (stripped); None is an absent field; anything else is a ValueError."""
     if value is None:
         return ""
     if isinstance(value, str):
         return value.strip()
-    return str(value).strip()
+    raise ValueError(f"field {name!r} must be a string, got {_json_kind(value)}")
+
+
+def _first_text(obj: dict[str, Any], names: tuple[str, ...], problems: list[str]) -> str:
+    """The first of `names` present in `obj`, as text; a non-string value is noted in `problems`."""
+    name = next((n for n in names if n in obj), names[0])
+    try:
+        return _text(obj.get(name), name)
+    except ValueError as exc:
+        problems.append(str(exc))
+        return ""
 
 
 def _from_messages(messages: Any) -> tuple[str, str]:
     """Take instruction and output from a chat `messages` list (first user, last assistant turn)."""
     if not isinstance(messages, list) or not messages:
         raise ValueError("'messages' must be a non-empty list of {role, content} objects")
-    system = [_text(m.get("content")) for m in messages if isinstance(m, dict) and m.get("role") == "system"]
-    users = [_text(m.get("content")) for m in messages if isinstance(m, dict) and m.get("role") == "user"]
-    assistants = [_text(m.get("content")) for m in messages if isinstance(m, dict) and m.get("role") == "assistant"]
+    turns: dict[str, list[str]] = {"system": [], "user": [], "assistant": []}
+    problems = []
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict):
+            problems.append(f"messages[{index}] must be a {{role, content}} object, got {_json_kind(message)}")
+        elif message.get("role") in turns:
+            try:
+                turns[message["role"]].append(_text(message.get("content"), f"messages[{index}].content"))
+            except ValueError as exc:
+                problems.append(str(exc))
+    if problems:
+        raise ValueError("; ".join(problems))
+    system, users, assistants = turns["system"], turns["user"], turns["assistant"]
     if not users:
         raise ValueError("'messages' has no user turn")
     if not assistants:
@@ -170,23 +209,29 @@ def normalize_seed_record(obj: Any, *, default_id: str) -> dict[str, Any]:
     """
     if not isinstance(obj, dict):
         raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
+    problems: list[str] = []
     if "messages" in obj and "instruction" not in obj:
         instruction, output = _from_messages(obj["messages"])
         input_text = ""
     else:
-        instruction = _text(obj.get("instruction", obj.get("question", obj.get("prompt"))))
-        input_text = _text(obj.get("input", obj.get("context")))
-        output = _text(obj.get("output", obj.get("answer", obj.get("response"))))
-    category = obj.get("category", obj.get("type"))
+        instruction = _first_text(obj, ("instruction", "question", "prompt"), problems)
+        input_text = _first_text(obj, ("input", "context"), problems)
+        output = _first_text(obj, ("output", "answer", "response"), problems)
+    category = _first_text(obj, ("category", "type"), problems)
+    record_id = obj.get("id")
+    if record_id is not None and (isinstance(record_id, bool) or not isinstance(record_id, (str, int))):
+        problems.append(f"field 'id' must be a string or an integer, got {_json_kind(record_id)}")
+    if problems:
+        raise ValueError("; ".join(problems))
     if not instruction:
         raise ValueError("missing field 'instruction' (or 'messages' with a user turn)")
-    if category is None or not _text(category):
+    if not category:
         raise ValueError("missing field 'category'")
     if not output:
         raise ValueError("empty output")
     record: dict[str, Any] = {
-        "id": _text(obj.get("id")) or default_id,
-        "category": normalize_category(_text(category)),
+        "id": str(record_id).strip() if record_id is not None and str(record_id).strip() else default_id,
+        "category": normalize_category(category),
         "instruction": instruction,
         "input": input_text,
         "output": output,
@@ -220,6 +265,7 @@ def load_seed(
             continue
         seen_ids.add(record["id"])
         result.records.append(record)
+        result.lines.append(number)
     if not result.records:
         reasons = "; ".join(f"line {r.line}: {r.reason}" for r in result.rejects[:5])
         raise DataError(f"{path}: no usable seed records ({reasons})")

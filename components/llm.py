@@ -2,20 +2,45 @@
 
 How one request travels through `LLMClient.run`:
 
-1. Cache. Its key is the sha256 of (model, prompt name-version, messages, sampling parameters,
+1. Input check. Its prompt is sized with `estimate_tokens` (no tokenizer, no network; see there);
+   above `max_input_tokens` it fails at once with "input too long: ~N tokens > max_input_tokens M"
+   and nothing is sent, so an oversized seed record or model answer costs no paid request.
+2. Cache. Its key is the sha256 of (model, prompt name-version, messages, sampling parameters,
    response format). A hit in the cache (a local directory, or `s3://bucket/prefix` so a KFP retry
    on another pod finds it) is answered at no cost.
-2. Slot and turn. It waits for one of `concurrency` slots, then for its turn from the pool-wide
-   `RateGovernor`: request starts are spaced to the tightest limit known (`rpm_limit`, or the
-   x-ratelimit-limit-requests / -tokens the endpoint advertises), and every request waits while
-   the pool is paused.
-3. Errors. A 429 pauses the whole pool for its Retry-After (or retry-after-ms), because every
-   other request would hit the same limit; 5xx, 408, timeouts and connection errors back off this
-   request only, exponentially with jitter; other 4xx fail at once (retrying cannot help). After
-   `max_attempts` the request fails with the last reason: it never gets a made-up answer.
-4. Storage. An answer is written to the cache the moment it arrives (atomically), so a run killed
+3. Slot and turn. It waits for a slot of the `AdaptiveConcurrency` pool: at most `concurrency`
+   requests, fewer while the endpoint refuses more (see below). Then it waits for its turn from
+   the pool-wide `RateGovernor`: request starts are spaced to the tightest limit known
+   (`rpm_limit`, or the x-ratelimit-limit-requests / -tokens the endpoint advertises), and every
+   request waits while the pool is paused.
+4. Errors. A 429 is not a failure of the request, and it does not use up `max_attempts`:
+   - a 429 whose x-ratelimit-remaining-requests (or -tokens) says the quota is spent is a rate
+     limit: the whole pool pauses for its Retry-After (or retry-after-ms), because every other
+     request would hit the same limit;
+   - any other 429 (no such headers: a gateway or server limiting requests in flight) shrinks the
+     pool's concurrency, and this request alone waits its Retry-After before it queues again
+     (ahead of requests not yet sent);
+   - either way the request is retried for as long as `rate_limit_budget_s` allows, counted from
+     its first 429; 429 insufficient_quota (out of credit) fails at once.
+   5xx, 408, 409, timeouts and connection errors back off this request only, exponentially with
+   jitter, and count as attempts; other 4xx fail at once (retrying cannot help). The endpoint's
+   `x-should-retry` header overrides that: "false" fails the request at once (a 429 included),
+   "true" retries a status that would otherwise fail. After `max_attempts` real errors the
+   request fails with the last reason: it never gets a made-up answer.
+5. Storage. An answer is written to the cache the moment it arrives (atomically), so a run killed
    with kill -9 loses only the requests in flight and a rerun pays only for what is missing.
    Failures are not cached: a rerun retries them.
+
+Adaptive concurrency (`AdaptiveConcurrency`): the limit starts at `concurrency` and is never
+above it. A concurrency 429 is a congestion event. The requests sent before the refused one that
+are still out are what the endpoint took; the limit drops to that number, but at most by half per
+event, so one refusal out of order in a burst cannot collapse the pool. The other 429s of requests
+sent before that drop belong to the same event. Each success of a request sent while every slot
+was taken adds 1/limit (about one request per round trip) up to the most the endpoint has been
+seen to take. Beyond that the pool probes, and each refused probe halves how fast it probes, so a
+fixed limit costs a handful of 429s per run. This is TCP-style additive increase, multiplicative
+decrease, with the measured refusal point as the target. The progress bar shows the current
+limit (`conc=8/32`), and `UsageSummary.concurrency` the last one.
 
 Structured output: a request can carry a JSON-schema `response_format` and a plain-text variant
 (`text_fallback`). With `structured_output="auto"` the client tries the schema, and the first 400
@@ -42,6 +67,7 @@ import random
 import re
 import tempfile
 import time
+from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,6 +92,45 @@ DEFAULT_PRICES: dict[str, tuple[float, float]] = {
 BATCH_DISCOUNT = 0.5  # the Batch API bills half the list price
 STRUCTURED_OUTPUT_MODES = ("auto", "json", "text")
 _BATCH_DONE = ("completed", "failed", "expired", "cancelled")
+DEFAULT_MAX_INPUT_TOKENS = 8000
+"""Default prompt budget per request (estimated tokens): a long Korean seed record and the score
+prompt take about 1,500; pairwise judging of two 2,048-token answers about 5,000."""
+DEFAULT_RATE_LIMIT_BUDGET_S = 600.0
+"""Default time a request may keep being refused with 429 before it fails (10 minutes: OpenAI's
+per-minute limits and a busy gateway clear well within it, a daily limit does not)."""
+ASCII_CHARS_PER_TOKEN = 3
+"""`estimate_tokens`: ASCII characters per token (English averages about 4; 3 keeps it an upper bound)."""
+_MESSAGE_OVERHEAD_TOKENS = 4  # role and separators of one chat message
+_REPLY_PRIMING_TOKENS = 3  # what the chat format adds before the answer
+
+
+def estimate_tokens(text: str) -> int:
+    """A conservative token count of `text`, without a tokenizer or a network call.
+
+    Every non-ASCII character (a Hangul syllable, a Hanja, an emoji) counts as one token, and
+    every ASCII_CHARS_PER_TOKEN ASCII characters (letters, digits, spaces, punctuation) as one more.
+    Byte-pair tokenizers merge common Korean syllables and English words further, so for Korean
+    and English prose this errs on the high side: use it as a size guard, not as a bill.
+    """
+    if not text:
+        return 0
+    ascii_chars = len(text.encode("ascii", "ignore"))
+    return len(text) - ascii_chars + -(-ascii_chars // ASCII_CHARS_PER_TOKEN)
+
+
+def estimate_request_tokens(request: LLMRequest) -> int:
+    """`estimate_tokens` of a whole request: every message, the JSON schema, the chat format's
+    overhead; the larger of the request and its text variant (either may be the one sent)."""
+    estimate = _REPLY_PRIMING_TOKENS
+    for message in request.messages:
+        content = message.get("content")
+        text = content if isinstance(content, str) else json.dumps(content, ensure_ascii=False)
+        estimate += _MESSAGE_OVERHEAD_TOKENS + estimate_tokens(text)
+    if request.response_format is not None:
+        estimate += estimate_tokens(json.dumps(request.response_format, ensure_ascii=False))
+    if request.text_fallback is not None:
+        estimate = max(estimate, estimate_request_tokens(request.text_fallback))
+    return estimate
 
 
 def endpoint_configured() -> bool:
@@ -100,7 +165,8 @@ class LLMConfig:
     concurrency: int = 16
     """Requests in flight at most."""
     max_attempts: int = 6
-    """Attempts per request (the first one included) before it is marked failed."""
+    """Attempts per request (the first one included) that end in a real error (5xx, timeout,
+    connection error) before it is marked failed. 429s do not count: see rate_limit_budget_s."""
     timeout_s: float = 120.0
     """Seconds to wait for one answer before the attempt counts as timed out."""
     temperature: float = 0.0
@@ -127,6 +193,12 @@ class LLMConfig:
     """Seconds between status polls of a running batch."""
     progress: bool = True
     """Show a tqdm progress bar."""
+    rate_limit_budget_s: float = DEFAULT_RATE_LIMIT_BUDGET_S
+    """Seconds a request may keep being refused with 429, from its first 429, before it is marked
+    failed; 429s are retried within it and do not use up max_attempts."""
+    max_input_tokens: int = DEFAULT_MAX_INPUT_TOKENS
+    """Largest prompt a request may have, in `estimate_tokens` tokens; a larger one fails at once
+    ("input too long") and is never sent."""
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -140,6 +212,10 @@ class LLMConfig:
             )
         if self.rpm_limit is not None and self.rpm_limit <= 0:
             raise ValueError(f"LLMConfig.rpm_limit must be > 0, got {self.rpm_limit}")
+        if self.rate_limit_budget_s < 0:
+            raise ValueError(f"LLMConfig.rate_limit_budget_s must be >= 0, got {self.rate_limit_budget_s}")
+        if self.max_input_tokens < 1:
+            raise ValueError(f"LLMConfig.max_input_tokens must be >= 1, got {self.max_input_tokens}")
 
     def resolved_base_url(self) -> str | None:
         return self.base_url or os.environ.get("OPENAI_BASE_URL") or None
@@ -226,6 +302,9 @@ class UsageSummary:
     pair_consistency: float | None = None
     """Pairwise mode: share of pairs whose verdict did not change when the positions were swapped."""
     elapsed_s: float = 0.0
+    concurrency: int = 0
+    """Requests in flight the pool allowed at the end: LLMConfig.concurrency unless the endpoint
+    refused that many (then what it took); 0 when nothing was sent in real time."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -235,17 +314,19 @@ class UsageSummary:
         names = (
             "records", "done", "failed", "cached", "requests_sent", "retries", "rate_limited",
             "prompt_tokens", "completion_tokens", "cost_usd", "parse_success_rate", "reasked",
-            "pair_consistency", "elapsed_s",
+            "pair_consistency", "elapsed_s", "concurrency",
         )
         values = self.to_dict()
         prefix = f"llm/{step or self.step}"
-        return {f"{prefix}/{name}": float(values[name]) for name in names if values[name] is not None}
+        return {f"{prefix}/{name}": float(values[name]) for name in names
+                if values[name] is not None and (name != "concurrency" or values[name])}
 
     def summary_line(self) -> str:
         return (
             f"{self.step}: done={self.done} failed={self.failed} cached={self.cached} "
             f"sent={self.requests_sent} retries={self.retries} rate_limited={self.rate_limited} "
             f"tokens={self.prompt_tokens}+{self.completion_tokens} cost=${self.cost_usd:.4f}"
+            + (f" concurrency={self.concurrency}" if self.concurrency else "")
         )
 
     def to_markdown(self) -> str:
@@ -267,6 +348,8 @@ class UsageSummary:
         ]
         if self.pair_consistency is not None:
             rows.append(("pairwise consistency", rate(self.pair_consistency)))
+        if self.concurrency:
+            rows.append(("concurrency at the end", self.concurrency))
         rows.append(("elapsed (s)", f"{self.elapsed_s:.1f}"))
         return "\n".join([f"| LLM {self.step} | |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)])
 
@@ -465,6 +548,136 @@ class RateGovernor:
             self.interval = max(*advertised, 60.0 / self.rpm_limit if self.rpm_limit else 0.0)
 
 
+def quota_exhausted(headers: Mapping[str, str], tokens_needed: int = 0) -> bool:
+    """True when a 429's x-ratelimit-remaining-* headers say the request or token quota is spent
+    (a rate limit: the whole pool must wait); False for a 429 without them (a concurrency limit)."""
+    requests_left = _float(headers.get("x-ratelimit-remaining-requests"))
+    tokens_left = _float(headers.get("x-ratelimit-remaining-tokens"))
+    return (requests_left is not None and requests_left < 1) or (
+        tokens_left is not None and tokens_left < max(1, tokens_needed)
+    )
+
+
+@dataclass
+class Ticket:
+    """What `AdaptiveConcurrency` needs to know about one request when its answer comes back."""
+
+    seq: int
+    """Order in which the pool's requests went on the wire."""
+    on_wire: int
+    """Requests of the pool on the wire when it went out, itself included."""
+    full: bool
+    """Every slot was taken when it went out (so its fate says something about the limit)."""
+    epoch: int
+    """The pool's epoch when it went out (the number of congestion events before it)."""
+
+
+class AdaptiveConcurrency:
+    """The pool's slots: at most `limit` requests at a time, where `limit` follows the endpoint.
+
+    It starts at `maximum` (LLMConfig.concurrency) and never goes above it or below 1:
+    - `refused` (a 429 that is not a spent quota) measures what the endpoint took: the requests
+      sent before the refused one that are still out (they got in; the refused ones among them
+      have come back by then). From a request sent in the current epoch it is a congestion event:
+      the epoch advances and the limit drops to that count, but at most by half, so that one
+      refusal out of order cannot collapse the pool. A refusal of a request sent before the drop
+      belongs to that event: it lowers the limit to its count too, but not below the event's half.
+    - `succeeded` for a request sent in the current epoch with every slot taken adds 1/limit
+      (about one slot per round trip) up to `ceiling`, the most requests the endpoint has been seen
+      to take at once. Beyond it the pool probes: each probe the endpoint refuses (it took no more
+      than `ceiling` again) halves the growth above the ceiling, down to 1/(limit * MAX_PROBE_SLOWDOWN),
+      and a probe it takes (a success with more on the wire than `ceiling`) restores full speed. So
+      a fixed limit costs a handful of 429s per run, and a limit that grows is found again.
+
+    Slots are handed out first come, first served; `acquire(first=True)` (a request retried after
+    a 429) goes to the front of the queue, so that its rate-limit budget is spent waiting for the
+    endpoint, not behind requests that have not been sent yet.
+    """
+
+    MAX_PROBE_SLOWDOWN = 32.0
+
+    def __init__(self, maximum: int) -> None:
+        self.maximum = maximum
+        self.limit = float(maximum)
+        self.ceiling: int | None = None
+        self.epoch = 0
+        self.in_use = 0
+        self._wire: set[int] = set()
+        self._seq = 0
+        self._floor = 1.0
+        self._probe_slowdown = 1.0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    @property
+    def current(self) -> int:
+        """Slots available now: the integer part of `limit`."""
+        return max(1, min(self.maximum, int(self.limit)))
+
+    @property
+    def on_wire(self) -> int:
+        return len(self._wire)
+
+    async def acquire(self, first: bool = False) -> None:
+        if self.in_use < self.current and not self._waiters:
+            self.in_use += 1
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        (self._waiters.appendleft if first else self._waiters.append)(waiter)
+        try:
+            await waiter  # `_wake` takes the slot on our behalf before it resolves the future
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.release()
+            else:
+                self._waiters.remove(waiter)
+            raise
+
+    def release(self) -> None:
+        self.in_use -= 1
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters and self.in_use < self.current:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                self.in_use += 1
+                waiter.set_result(None)
+
+    def sent(self) -> Ticket:
+        """Call as a request goes on the wire (holding a slot); pass the ticket to `returned`."""
+        self._seq += 1
+        self._wire.add(self._seq)
+        return Ticket(seq=self._seq, on_wire=len(self._wire), full=self.in_use >= self.current, epoch=self.epoch)
+
+    def returned(self, ticket: Ticket) -> None:
+        self._wire.discard(ticket.seq)
+
+    def refused(self, ticket: Ticket) -> None:
+        """The endpoint refused a request for concurrency (a 429 without a spent quota); call after `returned`."""
+        took = sum(1 for seq in self._wire if seq < ticket.seq)
+        if ticket.epoch == self.epoch:
+            self.epoch += 1
+            self._floor = max(1.0, self.limit / 2)
+            if self.ceiling is not None and took >= self.ceiling:  # a probe beyond the ceiling, refused
+                self._probe_slowdown = min(self.MAX_PROBE_SLOWDOWN, self._probe_slowdown * 2)
+        self.limit = max(self._floor, min(self.limit, float(took)))
+        self.ceiling = max(1, took)
+
+    def succeeded(self, ticket: Ticket) -> None:
+        if ticket.epoch != self.epoch or not ticket.full or self.limit >= self.maximum:
+            return  # sent under an older limit, or with slots to spare: no news about the endpoint
+        if self.ceiling is not None and ticket.on_wire > self.ceiling:  # the endpoint took more than before
+            self.ceiling = ticket.on_wire
+            self._probe_slowdown = 1.0
+        step = 1.0 / self.limit
+        if self.ceiling is not None and self.limit >= self.ceiling:
+            step /= self._probe_slowdown
+        before = self.current
+        self.limit = min(float(self.maximum), self.limit + step)
+        if self.current > before:
+            self._wake()
+
+
 def _float(value: str | None) -> float | None:
     try:
         return float(value) if value is not None else None
@@ -476,6 +689,20 @@ def _error_message(exc: openai.APIStatusError) -> str:
     """The endpoint's own error message (the SDK's exc.message repeats the whole body)."""
     body = exc.body
     return str(body["message"]) if isinstance(body, dict) and body.get("message") else exc.message
+
+
+async def _done(result: LLMResult) -> LLMResult:
+    return result
+
+
+def _describe_status(status: int) -> str:
+    if status == 429:
+        return "rate limited (429)"
+    if status >= 500:
+        return f"server error ({status})"
+    if status == 408:
+        return "request timeout (408)"
+    return f"request rejected ({status})"
 
 
 def _refuses_structured_output(exc: openai.APIStatusError) -> bool:
@@ -501,6 +728,7 @@ class LLMClient:
         self.cache = open_cache(config.cache)
         self.usage = UsageSummary(step=step, model=config.model, batch=config.batch)
         self.governor = RateGovernor(config.rpm_limit, config.backoff_base_s, config.backoff_max_s)
+        self.pool = AdaptiveConcurrency(config.concurrency)
         self.structured = config.structured_output != "text"
         self._price = config.price_per_token()
         if self._price is None:
@@ -571,69 +799,137 @@ class LLMClient:
 
     async def _run_realtime(self, requests: list[LLMRequest], desc: str) -> list[LLMResult]:
         results: list[LLMResult] = [LLMResult(error="not run")] * len(requests)  # every slot is filled below
-        slots = asyncio.Semaphore(self.config.concurrency)
         failed = 0
+        pool = self.pool
         with tqdm(total=len(requests), desc=desc, unit="req", disable=not self.config.progress) as bar:
             async with self._api(max_retries=0) as api:  # retries are ours, see _complete
 
                 async def one(index: int, request: LLMRequest) -> None:
                     nonlocal failed
-                    results[index] = await self._complete(api, slots, request)
+                    results[index] = await self._complete(api, request)
                     failed += not results[index].ok
-                    bar.set_postfix(cached=self.usage.cached, failed=failed, limited=self.usage.rate_limited,
-                                    refresh=False)
+                    bar.set_postfix(conc=f"{pool.current}/{pool.maximum}", cached=self.usage.cached, failed=failed,
+                                    limited=self.usage.rate_limited, refresh=False)
                     bar.update(1)
 
                 await asyncio.gather(*(one(i, r) for i, r in enumerate(requests)))
+        if self.usage.requests_sent:
+            self.usage.concurrency = pool.current
+            if pool.current < pool.maximum:
+                log.info("%s: the endpoint refused more than about %d concurrent requests; the pool runs at %d of %d",
+                         self.usage.step, pool.ceiling or pool.current, pool.current, pool.maximum)
         return results
 
-    async def _complete(self, api: openai.AsyncOpenAI, slots: asyncio.Semaphore, request: LLMRequest) -> LLMResult:
+    def _too_long(self, request: LLMRequest) -> LLMResult | None:
+        """The failure of a request whose prompt is over max_input_tokens (it is never sent), or None."""
+        tokens = estimate_request_tokens(request)
+        if tokens <= self.config.max_input_tokens:
+            return None
+        return LLMResult(error=f"input too long: ~{tokens:,} tokens > max_input_tokens "
+                               f"{self.config.max_input_tokens:,} (estimated; nothing was sent)")
+
+    async def _complete(self, api: openai.AsyncOpenAI, request: LLMRequest) -> LLMResult:
+        refused = self._too_long(request)
+        if refused is not None:
+            return refused
+        tokens = estimate_request_tokens(request)
         hit = await self._from_cache(request)
         if hit is not None:
             return hit
         reason = "not attempted"
-        attempt = 0
-        while attempt < self.config.max_attempts:
-            attempt += 1
+        attempts = 0  # sends that ended in a real error (5xx, timeout, ...): at most max_attempts
+        limited = 0  # sends refused with 429: retried within rate_limit_budget_s
+        first_limited_at: float | None = None
+        sends = 0
+        while True:
             delay = 0.0
-            async with slots:
+            await self.pool.acquire(first=sends > 0)
+            try:
                 await self.governor.wait_turn()
-                request = self.as_sent(request)  # decided late: another request may just have learnt
+                sent = self.as_sent(request)  # decided late: another request may just have learnt
                 self.usage.requests_sent += 1
-                self.usage.retries += attempt > 1
+                self.usage.retries += sends > 0
+                sends += 1
+                ticket = self.pool.sent()
                 try:
-                    return await self._send(api, request)
-                except openai.RateLimitError as exc:
-                    self.usage.rate_limited += 1
-                    message = _error_message(exc)
-                    if exc.code == "insufficient_quota":  # out of credit: waiting will not help
-                        reason = f"429 insufficient_quota: {message}"
-                        break
-                    wait = self.governor.on_rate_limited(exc.response.headers)
-                    reason = f"rate limited (429, pool paused {wait:.1f}s): {message}"
-                except openai.APITimeoutError:
-                    reason = f"no answer within {self.config.timeout_s:g}s (timeout)"
-                    delay = backoff(attempt, self.config.backoff_base_s, self.config.backoff_max_s)
-                except openai.APIConnectionError as exc:
-                    cause = exc.__cause__ or exc
-                    reason = f"connection error: {type(cause).__name__}: {cause}"
-                    delay = backoff(attempt, self.config.backoff_base_s, self.config.backoff_max_s)
-                except openai.APIStatusError as exc:
-                    message = _error_message(exc)
-                    if exc.status_code >= 500 or exc.status_code == 408:
-                        reason = f"server error ({exc.status_code}): {message}"
-                        delay = backoff(attempt, self.config.backoff_base_s, self.config.backoff_max_s)
-                    elif self._may_fall_back(request) and _refuses_structured_output(exc):
-                        if self.structured:
-                            log.warning("endpoint refuses response_format (%s); asking for the text format", message)
-                            self.structured = False
-                        attempt -= 1  # the endpoint's capability, not this request's fault
-                        continue
-                    else:
-                        reason = f"request rejected ({exc.status_code}): {message}"
-                        break
+                    result = await self._send(api, sent)
+                except Exception as exc:  # noqa: BLE001 - sorted out below; CancelledError is not an Exception
+                    error = exc
+                else:
+                    self.pool.succeeded(ticket)
+                    return result
+                finally:
+                    self.pool.returned(ticket)
+            finally:
+                self.pool.release()
+
+            if isinstance(error, openai.APIStatusError) and error.status_code == 429:
+                self.usage.rate_limited += 1
+            kind, reason = self._classify(error, sent)
+            if kind == "fallback":
+                if self.structured:
+                    log.warning("endpoint refuses response_format (%s); asking for the text format", reason)
+                    self.structured = False
+                continue  # the endpoint's capability, not this request's fault
+            if kind == "fatal":
+                break
+            if kind == "limited":
+                assert isinstance(error, openai.APIStatusError)
+                limited += 1
+                now = time.monotonic()
+                first_limited_at = first_limited_at or now
+                headers = error.response.headers
+                if quota_exhausted(headers, tokens + self.config.max_tokens):
+                    wait = self.governor.on_rate_limited(headers)  # the whole pool waits, this request with it
+                    reason = f"rate limited (429, pool paused {wait:.1f}s): {reason}"
+                else:
+                    self.pool.refused(ticket)
+                    wait = retry_after(headers)
+                    if wait is None:
+                        wait = backoff(limited, self.config.backoff_base_s, self.config.backoff_max_s)
+                    delay = wait
+                    reason = (f"rate limited (429, {ticket.on_wire} requests in flight, concurrency now "
+                              f"{self.pool.current}): {reason}")
+                spent = now - first_limited_at
+                if spent + wait > self.config.rate_limit_budget_s:
+                    reason += (f"; still refused after {spent:.0f}s, and waiting {wait:.1f}s more would pass "
+                               f"rate_limit_budget_s={self.config.rate_limit_budget_s:g}")
+                    break
+            else:  # "retry": a real error
+                attempts += 1
+                if attempts >= self.config.max_attempts:
+                    break
+                delay = backoff(attempts, self.config.backoff_base_s, self.config.backoff_max_s)
             await asyncio.sleep(delay)
-        return LLMResult(error=f"{reason} [after {attempt} attempt{'s' if attempt != 1 else ''}]")
+        tally = f"after {attempts} attempt{'s' if attempts != 1 else ''}"
+        if limited:
+            tally += f" and {limited} rate-limited request{'s' if limited != 1 else ''}"
+        return LLMResult(error=f"{reason} [{tally}]")
+
+    def _classify(self, exc: Exception, request: LLMRequest) -> tuple[str, str]:
+        """(kind, reason) of a failed send. kind: "limited" (a 429 to wait out), "retry" (a real
+        error worth another attempt), "fallback" (the endpoint refuses response_format), "fatal"."""
+        if isinstance(exc, openai.APITimeoutError):
+            return "retry", f"no answer within {self.config.timeout_s:g}s (timeout)"
+        if isinstance(exc, openai.APIConnectionError):
+            cause = exc.__cause__ or exc
+            return "retry", f"connection error: {type(cause).__name__}: {cause}"
+        if not isinstance(exc, openai.APIStatusError):
+            return "fatal", f"unusable answer: {type(exc).__name__}: {exc}"
+        message = _error_message(exc)
+        should_retry = exc.response.headers.get("x-should-retry", "").strip().lower()
+        status = exc.status_code
+        if status == 429 and exc.code == "insufficient_quota":  # out of credit: waiting will not help
+            return "fatal", f"429 insufficient_quota: {message}"
+        if should_retry == "false":
+            return "fatal", f"{_describe_status(status)}: {message} (the endpoint says x-should-retry: false)"
+        if status == 429:
+            return "limited", message
+        if self._may_fall_back(request) and _refuses_structured_output(exc):
+            return "fallback", message
+        if status >= 500 or status in (408, 409) or should_retry == "true":
+            return "retry", f"{_describe_status(status)}: {message}"
+        return "fatal", f"request rejected ({status}): {message}"
 
     async def _send(self, api: openai.AsyncOpenAI, request: LLMRequest) -> LLMResult:
         extra = {"response_format": request.response_format} if request.response_format is not None else {}
@@ -659,7 +955,9 @@ class LLMClient:
     # -- Batch API mode --------------------------------------------------------------------
 
     async def _run_batch(self, requests: list[LLMRequest], desc: str) -> list[LLMResult]:
-        results: list[LLMResult | None] = list(await asyncio.gather(*(self._from_cache(r) for r in requests)))
+        too_long = [self._too_long(r) for r in requests]
+        results: list[LLMResult | None] = list(await asyncio.gather(
+            *(self._from_cache(r) if refused is None else _done(refused) for r, refused in zip(requests, too_long))))
         pending: dict[str, tuple[LLMRequest, list[int]]] = {}  # custom_id (= cache key) -> request, positions
         for index, request in enumerate(requests):
             if results[index] is None:

@@ -41,6 +41,12 @@ endpoint:
 resume:
   With --cache every answer is stored the moment it arrives. Rerunning the same command
   (after a crash, kill -9, or with failed records) sends requests only for what is missing.
+
+limits:
+  --concurrency is a ceiling: when the endpoint answers 429 to requests beyond what it takes in
+  flight, the client lowers its concurrency (shown as conc= on the progress bar) and grows it
+  back while requests succeed. 429s are waited out within --rate-limit-budget and do not count
+  as attempts; only real errors (5xx, timeouts) use up --max-attempts.
 """
 
 
@@ -55,7 +61,15 @@ def _add_llm_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--batch", action="store_true",
                        help="use the OpenAI Batch API: half price, results within 24 h; needs --cache to resume")
     group.add_argument("--max-attempts", type=int, default=defaults.max_attempts,
-                       help="attempts per request before it is marked failed (default: %(default)s)")
+                       help="attempts per request that end in a real error (5xx, timeout) before it is marked "
+                            "failed; 429s do not count (default: %(default)s)")
+    group.add_argument("--rate-limit-budget", type=float, default=defaults.rate_limit_budget_s, metavar="SECONDS",
+                       help="how long one request may keep being refused with 429 before it is marked failed "
+                            "(default: %(default)g)")
+    group.add_argument("--max-input-tokens", type=int, default=defaults.max_input_tokens, metavar="N",
+                       help="largest prompt sent, in estimated tokens (no tokenizer: 1 per Hangul or other "
+                            "non-ASCII character, 1 per 3 ASCII characters); a larger one is never sent: score "
+                            "sets its record aside as a reject (default: %(default)s)")
     group.add_argument("--timeout", type=float, default=defaults.timeout_s,
                        help="seconds to wait for one answer (default: %(default)s)")
     group.add_argument("--rpm", type=float, default=None,
@@ -85,6 +99,8 @@ def _config(args: argparse.Namespace) -> LLMConfig:
         prices=prices,
         batch=args.batch,
         poll_interval_s=args.poll_interval,
+        rate_limit_budget_s=args.rate_limit_budget,
+        max_input_tokens=args.max_input_tokens,
     )
 
 
@@ -97,7 +113,9 @@ def add_score_parser(subparsers: Any) -> argparse.ArgumentParser:
             "Rate every seed record (Alpaca, KoAlpaca or chat-messages JSONL) on helpfulness, relevance, "
             "accuracy and level of detail, 1-10 each, with a GPT-4 class model. The output has the seed "
             "record plus 'scores', 'score' (their mean) and 'judge'; a record that could not be scored keeps "
-            "its place with 'scores': null and an 'error'. Unusable input lines go to OUTPUT.rejects.jsonl."
+            "its place with 'scores': null and an 'error'. Unusable input lines (text fields that are not "
+            "strings, a missing field, a prompt over --max-input-tokens, ...) go to OUTPUT.rejects.jsonl with "
+            "the reason, before any request."
         ),
         epilog=_ENDPOINT_HELP
         + "\nexample:\n  selfguided score seed.jsonl -o scored.jsonl --cache .selfguided/llm-cache",
@@ -160,21 +178,27 @@ def _finish(step: str, output: Path, rows: list[dict[str, Any]], usage: UsageSum
 
 
 def run_score(args: argparse.Namespace) -> int:
+    from selfguided.components.score import set_aside_too_long
+
     try:
         loaded = load_seed(args.seed)
     except DataError as exc:
         print(f"score: {exc}", file=sys.stderr)
         return 2
-    if loaded.rejects:
-        rejects = args.output.with_name(args.output.stem + ".rejects.jsonl")
-        write_jsonl(rejects, (r.to_json() for r in loaded.rejects))
-        print(f"score: {len(loaded.rejects)} unusable record(s) set aside in {rejects}", file=sys.stderr)
+    records, too_long = set_aside_too_long(loaded, args.seed, args.max_input_tokens)
+    rejects = sorted([*loaded.rejects, *too_long], key=lambda r: r.line)
+    if rejects:
+        rejects_path = args.output.with_name(args.output.stem + ".rejects.jsonl")
+        write_jsonl(rejects_path, (r.to_json() for r in rejects))
+        print(f"score: {len(rejects)} unusable record(s) set aside in {rejects_path}"
+              + (f" ({len(too_long)} over --max-input-tokens {args.max_input_tokens})" if too_long else ""),
+              file=sys.stderr)
     if not endpoint_configured():
         _no_endpoint("score")
         from selfguided.components.score import score_offline
 
-        return _finish("score", args.output, score_offline(loaded.records), None)
-    scored, usage = score_with_llm(loaded.records, _config(args))
+        return _finish("score", args.output, score_offline(records), None)
+    scored, usage = score_with_llm(records, _config(args))
     return _finish("score", args.output, scored, usage)
 
 

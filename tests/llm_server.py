@@ -12,13 +12,20 @@ answers -> the longer one wins ("[[A]]" / "[[B]]", "[[C]]" for a tie). With a JS
 that already has an assistant turn is a re-ask and gets the bare verdict.
 
 Fault knobs (all thread-safe; change them between runs):
-- `script(*faults)`: the next chat requests, in arrival order, get these faults: "429" (with
-  Retry-After `retry_after_s`), "quota" (429 insufficient_quota), "500", "slow" (answers after
-  `slow_s`, beyond a short client timeout) or "garbage" (an answer with no parsable rating).
+- `script(*faults)`: the next chat requests, in arrival order, get these faults: "429" (a spent
+  request quota, as OpenAI answers it: Retry-After `retry_after_s` and
+  x-ratelimit-remaining-requests: 0), "busy" (429 with Retry-After `retry_after_s` and nothing
+  else, as a gateway limiting requests in flight answers), "quota" (429 insufficient_quota),
+  "500", "500-noretry" (500 with x-should-retry: false), "409-retry" (409 with x-should-retry:
+  true), "slow" (answers after `slow_s`, beyond a short client timeout) or "garbage" (an answer
+  with no parsable rating).
 - `fail_rate`: share of chat requests answered 500, drawn from a seeded RNG.
 - `rpm` (+ `burst`) and `max_concurrent`: a token-bucket rate limit and a cap on requests in
-  flight; over either, 429 with Retry-After, like OpenAI. Every answer carries the
-  x-ratelimit-{limit,remaining,reset}-requests headers when `rpm` is set.
+  flight; over either, 429 with Retry-After. Over `rpm` the 429 carries the x-ratelimit headers
+  (remaining 0), like OpenAI; over `max_concurrent` it carries only retry-after-ms and Retry-After
+  (`concurrency_retry_after_s`; `concurrency_retry_after_ms=False` leaves out retry-after-ms, so
+  that only the whole seconds of Retry-After are left, as many gateways send). Every answer
+  carries the x-ratelimit-{limit,remaining,reset}-requests headers when `rpm` is set.
 - `latency_s`: simulated generation time of every chat answer.
 - `json_schema`: False makes the server refuse `response_format` with a 400, like endpoints
   without structured output.
@@ -26,6 +33,7 @@ Fault knobs (all thread-safe; change them between runs):
 - `batch_delay_s`: how long a batch stays "in_progress" before it completes.
 
 Counters: `chat_requests` (every chat request, refused ones included), `status_counts`,
+`peak_in_flight` (most chat requests admitted at once),
 `asked` (first user message of every chat request, in arrival order),
 `arrivals` (monotonic arrival time and status of every chat request), `batches_created`,
 `files_uploaded`.
@@ -83,6 +91,8 @@ class FakeOpenAI:
         retry_after_s: float = 0.2,
         slow_s: float = 1.5,
         batch_delay_s: float = 0.0,
+        concurrency_retry_after_s: float = 0.1,
+        concurrency_retry_after_ms: bool = True,
     ) -> None:
         self.latency_s = latency_s
         self.rpm = rpm
@@ -94,6 +104,8 @@ class FakeOpenAI:
         self.retry_after_s = retry_after_s
         self.slow_s = slow_s
         self.batch_delay_s = batch_delay_s
+        self.concurrency_retry_after_s = concurrency_retry_after_s
+        self.concurrency_retry_after_ms = concurrency_retry_after_ms
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
         self._script: list[str] = []
@@ -126,6 +138,7 @@ class FakeOpenAI:
     def reset_counters(self) -> None:
         with self._lock:
             self.chat_requests = 0
+            self.peak_in_flight = 0
             self.status_counts: Counter[int] = Counter()
             self.asked: list[str] = []
             self.arrivals: list[tuple[float, int]] = []
@@ -133,7 +146,7 @@ class FakeOpenAI:
             self.files_uploaded = 0
 
     def script(self, *faults: str) -> None:
-        unknown = set(faults) - {"429", "quota", "500", "slow", "garbage"}
+        unknown = set(faults) - {"429", "busy", "quota", "500", "500-noretry", "409-retry", "slow", "garbage"}
         if unknown:
             raise ValueError(f"unknown fault(s) {sorted(unknown)}")
         with self._lock:
@@ -167,7 +180,7 @@ class FakeOpenAI:
         now = time.monotonic()
         self.chat_requests += 1
         if self.max_concurrent is not None and self._in_flight >= self.max_concurrent:
-            return "429-concurrency", {"retry-after-ms": "100", "retry-after": "1"}
+            return "429-concurrency", self._retry_headers(self.concurrency_retry_after_s, self.concurrency_retry_after_ms)
         if self.rpm is not None:
             self._refill(now)
             if self._tokens < 1.0:
@@ -179,12 +192,25 @@ class FakeOpenAI:
         if fault is None and self.fail_rate and self._rng.random() < self.fail_rate:
             fault = "500"
         if fault == "429":
-            ms = self.retry_after_s * 1000
-            return "429-scripted", {"retry-after-ms": f"{ms:.0f}", "retry-after": str(math.ceil(self.retry_after_s))}
+            return "429-scripted", {**self._retry_headers(self.retry_after_s), "x-ratelimit-remaining-requests": "0"}
+        if fault == "busy":
+            return "429-busy", self._retry_headers(self.retry_after_s)
         if fault == "quota":
             return "429-quota", {}
         self._in_flight += 1
+        self.peak_in_flight = max(self.peak_in_flight, self._in_flight)
+        if fault == "500-noretry":
+            return "500", {**self._rate_headers(), "x-should-retry": "false"}
+        if fault == "409-retry":
+            return "409", {**self._rate_headers(), "x-should-retry": "true"}
         return fault, self._rate_headers()
+
+    @staticmethod
+    def _retry_headers(seconds: float, with_ms: bool = True) -> dict[str, str]:
+        headers = {"retry-after": str(math.ceil(seconds))}
+        if with_ms:
+            headers["retry-after-ms"] = f"{seconds * 1000:.0f}"
+        return headers
 
     # -- the fake model --------------------------------------------------------------------
 
@@ -264,11 +290,15 @@ class FakeOpenAI:
                 return status, _error(message, "insufficient_quota", code="insufficient_quota"), headers
             if fault is not None and fault.startswith("429"):
                 status = 429
-                reason = "concurrent requests" if fault == "429-concurrency" else "requests per minute"
+                reason = {"429-concurrency": "concurrent requests", "429-busy": "server busy"}.get(
+                    fault, "requests per minute")
                 return status, _error(f"Rate limit reached ({reason})", "requests", code="rate_limit_exceeded"), headers
             if fault == "500":
                 status = 500
                 return status, _error("The server had an error while processing your request.", "server_error"), headers
+            if fault == "409":
+                status = 409
+                return status, _error("Another request is updating this resource.", "conflict"), headers
             time.sleep(self.slow_s if fault == "slow" else self.latency_s)
             status, payload = self.answer(body, garbage=fault == "garbage")
             return status, payload, headers
@@ -433,10 +463,13 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.0, help="seconds per answer")
     parser.add_argument("--rpm", type=float, default=None, help="requests-per-minute limit")
     parser.add_argument("--max-concurrent", type=int, default=None, help="limit on requests in flight")
+    parser.add_argument("--concurrency-retry-after", type=float, default=1.0,
+                        help="Retry-After seconds of a 429 over --max-concurrent (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the failure draws")
     args = parser.parse_args()
     with FakeOpenAI(fail_rate=args.fail_rate, latency_s=args.latency, rpm=args.rpm,
-                    max_concurrent=args.max_concurrent, seed=args.seed) as server:
+                    max_concurrent=args.max_concurrent, seed=args.seed,
+                    concurrency_retry_after_s=args.concurrency_retry_after, concurrency_retry_after_ms=False) as server:
         print(f"export OPENAI_BASE_URL={server.base_url} OPENAI_API_KEY=fake", flush=True)
         try:
             while True:
