@@ -1457,3 +1457,4 @@ def report_html(comparison: Comparison, decision: GateDecision | None = None) ->
                      "gpu_hour_usd &gt; 0).</p>")
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
+

@@ -50,15 +50,31 @@ def judge_answers(
     questions: list[dict[str, Any]], answers: list[dict[str, Any]], model: str, *, concurrency: int = 8,
     cache: str = "", base_url: str = "",
 ) -> tuple[list[dict[str, Any]], dict[str, float]]:
-    """Grade answers with `model` (LLM client layer) or offline; returns judgments and usage metrics."""
-    if model == OFFLINE_JUDGE_NAME:
-        return judge_offline(questions, answers), {}
-    from selfguided.components.llm import llm_step_config
-    from selfguided.components.llm_tasks import judge_with_llm
+    """Grade answers with `model` (LLM client layer) or offline; returns judgments and usage metrics.
 
-    config = llm_step_config("judge", model, base_url=base_url, concurrency=concurrency, cache=cache)
-    judgments, usage = judge_with_llm(questions, answers, config)
-    return judgments, usage.to_metrics("judge")
+    A turn the row did not answer (an API teacher that failed, see `error` on the answer row) is
+    a failed judgment that says why: counted, never scored.
+    """
+    if model == OFFLINE_JUDGE_NAME:
+        judgments, usage = judge_offline(questions, answers), {}
+        prompt_id = OFFLINE_PROMPT_VERSION
+    else:
+        from selfguided.components.llm import llm_step_config
+        from selfguided.components.llm_tasks import MULTI_TURN_PROMPT, judge_with_llm
+
+        config = llm_step_config("judge", model, base_url=base_url, concurrency=concurrency, cache=cache)
+        judgments, llm_usage = judge_with_llm(questions, answers, config)
+        usage, prompt_id = llm_usage.to_metrics("judge"), MULTI_TURN_PROMPT
+    by_id = {q["question_id"]: q for q in questions}
+    for answer in answers:
+        question = by_id[answer["question_id"]]
+        for turn in range(len(answer_turns(answer)) + 1, len(question["turns"]) + 1):
+            judgments.append(judgment_row(
+                question=question, turn=turn, answer="", model=answer.get("model_id", "unknown"),
+                judge=(model, prompt_id), user_prompt="", judgment="",
+                ratings=None, error=f"not answered: {answer.get('error') or 'the row gave no answer to this turn'}",
+            ))
+    return judgments, usage
 
 
 def summarize_judgments(
@@ -175,28 +191,40 @@ def judge_report_html(summary: dict[str, Any]) -> str:
 def run_judge_step(
     questions_path: str, answers_path: str, model: str, judgments_path: str, summary_path: str,
     report_path: str, html_path: str, *, row_kind: str, base_model: str = "", arm: str = "", row_model: str = "",
-    generate_seconds: float = 0.0, llm_cost_usd: float = 0.0, concurrency: int = 8, cache: str = "",
-    base_url: str = "",
+    generate_seconds: float = 0.0, llm_cost_usd: float = 0.0, note: str = "", fallback: str = "",
+    concurrency: int = 8, cache: str = "", base_url: str = "",
 ) -> dict[str, Any]:
+    """Judge one row's answers and write its judgments, summary and reports.
+
+    A reference row that could not answer (no champion yet) comes with a `note` and no answers:
+    its summary says why, and `fallback` (JSON: the champion's logged metrics and judge) travels
+    on for the gate's unpaired fallback.
+    """
     questions = load_questions(questions_path)
-    answers = load_answers(answers_path)
-    if not answers:
+    nothing = note and Path(answers_path).stat().st_size == 0  # a reference row that could not answer
+    answers = [] if nothing else load_answers(answers_path)
+    if not answers and not note:
         raise ValueError(f"{answers_path}: no answers to judge")
     judgments, usage = judge_answers(questions, answers, model, concurrency=concurrency, cache=cache,
                                      base_url=base_url)
     write_jsonl(judgments_path, judgments)
-    if not any(judged_ok(j) for j in judgments):
+    if answers and not any(judged_ok(j) for j in judgments):
         # Registering a model with no scores would only hide the failure; a retry may succeed.
         errors = sorted({str(j.get("error")) for j in judgments})[:3]
         raise RuntimeError(f"every one of {len(judgments)} judgments failed (e.g. {'; '.join(errors)}); "
                            f"judgments kept in {judgments_path}")
-    prompt_version = judgments[0]["judge"][1]
+    prompt_version = judgments[0]["judge"][1] if judgments else ""
     summary = summarize_judgments(judgments, row_kind=row_kind, base_model=base_model, arm=arm, model=row_model,
                                   judge_model=model, prompt_version=prompt_version, usage=usage,
                                   generate_seconds=generate_seconds, llm_cost_usd=llm_cost_usd)
+    summary["note"] = note
+    summary["fallback"] = json.loads(fallback) if fallback else None
     Path(summary_path).write_text(json.dumps(summary, ensure_ascii=False, indent=2), encoding="utf-8")
     Path(report_path).write_text(judge_report_markdown(summary), encoding="utf-8")
     Path(html_path).write_text(judge_report_html(summary), encoding="utf-8")
+    if note:
+        print(f"[selfguided] judge: {summary['row']}: nothing to judge ({note})", flush=True)
+        return summary
     print(f"[selfguided] judge: {summary['row']} overall {summary['overall']:.2f} over "
           f"{len(summary['categories'])} categories, {summary['n_judged']} answer turns "
           f"({summary['n_failed']} failed)", flush=True)
@@ -212,6 +240,9 @@ def judge(
     arm: str,
     row_model: str,
     generate_seconds: float,
+    answer_cost_usd: float,
+    note: str,
+    fallback: str,
     model: str,
     concurrency: int,
     cache: str,
@@ -232,6 +263,9 @@ def judge(
         arm: the arm of a trained row ("" otherwise).
         row_model: the model of a teacher row, or the version of a champion row ("" otherwise).
         generate_seconds: measured time to generate the answers (for the cost per answer).
+        answer_cost_usd: API cost of the answers (teacher rows; 0 otherwise).
+        note: why a reference row has no answers ("" when it has some).
+        fallback: JSON of the champion's logged metrics and judge when it could not be re-evaluated.
         model: judge model name, or `offline-heuristic` for runs without an API.
         concurrency: concurrent LLM requests.
         cache: LLM response cache (directory on a PVC or `s3://bucket/prefix`); "" = no cache.
@@ -246,7 +280,8 @@ def judge(
 
     result = run_judge_step(questions.path, answers.path, model, judgments.path, summary.path, report.path,
                             chart.path, row_kind=row_kind, base_model=base_model, arm=arm, row_model=row_model,
-                            generate_seconds=generate_seconds, concurrency=concurrency, cache=cache, base_url=base_url)
+                            generate_seconds=generate_seconds, llm_cost_usd=answer_cost_usd, note=note,
+                            fallback=fallback, concurrency=concurrency, cache=cache, base_url=base_url)
     for name, value in result["metrics"].items():
         metrics.log_metric(name, value)
     summary.metadata.update({"row": result["row"], "overall": result["overall"]})

@@ -65,7 +65,8 @@ SCORE_PROMPT = "score-v1"
 JUDGE_PROMPTS = {"single": "judge-single-v1", "pair": "judge-pair-v1"}
 MULTI_TURN_PROMPT = "judge-single-multi-v1"
 JUDGE_MODES = tuple(JUDGE_PROMPTS)
-_PROMPT_FIELDS = ("name", "version", "system", "user_template", "output_format", "reask")
+_PROMPT_FIELDS = ("name", "version", "system", "user_template")
+ANSWER_PROMPT = "answer-v1"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -81,10 +82,10 @@ class Prompt:
     system: str
     user_template: str
     """str.format template of the user message (the fields differ per prompt)."""
-    output_format: str
-    """How the verdict must be written in text mode; appended to the user message."""
-    reask: str
-    """Follow-up message when an answer carries no parsable verdict."""
+    output_format: str = ""
+    """How the verdict must be written in text mode; appended to the user message (judges and scorers)."""
+    reask: str = ""
+    """Follow-up message when an answer carries no parsable verdict (judges and scorers)."""
     json_schema: dict[str, Any] | None = None
     """OpenAI json_schema response format, used where the endpoint supports structured output."""
 
@@ -129,7 +130,8 @@ def load_prompt(prompt_id: str) -> Prompt:
     missing = [f for f in _PROMPT_FIELDS if not data.get(f)]
     if missing:
         raise DataError(f"{path}: missing field(s) {', '.join(missing)}")
-    prompt = Prompt(**{f: data[f] for f in _PROMPT_FIELDS}, json_schema=data.get("json_schema"))
+    prompt = Prompt(**{f: data[f] for f in _PROMPT_FIELDS}, output_format=data.get("output_format", ""),
+                    reask=data.get("reask", ""), json_schema=data.get("json_schema"))
     if prompt.id != prompt_id:
         raise DataError(f"{path}: name {prompt.name!r} and version {prompt.version!r} do not match the file name")
     return prompt
@@ -301,6 +303,47 @@ def score_with_llm(records: list[dict[str, Any]], config: LLMConfig) -> tuple[li
 
 
 # ---------------------------------------------------------------------------------------------
+# Answering the test questions (teacher rows)
+
+
+def answer_with_llm(questions: list[dict[str, Any]], config: LLMConfig) -> tuple[list[dict[str, Any]], UsageSummary]:
+    """A teacher's FastChat model_answer rows: every turn asked with the conversation so far.
+
+    A turn the API could not answer ends that conversation: the row keeps the turns answered
+    before it and says why in `error`, so the judge records the rest as failed, never as a score.
+    """
+    prompt = load_prompt(ANSWER_PROMPT)
+    client = LLMClient(config, step="teacher")
+    answers: list[list[str]] = [[] for _ in questions]
+    errors: dict[int, str] = {}
+    for k in range(max((len(q["turns"]) for q in questions), default=0)):
+        asked = [i for i, q in enumerate(questions) if len(q["turns"]) > k and i not in errors]
+        requests = []
+        for i in asked:
+            messages = [{"role": "system", "content": prompt.system}]
+            for turn, earlier in zip(questions[i]["turns"], answers[i]):
+                messages += [{"role": "user", "content": turn}, {"role": "assistant", "content": earlier}]
+            messages.append({"role": "user", "content": questions[i]["turns"][k]})
+            requests.append(LLMRequest(prompt.id, messages))
+        for i, result in zip(asked, client.run(requests, desc=f"teacher turn {k + 1} ({config.model})")):
+            if result.ok:
+                answers[i].append(result.text.strip())
+            else:
+                errors[i] = f"turn {k + 1}: {result.error}"
+    rows = [
+        {"question_id": q["question_id"], "answer_id": f"{config.model}-{q['question_id']}", "model_id": config.model,
+         "choices": [{"index": 0, "turns": texts}], "tstamp": time.time(), "category": q["category"],
+         **({"error": errors[i]} if i in errors else {})}
+        for i, (q, texts) in enumerate(zip(questions, answers))
+    ]
+    usage = client.usage
+    usage.records = len(questions)
+    usage.failed = len(errors)
+    usage.done = usage.records - usage.failed
+    return rows, usage
+
+
+# ---------------------------------------------------------------------------------------------
 # Judging model answers
 
 
@@ -320,7 +363,7 @@ def answer_turns(answer: dict[str, Any]) -> list[str]:
     """The answer texts, one per turn: the turns of the first choice of a FastChat model_answer row."""
     choices = answer.get("choices")
     turns = choices[0].get("turns") if isinstance(choices, list) and choices and isinstance(choices[0], dict) else None
-    if not isinstance(turns, list) or not turns or not all(isinstance(t, str) for t in turns):
+    if not isinstance(turns, list) or not all(isinstance(t, str) for t in turns) or not (turns or answer.get("error")):
         raise ValueError("'choices' must be [{\"index\": 0, \"turns\": [\"<answer>\", ...]}]")
     return turns
 

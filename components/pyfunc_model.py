@@ -14,14 +14,10 @@ predict params: `max_new_tokens` (default 256), `batch_size` (8), `temperature` 
 from __future__ import annotations
 
 import json
-import warnings
 from typing import Any
 
 import mlflow
-
-# The signature is given explicitly at logging (register.MODEL_SIGNATURE); MLflow's advice to
-# add type hints instead would change how it converts the input.
-warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method.*")
+import pandas as pd
 
 MODEL_DIR_ARTIFACT = "model_dir"
 
@@ -53,7 +49,9 @@ class KoreanWritingModel(mlflow.pyfunc.PythonModel):
         device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model, self.tokenizer = load_trained(model_dir, device=device)
 
-    def predict(self, context, model_input, params: dict[str, Any] | None = None) -> list[str]:
+    # The signature is given explicitly at logging (register.MODEL_SIGNATURE): pyfunc hands over a
+    # DataFrame of one string column, which is what the hint says (MLflow infers nothing from it).
+    def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> list[str]:
         from selfguided.components.trained_model import converse, generate_texts
 
         params = params or {}

@@ -11,9 +11,16 @@ ships the code it needs, so it loads where selfguided is not installed. Each mod
 version of one registered model, tagged with base_model, arm, train_data_sha256 and
 pipeline_run; the runs also carry scored_data_sha256, the hash of the scored seed data.
 
-Promotion uses aliases. The run's best candidate by `judge/overall` becomes `challenger`; an
-explicit gate (`evaluate_gate`: every category scored, overall better than the champion's, no
-category worse beyond a tolerance) decides whether it also becomes `champion`. The new champion
+Every row of the evaluation (trained, base, teacher, champion) gets one MLflow run per pipeline
+run, a child of the pipeline run's parent run (which holds the compare step's report and
+comparison), tagged `pipeline_run`, `row`, `row_kind`, `base_model`, `arm`, `judge`, with its
+metrics (`judge/<category>/<criterion>` with CIs, `delta/...` against unscored) and its
+per-question `judgments.jsonl`; trained rows also carry their training curve (`train/loss` per
+step) and their training set as a run input, and become model versions.
+
+Promotion uses aliases, and the decision is the compare step's (gate v2, paired against the
+champion re-evaluated in the same run): its challenger becomes `challenger`, and `champion` only
+when the gate promoted it and the champion has not moved since it was evaluated. The new champion
 version remembers the one it replaced in its `previous_champion` tag, so `rollback_champion`
 undoes a promotion in one call. What the step did is its JSON output (`RegisterReport.to_dict`).
 """
@@ -27,11 +34,11 @@ from dataclasses import asdict, dataclass
 from functools import cached_property
 from importlib.metadata import PackageNotFoundError, version as package_version
 from pathlib import Path
-from typing import Any, Iterable, List, Mapping, Sequence
+from typing import Any, Iterable, List, Mapping, NamedTuple, Sequence
 
 import mlflow
 import pandas as pd
-from kfp.dsl import Artifact, Dataset, Input, Markdown, Model, Output
+from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Model, Output
 # The decorator from its own module, not `kfp.dsl.component`: while a component runs
 # (_KFP_RUNTIME=true) kfp.dsl leaves out its compile-time names, and the body of `register`
 # imports this module.
@@ -43,6 +50,7 @@ from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 from tqdm.auto import tqdm
 
 from selfguided.components import prompting, pyfunc_model, trained_model
+from selfguided.components.compare import GateDecision
 from selfguided.components.data import CATEGORIES, DataError
 from selfguided.components.images import CPU_IMAGE
 from selfguided.components.judging import SCORE_NAMES
@@ -101,6 +109,10 @@ class Candidate:
 
     model_dir: Path
     summary: dict[str, Any]
+    judgments_file: Path | None = None
+    """The judge step's per-(question, turn) judgments of this model, logged with its run."""
+    train_file: Path | None = None
+    """The training set it was trained on (`<arm>.jsonl`), logged as the run's input."""
 
     def __post_init__(self) -> None:
         self.model_dir = Path(self.model_dir)
@@ -114,7 +126,9 @@ class Candidate:
         return self.manifest.display_name
 
 
-def load_candidates(model_dirs: Sequence[str | Path], summary_files: Sequence[str | Path]) -> list[Candidate]:
+def load_candidates(model_dirs: Sequence[str | Path], summary_files: Sequence[str | Path],
+                    judgment_files: Sequence[str | Path] | None = None, train_dir: str | Path | None = None
+                    ) -> list[Candidate]:
     """Candidates from the pipeline loop's collected outputs: the i-th model with the i-th summary.
 
     The loop already paired them; this checks that each pair is what it claims (the summary was
@@ -125,122 +139,25 @@ def load_candidates(model_dirs: Sequence[str | Path], summary_files: Sequence[st
     if len(model_dirs) != len(summary_files):
         raise DataError(f"{len(model_dirs)} model directories but {len(summary_files)} judge summaries")
     candidates = []
-    for model_dir, path in zip(model_dirs, summary_files):
-        candidate = Candidate(model_dir, read_summary(path))
+    judgment_files = list(judgment_files) if judgment_files is not None else [None] * len(model_dirs)
+    for model_dir, path, judgments in zip(model_dirs, summary_files, judgment_files):
+        candidate = Candidate(model_dir, read_summary(path), Path(judgments) if judgments else None)
         manifest, summary = candidate.manifest, candidate.summary
         if summary["row_kind"] != "trained" or (summary["base_model"], summary["arm"]) != (manifest.base_model, manifest.arm):
             raise DataError(f"{path}: judge summary of {summary['row']!r} paired with the model in {model_dir} "
                             f"({manifest.display_name})")
+        if train_dir is not None and (Path(train_dir) / f"{manifest.arm}.jsonl").is_file():
+            candidate.train_file = Path(train_dir) / f"{manifest.arm}.jsonl"
         candidates.append(candidate)
     return candidates
 
 
-# ---------------------------------------------------------------------------------------------
-# The promotion gate: a pure function of two sets of judge metrics
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PromotionGate:
-    """When a challenger may replace the champion. Scores are on the judge's 1-10 scale.
-
-    required_categories: categories the challenger must have a finite `judge/<cat>/overall` for;
-        empty (the default): the categories the evaluation questions carry, as found in the
-        challenger's and the champion's metrics.
-    tolerance: how much worse than the champion any single category may be (points).
-    min_improvement: how much the challenger's `judge/overall` must exceed the champion's; 0.0
-        means strictly better.
-    """
-
-    required_categories: tuple[str, ...] = ()
-    tolerance: float = 0.25
-    min_improvement: float = 0.0
-
-    def __post_init__(self) -> None:
-        if not (self.tolerance >= 0 and math.isfinite(self.tolerance)):
-            raise ValueError(f"PromotionGate.tolerance must be a finite number >= 0, got {self.tolerance}")
-        if not (self.min_improvement >= 0 and math.isfinite(self.min_improvement)):
-            raise ValueError(f"PromotionGate.min_improvement must be a finite number >= 0, got {self.min_improvement}")
-
-
 @dataclass
-class GateDecision:
-    """The gate's verdict and one sentence per check explaining it."""
+class ReferenceRow:
+    """A reference row of the evaluation (base, teacher, champion): its summary and judgments."""
 
-    promote: bool
-    reasons: list[str]
-
-
-def _score(metrics: Mapping[str, float], name: str) -> float | None:
-    value = metrics.get(name)
-    return float(value) if value is not None and math.isfinite(value) else None
-
-
-def _categories(*metric_sets: Mapping[str, float]) -> tuple[str, ...]:
-    """Categories with a `judge/<category>/overall` metric, the six writing ones first."""
-    found = {name.split("/")[1] for metrics in metric_sets for name in metrics
-             if name.startswith("judge/") and name.endswith("/overall") and name.count("/") == 2}
-    return tuple(c for c in CATEGORIES if c in found) + tuple(sorted(found - set(CATEGORIES)))
-
-
-def evaluate_gate(
-    challenger_scores: Mapping[str, float],
-    champion_scores: Mapping[str, float] | None,
-    gate: PromotionGate = PromotionGate(),
-    *,
-    challenger_judge: str | None = None,
-    champion_judge: str | None = None,
-) -> GateDecision:
-    """Decide whether the challenger replaces the champion.
-
-    Both score mappings are judge metrics as logged to MLflow: `judge/overall` and
-    `judge/<category>/overall` (other keys are ignored). `champion_scores` is None when the
-    registered model has no champion yet; the challenger is then promoted if it scored every
-    required category. A NaN or missing score counts as not scored. `challenger_judge` and
-    `champion_judge` ("<judge model>/<prompt version>") guard against comparing scores of
-    different judges: when both are known and differ, nothing is promoted automatically.
-    """
-    blocking: list[str] = []
-    notes: list[str] = []
-    required = gate.required_categories or _categories(challenger_scores, champion_scores or {})
-    if not required:
-        blocking.append("the challenger has no per-category scores (no judge/<category>/overall)")
-    challenger = {c: _score(challenger_scores, f"judge/{c}/overall") for c in required}
-    for category, score in challenger.items():
-        if score is None:
-            blocking.append(f"category {category} is not scored (no judge/{category}/overall)")
-    overall = _score(challenger_scores, "judge/overall")
-    if overall is None:
-        blocking.append("the challenger has no judge/overall score")
-
-    if champion_scores is None:
-        notes.append("no champion yet: nothing to compare against")
-    elif challenger_judge and champion_judge and challenger_judge != champion_judge:
-        blocking.append(f"judged by {challenger_judge}, the champion by {champion_judge}: the scores are not "
-                        "comparable; re-judge the champion with the same judge, or promote by hand")
-    else:
-        champion_overall = _score(champion_scores, "judge/overall")
-        if champion_overall is None:
-            blocking.append("the champion has no judge/overall score to compare against; promote by hand")
-        elif overall is not None:
-            gain = overall - champion_overall
-            verdict = f"overall {overall:.3f} vs champion {champion_overall:.3f} ({gain:+.3f}"
-            if gain > gate.min_improvement:
-                notes.append(f"{verdict}, more than the required {gate.min_improvement:+.3f})")
-            else:
-                blocking.append(f"{verdict}): not better than the champion by more than {gate.min_improvement:.3f}")
-        worse = []
-        for category, score in challenger.items():
-            champion_score = _score(champion_scores, f"judge/{category}/overall")
-            if champion_score is None:
-                notes.append(f"category {category}: the champion has no score, not compared")
-            elif score is not None and champion_score - score > gate.tolerance:
-                worse.append(category)
-                blocking.append(f"category {category} is worse by {champion_score - score:.3f} "
-                                f"({score:.3f} vs champion {champion_score:.3f}) > tolerance {gate.tolerance:.3f}")
-        if not worse and champion_overall is not None:
-            notes.append(f"no category worse than the champion's by more than {gate.tolerance:.3f}")
-    return GateDecision(promote=not blocking, reasons=blocking + notes)
+    summary: dict[str, Any]
+    judgments_file: Path | None = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -326,8 +243,10 @@ class RegisterReport:
     challenger: RegisteredVersion
     decision: GateDecision
     champion_before: str | None  # version that held `champion` before this step
-    champion_before_metrics: dict[str, float] | None
     champion_after: str | None
+    parent_run_id: str = ""
+    report_markdown: str = ""  # the compare step's report, for `selfguided run` to print
+    champion_storage_uri: str = ""  # merged weights of a newly promoted champion, for serving engines
 
     def decision_line(self) -> str:
         """The outcome in one line of text (the KFP step's return value)."""
@@ -349,14 +268,15 @@ class RegisterReport:
             "challenger": self.challenger.version,
             "champion_before": self.champion_before,
             "champion_after": self.champion_after,
+            "parent_run_id": self.parent_run_id,
+            "champion_storage_uri": self.champion_storage_uri,
             "versions": [asdict(v) for v in self.versions],
+            "report_markdown": self.report_markdown,
         }
 
     def to_markdown(self) -> str:
         rows = [(f"{v.label} (v{v.version})", v.metrics) for v in self.versions]
         categories = _categories(*(metrics for _, metrics in rows))
-        if self.champion_before_metrics is not None:
-            rows.append((f"champion before (v{self.champion_before})", self.champion_before_metrics))
         lines = [
             f"# Register: {self.registered_model_name}",
             "",
@@ -382,6 +302,13 @@ class RegisterReport:
         lines += [f"- {reason}" for reason in self.decision.reasons]
         lines += ["", f"`champion` is now v{self.champion_after}." if self.champion_after else "No `champion` yet.", ""]
         return "\n".join(lines)
+
+
+def _categories(*metric_sets: Mapping[str, float]) -> tuple[str, ...]:
+    """Categories with a `judge/<category>/overall` metric, the six writing ones first."""
+    found = {name.split("/")[1] for metrics in metric_sets for name in metrics
+             if name.startswith("judge/") and name.endswith("/overall") and name.count("/") == 2}
+    return tuple(c for c in CATEGORIES if c in found) + tuple(sorted(found - set(CATEGORIES)))
 
 
 def _fmt(value: float | None) -> str:
@@ -435,6 +362,35 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _row_tags(summary: Mapping[str, Any], pipeline_run: str, parent_run_id: str) -> dict[str, str]:
+    return {"pipeline_run": pipeline_run, "row": str(summary["row"]), "row_kind": str(summary["row_kind"]),
+            "base_model": str(summary.get("base_model", "")), "arm": str(summary.get("arm", "")),
+            "judge": str(summary.get("judge", "")), "mlflow.parentRunId": parent_run_id}
+
+
+def _row_metrics(summary: Mapping[str, Any], evaluation_metrics: Mapping[str, float] | None) -> dict[str, float]:
+    """The compare step's metrics of a row (with CIs), or the judge summary's means without them."""
+    metrics = dict(evaluation_metrics) if evaluation_metrics else {k: float(v) for k, v in summary["metrics"].items()}
+    metrics.update({f"judge_run/{k}": float(summary[k]) for k in ("n_judged", "n_failed") if _is_number(summary.get(k))})
+    metrics.update({f"judge_usage/{k}": float(v) for k, v in summary.get("usage", {}).items() if _is_number(v)})
+    return metrics
+
+
+def _log_row_files(judgments_file: Path | None, summary: Mapping[str, Any]) -> None:
+    mlflow.log_dict(dict(summary), "judge_summary.json")
+    if judgments_file is not None and Path(judgments_file).is_file():
+        with tempfile.TemporaryDirectory(prefix="selfguided-judgments-") as staging:
+            named = Path(staging) / "judgments.jsonl"  # per (question, turn), whatever the step named the file
+            shutil.copyfile(judgments_file, named)
+            mlflow.log_artifact(str(named))
+
+
+def _log_dataset(path: Path, name: str, context: str) -> None:
+    """A JSONL file as an MLflow run input (name, digest, schema, source)."""
+    frame = pd.read_json(path, lines=True)
+    mlflow.log_input(mlflow.data.from_pandas(frame, source=str(path), name=name), context=context)
+
+
 def _log_candidate(
     client: MlflowClient,
     candidate: Candidate,
@@ -442,9 +398,11 @@ def _log_candidate(
     experiment_id: str,
     registered_model_name: str,
     pipeline_run: str,
+    parent_run_id: str,
     scored_data_sha256: str,
+    evaluation_metrics: Mapping[str, float] | None,
 ) -> RegisteredVersion:
-    """One MLflow run for one candidate: params, metrics, the logged model and its version."""
+    """One MLflow run for one candidate: params, metrics, curve, judgments, the logged model and its version."""
     manifest, summary = candidate.manifest, candidate.summary
     identity = {"base_model": manifest.base_model, "arm": manifest.arm}
     origin = {"base_model_ref": manifest.base_model_ref, "base_revision": manifest.base_revision or "",
@@ -459,19 +417,21 @@ def _log_candidate(
         "judge_model": str(summary.get("judge_model", "")),
         "prompt_version": str(summary.get("prompt_version", "")),
     }
-    judge_metrics = {k: float(v) for k, v in summary["metrics"].items()}
-    metrics = {
-        **{f"train/{k}": float(v) for k, v in train_metrics.items() if _is_number(v)},
-        **judge_metrics,
-        **{f"judge_run/{k}": float(summary[k]) for k in ("n_judged", "n_failed") if _is_number(summary.get(k))},
-        **{f"judge_usage/{k}": float(v) for k, v in summary.get("usage", {}).items()},
-    }
+    judge_metrics = _row_metrics(summary, evaluation_metrics)
+    metrics = {**{f"train/{k}": float(v) for k, v in train_metrics.items() if _is_number(v)}, **judge_metrics}
     version_tags = {**identity, "pipeline_run": pipeline_run, "train_data_sha256": manifest.train_data_sha256}
-    run_tags = {**version_tags, "scored_data_sha256": scored_data_sha256, "row": candidate.label,
-                "row_kind": "trained", "judge": str(summary.get("judge", ""))}
+    run_tags = {**_row_tags(summary, pipeline_run, parent_run_id), "scored_data_sha256": scored_data_sha256,
+                "train_data_sha256": manifest.train_data_sha256}
     with mlflow.start_run(experiment_id=experiment_id, run_name=candidate.label, tags=run_tags) as run:
         mlflow.log_params(params)
-        mlflow.log_dict(summary, "judge_summary.json")
+        _log_row_files(candidate.judgments_file, summary)
+        for row in trained_model.read_train_log(candidate.model_dir):  # the training curve
+            step = int(row.get("step", 0))
+            curve = {f"train/{k}": float(v) for k, v in row.items() if k != "step" and _is_number(v)}
+            if curve:
+                mlflow.log_metrics(curve, step=step)
+        if candidate.train_file is not None:
+            _log_dataset(candidate.train_file, f"{manifest.arm}.jsonl", context="training")
         info = log_trained_model(candidate.model_dir, {
             **identity, **origin,
             "base_weights": "bundled" if manifest.bundled_base else "referenced",
@@ -492,8 +452,36 @@ def _log_candidate(
         version=str(model_version.version),
         run_id=run.info.run_id,
         model_uri=f"models:/{registered_model_name}/{model_version.version}",
-        metrics=judge_metrics,
+        metrics={k: v for k, v in judge_metrics.items() if k.startswith("judge/")},
     )
+
+
+def _log_reference(reference: ReferenceRow, *, experiment_id: str, pipeline_run: str, parent_run_id: str,
+                   evaluation_metrics: Mapping[str, float] | None) -> str:
+    """One MLflow run for a reference row (base, teacher, champion); returns its run id."""
+    summary = reference.summary
+    tags = {**_row_tags(summary, pipeline_run, parent_run_id), "model": str(summary.get("model", ""))}
+    if summary.get("note"):
+        tags["note"] = str(summary["note"])[:5000]
+    with mlflow.start_run(experiment_id=experiment_id, run_name=str(summary["row"]), tags=tags) as run:
+        mlflow.log_params({"judge_model": str(summary.get("judge_model", "")),
+                           "prompt_version": str(summary.get("prompt_version", ""))})
+        _log_row_files(reference.judgments_file, summary)
+        if summary.get("n_judged"):
+            mlflow.log_metrics(_row_metrics(summary, evaluation_metrics))
+    return run.info.run_id
+
+
+def _log_merged(client: MlflowClient, model_dir: Path, run_id: str) -> str:
+    """Log a champion's merged bf16 weights (adapter folded in, tokenizer with its chat template)
+    on its run, for engines that cannot serve LoRA on GPT-NeoX (vLLM, KServe's Hugging Face
+    runtime); returns their artifact URI."""
+    import torch
+
+    with tempfile.TemporaryDirectory(prefix="selfguided-merged-") as staging:
+        merged = trained_model.export_merged(model_dir, Path(staging) / "merged", dtype=torch.bfloat16)
+        client.log_artifacts(run_id, str(merged), artifact_path="merged")
+    return f"{client.get_run(run_id).info.artifact_uri.rstrip('/')}/merged"
 
 
 def _alias_version(client: MlflowClient, name: str, alias: str):
@@ -506,33 +494,32 @@ def _alias_version(client: MlflowClient, name: str, alias: str):
         raise
 
 
-def _judge_metrics(client: MlflowClient, run_id: str) -> dict[str, float]:
-    return {k: v for k, v in client.get_run(run_id).data.metrics.items() if k.startswith("judge/")}
-
-
-def _judge_of_run(client: MlflowClient, run_id: str) -> str | None:
-    """"<judge model>/<prompt version>" a run was judged with, from its params."""
-    params = client.get_run(run_id).data.params
-    return f"{params['judge_model']}/{params.get('prompt_version', '')}" if params.get("judge_model") else None
-
-
 def register_candidates(
     candidates: Iterable[Candidate],
     *,
+    evaluation: Mapping[str, Any],
     tracking_uri: str,
     registered_model_name: str = REGISTERED_MODEL_NAME,
     experiment_name: str = EXPERIMENT_NAME,
     pipeline_run: str,
     scored_data_sha256: str,
-    gate: PromotionGate = PromotionGate(),
+    references: Iterable[ReferenceRow] = (),
+    scored_data: str | Path | None = None,
+    reports: Mapping[str, str | Path] | None = None,
 ) -> RegisterReport:
-    """Log and register every candidate, alias the best `challenger`, promote it if the gate passes.
+    """Log every row of the evaluation, register every candidate, and move the aliases as the
+    compare step decided.
 
+    evaluation: the compare step's result (compare_step.run_compare): the challenger's identity,
+        the gate's decision, every row's metrics, and the champion version it evaluated.
     tracking_uri: `http(s)://` MLflow server, or `sqlite:////abs/path/mlflow.db` (artifacts of a
         new experiment then go to `artifacts/` beside the database file). Like
         `mlflow.set_tracking_uri`, this also points the process's fluent MLflow API at it.
     pipeline_run: id of the pipeline run that produced the candidates (tag on runs and versions).
     scored_data_sha256: hash of the scored seed data the models were trained from (run tag).
+    scored_data: that file, logged as the parent run's input.
+    reports: files logged on the parent run under the given names: `report.md` and `report.html`
+        (the compare step's reports).
     """
     candidates = list(candidates)
     if not candidates:
@@ -542,32 +529,54 @@ def register_candidates(
     _ensure_registered_model(client, registered_model_name)
     # mlflow's fluent API (start_run, log_model) follows the process-wide tracking URI.
     mlflow.set_tracking_uri(tracking_uri)
+    decision = GateDecision.from_dict(evaluation["decision"])
+    row_metrics = evaluation.get("metrics", {})
+    with mlflow.start_run(experiment_id=experiment_id, run_name=pipeline_run,
+                         tags={"pipeline_run": pipeline_run, "row_kind": "pipeline"}) as parent:
+        mlflow.log_dict(dict(evaluation), "comparison.json")
+        mlflow.log_metric("promote", float(decision.promote))
+        with tempfile.TemporaryDirectory(prefix="selfguided-reports-") as staging:
+            for name, path in (reports or {}).items():  # under readable names: report.md, report.html
+                shutil.copyfile(path, Path(staging) / name)
+                mlflow.log_artifact(str(Path(staging) / name))
+        if scored_data is not None:
+            _log_dataset(Path(scored_data), "scored.jsonl", context="scored")
     versions = [
         _log_candidate(client, c, experiment_id=experiment_id, registered_model_name=registered_model_name,
-                       pipeline_run=pipeline_run, scored_data_sha256=scored_data_sha256)
+                       pipeline_run=pipeline_run, parent_run_id=parent.info.run_id,
+                       scored_data_sha256=scored_data_sha256, evaluation_metrics=row_metrics.get(c.summary["row"]))
         for c in tqdm(candidates, desc="register", unit="model")
     ]
+    for reference in references:
+        _log_reference(reference, experiment_id=experiment_id, pipeline_run=pipeline_run,
+                       parent_run_id=parent.info.run_id, evaluation_metrics=row_metrics.get(reference.summary["row"]))
 
-    def overall(v: RegisteredVersion) -> float:
-        score = _score(v.metrics, "judge/overall")
-        return -math.inf if score is None else score
-
-    challenger = max(versions, key=overall)  # first of equals wins: model order is stable
+    wanted = evaluation["challenger"]
+    challenger = next((v for v in versions if (v.base_model, v.arm) == (wanted["base_model"], wanted["arm"])), None)
+    if challenger is None:
+        raise DataError(f"the compare step's challenger {wanted['row']!r} is not among the registered candidates "
+                        f"({', '.join(v.label for v in versions)})")
     client.set_registered_model_alias(registered_model_name, CHALLENGER, challenger.version)
     champion = _alias_version(client, registered_model_name, CHAMPION)
-    champion_metrics = _judge_metrics(client, champion.run_id) if champion is not None else None
-    decision = evaluate_gate(
-        challenger.metrics, champion_metrics, gate,
-        challenger_judge=_judge_of_run(client, challenger.run_id),
-        champion_judge=_judge_of_run(client, champion.run_id) if champion is not None else None,
-    )
+    evaluated = evaluation.get("champion_version")
+    if decision.promote and champion is not None and str(champion.version) != str(evaluated or ""):
+        # The evidence is about the champion this run evaluated; another run moved it since.
+        decision = GateDecision(False, [f"the champion moved to v{champion.version} while this run compared the "
+                                        f"challenger with {'v' + str(evaluated) if evaluated else 'no champion'}; "
+                                        "rerun to compare with the current one"] + decision.reasons,
+                                decision.figures)
     client.set_model_version_tag(registered_model_name, challenger.version, "promotion",
-                                 ("promoted: " if decision.promote else "rejected: ") + "; ".join(decision.reasons))
+                                 (("promoted: " if decision.promote else "rejected: ") + "; ".join(decision.reasons))[:5000])
+    storage_uri = ""
     if decision.promote:
+        winner = next(c for c in candidates if c.label == challenger.label)
+        storage_uri = _log_merged(client, winner.model_dir, challenger.run_id)
+        client.set_model_version_tag(registered_model_name, challenger.version, "merged_weights", storage_uri)
         client.set_registered_model_alias(registered_model_name, CHAMPION, challenger.version)
         if champion is not None:
             client.set_model_version_tag(registered_model_name, challenger.version, PREVIOUS_CHAMPION_TAG,
                                          str(champion.version))
+    markdown = Path(reports["report.md"]).read_text(encoding="utf-8") if reports and "report.md" in reports else ""
     return RegisterReport(
         registered_model_name=registered_model_name,
         pipeline_run=pipeline_run,
@@ -575,8 +584,10 @@ def register_candidates(
         challenger=challenger,
         decision=decision,
         champion_before=str(champion.version) if champion is not None else None,
-        champion_before_metrics=champion_metrics,
         champion_after=challenger.version if decision.promote else (str(champion.version) if champion else None),
+        parent_run_id=parent.info.run_id,
+        report_markdown=markdown,
+        champion_storage_uri=storage_uri,
     )
 
 
@@ -614,51 +625,74 @@ def rollback_champion(
 def register(
     models: Input[List[Model]],
     judge_summaries: Input[List[Artifact]],
+    judgments: Input[List[Dataset]],
+    reference_summaries: Input[List[Artifact]],
+    reference_judgments: Input[List[Dataset]],
+    evaluation: Input[Artifact],
+    evaluation_report: Input[Markdown],
+    evaluation_page: Input[HTML],
     scored_data: Input[Dataset],
+    train_data: Input[Dataset],
     registered_model_name: str,
     tracking_uri: str,
     experiment_name: str,
     pipeline_run: str,
-    promotion_tolerance: float,
     report: Output[Markdown],
-) -> str:
-    """Register every trained model in MLflow and promote the best one if it beats the champion.
+) -> NamedTuple("Outputs", [("result", str), ("promoted", bool), ("champion_version", str),
+                            ("champion_storage_uri", str)]):
+    """Log every row of the evaluation to MLflow, register every trained model, move the aliases as the
+    compare step decided.
 
     Args:
         models: trained model directories (finetune outputs), one per (base model, arm).
-        judge_summaries: judge summary JSON files (judge outputs), the i-th for the i-th model,
-            as the pipeline's loop collected them.
-        scored_data: the scored seed JSONL file the models were trained from; its SHA-256 tags
-            every version.
+        judge_summaries: their judge summaries, the i-th for the i-th model, as the loop collected them.
+        judgments: their per-(question, turn) judgments, in the same order.
+        reference_summaries: judge summaries of the reference rows (base, teacher, champion).
+        reference_judgments: their judgments, in the same order.
+        evaluation: the compare step's result (comparison, decision, challenger, metrics).
+        evaluation_report: the compare step's Markdown report (logged on the parent run).
+        evaluation_page: the compare step's HTML report (logged on the parent run).
+        scored_data: the scored seed JSONL (its SHA-256 tags every run; logged as an input).
+        train_data: the split's training sets (each trained run logs its own as an input).
         registered_model_name: MLflow registered model to add versions to.
         tracking_uri: MLflow tracking URI (`http://...` server, or `sqlite:////abs/mlflow.db`).
-        experiment_name: MLflow experiment holding one run per model.
+        experiment_name: MLflow experiment holding the pipeline run's parent run and one run per row.
         pipeline_run: id of this pipeline run, tagged on runs and versions.
-        promotion_tolerance: how many points (1-10 scale) any category may fall below the
-            champion's and still be promoted.
-        report: Markdown report: versions, per-category scores, the gate's decision and reasons.
+        report: Markdown report: versions, per-category scores, the decision and its reasons.
 
     Returns:
-        What the step did as JSON (RegisterReport.to_dict): the decision line first, then whether
-        it promoted, the gate's reasons, and every version it registered with its scores.
+        result: what the step did as JSON (RegisterReport.to_dict): the decision line first, then
+            whether it promoted, the reasons, every version registered, and the evaluation report;
+        promoted: whether a new champion was promoted;
+        champion_version: the version `champion` points at now ("" when none).
+        champion_storage_uri: where a newly promoted champion's merged weights are ("" otherwise).
     """
     import json
+    from collections import namedtuple
     from pathlib import Path
 
     from selfguided.components.data import file_sha256
-    from selfguided.components.register import PromotionGate, load_candidates, register_candidates
+    from selfguided.components.register import ReferenceRow, load_candidates, read_summary, register_candidates
 
-    candidates = load_candidates([m.path for m in models], [s.path for s in judge_summaries])
+    candidates = load_candidates([m.path for m in models], [s.path for s in judge_summaries],
+                                 [j.path for j in judgments], train_dir=train_data.path)
+    references = [ReferenceRow(read_summary(s.path), Path(j.path))
+                  for s, j in zip(reference_summaries, reference_judgments)]
     result = register_candidates(
         candidates,
+        evaluation=json.loads(Path(evaluation.path).read_text(encoding="utf-8")),
+        references=references,
         tracking_uri=tracking_uri,
         registered_model_name=registered_model_name,
         experiment_name=experiment_name,
         pipeline_run=pipeline_run,
         scored_data_sha256=file_sha256(scored_data.path),
-        gate=PromotionGate(tolerance=promotion_tolerance),
+        scored_data=scored_data.path,
+        reports={"report.md": evaluation_report.path, "report.html": evaluation_page.path},
     )
     Path(report.path).write_text(result.to_markdown(), encoding="utf-8")
     report.metadata.update({"challenger": result.challenger.version, "champion": result.champion_after or "",
                             "promoted": result.decision.promote})
-    return json.dumps(result.to_dict(), ensure_ascii=False)
+    outputs = namedtuple("Outputs", ["result", "promoted", "champion_version", "champion_storage_uri"])
+    return outputs(json.dumps(result.to_dict(), ensure_ascii=False), result.decision.promote,
+                   result.champion_after or "", result.champion_storage_uri)

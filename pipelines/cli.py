@@ -56,20 +56,24 @@ def _parameters(args: argparse.Namespace) -> dict:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from selfguided.components.judge import score_table
     from selfguided.pipelines.local import run_local
 
     print(f"selfguided: running the pipeline locally (work folder {Path(args.workdir).resolve()})")
     result = run_local(args.workdir, verbose=args.verbose, **_parameters(args))
-    print(f"\nFinished in {result.seconds:.0f} s (pipeline run {result.run_name}). Judge scores per category (1-10) "
-          "of the models registered by this run:\n")
-    print(score_table(result.summaries))
-    print(f"\nPromotion: {result.decision}")
+    print(f"\nFinished in {result.seconds:.0f} s (pipeline run {result.run_name}).")
+    if not result.teachers:
+        print("No teacher row: no LLM endpoint is configured (set OPENAI_API_KEY or OPENAI_BASE_URL, and "
+              "--reference-models, for the paper's ChatGPT row).")
+    print()
+    print(result.register.get("report_markdown") or "(no evaluation report)")
+    print(f"Registry: {result.decision}")
     print("Aliases of '{}': {}".format(result.registered_model_name,
           ", ".join(f"{a} -> v{v}" for a, v in sorted(result.aliases.items())) or "none"))
     print(f"\nFull log: {result.log_path}")
     print(f"Open the MLflow UI on the result:\n  mlflow ui --backend-store-uri {result.tracking_uri} --port 5000\n"
-          "  then browse http://127.0.0.1:5000 (Models -> {})".format(result.registered_model_name))
+          "  then browse http://127.0.0.1:5000 (Experiments -> selfguided: one parent run per pipeline run with the "
+          "report, one run per row; Models -> {})".format(result.registered_model_name))
+    print(f"Serve the champion (OpenAI-compatible):\n  selfguided serve --tracking-uri {result.tracking_uri}")
     return 0
 
 

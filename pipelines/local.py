@@ -15,7 +15,7 @@ import re
 import sys
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,8 @@ LOCAL_DEFAULTS: dict[str, Any] = {
     "base_models": ["tiny"],
     "finetune_config": LOCAL_FINETUNE_CONFIG,
     "max_new_tokens": 128,
+    # Nothing to deploy to on a laptop: `selfguided serve` serves the champion instead.
+    "serving_name": "",
     # The bundled seed has 14 records per category: a quarter of the trained-on ones makes 3-4 test
     # questions per seen category, beside the 14 of each held-out one.
     "eval_fraction": 0.25,
@@ -49,6 +51,7 @@ class LocalRunResult:
     tracking_uri: str
     log_path: Path
     seconds: float
+    teachers: list[str] = field(default_factory=list)
 
     @property
     def decision(self) -> str:
@@ -124,6 +127,14 @@ def default_tracking_uri(workdir: Path) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(workdir / 'mlflow.db').resolve()}"
 
 
+def default_teachers() -> list[str]:
+    """The teacher row's API model when an endpoint is configured (SELFGUIDED_TEACHER_MODEL, else
+    gpt-4o-mini, the paper's ChatGPT row), else none: without an endpoint there is no teacher."""
+    if os.environ.get("OPENAI_API_KEY") or os.environ.get("OPENAI_BASE_URL"):
+        return [os.environ.get("SELFGUIDED_TEACHER_MODEL", "gpt-4o-mini")]
+    return []
+
+
 def default_llm_model() -> str:
     """An LLM judge when an endpoint is configured, else the offline stand-in."""
     from selfguided.components.offline_judge import OFFLINE_JUDGE_NAME
@@ -165,12 +176,13 @@ def run_local(
         **LOCAL_DEFAULTS,
         "score_model": llm_model,
         "judge_model": llm_model,
+        "reference_models": default_teachers(),
         "llm_cache": str(workdir / "llm-cache"),
         "checkpoint_dir": str(workdir / "checkpoints"),
         "mlflow_tracking_uri": tracking_uri,
         **parameters,
     }
-    parallel_tasks = len(arguments["base_models"]) * len(arguments.get("arms", ARMS))
+    parallel_tasks = len(arguments["base_models"]) * (len(arguments.get("arms", ARMS)) + 1)  # + the untuned base
     log_path = workdir / "logs" / f"run-{time.strftime('%Y%m%d-%H%M%S')}.log"
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(workdir / "pipeline-root"),
                raise_on_error=True)
@@ -190,4 +202,4 @@ def run_local(
             progress.write("\n")
             builtins.print = original_print  # kfp.local indents prints while a task runs; a failure can leave it so
     return LocalRunResult(register=json.loads(task.output), tracking_uri=tracking_uri, log_path=log_path,
-                          seconds=time.monotonic() - started)
+                          seconds=time.monotonic() - started, teachers=list(arguments["reference_models"]))

@@ -1,11 +1,15 @@
 """The self-guided pipeline, read top to bottom like the paper's steps.
 
-score -> split -> for each (base model, arm): finetune -> generate -> judge -> register + promote
+score -> split -> for each (base model, arm): finetune -> generate -> judge ----\
+              -> for each reference row (base untuned, teacher, champion):  -> compare -> register -> deploy
+                                                   answer -> judge --------/
 
 Data flows forward as step outputs: the split writes the training sets and the test questions;
-each loop iteration passes its (base model, arm) to finetune and judge as parameters and the
-strategy to finetune, which writes it into the model's manifest; register receives the models
-and judge summaries as the loop collected them, and its JSON output is the pipeline's output.
+each loop iteration passes its identity (base model, arm, row kind) to its steps as parameters,
+and the strategy to finetune, which writes it into the model's manifest. Every row answers the
+same questions and is graded by the same judge; compare turns the judgments into evidence and a
+decision; register logs every row and moves the aliases as compare decided; deploy points the
+serving InferenceService at a newly promoted champion. Register's JSON output is the pipeline's.
 
 The same function runs locally under `kfp.local` (see `pipelines/local.py`) and compiles to KFP
 IR YAML for a cluster. Cluster-only settings (GPU node pool, secrets, volumes) are attached with
@@ -16,9 +20,12 @@ from typing import List
 
 from kfp import dsl, kubernetes
 
+from selfguided.components.compare_step import compare
+from selfguided.components.deploy import deploy
 from selfguided.components.finetune import finetune
 from selfguided.components.generate import generate
 from selfguided.components.judge import judge
+from selfguided.components.reference import answer_reference, plan_references
 from selfguided.components.register import EXPERIMENT_NAME, REGISTERED_MODEL_NAME, register
 from selfguided.components.score import score
 from selfguided.components.split import split
@@ -59,6 +66,14 @@ def _with_s3_secret(task: dsl.PipelineTask) -> dsl.PipelineTask:
     return task
 
 
+def _with_mlflow_secret(task: dsl.PipelineTask) -> dsl.PipelineTask:
+    # the pipeline's MLflow identity (manifests/: Secret selfguided-mlflow-auth); optional, a
+    # tracking server without authentication needs none.
+    kubernetes.use_secret_as_env(task, platform.MLFLOW_AUTH_SECRET_NAME, platform.MLFLOW_AUTH_SECRET_KEYS,
+                                 optional=True)
+    return task
+
+
 def _with_cache_volume(task: dsl.PipelineTask) -> dsl.PipelineTask:
     kubernetes.mount_pvc(task, pvc_name=platform.CACHE_PVC_NAME, mount_path=platform.CACHE_MOUNT_PATH)
     return task
@@ -88,6 +103,11 @@ def self_guided_pipeline(
     num_gpus: int = 1,
     checkpoint_dir: str = f"{platform.CACHE_MOUNT_PATH}/checkpoints",
     max_new_tokens: int = 512,
+    reference_models: List[str] = ["gpt-4o-mini"],
+    min_improvement: float = 0.0,
+    min_paired_questions: int = 20,
+    gpu_hour_usd: float = 0.0,
+    serving_name: str = REGISTERED_MODEL_NAME,
     registered_model_name: str = REGISTERED_MODEL_NAME,
     mlflow_tracking_uri: str = platform.MLFLOW_TRACKING_URI_IN_CLUSTER,
     experiment_name: str = EXPERIMENT_NAME,
@@ -116,11 +136,19 @@ def self_guided_pipeline(
         finetune_config: JSON object of FinetuneConfig overrides ("" = defaults for the model size).
         num_gpus: GPUs per finetune task (torchrun on one node when > 1).
         checkpoint_dir: training checkpoints, on the cache volume so a retried task resumes.
-        max_new_tokens: longest answer generated per eval question.
+        max_new_tokens: longest answer generated per turn of a test question.
+        reference_models: API models answering as teacher rows (the paper's ChatGPT row), through the
+            LLM endpoint; [] = no teacher row.
+        min_improvement: promote only when the lower bound of the 95% CI of the challenger's overall
+            paired difference against the champion is above this (1-10 scale).
+        min_paired_questions: shared (question, turn) pairs needed to compare challenger and champion.
+        gpu_hour_usd: price of a GPU hour, for the cost per 1000 answers of local models (0 = omitted).
+        serving_name: the KServe InferenceService pointed at a newly promoted champion ("" = no deploy).
         registered_model_name: the MLflow registered model.
         mlflow_tracking_uri: MLflow tracking server.
         experiment_name: MLflow experiment of the runs.
-        promotion_tolerance: how much worse (1-10 scale) any one category may get for a promotion.
+        promotion_tolerance: a category credibly worse than the champion's by more than this (the upper
+            bound of its paired difference's 95% CI below -tolerance) blocks a promotion.
     """
     score_task = score(seed_uri=seed_uri, model=score_model, concurrency=llm_concurrency, cache=llm_cache,
                        base_url=llm_base_url)
@@ -156,20 +184,63 @@ def self_guided_pipeline(
         judge_task = judge(
             questions=split_task.outputs["questions"], answers=generate_task.outputs["answers"],
             row_kind="trained", base_model=run.base_model, arm=run.arm, row_model="",
-            generate_seconds=generate_task.outputs["Output"], model=judge_model, concurrency=llm_concurrency, cache=llm_cache, base_url=llm_base_url,
+            generate_seconds=generate_task.outputs["Output"], answer_cost_usd=0.0, note="", fallback="",
+            model=judge_model, concurrency=llm_concurrency, cache=llm_cache, base_url=llm_base_url,
         ).set_display_name("judge answers")
         _with_s3_secret(_with_llm_secret(_with_cache_volume(judge_task))).set_retry(num_retries=2, backoff_duration="60s")
+
+    references = plan_references(base_models=base_models, reference_models=reference_models)
+    references.set_display_name("plan reference rows")
+    with dsl.ParallelFor(references.output, name="reference-row") as ref:
+        answer_task = answer_reference(
+            row=ref, questions=split_task.outputs["questions"], max_new_tokens=max_new_tokens,
+            registered_model_name=registered_model_name, tracking_uri=mlflow_tracking_uri,
+            llm_base_url=llm_base_url, llm_concurrency=llm_concurrency, llm_cache=llm_cache,
+        ).set_display_name("answer as reference row").set_caching_options(False)  # the champion may have moved
+        _with_mlflow_secret(_with_s3_secret(_with_llm_secret(_with_cache_volume(_on_gpu_pool(answer_task, 1)))))
+        answer_task.set_env_variable("HF_HOME", platform.HF_HOME).set_retry(num_retries=2, backoff_duration="60s")
+
+        reference_judge = judge(
+            questions=split_task.outputs["questions"], answers=answer_task.outputs["answers"],
+            row_kind=ref.row_kind, base_model=ref.base_model, arm="", row_model=answer_task.outputs["row_model"],
+            generate_seconds=answer_task.outputs["generate_seconds"],
+            answer_cost_usd=answer_task.outputs["answer_cost_usd"], note=answer_task.outputs["note"],
+            fallback=answer_task.outputs["fallback"],
+            model=judge_model, concurrency=llm_concurrency, cache=llm_cache, base_url=llm_base_url,
+        ).set_display_name("judge reference answers")
+        _with_s3_secret(_with_llm_secret(_with_cache_volume(reference_judge))).set_retry(num_retries=2,
+                                                                                         backoff_duration="60s")
+
+    compare_task = compare(
+        summaries=dsl.Collected(judge_task.outputs["summary"]),
+        judgments=dsl.Collected(judge_task.outputs["judgments"]),
+        reference_summaries=dsl.Collected(reference_judge.outputs["summary"]),
+        reference_judgments=dsl.Collected(reference_judge.outputs["judgments"]),
+        min_improvement=min_improvement, promotion_tolerance=promotion_tolerance,
+        min_paired_questions=min_paired_questions, gpu_hour_usd=gpu_hour_usd,
+    ).set_display_name("compare with uncertainty").set_caching_options(False)
 
     register_task = register(
         models=dsl.Collected(finetune_task.outputs["model"]),
         judge_summaries=dsl.Collected(judge_task.outputs["summary"]),
+        judgments=dsl.Collected(judge_task.outputs["judgments"]),
+        reference_summaries=dsl.Collected(reference_judge.outputs["summary"]),
+        reference_judgments=dsl.Collected(reference_judge.outputs["judgments"]),
+        evaluation=compare_task.outputs["result"],
+        evaluation_report=compare_task.outputs["report"],
+        evaluation_page=compare_task.outputs["report_page"],
         scored_data=score_task.outputs["scored"],
+        train_data=split_task.outputs["train"],
         registered_model_name=registered_model_name,
         tracking_uri=mlflow_tracking_uri,
         experiment_name=experiment_name,
         pipeline_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
-        promotion_tolerance=promotion_tolerance,
     ).set_display_name("register and promote")
     # Registering is a side effect on MLflow: never answer it from the KFP cache.
-    register_task.set_caching_options(False)
-    return register_task.outputs["Output"]
+    _with_mlflow_secret(_with_s3_secret(register_task)).set_caching_options(False)
+
+    deploy_task = deploy(
+        promoted=register_task.outputs["promoted"], storage_uri=register_task.outputs["champion_storage_uri"],
+        model_version=register_task.outputs["champion_version"], service_name=serving_name, namespace="",
+    ).set_display_name("deploy the champion").set_caching_options(False)
+    return register_task.outputs["result"]

@@ -24,6 +24,11 @@ SHM_SIZE = os.environ.get("SELFGUIDED_SHM_SIZE", "16Gi")
 # Secrets: read from Kubernetes Secrets into environment variables, never pipeline parameters.
 OPENAI_SECRET_NAME = "selfguided-openai"
 OPENAI_SECRET_KEYS = {"OPENAI_API_KEY": "OPENAI_API_KEY"}  # secret key -> env var
+# The pipeline's MLflow identity (components/tracking.py owns the names; manifests/ creates it).
+from selfguided.components.tracking import (  # noqa: E402
+    PIPELINE_AUTH_SECRET_KEYS as MLFLOW_AUTH_SECRET_KEYS,
+    PIPELINE_AUTH_SECRET_NAME as MLFLOW_AUTH_SECRET_NAME,
+)
 S3_SECRET_NAME = "selfguided-s3"
 S3_SECRET_KEYS = {"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY"}
 

@@ -149,3 +149,35 @@ def write_summary(path: Path, summary: Mapping[str, Any]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(summary, ensure_ascii=False, indent=2), encoding="utf-8")
     return path
+
+
+def make_judgments(per_category: Mapping[str, float], *, n: int = 8, spread: float = 0.0, seed: int = 0,
+                   unseen: tuple[str, ...] = ("cover_letter", "poem")) -> list[dict[str, Any]]:
+    """Judgment rows as the judge step writes them: `n` questions per category (question ids
+    `<category>-<i>`, shared by every row built here), scores around the category's value."""
+    import random
+
+    rng = random.Random(seed)
+    rows = []
+    for category, value in per_category.items():
+        for i in range(n):
+            score = min(10.0, max(1.0, value + (rng.uniform(-spread, spread) if spread else 0.0)))
+            rows.append({"question_id": f"{category}-{i}", "turn": 1, "category": category,
+                         "seen": category not in unseen, "scores": {c: score for c in CRITERIA}, "score": score,
+                         "answer_chars": 200 + 10 * i, "error": None})
+    return rows
+
+
+def write_row(root: Path, name: str, judgments: list[dict[str, Any]], *, row_kind: str = "trained",
+              base_model: str = "tiny", arm: str = "", model: str = "", judge_model: str = "offline-heuristic",
+              note: str = "") -> tuple[Path, Path]:
+    """A judge step's two outputs for one row: (summary file, judgments file)."""
+    from selfguided.components.data import write_jsonl
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    summary = summarize_judgments(judgments, row_kind=row_kind, base_model=base_model, arm=arm, model=model,
+                                  judge_model=judge_model, prompt_version="heuristic-v1")
+    summary.update(note=note, fallback=None)
+    write_jsonl(root / f"{name}.judgments.jsonl", judgments)
+    return write_summary(root / f"{name}.summary.json", summary), root / f"{name}.judgments.jsonl"

@@ -75,7 +75,7 @@ def test_prompts_are_versioned_data_with_working_templates(prompt_id):
 
 
 def test_unknown_prompt_names_the_known_ones():
-    with pytest.raises(DataError, match="known: judge-pair-v1, judge-single-multi-v1, judge-single-v1, score-v1"):
+    with pytest.raises(DataError, match="known: answer-v1, judge-pair-v1, judge-single-multi-v1, judge-single-v1, score-v1"):
         load_prompt("score-v9")
 
 

@@ -11,8 +11,17 @@ import mlflow
 import pytest
 import torch
 from mlflow import MlflowClient
-from registry_fixtures import category_scores, make_model_dir, make_summary, write_summary
+from registry_fixtures import (
+    category_scores,
+    make_judgments,
+    make_model_dir,
+    make_summary,
+    write_row,
+    write_summary,
+)
 
+from selfguided.components.compare import PromotionGate
+from selfguided.components.compare_step import run_compare
 from selfguided.components.data import CATEGORIES, DataError, file_sha256
 from selfguided.components.prompting import CRITERIA, inference_prompt
 from selfguided.components.register import (
@@ -20,11 +29,11 @@ from selfguided.components.register import (
     CHAMPION,
     PREVIOUS_CHAMPION_TAG,
     Candidate,
-    PromotionGate,
+    ReferenceRow,
     RegistryError,
     default_artifact_location,
-    evaluate_gate,
     load_candidates,
+    read_summary,
     register_candidates,
     rollback_champion,
 )
@@ -38,118 +47,14 @@ def alias(client: MlflowClient, name: str) -> str:
     return str(client.get_model_version_by_alias(NAME, name).version)
 
 
-def judge_metrics(per_category: dict[str, float]) -> dict[str, float]:
-    return make_summary("tiny", "self_guided", per_category)["metrics"]
-
-
-# --- the gate --------------------------------------------------------------------------------
-
-
-def test_gate_promotes_without_champion_when_every_category_is_scored():
-    decision = evaluate_gate(judge_metrics(category_scores(4.0)), None, PromotionGate())
-    assert decision.promote
-    assert decision.reasons == ["no champion yet: nothing to compare against"]
-
-
-def test_gate_rejects_missing_and_nan_categories_even_without_champion():
-    scores = category_scores(7.0)
-    del scores["poem"]
-    metrics = judge_metrics(scores)
-    metrics["judge/news/overall"] = math.nan
-    decision = evaluate_gate(metrics, None, PromotionGate(required_categories=CATEGORIES))
-    assert not decision.promote
-    assert not evaluate_gate(metrics, None, PromotionGate()).promote  # news is present, and NaN
-    assert "category poem is not scored (no judge/poem/overall)" in decision.reasons
-    assert "category news is not scored (no judge/news/overall)" in decision.reasons
-
-
-def test_gate_rejects_challenger_without_overall():
-    metrics = judge_metrics(category_scores(7.0))
-    del metrics["judge/overall"]
-    decision = evaluate_gate(metrics, None, PromotionGate())
-    assert not decision.promote
-    assert "the challenger has no judge/overall score" in decision.reasons
-
-
-def test_gate_rejects_equal_overall_because_strictly_better_is_required():
-    champion = judge_metrics(category_scores(6.0))
-    decision = evaluate_gate(judge_metrics(category_scores(6.0)), champion, PromotionGate())
-    assert not decision.promote
-    assert decision.reasons[0] == (
-        "overall 6.000 vs champion 6.000 (+0.000): not better than the champion by more than 0.000"
-    )
-
-
-def test_gate_requires_min_improvement():
-    champion = judge_metrics(category_scores(6.0))
-    challenger = judge_metrics(category_scores(6.1))
-    assert evaluate_gate(challenger, champion, PromotionGate(min_improvement=0.0)).promote
-    decision = evaluate_gate(challenger, champion, PromotionGate(min_improvement=0.2))
-    assert not decision.promote
-    assert "not better than the champion by more than 0.200" in decision.reasons[0]
-
-
-def test_gate_rejects_a_category_worse_beyond_tolerance_even_if_overall_is_better():
-    champion = judge_metrics(category_scores(6.0))
-    challenger = judge_metrics(category_scores(7.0, {"novel": 5.5}))  # overall 6.75, novel -0.5
-    decision = evaluate_gate(challenger, champion, PromotionGate(tolerance=0.25))
-    assert not decision.promote
-    assert decision.reasons == [
-        "category novel is worse by 0.500 (5.500 vs champion 6.000) > tolerance 0.250",
-        "overall 6.750 vs champion 6.000 (+0.750, more than the required +0.000)",
-    ]
-
-
-def test_gate_accepts_a_category_worse_within_tolerance():
-    champion = judge_metrics(category_scores(6.0))
-    challenger = judge_metrics(category_scores(7.0, {"poem": 5.8}))
-    decision = evaluate_gate(challenger, champion, PromotionGate(tolerance=0.25))
-    assert decision.promote
-    assert decision.reasons == [
-        "overall 6.800 vs champion 6.000 (+0.800, more than the required +0.000)",
-        "no category worse than the champion's by more than 0.250",
-    ]
-
-
-def test_gate_lists_every_failing_reason_at_once():
-    champion = judge_metrics(category_scores(6.0))
-    scores = category_scores(5.0)
-    del scores["blog"]
-    decision = evaluate_gate(judge_metrics(scores), champion, PromotionGate())
-    assert not decision.promote
-    assert decision.reasons[0] == "category blog is not scored (no judge/blog/overall)"
-    assert any(r.startswith("overall 5.000 vs champion 6.000") for r in decision.reasons)
-    worse = [r for r in decision.reasons if "is worse by 1.000" in r]
-    assert len(worse) == len(CATEGORIES) - 1
-
-
-def test_gate_compares_only_categories_the_champion_has():
-    champion = judge_metrics(category_scores(6.0))
-    del champion["judge/scenario/overall"]
-    decision = evaluate_gate(judge_metrics(category_scores(6.5)), champion, PromotionGate())
-    assert decision.promote
-    assert "category scenario: the champion has no score, not compared" in decision.reasons
-
-
-def test_gate_rejects_when_the_champion_has_no_overall():
-    champion = judge_metrics(category_scores(6.0))
-    del champion["judge/overall"]
-    decision = evaluate_gate(judge_metrics(category_scores(9.0)), champion, PromotionGate())
-    assert not decision.promote
-    assert "the champion has no judge/overall score to compare against; promote by hand" in decision.reasons
-
-
-def test_gate_works_over_the_categories_the_questions_carry_unless_told_otherwise():
-    metrics = judge_metrics({"novel": 6.0, "writing": 6.0, "roleplay": 6.0})  # e.g. KoMT-Bench categories
-    assert evaluate_gate(metrics, None, PromotionGate()).promote
-    decision = evaluate_gate(metrics, None, PromotionGate(required_categories=("novel", "poem")))
-    assert not decision.promote and "category poem is not scored (no judge/poem/overall)" in decision.reasons
-
-
-@pytest.mark.parametrize("kwargs", [{"tolerance": -0.1}, {"min_improvement": -1.0}, {"tolerance": math.inf}])
-def test_gate_rejects_bad_settings(kwargs):
-    with pytest.raises(ValueError, match="PromotionGate"):
-        PromotionGate(**kwargs)
+def decided(challenger: Candidate, promote: bool, reason: str = "the compare step said so",
+            champion_version: str | None = None, metrics: dict | None = None) -> dict:
+    """A compare step result that names `challenger` and carries a decision (the gate itself is
+    tested in test_compare.py; here the registry must follow what it decided)."""
+    manifest = challenger.manifest
+    return {"decision": {"promote": promote, "reasons": [reason], "figures": {}},
+            "challenger": {"row": manifest.display_name, "base_model": manifest.base_model, "arm": manifest.arm},
+            "champion_version": champion_version, "metrics": metrics or {}, "notes": [], "rows": []}
 
 
 # --- candidates ------------------------------------------------------------------------------
@@ -232,12 +137,12 @@ def store(tmp_path, empty_store):
     return uri, MlflowClient(tracking_uri=uri, registry_uri=uri), file_sha256(seed)
 
 
-def register_one(root: Path, uri: str, per_category: dict[str, float], *, run: str, arm: str = "self_guided",
-                 base_model: str = "tiny", gate: PromotionGate = PromotionGate()):
+def register_one(root: Path, uri: str, per_category: dict[str, float], *, run: str, promote: bool,
+                 arm: str = "self_guided", base_model: str = "tiny", champion_version: str | None = None):
     model_dir = make_model_dir(root / run, base_model=base_model, arm=arm)
-    summary = make_summary(base_model, arm, per_category)
-    return register_candidates([Candidate(model_dir, summary)], tracking_uri=uri, pipeline_run=run,
-                               scored_data_sha256="0" * 64, gate=gate)
+    candidate = Candidate(model_dir, make_summary(base_model, arm, per_category))
+    return register_candidates([candidate], evaluation=decided(candidate, promote, champion_version=champion_version),
+                               tracking_uri=uri, pipeline_run=run, scored_data_sha256="0" * 64)
 
 
 def test_register_logs_runs_versions_metrics_and_aliases(tmp_path, store, two_arms):
@@ -248,8 +153,9 @@ def test_register_logs_runs_versions_metrics_and_aliases(tmp_path, store, two_ar
                                usage={"prompt_tokens": 1234, "cost_usd": 0.5})
     summaries.append(write_summary(tmp_path / "s" / "hub.json", hub_summary))
 
-    report = register_candidates(load_candidates(models, [summaries[1], summaries[0], summaries[2]]),
-                                 tracking_uri=uri, pipeline_run="run-1", scored_data_sha256=sha)
+    candidates = load_candidates(models, [summaries[1], summaries[0], summaries[2]])
+    report = register_candidates(candidates, evaluation=decided(candidates[1], True), tracking_uri=uri,
+                                 pipeline_run="run-1", scored_data_sha256=sha)
 
     assert [(v.label, v.version) for v in report.versions] == [
         ("tiny/unscored", "1"), ("tiny/self_guided", "2"), (f"{HUB_BASE}/self_guided", "3")]
@@ -291,7 +197,8 @@ def test_logged_files_reference_the_hub_base_and_bundle_only_the_tiny_base(tmp_p
     models.append(make_model_dir(tmp_path / "m", base_model=HUB_BASE, arm="self_guided"))
     summaries.append(write_summary(tmp_path / "s" / "hub.json",
                                    make_summary(HUB_BASE, "self_guided", category_scores(5.5))))
-    register_candidates(load_candidates(models, [summaries[1], summaries[0], summaries[2]]), tracking_uri=uri, pipeline_run="r",
+    candidates = load_candidates(models, [summaries[1], summaries[0], summaries[2]])
+    register_candidates(candidates, evaluation=decided(candidates[2], False), tracking_uri=uri, pipeline_run="r",
                         scored_data_sha256=sha)
 
     def files(version: str) -> tuple[Path, set[str]]:
@@ -320,68 +227,114 @@ def test_logged_files_reference_the_hub_base_and_bundle_only_the_tiny_base(tmp_p
     assert (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").is_dir()
 
 
-def test_champion_moves_only_through_the_gate_and_rolls_back(tmp_path, store):
+def test_champion_moves_only_as_decided_and_rolls_back(tmp_path, store):
     uri, client, _ = store
-    first = register_one(tmp_path, uri, category_scores(6.0), run="run-1")
+    first = register_one(tmp_path, uri, category_scores(6.0), run="run-1", promote=True)
     assert first.decision.promote and first.champion_after == "1"
+    assert client.get_model_version(NAME, "1").tags["merged_weights"] == first.champion_storage_uri
+    merged = Path(mlflow.artifacts.download_artifacts(first.champion_storage_uri, tracking_uri=uri,
+                                                      dst_path=str(tmp_path / "merged")))
+    assert (merged / "config.json").is_file() and (merged / "tokenizer_config.json").is_file()
 
-    worse = register_one(tmp_path, uri, category_scores(5.0), run="run-2")
-    assert not worse.decision.promote
-    assert worse.champion_before == "1" and worse.champion_after == "1"
+    kept = register_one(tmp_path, uri, category_scores(5.0), run="run-2", promote=False, champion_version="1")
+    assert not kept.decision.promote
+    assert kept.champion_before == "1" and kept.champion_after == "1" and kept.champion_storage_uri == ""
     assert alias(client, CHAMPION) == "1"
     assert alias(client, CHALLENGER) == "2"
-    assert client.get_model_version(NAME, "2").tags["promotion"].startswith("rejected: overall 5.000 vs champion 6.000")
-    assert worse.decision_line().startswith("kept champion v1; challenger v2 (tiny/self_guided) not promoted: overall")
+    assert client.get_model_version(NAME, "2").tags["promotion"] == "rejected: the compare step said so"
+    assert kept.decision_line() == ("kept champion v1; challenger v2 (tiny/self_guided) not promoted: "
+                                    "the compare step said so")
 
-    lopsided = register_one(tmp_path, uri, category_scores(7.0, {"poem": 5.0}), run="run-3")
-    assert not lopsided.decision.promote
-    assert any(r.startswith("category poem is worse by 1.000") for r in lopsided.decision.reasons)
-    assert alias(client, CHAMPION) == "1"
-
-    better = register_one(tmp_path, uri, category_scores(6.5), run="run-4")
+    better = register_one(tmp_path, uri, category_scores(6.5), run="run-3", promote=True, champion_version="1")
     assert better.decision.promote and better.champion_before == "1"
-    assert better.decision_line() == "promoted korean-writing-assistant v4 (tiny/self_guided) to champion, replacing v1"
-    assert alias(client, CHAMPION) == "4"
+    assert better.decision_line() == "promoted korean-writing-assistant v3 (tiny/self_guided) to champion, replacing v1"
+    assert alias(client, CHAMPION) == "3"
     assert client.get_model_version_by_alias(NAME, CHAMPION).tags[PREVIOUS_CHAMPION_TAG] == "1"
 
     assert rollback_champion(uri, NAME) == "1"
     assert alias(client, CHAMPION) == "1"
-    assert client.get_model_version(NAME, "4").tags["rolled_back"] == "champion moved to v1"
+    assert client.get_model_version(NAME, "3").tags["rolled_back"] == "champion moved to v1"
     with pytest.raises(RegistryError, match="champion v1 replaced no earlier champion"):
         rollback_champion(uri, NAME)
-    assert rollback_champion(uri, NAME, version=4) == "4"
-    assert alias(client, CHAMPION) == "4"
+    assert rollback_champion(uri, NAME, version=3) == "3"
+    assert alias(client, CHAMPION) == "3"
 
 
-def test_first_candidate_with_an_unscored_category_is_registered_but_not_champion(tmp_path, store):
+def test_a_promotion_decided_against_a_champion_that_has_moved_since_is_refused(tmp_path, store):
     uri, client, _ = store
-    scores = category_scores(8.0, {"cover_letter": math.nan})
-    report = register_one(tmp_path, uri, scores, run="run-1")
-    assert not report.decision.promote and report.champion_after is None
-    assert alias(client, CHALLENGER) == "1"
-    with pytest.raises(mlflow.exceptions.MlflowException):
-        client.get_model_version_by_alias(NAME, CHAMPION)
-    assert report.decision_line().startswith("no champion; challenger v1 (tiny/self_guided) not promoted: "
-                                             "category cover_letter is not scored")
-    with pytest.raises(RegistryError, match="has no champion to roll back"):
-        rollback_champion(uri, NAME)
+    register_one(tmp_path, uri, category_scores(6.0), run="run-1", promote=True)
+    register_one(tmp_path, uri, category_scores(6.5), run="run-2", promote=True, champion_version="1")
+    late = register_one(tmp_path, uri, category_scores(7.0), run="run-3", promote=True, champion_version="1")
+    assert not late.decision.promote and alias(client, CHAMPION) == "2"
+    assert late.decision.reasons[0].startswith("the champion moved to v2 while this run compared the challenger with v1")
+
+
+def test_every_row_of_a_run_is_logged_under_one_parent_with_its_evidence(tmp_path, store):
+    """The whole flow on constructed judgments: compare decides, register logs what it decided."""
+    uri, client, sha = store
+    rows = tmp_path / "rows"
+    trained = {arm: write_row(rows, arm, make_judgments(category_scores(score), spread=0.5, seed=i), arm=arm)
+               for i, (arm, score) in enumerate([("unscored", 5.0), ("self_guided", 6.5), ("control", 5.2)])}
+    base = write_row(rows, "base", make_judgments(category_scores(2.0), seed=7), row_kind="base")
+    champion = write_row(rows, "champion", [], row_kind="champion", base_model="", note="no champion yet")
+    evaluation = run_compare([p for p, _ in trained.values()] + [base[0], champion[0]],
+                             [j for _, j in trained.values()] + [base[1], champion[1]], gate=PromotionGate())
+    assert evaluation["challenger"]["arm"] == "self_guided" and evaluation["decision"]["promote"]
+    assert evaluation["notes"] == ["champion/: no champion yet"]
+    models = [make_model_dir(tmp_path / "m", arm=arm) for arm in trained]
+    (tmp_path / "train").mkdir()
+    for arm in trained:
+        (tmp_path / "train" / f"{arm}.jsonl").write_text('{"id": "1", "prompt": "p", "response": "r"}\n', "utf-8")
+    candidates = load_candidates(models, [p for p, _ in trained.values()], [j for _, j in trained.values()],
+                                 train_dir=tmp_path / "train")
+    (tmp_path / "report.md").write_text("# Evaluation with uncertainty\n", encoding="utf-8")
+    (tmp_path / "page.html").write_text("<html></html>", encoding="utf-8")
+    scored = tmp_path / "scored.jsonl"
+    scored.write_text('{"id": "1", "category": "poem", "instruction": "시", "output": "봄", "score": 5}\n', "utf-8")
+    report = register_candidates(
+        candidates, evaluation=evaluation, tracking_uri=uri, pipeline_run="run-1", scored_data_sha256=sha,
+        references=[ReferenceRow(read_summary(p), j) for p, j in (base, champion)], scored_data=scored,
+        reports={"report.md": tmp_path / "report.md", "report.html": tmp_path / "page.html"})
+    assert report.decision.promote and report.report_markdown.startswith("# Evaluation with uncertainty")
+
+    experiment = client.get_experiment_by_name("selfguided").experiment_id
+    found = client.search_runs([experiment], "tags.pipeline_run = 'run-1'")
+    runs = {r.data.tags.get("row", "(parent)"): r for r in found}
+    assert set(runs) == {"(parent)", "tiny/unscored", "tiny/self_guided", "tiny/control", "base/tiny", "champion/"}
+    parent = runs.pop("(parent)")
+    assert parent.info.run_id == report.parent_run_id and parent.data.tags["row_kind"] == "pipeline"
+    assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"comparison.json", "report.md",
+                                                                            "report.html"}
+    assert [i.dataset.name for i in parent.inputs.dataset_inputs] == ["scored.jsonl"]
+    for run in runs.values():
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert {"row_kind", "base_model", "arm", "judge", "pipeline_run"} <= set(run.data.tags)
+    guided = runs["tiny/self_guided"]
+    m = guided.data.metrics
+    assert m["judge/overall_ci_low"] < m["judge/overall"] < m["judge/overall_ci_high"]
+    assert m["judge/poem/overall_ci_low"] <= m["judge/poem/overall"] <= m["judge/poem/overall_ci_high"]
+    assert m["delta/overall"] == pytest.approx(1.5, abs=0.5) and m["delta/overall_ci_low"] > 0
+    assert "judgments.jsonl" in {a.path.split("/")[-1] for a in client.list_artifacts(guided.info.run_id)}
+    assert [i.dataset.name for i in guided.inputs.dataset_inputs] == ["self_guided.jsonl"]
+    assert [h.step for h in client.get_metric_history(guided.info.run_id, "train/loss")] == [1]
+    assert runs["base/tiny"].data.metrics["judge/overall"] == pytest.approx(2.0)
+    assert runs["champion/"].data.tags["note"] == "no champion yet" and not runs["champion/"].data.metrics
 
 
 def test_report_markdown_has_the_score_table_and_the_reasons(tmp_path, store, two_arms):
     uri, _, sha = store
-    register_one(tmp_path, uri, category_scores(5.5), run="run-0")
     models, summaries = two_arms
-    report = register_candidates(load_candidates(models, summaries[::-1]), tracking_uri=uri, pipeline_run="run-1",
-                                 scored_data_sha256=sha)
+    candidates = load_candidates(models, summaries[::-1])
+    report = register_candidates(candidates, evaluation=decided(candidates[1], True, "overall paired difference +1.00"),
+                                 tracking_uri=uri, pipeline_run="run-1", scored_data_sha256=sha)
     text = report.to_markdown()
     assert "| model | cover_letter | poem | blog | novel | scenario | news | overall |" in text
-    assert "| tiny/unscored (v2) | 5.00 | 5.00 | 5.00 | 5.00 | 5.00 | 5.00 | 5.00 |" in text
-    assert "| tiny/self_guided (v3) | 6.00 | 6.00 | 6.00 | 6.00 | 6.00 | 6.00 | 6.00 |" in text
-    assert "| champion before (v1) | 5.50 | 5.50 | 5.50 | 5.50 | 5.50 | 5.50 | 5.50 |" in text
+    assert "| tiny/unscored (v1) | 5.00 | 5.00 | 5.00 | 5.00 | 5.00 | 5.00 | 5.00 |" in text
+    assert "| tiny/self_guided (v2) | 6.00 | 6.00 | 6.00 | 6.00 | 6.00 | 6.00 | 6.00 |" in text
     assert "| tiny/self_guided | poem | 6.00 | 6.00 | 6.00 | 6.00 | 6.00 |" in text
     assert "## Promotion: promoted to `champion`" in text
-    assert "- overall 6.000 vs champion 5.500 (+0.500, more than the required +0.000)" in text
-    assert "`champion` is now v3." in text
+    assert "- overall paired difference +1.00" in text
+    assert "`champion` is now v2." in text
 
 
 # --- loading a registered version back -------------------------------------------------------
@@ -394,8 +347,9 @@ def test_registered_model_loads_back_and_generates_like_the_trained_model(tmp_pa
 
     uri, _, sha = store
     model_dir = make_model_dir(tmp_path / "m", arm="self_guided", method=method)
-    register_candidates([Candidate(model_dir, make_summary("tiny", "self_guided", category_scores(6.0)))],
-                        tracking_uri=uri, pipeline_run="run-1", scored_data_sha256=sha)
+    candidate = Candidate(model_dir, make_summary("tiny", "self_guided", category_scores(6.0)))
+    register_candidates([candidate], evaluation=decided(candidate, True), tracking_uri=uri, pipeline_run="run-1",
+                        scored_data_sha256=sha)
 
     mlflow.set_tracking_uri(uri)
     served = mlflow.pyfunc.load_model(f"models:/{NAME}@{CHAMPION}")
@@ -424,82 +378,3 @@ def test_registered_model_loads_back_and_generates_like_the_trained_model(tmp_pa
         if method == "lora":  # the adapter really is applied: the bare base answers differently
             bare = AutoModelForCausalLM.from_pretrained(model_dir / "base").eval()
             assert not torch.allclose(served_logits, bare(**prompt).logits, atol=1e-3)
-
-
-# --- the KFP component under kfp.local -------------------------------------------------------
-
-
-@pytest.mark.slow
-def test_register_component_runs_under_kfp_local(tmp_path, two_arms):
-    from typing import List
-
-    from kfp import dsl, local
-    from kfp.dsl import Artifact, Dataset, Model, Output
-
-    from selfguided.components.register import register
-
-    models, summaries = two_arms
-    seed = tmp_path / "scored.jsonl"
-    seed.write_text('{"id": "1"}\n', encoding="utf-8")
-
-    @dsl.component
-    def bring_model(src: str, model: Output[Model]):
-        import shutil
-
-        shutil.copytree(src, model.path)
-
-    @dsl.component
-    def bring_file(src: str, out: Output[Artifact]):
-        import shutil
-
-        shutil.copyfile(src, out.path)
-
-    @dsl.component
-    def bring_dataset(src: str, out: Output[Dataset]):
-        import shutil
-
-        shutil.copyfile(src, out.path)
-
-    pairs = [{"model": str(m), "summary": str(s)} for m, s in zip(models, summaries[::-1])]
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-
-    @dsl.pipeline
-    def register_only(pairs: List[dict], seed_file: str, tracking_uri: str) -> str:
-        data = bring_dataset(src=seed_file)
-        with dsl.ParallelFor(pairs) as pair:
-            model = bring_model(src=pair.model)
-            summary = bring_file(src=pair.summary)
-        return register(
-            models=dsl.Collected(model.outputs["model"]),
-            judge_summaries=dsl.Collected(summary.outputs["out"]),
-            scored_data=data.outputs["out"],
-            registered_model_name=NAME,
-            tracking_uri=tracking_uri,
-            experiment_name="kfp-local",
-            pipeline_run="kfp-local-run",
-            promotion_tolerance=0.25,
-        ).outputs["Output"]
-
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"))
-    result = register_only(pairs=pairs, seed_file=str(seed), tracking_uri=uri)
-    output = json.loads(result.output)
-    assert output["decision"] == "promoted korean-writing-assistant v2 (tiny/self_guided) to champion"
-    assert output["promoted"] and [v["label"] for v in output["versions"]] == ["tiny/unscored", "tiny/self_guided"]
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    champion = client.get_model_version_by_alias(NAME, CHAMPION)
-    assert champion.tags["pipeline_run"] == "kfp-local-run"
-    assert client.get_run(champion.run_id).data.tags["scored_data_sha256"] == file_sha256(seed)
-    reports = list((tmp_path / "root").rglob("report"))
-    assert len(reports) == 1 and "## Promotion: promoted to `champion`" in reports[0].read_text(encoding="utf-8")
-
-
-def test_scores_of_different_judges_are_not_compared():
-    scores = {"judge/overall": 9.0, **{f"judge/{c}/overall": 9.0 for c in CATEGORIES}}
-    champion = {"judge/overall": 5.0, **{f"judge/{c}/overall": 5.0 for c in CATEGORIES}}
-    decision = evaluate_gate(scores, champion, PromotionGate(), challenger_judge="offline-heuristic/heuristic-v1",
-                             champion_judge="gpt-4o/judge-single-v1")
-    assert not decision.promote
-    assert any("not comparable" in r for r in decision.reasons)
-    same = evaluate_gate(scores, champion, PromotionGate(), challenger_judge="gpt-4o/judge-single-v1",
-                         champion_judge="gpt-4o/judge-single-v1")
-    assert same.promote

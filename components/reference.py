@@ -1,0 +1,201 @@
+"""Reference rows: models judged on the same questions as the trained ones, never promoted.
+
+- `base`: each base model untuned, asked with the plain prompt (the unscored format), so the
+  table shows what fine-tuning added;
+- `teacher`: an API model (the paper's ChatGPT row, e.g. gpt-4o-mini) answering through the
+  LLM client layer (cache, rate limits, cost accounting);
+- `champion`: the registered model's current champion, loaded from MLflow and answering in this
+  run, so that the gate compares challenger and champion on the same questions by the same judge.
+  Greedy decoding and the judge's cache make re-judging an unchanged champion cost nothing.
+
+When the registry has no champion yet, or it cannot be loaded, the row has no answers and says
+why (`ReferenceAnswers.note`); the compare step then decides without it, and says so.
+"""
+
+# No `from __future__ import annotations`: KFP reads the component's annotations at runtime.
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, NamedTuple
+
+from kfp.dsl import Dataset, Input, Output
+from kfp.dsl.component_decorator import component  # `dsl.component` is absent when a step runs (_KFP_RUNTIME)
+
+from selfguided.components.data import load_questions, write_jsonl
+from selfguided.components.images import GPU_IMAGE, CPU_IMAGE
+from selfguided.components.judging import ROW_KINDS
+
+PLAIN_PROMPT = ("unscored", "condition")  # the arm and strategy whose prompt is the plain one
+
+
+def plan_reference_rows(base_models: List[str], reference_models: List[str], with_champion: bool = True
+                        ) -> List[Dict[str, str]]:
+    """The reference rows of a run, as loop items: every base untuned, every teacher, the champion."""
+    rows = [{"row_kind": "base", "base_model": m, "model": ""} for m in base_models]
+    rows += [{"row_kind": "teacher", "base_model": "", "model": m} for m in reference_models if m.strip()]
+    if with_champion:
+        rows.append({"row_kind": "champion", "base_model": "", "model": ""})
+    return rows
+
+
+@dataclass
+class ReferenceAnswers:
+    """What answering a reference row produced."""
+
+    answers: list[dict[str, Any]]
+    row_model: str = ""
+    """The teacher's model, or the champion's version ("" for base rows)."""
+    generate_seconds: float = 0.0
+    answer_cost_usd: float = 0.0
+    note: str = ""
+    """Why the row has no answers (no champion yet, or it could not be loaded)."""
+    fallback_metrics: dict[str, float] = field(default_factory=dict)
+    """The champion's logged judge metrics, when it exists but could not be re-evaluated."""
+    fallback_judge: str = ""
+
+
+def answer_base(base_model: str, questions: list[dict[str, Any]], *, max_new_tokens: int) -> ReferenceAnswers:
+    """The untuned base model, asked with the plain prompt (every turn, the conversation so far)."""
+    import torch
+
+    from selfguided.components.generate import answer_conversations, transformers_engine
+    from selfguided.components.modeling import load_base
+    from selfguided.components.prompting import conversation_prompt
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    started = time.monotonic()
+    model, tokenizer = load_base(base_model, dtype=torch.bfloat16 if device == "cuda" else torch.float32,
+                                 device=device)
+    engine = transformers_engine(model.eval(), tokenizer, max_new_tokens=max_new_tokens,
+                                 batch_size=64 if device == "cuda" else 16)
+    rows = answer_conversations(questions, engine, lambda turns, earlier: conversation_prompt(turns, earlier, *PLAIN_PROMPT),
+                                model_id=f"base/{base_model}")
+    return ReferenceAnswers(rows, generate_seconds=time.monotonic() - started)
+
+
+def answer_teacher(model: str, questions: list[dict[str, Any]], *, base_url: str, concurrency: int, cache: str
+                   ) -> ReferenceAnswers:
+    """An API model through the LLM client layer; its cost is measured."""
+    from selfguided.components.llm import llm_step_config
+    from selfguided.components.llm_tasks import answer_with_llm
+
+    config = llm_step_config("teacher", model, base_url=base_url, concurrency=concurrency, cache=cache)
+    started = time.monotonic()
+    rows, usage = answer_with_llm(questions, config)
+    print(f"[selfguided] teacher {model}: {usage.summary_line()}", flush=True)
+    return ReferenceAnswers(rows, row_model=model, generate_seconds=time.monotonic() - started,
+                            answer_cost_usd=usage.cost_usd)
+
+
+def answer_champion(questions: list[dict[str, Any]], *, registered_model_name: str, tracking_uri: str,
+                    max_new_tokens: int, workdir: str | Path) -> ReferenceAnswers:
+    """The registry's current champion, downloaded and answering in this run."""
+    import mlflow
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from selfguided.components.generate import answer_with_trained_model
+    from selfguided.components.pyfunc_model import MODEL_DIR_ARTIFACT
+
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    try:
+        version = client.get_model_version_by_alias(registered_model_name, "champion")
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+            return ReferenceAnswers([], note=f"{registered_model_name!r} has no champion yet")
+        raise
+    label = str(version.version)
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(
+            f"models:/{registered_model_name}/{label}", tracking_uri=tracking_uri, dst_path=str(workdir)))
+        started = time.monotonic()
+        _, rows = answer_with_trained_model(local / "artifacts" / MODEL_DIR_ARTIFACT, questions,
+                                            max_new_tokens=max_new_tokens)
+    except Exception as exc:  # noqa: BLE001 - any failure leaves the gate its unpaired fallback, said loudly
+        run = client.get_run(version.run_id)
+        metrics = {k: v for k, v in run.data.metrics.items() if k.startswith("judge/")}
+        return ReferenceAnswers([], row_model=label, note=f"champion v{label} could not be re-evaluated: "
+                                f"{type(exc).__name__}: {exc}", fallback_metrics=metrics,
+                                fallback_judge=run.data.tags.get("judge", ""))
+    for row in rows:
+        row["model_id"] = f"champion/v{label}"
+    return ReferenceAnswers(rows, row_model=label, generate_seconds=time.monotonic() - started)
+
+
+def answer_reference_row(row: dict[str, str], questions_file: str | Path, answers_file: str | Path, *,
+                         max_new_tokens: int, registered_model_name: str, tracking_uri: str, llm_base_url: str = "",
+                         llm_concurrency: int = 8, llm_cache: str = "", workdir: str | Path = ".") -> ReferenceAnswers:
+    """What the KFP component does: answer the questions as `row` says, write the answers."""
+    kind = row.get("row_kind")
+    if kind not in ROW_KINDS or kind == "trained":
+        raise ValueError(f"not a reference row: {row!r} (row_kind must be base, teacher or champion)")
+    questions = load_questions(questions_file)
+    if kind == "base":
+        result = answer_base(row["base_model"], questions, max_new_tokens=max_new_tokens)
+    elif kind == "teacher":
+        result = answer_teacher(row["model"], questions, base_url=llm_base_url, concurrency=llm_concurrency,
+                                cache=llm_cache)
+    else:
+        result = answer_champion(questions, registered_model_name=registered_model_name, tracking_uri=tracking_uri,
+                                 max_new_tokens=max_new_tokens, workdir=workdir)
+    write_jsonl(answers_file, result.answers)
+    what = result.note or f"{len(result.answers)} questions answered in {result.generate_seconds:.0f} s"
+    print(f"[selfguided] reference {kind} {row.get('base_model') or row.get('model') or result.row_model}: {what}",
+          flush=True)
+    return result
+
+
+@component(base_image=CPU_IMAGE, install_kfp_package=False)  # the image has kfp
+def plan_references(base_models: List[str], reference_models: List[str]) -> List[dict]:
+    """Every reference row to evaluate, as loop items: each base untuned, each teacher, the champion."""
+    from selfguided.components.reference import plan_reference_rows
+
+    return plan_reference_rows(base_models, reference_models)
+
+
+@component(base_image=GPU_IMAGE, install_kfp_package=False)  # the image has kfp
+def answer_reference(
+    row: dict,
+    questions: Input[Dataset],
+    max_new_tokens: int,
+    registered_model_name: str,
+    tracking_uri: str,
+    llm_base_url: str,
+    llm_concurrency: int,
+    llm_cache: str,
+    answers: Output[Dataset],
+) -> NamedTuple("Outputs", [("row_model", str), ("generate_seconds", float), ("answer_cost_usd", float),
+                            ("note", str), ("fallback", str)]):
+    """Answer the test questions as a reference row: an untuned base, a teacher API model, or the champion.
+
+    Args:
+        row: {"row_kind": "base" | "teacher" | "champion", "base_model", "model"}.
+        questions: the test questions (FastChat question.jsonl).
+        max_new_tokens: longest answer per turn of a local model.
+        registered_model_name: where the champion is looked up.
+        tracking_uri: the MLflow tracking server.
+        llm_base_url: OpenAI-compatible endpoint for teacher rows ("" = OPENAI_BASE_URL or OpenAI).
+        llm_concurrency: concurrent teacher requests.
+        llm_cache: LLM response cache (teacher rows).
+        answers: FastChat model_answer rows (empty when the row could not answer; see `note`).
+
+    Returns:
+        row_model (teacher model or champion version), generate_seconds, answer_cost_usd, note
+        (why the row has no answers), fallback (JSON of the champion's logged metrics and judge,
+        when it exists but could not be re-evaluated).
+    """
+    import json
+    import tempfile
+    from collections import namedtuple
+
+    from selfguided.components.reference import answer_reference_row
+
+    result = answer_reference_row(row, questions.path, answers.path, max_new_tokens=max_new_tokens,
+                                  registered_model_name=registered_model_name, tracking_uri=tracking_uri,
+                                  llm_base_url=llm_base_url, llm_concurrency=llm_concurrency, llm_cache=llm_cache,
+                                  workdir=tempfile.mkdtemp())
+    fallback = json.dumps({"metrics": result.fallback_metrics, "judge": result.fallback_judge}) \
+        if result.fallback_metrics else ""
+    outputs = namedtuple("Outputs", ["row_model", "generate_seconds", "answer_cost_usd", "note", "fallback"])
+    return outputs(result.row_model, result.generate_seconds, result.answer_cost_usd, result.note, fallback)
