@@ -592,12 +592,14 @@ def register_candidates(
 
 
 def rollback_champion(
-    tracking_uri: str, registered_model_name: str = REGISTERED_MODEL_NAME, version: str | int | None = None
+    tracking_uri: str, registered_model_name: str = REGISTERED_MODEL_NAME, version: str | int | None = None,
+    *, by: str = "", reason: str = "",
 ) -> str:
     """Move `champion` back and return the version it now points at.
 
     version: the version to make champion; None means the one the current champion replaced
         (its `previous_champion` tag). Rolling back twice walks two promotions back.
+    by, reason: who rolled back and why, recorded on the version that loses the alias.
     """
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     current = _alias_version(client, registered_model_name, CHAMPION)
@@ -612,9 +614,84 @@ def rollback_champion(
     client.get_model_version(registered_model_name, version)  # fails clearly on an unknown version
     client.set_registered_model_alias(registered_model_name, CHAMPION, version)
     if current is not None and str(current.version) != version:
-        client.set_model_version_tag(registered_model_name, current.version, "rolled_back",
-                                     f"champion moved to v{version}")
+        note = f"champion moved to v{version}" + (f" by {by}" if by else "") + (f": {reason}" if reason else "")
+        client.set_model_version_tag(registered_model_name, current.version, "rolled_back", note)
     return version
+
+
+def version_row(client: MlflowClient, registered_model_name: str, version: str, row_kind: str = "trained"):
+    """A registered version as a compare row: its judgments.jsonl and identity, from its run."""
+    import json as _json
+
+    from selfguided.components.compare import RowJudgments
+
+    model_version = client.get_model_version(registered_model_name, str(version))
+    run = client.get_run(model_version.run_id)
+    with tempfile.TemporaryDirectory(prefix="selfguided-judgments-") as staging:
+        try:
+            path = client.download_artifacts(run.info.run_id, "judgments.jsonl", staging)
+        except MlflowException as exc:
+            raise RegistryError(f"v{version} has no judgments.jsonl on its run {run.info.run_id}: it cannot be "
+                                "compared on evidence (promote with --force to skip the gate)") from exc
+        judgments = [_json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    tags = run.data.tags
+    return RowJudgments(row=f"v{version} {tags.get('row', '')}".strip(), row_kind=row_kind, judgments=judgments,
+                        base_model=tags.get("base_model", ""), arm=tags.get("arm", ""), judge=tags.get("judge", ""))
+
+
+def promote_version(
+    tracking_uri: str, version: str | int, registered_model_name: str = REGISTERED_MODEL_NAME, *,
+    force: bool = False, by: str = "", reason: str = "", gate=None,
+) -> GateDecision:
+    """Make `version` the champion by hand: through gate v2 (its judgments paired with the current
+    champion's, same judge required) unless `force`. Who and why are recorded in tags either way.
+    Returns the decision; the alias moves only when it promotes."""
+    from selfguided.components.compare import PromotionGate, decide_promotion
+
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    version = str(version)
+    client.get_model_version(registered_model_name, version)  # fails clearly on an unknown version
+    current = _alias_version(client, registered_model_name, CHAMPION)
+    if current is not None and str(current.version) == version:
+        return GateDecision(False, [f"v{version} is already the champion"])
+    if force:
+        decision = GateDecision(True, ["forced: the gate was not consulted"])
+    else:
+        champion = version_row(client, registered_model_name, str(current.version), "champion") if current else None
+        decision = decide_promotion(version_row(client, registered_model_name, version), champion,
+                                    gate or PromotionGate())
+    record = ("promoted" if decision.promote else "rejected") + (f" by {by}" if by else "") + \
+        (f" ({reason})" if reason else "") + ": " + "; ".join(decision.reasons)
+    client.set_model_version_tag(registered_model_name, version, "promotion", record[:5000])
+    if decision.promote:
+        client.set_registered_model_alias(registered_model_name, CHAMPION, version)
+        if current is not None:
+            client.set_model_version_tag(registered_model_name, version, PREVIOUS_CHAMPION_TAG, str(current.version))
+    return decision
+
+
+def list_versions(tracking_uri: str, registered_model_name: str = REGISTERED_MODEL_NAME) -> list[dict[str, Any]]:
+    """Every version, newest first: aliases, identity, overall score with its CI, the gate's record."""
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    try:
+        aliases = client.get_registered_model(registered_model_name).aliases
+    except MlflowException as exc:
+        raise RegistryError(f"no registered model {registered_model_name!r} at {tracking_uri} "
+                            "(`selfguided run` creates it)") from exc
+    by_version: dict[str, list[str]] = {}
+    for alias, number in aliases.items():
+        by_version.setdefault(str(number), []).append(alias)
+    rows = []
+    for v in sorted(client.search_model_versions(f"name = '{registered_model_name}'"), key=lambda v: -int(v.version)):
+        metrics = client.get_run(v.run_id).data.metrics if v.run_id else {}
+        rows.append({
+            "version": str(v.version), "aliases": sorted(by_version.get(str(v.version), [])),
+            "base_model": v.tags.get("base_model", ""), "arm": v.tags.get("arm", ""),
+            "pipeline_run": v.tags.get("pipeline_run", ""), "overall": metrics.get("judge/overall"),
+            "overall_ci": (metrics.get("judge/overall_ci_low"), metrics.get("judge/overall_ci_high")),
+            "promotion": v.tags.get("promotion", ""), "rolled_back": v.tags.get("rolled_back", ""),
+        })
+    return rows
 
 
 # ---------------------------------------------------------------------------------------------

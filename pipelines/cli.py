@@ -5,6 +5,7 @@ import json
 import sys
 from pathlib import Path
 
+from selfguided.components.register import RegistryError
 from selfguided.pipelines.local import DEFAULT_WORKDIR, LOCAL_DEFAULTS
 from selfguided.pipelines.platform import PIPELINE_SERVICE_ACCOUNT
 
@@ -140,6 +141,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_score_parser(sub)
     add_judge_parser(sub)
+
+    from selfguided.pipelines.registry_cli import add_registry_parsers
+    from selfguided.pipelines.upload import add_upload_parser
+
+    add_registry_parsers(sub)
+    add_upload_parser(sub)
+    try:  # serving arrives with pipelines/serve.py
+        from selfguided.pipelines.serve import add_serve_parser
+    except ImportError:
+        pass
+    else:
+        add_serve_parser(sub)
     return parser
 
 
@@ -150,6 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except RegistryError as exc:
+        print(f"selfguided {args.command}: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

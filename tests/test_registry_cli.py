@@ -1,0 +1,80 @@
+"""`selfguided models | promote | rollback` against a real SQLite MLflow store."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+from registry_fixtures import category_scores, make_judgments, make_model_dir, write_row
+
+from selfguided.components.register import Candidate, read_summary, register_candidates
+from selfguided.pipelines.cli import main
+
+NAME = "korean-writing-assistant"
+
+
+@pytest.fixture
+def registry(tmp_path):
+    """v1 (champion, scores 5.0), v2 (clearly better, 6.5), v3 (the same judgments as v1)."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    rows = tmp_path / "rows"
+    judged = {
+        "1": make_judgments(category_scores(5.0), spread=0.6, seed=1),
+        "2": make_judgments(category_scores(6.5), spread=0.6, seed=2),
+    }
+    judged["3"] = judged["1"]
+    for number, judgments in judged.items():
+        summary_path, judgments_path = write_row(rows, f"v{number}", judgments, arm="self_guided")
+        model_dir = make_model_dir(tmp_path / f"m{number}", arm="self_guided")
+        candidate = Candidate(model_dir, read_summary(summary_path), judgments_path)
+        evaluation = {"decision": {"promote": number == "1", "reasons": ["first"], "figures": {}},
+                      "challenger": {"row": "tiny/self_guided", "base_model": "tiny", "arm": "self_guided"},
+                      "champion_version": None if number == "1" else "1", "metrics": {}}
+        register_candidates([candidate], evaluation=evaluation, tracking_uri=uri, pipeline_run=f"run-{number}",
+                            scored_data_sha256="0" * 64)
+    return uri, MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def champion(client) -> str:
+    return str(client.get_model_version_by_alias(NAME, "champion").version)
+
+
+def test_models_lists_versions_with_aliases_scores_and_reasons(registry, capsys):
+    uri, _ = registry
+    assert main(["models", "--tracking-uri", uri]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[1].split()[0] == "3" and lines[-1].split()[0] == "1"  # newest first
+    assert "champion" in lines[-1] and "tiny/self_guided" in lines[-1] and "promoted: first" in lines[-1]
+
+
+def test_promote_goes_through_the_paired_gate_and_records_who_and_why(registry, capsys):
+    uri, client = registry
+    assert main(["promote", "3", "--tracking-uri", uri, "--by", "alice"]) == 1  # identical to the champion
+    out = capsys.readouterr().out
+    assert out.startswith("not promoted: v3") and "overall paired difference +0.00" in out
+    assert champion(client) == "1"
+    assert client.get_model_version(NAME, "3").tags["promotion"].startswith("rejected by alice")
+
+    assert main(["promote", "2", "--tracking-uri", uri, "--by", "alice", "--reason", "weekly review"]) == 0
+    assert "promoted: v2" in capsys.readouterr().out
+    assert champion(client) == "2"
+    tags = client.get_model_version(NAME, "2").tags
+    assert tags["promotion"].startswith("promoted by alice (weekly review): ") and tags["previous_champion"] == "1"
+
+
+def test_force_skips_the_gate_and_rollback_walks_back(registry, capsys):
+    uri, client = registry
+    assert main(["promote", "3", "--force", "--tracking-uri", uri, "--by", "bob"]) == 0
+    assert champion(client) == "3"
+    assert client.get_model_version(NAME, "3").tags["promotion"] == "promoted by bob: forced: the gate was not consulted"
+    assert main(["rollback", "--tracking-uri", uri, "--by", "bob", "--reason", "bad answers"]) == 0
+    assert champion(client) == "1" and "now v1" in capsys.readouterr().out
+    assert client.get_model_version(NAME, "3").tags["rolled_back"] == "champion moved to v1 by bob: bad answers"
+    assert main(["rollback", "--tracking-uri", uri]) == 2  # v1 replaced nothing
+    assert "replaced no earlier champion" in capsys.readouterr().err
+
+
+def test_registry_commands_say_when_there_is_no_registry(tmp_path, capsys):
+    assert main(["models", "--tracking-uri", f"sqlite:///{tmp_path}/empty.db"]) == 2
+    assert "no registered model 'korean-writing-assistant'" in capsys.readouterr().err
