@@ -152,6 +152,32 @@ def llm_step_config(step: str, model: str, *, base_url: str, concurrency: int, c
         )
     return LLMConfig(model=model, base_url=base_url or None, concurrency=concurrency, cache=cache or None)
 
+
+def check_endpoint(config: "LLMConfig", timeout_s: float = 10.0) -> None:
+    """Prove the endpoint answers and accepts the key, for free: one GET /models.
+
+    Raises RuntimeError with one line naming the endpoint and the cause. A server without the
+    /models route (404, some OpenAI-compatible gateways) counts as reachable.
+    """
+    where = config.resolved_base_url() or "https://api.openai.com/v1"
+    client = openai.OpenAI(base_url=config.resolved_base_url(), api_key=config.resolved_api_key(),
+                           timeout=timeout_s, max_retries=0)
+    try:
+        client.models.list()
+    except openai.AuthenticationError:
+        raise RuntimeError(f"LLM endpoint {where} refused the API key (401): check OPENAI_API_KEY "
+                           "(in a cluster: Secret selfguided-openai)") from None
+    except openai.PermissionDeniedError:
+        raise RuntimeError(f"LLM endpoint {where} denied access (403) to this API key") from None
+    except openai.NotFoundError:
+        return
+    except openai.APIConnectionError as exc:
+        raise RuntimeError(f"LLM endpoint {where} is unreachable ({type(exc).__name__}: {exc})") from None
+    except openai.APIStatusError as exc:
+        if exc.status_code >= 500 or exc.status_code == 429:
+            return  # up, busy or flaky: the client layer retries those
+        raise RuntimeError(f"LLM endpoint {where} answered {exc.status_code}: {exc.message}") from None
+
 @dataclass
 class LLMConfig:
     """Everything the client layer needs to talk to an OpenAI-compatible endpoint."""
