@@ -1,21 +1,31 @@
-"""LLM client throughput under a rate limit: selfguided's client vs a FastChat-style baseline.
+"""LLM client throughput under an endpoint's limits: selfguided's client vs a FastChat-style baseline.
 
 Both score the same N seed records (the bundled Korean sample seed, repeated with numbered
 instructions so every request is distinct) against tests/llm_server.py's OpenAI-compatible server
-on 127.0.0.1, which simulates a generation latency and enforces a rate limit the way hosted APIs
-do: requests per minute as a token bucket holding `--burst` requests (the limit enforced over short
-windows; OpenAI documents that it quantizes RPM limits) and at most `--max-concurrent` requests in
-flight; over either it answers 429 with Retry-After. Every answer advertises the limit in
-x-ratelimit-limit-requests.
+on 127.0.0.1, which simulates a generation latency and enforces limits the way real endpoints do.
+Two scenarios (`--scenario`), each a preset of the options below:
 
-- client: `score_with_llm` (asyncio, `--concurrency` slots, pool-wide pacing from the advertised
-  limit, pool pause on Retry-After) with an empty answer cache, then an immediate rerun.
+- rpm (default): a hosted API's rate limit. Requests per minute as a token bucket holding `--burst`
+  requests (the limit enforced over short windows; OpenAI documents that it quantizes RPM limits)
+  and at most `--max-concurrent` requests in flight; over either it answers 429 with Retry-After.
+  Every answer advertises the limit in x-ratelimit-limit-requests. N=1000, RPM 2400, burst 2,
+  12 in flight, 0.2 s latency, 16 concurrent requests.
+- concurrency: a self-hosted endpoint behind a gateway that takes 8 requests in flight and answers
+  429 with `Retry-After: 1` (nothing else) beyond that; no RPM limit and no x-ratelimit headers.
+  N=300, 0.5 s latency (so at most 16 requests/s), 32 concurrent requests: the client does not
+  know the endpoint's limit and asks for four times too much.
+
+- client: `score_with_llm` (asyncio, adaptive concurrency up to `--concurrency`, pool-wide pacing
+  from the advertised limit, pool pause on a spent quota) with an empty answer cache, then an
+  immediate rerun.
 - baseline: FastChat llm_judge's API loop: a thread pool of the same size, each request retried
   up to 16 times with a fixed 10 s sleep after any error, and no cache.
 
-"rate limit used" = answered requests per second / (RPM / 60) over the whole run.
+"limit used" = answered requests per second / what the endpoint allows (min of RPM / 60 and
+max-concurrent / latency) over the whole run.
 
-    python benchmarks/llm_throughput.py            # N=1000, RPM 2400, burst 2, 12 concurrent, 0.2 s
+    python benchmarks/llm_throughput.py                         # the rpm scenario
+    python benchmarks/llm_throughput.py --scenario concurrency
     python benchmarks/llm_throughput.py --n 200 --burst 40
 
 The last line is `RESULT key=value ...`.
@@ -41,6 +51,12 @@ from selfguided.components.llm_tasks import SCORE_PROMPT, load_prompt, score_wit
 
 FASTCHAT_MAX_RETRY = 16  # FastChat llm_judge API_MAX_RETRY
 FASTCHAT_RETRY_SLEEP_S = 10.0  # FastChat llm_judge API_RETRY_SLEEP
+SCENARIOS = {
+    "rpm": dict(n=1000, rpm=2400.0, burst=2.0, max_concurrent=12, latency=0.2, concurrency=16,
+                concurrency_retry_after=0.1),
+    "concurrency": dict(n=300, rpm=None, burst=None, max_concurrent=8, latency=0.5, concurrency=32,
+                        concurrency_retry_after=1.0),
+}
 
 
 def seed_records(n: int) -> list[dict]:
@@ -77,16 +93,28 @@ def fastchat_baseline(base_url: str, records: list[dict], threads: int, model: s
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add = parser.add_argument
-    add("--n", type=int, default=1000, help="records to score (default: %(default)s)")
-    add("--rpm", type=float, default=2400, help="server limit, requests per minute (default: %(default)s)")
-    add("--burst", type=float, default=2, help="requests the rate bucket holds (default: %(default)s)")
-    add("--max-concurrent", type=int, default=12, help="server limit on requests in flight (default: %(default)s)")
-    add("--latency", type=float, default=0.2, help="simulated seconds per answer (default: %(default)s)")
-    add("--concurrency", type=int, default=16, help="client slots = baseline threads (default: %(default)s)")
+    add("--scenario", choices=SCENARIOS, default="rpm", help="preset of the options below (default: %(default)s)")
+    add("--n", type=int, help="records to score")
+    add("--rpm", type=float, help="server limit, requests per minute (0: none)")
+    add("--burst", type=float, help="requests the rate bucket holds")
+    add("--max-concurrent", type=int, help="server limit on requests in flight")
+    add("--latency", type=float, help="simulated seconds per answer")
+    add("--concurrency", type=int, help="client slots = baseline threads")
+    add("--concurrency-retry-after", type=float,
+        help="Retry-After of a 429 over --max-concurrent, seconds (also as retry-after-ms when below 1 s)")
     args = parser.parse_args()
-    limits = dict(latency_s=args.latency, rpm=args.rpm, burst=args.burst, max_concurrent=args.max_concurrent)
+    for name, value in SCENARIOS[args.scenario].items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    rpm = args.rpm or None
+    limits = dict(latency_s=args.latency, rpm=rpm, burst=args.burst, max_concurrent=args.max_concurrent,
+                  concurrency_retry_after_s=args.concurrency_retry_after,
+                  concurrency_retry_after_ms=args.concurrency_retry_after < 1)
     records = seed_records(args.n)
-    rate = args.rpm / 60
+    allowed = [rate for rate in (rpm / 60 if rpm else None,
+                                 args.max_concurrent / args.latency if args.max_concurrent and args.latency else None)
+               if rate]
+    rate = min(allowed) if allowed else float("inf")
 
     with FakeOpenAI(**limits) as server, tempfile.TemporaryDirectory() as cache:
         config = LLMConfig(model="gpt-4o", base_url=server.base_url, api_key="bench", concurrency=args.concurrency,
@@ -97,7 +125,8 @@ def main() -> None:
         client_ok = server.status_counts[200]
         client_429 = server.status_counts[429]
         client_sent = server.chat_requests
-        assert usage.done == args.n, f"client scored {usage.done} of {args.n}"
+        assert usage.done == args.n, f"client scored {usage.done} of {args.n}: " + "; ".join(
+            sorted({r["error"] for r in scored if r.get("error")})[:3])
         server.reset_counters()
         _, rerun = score_with_llm(records, config)
         rerun_requests = server.chat_requests
@@ -113,26 +142,31 @@ def main() -> None:
     client_used = client_ok / client_s / rate
     baseline_used = baseline_ok / baseline_s / rate
     speedup = baseline_s / client_s
-    print(f"N={args.n} records; server: {args.rpm:g} RPM (bucket of {args.burst:g}), {args.max_concurrent} in flight, "
-          f"{args.latency:g} s latency; {args.concurrency} concurrent requests each")
+    print(f"scenario {args.scenario}: N={args.n} records; server: "
+          + (f"{rpm:g} RPM (bucket of {args.burst:g}), " if rpm else "no RPM limit, ")
+          + f"{args.max_concurrent} in flight (429 Retry-After {args.concurrency_retry_after:g} s beyond), "
+          f"{args.latency:g} s latency, so {rate:g} requests/s at most; {args.concurrency} concurrent requests each")
     print(f"{'':24}{'client':>12}{'baseline':>16}")
     for label, ours, theirs in (
         ("wall time (s)", f"{client_s:.1f}", f"{baseline_s:.1f}"),
         ("answered", client_ok, baseline_ok),
+        ("failed", usage.failed, args.n - baseline_ok),
         ("answers per second", f"{client_ok / client_s:.1f}", f"{baseline_ok / baseline_s:.1f}"),
-        ("rate limit used", f"{client_used:.1%}", f"{baseline_used:.1%}"),
+        ("limit used", f"{client_used:.1%}", f"{baseline_used:.1%}"),
         ("429 answers", client_429, baseline_429),
         ("requests sent", client_sent, baseline_sent),
+        ("concurrency at the end", usage.concurrency, args.concurrency),
         ("rerun requests", rerun_requests, "n/a (no cache)"),
     ):
         print(f"{label:24}{ours!s:>12}{theirs!s:>16}")
     print(f"speedup over the baseline: {speedup:.2f}x")
     print(
-        f"RESULT n={args.n} rpm={args.rpm:g} burst={args.burst:g} max_concurrent={args.max_concurrent} "
-        f"latency_s={args.latency:g} concurrency={args.concurrency} "
+        f"RESULT scenario={args.scenario} n={args.n} rpm={rpm or 0:g} burst={args.burst or 0:g} "
+        f"max_concurrent={args.max_concurrent} latency_s={args.latency:g} concurrency={args.concurrency} "
         f"client_s={client_s:.1f} baseline_s={baseline_s:.1f} "
         f"rate_limit_used={client_used:.3f} baseline_rate_limit_used={baseline_used:.3f} speedup={speedup:.2f} "
-        f"client_429={client_429} baseline_429={baseline_429} rerun_requests={rerun_requests}"
+        f"client_failed={usage.failed} client_429={client_429} baseline_429={baseline_429} "
+        f"client_sent={client_sent} final_concurrency={usage.concurrency} rerun_requests={rerun_requests}"
     )
 
 

@@ -153,7 +153,7 @@ def _json_kind(value: Any) -> str:
     """What a JSON value is, for a reject reason: 'a list (["리스트"])', 'a number (42)'."""
     kind = ("a boolean" if isinstance(value, bool) else "a number" if isinstance(value, (int, float))
             else "a list" if isinstance(value, list) else "an object" if isinstance(value, dict)
-            else type(value).__name__)
+            else "a string" if isinstance(value, str) else type(value).__name__)
     shown = json.dumps(value, ensure_ascii=False)
     return f"{kind} ({shown if len(shown) <= 40 else shown[:37] + '...'})"
 

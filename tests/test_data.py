@@ -124,3 +124,41 @@ def test_bundled_sample_data_covers_every_category():
         assert sum(q["category"] == category for q in questions) >= 5, category
     seed_instructions = {r["instruction"] for r in seed.records}
     assert not any(q["turns"][0] in seed_instructions for q in questions)
+
+
+def test_text_fields_must_be_strings_and_are_never_coerced(tmp_path):
+    path = write_lines(tmp_path / "seed.jsonl", [
+        json.dumps({"id": "issue", "category": "시", "instruction": ["리스트"], "output": 42}, ensure_ascii=False),
+        row(id="input-object", input={"k": "v"}),
+        json.dumps({"id": "alias", "category": "blog", "question": "글을 써 줘", "answer": True}, ensure_ascii=False),
+        row(id="category", category=3),
+        json.dumps({"id": "chat", "category": "시", "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "봄"}]}, {"role": "assistant", "content": "봄"}]},
+            ensure_ascii=False),
+        json.dumps({"id": "chat-2", "category": "시", "messages": ["봄", {"role": "assistant", "content": "봄"}]},
+                   ensure_ascii=False),
+        json.dumps({"id": ["a"], "category": "blog", "instruction": "글", "output": "글"}, ensure_ascii=False),
+        json.dumps({"id": "null-input-is-absent", "category": "blog", "instruction": "글", "input": None,
+                    "output": "본문"}, ensure_ascii=False),
+        json.dumps({"id": 7, "category": "blog", "instruction": "글", "output": "본문"}, ensure_ascii=False),
+    ])
+    result = load_seed(path)
+    assert [r["id"] for r in result.records] == ["null-input-is-absent", "7"]
+    assert result.records[0]["input"] == ""
+    assert result.lines == [8, 9]
+    reasons = {r.line: r.reason for r in result.rejects}
+    assert reasons[1] == ("field 'instruction' must be a string, got a list ([\"리스트\"]); "
+                          "field 'output' must be a string, got a number (42)")
+    assert reasons[2] == "field 'input' must be a string, got an object ({\"k\": \"v\"})"
+    assert reasons[3] == "field 'answer' must be a string, got a boolean (true)"
+    assert reasons[4] == "field 'category' must be a string, got a number (3)"
+    assert reasons[5] == "field 'messages[0].content' must be a string, got a list ([{\"type\": \"text\", \"text\": \"봄\"}])"
+    assert reasons[6] == "messages[0] must be a {role, content} object, got a string (\"봄\")"
+    assert reasons[7] == "field 'id' must be a string or an integer, got a list ([\"a\"])"
+
+
+def test_a_long_value_is_shortened_in_the_reason(tmp_path):
+    path = write_lines(tmp_path / "seed.jsonl", [row(id="ok"), row(id="long", output=list(range(100)))])
+    [reject] = load_seed(path).rejects
+    assert reject.reason.startswith("field 'output' must be a string, got a list ([0, 1, 2")
+    assert reject.reason.endswith("...)") and len(reject.reason) < 100

@@ -47,7 +47,8 @@ def test_help_documents_every_option(capsys):
         with pytest.raises(SystemExit):
             selfguided(command, "--help")
         text = capsys.readouterr().out
-        for option in ("--model", "--concurrency", "--cache", "--batch", "--max-attempts", "OPENAI_BASE_URL"):
+        for option in ("--model", "--concurrency", "--cache", "--batch", "--max-attempts", "--rate-limit-budget",
+                       "--max-input-tokens", "OPENAI_BASE_URL"):
             assert option in text
     assert "--reference" in text and "KoMT-Bench" in text
 
@@ -145,3 +146,77 @@ def test_without_an_endpoint_the_offline_judge_is_used(monkeypatch, tmp_path, ca
     assert selfguided("score", tmp_path / "seed.jsonl", "-o", tmp_path / "scored.jsonl") == 0
     assert "no OpenAI-compatible endpoint configured" in capsys.readouterr().err
     assert len(read_jsonl(tmp_path / "scored.jsonl")) == 4
+
+
+def test_bad_seed_records_are_set_aside_before_any_request(server, tmp_path, capsys):
+    """The issue's two records: text fields that are not strings, and an output of 2,000,000
+    characters. Both land in the rejects file with their reason and cost no request."""
+    records = write_seed(tmp_path / "seed.jsonl", 3)
+    not_strings = {"id": "odd", "category": "시", "instruction": ["리스트"], "output": 42}
+    huge = {"id": "huge", "category": "소설", "instruction": "긴 소설을 써 주세요", "output": "가" * 2_000_000}
+    write_jsonl(tmp_path / "seed.jsonl", [records[0], not_strings, records[1], huge, records[2]])
+    assert selfguided("score", tmp_path / "seed.jsonl", "-o", tmp_path / "scored.jsonl") == 0
+    assert server.chat_requests == 3  # the three good records, nothing else
+    assert not any("리스트" in asked or len(asked) > 100_000 for asked in server.asked)
+    assert [r["id"] for r in read_jsonl(tmp_path / "scored.jsonl")] == ["s0", "s1", "s2"]
+    odd, too_long = read_jsonl(tmp_path / "scored.rejects.jsonl")
+    assert odd["line"] == 2 and odd["reason"] == (
+        "field 'instruction' must be a string, got a list ([\"리스트\"]); "
+        "field 'output' must be a string, got a number (42)")
+    assert too_long["line"] == 4 and too_long["reason"].startswith("input too long to score: ~2,000,")
+    assert "> max_input_tokens 8,000" in too_long["reason"] and "(2,000,011 characters" in too_long["reason"]
+    assert too_long["estimated_tokens"] > 2_000_000 and too_long["chars"] == 2_000_011
+    assert len(too_long["raw"]) <= 2000 and too_long["raw_truncated"]
+    assert "2 unusable record(s) set aside" in capsys.readouterr().err
+
+    assert selfguided("score", tmp_path / "seed.jsonl", "-o", tmp_path / "scored.jsonl",
+                      "--max-input-tokens", "3000000") == 0  # a larger budget lets the long one through
+    assert len(read_jsonl(tmp_path / "scored.rejects.jsonl")) == 1
+
+
+def test_score_step_sets_records_over_the_input_budget_aside_with_their_size(tmp_path):
+    from selfguided.components.offline_judge import OFFLINE_JUDGE_NAME
+    from selfguided.components.score import run_score_step
+
+    records = write_seed(tmp_path / "seed.jsonl", 2)
+    write_jsonl(tmp_path / "seed.jsonl", [*records, {"id": "long", "category": "blog", "instruction": "글",
+                                                     "output": "나" * 9000}])
+    metrics = run_score_step(str(tmp_path / "seed.jsonl"), OFFLINE_JUDGE_NAME, str(tmp_path / "s.jsonl"),
+                             str(tmp_path / "r.jsonl"), str(tmp_path / "report.md"))
+    assert metrics["scored"] == 2 and metrics["rejected"] == 1
+    [reject] = read_jsonl(tmp_path / "r.jsonl")
+    assert reject["line"] == 3 and reject["max_input_tokens"] == 8000 and reject["estimated_tokens"] > 9000
+    assert "seed.jsonl:3: input too long to score" in (tmp_path / "report.md").read_text(encoding="utf-8")
+
+
+def test_score_against_an_endpoint_limiting_concurrency(tmp_path, monkeypatch, capsys):
+    """`score --concurrency 32` against an endpoint taking 4 in flight (429 with `Retry-After: 1`
+    beyond): nothing fails, and the rerun with the same cache sends no request."""
+    records = write_seed(tmp_path / "seed.jsonl", 40)
+    with FakeOpenAI(latency_s=0.05, max_concurrent=4, concurrency_retry_after_s=1.0,
+                    concurrency_retry_after_ms=False) as server:
+        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+        monkeypatch.setenv("OPENAI_API_KEY", "test")
+        args = ("score", tmp_path / "seed.jsonl", "-o", tmp_path / "scored.jsonl", "--cache", tmp_path / "cache",
+                "--concurrency", "32", "--max-attempts", "1")
+        assert selfguided(*args) == 0
+        assert server.status_counts[200] == len(records) and server.status_counts[429] > 0
+        assert server.peak_in_flight <= 4
+        out = capsys.readouterr().out
+        assert "failed=0" in out and "concurrency=" in out
+        server.reset_counters()
+        assert selfguided(*args) == 0
+        assert server.chat_requests == 0
+
+
+def test_judge_sends_no_request_for_an_answer_over_the_input_budget(server, tmp_path, capsys):
+    _judge_files(tmp_path)
+    rows = read_jsonl(tmp_path / "small.jsonl")
+    rows[1]["choices"][0]["turns"] = ["아주 긴 답변 " * 100_000]
+    write_jsonl(tmp_path / "small.jsonl", rows)
+    assert selfguided("judge", tmp_path / "questions.jsonl", tmp_path / "small.jsonl",
+                      "-o", tmp_path / "single.jsonl") == 1
+    judged = read_jsonl(tmp_path / "single.jsonl")
+    assert judged[1]["error"].startswith("input too long: ~") and "> max_input_tokens 8,000" in judged[1]["error"]
+    assert judged[0]["error"] is None and judged[2]["error"] is None
+    assert server.chat_requests == 2
