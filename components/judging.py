@@ -78,7 +78,10 @@ def row_label(row_kind: str, *, base_model: str = "", arm: str = "", model: str 
         raise ValueError(f"unknown row kind {row_kind!r} (known: {', '.join(ROW_KINDS)})")
     if row_kind == "trained":
         return f"{base_model}/{arm}"
-    return f"{row_kind}/{model or base_model}"
+    name = model or base_model
+    if row_kind == "champion" and name and not name.startswith("v"):
+        name = f"v{name}"
+    return f"{row_kind}/{name}" if name else row_kind
 
 
 def judgment_row(

@@ -717,6 +717,11 @@ def _error_message(exc: openai.APIStatusError) -> str:
     return str(body["message"]) if isinstance(body, dict) and body.get("message") else exc.message
 
 
+# What reading a malformed completion raises (no choices, a body that is not a completion); a
+# failure to store an answer in the cache (OSError, S3 errors) still stops the run.
+_MALFORMED_ANSWER = (IndexError, KeyError, TypeError, AttributeError, ValueError)
+
+
 async def _done(result: LLMResult) -> LLMResult:
     return result
 
@@ -846,19 +851,19 @@ class LLMClient:
                          self.usage.step, pool.ceiling or pool.current, pool.current, pool.maximum)
         return results
 
-    def _too_long(self, request: LLMRequest) -> LLMResult | None:
+    def _too_long(self, request: LLMRequest, tokens: int | None = None) -> LLMResult | None:
         """The failure of a request whose prompt is over max_input_tokens (it is never sent), or None."""
-        tokens = estimate_request_tokens(request)
+        tokens = estimate_request_tokens(request) if tokens is None else tokens
         if tokens <= self.config.max_input_tokens:
             return None
         return LLMResult(error=f"input too long: ~{tokens:,} tokens > max_input_tokens "
                                f"{self.config.max_input_tokens:,} (estimated; nothing was sent)")
 
     async def _complete(self, api: openai.AsyncOpenAI, request: LLMRequest) -> LLMResult:
-        refused = self._too_long(request)
+        tokens = estimate_request_tokens(request)
+        refused = self._too_long(request, tokens)
         if refused is not None:
             return refused
-        tokens = estimate_request_tokens(request)
         hit = await self._from_cache(request)
         if hit is not None:
             return hit
@@ -879,7 +884,7 @@ class LLMClient:
                 ticket = self.pool.sent()
                 try:
                     result = await self._send(api, sent)
-                except Exception as exc:  # noqa: BLE001 - sorted out below; CancelledError is not an Exception
+                except (openai.OpenAIError, *_MALFORMED_ANSWER) as exc:  # sorted out below
                     error = exc
                 else:
                     self.pool.succeeded(ticket)
@@ -932,7 +937,7 @@ class LLMClient:
             tally += f" and {limited} rate-limited request{'s' if limited != 1 else ''}"
         return LLMResult(error=f"{reason} [{tally}]")
 
-    def _classify(self, exc: Exception, request: LLMRequest) -> tuple[str, str]:
+    def _classify(self, exc: BaseException, request: LLMRequest) -> tuple[str, str]:
         """(kind, reason) of a failed send. kind: "limited" (a 429 to wait out), "retry" (a real
         error worth another attempt), "fallback" (the endpoint refuses response_format), "fatal"."""
         if isinstance(exc, openai.APITimeoutError):
@@ -941,7 +946,7 @@ class LLMClient:
             cause = exc.__cause__ or exc
             return "retry", f"connection error: {type(cause).__name__}: {cause}"
         if not isinstance(exc, openai.APIStatusError):
-            return "fatal", f"unusable answer: {type(exc).__name__}: {exc}"
+            return "fatal", f"unusable answer ({type(exc).__name__}): {exc}"
         message = _error_message(exc)
         should_retry = exc.response.headers.get("x-should-retry", "").strip().lower()
         status = exc.status_code

@@ -177,9 +177,21 @@ def _finish(step: str, output: Path, rows: list[dict[str, Any]], usage: UsageSum
     return 0
 
 
+def _checked_config(step: str, args: argparse.Namespace) -> LLMConfig | None:
+    """The LLMConfig of the options, or None after saying which option is out of range."""
+    try:
+        return _config(args)
+    except ValueError as exc:
+        print(f"{step}: {exc}", file=sys.stderr)
+        return None
+
+
 def run_score(args: argparse.Namespace) -> int:
     from selfguided.components.score import set_aside_too_long
 
+    config = _checked_config("score", args)
+    if config is None:
+        return 2
     try:
         loaded = load_seed(args.seed)
     except DataError as exc:
@@ -198,13 +210,16 @@ def run_score(args: argparse.Namespace) -> int:
         from selfguided.components.score import score_offline
 
         return _finish("score", args.output, score_offline(records), None)
-    scored, usage = score_with_llm(records, _config(args))
+    scored, usage = score_with_llm(records, config)
     return _finish("score", args.output, scored, usage)
 
 
 def run_judge(args: argparse.Namespace) -> int:
     if args.mode == "pair" and args.reference is None:
         print("judge: --mode pair needs --reference ANSWERS.jsonl", file=sys.stderr)
+        return 2
+    config = _checked_config("judge", args)
+    if config is None:
         return 2
     try:
         questions = load_questions(args.questions)
@@ -222,7 +237,7 @@ def run_judge(args: argparse.Namespace) -> int:
 
         return _finish("judge", args.output, judge_offline(questions, answers), None)
     try:
-        rows, usage = judge_with_llm(questions, answers, _config(args), mode=args.mode, reference_answers=reference)
+        rows, usage = judge_with_llm(questions, answers, config, mode=args.mode, reference_answers=reference)
     except DataError as exc:
         print(f"judge: {exc}", file=sys.stderr)
         return 2

@@ -107,6 +107,9 @@ def answer_champion(questions: list[dict[str, Any]], *, registered_model_name: s
         raise
     label = str(version.version)
     try:
+        # models:/ URIs resolve through the process's registry URI, whatever download_artifacts is told.
+        mlflow.set_tracking_uri(tracking_uri)
+        mlflow.set_registry_uri(tracking_uri)
         local = Path(mlflow.artifacts.download_artifacts(
             f"models:/{registered_model_name}/{label}", tracking_uri=tracking_uri, dst_path=str(workdir)))
         started = time.monotonic()

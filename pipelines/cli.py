@@ -57,10 +57,14 @@ def _parameters(args: argparse.Namespace) -> dict:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from selfguided.pipelines.local import run_local
+    from selfguided.pipelines.local import LocalRunFailed, run_local
 
     print(f"selfguided: running the pipeline locally (work folder {Path(args.workdir).resolve()})")
-    result = run_local(args.workdir, verbose=args.verbose, **_parameters(args))
+    try:
+        result = run_local(args.workdir, verbose=args.verbose, **_parameters(args))
+    except LocalRunFailed as failure:
+        print(f"\nselfguided run: {failure}", file=sys.stderr)
+        return 1
     print(f"\nFinished in {result.seconds:.0f} s (pipeline run {result.run_name}).")
     if not result.teachers:
         print("No teacher row: no LLM endpoint is configured (set OPENAI_API_KEY or OPENAI_BASE_URL, and "

@@ -41,6 +41,15 @@ LOCAL_DEFAULTS: dict[str, Any] = {
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _STARTED = re.compile(r"Executing task '([^']+)'")
 _FINISHED = re.compile(r"Task '([^']+)' finished with status (\w+)")
+_EXCEPTION = re.compile(r"^\s*((?:[A-Za-z_][\w]*\.)*[A-Za-z_]\w*(?:Error|Exception|Exit|Interrupt)): (.+)$")
+
+
+class LocalRunFailed(RuntimeError):
+    """A step of the local run failed: which one, the cause from its log, and the log's path."""
+
+    def __init__(self, step: str, cause: str, log_path: Path):
+        self.step, self.cause, self.log_path = step, cause, log_path
+        super().__init__(f"step {step!r} failed: {cause}\nfull log: {log_path}")
 
 
 @dataclass
@@ -89,6 +98,7 @@ class _ProgressFilter(io.TextIOBase):
         self.log, self.terminal, self.verbose = log, terminal, verbose
         self.started: dict[str, float] = {}
         self.failed: list[str] = []
+        self.last_exception = ""  # "DataError: ...", the cause of a failure, not its traceback
         self._buffer = ""
 
     def writable(self) -> bool:
@@ -116,10 +126,12 @@ class _ProgressFilter(io.TextIOBase):
             if m.group(2) != "SUCCESS":
                 self.failed.append(m.group(1))
             self.terminal.write(f"  < {m.group(1)}: {mark} ({took:.0f} s)\n")
+            if m.group(2) != "SUCCESS" and self.last_exception:
+                self.terminal.write(f"    {self.last_exception}\n")
         elif "[selfguided]" in plain:
             self.terminal.write("    " + plain.split("[selfguided]", 1)[1].strip() + "\n")
-        elif "Traceback" in plain or "Error" in plain:
-            self.terminal.write("    " + plain.strip() + "\n")
+        elif m := _EXCEPTION.match(plain):
+            self.last_exception = f"{m.group(1).rsplit('.', 1)[-1]}: {m.group(2).strip()}"
         self.terminal.flush()
 
 
@@ -197,7 +209,8 @@ def run_local(
             with contextlib.redirect_stdout(progress), _share_cpu_cores(parallel_tasks):
                 task = self_guided_pipeline(**arguments)
         except Exception as exc:
-            raise RuntimeError(f"local pipeline run failed ({exc}); full log: {log_path}") from exc
+            step = progress.failed[-1] if progress.failed else "pipeline"
+            raise LocalRunFailed(step, progress.last_exception or f"{type(exc).__name__}: {exc}", log_path) from exc
         finally:
             progress.write("\n")
             builtins.print = original_print  # kfp.local indents prints while a task runs; a failure can leave it so

@@ -23,6 +23,8 @@ from kfp import dsl, kubernetes
 from selfguided.components.compare_step import compare
 from selfguided.components.deploy import deploy
 from selfguided.components.finetune import finetune
+from selfguided.components.images import CPU_STEP_RESOURCES
+from selfguided.components.preflight import preflight
 from selfguided.components.generate import generate
 from selfguided.components.judge import judge
 from selfguided.components.reference import answer_reference, plan_references
@@ -40,6 +42,26 @@ def plan_runs(base_models: List[str], arms: List[str]) -> List[dict]:
     if not base_models or not arms:
         raise ValueError("base_models and arms must both be non-empty")
     return [{"base_model": m, "arm": a} for m in base_models for a in arms]
+
+
+@dsl.component(base_image=platform.CPU_IMAGE, install_kfp_package=False)
+def collect_llm_models(score_model: str, judge_model: str, reference_models: List[str]) -> List[str]:
+    """Every LLM the run calls, for the preflight."""
+    return [score_model, judge_model, *reference_models]
+
+
+def _sized(task: dsl.PipelineTask, kind: str) -> dsl.PipelineTask:
+    """CPU and memory of a CPU task (components/images.py: CPU_STEP_RESOURCES)."""
+    wanted = CPU_STEP_RESOURCES[kind]
+    return (task.set_cpu_request(wanted["cpu"]).set_cpu_limit(wanted["cpu"])
+            .set_memory_request(wanted["memory"]).set_memory_limit(wanted["memory"]))
+
+
+def _sized_gpu(task: dsl.PipelineTask) -> dsl.PipelineTask:
+    """CPU and memory of a GPU task (platform.GPU_STEP_CPU / GPU_STEP_MEMORY, set at compile time:
+    resource requests cannot follow a runtime parameter into a loop)."""
+    cpu, memory = platform.GPU_STEP_CPU, platform.GPU_STEP_MEMORY
+    return task.set_cpu_request(cpu).set_cpu_limit(cpu).set_memory_request(memory).set_memory_limit(memory)
 
 
 def _on_gpu_pool(task: dsl.PipelineTask, num_gpus) -> dsl.PipelineTask:
@@ -150,34 +172,45 @@ def self_guided_pipeline(
         promotion_tolerance: a category credibly worse than the champion's by more than this (the upper
             bound of its paired difference's 95% CI below -tolerance) blocks a promotion.
     """
+    llm_models = collect_llm_models(score_model=score_model, judge_model=judge_model, reference_models=reference_models)
+    _sized(llm_models, "light").set_display_name("list the LLMs used")
+    check = preflight(tracking_uri=mlflow_tracking_uri, experiment_name=experiment_name,
+                      registered_model_name=registered_model_name, llm_models=llm_models.output,
+                      llm_base_url=llm_base_url)
+    _sized(_with_mlflow_secret(_with_llm_secret(check)), "light").set_display_name("preflight").set_caching_options(False)
+
     score_task = score(seed_uri=seed_uri, model=score_model, concurrency=llm_concurrency, cache=llm_cache,
-                       base_url=llm_base_url)
+                       base_url=llm_base_url).after(check)
     # The KFP cache keys on the URI string, not the file behind it: an edited seed file at the same
     # URI must be scored again (the LLM cache makes that cheap), so score and split never reuse.
     score_task.set_display_name("score seed data").set_caching_options(False)
-    _with_s3_secret(_with_llm_secret(_with_cache_volume(score_task))).set_retry(num_retries=2, backoff_duration="60s")
+    _sized(_with_s3_secret(_with_llm_secret(_with_cache_volume(score_task))), "llm").set_retry(num_retries=2,
+                                                                                               backoff_duration="60s")
 
     split_task = split(
         scored=score_task.outputs["scored"], questions_uri=questions_uri, arms=arms, strategy=strategy,
         filter_threshold=filter_threshold, held_out_categories=held_out_categories, eval_fraction=eval_fraction,
         max_eval_questions=max_eval_questions,
     ).set_display_name("split per arm").set_caching_options(False)
-    _with_s3_secret(_with_cache_volume(split_task))
+    _sized(_with_s3_secret(_with_cache_volume(split_task)), "light")
 
-    plan = plan_runs(base_models=base_models, arms=arms).set_display_name("plan runs")
+    plan = plan_runs(base_models=base_models, arms=arms)
+    _sized(plan, "light").set_display_name("plan runs")
     with dsl.ParallelFor(plan.output, name="model-and-arm") as run:
         finetune_task = finetune(
             train_data=split_task.outputs["train"], base_model=run.base_model, arm=run.arm, strategy=strategy,
             config_json=finetune_config, num_gpus=num_gpus, checkpoint_dir=checkpoint_dir,
         ).set_display_name("finetune")
-        _with_cache_volume(_on_gpu_pool(finetune_task, num_gpus)).set_retry(num_retries=3, backoff_duration="120s")
+        _sized_gpu(_with_cache_volume(_on_gpu_pool(finetune_task, num_gpus))).set_retry(num_retries=3,
+                                                                                             backoff_duration="120s")
         finetune_task.set_env_variable("HF_HOME", platform.HF_HOME)
 
         generate_task = generate(
             model=finetune_task.outputs["model"], questions=split_task.outputs["questions"],
             max_new_tokens=max_new_tokens,
         ).set_display_name("generate answers")
-        _with_cache_volume(_on_gpu_pool(generate_task, 1)).set_retry(num_retries=2, backoff_duration="60s")
+        _sized_gpu(_with_cache_volume(_on_gpu_pool(generate_task, 1))).set_retry(num_retries=2,
+                                                                                      backoff_duration="60s")
         # Base weights download once into the cache volume, shared by finetune, generate and retries.
         generate_task.set_env_variable("HF_HOME", platform.HF_HOME)
 
@@ -187,17 +220,18 @@ def self_guided_pipeline(
             generate_seconds=generate_task.outputs["Output"], answer_cost_usd=0.0, note="", fallback="",
             model=judge_model, concurrency=llm_concurrency, cache=llm_cache, base_url=llm_base_url,
         ).set_display_name("judge answers")
-        _with_s3_secret(_with_llm_secret(_with_cache_volume(judge_task))).set_retry(num_retries=2, backoff_duration="60s")
+        _sized(_with_s3_secret(_with_llm_secret(_with_cache_volume(judge_task))), "llm").set_retry(
+            num_retries=2, backoff_duration="60s")
 
     references = plan_references(base_models=base_models, reference_models=reference_models)
-    references.set_display_name("plan reference rows")
+    _sized(references, "light").set_display_name("plan reference rows")
     with dsl.ParallelFor(references.output, name="reference-row") as ref:
         answer_task = answer_reference(
             row=ref, questions=split_task.outputs["questions"], max_new_tokens=max_new_tokens,
             registered_model_name=registered_model_name, tracking_uri=mlflow_tracking_uri,
             llm_base_url=llm_base_url, llm_concurrency=llm_concurrency, llm_cache=llm_cache,
         ).set_display_name("answer as reference row").set_caching_options(False)  # the champion may have moved
-        _with_mlflow_secret(_with_s3_secret(_with_llm_secret(_with_cache_volume(_on_gpu_pool(answer_task, 1)))))
+        _sized_gpu(_with_mlflow_secret(_with_s3_secret(_with_llm_secret(_with_cache_volume(_on_gpu_pool(answer_task, 1))))))
         answer_task.set_env_variable("HF_HOME", platform.HF_HOME).set_retry(num_retries=2, backoff_duration="60s")
 
         reference_judge = judge(
@@ -208,8 +242,8 @@ def self_guided_pipeline(
             fallback=answer_task.outputs["fallback"],
             model=judge_model, concurrency=llm_concurrency, cache=llm_cache, base_url=llm_base_url,
         ).set_display_name("judge reference answers")
-        _with_s3_secret(_with_llm_secret(_with_cache_volume(reference_judge))).set_retry(num_retries=2,
-                                                                                         backoff_duration="60s")
+        _sized(_with_s3_secret(_with_llm_secret(_with_cache_volume(reference_judge))), "llm").set_retry(
+            num_retries=2, backoff_duration="60s")
 
     compare_task = compare(
         summaries=dsl.Collected(judge_task.outputs["summary"]),
@@ -218,7 +252,8 @@ def self_guided_pipeline(
         reference_judgments=dsl.Collected(reference_judge.outputs["judgments"]),
         min_improvement=min_improvement, promotion_tolerance=promotion_tolerance,
         min_paired_questions=min_paired_questions, gpu_hour_usd=gpu_hour_usd,
-    ).set_display_name("compare with uncertainty").set_caching_options(False)
+    )
+    _sized(compare_task, "compare").set_display_name("compare with uncertainty").set_caching_options(False)
 
     register_task = register(
         models=dsl.Collected(finetune_task.outputs["model"]),
@@ -237,10 +272,11 @@ def self_guided_pipeline(
         pipeline_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
     ).set_display_name("register and promote")
     # Registering is a side effect on MLflow: never answer it from the KFP cache.
-    _with_mlflow_secret(_with_s3_secret(register_task)).set_caching_options(False)
+    _sized(_with_mlflow_secret(_with_s3_secret(register_task)), "register").set_caching_options(False)
 
     deploy_task = deploy(
         promoted=register_task.outputs["promoted"], storage_uri=register_task.outputs["champion_storage_uri"],
         model_version=register_task.outputs["champion_version"], service_name=serving_name, namespace="",
-    ).set_display_name("deploy the champion").set_caching_options(False)
+    )
+    _sized(deploy_task, "light").set_display_name("deploy the champion").set_caching_options(False)
     return register_task.outputs["result"]

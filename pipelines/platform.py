@@ -20,6 +20,14 @@ GPU_NODE_SELECTOR_VALUE = os.environ.get("SELFGUIDED_GPU_NODE_SELECTOR_VALUE", "
 GPU_TOLERATION_KEY = "nvidia.com/gpu"
 GPU_TOLERATION_EFFECT = "NoSchedule"
 SHM_SIZE = os.environ.get("SELFGUIDED_SHM_SIZE", "16Gi")
+# CPU and host memory of every GPU task (finetune, generate, reference answers). The defaults suit
+# Polyglot-ko 1.3B; compile for a bigger base with the values of components/images.py's
+# GPU_STEP_RESOURCES, e.g. SELFGUIDED_GPU_STEP_MEMORY=128Gi for 5.8B.
+from selfguided.components.images import GPU_STEP_RESOURCES  # noqa: E402
+
+GPU_STEP_CPU = os.environ.get("SELFGUIDED_GPU_STEP_CPU", GPU_STEP_RESOURCES["EleutherAI/polyglot-ko-1.3b"]["cpu"])
+GPU_STEP_MEMORY = os.environ.get("SELFGUIDED_GPU_STEP_MEMORY",
+                                 GPU_STEP_RESOURCES["EleutherAI/polyglot-ko-1.3b"]["memory"])
 
 # Secrets: read from Kubernetes Secrets into environment variables, never pipeline parameters.
 OPENAI_SECRET_NAME = "selfguided-openai"

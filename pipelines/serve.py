@@ -592,9 +592,19 @@ def _run_uvicorn(app, host: str, port: int) -> int:
     return 0
 
 
+def _exit_on_sigterm(signum, _frame):
+    raise SystemExit(128 + signum)
+
+
 def run_serve(args: argparse.Namespace) -> int:
     """`selfguided serve`: resolve MODEL_URI, then serve it until interrupted; 2 when it cannot."""
     tracking_uri = args.tracking_uri or default_tracking_uri()
+    if threading.current_thread() is threading.main_thread():
+        # SIGTERM (a pod stopping) exits through Python, so the downloaded version is removed and a
+        # vLLM child is stopped; uvicorn re-raises it after its graceful shutdown.
+        import signal
+
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         with tempfile.TemporaryDirectory(prefix="selfguided-serve-") as scratch:
             resolved = resolve_model(args.model_uri, tracking_uri, Path(scratch) / "download")

@@ -307,3 +307,38 @@ def test_create_pipeline_user_refuses_unusable_passwords(password):
         create_pipeline_user(f"http://127.0.0.1:{free_port()}", admin_username="admin",
                              admin_password="an-admin-password", username="pipeline", password=password,
                              experiment_name=EXPERIMENT, registered_model_name=MODEL)
+
+
+def test_a_local_run_without_credentials_stops_at_preflight_before_any_training(auth_server, tmp_path, capsys):
+    """`selfguided run` against the basic-auth server with no login: one line naming the cause."""
+    from selfguided.pipelines.cli import main
+
+    monkeypatch_env = {"MLFLOW_TRACKING_URI": auth_server.tracking_uri}
+    with pytest.MonkeyPatch.context() as env:
+        for name, value in monkeypatch_env.items():
+            env.setenv(name, value)
+        code = main(["run", "--workdir", str(tmp_path / "run"), "--arms", "unscored"])
+    err = capsys.readouterr().err
+    assert code == 1 and "step 'preflight' failed" in err and "authenticat" in err.lower()
+    assert "Traceback" not in err
+    log = next((tmp_path / "run" / "logs").glob("run-*.log")).read_text(encoding="utf-8")
+    assert "Executing task 'finetune'" not in log and "Executing task 'score'" not in log
+
+
+def test_the_pipeline_user_runs_the_register_step_and_moves_the_champion(auth_server, pipeline_user, tmp_path,
+                                                                           monkeypatch):
+    from registry_fixtures import category_scores, make_model_dir, make_summary
+
+    from selfguided.components.register import Candidate, register_candidates
+
+    _as(monkeypatch, pipeline_user)
+    candidate = Candidate(make_model_dir(tmp_path, arm="self_guided"),
+                          make_summary("tiny", "self_guided", category_scores(6.0)))
+    evaluation = {"decision": {"promote": True, "reasons": ["first"], "figures": {}},
+                  "challenger": {"row": "tiny/self_guided", "base_model": "tiny", "arm": "self_guided"},
+                  "champion_version": None, "metrics": {}}
+    report = register_candidates([candidate], evaluation=evaluation, tracking_uri=auth_server.tracking_uri,
+                                 pipeline_run="auth-run", scored_data_sha256="0" * 64)
+    assert report.decision.promote
+    client = mlflow.MlflowClient(tracking_uri=auth_server.tracking_uri, registry_uri=auth_server.tracking_uri)
+    assert str(client.get_model_version_by_alias(MODEL, CHAMPION).version) == report.challenger.version

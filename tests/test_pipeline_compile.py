@@ -1,4 +1,4 @@
-"""The compiled pipeline: the six steps, GPU node-pool settings, secret wiring, no drift from the code."""
+"""The compiled pipeline: the steps, GPU node-pool settings, resources, secret wiring, no drift from the code."""
 
 import os
 import subprocess
@@ -10,7 +10,8 @@ import yaml
 from selfguided.pipelines import platform
 from selfguided.pipelines.compile import COMMITTED_PIPELINE, compile_pipeline
 
-STEPS = ("score", "split", "finetune", "generate", "judge", "register")
+STEPS = ("preflight", "score", "split", "finetune", "generate", "judge", "answer-reference", "compare", "register",
+         "deploy")
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +27,7 @@ def _executor(spec, step):
     return spec["deploymentSpec"]["executors"][f"exec-{step}"]["container"]
 
 
-def test_the_six_steps_are_in_the_pipeline(compiled):
+def test_every_step_is_in_the_pipeline(compiled):
     _, spec, _ = compiled
     for step in STEPS:
         assert f"comp-{step}" in spec["components"], step
@@ -51,6 +52,30 @@ def test_gpu_steps_ask_for_gpus_on_the_gpu_node_pool_with_shared_memory(compiled
         assert "nodeSelector" not in kube.get(f"exec-{step}", {})
 
 
+def test_every_task_requests_cpu_and_memory(compiled):
+    _, spec, _ = compiled
+    for name, executor in spec["deploymentSpec"]["executors"].items():
+        resources = executor["container"].get("resources", {})
+        assert resources.get("resourceCpuRequest") and resources.get("resourceMemoryRequest"), name
+        assert resources["resourceMemoryLimit"] == resources["resourceMemoryRequest"], name
+    assert _executor(spec, "finetune")["resources"]["resourceMemoryRequest"] == platform.GPU_STEP_MEMORY
+
+
+def test_preflight_runs_before_any_paid_or_gpu_work(compiled):
+    _, spec, _ = compiled
+    tasks = spec["root"]["dag"]["tasks"]
+    assert "preflight" in tasks["score"]["dependentTasks"]
+    assert {s["secretName"] for s in compiled[2]["exec-preflight"]["secretAsEnv"]} == {
+        platform.OPENAI_SECRET_NAME, platform.MLFLOW_AUTH_SECRET_NAME}
+
+
+def test_mlflow_credentials_reach_every_mlflow_writing_step_from_a_secret(compiled):
+    _, _, kube = compiled
+    for step in ("preflight", "answer-reference", "register"):
+        names = {s["secretName"] for s in kube[f"exec-{step}"]["secretAsEnv"]}
+        assert platform.MLFLOW_AUTH_SECRET_NAME in names, step
+
+
 def test_the_openai_key_comes_from_a_secret_never_from_a_parameter(compiled):
     path, spec, kube = compiled
     for step in ("score", "judge"):
@@ -61,14 +86,17 @@ def test_the_openai_key_comes_from_a_secret_never_from_a_parameter(compiled):
         assert platform.OPENAI_SECRET_NAME not in names, step
     parameters = spec["root"]["inputDefinitions"]["parameters"]
     assert not [p for p in parameters if any(word in p.lower() for word in ("key", "secret", "password", "credential"))]
+    assert "MLFLOW_TRACKING_PASSWORD" not in path.read_text().replace(f"secretKey: MLFLOW_TRACKING_PASSWORD", "") \
+        .replace("envVar: MLFLOW_TRACKING_PASSWORD", "")
 
 
 def test_retries_and_no_cache_on_register(compiled):
     _, spec, _ = compiled
     tasks = spec["root"]["dag"]["tasks"]
     assert tasks["register"]["cachingOptions"] == {} or not tasks["register"]["cachingOptions"].get("enableCache")
-    loop = next(t for t in tasks.values() if "componentRef" in t and t["componentRef"]["name"].startswith("comp-for-loop"))
-    inner = spec["components"][loop["componentRef"]["name"]]["dag"]["tasks"]
+    loops = [spec["components"][t["componentRef"]["name"]]["dag"]["tasks"] for t in tasks.values()
+             if "componentRef" in t and t["componentRef"]["name"].startswith("comp-for-loop")]
+    inner = next(loop for loop in loops if "finetune" in loop)
     assert inner["finetune"]["retryPolicy"]["maxRetryCount"] == 3
 
 

@@ -280,7 +280,7 @@ def test_every_row_of_a_run_is_logged_under_one_parent_with_its_evidence(tmp_pat
     evaluation = run_compare([p for p, _ in trained.values()] + [base[0], champion[0]],
                              [j for _, j in trained.values()] + [base[1], champion[1]], gate=PromotionGate())
     assert evaluation["challenger"]["arm"] == "self_guided" and evaluation["decision"]["promote"]
-    assert evaluation["notes"] == ["champion/: no champion yet"]
+    assert evaluation["notes"] == ["champion: no champion yet"]
     models = [make_model_dir(tmp_path / "m", arm=arm) for arm in trained]
     (tmp_path / "train").mkdir()
     for arm in trained:
@@ -300,7 +300,7 @@ def test_every_row_of_a_run_is_logged_under_one_parent_with_its_evidence(tmp_pat
     experiment = client.get_experiment_by_name("selfguided").experiment_id
     found = client.search_runs([experiment], "tags.pipeline_run = 'run-1'")
     runs = {r.data.tags.get("row", "(parent)"): r for r in found}
-    assert set(runs) == {"(parent)", "tiny/unscored", "tiny/self_guided", "tiny/control", "base/tiny", "champion/"}
+    assert set(runs) == {"(parent)", "tiny/unscored", "tiny/self_guided", "tiny/control", "base/tiny", "champion"}
     parent = runs.pop("(parent)")
     assert parent.info.run_id == report.parent_run_id and parent.data.tags["row_kind"] == "pipeline"
     assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"comparison.json", "report.md",
@@ -318,7 +318,7 @@ def test_every_row_of_a_run_is_logged_under_one_parent_with_its_evidence(tmp_pat
     assert [i.dataset.name for i in guided.inputs.dataset_inputs] == ["self_guided.jsonl"]
     assert [h.step for h in client.get_metric_history(guided.info.run_id, "train/loss")] == [1]
     assert runs["base/tiny"].data.metrics["judge/overall"] == pytest.approx(2.0)
-    assert runs["champion/"].data.tags["note"] == "no champion yet" and not runs["champion/"].data.metrics
+    assert runs["champion"].data.tags["note"] == "no champion yet" and not runs["champion"].data.metrics
 
 
 def test_report_markdown_has_the_score_table_and_the_reasons(tmp_path, store, two_arms):
