@@ -147,6 +147,15 @@ def test_stream_joins_to_the_answer_and_ends_with_done(client, base_url, referen
     assert all(line.startswith("data: ") for line in events) and events[-1] == "data: [DONE]"
 
 
+def test_temperature_samples(client):
+    messages = [{"role": "user", "content": QUESTION}]
+    sampled = client.chat.completions.create(model=NAME, messages=messages, temperature=1.5, max_tokens=8)
+    assert isinstance(sampled.choices[0].message.content, str) and sampled.usage.completion_tokens <= 8
+    chunks = list(client.chat.completions.create(model=NAME, messages=messages, temperature=1.5, max_tokens=8,
+                                                 stream=True))
+    assert chunks[-1].choices[0].finish_reason in ("stop", "length")
+
+
 def test_stop_ends_the_answer_before_the_stop_string(client):
     full = client.chat.completions.create(model=NAME, messages=[{"role": "user", "content": QUESTION}])
     text = full.choices[0].message.content
