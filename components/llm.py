@@ -153,6 +153,16 @@ def llm_step_config(step: str, model: str, *, base_url: str, concurrency: int, c
     return LLMConfig(model=model, base_url=base_url or None, concurrency=concurrency, cache=cache or None)
 
 
+def model_endpoint(entry: str, default_base_url: str) -> tuple[str, str]:
+    """(model, base_url) of a model entry: `gpt-4o-mini` (on `default_base_url`), or
+    `name@http://host:port/v1` for a model on an OpenAI-compatible endpoint of its own (a served
+    champion, a vLLM server)."""
+    model, sep, url = entry.partition("@")
+    if sep and url.startswith(("http://", "https://")):
+        return model, url
+    return entry, default_base_url
+
+
 def check_endpoint(config: "LLMConfig", timeout_s: float = 10.0) -> None:
     """Prove the endpoint answers and accepts the key, for free: one GET /models.
 

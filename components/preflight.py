@@ -27,7 +27,7 @@ class PreflightError(RuntimeError):
 def run_preflight(*, tracking_uri: str, experiment_name: str, registered_model_name: str, llm_models: List[str],
                   llm_base_url: str = "") -> List[str]:
     """Check everything the run needs; returns what was checked, raises PreflightError otherwise."""
-    from selfguided.components.llm import check_endpoint, llm_step_config
+    from selfguided.components.llm import check_endpoint, llm_step_config, model_endpoint
     from selfguided.components.tracking import TrackingAccessError, check_tracking_access
 
     problems, checked = [], []
@@ -38,14 +38,16 @@ def run_preflight(*, tracking_uri: str, experiment_name: str, registered_model_n
                        f"{registered_model_name!r}")
     except TrackingAccessError as exc:
         problems.append(str(exc))
-    endpoint_checked = False
-    for model in dict.fromkeys(m for m in llm_models if m and m not in OFFLINE_MODELS):
+    endpoints_checked: set[str] = set()
+    for entry in dict.fromkeys(m for m in llm_models if m and m not in OFFLINE_MODELS):
+        model, base_url = model_endpoint(entry, llm_base_url)
         try:
-            config = llm_step_config("preflight", model, base_url=llm_base_url, concurrency=1, cache="")
-            if not endpoint_checked:
+            config = llm_step_config("preflight", model, base_url=base_url, concurrency=1, cache="")
+            where = config.resolved_base_url() or "OpenAI"
+            if where not in endpoints_checked:
                 check_endpoint(config)
-                endpoint_checked = True
-            checked.append(f"LLM {model}: endpoint answers")
+                endpoints_checked.add(where)
+            checked.append(f"LLM {model}: endpoint {where} answers")
         except RuntimeError as exc:
             problems.append(str(exc))
     if problems:

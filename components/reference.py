@@ -77,9 +77,10 @@ def answer_base(base_model: str, questions: list[dict[str, Any]], *, max_new_tok
 def answer_teacher(model: str, questions: list[dict[str, Any]], *, base_url: str, concurrency: int, cache: str
                    ) -> ReferenceAnswers:
     """An API model through the LLM client layer; its cost is measured."""
-    from selfguided.components.llm import llm_step_config
+    from selfguided.components.llm import llm_step_config, model_endpoint
     from selfguided.components.llm_tasks import answer_with_llm
 
+    model, base_url = model_endpoint(model, base_url)
     config = llm_step_config("teacher", model, base_url=base_url, concurrency=concurrency, cache=cache)
     started = time.monotonic()
     rows, usage = answer_with_llm(questions, config)

@@ -160,7 +160,7 @@ def self_guided_pipeline(
         checkpoint_dir: training checkpoints, on the cache volume so a retried task resumes.
         max_new_tokens: longest answer generated per turn of a test question.
         reference_models: API models answering as teacher rows (the paper's ChatGPT row), through the
-            LLM endpoint; [] = no teacher row.
+            LLM endpoint, or `name@http://host:port/v1` on an endpoint of their own; [] = no teacher row.
         min_improvement: promote only when the lower bound of the 95% CI of the challenger's overall
             paired difference against the champion is above this (1-10 scale).
         min_paired_questions: shared (question, turn) pairs needed to compare challenger and champion.

@@ -1,4 +1,4 @@
-"""The whole pipeline, run locally with kfp.local on the `tiny` model, read back from MLflow."""
+"""The whole pipeline, run locally with kfp.local on the `tiny` model, twice: read back from MLflow."""
 
 import pytest
 from mlflow import MlflowClient
@@ -32,6 +32,19 @@ def test_every_model_version_has_scores_for_all_six_categories(local_run):
         assert "judge/overall" in metrics
 
 
+def test_every_row_is_a_run_of_the_pipeline_run_with_its_evidence(local_run):
+    client = MlflowClient(tracking_uri=local_run.tracking_uri)
+    experiment = client.get_experiment_by_name("selfguided").experiment_id
+    runs = client.search_runs([experiment], f"tags.pipeline_run = '{local_run.run_name}'")
+    rows = {r.data.tags.get("row"): r for r in runs if r.data.tags.get("row_kind") != "pipeline"}
+    assert set(rows) == {"tiny/unscored", "tiny/self_guided", "tiny/control", "base/tiny", "champion"}
+    guided = rows["tiny/self_guided"].data.metrics
+    for category in CATEGORIES:
+        assert guided[f"judge/{category}/overall_ci_low"] <= guided[f"judge/{category}/overall"]
+    assert "delta/overall_ci_high" in guided and "train/loss" in guided
+    assert local_run.register["report_markdown"].startswith("# Evaluation with uncertainty")
+
+
 def test_champion_points_at_a_registered_version(local_run):
     client = MlflowClient(tracking_uri=local_run.tracking_uri)
     champion = client.get_model_version_by_alias(local_run.registered_model_name, "champion")
@@ -40,3 +53,10 @@ def test_champion_points_at_a_registered_version(local_run):
     assert set(local_run.aliases) >= {"champion", "challenger"}
     assert len(local_run.summaries) == 3 and all(len(s["categories"]) == len(CATEGORIES) for s in local_run.summaries)
     assert local_run.decision.startswith("promoted")
+
+
+def test_a_second_run_keeps_an_identical_champion_and_quotes_the_paired_difference(local_run):
+    again = run_local(local_run.log_path.parent.parent)
+    assert again.decision.startswith(f"kept champion v{local_run.aliases['champion']}")
+    assert "overall paired difference +0.00 [95% CI +0.00, +0.00] over 41 shared (question, turn) pairs" in again.decision
+    assert "| champion/v" in again.register["report_markdown"]

@@ -1,0 +1,39 @@
+"""The preflight step: one line per problem, before any paid or GPU work."""
+
+import pytest
+from llm_server import FakeOpenAI
+
+from selfguided.components.llm import model_endpoint
+from selfguided.components.preflight import PreflightError, run_preflight
+
+
+def test_a_local_store_and_the_offline_judge_need_nothing(tmp_path):
+    checked = run_preflight(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", experiment_name="e",
+                            registered_model_name="m", llm_models=["offline-heuristic"])
+    assert len(checked) == 1 and "may write 'e' and 'm'" in checked[0]
+
+
+def test_an_llm_without_an_endpoint_is_named(tmp_path):
+    with pytest.raises(PreflightError, match="judge model|model 'gpt-4o' needs an OpenAI-compatible endpoint"):
+        run_preflight(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", experiment_name="e", registered_model_name="m",
+                      llm_models=["offline-heuristic", "gpt-4o"])
+
+
+def test_an_unreachable_endpoint_and_an_unreachable_tracking_server_are_both_reported(monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    with pytest.raises(PreflightError) as info:
+        run_preflight(tracking_uri="http://127.0.0.1:9", experiment_name="e", registered_model_name="m",
+                      llm_models=["gpt-4o"], llm_base_url="http://127.0.0.1:9/v1")
+    message = str(info.value)
+    assert "MLflow" in message and "unreachable" in message and "LLM endpoint http://127.0.0.1:9/v1 is unreachable" in message
+
+
+def test_teachers_on_their_own_endpoint_are_checked_there(tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    with FakeOpenAI() as judge, FakeOpenAI() as served:
+        checked = run_preflight(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", experiment_name="e",
+                                registered_model_name="m", llm_base_url=judge.base_url,
+                                llm_models=["gpt-4o", f"korean-writing-assistant@{served.base_url}"])
+    assert any(f"endpoint {served.base_url} answers" in line for line in checked)
+    assert any(f"LLM gpt-4o: endpoint {judge.base_url} answers" in line for line in checked)
+    assert model_endpoint("gpt-4o-mini", "x") == ("gpt-4o-mini", "x")
