@@ -449,8 +449,8 @@ class DirCache:
 class S3Cache:
     """The same interface on S3 (or MinIO): one object per key under s3://bucket/prefix/.
 
-    A PUT is atomic in S3, so there are no torn entries either. The boto3 client takes its
-    endpoint and credentials from the usual AWS_* environment variables unless one is given.
+    A PUT is atomic in S3, so there are no torn entries either. The client is data.s3_client's
+    (the configured endpoint, credentials from the usual AWS_* variables) unless one is given.
     """
 
     def __init__(self, url: str, client: Any = None) -> None:
@@ -460,9 +460,9 @@ class S3Cache:
         self.bucket, prefix = match[1], match[2].strip("/")
         self.prefix = f"{prefix}/" if prefix else ""
         if client is None:
-            import boto3
+            from selfguided.components.data import s3_client
 
-            client = boto3.client("s3")
+            client = s3_client()
         self.client = client
 
     def get(self, key: str) -> dict[str, Any] | None:

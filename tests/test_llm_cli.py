@@ -220,3 +220,11 @@ def test_judge_sends_no_request_for_an_answer_over_the_input_budget(server, tmp_
     assert judged[1]["error"].startswith("input too long: ~") and "> max_input_tokens 8,000" in judged[1]["error"]
     assert judged[0]["error"] is None and judged[2]["error"] is None
     assert server.chat_requests == 2
+
+
+def test_options_out_of_range_exit_2(tmp_path, capsys):
+    write_seed(tmp_path / "seed.jsonl", 1)
+    assert selfguided("score", tmp_path / "seed.jsonl", "-o", tmp_path / "s.jsonl", "--max-input-tokens", "0") == 2
+    assert "score: LLMConfig.max_input_tokens must be >= 1" in capsys.readouterr().err
+    assert selfguided("score", tmp_path / "seed.jsonl", "-o", tmp_path / "s.jsonl", "--rate-limit-budget", "-5") == 2
+    assert "rate_limit_budget_s must be >= 0" in capsys.readouterr().err
