@@ -304,25 +304,40 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+S3_ENDPOINT_VARIABLES = ("AWS_ENDPOINT_URL_S3", "MLFLOW_S3_ENDPOINT_URL")
+
+
+def s3_endpoint() -> str | None:
+    """The S3 endpoint every S3 access of every step uses: AWS_ENDPOINT_URL_S3 (set once, in the
+    cluster from the `selfguided-s3` Secret's optional key of that name: Kubeflow's MinIO or
+    SeaweedFS, a corporate S3), else MLFLOW_S3_ENDPOINT_URL, else AWS itself (None)."""
+    return next((os.environ[v] for v in S3_ENDPOINT_VARIABLES if os.environ.get(v)), None)
+
+
+def s3_client():
+    """The one boto3 S3 client factory: seed and question files, the LLM cache. MLflow's own S3
+    access follows the same variable (botocore reads AWS_ENDPOINT_URL_S3 when no endpoint is given)."""
+    import boto3  # only needed for S3
+
+    return boto3.client("s3", endpoint_url=s3_endpoint())
+
+
 def fetch_input(uri: str, default_sample: str, workdir: str | Path) -> Path:
     """Resolve a step's input location to a local file.
 
-    "" means the sample bundled with the package; `s3://bucket/key` is downloaded with boto3
-    (credentials and endpoint from the usual AWS_* variables); anything else is a local path
-    (in a cluster: a mounted volume).
+    "" means the sample bundled with the package; `s3://bucket/key` is downloaded through
+    `s3_client` (the configured endpoint, credentials from the usual AWS_* variables); anything
+    else is a local path (in a cluster: a mounted volume).
     """
     if not uri:
         return sample_path(default_sample)
     if uri.startswith("s3://"):
-        import boto3  # only needed for S3 inputs
-
         bucket, _, key = uri[len("s3://") :].partition("/")
         if not bucket or not key:
             raise DataError(f"{uri}: expected s3://BUCKET/KEY")
         target = Path(workdir) / Path(key).name
         target.parent.mkdir(parents=True, exist_ok=True)
-        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("MLFLOW_S3_ENDPOINT_URL")
-        boto3.client("s3", endpoint_url=endpoint).download_file(bucket, key, str(target))
+        s3_client().download_file(bucket, key, str(target))
         return target
     path = Path(uri)
     if not path.exists():

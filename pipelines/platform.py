@@ -38,7 +38,11 @@ from selfguided.components.tracking import (  # noqa: E402
     PIPELINE_AUTH_SECRET_NAME as MLFLOW_AUTH_SECRET_NAME,
 )
 S3_SECRET_NAME = "selfguided-s3"
-S3_SECRET_KEYS = {"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY"}
+# The S3 endpoint is set once, as the Secret's optional AWS_ENDPOINT_URL_S3 key (Kubeflow's MinIO or
+# SeaweedFS: http://minio-service.kubeflow:9000); every S3 access of every step follows it
+# (components/data.py: s3_client). Without it, AWS.
+S3_SECRET_KEYS = {"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY",
+                  "AWS_ENDPOINT_URL_S3": "AWS_ENDPOINT_URL_S3"}
 
 # In-cluster services (manifests/ deploys MLflow under this name and namespace).
 MLFLOW_TRACKING_URI_IN_CLUSTER = "http://mlflow.selfguided.svc.cluster.local:5000"
