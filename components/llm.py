@@ -93,8 +93,10 @@ BATCH_DISCOUNT = 0.5  # the Batch API bills half the list price
 STRUCTURED_OUTPUT_MODES = ("auto", "json", "text")
 _BATCH_DONE = ("completed", "failed", "expired", "cancelled")
 DEFAULT_MAX_INPUT_TOKENS = 8000
-"""Default prompt budget per request (estimated tokens): a long Korean seed record and the score
-prompt take about 1,500; pairwise judging of two 2,048-token answers about 5,000."""
+"""Default prompt budget per request, in `estimate_tokens` tokens. The score prompts of the bundled
+seed records estimate at 650-1,100, and a judge prompt holds a question or two and one or two
+answers cut at the answering model's max_tokens; GPT-4-class models take 128k. It is there to
+catch data that is not what it should be (a whole book in one output) before it is paid for."""
 DEFAULT_RATE_LIMIT_BUDGET_S = 600.0
 """Default time a request may keep being refused with 429 before it fails (10 minutes: OpenAI's
 per-minute limits and a busy gateway clear well within it, a daily limit does not)."""
@@ -109,8 +111,9 @@ def estimate_tokens(text: str) -> int:
 
     Every non-ASCII character (a Hangul syllable, a Hanja, an emoji) counts as one token, and
     every ASCII_CHARS_PER_TOKEN ASCII characters (letters, digits, spaces, punctuation) as one more.
-    Byte-pair tokenizers merge common Korean syllables and English words further, so for Korean
-    and English prose this errs on the high side: use it as a size guard, not as a bill.
+    It is meant to err on the high side for Korean and English prose (byte-pair tokenizers such
+    as GPT-4o's merge common Hangul syllables and English words), but it is no tokenizer: a size
+    guard, not a bill.
     """
     if not text:
         return 0
