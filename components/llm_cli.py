@@ -55,7 +55,8 @@ def _add_llm_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("LLM client")
     group.add_argument("--model", default=defaults.model, help="judge model name (default: %(default)s)")
     group.add_argument("--concurrency", type=int, default=defaults.concurrency,
-                       help="requests in flight at most (default: %(default)s)")
+                       help="requests in flight at most; fewer while the endpoint refuses that many with 429 "
+                            "(default: %(default)s)")
     group.add_argument("--cache", metavar="PATH",
                        help="answer cache: a directory or s3://bucket/prefix; makes reruns resume (default: none)")
     group.add_argument("--batch", action="store_true",
