@@ -23,8 +23,15 @@ from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Metrics, Output
 
 from selfguided.components.data import CATEGORIES, CATEGORY_LABELS_KO, load_questions, write_jsonl
 from selfguided.components.images import CPU_IMAGE
-from selfguided.components.judging import SCORE_NAMES, judged_ok, judgment_row, mean_of_criteria, row_label
-from selfguided.components.llm_tasks import answer_turns, check_answers, load_answers
+from selfguided.components.judging import (
+    SCORE_NAMES,
+    judged_ok,
+    judgment_row,
+    mean_of_criteria,
+    reference_for,
+    row_label,
+)
+from selfguided.components.llm_tasks import JUDGE_PROMPTS, answer_turns, check_answers, load_answers
 from selfguided.components.offline_judge import OFFLINE_JUDGE_NAME, OFFLINE_PROMPT_VERSION, heuristic_scores
 from selfguided.components.prompting import CRITERIA
 
@@ -37,7 +44,8 @@ def judge_offline(questions: list[dict[str, Any]], answers: list[dict[str, Any]]
     for answer in answers:
         question = by_id[answer["question_id"]]
         for turn, text in enumerate(answer_turns(answer), start=1):
-            scores, rationale = heuristic_scores(question["category"], question["turns"][turn - 1], text)
+            scores, rationale = heuristic_scores(question["category"], question["turns"][turn - 1], text,
+                                                 reference=reference_for(question, turn) or None)
             judgments.append(judgment_row(
                 question=question, turn=turn, answer=text, model=answer.get("model_id", "unknown"),
                 judge=(OFFLINE_JUDGE_NAME, OFFLINE_PROMPT_VERSION), user_prompt=question["turns"][turn - 1],
@@ -213,7 +221,9 @@ def run_judge_step(
         errors = sorted({str(j.get("error")) for j in judgments})[:3]
         raise RuntimeError(f"every one of {len(judgments)} judgments failed (e.g. {'; '.join(errors)}); "
                            f"judgments kept in {judgments_path}")
-    prompt_version = judgments[0]["judge"][1] if judgments else ""
+    # The judge of a row is the judge model and its prompt set (the turn-1 prompt names the set's
+    # version), the same for every row graded alike, so the gate can tell comparable rows apart.
+    prompt_version = OFFLINE_PROMPT_VERSION if model == OFFLINE_JUDGE_NAME else JUDGE_PROMPTS["single"]
     summary = summarize_judgments(judgments, row_kind=row_kind, base_model=base_model, arm=arm, model=row_model,
                                   judge_model=model, prompt_version=prompt_version, usage=usage,
                                   generate_seconds=generate_seconds, llm_cost_usd=llm_cost_usd)

@@ -124,6 +124,12 @@ def judgment_row(
     }
 
 
+def reference_for(question: Mapping[str, Any], turn: int) -> str:
+    """The reference answer the judge is shown for `turn` (1-based) of `question`, or ""."""
+    reference = question.get("reference") or []
+    return reference[turn - 1] if turn - 1 < len(reference) and isinstance(reference[turn - 1], str) else ""
+
+
 def judged_ok(row: Mapping[str, Any]) -> bool:
     """Whether a judgment row carries a grade (failed rows are kept, but not averaged)."""
     return not row.get("error") and row.get("scores") is not None

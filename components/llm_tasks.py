@@ -52,7 +52,7 @@ from typing import Any
 from collections.abc import Callable
 
 from selfguided.components.data import CATEGORY_LABELS_KO, DataError, iter_records
-from selfguided.components.judging import is_korean, judgment_row, mean_of_criteria
+from selfguided.components.judging import is_korean, judgment_row, mean_of_criteria, reference_for
 from selfguided.components.llm import LLMClient, LLMConfig, LLMRequest, UsageSummary
 from selfguided.components.prompting import CRITERIA, CRITERIA_KO
 
@@ -64,6 +64,8 @@ __all__ = [
 SCORE_PROMPT = "score-v1"
 JUDGE_PROMPTS = {"single": "judge-single-v1", "pair": "judge-pair-v1"}
 MULTI_TURN_PROMPT = "judge-single-multi-v1"
+# With a reference answer (questions of the reference categories, see data.attach_references).
+REFERENCE_PROMPTS = {"judge-single-v1": "judge-single-ref-v1", "judge-single-multi-v1": "judge-single-multi-ref-v1"}
 JUDGE_MODES = tuple(JUDGE_PROMPTS)
 _PROMPT_FIELDS = ("name", "version", "system", "user_template")
 ANSWER_PROMPT = "answer-v1"
@@ -408,7 +410,9 @@ def judge_with_llm(
     prompt = load_prompt(JUDGE_PROMPTS[mode])
     client = LLMClient(config, step="judge")
     if mode == "single":
-        rows = _judge_single(client, prompt, load_prompt(MULTI_TURN_PROMPT), by_id, answers)
+        prompts = {p.id: p for p in (prompt, load_prompt(MULTI_TURN_PROMPT))}
+        prompts |= {REFERENCE_PROMPTS[i]: load_prompt(REFERENCE_PROMPTS[i]) for i in list(prompts)}
+        rows = _judge_single(client, prompts, by_id, answers)
     else:
         if not reference_answers:
             raise ValueError("pairwise judging needs reference_answers (the reference model's answers)")
@@ -439,25 +443,29 @@ def _user_prompt(request: LLMRequest) -> str:
 
 
 def _judge_single(
-    client: LLMClient, prompt: Prompt, multi_turn: Prompt, questions: dict[Any, dict[str, Any]],
+    client: LLMClient, prompts: dict[str, Prompt], questions: dict[Any, dict[str, Any]],
     answers: list[dict[str, Any]],
 ) -> list[dict[str, Any]]:
+    """Turn 1 with judge-single, later turns with judge-single-multi; each with its -ref variant
+    when the question carries a reference answer for that turn."""
     items = [(a, questions[a["question_id"]], k + 1) for a in answers for k in range(len(answer_turns(a)))]
-    requests = []
+    requests, used = [], []
     for answer, question, turn in items:
         texts = answer_turns(answer)
-        if turn == 1:
-            requests.append(prompt.request(**_fields(question), answer=texts[0]))
-        else:
-            requests.append(multi_turn.request(**{**_fields(question), "question": question["turns"][turn - 1]},
-                                               conversation=_conversation(question, texts, turn),
-                                               answer=texts[turn - 1]))
-    verdicts = _ask(client, [prompt, multi_turn], requests, lambda text: parse_ratings(text, with_overall=True))
+        fields = {**_fields(question), "question": question["turns"][turn - 1], "answer": texts[turn - 1]}
+        name = JUDGE_PROMPTS["single"] if turn == 1 else MULTI_TURN_PROMPT
+        if turn > 1:
+            fields["conversation"] = _conversation(question, texts, turn)
+        if reference_for(question, turn):
+            name, fields["reference"] = REFERENCE_PROMPTS[name], reference_for(question, turn)
+        used.append(prompts[name])
+        requests.append(prompts[name].request(**fields))
+    verdicts = _ask(client, list(prompts.values()), requests, lambda text: parse_ratings(text, with_overall=True))
     rows = []
-    for (answer, question, turn), request, verdict in zip(items, requests, verdicts):
+    for (answer, question, turn), request, verdict, prompt in zip(items, requests, verdicts, used):
         rows.append(judgment_row(
             question=question, turn=turn, answer=answer_turns(answer)[turn - 1], model=answer["model_id"],
-            judge=(client.config.model, (prompt if turn == 1 else multi_turn).id),
+            judge=(client.config.model, prompt.id),
             user_prompt=_user_prompt(client.as_sent(request)), judgment=verdict.text,
             ratings=verdict.parsed[0] if verdict.parsed is not None else None, error=verdict.error,
         ))

@@ -36,6 +36,9 @@ from kfp.dsl import Dataset, Input, Markdown, Output
 
 from selfguided.components.data import (
     CATEGORIES,
+    REFERENCE_CATEGORIES,
+    attach_references,
+    load_reference_answers,
     SAMPLE_QUESTIONS,
     HELD_OUT_CATEGORIES,
     DataError,
@@ -64,6 +67,8 @@ class SplitConfig:
     """Share of the remaining records kept for evaluation, chosen by a hash of the record id."""
     max_eval_questions: int = 0
     """Most test questions per category (0: no cap), drawn by a hash of the question id."""
+    reference_categories: list[str] = field(default_factory=lambda: list(REFERENCE_CATEGORIES))
+    """Categories whose questions are judged against a reference answer (math, reasoning, coding)."""
     seed: str = "selfguided"
     """Salt of the hashes and of the control's draw; change it for a different (still
     deterministic) split."""
@@ -218,7 +223,7 @@ def split_report(result: SplitResult, config: SplitConfig) -> str:
 
 def run_split_step(
     scored_path: str, questions_uri: str, train_dir: str, questions_path: str, report_path: str,
-    config: SplitConfig, *, workdir: str = ".",
+    config: SplitConfig, *, workdir: str = ".", reference_answers_uri: str = "",
 ) -> tuple[SplitResult, list[dict[str, Any]]]:
     """Split scored records into per-arm training files and write the test questions."""
     scored = read_jsonl(scored_path)
@@ -235,7 +240,8 @@ def run_split_step(
         questions = seed_questions(result, config)
         origin = "the seed records held out of training"
     trained = {r["category"] for rows in result.train.values() for r in rows}
-    questions = mark_and_cap(questions, config, trained)
+    references = load_reference_answers(fetch_input(reference_answers_uri, "", workdir)) if reference_answers_uri else {}
+    questions = attach_references(mark_and_cap(questions, config, trained), references, config.reference_categories)
     if not questions:
         raise DataError(f"no test questions from {origin}: hold out a category, raise eval_fraction or pass a "
                         "questions file")
@@ -244,7 +250,9 @@ def run_split_step(
     report = split_report(result, config) + (
         f"\n## Test questions\n\n{len(questions)} questions from {origin}"
         + (f", at most {config.max_eval_questions} per category" if config.max_eval_questions else "") + ": "
-        + ", ".join(f"{c} {n}" + ("" if c in trained else " (unseen)") for c, n in per_category.items()) + ".\n")
+        + ", ".join(f"{c} {n}" + ("" if c in trained else " (unseen)") for c, n in per_category.items()) + "."
+        + (f" {sum('reference' in q for q in questions)} are judged against a reference answer "
+           f"({', '.join(config.reference_categories)})." if any("reference" in q for q in questions) else "") + "\n")
     Path(report_path).write_text(report, encoding="utf-8")
     sizes = ", ".join(f"{arm} {len(rows)}" for arm, rows in result.train.items())
     print(f"[selfguided] split: training records per arm: {sizes}; {len(questions)} test questions from {origin}",
@@ -262,6 +270,8 @@ def split(
     held_out_categories: list,
     eval_fraction: float,
     max_eval_questions: int,
+    reference_answers_uri: str,
+    reference_categories: list,
     train: Output[Dataset],
     questions: Output[Dataset],
     report: Output[Markdown],
@@ -278,6 +288,9 @@ def split(
         held_out_categories: categories that never reach training (unseen at evaluation).
         eval_fraction: share of the other records kept for evaluation (by a hash of the id).
         max_eval_questions: most test questions per category (0: all), drawn deterministically.
+        reference_answers_uri: FastChat reference answers (`reference_answer/gpt-4.jsonl`); "" = only
+            the questions' own inline `reference`.
+        reference_categories: categories judged against a reference answer (math, reasoning, coding).
         train: a directory with `<arm>.jsonl` per arm and `split.json` (the settings).
         questions: the test questions (FastChat question.jsonl, each with `seen`).
         report: records per arm and category, what was left out and why, the test set (Markdown).
@@ -288,6 +301,6 @@ def split(
 
     config = SplitConfig(arms=list(arms), strategy=strategy, filter_threshold=filter_threshold,
                          held_out_categories=list(held_out_categories), eval_fraction=eval_fraction,
-                         max_eval_questions=max_eval_questions)
+                         max_eval_questions=max_eval_questions, reference_categories=list(reference_categories))
     run_split_step(scored.path, questions_uri, train.path, questions.path, report.path, config,
-                   workdir=tempfile.mkdtemp())
+                   workdir=tempfile.mkdtemp(), reference_answers_uri=reference_answers_uri)

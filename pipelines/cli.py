@@ -19,7 +19,7 @@ def _list(value: str) -> list[str]:
 
 # Pipeline parameters become options named after them (`--base-models` for base_models); these
 # read better with a shorter name. Their help is the pipeline docstring's Args section.
-_OPTION_NAMES = {"seed_uri": "--seed", "questions_uri": "--questions"}
+_OPTION_NAMES = {"seed_uri": "--seed", "questions_uri": "--questions", "reference_answers_uri": "--reference-answers"}
 # Set by `selfguided run` from its work folder: not options of a local run.
 _LOCAL_MANAGED = ("llm_cache", "checkpoint_dir", "mlflow_tracking_uri", "num_gpus")
 _PARSERS = {"String": str, "Integer": int, "Float": float, "Boolean": lambda v: v.lower() in ("1", "true", "yes")}

@@ -116,6 +116,8 @@ def self_guided_pipeline(
     held_out_categories: List[str] = ["cover_letter", "poem"],
     eval_fraction: float = 0.1,
     max_eval_questions: int = 0,
+    reference_answers_uri: str = "",
+    reference_categories: List[str] = ["math", "reasoning", "coding"],
     score_model: str = "gpt-4o",
     judge_model: str = "gpt-4o",
     llm_base_url: str = "",
@@ -150,6 +152,9 @@ def self_guided_pipeline(
         held_out_categories: categories never trained on (evaluated as unseen).
         eval_fraction: share of trained-on categories kept for evaluation.
         max_eval_questions: most test questions per category (0 = all), drawn deterministically.
+        reference_answers_uri: FastChat reference answers (`reference_answer/gpt-4.jsonl`) the judge is shown
+            for `reference_categories`; "" = the questions' own inline `reference`, if any.
+        reference_categories: categories judged against a reference answer, as FastChat does.
         score_model: LLM that scores the seed data; `offline-heuristic` needs no API.
         judge_model: LLM that grades the answers; `offline-heuristic` needs no API.
         llm_base_url: OpenAI-compatible endpoint for score and judge (Azure, vLLM, ...); "" = OpenAI.
@@ -190,7 +195,8 @@ def self_guided_pipeline(
     split_task = split(
         scored=score_task.outputs["scored"], questions_uri=questions_uri, arms=arms, strategy=strategy,
         filter_threshold=filter_threshold, held_out_categories=held_out_categories, eval_fraction=eval_fraction,
-        max_eval_questions=max_eval_questions,
+        max_eval_questions=max_eval_questions, reference_answers_uri=reference_answers_uri,
+        reference_categories=reference_categories,
     ).set_display_name("split per arm").set_caching_options(False)
     _sized(_with_s3_secret(_with_cache_volume(split_task)), "light")
 

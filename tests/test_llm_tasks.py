@@ -61,12 +61,12 @@ def server():
 # Prompts, Korean rule, parsing
 
 
-@pytest.mark.parametrize("prompt_id", ["score-v1", "judge-single-v1", "judge-single-multi-v1", "judge-pair-v1"])
+@pytest.mark.parametrize("prompt_id", ["score-v1", "judge-single-v1", "judge-single-multi-v1", "judge-single-ref-v1", "judge-single-multi-ref-v1", "judge-pair-v1"])
 def test_prompts_are_versioned_data_with_working_templates(prompt_id):
     prompt = load_prompt(prompt_id)
     assert prompt.id == prompt_id and prompt.json_schema["strict"] is True
     fields = dict(category="poem", category_label="시", instruction="i", input="(없음)", output="o",
-                  question="q", answer="a", answer_a="a", answer_b="b", conversation="c")
+                  question="q", answer="a", answer_a="a", answer_b="b", conversation="c", reference="r")
     request = prompt.request(**fields)
     assert request.response_format["json_schema"] == prompt.json_schema
     assert request.text_fallback.messages[-1]["content"].endswith(prompt.output_format)
@@ -75,7 +75,7 @@ def test_prompts_are_versioned_data_with_working_templates(prompt_id):
 
 
 def test_unknown_prompt_names_the_known_ones():
-    with pytest.raises(DataError, match="known: answer-v1, judge-pair-v1, judge-single-multi-v1, judge-single-v1, score-v1"):
+    with pytest.raises(DataError, match="known: answer-v1, judge-pair-v1, judge-single-multi-ref-v1, judge-single-multi-v1, judge-single-ref-v1, judge-single-v1, score-v1"):
         load_prompt("score-v9")
 
 
@@ -199,6 +199,14 @@ def test_every_turn_is_judged_and_later_turns_see_the_conversation(server):
     prompt = second["user_prompt"]
     assert question["turns"][0] in prompt and KOREAN_POEM in prompt and question["turns"][1] in prompt
     assert second["score"] == ratings_for(revised)["overall"] and second["answer_chars"] == len(revised)
+
+
+def test_questions_with_a_reference_answer_are_judged_against_it(server):
+    question = {"question_id": 9, "category": "math", "turns": ["2+2는?", "그럼 3+3은?"], "reference": ["4", "6"]}
+    rows, _ = judge_with_llm([question], [answer(9, "m", "답은 4입니다.", "답은 6입니다.")], config(server))
+    assert [r["judge"][1] for r in rows] == ["judge-single-ref-v1", "judge-single-multi-ref-v1"]
+    assert "[Reference Answer]\n4\n" in rows[0]["user_prompt"] and "[Reference Answer]\n6\n" in rows[1]["user_prompt"]
+    assert all(r["error"] is None for r in rows)
 
 
 def test_a_failed_judgment_scores_minus_one(server):

@@ -165,6 +165,20 @@ def test_without_a_questions_file_the_test_set_is_the_held_out_seed_records(tmp_
     assert "(unseen)" in (tmp_path / "report.md").read_text(encoding="utf-8")
 
 
+def test_reference_answers_reach_the_questions_of_the_reference_categories(tmp_path):
+    from selfguided.components.data import attach_references, load_reference_answers
+
+    (tmp_path / "ref.jsonl").write_text(json.dumps({"question_id": 2, "model_id": "gpt-4",
+                                                    "choices": [{"index": 0, "turns": ["4", "6"]}]}) + "\n", "utf-8")
+    questions = [{"question_id": 1, "category": "writing", "turns": ["q"], "reference": ["not used"]},
+                 {"question_id": 2, "category": "math", "turns": ["2+2?", "3+3?"]},
+                 {"question_id": 3, "category": "reasoning", "turns": ["q"], "reference": ["inline"]}]
+    attached = attach_references(questions, load_reference_answers(tmp_path / "ref.jsonl"), ["math", "reasoning"])
+    assert [q.get("reference") for q in attached] == [None, ["4", "6"], ["inline"]]
+    rows = judge_offline(attached[1:2], _answers(attached[1:2], "답은 4", "답은 6"))
+    assert "vs ~1 expected" in rows[0]["judgment"]  # the reference's length is the offline judge's target
+
+
 def test_max_eval_questions_caps_each_category_deterministically():
     questions = [{"question_id": f"{c}-{i}", "category": c, "turns": ["q"]} for c in ("blog", "poem") for i in range(9)]
     capped = mark_and_cap(questions, SplitConfig(max_eval_questions=4), trained={"blog"})
