@@ -619,6 +619,20 @@ def rollback_champion(
     return version
 
 
+def ensure_merged_weights(client: MlflowClient, registered_model_name: str, version: str) -> str:
+    """The artifact URI of a version's merged bf16 weights, logged on its run the first time it is
+    asked for (a champion promoted by hand gets them as the pipeline's do)."""
+    model_version = client.get_model_version(registered_model_name, str(version))
+    if model_version.tags.get("merged_weights"):
+        return model_version.tags["merged_weights"]
+    with tempfile.TemporaryDirectory(prefix="selfguided-version-") as staging:
+        local = Path(mlflow.artifacts.download_artifacts(f"models:/{registered_model_name}/{version}",
+                                                         dst_path=staging))
+        uri = _log_merged(client, local / "artifacts" / pyfunc_model.MODEL_DIR_ARTIFACT, model_version.run_id)
+    client.set_model_version_tag(registered_model_name, str(version), "merged_weights", uri)
+    return uri
+
+
 def version_row(client: MlflowClient, registered_model_name: str, version: str, row_kind: str = "trained"):
     """A registered version as a compare row: its judgments.jsonl and identity, from its run."""
     import json as _json
@@ -649,6 +663,8 @@ def promote_version(
     from selfguided.components.compare import PromotionGate, decide_promotion
 
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    mlflow.set_tracking_uri(tracking_uri)  # models:/ downloads resolve through the process's registry
+    mlflow.set_registry_uri(tracking_uri)
     version = str(version)
     client.get_model_version(registered_model_name, version)  # fails clearly on an unknown version
     current = _alias_version(client, registered_model_name, CHAMPION)
@@ -664,6 +680,7 @@ def promote_version(
         (f" ({reason})" if reason else "") + ": " + "; ".join(decision.reasons)
     client.set_model_version_tag(registered_model_name, version, "promotion", record[:5000])
     if decision.promote:
+        ensure_merged_weights(client, registered_model_name, version)
         client.set_registered_model_alias(registered_model_name, CHAMPION, version)
         if current is not None:
             client.set_model_version_tag(registered_model_name, version, PREVIOUS_CHAMPION_TAG, str(current.version))

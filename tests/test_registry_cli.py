@@ -61,6 +61,7 @@ def test_promote_goes_through_the_paired_gate_and_records_who_and_why(registry, 
     assert champion(client) == "2"
     tags = client.get_model_version(NAME, "2").tags
     assert tags["promotion"].startswith("promoted by alice (weekly review): ") and tags["previous_champion"] == "1"
+    assert tags["merged_weights"].endswith("/merged")  # what the InferenceService is pointed at
 
 
 def test_force_skips_the_gate_and_rollback_walks_back(registry, capsys):
