@@ -57,7 +57,8 @@ Statistical choices (all seeded, deterministic for a given `seed`):
   (stratified) BCa bootstrap, which unlike the OLS standard error respects the clustering and
   unequal variances. When the lengths do not vary the intercept is the mean difference.
 
-Only numpy, scipy and (lazily, Agg canvas, no pyplot) matplotlib are used.
+Only numpy, scipy and (lazily, Agg canvas, no pyplot) matplotlib are used, beside the project's
+own `prompting` and `judging` (criteria and row kinds).
 """
 
 from __future__ import annotations
@@ -75,13 +76,12 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 from scipy import stats
 
+from selfguided.components.judging import ROW_KINDS, SCORE_NAMES
 from selfguided.components.prompting import CRITERIA
 
 CONFIDENCE = 0.95
 MIN_RESAMPLES = 2000
 TIE_EPSILON = 1e-6
-SCORE_NAMES: tuple[str, ...] = (*CRITERIA, "overall")
-ROW_KINDS: tuple[str, ...] = ("trained", "base", "teacher", "champion")
 CI_METHODS: tuple[str, ...] = ("BCa", "percentile")
 SCHEMA = "selfguided.compare/v1"
 _ARM_ORDER = {"control": 0, "unscored": 1, "self_guided": 2}

@@ -41,6 +41,10 @@ def load_row(summary_path: str, judgments_path: str) -> tuple[dict[str, Any], Ro
     judgments = [] if empty else read_jsonl(judgments_path)
     if not judgments:
         return summary, None
+    models = {j.get("model") for j in judgments}
+    if summary.get("answer_model") and models != {summary["answer_model"]}:
+        raise ValueError(f"{judgments_path}: judgments of {sorted(map(str, models))} paired with the summary of "
+                         f"{summary['row']!r} ({summary_path})")
     return summary, RowJudgments(
         row=summary["row"], row_kind=summary["row_kind"], judgments=judgments, base_model=summary["base_model"],
         arm=summary["arm"], judge=summary["judge"], answers=int(summary.get("answers", 0)),
@@ -48,16 +52,27 @@ def load_row(summary_path: str, judgments_path: str) -> tuple[dict[str, Any], Ro
         llm_cost_usd=float(summary.get("llm_cost_usd", 0.0)))
 
 
-def pick_challenger(comparison: Comparison, rows: Sequence[RowJudgments]) -> RowJudgments:
-    """The run's best trained row by its overall mean (the first of equals, in row order)."""
-    trained = [r for r in rows if r.row_kind == "trained"]
-    if not trained:
-        raise ValueError("no trained row to choose a challenger from")
+CANDIDATE_ARMS = ("unscored", "self_guided")  # `control` is a yardstick, never a candidate
 
-    def overall(r: RowJudgments) -> float:
-        mean = comparison.row(r.row).overall.mean
-        return mean if math.isfinite(mean) else -math.inf
-    return max(trained, key=overall)
+
+def overall_mean(row: RowJudgments) -> float:
+    """The mean over categories of the category means (judge/overall), from the judgments alone."""
+    by_category: dict[str, list[float]] = {}
+    for j in row.judgments:
+        score = j.get("score")
+        if not j.get("error") and isinstance(score, (int, float)) and score >= 0:
+            by_category.setdefault(str(j.get("category")), []).append(float(score))
+    means = [sum(v) / len(v) for v in by_category.values()]
+    return sum(means) / len(means) if means else -math.inf
+
+
+def pick_challenger(rows: Sequence[RowJudgments]) -> RowJudgments:
+    """The run's best candidate (a trained row of an arm meant for promotion) by its overall mean,
+    the first of equals in row order."""
+    candidates = [r for r in rows if r.row_kind == "trained" and r.arm in CANDIDATE_ARMS]
+    if not candidates:
+        raise ValueError(f"no trained row of the arms {', '.join(CANDIDATE_ARMS)} to choose a challenger from")
+    return max(candidates, key=overall_mean)
 
 
 def run_compare(summary_files: Sequence[str], judgment_files: Sequence[str], *, gate: PromotionGate,
@@ -65,9 +80,10 @@ def run_compare(summary_files: Sequence[str], judgment_files: Sequence[str], *, 
     """Everything the compare step decides, as JSON-ready data.
 
     The i-th summary file belongs to the i-th judgments file (as the pipeline's loops collected
-    them). The challenger is the best trained row; the champion row is the registry's champion
-    re-evaluated in this run (absent: the first champion, or the unpaired fallback when it exists
-    but could not be re-evaluated).
+    them; checked against the judgments' model). The challenger is the best trained row of the
+    candidate arms (`control` is a yardstick, not a candidate); the champion row is the registry's
+    champion re-evaluated in this run (absent: the first champion; the unpaired fallback when it
+    exists but could not be re-evaluated; a refusal when it has no logged metrics either).
     """
     if len(summary_files) != len(judgment_files):
         raise ValueError(f"{len(summary_files)} judge summaries but {len(judgment_files)} judgment files")
@@ -83,15 +99,22 @@ def run_compare(summary_files: Sequence[str], judgment_files: Sequence[str], *, 
     trained = [r for r in rows if r.row_kind == "trained"]
     if not trained:
         raise ValueError("no trained row has judgments: nothing to compare or promote")
-    provisional = compare_rows(rows, comparisons=[], n_resamples=n_resamples, gpu_hour_usd=gpu_hour_usd)
-    challenger = pick_challenger(provisional, rows)
+    challenger = pick_challenger(rows)
     comparison = compare_rows(rows, comparisons=default_comparisons(rows, challenger=challenger.row),
                               n_resamples=n_resamples, gpu_hour_usd=gpu_hour_usd)
     champion = next((r for r in rows if r.row_kind == "champion"), None)
     fallback = (champion_summary or {}).get("fallback") or {}
-    decision = decide_promotion(challenger, champion, gate,
-                                fallback_champion_metrics=fallback.get("metrics") if champion is None and fallback else None,
-                                fallback_champion_judge=fallback.get("judge") if fallback else None)
+    existing = (champion_summary or {}).get("model")  # the champion's version, when there is one
+    if champion is None and existing and not fallback.get("metrics"):
+        # A champion exists but has no evidence to compare with: never replace it on none.
+        decision = GateDecision(False, [f"champion v{existing} exists but could not be re-evaluated and has no "
+                                        f"logged judge metrics ({champion_summary.get('note') or 'no answers'}); "
+                                        "promote by hand with `selfguided promote --force` if intended"])
+    else:
+        decision = decide_promotion(challenger, champion, gate,
+                                    fallback_champion_metrics=fallback.get("metrics") if champion is None and fallback
+                                    else None,
+                                    fallback_champion_judge=fallback.get("judge") if fallback else None)
     return {
         "comparison": comparison.to_dict(),
         "decision": decision.to_dict(),

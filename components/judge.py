@@ -161,13 +161,13 @@ def judge_report_markdown(summary: dict[str, Any]) -> str:
 
 def judge_report_html(summary: dict[str, Any]) -> str:
     """A self-contained HTML page: grouped bars per category and criterion (rendered in the KFP UI)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     categories = list(summary["categories"])
-    fig, ax = plt.subplots(figsize=(9, 4), dpi=110)
+    fig = Figure(figsize=(9, 4), dpi=110)  # no pyplot: no global state in a long-lived process
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
     width = 0.8 / len(SCORE_NAMES)
     for i, name in enumerate(SCORE_NAMES):
         xs = [k + (i - (len(SCORE_NAMES) - 1) / 2) * width for k in range(len(categories))]
@@ -180,7 +180,6 @@ def judge_report_html(summary: dict[str, Any]) -> str:
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
-    plt.close(fig)
     image = base64.b64encode(buffer.getvalue()).decode()
     rows = "".join(
         f"<tr><td>{c}</td><td>{v['n']}</td>" + "".join(f"<td>{v[n]:.2f}</td>" for n in SCORE_NAMES) + "</tr>"
@@ -216,11 +215,13 @@ def run_judge_step(
     judgments, usage = judge_answers(questions, answers, model, concurrency=concurrency, cache=cache,
                                      base_url=base_url)
     write_jsonl(judgments_path, judgments)
-    if answers and not any(judged_ok(j) for j in judgments):
+    if answers and row_kind == "trained" and not any(judged_ok(j) for j in judgments):
         # Registering a model with no scores would only hide the failure; a retry may succeed.
         errors = sorted({str(j.get("error")) for j in judgments})[:3]
         raise RuntimeError(f"every one of {len(judgments)} judgments failed (e.g. {'; '.join(errors)}); "
                            f"judgments kept in {judgments_path}")
+    if answers and not any(judged_ok(j) for j in judgments):  # a reference row: reported, not fatal
+        note = note or "every judgment failed, e.g. " + "; ".join(sorted({str(j.get("error")) for j in judgments})[:2])
     # The judge of a row is the judge model and its prompt set (the turn-1 prompt names the set's
     # version), the same for every row graded alike, so the gate can tell comparable rows apart.
     prompt_version = OFFLINE_PROMPT_VERSION if model == OFFLINE_JUDGE_NAME else JUDGE_PROMPTS["single"]
@@ -229,6 +230,7 @@ def run_judge_step(
                                   generate_seconds=generate_seconds, llm_cost_usd=llm_cost_usd)
     summary["note"] = note
     summary["fallback"] = json.loads(fallback) if fallback else None
+    summary["answer_model"] = answers[0].get("model_id", "unknown") if answers else ""  # what the judgments name
     Path(summary_path).write_text(json.dumps(summary, ensure_ascii=False, indent=2), encoding="utf-8")
     Path(report_path).write_text(judge_report_markdown(summary), encoding="utf-8")
     Path(html_path).write_text(judge_report_html(summary), encoding="utf-8")

@@ -156,6 +156,9 @@ def llm_step_config(step: str, model: str, *, base_url: str, concurrency: int, c
     return LLMConfig(model=model, base_url=base_url or None, concurrency=concurrency, cache=cache or None)
 
 
+OWN_ENDPOINT_KEY_ENV = "SELFGUIDED_ENDPOINT_API_KEY"
+
+
 def model_endpoint(entry: str, default_base_url: str) -> tuple[str, str]:
     """(model, base_url) of a model entry: `gpt-4o-mini` (on `default_base_url`), or
     `name@http://host:port/v1` for a model on an OpenAI-compatible endpoint of its own (a served
@@ -164,6 +167,17 @@ def model_endpoint(entry: str, default_base_url: str) -> tuple[str, str]:
     if sep and url.startswith(("http://", "https://")):
         return model, url
     return entry, default_base_url
+
+
+def endpoint_config(step: str, entry: str, *, base_url: str, concurrency: int, cache: str) -> "LLMConfig":
+    """The LLMConfig of a model entry (see `model_endpoint`). A model on an endpoint of its own never
+    gets OPENAI_API_KEY (that key is for the run's LLM endpoint): it gets SELFGUIDED_ENDPOINT_API_KEY,
+    or a placeholder, as vLLM and `selfguided serve` accept any key."""
+    model, url = model_endpoint(entry, base_url)
+    if url != base_url:
+        return LLMConfig(model=model, base_url=url, concurrency=concurrency, cache=cache or None,
+                         api_key=os.environ.get(OWN_ENDPOINT_KEY_ENV) or "unused")
+    return llm_step_config(step, model, base_url=base_url, concurrency=concurrency, cache=cache)
 
 
 def check_endpoint(config: "LLMConfig", timeout_s: float = 10.0) -> None:

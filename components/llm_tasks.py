@@ -42,7 +42,6 @@ one of the two answers is not Korean, the Korean one wins the pair whatever the 
 from __future__ import annotations
 
 import json
-import math
 import re
 import time
 from dataclasses import dataclass

@@ -27,7 +27,7 @@ class PreflightError(RuntimeError):
 def run_preflight(*, tracking_uri: str, experiment_name: str, registered_model_name: str, llm_models: List[str],
                   llm_base_url: str = "") -> List[str]:
     """Check everything the run needs; returns what was checked, raises PreflightError otherwise."""
-    from selfguided.components.llm import check_endpoint, llm_step_config, model_endpoint
+    from selfguided.components.llm import check_endpoint, endpoint_config
     from selfguided.components.tracking import TrackingAccessError, check_tracking_access
 
     problems, checked = [], []
@@ -40,15 +40,15 @@ def run_preflight(*, tracking_uri: str, experiment_name: str, registered_model_n
         problems.append(str(exc))
     endpoints_checked: set[str] = set()
     for entry in dict.fromkeys(m for m in llm_models if m and m not in OFFLINE_MODELS):
-        model, base_url = model_endpoint(entry, llm_base_url)
         try:
-            config = llm_step_config("preflight", model, base_url=base_url, concurrency=1, cache="")
+            config = endpoint_config("preflight", entry, base_url=llm_base_url, concurrency=1, cache="")
+            model = config.model
             where = config.resolved_base_url() or "OpenAI"
             if where not in endpoints_checked:
                 check_endpoint(config)
                 endpoints_checked.add(where)
             checked.append(f"LLM {model}: endpoint {where} answers")
-        except RuntimeError as exc:
+        except (RuntimeError, ValueError) as exc:
             problems.append(str(exc))
     if problems:
         raise PreflightError("; ".join(dict.fromkeys(problems)))

@@ -45,7 +45,7 @@ def format_prompt(instruction: str, input_text: str = "", scores: Mapping[str, f
 
 
 def conditions_on_scores(arm: str, strategy: str) -> bool:
-    """Whether this arm's prompts carry the target scores (self_guided + condition)."""
+    """Whether this arm's prompts carry the target scores (self_guided or control, with condition)."""
     if arm not in ARMS:
         raise ValueError(f"unknown arm {arm!r} (known: {', '.join(ARMS)})")
     if strategy not in STRATEGIES:
@@ -54,7 +54,7 @@ def conditions_on_scores(arm: str, strategy: str) -> bool:
 
 
 def inference_prompt(question: str, arm: str, strategy: str) -> str:
-    """Prompt for an eval question: the self_guided/condition arm asks for top scores."""
+    """Prompt for an eval question: the arms that trained on scores (condition strategy) ask for top scores."""
     return format_prompt(question, scores=TOP_SCORES if conditions_on_scores(arm, strategy) else None)
 
 

@@ -15,7 +15,7 @@ why (`ReferenceAnswers.note`); the compare step then decides without it, and say
 # No `from __future__ import annotations`: KFP reads the component's annotations at runtime.
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, NamedTuple
 
@@ -33,7 +33,12 @@ def plan_reference_rows(base_models: List[str], reference_models: List[str], wit
                         ) -> List[Dict[str, str]]:
     """The reference rows of a run, as loop items: every base untuned, every teacher, the champion."""
     rows = [{"row_kind": "base", "base_model": m, "model": ""} for m in base_models]
-    rows += [{"row_kind": "teacher", "base_model": "", "model": m} for m in reference_models if m.strip()]
+    teachers = list(dict.fromkeys(m.strip() for m in reference_models if m.strip()))
+    names = [m.partition("@")[0] for m in teachers]
+    if len(set(names)) != len(names):
+        raise ValueError(f"reference_models names a model twice ({', '.join(teachers)}): each teacher row needs "
+                         "its own name")
+    rows += [{"row_kind": "teacher", "base_model": "", "model": m} for m in teachers]
     if with_champion:
         rows.append({"row_kind": "champion", "base_model": "", "model": ""})
     return rows
@@ -77,11 +82,11 @@ def answer_base(base_model: str, questions: list[dict[str, Any]], *, max_new_tok
 def answer_teacher(model: str, questions: list[dict[str, Any]], *, base_url: str, concurrency: int, cache: str
                    ) -> ReferenceAnswers:
     """An API model through the LLM client layer; its cost is measured."""
-    from selfguided.components.llm import llm_step_config, model_endpoint
+    from selfguided.components.llm import endpoint_config
     from selfguided.components.llm_tasks import answer_with_llm
 
-    model, base_url = model_endpoint(model, base_url)
-    config = llm_step_config("teacher", model, base_url=base_url, concurrency=concurrency, cache=cache)
+    config = endpoint_config("teacher", model, base_url=base_url, concurrency=concurrency, cache=cache)
+    model = config.model
     started = time.monotonic()
     rows, usage = answer_with_llm(questions, config)
     print(f"[selfguided] teacher {model}: {usage.summary_line()}", flush=True)

@@ -1,4 +1,4 @@
-"""Register step: log every trained model with its judge scores to MLflow, then promote the best.
+"""Register step: log every row of the evaluation to MLflow, register the trained models, move the aliases.
 
 For each candidate (a trained model directory and its judge summary, paired by the pipeline's
 loop) one MLflow run records the fine-tuning parameters, the training metrics as `train/<name>`
@@ -565,13 +565,14 @@ def register_candidates(
                                         f"challenger with {'v' + str(evaluated) if evaluated else 'no champion'}; "
                                         "rerun to compare with the current one"] + decision.reasons,
                                 decision.figures)
-    client.set_model_version_tag(registered_model_name, challenger.version, "promotion",
-                                 (("promoted: " if decision.promote else "rejected: ") + "; ".join(decision.reasons))[:5000])
     storage_uri = ""
-    if decision.promote:
+    if decision.promote:  # the servable weights first: a failure here leaves nothing half-promoted
         winner = next(c for c in candidates if c.label == challenger.label)
         storage_uri = _log_merged(client, winner.model_dir, challenger.run_id)
         client.set_model_version_tag(registered_model_name, challenger.version, "merged_weights", storage_uri)
+    client.set_model_version_tag(registered_model_name, challenger.version, "promotion",
+                                 (("promoted: " if decision.promote else "rejected: ") + "; ".join(decision.reasons))[:5000])
+    if decision.promote:
         client.set_registered_model_alias(registered_model_name, CHAMPION, challenger.version)
         if champion is not None:
             client.set_model_version_tag(registered_model_name, challenger.version, PREVIOUS_CHAMPION_TAG,
@@ -615,7 +616,7 @@ def rollback_champion(
     client.set_registered_model_alias(registered_model_name, CHAMPION, version)
     if current is not None and str(current.version) != version:
         note = f"champion moved to v{version}" + (f" by {by}" if by else "") + (f": {reason}" if reason else "")
-        client.set_model_version_tag(registered_model_name, current.version, "rolled_back", note)
+        client.set_model_version_tag(registered_model_name, current.version, "rolled_back", note[:5000])
     return version
 
 

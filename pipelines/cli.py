@@ -1,7 +1,6 @@
 """`selfguided`: run the pipeline locally, compile it for Kubeflow, submit it, or use its steps on files."""
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -11,10 +10,8 @@ from selfguided.pipelines.platform import PIPELINE_SERVICE_ACCOUNT
 
 
 def _list(value: str) -> list[str]:
-    items = [v.strip() for v in value.split(",") if v.strip()]
-    if not items:
-        raise argparse.ArgumentTypeError("expected a comma-separated list")
-    return items
+    """A comma-separated list; "" is the empty list (e.g. --reference-models "" for no teacher row)."""
+    return [v.strip() for v in value.split(",") if v.strip()]
 
 
 # Pipeline parameters become options named after them (`--base-models` for base_models); these

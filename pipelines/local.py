@@ -1,7 +1,7 @@
 """Run the very same pipeline on this machine with `kfp.local` (SubprocessRunner, no venv).
 
 Embedded defaults: MLflow on a SQLite file under the work folder (a set MLFLOW_TRACKING_URI
-wins), the bundled sample data, base model `tiny`, both arms, and the offline judge unless an
+wins), the bundled sample data, base model `tiny`, the three arms, and the offline judge unless an
 OpenAI-compatible endpoint is configured. kfp.local's verbose task logs go to a log file; the
 terminal gets one line per step and the steps' own progress lines.
 """

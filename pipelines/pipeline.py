@@ -21,10 +21,12 @@ from typing import List
 from kfp import dsl, kubernetes
 
 from selfguided.components.compare_step import compare
+from selfguided.components.data import HELD_OUT_CATEGORIES, REFERENCE_CATEGORIES
 from selfguided.components.deploy import deploy
 from selfguided.components.finetune import finetune
 from selfguided.components.images import CPU_STEP_RESOURCES
 from selfguided.components.preflight import preflight
+from selfguided.components.prompting import ARMS
 from selfguided.components.generate import generate
 from selfguided.components.judge import judge
 from selfguided.components.reference import answer_reference, plan_references
@@ -110,14 +112,14 @@ def self_guided_pipeline(
     seed_uri: str = "",
     questions_uri: str = "",
     base_models: List[str] = ["EleutherAI/polyglot-ko-1.3b"],
-    arms: List[str] = ["unscored", "self_guided", "control"],
+    arms: List[str] = list(ARMS),
     strategy: str = "condition",
     filter_threshold: float = 7.0,
-    held_out_categories: List[str] = ["cover_letter", "poem"],
+    held_out_categories: List[str] = list(HELD_OUT_CATEGORIES),
     eval_fraction: float = 0.1,
     max_eval_questions: int = 0,
     reference_answers_uri: str = "",
-    reference_categories: List[str] = ["math", "reasoning", "coding"],
+    reference_categories: List[str] = list(REFERENCE_CATEGORIES),
     score_model: str = "gpt-4o",
     judge_model: str = "gpt-4o",
     llm_base_url: str = "",
@@ -278,7 +280,9 @@ def self_guided_pipeline(
         pipeline_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
     ).set_display_name("register and promote")
     # Registering is a side effect on MLflow: never answer it from the KFP cache.
-    _sized(_with_mlflow_secret(_with_s3_secret(register_task)), "register").set_caching_options(False)
+    # The cache volume and HF_HOME: merging a LoRA champion loads its base, downloaded once, shared.
+    _sized(_with_mlflow_secret(_with_s3_secret(_with_cache_volume(register_task))), "register").set_caching_options(False)
+    register_task.set_env_variable("HF_HOME", platform.HF_HOME)
 
     deploy_task = deploy(
         promoted=register_task.outputs["promoted"], storage_uri=register_task.outputs["champion_storage_uri"],
