@@ -28,6 +28,7 @@ undoes a promotion in one call. What the step did is its JSON output (`RegisterR
 # No `from __future__ import annotations`: KFP reads the component's annotations as real types.
 import json
 import math
+import os
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass
@@ -481,7 +482,20 @@ def _log_merged(client: MlflowClient, model_dir: Path, run_id: str) -> str:
     with tempfile.TemporaryDirectory(prefix="selfguided-merged-") as staging:
         merged = trained_model.export_merged(model_dir, Path(staging) / "merged", dtype=torch.bfloat16)
         client.log_artifacts(run_id, str(merged), artifact_path="merged")
-    return f"{client.get_run(run_id).info.artifact_uri.rstrip('/')}/merged"
+    return storage_uri(f"{client.get_run(run_id).info.artifact_uri.rstrip('/')}/merged")
+
+
+def storage_uri(artifact_uri: str) -> str:
+    """Where an artifact lies for a reader outside MLflow (KServe's storage initializer): an MLflow
+    server that proxies artifacts answers `mlflow-artifacts:/<path>`, which lies at
+    `<its --artifacts-destination>/<path>`; MLFLOW_ARTIFACTS_DESTINATION (the server's own setting,
+    given to the register step) translates it. Other URIs are returned as they are."""
+    from urllib.parse import urlsplit
+
+    destination = os.environ.get("MLFLOW_ARTIFACTS_DESTINATION", "").rstrip("/")
+    if artifact_uri.startswith("mlflow-artifacts:") and destination:
+        return f"{destination}/{urlsplit(artifact_uri).path.lstrip('/')}"  # also mlflow-artifacts://host:port/...
+    return artifact_uri
 
 
 def _alias_version(client: MlflowClient, name: str, alias: str):

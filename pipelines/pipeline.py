@@ -283,6 +283,7 @@ def self_guided_pipeline(
     # The cache volume and HF_HOME: merging a LoRA champion loads its base, downloaded once, shared.
     _sized(_with_mlflow_secret(_with_s3_secret(_with_cache_volume(register_task))), "register").set_caching_options(False)
     register_task.set_env_variable("HF_HOME", platform.HF_HOME)
+    register_task.set_env_variable("MLFLOW_ARTIFACTS_DESTINATION", platform.MLFLOW_ARTIFACTS_DESTINATION)
 
     deploy_task = deploy(
         promoted=register_task.outputs["promoted"], storage_uri=register_task.outputs["champion_storage_uri"],

@@ -46,6 +46,9 @@ S3_SECRET_KEYS = {"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_K
 
 # In-cluster services (manifests/ deploys MLflow under this name and namespace).
 MLFLOW_TRACKING_URI_IN_CLUSTER = "http://mlflow.selfguided.svc.cluster.local:5000"
+# Where that server keeps artifacts (its --artifacts-destination, manifests/: MLFLOW_ARTIFACTS_DESTINATION),
+# so the register step can hand serving a real S3 URI for a champion's merged weights. Set at compile time.
+MLFLOW_ARTIFACTS_DESTINATION = os.environ.get("SELFGUIDED_MLFLOW_ARTIFACTS_DESTINATION", "s3://mlpipeline/mlflow")
 
 # A ReadWriteMany volume (manifests/: PersistentVolumeClaim `selfguided-cache`) holding the LLM
 # response cache and the training checkpoints, so a retried or re-run task resumes.

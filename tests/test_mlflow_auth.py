@@ -333,13 +333,17 @@ def test_the_pipeline_user_runs_the_register_step_and_moves_the_champion(auth_se
     from selfguided.components.register import Candidate, register_candidates
 
     _as(monkeypatch, pipeline_user)
+    client = mlflow.MlflowClient(tracking_uri=auth_server.tracking_uri, registry_uri=auth_server.tracking_uri)
+    try:  # another test of this module may have promoted one already: the evidence names it
+        current = str(client.get_model_version_by_alias(MODEL, CHAMPION).version)
+    except mlflow.exceptions.MlflowException:
+        current = None
     candidate = Candidate(make_model_dir(tmp_path, arm="self_guided"),
                           make_summary("tiny", "self_guided", category_scores(6.0)))
-    evaluation = {"decision": {"promote": True, "reasons": ["first"], "figures": {}},
+    evaluation = {"decision": {"promote": True, "reasons": ["better on evidence"], "figures": {}},
                   "challenger": {"row": "tiny/self_guided", "base_model": "tiny", "arm": "self_guided"},
-                  "champion_version": None, "metrics": {}}
+                  "champion_version": current, "metrics": {}}
     report = register_candidates([candidate], evaluation=evaluation, tracking_uri=auth_server.tracking_uri,
                                  pipeline_run="auth-run", scored_data_sha256="0" * 64)
     assert report.decision.promote
-    client = mlflow.MlflowClient(tracking_uri=auth_server.tracking_uri, registry_uri=auth_server.tracking_uri)
     assert str(client.get_model_version_by_alias(MODEL, CHAMPION).version) == report.challenger.version

@@ -22,6 +22,14 @@ NAME = "korean-writing-assistant"
 HUB_BASE = "EleutherAI/polyglot-ko-1.3b"
 
 
+def decided(base_model: str, promote: bool, champion_version: str | None) -> dict:
+    """A compare step result naming the self_guided model of `base_model` (the gate is tested in
+    test_compare.py; here the registry follows it through a real server and S3)."""
+    return {"decision": {"promote": promote, "reasons": ["decided"], "figures": {}},
+            "challenger": {"row": f"{base_model}/self_guided", "base_model": base_model, "arm": "self_guided"},
+            "champion_version": champion_version, "metrics": {}}
+
+
 def bucket_keys(s3, bucket: str, prefix: str) -> list[str]:
     keys = []
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
@@ -29,7 +37,8 @@ def bucket_keys(s3, bucket: str, prefix: str) -> list[str]:
     return keys
 
 
-def test_register_through_mlflow_server_stores_models_on_s3(tmp_path, mlflow_server, s3_server):  # noqa: F811
+def test_register_through_mlflow_server_stores_models_on_s3(tmp_path, mlflow_server, s3_server,  # noqa: F811
+                                                            monkeypatch):
     uri = mlflow_server.tracking_uri
     models = [
         make_model_dir(tmp_path / "m", arm="unscored"),
@@ -41,8 +50,10 @@ def test_register_through_mlflow_server_stores_models_on_s3(tmp_path, mlflow_ser
         write_summary(tmp_path / "s" / "2.json", make_summary("tiny", "self_guided", category_scores(5.5))),
         write_summary(tmp_path / "s" / "3.json", make_summary(HUB_BASE, "self_guided", category_scores(6.0))),
     ]
-    first = register_candidates(load_candidates(models, summaries), tracking_uri=uri,
-                                pipeline_run="run-1", scored_data_sha256="a" * 64)
+    # The register step is told where the server keeps artifacts, so serving gets a real S3 URI.
+    monkeypatch.setenv("MLFLOW_ARTIFACTS_DESTINATION", f"s3://{mlflow_server.bucket}/{mlflow_server.prefix}")
+    first = register_candidates(load_candidates(models, summaries), evaluation=decided("tiny", True, None),
+                                tracking_uri=uri, pipeline_run="run-1", scored_data_sha256="a" * 64)
 
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     versions = {v.version: v for v in client.search_model_versions(f"name = '{NAME}'")}
@@ -51,8 +62,12 @@ def test_register_through_mlflow_server_stores_models_on_s3(tmp_path, mlflow_ser
         ("tiny", "unscored"), ("tiny", "self_guided"), (HUB_BASE, "self_guided")}
     assert all(v.tags["pipeline_run"] == "run-1" and v.tags["train_data_sha256"] == "ab" * 32
                for v in versions.values())
-    assert first.challenger.label == f"{HUB_BASE}/self_guided" and first.decision.promote
-    assert client.get_model_version_by_alias(NAME, CHAMPION).version == "3"
+    # The champion is the tiny one: promoting logs merged weights, and a hub base is not reachable here.
+    assert first.challenger.label == "tiny/self_guided" and first.decision.promote
+    assert client.get_model_version_by_alias(NAME, CHAMPION).version == "2"
+    assert first.champion_storage_uri.startswith(f"s3://{mlflow_server.bucket}/{mlflow_server.prefix}/")
+    merged_key = first.champion_storage_uri.removeprefix(f"s3://{mlflow_server.bucket}/") + "/config.json"
+    assert s3_server.client().head_object(Bucket=mlflow_server.bucket, Key=merged_key)  # really there
 
     run = client.get_run(versions["3"].run_id)
     assert run.data.metrics["judge/overall"] == 6.0
@@ -80,19 +95,19 @@ def test_register_through_mlflow_server_stores_models_on_s3(tmp_path, mlflow_ser
     worse = register_candidates(
         load_candidates([worse_dir], [write_summary(tmp_path / "run-2" / "s.json",
                                                     make_summary("tiny", "self_guided", category_scores(5.9)))]),
-        tracking_uri=uri, pipeline_run="run-2", scored_data_sha256="b" * 64)
+        evaluation=decided("tiny", False, "2"), tracking_uri=uri, pipeline_run="run-2", scored_data_sha256="b" * 64)
     assert not worse.decision.promote
     assert client.get_model_version_by_alias(NAME, CHALLENGER).version == "4"
-    assert client.get_model_version_by_alias(NAME, CHAMPION).version == "3"
+    assert client.get_model_version_by_alias(NAME, CHAMPION).version == "2"
 
     better_dir = make_model_dir(tmp_path / "run-3", arm="self_guided")
     better = register_candidates(
         load_candidates([better_dir], [write_summary(tmp_path / "run-3" / "s.json",
                                                      make_summary("tiny", "self_guided", category_scores(6.4)))]),
-        tracking_uri=uri, pipeline_run="run-3", scored_data_sha256="c" * 64)
+        evaluation=decided("tiny", True, "2"), tracking_uri=uri, pipeline_run="run-3", scored_data_sha256="c" * 64)
     assert better.decision.promote
     champion = client.get_model_version_by_alias(NAME, CHAMPION)
-    assert champion.version == "5" and champion.tags[PREVIOUS_CHAMPION_TAG] == "3"
+    assert champion.version == "5" and champion.tags[PREVIOUS_CHAMPION_TAG] == "2"
 
     # What a serving job does: fetch the champion through the server (which reads S3) and load it.
     mlflow.set_tracking_uri(uri)
