@@ -209,7 +209,8 @@ class Estimate:
 
     @property
     def half_width(self) -> float:
-        return (self.ci_high - self.ci_low) / 2
+        # Floating-point noise on a degenerate interval must not print as "± -0.00".
+        return max(0.0, (self.ci_high - self.ci_low) / 2)
 
     def to_dict(self) -> dict[str, Any]:
         return _jsonable({"mean": self.mean, "ci_low": self.ci_low, "ci_high": self.ci_high,
