@@ -128,18 +128,6 @@ def summarize_judgments(
     }
 
 
-def score_table(summaries: list[dict[str, Any]]) -> str:
-    """Markdown table: one row per model, one column per category (overall), plus the mean."""
-    present = {c for s in summaries for c in s["categories"]}
-    categories = [c for c in CATEGORIES if c in present] + sorted(present - set(CATEGORIES))
-    head = "| model | " + " | ".join(f"{c} ({CATEGORY_LABELS_KO.get(c, c)})" for c in categories) + " | overall |"
-    lines = [head, "|---" * (len(categories) + 2) + "|"]
-    for s in summaries:
-        cells = [f"{s['categories'][c]['overall']:.2f}" if c in s["categories"] else "-" for c in categories]
-        lines.append(f"| {s['row']} | " + " | ".join(cells) + f" | {s['overall']:.2f} |")
-    return "\n".join(lines)
-
-
 def judge_report_markdown(summary: dict[str, Any]) -> str:
     lines = [
         f"# Judge report: {summary['row']}",

@@ -79,17 +79,6 @@ class LocalRunResult:
         found = {"challenger": self.register["challenger"], "champion": self.register["champion_after"]}
         return {alias: version for alias, version in found.items() if version}
 
-    @property
-    def summaries(self) -> list[dict[str, Any]]:
-        """Per-category overall scores of every version this run registered (for score_table)."""
-        rows = []
-        for v in self.register["versions"]:
-            categories = {name.split("/")[1]: {"overall": value} for name, value in v["metrics"].items()
-                          if name.count("/") == 2 and name.endswith("/overall")}
-            rows.append({"row": f"v{v['version']} {v['label']}", "categories": categories,
-                         "overall": v["metrics"].get("judge/overall", float("nan"))})
-        return rows
-
 
 class _ProgressFilter(io.TextIOBase):
     """Everything to the log file; task start/finish and `[selfguided]` lines to the terminal."""

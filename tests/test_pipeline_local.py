@@ -51,7 +51,8 @@ def test_champion_points_at_a_registered_version(local_run):
     challenger = client.get_model_version_by_alias(local_run.registered_model_name, "challenger")
     assert champion.version == challenger.version  # first run: no champion to beat
     assert set(local_run.aliases) >= {"champion", "challenger"}
-    assert len(local_run.summaries) == 3 and all(len(s["categories"]) == len(CATEGORIES) for s in local_run.summaries)
+    versions = local_run.register["versions"]
+    assert len(versions) == 3 and all(f"judge/{c}/overall" in v["metrics"] for v in versions for c in CATEGORIES)
     assert local_run.decision.startswith("promoted")
 
 
