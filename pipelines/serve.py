@@ -152,8 +152,9 @@ def _download(model_uri: str, tracking_uri: str | None, download_dir: Path) -> t
 
     if tracking_uri:
         # Process-wide, as register_candidates does: MLflow 3 resolves models:/ and runs:/ URIs (a
-        # logged model) through the process's tracking URI, whatever download_artifacts is given.
+        # logged model) through the process's tracking and registry URIs, whatever download_artifacts is given.
         mlflow.set_tracking_uri(tracking_uri)
+        mlflow.set_registry_uri(tracking_uri)
     try:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(download_dir),
                                                          tracking_uri=tracking_uri))
