@@ -1,0 +1,68 @@
+"""The compare step's decisions on the rows a run produced (the statistics are test_compare.py's)."""
+
+import pytest
+from registry_fixtures import category_scores, make_judgments, write_row
+
+from selfguided.components.compare import PromotionGate
+from selfguided.components.compare_step import pick_challenger, run_compare, run_compare_step
+
+
+def rows(tmp_path, **scores):
+    """Trained rows of the given arms with the given scores, plus a champion summary (see callers)."""
+    return {arm: write_row(tmp_path, arm, make_judgments(category_scores(score), spread=0.4, seed=i), arm=arm)
+            for i, (arm, score) in enumerate(scores.items())}
+
+
+def files(written):
+    return [s for s, _ in written], [j for _, j in written]
+
+
+def test_control_is_a_yardstick_and_never_the_challenger(tmp_path):
+    written = rows(tmp_path, unscored=5.0, self_guided=5.5, control=8.0)
+    result = run_compare(*files(written.values()), gate=PromotionGate())
+    assert result["challenger"]["arm"] == "self_guided"
+
+
+def test_a_champion_that_could_not_be_evaluated_is_never_replaced_on_no_evidence(tmp_path):
+    written = list(rows(tmp_path, unscored=5.0, self_guided=7.0).values())
+    written.append(write_row(tmp_path, "champion", [], row_kind="champion", base_model="", model="3",
+                             note="champion v3 could not be re-evaluated: OSError: disk full"))
+    result = run_compare(*files(written), gate=PromotionGate())
+    assert not result["decision"]["promote"] and result["champion_version"] == "3"
+    assert result["decision"]["reasons"][0].startswith("champion v3 exists but could not be re-evaluated")
+
+
+def test_the_champion_row_is_compared_pair_by_pair(tmp_path):
+    written = list(rows(tmp_path, unscored=5.0, self_guided=7.0).values())
+    written.append(write_row(tmp_path, "champion", make_judgments(category_scores(5.0), spread=0.4, seed=9),
+                             row_kind="champion", base_model="", model="3"))
+    summary = tmp_path / "r.json"
+    result = run_compare_step(*files(written), str(summary), str(tmp_path / "r.md"), str(tmp_path / "r.html"),
+                              gate=PromotionGate())
+    assert result["decision"]["promote"] and result["champion_version"] == "3"
+    assert "overall paired difference +" in result["decision"]["reasons"][0]
+    assert "challenger vs champion" in (tmp_path / "r.md").read_text(encoding="utf-8")
+
+
+def test_judgments_paired_with_the_wrong_summary_are_refused(tmp_path):
+    written = rows(tmp_path, unscored=5.0, self_guided=6.0)
+    (s1, j1), (s2, j2) = written.values()
+    import json
+
+    for path, model in ((j1, "tiny/unscored"), (j2, "tiny/self_guided")):  # as the judge step names them
+        lines = [dict(json.loads(line), model=model) for line in path.read_text(encoding="utf-8").splitlines()]
+        path.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
+    for path, model in ((s1, "tiny/unscored"), (s2, "tiny/self_guided")):
+        summary = json.loads(path.read_text(encoding="utf-8"))
+        path.write_text(json.dumps({**summary, "answer_model": model}), encoding="utf-8")
+    with pytest.raises(ValueError, match="paired with the summary of 'tiny/unscored'"):
+        run_compare([s1, s2], [j2, j1], gate=PromotionGate())
+    assert run_compare([s1, s2], [j1, j2], gate=PromotionGate())["challenger"]["arm"] == "self_guided"
+
+
+def test_no_candidate_arm_is_a_clear_error(tmp_path):
+    from selfguided.components.compare_step import load_row
+
+    (summary, judgments), = rows(tmp_path, control=5.0).values()
+    with pytest.raises(ValueError, match="no trained row of the arms unscored, self_guided"):
+        pick_challenger([load_row(str(summary), str(judgments))[1]])
