@@ -7,6 +7,7 @@ plots (shown in the Kubeflow UI, logged to MLflow, printed by `selfguided run`).
 """
 
 # No `from __future__ import annotations`: KFP reads the component's annotations at runtime.
+import html
 import json
 import math
 import os
@@ -30,6 +31,7 @@ from selfguided.components.compare import (
 )
 from selfguided.components.data import read_jsonl
 from selfguided.components.images import CPU_IMAGE
+from selfguided.components.offline_judge import OFFLINE_JUDGE_NAME
 
 
 def load_row(summary_path: str, judgments_path: str) -> tuple[dict[str, Any], RowJudgments | None]:
@@ -143,12 +145,19 @@ def run_compare_step(summary_files: Sequence[str], judgment_files: Sequence[str]
     comparison, decision = Comparison.from_dict(result["comparison"]), GateDecision.from_dict(result["decision"])
     notes = "".join(f"\n- {note}" for note in result["notes"])
     markdown = report_markdown(comparison, decision) + (f"\n## Rows without answers\n{notes}\n" if notes else "")
+    page = report_html(comparison, decision)
+    if any(row["judge"].startswith(OFFLINE_JUDGE_NAME) for row in result["rows"]):
+        warning = (f"The judge is `{OFFLINE_JUDGE_NAME}`, a deterministic stand-in for runs without an LLM endpoint: "
+                   "it exercises every step, it does not measure quality.")
+        title, _, rest = markdown.partition("\n")
+        markdown = f"{title}\n\n> {warning}\n{rest}"
+        page = page.replace("<body>", f"<body><p><strong>{html.escape(warning)}</strong></p>", 1)
     with open(result_path, "w", encoding="utf-8") as fh:
         json.dump(result, fh, ensure_ascii=False, indent=1)
     with open(report_path, "w", encoding="utf-8") as fh:
         fh.write(markdown)
     with open(html_path, "w", encoding="utf-8") as fh:
-        fh.write(report_html(comparison, decision))
+        fh.write(page)
     print(f"[selfguided] compare: {len(result['rows'])} rows; {decision_line(result)}", flush=True)
     return result
 

@@ -41,7 +41,10 @@ def test_the_champion_row_is_compared_pair_by_pair(tmp_path):
                               gate=PromotionGate())
     assert result["decision"]["promote"] and result["champion_version"] == "3"
     assert "overall paired difference +" in result["decision"]["reasons"][0]
-    assert "challenger vs champion" in (tmp_path / "r.md").read_text(encoding="utf-8")
+    report = (tmp_path / "r.md").read_text(encoding="utf-8")
+    assert "challenger vs champion" in report
+    assert report.splitlines()[2].startswith("> The judge is `offline-heuristic`, a deterministic stand-in")
+    assert "a deterministic stand-in" in (tmp_path / "r.html").read_text(encoding="utf-8")
 
 
 def test_judgments_paired_with_the_wrong_summary_are_refused(tmp_path):
