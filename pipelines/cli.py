@@ -123,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     comp = sub.add_parser("compile", help="write the pipeline as KFP IR YAML", description="Compile the pipeline "
                           "to KFP IR YAML for the Kubeflow UI. Images come from SELFGUIDED_IMAGE_REGISTRY and "
                           "SELFGUIDED_IMAGE_TAG (default: ghcr.io/selfguided, the package version).")
-    comp.add_argument("-o", "--output", required=True, help="YAML file to write")
+    comp.add_argument("-o", "--output", default="selfguided_pipeline.yaml",
+                      help="YAML file to write (default: %(default)s in the current folder)")
     comp.set_defaults(func=cmd_compile)
 
     submit = sub.add_parser("submit", help="compile and submit a run to a Kubeflow Pipelines endpoint",

@@ -110,3 +110,11 @@ def test_committed_pipeline_matches_the_code(tmp_path):
     assert fresh.read_text() == COMMITTED_PIPELINE.read_text(), (
         "pipelines/selfguided_pipeline.yaml is out of date: run `make compile` and commit the result"
     )
+
+
+def test_compile_without_options_writes_the_pipeline_in_the_current_folder(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "selfguided.pipelines.cli", "compile"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    spec = yaml.safe_load_all((tmp_path / "selfguided_pipeline.yaml").read_text())
+    assert "comp-register" in next(spec)["components"]
