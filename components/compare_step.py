@@ -10,7 +10,6 @@ plots (shown in the Kubeflow UI, logged to MLflow, printed by `selfguided run`).
 import html
 import json
 import math
-import os
 from typing import Any, List, Mapping, Sequence
 
 from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Metrics, Output
@@ -39,8 +38,7 @@ def load_row(summary_path: str, judgments_path: str) -> tuple[dict[str, Any], Ro
     nothing to judge, e.g. no champion yet: the summary's `note` says why)."""
     with open(summary_path, encoding="utf-8") as fh:
         summary = json.load(fh)
-    empty = os.path.getsize(judgments_path) == 0  # a row with nothing to judge writes an empty file
-    judgments = [] if empty else read_jsonl(judgments_path)
+    judgments = read_jsonl(judgments_path, allow_empty=True)  # a row with nothing to judge writes an empty file
     if not judgments:
         return summary, None
     models = {j.get("model") for j in judgments}
@@ -57,24 +55,13 @@ def load_row(summary_path: str, judgments_path: str) -> tuple[dict[str, Any], Ro
 CANDIDATE_ARMS = ("unscored", "self_guided")  # `control` is a yardstick, never a candidate
 
 
-def overall_mean(row: RowJudgments) -> float:
-    """The mean over categories of the category means (judge/overall), from the judgments alone."""
-    by_category: dict[str, list[float]] = {}
-    for j in row.judgments:
-        score = j.get("score")
-        if not j.get("error") and isinstance(score, (int, float)) and score >= 0:
-            by_category.setdefault(str(j.get("category")), []).append(float(score))
-    means = [sum(v) / len(v) for v in by_category.values()]
-    return sum(means) / len(means) if means else -math.inf
-
-
-def pick_challenger(rows: Sequence[RowJudgments]) -> RowJudgments:
-    """The run's best candidate (a trained row of an arm meant for promotion) by its overall mean,
-    the first of equals in row order."""
+def pick_challenger(rows: Sequence[RowJudgments], overall: Mapping[str, float]) -> RowJudgments:
+    """The run's best candidate (a trained row of an arm meant for promotion) by its overall mean
+    (`overall`: row -> the judge summary's judge/overall), the first of equals in row order."""
     candidates = [r for r in rows if r.row_kind == "trained" and r.arm in CANDIDATE_ARMS]
     if not candidates:
         raise ValueError(f"no trained row of the arms {', '.join(CANDIDATE_ARMS)} to choose a challenger from")
-    return max(candidates, key=overall_mean)
+    return max(candidates, key=lambda r: overall.get(r.row, -math.inf))
 
 
 def run_compare(summary_files: Sequence[str], judgment_files: Sequence[str], *, gate: PromotionGate,
@@ -89,7 +76,7 @@ def run_compare(summary_files: Sequence[str], judgment_files: Sequence[str], *, 
     """
     if len(summary_files) != len(judgment_files):
         raise ValueError(f"{len(summary_files)} judge summaries but {len(judgment_files)} judgment files")
-    rows, notes, champion_summary = [], [], None
+    rows, notes, champion_summary, overall = [], [], None, {}
     for summary_path, judgments_path in zip(summary_files, judgment_files):
         summary, row = load_row(summary_path, judgments_path)
         if summary["row_kind"] == "champion":
@@ -98,10 +85,8 @@ def run_compare(summary_files: Sequence[str], judgment_files: Sequence[str], *, 
             notes.append(f"{summary['row']}: {summary.get('note') or 'no judgments'}")
         else:
             rows.append(row)
-    trained = [r for r in rows if r.row_kind == "trained"]
-    if not trained:
-        raise ValueError("no trained row has judgments: nothing to compare or promote")
-    challenger = pick_challenger(rows)
+            overall[row.row] = float(summary["overall"])
+    challenger = pick_challenger(rows, overall)
     comparison = compare_rows(rows, comparisons=default_comparisons(rows, challenger=challenger.row),
                               n_resamples=n_resamples, gpu_hour_usd=gpu_hour_usd)
     champion = next((r for r in rows if r.row_kind == "champion"), None)

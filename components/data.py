@@ -104,17 +104,21 @@ def sample_path(name: str) -> Path:
     return Path(str(resources.files("selfguided.components") / "sample_data" / name))
 
 
-def iter_jsonl(path: str | Path) -> Iterator[tuple[int, str, Any]]:
+def iter_jsonl(path: str | Path, *, allow_empty: bool = False) -> Iterator[tuple[int, str, Any]]:
     """Yield (line number, raw line, parsed object) for each non-blank line.
 
     Raises DataError naming file and line for undecodable bytes or malformed JSON, and for an
-    empty file, since a step fed nothing is almost always a wiring mistake.
+    empty file, since a step fed nothing is almost always a wiring mistake; `allow_empty` is for
+    the files that may rightly be empty (the answers and judgments of a row that had nothing to
+    answer, such as a champion that does not exist yet).
     """
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: file not found")
     raw_bytes = path.read_bytes()
     if not raw_bytes.strip():
+        if allow_empty:
+            return
         raise DataError(f"{path}: file is empty, expected JSON Lines (one object per line)")
     for number, raw in enumerate(raw_bytes.splitlines(), start=1):
         try:
@@ -133,8 +137,8 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, str, Any]]:
         yield number, line, obj
 
 
-def read_jsonl(path: str | Path) -> list[Any]:
-    return [obj for _, _, obj in iter_jsonl(path)]
+def read_jsonl(path: str | Path, *, allow_empty: bool = False) -> list[Any]:
+    return [obj for _, _, obj in iter_jsonl(path, allow_empty=allow_empty)]
 
 
 def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> int:
@@ -272,10 +276,11 @@ def load_seed(
     return result
 
 
-def iter_records(path: str | Path, required: Iterable[str]) -> Iterator[tuple[int, dict[str, Any]]]:
+def iter_records(path: str | Path, required: Iterable[str], *, allow_empty: bool = False
+                 ) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield (line number, object) of a JSONL file whose every line must be an object with the
     `required` fields; DataError names file, line and the missing fields otherwise."""
-    for number, _, obj in iter_jsonl(path):
+    for number, _, obj in iter_jsonl(path, allow_empty=allow_empty):
         if not isinstance(obj, dict):
             raise DataError(f"{path}:{number}: expected a JSON object")
         missing = [k for k in required if k not in obj]

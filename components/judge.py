@@ -196,8 +196,7 @@ def run_judge_step(
     on for the gate's unpaired fallback.
     """
     questions = load_questions(questions_path)
-    nothing = note and Path(answers_path).stat().st_size == 0  # a reference row that could not answer
-    answers = [] if nothing else load_answers(answers_path)
+    answers = load_answers(answers_path, allow_empty=bool(note))  # a reference row that could not answer
     if not answers and not note:
         raise ValueError(f"{answers_path}: no answers to judge")
     judgments, usage = judge_answers(questions, answers, model, concurrency=concurrency, cache=cache,

@@ -348,10 +348,10 @@ def answer_with_llm(questions: list[dict[str, Any]], config: LLMConfig) -> tuple
 # Judging model answers
 
 
-def load_answers(path: str | Path) -> list[dict[str, Any]]:
+def load_answers(path: str | Path, *, allow_empty: bool = False) -> list[dict[str, Any]]:
     """Read FastChat model_answer rows; errors name the file, the line and the field."""
     answers = []
-    for number, obj in iter_records(path, ("question_id", "model_id", "choices")):
+    for number, obj in iter_records(path, ("question_id", "model_id", "choices"), allow_empty=allow_empty):
         try:
             answer_turns(obj)
         except ValueError as exc:

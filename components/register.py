@@ -650,9 +650,8 @@ def ensure_merged_weights(client: MlflowClient, registered_model_name: str, vers
 
 def version_row(client: MlflowClient, registered_model_name: str, version: str, row_kind: str = "trained"):
     """A registered version as a compare row: its judgments.jsonl and identity, from its run."""
-    import json as _json
-
     from selfguided.components.compare import RowJudgments
+    from selfguided.components.data import read_jsonl
 
     model_version = client.get_model_version(registered_model_name, str(version))
     run = client.get_run(model_version.run_id)
@@ -662,7 +661,7 @@ def version_row(client: MlflowClient, registered_model_name: str, version: str, 
         except MlflowException as exc:
             raise RegistryError(f"v{version} has no judgments.jsonl on its run {run.info.run_id}: it cannot be "
                                 "compared on evidence (promote with --force to skip the gate)") from exc
-        judgments = [_json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+        judgments = read_jsonl(path)
     tags = run.data.tags
     return RowJudgments(row=f"v{version} {tags.get('row', '')}".strip(), row_kind=row_kind, judgments=judgments,
                         base_model=tags.get("base_model", ""), arm=tags.get("arm", ""), judge=tags.get("judge", ""))

@@ -68,4 +68,6 @@ def test_no_candidate_arm_is_a_clear_error(tmp_path):
 
     (summary, judgments), = rows(tmp_path, control=5.0).values()
     with pytest.raises(ValueError, match="no trained row of the arms unscored, self_guided"):
-        pick_challenger([load_row(str(summary), str(judgments))[1]])
+        pick_challenger([load_row(str(summary), str(judgments))[1]], {"tiny/control": 5.0})
+    with pytest.raises(ValueError, match="no trained row of the arms unscored, self_guided"):
+        run_compare([str(summary)], [str(judgments)], gate=PromotionGate())
