@@ -1,20 +1,24 @@
-"""Real local servers for integration tests: an S3-compatible store (moto) and an MLflow server.
+"""Real local servers for integration tests: an S3-compatible store (moto) and an MLflow server,
+and the plumbing of the small stand-in HTTP APIs (Kubernetes, KFP) that tests define.
 
-Both listen on 127.0.0.1 only, start within a bounded wait and are stopped by the fixture's
+All listen on 127.0.0.1 only, start within a bounded wait and are stopped by the fixture's
 finalizer. Import the fixtures into a test module (`from servers import s3_server, mlflow_server`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Iterator
 
@@ -25,6 +29,25 @@ S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", 
 MLFLOW_BUCKET = "mlflow-artifacts"
 MLFLOW_PREFIX = "mlflow"
 STARTUP_TIMEOUT_S = 90.0
+
+
+def local_http_server(handler: type) -> tuple[ThreadingHTTPServer, str]:
+    """A stand-in HTTP API on a free 127.0.0.1 port: (server, its base URL); run it with `serving`."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    return server, f"http://127.0.0.1:{server.server_address[1]}"
+
+
+@contextlib.contextmanager
+def serving(server: ThreadingHTTPServer) -> Iterator[ThreadingHTTPServer]:
+    """Serve in a background thread for the block; shut down and close after it, whatever happens."""
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
 
 
 def free_port() -> int:

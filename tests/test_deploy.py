@@ -9,13 +9,13 @@ and records every request: method, path, Content-Type and body. It can also refu
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
 import yaml
 from kubernetes import client as k8s
+from servers import local_http_server, serving
 
 from selfguided.components import deploy as deploy_module
 from selfguided.components.deploy import (
@@ -122,9 +122,7 @@ class FakeKubernetes:
             def do_PATCH(self):
                 self._handle("patch")
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.host = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.server, self.host = local_http_server(Handler)
 
     def api_client(self) -> k8s.ApiClient:
         configuration = k8s.Configuration(host=self.host)
@@ -136,12 +134,8 @@ class FakeKubernetes:
 @pytest.fixture
 def kube():
     fake = FakeKubernetes()
-    fake.thread.start()
-    try:
+    with serving(fake.server):
         yield fake
-    finally:
-        fake.server.shutdown()
-        fake.server.server_close()
 
 
 def _deploy(kube, promoted=True, uri=URI_V3, version=f"{NAME}/3", **kwargs):

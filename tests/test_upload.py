@@ -15,14 +15,14 @@ import email
 import email.policy
 import json
 import subprocess
-import threading
 import uuid
 from datetime import datetime, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from servers import local_http_server, serving
 
 from selfguided.components.images import PACKAGE_VERSION
 from selfguided.pipelines.upload import (
@@ -112,9 +112,7 @@ class FakeKfp:
 
             do_GET = do_POST = _handle
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.host = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.server, self.host = local_http_server(Handler)
 
     def calls(self) -> list[tuple[str, str]]:
         """The requests other than health checks (kfp.Client asks for one when it is built)."""
@@ -124,12 +122,8 @@ class FakeKfp:
 @pytest.fixture
 def kfp_api():
     fake = FakeKfp()
-    fake.thread.start()
-    try:
+    with serving(fake.server):
         yield fake
-    finally:
-        fake.server.shutdown()
-        fake.server.server_close()
 
 
 def test_first_upload_creates_the_pipeline_with_the_named_version(kfp_api):
