@@ -21,7 +21,7 @@ from typing import Any
 from kfp.dsl.component_decorator import component  # `dsl.component` is absent when a step runs (_KFP_RUNTIME)
 from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Metrics, Output
 
-from selfguided.components.data import CATEGORIES, CATEGORY_LABELS_KO, load_questions, write_jsonl
+from selfguided.components.data import CATEGORIES, load_questions, write_jsonl
 from selfguided.components.images import CPU_IMAGE
 from selfguided.components.judging import (
     SCORE_NAMES,

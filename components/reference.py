@@ -13,7 +13,6 @@ why (`ReferenceAnswers.note`); the compare step then decides without it, and say
 """
 
 # No `from __future__ import annotations`: KFP reads the component's annotations at runtime.
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path

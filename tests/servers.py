@@ -8,6 +8,7 @@ finalizer. Import the fixtures into a test module (`from servers import s3_serve
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -18,7 +19,7 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
-from http.server import ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Iterator
 
@@ -29,6 +30,21 @@ S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", 
 MLFLOW_BUCKET = "mlflow-artifacts"
 MLFLOW_PREFIX = "mlflow"
 STARTUP_TIMEOUT_S = 90.0
+
+
+class QuietJsonHandler(BaseHTTPRequestHandler):
+    """Base of the stand-in APIs' handlers: no request log on the test output, `_send` for replies."""
+
+    def log_message(self, *args):  # keep pytest output clean
+        pass
+
+    def _send(self, code: int, body, content_type: str = "application/json"):
+        data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
 
 
 def local_http_server(handler: type) -> tuple[ThreadingHTTPServer, str]:

@@ -9,13 +9,12 @@ and records every request: method, path, Content-Type and body. It can also refu
 from __future__ import annotations
 
 import json
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
 import yaml
 from kubernetes import client as k8s
-from servers import local_http_server, serving
+from servers import QuietJsonHandler, local_http_server, serving
 
 from selfguided.components import deploy as deploy_module
 from selfguided.components.deploy import (
@@ -62,18 +61,7 @@ class FakeKubernetes:
         self.kserve_installed = True
         fake = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):  # keep pytest output clean
-                pass
-
-            def _send(self, code: int, body, content_type: str = "application/json"):
-                data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
+        class Handler(QuietJsonHandler):
             def _status(self, code: int, reason: str, message: str, name: str | None = None):
                 details = {"group": "serving.kserve.io", "kind": "inferenceservices"} | ({"name": name} if name else {})
                 self._send(code, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": message,

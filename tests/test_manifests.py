@@ -26,7 +26,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 from mlflow.server.security_utils import is_allowed_host_header
-from checkov_scan import checkov_results, findings
+from manifest_tools import checkov_results, findings, kubectl
 from servers import S3_CREDENTIALS, _stop_group, _wait_healthy, free_port, s3_server  # noqa: F401 (fixture)
 
 from selfguided.components import tracking
@@ -48,14 +48,6 @@ POD_KINDS = {"Deployment": ("spec", "template", "spec"), "StatefulSet": ("spec",
              "Job": ("spec", "template", "spec"), "Pod": ("spec",)}
 
 
-def _kubectl() -> str:
-    kubectl = shutil.which("kubectl")
-    if kubectl is None:
-        pytest.fail("kubectl is not on PATH: it renders manifests/ (`kubectl kustomize`, v1.27 or newer "
-                    "bundles kustomize v5); install it from your distribution or https://kubernetes.io/docs/tasks/tools/")
-    return kubectl
-
-
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory) -> dict[str, str]:
     """Each kustomization rendered, as YAML text, from a copy of manifests/ whose secrets files are
@@ -66,7 +58,7 @@ def rendered(tmp_path_factory) -> dict[str, str]:
         shutil.copy(example, example.with_suffix(""))  # openai.env.example -> openai.env
     out = {}
     for name in KUSTOMIZATIONS:
-        proc = subprocess.run([_kubectl(), "kustomize", str(tree / name)], capture_output=True, text=True, timeout=120)
+        proc = subprocess.run([kubectl(), "kustomize", str(tree / name)], capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, f"`kubectl kustomize manifests/{name}` failed:\n{proc.stderr}"
         out[name] = proc.stdout
     return out

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import copy
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
 import kubernetes_validate
 import pytest
 import yaml
-from checkov_scan import checkov_results, findings
+from manifest_tools import checkov_results, findings, kubectl
 
 from selfguided.components import deploy
 from selfguided.pipelines import platform
@@ -37,17 +36,9 @@ KSERVE_PREDICTOR_FIELDS = {"model", "minReplicas", "maxReplicas", "scaleTarget",
 KSERVE_MODEL_FIELDS = {"modelFormat", "runtime", "storageUri", "protocolVersion", "storage"}
 
 
-def _kubectl() -> str:
-    kubectl = shutil.which("kubectl")
-    if kubectl is None:
-        pytest.fail("kubectl is not on PATH: it renders manifests/ (`kubectl kustomize`, v1.27 or newer "
-                    "bundles kustomize v5); install it from your distribution or https://kubernetes.io/docs/tasks/tools/")
-    return kubectl
-
-
 @pytest.fixture(scope="module")
 def rendered() -> str:
-    proc = subprocess.run([_kubectl(), "kustomize", str(SERVING)], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([kubectl(), "kustomize", str(SERVING)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, f"`kubectl kustomize {deploy.SERVING_MANIFESTS}` failed:\n{proc.stderr}"
     return proc.stdout
 

@@ -17,12 +17,11 @@ import json
 import subprocess
 import uuid
 from datetime import datetime, timezone
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from servers import local_http_server, serving
+from servers import QuietJsonHandler, local_http_server, serving
 
 from selfguided.components.images import PACKAGE_VERSION
 from selfguided.pipelines.upload import (
@@ -49,18 +48,7 @@ class FakeKfp:
         self.login_page = False  # answer like an auth proxy: an HTML page instead of the API
         fake = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def _send(self, code, body, content_type="application/json"):
-                data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
+        class Handler(QuietJsonHandler):
             def _error(self, code, message):
                 self._send(code, {"error_message": message, "error_details": message})
 

@@ -1,16 +1,25 @@
-"""checkov over rendered Kubernetes YAML, with a canary that proves the scan reads its files.
-
-Shared by the manifest tests (tests/test_manifests.py, tests/test_serving_manifests.py).
+"""What the manifest tests share (tests/test_manifests.py, tests/test_serving_manifests.py):
+kubectl to render kustomizations, and checkov with a canary that proves the scan reads its files.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+def kubectl() -> str:
+    """The kubectl that renders manifests/ (`kubectl kustomize`), or a test failure saying how to get it."""
+    found = shutil.which("kubectl")
+    if found is None:
+        pytest.fail("kubectl is not on PATH: it renders manifests/ (`kubectl kustomize`, v1.27 or newer "
+                    "bundles kustomize v5); install it from your distribution or https://kubernetes.io/docs/tasks/tools/")
+    return found
+
 
 # A pod that breaks most rules: proves the scan really reads the files it is given.
 CANARY = """\
