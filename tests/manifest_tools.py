@@ -4,7 +4,9 @@ kubectl to render kustomizations, and checkov with a canary that proves the scan
 
 from __future__ import annotations
 
+import base64
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -55,3 +57,73 @@ def checkov_results(directory: Path) -> dict:
 def findings(results: dict) -> list[dict]:
     """The failed checks outside the canary."""
     return [c for c in results["failed_checks"] if c["file_path"] != CANARY_FILE]
+
+
+# ---------------------------------------------------------------------------------------------
+# Rendered objects, and what the kubelet makes of a container (tests/test_manifests.py,
+# tests/test_postgres_deployment.py)
+# ---------------------------------------------------------------------------------------------
+
+MANIFESTS = Path(__file__).resolve().parents[1] / "manifests"
+
+
+def render(kustomization: str, workdir: Path, env_files: dict[str, str] | None = None) -> list[dict]:
+    """`kubectl kustomize manifests/<kustomization>` from a copy of manifests/ in `workdir` whose
+    *.env files are the committed templates, except those given in `env_files` (path below
+    manifests/ -> content): a developer's filled-in files never reach a test."""
+    import yaml
+
+    tree = workdir / "manifests"
+    shutil.copytree(MANIFESTS, tree, ignore=shutil.ignore_patterns("*.env"))
+    for example in tree.rglob("*.env.example"):
+        shutil.copy(example, example.with_suffix(""))
+    for relative, content in (env_files or {}).items():
+        (tree / relative).write_text(content, encoding="utf-8")
+    proc = subprocess.run([kubectl(), "kustomize", str(tree / kustomization)], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, f"`kubectl kustomize manifests/{kustomization}` failed:\n{proc.stderr}"
+    return [doc for doc in yaml.safe_load_all(proc.stdout) if doc]
+
+
+def find(objs: list[dict], kind: str, name: str, namespace: str | None = None) -> dict:
+    """The one object of `kind` named `name` (or, for generated objects, `name-<hash>`)."""
+    found = [o for o in objs if o["kind"] == kind and namespace in (None, o["metadata"].get("namespace"))
+             and (o["metadata"]["name"] == name or re.fullmatch(rf"{re.escape(name)}-[a-z0-9]{{10}}", o["metadata"]["name"]))]
+    assert len(found) == 1, f"expected one {kind} {namespace or '*'}/{name}, found {len(found)}"
+    return found[0]
+
+
+def secret_data(secret: dict) -> dict[str, str]:
+    return {k: base64.b64decode(v).decode() for k, v in secret.get("data", {}).items()} | secret.get("stringData", {})
+
+
+def expand(text: str, env: dict[str, str]) -> str:
+    """Kubernetes' $(VAR) expansion: defined variables are replaced, `$$` is a literal `$`, others left as written."""
+    return re.sub(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_]*)\)",
+                  lambda m: "$" if m.group(0) == "$$" else env.get(m.group(1), m.group(0)), text)
+
+
+def kubelet_env(container: dict, objs: list[dict], namespace: str) -> dict[str, str]:
+    """The environment the kubelet gives `container`: envFrom sources in order, then `env`, each
+    value expanded against the variables defined before it."""
+    env: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        if "secretRef" in source:
+            env |= secret_data(find(objs, "Secret", source["secretRef"]["name"], namespace))
+        else:
+            env |= find(objs, "ConfigMap", source["configMapRef"]["name"], namespace)["data"]
+    for var in container.get("env", []):
+        ref = var.get("valueFrom", {})
+        if "secretKeyRef" in ref:
+            env[var["name"]] = secret_data(find(objs, "Secret", ref["secretKeyRef"]["name"], namespace))[ref["secretKeyRef"]["key"]]
+        elif "configMapKeyRef" in ref:
+            env[var["name"]] = find(objs, "ConfigMap", ref["configMapKeyRef"]["name"], namespace)["data"][ref["configMapKeyRef"]["key"]]
+        else:
+            assert "value" in var, f"{container['name']}: {var['name']} comes from {ref}; teach kubelet_env"
+            env[var["name"]] = expand(var["value"], env)
+    return env
+
+
+def argv(container: dict, env: dict[str, str]) -> list[str]:
+    """The container's command line as the kubelet runs it: command + args, $(VAR) expanded."""
+    return [expand(a, env) for a in container.get("command", []) + container.get("args", [])]
