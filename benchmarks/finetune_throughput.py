@@ -31,7 +31,7 @@ from dataclasses import replace
 
 import torch
 
-from selfguided.components.finetune import (
+from selfguided.components.steps.finetune import (
     FinetuneConfig,
     Sample,
     plan_run,
@@ -39,7 +39,7 @@ from selfguided.components.finetune import (
     train_loop,
     weights_dtype,
 )
-from selfguided.components.modeling import build_tiny, canonical_name, random_init, training_attn_implementation
+from selfguided.components.training.base_models import build_tiny, canonical_name, random_init, training_attn_implementation
 
 PEAK_FLOPS = {"cuda": 989e12}  # H100 SXM / H200, dense bf16
 SIZES = ("1.3b", "3.8b", "5.8b")

@@ -17,8 +17,8 @@ import time
 
 import torch
 
-from selfguided.components.generate import generate_tokens
-from selfguided.components.modeling import build_tiny, canonical_name, default_attn_implementation, random_init
+from selfguided.components.steps.generate import generate_tokens
+from selfguided.components.training.base_models import build_tiny, canonical_name, default_attn_implementation, random_init
 
 
 def synthetic_prompts(count: int, vocab_size: int, seed: int = 0) -> list[list[int]]:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from selfguided.components.prompting import ARMS
+from selfguided.components.model.prompting import ARMS
 
 DEFAULT_WORKDIR = ".selfguided"
 # Small enough that the whole local pipeline finishes in minutes on a 2-core laptop. `tiny` is
@@ -138,7 +138,7 @@ def default_teachers() -> list[str]:
 
 def default_llm_model() -> str:
     """An LLM judge when an endpoint is configured, else the offline stand-in."""
-    from selfguided.components.offline_judge import OFFLINE_JUDGE_NAME
+    from selfguided.components.judging.offline import OFFLINE_JUDGE_NAME
 
     if os.environ.get("OPENAI_API_KEY") or os.environ.get("OPENAI_BASE_URL"):
         return os.environ.get("SELFGUIDED_JUDGE_MODEL", "gpt-4o")

@@ -20,19 +20,19 @@ from typing import List
 
 from kfp import dsl, kubernetes
 
-from selfguided.components.compare_step import compare
+from selfguided.components.steps.compare import compare
 from selfguided.components.data import HELD_OUT_CATEGORIES, REFERENCE_CATEGORIES
-from selfguided.components.deploy import deploy
-from selfguided.components.finetune import finetune
+from selfguided.components.steps.deploy import deploy
+from selfguided.components.steps.finetune import finetune
 from selfguided.components.images import CPU_STEP_RESOURCES
-from selfguided.components.preflight import preflight
-from selfguided.components.prompting import ARMS
-from selfguided.components.generate import generate
-from selfguided.components.judge import judge
-from selfguided.components.reference import answer_reference, plan_references
-from selfguided.components.register import EXPERIMENT_NAME, REGISTERED_MODEL_NAME, register
-from selfguided.components.score import score
-from selfguided.components.split import split
+from selfguided.components.steps.preflight import preflight
+from selfguided.components.model.prompting import ARMS
+from selfguided.components.steps.generate import generate
+from selfguided.components.steps.judge import judge
+from selfguided.components.steps.reference import answer_reference, plan_references
+from selfguided.components.steps.register import EXPERIMENT_NAME, REGISTERED_MODEL_NAME, register
+from selfguided.components.steps.score import score
+from selfguided.components.steps.split import split
 from selfguided.pipelines import platform
 
 PIPELINE_NAME = "selfguided"

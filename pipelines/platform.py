@@ -33,7 +33,7 @@ GPU_STEP_MEMORY = os.environ.get("SELFGUIDED_GPU_STEP_MEMORY",
 OPENAI_SECRET_NAME = "selfguided-openai"
 OPENAI_SECRET_KEYS = {"OPENAI_API_KEY": "OPENAI_API_KEY"}  # secret key -> env var
 # The pipeline's MLflow identity (components/tracking.py owns the names; manifests/ creates it).
-from selfguided.components.tracking import (  # noqa: E402
+from selfguided.components.registry.auth import (  # noqa: E402
     PIPELINE_AUTH_SECRET_KEYS as MLFLOW_AUTH_SECRET_KEYS,
     PIPELINE_AUTH_SECRET_NAME as MLFLOW_AUTH_SECRET_NAME,
 )

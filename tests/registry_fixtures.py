@@ -11,10 +11,10 @@ import json
 from pathlib import Path
 from typing import Any, Mapping
 
-from selfguided.components import trained_model as tm
+from selfguided.components.model import artifact as tm
 from selfguided.components.data import CATEGORIES
-from selfguided.components.judge import summarize_judgments
-from selfguided.components.prompting import CRITERIA
+from selfguided.components.steps.judge import summarize_judgments
+from selfguided.components.model.prompting import CRITERIA
 
 KOREAN_LINES = [
     "### 지시:\n봄을 주제로 짧은 시를 써 주세요.\n\n### 응답:\n벚꽃이 피고 바람이 분다.",

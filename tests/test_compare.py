@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from selfguided.components.compare import (
+from selfguided.components.evaluation.compare import (
     Comparison, GateDecision, PromotionGate, RowJudgments, bootstrap_mean_ci, compare_rows, decide_promotion,
     default_comparisons, holm, metrics_for_row, ordered_rows, report_figures, report_html, report_markdown,
     sign_flip_p_value, usd_per_1000_answers,
 )
-from selfguided.components.prompting import CRITERIA
+from selfguided.components.model.prompting import CRITERIA
 
 CATS = ("cover_letter", "poem", "blog", "novel", "scenario", "news")
 UNSEEN = {"cover_letter", "poem"}

@@ -3,8 +3,8 @@
 import pytest
 from registry_fixtures import category_scores, make_judgments, write_row
 
-from selfguided.components.compare import PromotionGate
-from selfguided.components.compare_step import pick_challenger, run_compare, run_compare_step
+from selfguided.components.evaluation.compare import PromotionGate
+from selfguided.components.steps.compare import pick_challenger, run_compare, run_compare_step
 
 
 def rows(tmp_path, **scores):
@@ -64,7 +64,7 @@ def test_judgments_paired_with_the_wrong_summary_are_refused(tmp_path):
 
 
 def test_no_candidate_arm_is_a_clear_error(tmp_path):
-    from selfguided.components.compare_step import load_row
+    from selfguided.components.steps.compare import load_row
 
     (summary, judgments), = rows(tmp_path, control=5.0).values()
     with pytest.raises(ValueError, match="no trained row of the arms unscored, self_guided"):

@@ -16,8 +16,8 @@ import yaml
 from kubernetes import client as k8s
 from servers import QuietJsonHandler, local_http_server, serving
 
-from selfguided.components import deploy as deploy_module
-from selfguided.components.deploy import (
+from selfguided.components.steps import deploy as deploy_module
+from selfguided.components.steps.deploy import (
     CPU_RESOURCES,
     GPU_RESOURCE,
     MODEL_VERSION_ANNOTATION,

@@ -15,12 +15,12 @@ import torch
 from kfp.dsl import Dataset, Metrics, Model
 from safetensors.torch import load_file
 
-from selfguided.components import finetune as ft
-from selfguided.components import trained_model as tm
+from selfguided.components.steps import finetune as ft
+from selfguided.components.model import artifact as tm
 from selfguided.components.data import DataError, load_seed, sample_path, write_jsonl
-from selfguided.components.finetune import FinetuneConfig, Sample
-from selfguided.components.modeling import GPT_NEOX_LINEAR_MODULES, SDPA_VARLEN, build_tiny
-from selfguided.components.prompting import format_prompt
+from selfguided.components.steps.finetune import FinetuneConfig, Sample
+from selfguided.components.training.base_models import GPT_NEOX_LINEAR_MODULES, SDPA_VARLEN, build_tiny
+from selfguided.components.model.prompting import format_prompt
 
 IGNORE = ft.IGNORE_INDEX
 
@@ -264,7 +264,7 @@ def test_kfp_component_trains_the_arm_file_and_logs_metrics(tmp_path, train_file
 def test_module_imports_inside_a_kfp_step():
     """A running step has _KFP_RUNTIME=true, where kfp.dsl leaves out `dsl.component`."""
     env = {**os.environ, "_KFP_RUNTIME": "true"}
-    result = subprocess.run([sys.executable, "-c", "import selfguided.components.finetune"], env=env,
+    result = subprocess.run([sys.executable, "-c", "import selfguided.components.steps.finetune"], env=env,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
 
@@ -284,7 +284,7 @@ def cli(train_file, out, checkpoint_dir, *extra_python):
     if extra_python:  # run a small driver script instead of the module (to inject a SIGKILL)
         return subprocess.Popen([sys.executable, "-c", extra_python[0], *args], env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    return subprocess.Popen([sys.executable, "-m", "selfguided.components.finetune", *args], env=env,
+    return subprocess.Popen([sys.executable, "-m", "selfguided.components.steps.finetune", *args], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -354,7 +354,7 @@ def test_sigterm_midway_then_resume_ends_where_an_uninterrupted_run_ends(tmp_pat
 # optimizer state), like a pod killed without grace.
 KILL_WHILE_SAVING = textwrap.dedent("""
     import os, signal, sys
-    from selfguided.components import finetune
+    from selfguided.components.steps import finetune
     real_save = finetune._save_synced
     def save_then_die(obj, path):
         if path.parent.name == ".tmp-step-000004" and path.name == "optimizer.pt":
@@ -395,7 +395,7 @@ def test_torchrun_two_processes_match_one_process_with_accumulation(tmp_path, tr
     """DDP over 2 CPU processes (gloo) takes the same steps as 1 process accumulating 2 micro-batches."""
     base = {"max_seq_len": 512, "micro_batch_tokens": 512, "max_steps": 4, "lora_dropout": 0.0}
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    module = ["-m", "selfguided.components.finetune", "--train-file", str(train_file), "--base-model", "tiny"]
+    module = ["-m", "selfguided.components.steps.finetune", "--train-file", str(train_file), "--base-model", "tiny"]
     single = subprocess.run(
         [sys.executable, *module, "--output-dir", str(tmp_path / "one"),
          "--config-json", json.dumps({**base, "grad_accum_steps": 2})],
@@ -416,7 +416,7 @@ def test_torchrun_two_processes_match_one_process_with_accumulation(tmp_path, tr
 
 def test_the_strategy_is_written_once_into_the_manifest(tmp_path):
     from selfguided.components.data import file_sha256, write_jsonl
-    from selfguided.components.prompting import format_prompt
+    from selfguided.components.model.prompting import format_prompt
 
     train_dir = tmp_path / "train"
     write_jsonl(train_dir / "self_guided.jsonl", [

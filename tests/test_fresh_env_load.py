@@ -21,7 +21,7 @@ import sysconfig
 import pytest
 from registry_fixtures import category_scores, make_model_dir, make_summary
 
-from selfguided.components.register import Candidate, register_candidates
+from selfguided.components.steps.register import Candidate, register_candidates
 
 pytestmark = pytest.mark.slow
 

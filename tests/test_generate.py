@@ -10,11 +10,11 @@ import torch
 from kfp.dsl import Dataset, Model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from selfguided.components import finetune as ft
-from selfguided.components import generate as gen
-from selfguided.components import trained_model as tm
+from selfguided.components.steps import finetune as ft
+from selfguided.components.steps import generate as gen
+from selfguided.components.model import artifact as tm
 from selfguided.components.data import load_questions, read_jsonl, sample_path, write_jsonl
-from selfguided.components.prompting import inference_prompt
+from selfguided.components.model.prompting import inference_prompt
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +23,7 @@ def model_dir(tmp_path_factory):
     still close to its random init, so greedy answers differ from prompt to prompt (a model trained
     longer on 40 records collapses to repeating one token, which would make these tests blind)."""
     from selfguided.components.data import load_seed
-    from selfguided.components.prompting import format_prompt
+    from selfguided.components.model.prompting import format_prompt
 
     root = tmp_path_factory.mktemp("model")
     rows = [
@@ -155,6 +155,6 @@ def test_backend_choice():
 def test_module_imports_inside_a_kfp_step():
     """A running step has _KFP_RUNTIME=true, where kfp.dsl leaves out `dsl.component`."""
     env = {**os.environ, "_KFP_RUNTIME": "true"}
-    result = subprocess.run([sys.executable, "-c", "import selfguided.components.generate"], env=env,
+    result = subprocess.run([sys.executable, "-c", "import selfguided.components.steps.generate"], env=env,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]

@@ -9,7 +9,7 @@ import pytest
 from llm_server import FakeOpenAI
 
 from selfguided.components.data import read_jsonl, write_jsonl
-from selfguided.components.llm_cli import add_judge_parser, add_score_parser
+from selfguided.pipelines.cli.llm import add_judge_parser, add_score_parser
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -175,8 +175,8 @@ def test_bad_seed_records_are_set_aside_before_any_request(server, tmp_path, cap
 
 
 def test_score_step_sets_records_over_the_input_budget_aside_with_their_size(tmp_path):
-    from selfguided.components.offline_judge import OFFLINE_JUDGE_NAME
-    from selfguided.components.score import run_score_step
+    from selfguided.components.judging.offline import OFFLINE_JUDGE_NAME
+    from selfguided.components.steps.score import run_score_step
 
     records = write_seed(tmp_path / "seed.jsonl", 2)
     write_jsonl(tmp_path / "seed.jsonl", [*records, {"id": "long", "category": "blog", "instruction": "글",

@@ -16,7 +16,7 @@ import pytest
 from llm_server import FakeOpenAI
 from moto.server import ThreadedMotoServer
 
-from selfguided.components.llm import (
+from selfguided.components.llm.client import (
     AdaptiveConcurrency,
     DirCache,
     LLMClient,
@@ -317,7 +317,7 @@ CHILD = textwrap.dedent(
     import sys
     sys.path.insert(0, {tests!r})
     from test_llm_client import make_requests
-    from selfguided.components.llm import LLMClient, LLMConfig
+    from selfguided.components.llm.client import LLMClient, LLMConfig
     config = LLMConfig(base_url={base_url!r}, api_key="test", progress=False, cache={cache!r},
                        concurrency=2, batch={batch!r}, poll_interval_s=0.1)
     LLMClient(config).run(make_requests({n}))

@@ -9,9 +9,9 @@ import pytest
 from llm_server import FakeOpenAI, ratings_for
 
 from selfguided.components.data import DataError
-from selfguided.components.llm import LLMConfig
-from selfguided.components.judging import KOREAN_MIN_RATIO, korean_ratio
-from selfguided.components.llm_tasks import (
+from selfguided.components.llm.client import LLMConfig
+from selfguided.components.judging.rules import KOREAN_MIN_RATIO, korean_ratio
+from selfguided.components.judging.tasks import (
     judge_with_llm,
     load_answers,
     load_prompt,
@@ -19,7 +19,7 @@ from selfguided.components.llm_tasks import (
     parse_ratings,
     score_with_llm,
 )
-from selfguided.components.prompting import CRITERIA
+from selfguided.components.model.prompting import CRITERIA
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -29,7 +29,7 @@ from mlflow.server.security_utils import is_allowed_host_header
 from manifest_tools import checkov_results, findings, kubectl
 from servers import S3_CREDENTIALS, _stop_group, _wait_healthy, free_port, s3_server  # noqa: F401 (fixture)
 
-from selfguided.components import tracking
+from selfguided.components.registry import auth as tracking
 from selfguided.pipelines import platform
 
 REPO = Path(__file__).resolve().parents[1]
@@ -363,7 +363,7 @@ def test_pipeline_user_job_creates_the_identity_the_pipeline_logs_in_with(object
     pod = job["spec"]["template"]
     (container,) = pod["spec"]["containers"]
     assert container["image"] == platform.CPU_IMAGE
-    assert container["command"] == ["python", "-m", "selfguided.components.tracking", "create-pipeline-user"]
+    assert container["command"] == ["python", "-m", "selfguided.components.registry.auth", "create-pipeline-user"]
     args = dict(a.removeprefix("--").split("=", 1) for a in container["args"])
     assert args["tracking-uri"] == platform.MLFLOW_TRACKING_URI_IN_CLUSTER
 

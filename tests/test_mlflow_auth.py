@@ -28,9 +28,9 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from servers import _stop_group, _wait_healthy, free_port
 
-from selfguided.components import tracking
-from selfguided.components.register import CHAMPION
-from selfguided.components.tracking import TrackingAccessError, check_tracking_access, create_pipeline_user
+from selfguided.components.registry import auth as tracking
+from selfguided.components.steps.register import CHAMPION
+from selfguided.components.registry.auth import TrackingAccessError, check_tracking_access, create_pipeline_user
 
 pytestmark = pytest.mark.slow
 
@@ -311,7 +311,7 @@ def test_create_pipeline_user_refuses_unusable_passwords(password):
 
 def test_a_local_run_without_credentials_stops_at_preflight_before_any_training(auth_server, tmp_path, capsys):
     """`selfguided run` against the basic-auth server with no login: one line naming the cause."""
-    from selfguided.pipelines.cli import main
+    from selfguided.pipelines.cli.main import main
 
     monkeypatch_env = {"MLFLOW_TRACKING_URI": auth_server.tracking_uri}
     with pytest.MonkeyPatch.context() as env:
@@ -330,7 +330,7 @@ def test_the_pipeline_user_runs_the_register_step_and_moves_the_champion(auth_se
                                                                            monkeypatch):
     from registry_fixtures import category_scores, make_model_dir, make_summary
 
-    from selfguided.components.register import Candidate, register_candidates
+    from selfguided.components.steps.register import Candidate, register_candidates
 
     _as(monkeypatch, pipeline_user)
     client = mlflow.MlflowClient(tracking_uri=auth_server.tracking_uri, registry_uri=auth_server.tracking_uri)

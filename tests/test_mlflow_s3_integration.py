@@ -8,7 +8,7 @@ from mlflow import MlflowClient
 from registry_fixtures import category_scores, make_model_dir, make_summary, write_summary
 from servers import mlflow_server, s3_server  # noqa: F401  (pytest fixtures)
 
-from selfguided.components.register import (
+from selfguided.components.steps.register import (
     CHALLENGER,
     CHAMPION,
     PREVIOUS_CHAMPION_TAG,

@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from selfguided.components import modeling
+from selfguided.components.training import base_models as modeling
 from selfguided.components.data import DataError
 
 

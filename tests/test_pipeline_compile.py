@@ -104,7 +104,7 @@ def test_committed_pipeline_matches_the_code(tmp_path):
     """CI fails when the pipeline changed without `make compile`; recompiling fixes it."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SELFGUIDED_")}
     fresh = tmp_path / "fresh.yaml"
-    subprocess.run([sys.executable, "-m", "selfguided.pipelines.cli", "compile", "-o", str(fresh)], check=True,
+    subprocess.run([sys.executable, "-m", "selfguided.pipelines.cli.main", "compile", "-o", str(fresh)], check=True,
                    env=env, capture_output=True)
     assert COMMITTED_PIPELINE.exists(), "run `make compile` and commit pipelines/selfguided_pipeline.yaml"
     assert fresh.read_text() == COMMITTED_PIPELINE.read_text(), (
@@ -113,7 +113,7 @@ def test_committed_pipeline_matches_the_code(tmp_path):
 
 
 def test_compile_without_options_writes_the_pipeline_in_the_current_folder(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "selfguided.pipelines.cli", "compile"], cwd=tmp_path,
+    result = subprocess.run([sys.executable, "-m", "selfguided.pipelines.cli.main", "compile"], cwd=tmp_path,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     spec = yaml.safe_load_all((tmp_path / "selfguided_pipeline.yaml").read_text())

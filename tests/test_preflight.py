@@ -3,8 +3,8 @@
 import pytest
 from llm_server import FakeOpenAI
 
-from selfguided.components.llm import model_endpoint
-from selfguided.components.preflight import PreflightError, run_preflight
+from selfguided.components.llm.client import model_endpoint
+from selfguided.components.steps.preflight import PreflightError, run_preflight
 
 
 def test_a_local_store_and_the_offline_judge_need_nothing(tmp_path):

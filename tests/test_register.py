@@ -20,11 +20,11 @@ from registry_fixtures import (
     write_summary,
 )
 
-from selfguided.components.compare import PromotionGate
-from selfguided.components.compare_step import run_compare
+from selfguided.components.evaluation.compare import PromotionGate
+from selfguided.components.steps.compare import run_compare
 from selfguided.components.data import CATEGORIES, DataError, file_sha256
-from selfguided.components.prompting import CRITERIA, inference_prompt
-from selfguided.components.register import (
+from selfguided.components.model.prompting import CRITERIA, inference_prompt
+from selfguided.components.steps.register import (
     CHALLENGER,
     CHAMPION,
     PREVIOUS_CHAMPION_TAG,
@@ -213,8 +213,8 @@ def test_logged_files_reference_the_hub_base_and_bundle_only_the_tiny_base(tmp_p
     assert not any(f.startswith("artifacts/model_dir/base/") for f in hub_files), "hub base weights must not be copied"
     assert not any("checkpoints" in f for f in hub_files), "training checkpoints must not be logged"
     # The code a version needs to load travels with it (selfguided need not be installed).
-    assert {"code/selfguided/components/trained_model.py", "code/selfguided/components/pyfunc_model.py",
-            "code/selfguided/components/prompting.py"} <= hub_files
+    assert {"code/selfguided/components/model/artifact.py", "code/selfguided/components/model/pyfunc.py",
+            "code/selfguided/components/model/prompting.py"} <= hub_files
     assert (hub_dir / "artifacts/model_dir/adapter/adapter_model.safetensors").read_bytes() == (
         models[2] / "adapter" / "adapter_model.safetensors").read_bytes()
     meta = mlflow.models.Model.load(hub_dir / "MLmodel").metadata

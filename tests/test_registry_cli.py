@@ -7,8 +7,8 @@ import pytest
 from mlflow import MlflowClient
 from registry_fixtures import category_scores, make_judgments, make_model_dir, write_row
 
-from selfguided.components.register import Candidate, read_summary, register_candidates
-from selfguided.pipelines.cli import main
+from selfguided.components.steps.register import Candidate, read_summary, register_candidates
+from selfguided.pipelines.cli.main import main
 
 NAME = "korean-writing-assistant"
 

@@ -5,12 +5,12 @@ import json
 import pytest
 
 from selfguided.components.data import CATEGORIES, DataError, read_jsonl
-from selfguided.components.judge import judge_offline, judge_report_html, judge_report_markdown, summarize_judgments
-from selfguided.components.judging import mean_of_criteria as mean_score
-from selfguided.components.offline_judge import OFFLINE_JUDGE_NAME, heuristic_scores
-from selfguided.components.prompting import CRITERIA, TOP_SCORES, format_prompt, inference_prompt
-from selfguided.components.score import run_score_step, score_offline
-from selfguided.components.split import SplitConfig, in_eval, mark_and_cap, run_split_step, split_records
+from selfguided.components.steps.judge import judge_offline, judge_report_html, judge_report_markdown, summarize_judgments
+from selfguided.components.judging.rules import mean_of_criteria as mean_score
+from selfguided.components.judging.offline import OFFLINE_JUDGE_NAME, heuristic_scores
+from selfguided.components.model.prompting import CRITERIA, TOP_SCORES, format_prompt, inference_prompt
+from selfguided.components.steps.score import run_score_step, score_offline
+from selfguided.components.steps.split import SplitConfig, in_eval, mark_and_cap, run_split_step, split_records
 
 STRONG_BLOG = (
     "오늘은 집에서 쉽게 따라 할 수 있는 베란다 텃밭 가꾸기 방법을 소개해 드릴게요. 먼저 햇빛이 잘 드는 자리를 고르는 것이 "
@@ -64,7 +64,7 @@ def test_score_step_writes_scored_rejects_and_a_report_that_counts_them(tmp_path
 def test_an_llm_model_without_an_endpoint_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
-    from selfguided.components.score import score_records
+    from selfguided.components.steps.score import score_records
 
     with pytest.raises(RuntimeError, match="selfguided-openai Secret"):
         score_records([{"id": "a"}], "gpt-4o")
@@ -225,7 +225,7 @@ def test_english_answers_are_flagged_and_score_lower():
 
 
 def test_the_offline_judge_applies_the_square_root_penalty_like_the_llm_judge():
-    from selfguided.components.judging import apply_korean_rule
+    from selfguided.components.judging.rules import apply_korean_rule
 
     text = "This is a blog post about balcony gardens. " * 8
     (row,) = judge_offline([{"question_id": 1, "category": "blog", "turns": [REQUEST]}],

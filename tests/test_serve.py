@@ -23,8 +23,8 @@ from openai import OpenAI
 from registry_fixtures import category_scores, make_model_dir, make_summary
 from servers import free_port
 
-from selfguided.components import trained_model as tm
-from selfguided.pipelines import serve
+from selfguided.components.model import artifact as tm
+from selfguided.pipelines.serving import server as serve
 
 NAME = "korean-writing-assistant"
 MAX_TOKENS = 16
@@ -216,7 +216,8 @@ def test_conversation_drops_system_messages_and_joins_repeated_roles():
 
 
 def test_default_model_uri_is_the_registered_champion():
-    from selfguided.components import pyfunc_model, register
+    from selfguided.components.model import pyfunc as pyfunc_model
+    from selfguided.components.steps import register
 
     assert serve.DEFAULT_MODEL_URI == f"models:/{register.REGISTERED_MODEL_NAME}@{register.CHAMPION}"
     assert serve.PYFUNC_ARTIFACT == pyfunc_model.MODEL_DIR_ARTIFACT
@@ -238,7 +239,7 @@ def test_vllm_command_serves_the_merged_export_with_its_chat_template(tmp_path):
 @pytest.fixture(scope="module")
 def registered(tmp_path_factory, model_dir):
     """A SQLite MLflow store in which `model_dir` is version 1 and the champion."""
-    from selfguided.components.register import Candidate, register_candidates
+    from selfguided.components.steps.register import Candidate, register_candidates
 
     root = tmp_path_factory.mktemp("registry")
     uri = f"sqlite:///{root}/mlflow.db"

@@ -19,7 +19,7 @@ import pytest
 import yaml
 from manifest_tools import checkov_results, findings, kubectl
 
-from selfguided.components import deploy
+from selfguided.components.steps import deploy
 from selfguided.pipelines import platform
 
 REPO = Path(__file__).resolve().parents[1]

@@ -7,8 +7,8 @@ import pytest
 from registry_fixtures import make_model_dir
 from transformers import AutoTokenizer
 
-from selfguided.components import trained_model as tm
-from selfguided.components.prompting import conversation_prompt
+from selfguided.components.model import artifact as tm
+from selfguided.components.model.prompting import conversation_prompt
 
 
 @pytest.fixture(scope="module")

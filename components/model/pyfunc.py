@@ -42,7 +42,7 @@ class KoreanWritingModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         import torch
 
-        from selfguided.components.trained_model import load_trained, read_manifest
+        from selfguided.components.model.artifact import load_trained, read_manifest
 
         model_dir = context.artifacts[MODEL_DIR_ARTIFACT]
         self.manifest = read_manifest(model_dir)
@@ -52,7 +52,7 @@ class KoreanWritingModel(mlflow.pyfunc.PythonModel):
     # The signature is given explicitly at logging (register.MODEL_SIGNATURE): pyfunc hands over a
     # DataFrame of one string column, which is what the hint says (MLflow infers nothing from it).
     def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> list[str]:
-        from selfguided.components.trained_model import converse, generate_texts
+        from selfguided.components.model.artifact import converse, generate_texts
 
         params = params or {}
         column = model_input.iloc[:, 0] if hasattr(model_input, "iloc") else model_input  # a frame or a list

@@ -76,8 +76,8 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 from scipy import stats
 
-from selfguided.components.judging import ROW_KINDS, SCORE_NAMES
-from selfguided.components.prompting import CRITERIA
+from selfguided.components.judging.rules import ROW_KINDS, SCORE_NAMES
+from selfguided.components.model.prompting import CRITERIA
 
 CONFIDENCE = 0.95
 MIN_RESAMPLES = 2000

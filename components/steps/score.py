@@ -23,14 +23,14 @@ from kfp.dsl.component_decorator import component  # `dsl.component` is absent w
 from kfp.dsl import Dataset, Markdown, Metrics, Output
 
 from selfguided.components.data import CATEGORIES, CATEGORY_LABELS_KO, LoadResult, Reject, fetch_input, load_seed, write_jsonl
-from selfguided.components.llm import DEFAULT_MAX_INPUT_TOKENS
-from selfguided.components.offline_judge import (
+from selfguided.components.llm.client import DEFAULT_MAX_INPUT_TOKENS
+from selfguided.components.judging.offline import (
     OFFLINE_JUDGE_NAME,
     heuristic_scores,
     judge_block,
 )
-from selfguided.components.judging import mean_of_criteria
-from selfguided.components.prompting import CRITERIA
+from selfguided.components.judging.rules import mean_of_criteria
+from selfguided.components.model.prompting import CRITERIA
 from selfguided.components.images import CPU_IMAGE
 
 
@@ -53,8 +53,8 @@ def score_records(
     """
     if model == OFFLINE_JUDGE_NAME:
         return score_offline(records), {}
-    from selfguided.components.llm import llm_step_config
-    from selfguided.components.llm_tasks import score_with_llm
+    from selfguided.components.llm.client import llm_step_config
+    from selfguided.components.judging.tasks import score_with_llm
 
     config = llm_step_config("score", model, base_url=base_url, concurrency=concurrency, cache=cache)
     scored, usage = score_with_llm(records, config)
@@ -63,8 +63,8 @@ def score_records(
 
 def scoring_prompt_tokens(record: dict[str, Any]) -> int:
     """Estimated prompt tokens of the request that scores `record` (`llm.estimate_request_tokens`)."""
-    from selfguided.components.llm import estimate_request_tokens
-    from selfguided.components.llm_tasks import SCORE_PROMPT, load_prompt
+    from selfguided.components.llm.client import estimate_request_tokens
+    from selfguided.components.judging.tasks import SCORE_PROMPT, load_prompt
 
     request = load_prompt(SCORE_PROMPT).request(  # the fields score_with_llm fills in
         category=record["category"],
@@ -220,7 +220,7 @@ def score(
     """
     import tempfile
 
-    from selfguided.components.score import run_score_step
+    from selfguided.components.steps.score import run_score_step
 
     values = run_score_step(seed_uri, model, scored.path, rejects.path, report.path, concurrency=concurrency,
                             cache=cache, base_url=base_url, workdir=tempfile.mkdtemp())

@@ -419,11 +419,11 @@ def _require_password(role: str, username: str, password: str, env: str) -> None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m selfguided.components.tracking create-pipeline-user | check`.
+    """`python -m selfguided.components.registry.auth create-pipeline-user | check`.
 
     Passwords come from the environment, never from the command line (where `ps` would show them).
     """
-    parser = argparse.ArgumentParser(prog="python -m selfguided.components.tracking", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m selfguided.components.registry.auth", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     create = commands.add_parser(
         "create-pipeline-user",

@@ -50,7 +50,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from selfguided.components import trained_model as tm
+from selfguided.components.model import artifact as tm
 
 # register.REGISTERED_MODEL_NAME and register.CHAMPION, written out: importing register (kfp,
 # mlflow, pandas) would make every `selfguided` command slow to start. A test keeps them equal.
@@ -671,7 +671,7 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m selfguided.pipelines.serve [MODEL_URI] [options]`, the same as `selfguided serve`."""
+    """`python -m selfguided.pipelines.serving.server [MODEL_URI] [options]`, the same as `selfguided serve`."""
     parser = argparse.ArgumentParser(prog="selfguided serve", description=DESCRIPTION)
     add_serve_arguments(parser)
     args = parser.parse_args(argv)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from selfguided.components.judging import korean_ratio
+from selfguided.components.judging.rules import korean_ratio
 
 OFFLINE_JUDGE_NAME = "offline-heuristic"
 OFFLINE_PROMPT_VERSION = "heuristic-v1"

@@ -14,7 +14,7 @@ judge_with_llm grades answers to FastChat `question.jsonl` questions:
   with the positions swapped (FastChat's g1 / g2). A win counts only when both orders agree;
   otherwise the pair is "inconsistent". The share of consistent pairs is reported.
 
-Prompts are data: components/prompts/<name>-v<version>.json (name, version, system,
+Prompts are data: components/judging/prompts/<name>-v<version>.json (name, version, system,
 user_template, output_format, reask, json_schema). A new wording is a new version, so cached
 answers of the old one are never reused for it.
 
@@ -51,9 +51,9 @@ from typing import Any
 from collections.abc import Callable
 
 from selfguided.components.data import CATEGORY_LABELS_KO, DataError, iter_records
-from selfguided.components.judging import is_korean, judgment_row, mean_of_criteria, reference_for
-from selfguided.components.llm import LLMClient, LLMConfig, LLMRequest, UsageSummary
-from selfguided.components.prompting import CRITERIA, CRITERIA_KO
+from selfguided.components.judging.rules import is_korean, judgment_row, mean_of_criteria, reference_for
+from selfguided.components.llm.client import LLMClient, LLMConfig, LLMRequest, UsageSummary
+from selfguided.components.model.prompting import CRITERIA, CRITERIA_KO
 
 __all__ = [
     "Prompt", "UsageSummary", "answer_turns", "judge_with_llm", "load_answers", "load_prompt",
@@ -76,7 +76,7 @@ ANSWER_PROMPT = "answer-v1"
 
 @dataclass(frozen=True)
 class Prompt:
-    """A versioned prompt loaded from components/prompts/<name>-v<version>.json."""
+    """A versioned prompt loaded from components/judging/prompts/<name>-v<version>.json."""
 
     name: str
     version: int
@@ -122,8 +122,8 @@ class Prompt:
 
 
 def load_prompt(prompt_id: str) -> Prompt:
-    """Load components/prompts/<prompt_id>.json, e.g. 'judge-single-v1'; errors name the file and field."""
-    path = Path(str(resources.files("selfguided.components") / "prompts" / f"{prompt_id}.json"))
+    """Load components/judging/prompts/<prompt_id>.json, e.g. 'judge-single-v1'; errors name the file and field."""
+    path = Path(str(resources.files("selfguided.components.judging") / "prompts" / f"{prompt_id}.json"))
     if not path.exists():
         known = sorted(p.stem for p in path.parent.glob("*.json"))
         raise DataError(f"{path}: no such prompt (known: {', '.join(known)})")

@@ -48,7 +48,7 @@ from tqdm.auto import tqdm
 from transformers import DataCollatorWithFlattening, get_scheduler
 
 from selfguided.components.data import DataError, file_sha256, iter_jsonl
-from selfguided.components.modeling import (
+from selfguided.components.training.base_models import (
     GPT_NEOX_LINEAR_MODULES,
     SDPA_VARLEN,
     TINY,
@@ -57,8 +57,8 @@ from selfguided.components.modeling import (
     load_base,
     training_attn_implementation,
 )
-from selfguided.components.prompting import ARMS, STRATEGIES
-from selfguided.components.trained_model import (
+from selfguided.components.model.prompting import ARMS, STRATEGIES
+from selfguided.components.model.artifact import (
     BUNDLED_BASE_REF,
     ModelManifest,
     read_manifest,
@@ -828,7 +828,7 @@ def finetune_step(train_dir: str | Path, base_model: str, arm: str, strategy: st
         return train(train_file, base_model, output_dir, config, checkpoint_dir or None, arm=arm, strategy=strategy)
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={num_gpus}",
-        "-m", "selfguided.components.finetune",
+        "-m", "selfguided.components.steps.finetune",
         "--train-file", str(train_file), "--base-model", base_model, "--output-dir", str(output_dir),
         "--arm", arm, "--strategy", strategy, "--config-json", json.dumps(config.to_dict()),
     ] + (["--checkpoint-dir", checkpoint_dir] if checkpoint_dir else [])
@@ -845,7 +845,7 @@ def finetune_step(train_dir: str | Path, base_model: str, arm: str, strategy: st
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI (what torchrun launches): python -m selfguided.components.finetune --train-file ..."""
+    """CLI (what torchrun launches): python -m selfguided.components.steps.finetune --train-file ..."""
     parser = argparse.ArgumentParser(description="Fine-tune a GPT-NeoX base model (LoRA or full).")
     parser.add_argument("--train-file", required=True)
     parser.add_argument("--base-model", required=True)
@@ -898,7 +898,7 @@ def finetune(
         model: the trained model directory (layout: components/trained_model.py).
         metrics: every training metric (train_loss, tokens_per_s, peak_memory_gb, ...).
     """
-    from selfguided.components.finetune import finetune_step
+    from selfguided.components.steps.finetune import finetune_step
 
     results = finetune_step(train_data.path, base_model, arm, strategy, config_json, num_gpus, checkpoint_dir,
                             model.path)

@@ -23,7 +23,7 @@ from kfp.dsl.component_decorator import component  # `dsl.component` is absent w
 
 from selfguided.components.data import load_questions, write_jsonl
 from selfguided.components.images import GPU_IMAGE, CPU_IMAGE
-from selfguided.components.judging import ROW_KINDS
+from selfguided.components.judging.rules import ROW_KINDS
 
 PLAIN_PROMPT = ("unscored", "condition")  # the arm and strategy whose prompt is the plain one
 
@@ -63,9 +63,9 @@ def answer_base(base_model: str, questions: list[dict[str, Any]], *, max_new_tok
     """The untuned base model, asked with the plain prompt (every turn, the conversation so far)."""
     import torch
 
-    from selfguided.components.generate import answer_conversations, transformers_engine
-    from selfguided.components.modeling import load_base
-    from selfguided.components.prompting import conversation_prompt
+    from selfguided.components.steps.generate import answer_conversations, transformers_engine
+    from selfguided.components.training.base_models import load_base
+    from selfguided.components.model.prompting import conversation_prompt
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     started = time.monotonic()
@@ -81,8 +81,8 @@ def answer_base(base_model: str, questions: list[dict[str, Any]], *, max_new_tok
 def answer_teacher(model: str, questions: list[dict[str, Any]], *, base_url: str, concurrency: int, cache: str
                    ) -> ReferenceAnswers:
     """An API model through the LLM client layer; its cost is measured."""
-    from selfguided.components.llm import endpoint_config
-    from selfguided.components.llm_tasks import answer_with_llm
+    from selfguided.components.llm.client import endpoint_config
+    from selfguided.components.judging.tasks import answer_with_llm
 
     config = endpoint_config("teacher", model, base_url=base_url, concurrency=concurrency, cache=cache)
     model = config.model
@@ -100,8 +100,8 @@ def answer_champion(questions: list[dict[str, Any]], *, registered_model_name: s
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from selfguided.components.generate import answer_with_trained_model
-    from selfguided.components.pyfunc_model import MODEL_DIR_ARTIFACT
+    from selfguided.components.steps.generate import answer_with_trained_model
+    from selfguided.components.model.pyfunc import MODEL_DIR_ARTIFACT
 
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     try:
@@ -157,7 +157,7 @@ def answer_reference_row(row: dict[str, str], questions_file: str | Path, answer
 @component(base_image=CPU_IMAGE, install_kfp_package=False)  # the image has kfp
 def plan_references(base_models: List[str], reference_models: List[str]) -> List[dict]:
     """Every reference row to evaluate, as loop items: each base untuned, each teacher, the champion."""
-    from selfguided.components.reference import plan_reference_rows
+    from selfguided.components.steps.reference import plan_reference_rows
 
     return plan_reference_rows(base_models, reference_models)
 
@@ -197,7 +197,7 @@ def answer_reference(
     import tempfile
     from collections import namedtuple
 
-    from selfguided.components.reference import answer_reference_row
+    from selfguided.components.steps.reference import answer_reference_row
 
     result = answer_reference_row(row, questions.path, answers.path, max_new_tokens=max_new_tokens,
                                   registered_model_name=registered_model_name, tracking_uri=tracking_uri,

@@ -23,14 +23,14 @@ from pathlib import Path
 from typing import Any
 
 from selfguided.components.data import DataError, load_questions, load_seed, write_jsonl
-from selfguided.components.llm import (
+from selfguided.components.llm.client import (
     DEFAULT_PRICES,
     STRUCTURED_OUTPUT_MODES,
     LLMConfig,
     UsageSummary,
     endpoint_configured,
 )
-from selfguided.components.llm_tasks import JUDGE_MODES, judge_with_llm, load_answers, score_with_llm
+from selfguided.components.judging.tasks import JUDGE_MODES, judge_with_llm, load_answers, score_with_llm
 
 _ENDPOINT_HELP = """\
 endpoint:
@@ -188,7 +188,7 @@ def _checked_config(step: str, args: argparse.Namespace) -> LLMConfig | None:
 
 
 def run_score(args: argparse.Namespace) -> int:
-    from selfguided.components.score import set_aside_too_long
+    from selfguided.components.steps.score import set_aside_too_long
 
     config = _checked_config("score", args)
     if config is None:
@@ -208,7 +208,7 @@ def run_score(args: argparse.Namespace) -> int:
               file=sys.stderr)
     if not endpoint_configured():
         _no_endpoint("score")
-        from selfguided.components.score import score_offline
+        from selfguided.components.steps.score import score_offline
 
         return _finish("score", args.output, score_offline(records), None)
     scored, usage = score_with_llm(records, config)
@@ -234,7 +234,7 @@ def run_judge(args: argparse.Namespace) -> int:
             print("judge: --mode pair needs an LLM endpoint (set OPENAI_BASE_URL or OPENAI_API_KEY)", file=sys.stderr)
             return 2
         _no_endpoint("judge")
-        from selfguided.components.judge import judge_offline
+        from selfguided.components.steps.judge import judge_offline
 
         return _finish("judge", args.output, judge_offline(questions, answers), None)
     try:

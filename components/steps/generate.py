@@ -26,7 +26,7 @@ from kfp.dsl.component_decorator import component  # `dsl.component` is absent w
 
 from selfguided.components.data import load_questions, write_jsonl
 from selfguided.components.images import GPU_IMAGE
-from selfguided.components.trained_model import (
+from selfguided.components.model.artifact import (
     ModelManifest,
     converse,
     export_merged,
@@ -167,7 +167,7 @@ def generate(
     Returns:
         The measured generation time in seconds (the compare step prices answers with it).
     """
-    from selfguided.components.generate import generate_step
+    from selfguided.components.steps.generate import generate_step
 
     facts = generate_step(model.path, questions.path, max_new_tokens, answers.path)
     answers.metadata.update(facts)

@@ -22,7 +22,7 @@ import math
 import time
 from typing import Any, Mapping
 
-from selfguided.components.prompting import CRITERIA
+from selfguided.components.model.prompting import CRITERIA
 
 SCORE_NAMES: tuple[str, ...] = (*CRITERIA, "overall")
 KOREAN_MIN_RATIO = 0.5

@@ -15,7 +15,7 @@ from typing import Any, List, Mapping, Sequence
 from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Metrics, Output
 from kfp.dsl.component_decorator import component  # `dsl.component` is absent when a step runs (_KFP_RUNTIME)
 
-from selfguided.components.compare import (
+from selfguided.components.evaluation.compare import (
     MIN_RESAMPLES,
     Comparison,
     GateDecision,
@@ -30,7 +30,7 @@ from selfguided.components.compare import (
 )
 from selfguided.components.data import read_jsonl
 from selfguided.components.images import CPU_IMAGE
-from selfguided.components.offline_judge import OFFLINE_JUDGE_NAME
+from selfguided.components.judging.offline import OFFLINE_JUDGE_NAME
 
 
 def load_row(summary_path: str, judgments_path: str) -> tuple[dict[str, Any], RowJudgments | None]:
@@ -183,8 +183,8 @@ def compare(
     Returns:
         The gate's decision in one line.
     """
-    from selfguided.components.compare import PromotionGate
-    from selfguided.components.compare_step import decision_line, run_compare_step
+    from selfguided.components.evaluation.compare import PromotionGate
+    from selfguided.components.steps.compare import decision_line, run_compare_step
 
     gate = PromotionGate(min_improvement=min_improvement, promotion_tolerance=promotion_tolerance,
                          min_paired_questions=min_paired_questions)

@@ -50,12 +50,14 @@ from mlflow.models import ModelSignature
 from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 from tqdm.auto import tqdm
 
-from selfguided.components import prompting, pyfunc_model, trained_model
-from selfguided.components.compare import GateDecision
+from selfguided.components.model import prompting
+from selfguided.components.model import pyfunc as pyfunc_model
+from selfguided.components.model import artifact as trained_model
+from selfguided.components.evaluation.compare import GateDecision
 from selfguided.components.data import CATEGORIES, DataError
 from selfguided.components.images import CPU_IMAGE
-from selfguided.components.judging import SCORE_NAMES
-from selfguided.components.trained_model import ModelManifest, read_manifest
+from selfguided.components.judging.rules import SCORE_NAMES
+from selfguided.components.model.artifact import ModelManifest, read_manifest
 
 REGISTERED_MODEL_NAME = "korean-writing-assistant"
 EXPERIMENT_NAME = "selfguided"
@@ -179,13 +181,16 @@ SHIPPED_MODULES = (trained_model, prompting, pyfunc_model)
 
 
 def _stage_code(root: Path) -> Path:
-    """A minimal `selfguided` package with the SHIPPED_MODULES, for the version's code path."""
+    """A minimal `selfguided` package with the SHIPPED_MODULES at their own paths, for the version's code path."""
     package = root / "selfguided"
-    (package / "components").mkdir(parents=True)
-    (package / "__init__.py").write_text("", encoding="utf-8")
-    (package / "components" / "__init__.py").write_text("", encoding="utf-8")
     for module in SHIPPED_MODULES:
-        shutil.copy2(module.__file__, package / "components" / Path(module.__file__).name)
+        target = package.joinpath(*module.__name__.split(".")[1:]).with_suffix(".py")
+        for folder in [target.parent, *target.parent.parents]:
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "__init__.py").touch()
+            if folder == package:
+                break
+        shutil.copy2(module.__file__, target)
     return package
 
 
@@ -650,7 +655,7 @@ def ensure_merged_weights(client: MlflowClient, registered_model_name: str, vers
 
 def version_row(client: MlflowClient, registered_model_name: str, version: str, row_kind: str = "trained"):
     """A registered version as a compare row: its judgments.jsonl and identity, from its run."""
-    from selfguided.components.compare import RowJudgments
+    from selfguided.components.evaluation.compare import RowJudgments
     from selfguided.components.data import read_jsonl
 
     model_version = client.get_model_version(registered_model_name, str(version))
@@ -674,7 +679,7 @@ def promote_version(
     """Make `version` the champion by hand: through gate v2 (its judgments paired with the current
     champion's, same judge required) unless `force`. Who and why are recorded in tags either way.
     Returns the decision; the alias moves only when it promotes."""
-    from selfguided.components.compare import PromotionGate, decide_promotion
+    from selfguided.components.evaluation.compare import PromotionGate, decide_promotion
 
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     mlflow.set_tracking_uri(tracking_uri)  # models:/ downloads resolve through the process's registry
@@ -780,7 +785,7 @@ def register(
     from pathlib import Path
 
     from selfguided.components.data import file_sha256
-    from selfguided.components.register import ReferenceRow, load_candidates, read_summary, register_candidates
+    from selfguided.components.steps.register import ReferenceRow, load_candidates, read_summary, register_candidates
 
     candidates = load_candidates([m.path for m in models], [s.path for s in judge_summaries],
                                  [j.path for j in judgments], train_dir=train_data.path)

@@ -27,8 +27,8 @@ class PreflightError(RuntimeError):
 def run_preflight(*, tracking_uri: str, experiment_name: str, registered_model_name: str, llm_models: List[str],
                   llm_base_url: str = "") -> List[str]:
     """Check everything the run needs; returns what was checked, raises PreflightError otherwise."""
-    from selfguided.components.llm import check_endpoint, endpoint_config
-    from selfguided.components.tracking import TrackingAccessError, check_tracking_access
+    from selfguided.components.llm.client import check_endpoint, endpoint_config
+    from selfguided.components.registry.auth import TrackingAccessError, check_tracking_access
 
     problems, checked = [], []
     try:
@@ -70,7 +70,7 @@ def preflight(tracking_uri: str, experiment_name: str, registered_model_name: st
     Returns:
         What was checked, one line per check.
     """
-    from selfguided.components.preflight import run_preflight
+    from selfguided.components.steps.preflight import run_preflight
 
     checked = run_preflight(tracking_uri=tracking_uri, experiment_name=experiment_name,
                             registered_model_name=registered_model_name, llm_models=llm_models,

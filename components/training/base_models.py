@@ -30,8 +30,8 @@ from transformers import (
 )
 
 from selfguided.components.data import DataError, load_questions, load_seed, sample_path
-from selfguided.components.prompting import format_prompt
-from selfguided.components.trained_model import generation_attn_implementation
+from selfguided.components.model.prompting import format_prompt
+from selfguided.components.model.artifact import generation_attn_implementation
 
 TINY = "tiny"
 

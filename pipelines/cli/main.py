@@ -4,7 +4,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from selfguided.components.register import RegistryError
+from selfguided.components.steps.register import RegistryError
 from selfguided.pipelines.local import DEFAULT_WORKDIR, LOCAL_DEFAULTS
 from selfguided.pipelines.platform import PIPELINE_SERVICE_ACCOUNT
 
@@ -139,18 +139,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_pipeline_options(submit, local=False)
     submit.set_defaults(func=cmd_submit)
 
-    from selfguided.components.llm_cli import add_judge_parser, add_score_parser
+    from selfguided.pipelines.cli.llm import add_judge_parser, add_score_parser
 
     add_score_parser(sub)
     add_judge_parser(sub)
 
-    from selfguided.pipelines.registry_cli import add_registry_parsers
+    from selfguided.pipelines.cli.registry import add_registry_parsers
     from selfguided.pipelines.upload import add_upload_parser
 
     add_registry_parsers(sub)
     add_upload_parser(sub)
     try:  # serving arrives with pipelines/serve.py
-        from selfguided.pipelines.serve import add_serve_parser
+        from selfguided.pipelines.serving.server import add_serve_parser
     except ImportError:
         pass
     else:

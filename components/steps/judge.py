@@ -23,7 +23,7 @@ from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Metrics, Output
 
 from selfguided.components.data import CATEGORIES, load_questions, write_jsonl
 from selfguided.components.images import CPU_IMAGE
-from selfguided.components.judging import (
+from selfguided.components.judging.rules import (
     SCORE_NAMES,
     judged_ok,
     judgment_row,
@@ -31,9 +31,9 @@ from selfguided.components.judging import (
     reference_for,
     row_label,
 )
-from selfguided.components.llm_tasks import JUDGE_PROMPTS, answer_turns, check_answers, load_answers
-from selfguided.components.offline_judge import OFFLINE_JUDGE_NAME, OFFLINE_PROMPT_VERSION, heuristic_scores
-from selfguided.components.prompting import CRITERIA
+from selfguided.components.judging.tasks import JUDGE_PROMPTS, answer_turns, check_answers, load_answers
+from selfguided.components.judging.offline import OFFLINE_JUDGE_NAME, OFFLINE_PROMPT_VERSION, heuristic_scores
+from selfguided.components.model.prompting import CRITERIA
 
 
 def judge_offline(questions: list[dict[str, Any]], answers: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -67,8 +67,8 @@ def judge_answers(
         judgments, usage = judge_offline(questions, answers), {}
         prompt_id = OFFLINE_PROMPT_VERSION
     else:
-        from selfguided.components.llm import llm_step_config
-        from selfguided.components.llm_tasks import MULTI_TURN_PROMPT, judge_with_llm
+        from selfguided.components.llm.client import llm_step_config
+        from selfguided.components.judging.tasks import MULTI_TURN_PROMPT, judge_with_llm
 
         config = llm_step_config("judge", model, base_url=base_url, concurrency=concurrency, cache=cache)
         judgments, llm_usage = judge_with_llm(questions, answers, config)
@@ -275,7 +275,7 @@ def judge(
         report: the score table (Markdown).
         chart: a per-category bar chart (HTML).
     """
-    from selfguided.components.judge import run_judge_step
+    from selfguided.components.steps.judge import run_judge_step
 
     result = run_judge_step(questions.path, answers.path, model, judgments.path, summary.path, report.path,
                             chart.path, row_kind=row_kind, base_model=base_model, arm=arm, row_model=row_model,

@@ -47,7 +47,7 @@ from selfguided.components.data import (
     read_jsonl,
     write_jsonl,
 )
-from selfguided.components.prompting import ARMS, STRATEGIES, format_prompt
+from selfguided.components.model.prompting import ARMS, STRATEGIES, format_prompt
 from selfguided.components.images import CPU_IMAGE
 
 
@@ -297,7 +297,7 @@ def split(
     """
     import tempfile
 
-    from selfguided.components.split import SplitConfig, run_split_step
+    from selfguided.components.steps.split import SplitConfig, run_split_step
 
     config = SplitConfig(arms=list(arms), strategy=strategy, filter_threshold=filter_threshold,
                          held_out_categories=list(held_out_categories), eval_fraction=eval_fraction,

@@ -346,7 +346,7 @@ def deploy(promoted: bool, storage_uri: str, model_version: str, service_name: s
     Returns:
         One line saying what was done.
     """
-    from selfguided.components.deploy import deploy_champion
+    from selfguided.components.steps.deploy import deploy_champion
 
     message = deploy_champion(promoted, storage_uri, model_version, name=service_name, namespace=namespace or None)
     print(f"[selfguided] deploy: {message}", flush=True)

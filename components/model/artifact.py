@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
-from selfguided.components.prompting import ARMS, STRATEGIES, chat_template, conversation_prompt
+from selfguided.components.model.prompting import ARMS, STRATEGIES, chat_template, conversation_prompt
 
 MANIFEST_FILE = "selfguided.json"
 ADAPTER_DIR = "adapter"
