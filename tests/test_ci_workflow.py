@@ -25,6 +25,7 @@ from selfguided.pipelines.upload import DEFAULT_PACKAGE, add_upload_parser
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOW = REPO / ".github" / "workflows" / "ci.yml"
 EXPRESSION = re.compile(r"\$\{\{(.*?)\}\}")
+SHA = "3f9c2ab1" * 5  # a commit SHA, as GITHUB_SHA holds it
 REAL_LOOKING = re.compile(r"sk-[A-Za-z0-9_-]{16,}|AKIA[0-9A-Z]{16}|gh[pousr]_[A-Za-z0-9]{30,}")
 
 
@@ -126,10 +127,13 @@ def _run_upload_script(workflow: dict, tmp_path: Path, **env: str) -> tuple[subp
     stub.parent.mkdir(parents=True, exist_ok=True)
     stub.write_text(f"#!{sys.executable}\nimport json, os, sys\n"
                     f"open({str(record)!r}, 'a').write(json.dumps({{'argv': sys.argv[1:], "
-                    "'registry': os.environ.get('SELFGUIDED_IMAGE_REGISTRY')}) + '\\n')\n")
+                    "'registry': os.environ.get('SELFGUIDED_IMAGE_REGISTRY'), "
+                    "'tag': os.environ.get('SELFGUIDED_IMAGE_TAG'), "
+                    "'pull_policy': os.environ.get('SELFGUIDED_IMAGE_PULL_POLICY')}) + '\\n')\n")
     stub.chmod(0o755)
     base = {"PATH": os.environ["PATH"], "RUNNER_TEMP": str(tmp_path / "runner-temp"), "GITHUB_REF_TYPE": "branch",
-            "GITHUB_REF_NAME": "main", "KFP_HOST": "", "KFP_TOKEN": "", "IMAGE_REGISTRY": ""}
+            "GITHUB_REF_NAME": "main", "KFP_HOST": "", "KFP_TOKEN": "", "IMAGE_REGISTRY": "",
+            "GITHUB_SHA": SHA, "OWNER": "SelfGuided"}
     proc = subprocess.run(["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", step["run"]], cwd=tmp_path,
                           env=base | env, capture_output=True, text=True, timeout=60)
     calls = [json.loads(line) for line in record.read_text().splitlines()] if record.exists() else []
@@ -145,12 +149,20 @@ def _parse_upload(argv: list[str]):
 
 
 def test_upload_script_on_main_and_on_a_tag(workflow, tmp_path):
+    """The uploaded package is compiled for the commit's images (tag = the commit SHA, pull policy
+    set), in the default registry, never the committed YAML with its release-tag placeholders."""
     host = "https://kubeflow.example.com/pipeline"
     proc, calls = _run_upload_script(workflow, tmp_path, KFP_HOST=host)
     assert proc.returncode == 0, proc.stderr
-    (call,) = calls
-    args = _parse_upload(call["argv"])
-    assert (args.host, args.pipeline, args.package, args.version) == (host, "selfguided", DEFAULT_PACKAGE, None)
+    compile_call, upload_call = calls
+    assert compile_call["argv"][0] == "compile"
+    assert (compile_call["registry"], compile_call["tag"], compile_call["pull_policy"]) == (
+        "ghcr.io/selfguided", SHA, "IfNotPresent"), "ghcr.io/<owner, lower case>, the commit's tag, pulled once"
+    package = compile_call["argv"][compile_call["argv"].index("-o") + 1]
+    args = _parse_upload(upload_call["argv"])
+    assert (args.host, args.pipeline, args.package, args.version) == (host, "selfguided", package, None)
+    assert package != DEFAULT_PACKAGE and package.startswith(str(tmp_path / "runner-temp"))
+    assert upload_call["registry"] is None and upload_call["tag"] is None, "the image overrides are for the compile only"
 
     proc, calls = _run_upload_script(workflow, tmp_path / "tag", KFP_HOST=host, GITHUB_REF_TYPE="tag",
                                      GITHUB_REF_NAME="v0.2.0")
@@ -163,10 +175,61 @@ def test_upload_script_compiles_for_the_configured_registry(workflow, tmp_path):
     assert proc.returncode == 0, proc.stderr
     compile_call, upload_call = calls
     assert compile_call["argv"][0] == "compile" and compile_call["registry"] == "registry.example.com/ml"
+    assert compile_call["tag"] == SHA
     package = compile_call["argv"][compile_call["argv"].index("-o") + 1]
     assert package.startswith(str(tmp_path / "runner-temp"))
     assert _parse_upload(upload_call["argv"]).package == package
     assert upload_call["registry"] is None, "the registry override is for the compile only"
+
+
+def _run_images_script(workflow: dict, tmp_path: Path, image: str, **env: str) -> tuple[subprocess.CompletedProcess, list[list[str]]]:
+    """The images job's build step in bash, with a recording `docker` on PATH."""
+    job = workflow["jobs"]["images"]
+    (step,) = [s for s in job["steps"] if "docker buildx build" in s.get("run", "")]
+    record = tmp_path / "docker.jsonl"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    stub = bin_dir / "docker"
+    stub.write_text(f"#!{sys.executable}\nimport json, sys\nsys.stdin.read() if 'login' in sys.argv else None\n"
+                    f"open({str(record)!r}, 'a').write(json.dumps(sys.argv[1:]) + '\\n')\n")
+    stub.chmod(0o755)
+    base = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "IMAGE": image, "IMAGE_REGISTRY": "", "OWNER": "SelfGuided",
+            "ACTOR": "someone", "GITHUB_TOKEN": "token-from-actions", "REGISTRY_USERNAME": "", "REGISTRY_PASSWORD": "",
+            "GITHUB_SHA": SHA}
+    proc = subprocess.run(["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", step["run"]], cwd=REPO,
+                          env=base | env, capture_output=True, text=True, timeout=60)
+    calls = [json.loads(line) for line in record.read_text().splitlines()] if record.exists() else []
+    return proc, calls
+
+
+def test_images_are_built_from_the_commit_and_tagged_with_it(workflow, tmp_path):
+    """Every Dockerfile under images/ is built on a push to main or a tag, before the upload, and
+    pushed as <registry>/selfguided-<name>:<commit SHA>, the images the uploaded pipeline names."""
+    job = workflow["jobs"]["images"]
+    assert job["needs"] == "test" and job["if"] == workflow["jobs"]["upload"]["if"]
+    assert "images" in workflow["jobs"]["upload"]["needs"], "upload only once the images exist"
+    assert job["permissions"] == {"contents": "read", "packages": "write"}
+    dockerfiles = sorted(p.name.removesuffix(".Dockerfile") for p in (REPO / "images").glob("*.Dockerfile"))
+    assert sorted(job["strategy"]["matrix"]["image"]) == dockerfiles
+    from selfguided.pipelines import platform
+
+    for image in dockerfiles:
+        proc, calls = _run_images_script(workflow, tmp_path / image, image)
+        assert proc.returncode == 0, proc.stderr
+        login, build = calls
+        assert login[:2] == ["login", "ghcr.io"] and "--password-stdin" in login
+        assert build[:2] == ["buildx", "build"] and "--push" in build
+        assert build[build.index("--file") + 1] == f"images/{image}.Dockerfile"
+        assert build[build.index("--tag") + 1] == f"ghcr.io/selfguided/selfguided-{image}:{SHA}"
+    # The pipeline names its images the same way: <registry>/selfguided-{cpu,gpu}:<tag>.
+    assert platform.CPU_IMAGE.endswith(f"/selfguided-cpu:{platform.IMAGE_TAG}")
+    assert platform.GPU_IMAGE.endswith(f"/selfguided-gpu:{platform.IMAGE_TAG}")
+
+    proc, calls = _run_images_script(workflow, tmp_path / "own", "cpu", IMAGE_REGISTRY="registry.example.com/ml",
+                                     REGISTRY_USERNAME="robot", REGISTRY_PASSWORD="secret-from-settings")
+    assert proc.returncode == 0, proc.stderr
+    assert calls[0][:2] == ["login", "registry.example.com"] and "robot" in calls[0]
+    assert calls[1][calls[1].index("--tag") + 1] == f"registry.example.com/ml/selfguided-cpu:{SHA}"
 
 
 def test_upload_script_without_a_host_warns_and_uploads_nothing(workflow, tmp_path):
