@@ -1,7 +1,7 @@
 """Fine-tuning throughput: padding-free packing against padded batches, per Polyglot-ko size.
 
 Randomly initialised models with the exact Polyglot-ko configs (nothing is downloaded) are trained
-by the real loop (`finetune.train_loop`, same attention backends, LoRA targets, precision) on a
+by the real loop (`training.loop.train_loop`, same attention backends, LoRA targets, precision) on a
 synthetic mix of Korean writing-sample lengths. Each (model, layout) runs in a fresh process, so
 its peak memory is its own. Reported per row: real (non-pad) tokens/s, MFU, peak memory, and the
 share of the batch tensors that was padding. Layouts: `padded` (rows padded to the longest, the
@@ -31,14 +31,9 @@ from dataclasses import replace
 
 import torch
 
-from selfguided.components.steps.finetune import (
-    FinetuneConfig,
-    Sample,
-    plan_run,
-    prepare_model,
-    train_loop,
-    weights_dtype,
-)
+from selfguided.components.training.config import FinetuneConfig
+from selfguided.components.training.data import Sample, plan_run
+from selfguided.components.training.loop import prepare_model, train_loop, weights_dtype
 from selfguided.components.training.base_models import build_tiny, canonical_name, random_init, training_attn_implementation
 
 PEAK_FLOPS = {"cuda": 989e12}  # H100 SXM / H200, dense bf16

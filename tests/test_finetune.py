@@ -15,14 +15,20 @@ import torch
 from kfp.dsl import Dataset, Metrics, Model
 from safetensors.torch import load_file
 
-from selfguided.components.steps import finetune as ft
-from selfguided.components.model import artifact as tm
 from selfguided.components.data import DataError, load_seed, sample_path, write_jsonl
-from selfguided.components.steps.finetune import FinetuneConfig, Sample
-from selfguided.components.training.base_models import GPT_NEOX_LINEAR_MODULES, SDPA_VARLEN, build_tiny
+from selfguided.components.model import artifact as tm
 from selfguided.components.model.prompting import format_prompt
+from selfguided.components.steps import finetune as step
+from selfguided.components.training import checkpoints as ckpt
+from selfguided.components.training import data as td
+from selfguided.components.training import loop
+from selfguided.components.training.base_models import GPT_NEOX_LINEAR_MODULES, SDPA_VARLEN, build_tiny
+from selfguided.components.training.config import FinetuneConfig
+from selfguided.components.training.data import Sample
+from selfguided.components.training.job import train
+from selfguided.components.training.parallel import Distributed
 
-IGNORE = ft.IGNORE_INDEX
+IGNORE = td.IGNORE_INDEX
 
 
 def training_rows(limit=None):
@@ -88,13 +94,13 @@ def test_train_file_errors_name_file_line_and_field(tmp_path):
     path = tmp_path / "unscored.jsonl"
     path.write_text('{"prompt": "a", "response": "b"}\n{"prompt": "a", "response": ""}\n', encoding="utf-8")
     with pytest.raises(DataError, match=r"unscored.jsonl:2: field 'response' must be a non-empty string"):
-        ft.read_train_file(path)
+        td.read_train_file(path)
 
 
 def test_loss_is_on_response_and_eos_only(tiny):
     _, tokenizer = tiny
     rows = [{"prompt": format_prompt("시를 써 주세요"), "response": "봄바람이 분다"}]
-    (sample,), counts = ft.tokenize_records(rows, tokenizer, max_seq_len=512)
+    (sample,), counts = td.tokenize_records(rows, tokenizer, max_seq_len=512)
     prompt_ids = tokenizer(rows[0]["prompt"], add_special_tokens=False)["input_ids"]
     response_ids = tokenizer(rows[0]["response"], add_special_tokens=False)["input_ids"]
     assert sample.input_ids == prompt_ids + response_ids + [tokenizer.eos_token_id]
@@ -110,11 +116,11 @@ def test_long_samples_are_cut_or_skipped_and_counted(tiny):
         {"prompt": format_prompt("아주 긴 지시 " * 200), "response": "응답"},
         {"prompt": format_prompt("보통 지시"), "response": "보통 응답"},
     ]
-    samples, counts = ft.tokenize_records(rows, tokenizer, max_seq_len=64)
+    samples, counts = td.tokenize_records(rows, tokenizer, max_seq_len=64)
     assert counts == {"truncated_samples": 1, "skipped_samples": 1}
     assert len(samples) == 2 and len(samples[0].input_ids) == 64
     with pytest.raises(DataError, match="no trainable samples"):
-        ft.tokenize_records(rows[1:2], tokenizer, max_seq_len=64)
+        td.tokenize_records(rows[1:2], tokenizer, max_seq_len=64)
 
 
 # -- packing ----------------------------------------------------------------------------------------
@@ -136,7 +142,7 @@ def test_packed_logits_equal_unpacked_logits_per_sample(tiny, attn):
     with torch.no_grad():
         alone = [model(torch.tensor([s.input_ids])).logits[0] for s in samples]
         model.set_attn_implementation(attn)
-        batch = ft.collate_packed(samples, varlen_kwargs=attn == SDPA_VARLEN)
+        batch = td.collate_packed(samples, varlen_kwargs=attn == SDPA_VARLEN)
         assert batch["input_ids"].shape == (1, sum(len(s.input_ids) for s in samples))  # no padding at all
         together = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits[0]
         model.set_attn_implementation("sdpa")
@@ -146,7 +152,7 @@ def test_packed_logits_equal_unpacked_logits_per_sample(tiny, attn):
 
 def test_packed_targets_never_cross_a_sample_boundary():
     samples = [Sample([10, 11, 12, 13], [IGNORE, IGNORE, 12, 13]), Sample([20, 21, 22], [IGNORE, 21, 22])]
-    batch = ft.collate_packed(samples)
+    batch = td.collate_packed(samples)
     assert batch["position_ids"].tolist() == [[0, 1, 2, 3, 0, 1, 2]]
     # position t predicts token t+1 of its own sample; the last token of a sample predicts nothing
     assert batch["targets"].tolist() == [[IGNORE, 12, 13, IGNORE, 21, 22, IGNORE]]
@@ -157,10 +163,10 @@ def test_packed_padded_and_per_sample_losses_agree(tiny):
     samples = random_samples(model.config.vocab_size, [12, 30, 7, 19])
     cpu = torch.device("cpu")
     with torch.no_grad():
-        one_by_one = sum(ft.loss_sum(model, ft.collate_padded([s], pad_token_id=1), cpu) for s in samples)
-        padded = ft.loss_sum(model, ft.collate_padded(samples, pad_token_id=1), cpu)
+        one_by_one = sum(loop.loss_sum(model, td.collate_padded([s], pad_token_id=1), cpu) for s in samples)
+        padded = loop.loss_sum(model, td.collate_padded(samples, pad_token_id=1), cpu)
         model.set_attn_implementation(SDPA_VARLEN)
-        packed = ft.loss_sum(model, ft.collate_packed(samples, varlen_kwargs=True), cpu)
+        packed = loop.loss_sum(model, td.collate_packed(samples, varlen_kwargs=True), cpu)
         model.set_attn_implementation("sdpa")
     assert torch.allclose(packed, one_by_one, rtol=1e-5) and torch.allclose(padded, one_by_one, rtol=1e-5)
 
@@ -169,14 +175,14 @@ def test_plan_is_deterministic_and_uses_every_sample_once_per_epoch():
     lengths = [int(x) for x in torch.randint(20, 300, (57,), generator=torch.Generator().manual_seed(1))]
     config = FinetuneConfig(max_seq_len=512, micro_batch_tokens=600, grad_accum_steps=2, seed=3)
     for world_size in (1, 2):
-        steps = ft.plan_epoch(lengths, config, epoch=0, world_size=world_size)
-        assert steps == ft.plan_epoch(lengths, config, epoch=0, world_size=world_size)
+        steps = td.plan_epoch(lengths, config, epoch=0, world_size=world_size)
+        assert steps == td.plan_epoch(lengths, config, epoch=0, world_size=world_size)
         micro_batches = [mb for step in steps for mb in step]
         assert sorted(i for mb in micro_batches for i in mb) == list(range(57))
         assert all(sum(lengths[i] for i in mb) <= 600 for mb in micro_batches)
         assert all(len(step) == 2 * world_size for step in steps[:-1])
-    assert ft.plan_epoch(lengths, config, 0, 1) != ft.plan_epoch(lengths, config, 1, 1)  # reshuffled per epoch
-    padded = ft.plan_epoch(lengths, FinetuneConfig(max_seq_len=256, micro_batch_tokens=1024, packing=False), 0, 1)
+    assert td.plan_epoch(lengths, config, 0, 1) != td.plan_epoch(lengths, config, 1, 1)  # reshuffled per epoch
+    padded = td.plan_epoch(lengths, FinetuneConfig(max_seq_len=256, micro_batch_tokens=1024, packing=False), 0, 1)
     assert all(len(mb) <= 4 for step in padded for mb in step)
 
 
@@ -185,14 +191,14 @@ def test_plan_is_deterministic_and_uses_every_sample_once_per_epoch():
 
 def test_lora_targets_all_four_linear_layers_of_every_block(tiny):
     model, _ = tiny
-    peft_model = ft.prepare_model(build_tiny()[0], FinetuneConfig.for_model("tiny"))
+    peft_model = loop.prepare_model(build_tiny()[0], FinetuneConfig.for_model("tiny"))
     trainable = [n for n, p in peft_model.named_parameters() if p.requires_grad]
     assert trainable and all(".lora_A." in n or ".lora_B." in n for n in trainable)
     for layer in range(model.config.num_hidden_layers):
         for module in GPT_NEOX_LINEAR_MODULES:
             hits = [n for n in trainable if f"layers.{layer}." in n and f".{module}.lora_" in n]
             assert len(hits) == 2, (layer, module)  # lora_A and lora_B
-    full = ft.prepare_model(build_tiny()[0], FinetuneConfig.for_model("tiny", method="full"))
+    full = loop.prepare_model(build_tiny()[0], FinetuneConfig.for_model("tiny", method="full"))
     assert all(p.requires_grad for p in full.parameters())
 
 
@@ -202,7 +208,7 @@ def test_lora_targets_all_four_linear_layers_of_every_block(tiny):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, train_file):
     out = tmp_path_factory.mktemp("trained")
-    metrics = ft.train(train_file, "tiny", out, FinetuneConfig.for_model("tiny", num_epochs=3))
+    metrics = train(train_file, "tiny", out, FinetuneConfig.for_model("tiny", num_epochs=3))
     return out, metrics
 
 
@@ -234,7 +240,7 @@ def test_output_is_the_model_artifact_layout(trained):
 
 def test_full_fine_tuning_writes_a_standalone_model(tmp_path, train_file):
     config = FinetuneConfig.for_model("tiny", method="full", max_steps=2, learning_rate=1e-3)
-    ft.train(train_file, "tiny", tmp_path, config)
+    train(train_file, "tiny", tmp_path, config)
     assert (tmp_path / "model" / "config.json").exists() and not (tmp_path / "adapter").exists()
     model, tokenizer = tm.load_trained(tmp_path)
     assert model.config.use_cache and not model.training
@@ -244,13 +250,13 @@ def test_full_fine_tuning_writes_a_standalone_model(tmp_path, train_file):
 
 def test_unknown_arm_is_refused(tmp_path, train_file):
     with pytest.raises(ValueError, match="unknown arm 'bogus'"):
-        ft.train(train_file, "tiny", tmp_path, arm="bogus")
+        train(train_file, "tiny", tmp_path, arm="bogus")
 
 
 def test_kfp_component_trains_the_arm_file_and_logs_metrics(tmp_path, train_file):
     model, metrics = Model(name="model", uri=str(tmp_path / "model"), metadata={}), Metrics(
         name="metrics", uri=str(tmp_path / "metrics"), metadata={})
-    ft.finetune.python_func(
+    step.finetune.python_func(
         train_data=Dataset(name="train", uri=str(train_file.parent), metadata={}), base_model="tiny", arm="unscored",
         strategy="filter", config_json='{"max_steps": 2}', num_gpus=1, checkpoint_dir="", model=model, metrics=metrics,
     )
@@ -258,7 +264,7 @@ def test_kfp_component_trains_the_arm_file_and_logs_metrics(tmp_path, train_file
     assert tm.read_manifest(model.path).strategy == "filter"
     assert metrics.metadata["steps"] == 2 and metrics.metadata["train_loss"] > 0
     with pytest.raises(DataError, match="self_guided.jsonl: no training file for arm"):
-        ft.finetune_step(train_file.parent, "tiny", "self_guided", "condition", "", 1, "", tmp_path / "other")
+        step.run_finetune_step(train_file.parent, "tiny", "self_guided", "condition", "", 1, "", tmp_path / "other")
 
 
 def test_module_imports_inside_a_kfp_step():
@@ -338,9 +344,9 @@ def test_sigterm_midway_then_resume_ends_where_an_uninterrupted_run_ends(tmp_pat
     wait_for_checkpoint(tmp_path / "ckpt", process)
     process.send_signal(signal.SIGTERM)
     code, _, stderr = finish(process)
-    assert code == ft.PREEMPTED_EXIT_CODE, stderr[-3000:]
+    assert code == step.PREEMPTED_EXIT_CODE, stderr[-3000:]
     assert "SIGTERM: stopped after step" in stderr
-    (saved,) = ft.Checkpoints(run_dirs(tmp_path / "ckpt"), "", ft.Distributed(), 1).complete()
+    (saved,) = ckpt.Checkpoints(run_dirs(tmp_path / "ckpt"), "", Distributed(), 1).complete()
     stopped_at = json.loads((saved / "meta.json").read_text())["step"]
     assert 2 <= stopped_at < uninterrupted[1]["steps"]  # really stopped midway
     assert not (tmp_path / "out" / "selfguided.json").exists()
@@ -355,12 +361,13 @@ def test_sigterm_midway_then_resume_ends_where_an_uninterrupted_run_ends(tmp_pat
 KILL_WHILE_SAVING = textwrap.dedent("""
     import os, signal, sys
     from selfguided.components.steps import finetune
-    real_save = finetune._save_synced
+    from selfguided.components.training import checkpoints
+    real_save = checkpoints._save_synced
     def save_then_die(obj, path):
         if path.parent.name == ".tmp-step-000004" and path.name == "optimizer.pt":
             os.kill(os.getpid(), signal.SIGKILL)
         real_save(obj, path)
-    finetune._save_synced = save_then_die
+    checkpoints._save_synced = save_then_die
     sys.exit(finetune.main(sys.argv[1:]))
 """)
 
@@ -371,7 +378,7 @@ def test_kill_9_while_saving_leaves_no_torn_checkpoint_and_resume_is_exact(tmp_p
     assert code == -signal.SIGKILL, stderr[-3000:]
     run = run_dirs(tmp_path / "ckpt")
     assert sorted(p.name for p in run.iterdir()) == [".tmp-step-000004", "step-000002"]
-    checkpoints = ft.Checkpoints(run, "", ft.Distributed(), 1)  # also clears the torn temporary folder
+    checkpoints = ckpt.Checkpoints(run, "", Distributed(), 1)  # also clears the torn temporary folder
     assert [p.name for p in checkpoints.complete()] == ["step-000002"]
     assert not (run / ".tmp-step-000004").exists()
 
@@ -384,8 +391,8 @@ def test_checkpoint_of_another_run_is_refused(tmp_path, tiny):
     model, _ = tiny
     optimizer = torch.optim.AdamW(model.parameters())
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    ft.Checkpoints(tmp_path, "run-a", ft.Distributed(), 1).save(ft.RunState(step=3), model, optimizer, scheduler)
-    other = ft.Checkpoints(tmp_path, "run-b", ft.Distributed(), 1)
+    ckpt.Checkpoints(tmp_path, "run-a", Distributed(), 1).save(ckpt.RunState(step=3), model, optimizer, scheduler)
+    other = ckpt.Checkpoints(tmp_path, "run-b", Distributed(), 1)
     with pytest.raises(RuntimeError, match="checkpoint of a different run"):
         other.load(other.latest(), model, optimizer, scheduler)
 
@@ -422,7 +429,7 @@ def test_the_strategy_is_written_once_into_the_manifest(tmp_path):
     write_jsonl(train_dir / "self_guided.jsonl", [
         {"id": str(i), "category": "blog", "prompt": format_prompt(f"글 {i}"), "response": "짧은 답입니다."}
         for i in range(4)])
-    ft.finetune_step(train_dir, "tiny", "self_guided", "filter", '{"max_steps": 1}', 1, "", tmp_path / "out")
+    step.run_finetune_step(train_dir, "tiny", "self_guided", "filter", '{"max_steps": 1}', 1, "", tmp_path / "out")
     manifest = tm.read_manifest(tmp_path / "out")
     assert manifest.strategy == "filter" and manifest.base_revision is None
     assert manifest.train_data_sha256 == file_sha256(train_dir / "self_guided.jsonl")

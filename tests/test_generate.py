@@ -10,7 +10,9 @@ import torch
 from kfp.dsl import Dataset, Model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from selfguided.components.steps import finetune as ft
+from selfguided.components.training.config import FinetuneConfig
+from selfguided.components.training.job import train
+from selfguided.components.model import engines
 from selfguided.components.steps import generate as gen
 from selfguided.components.model import artifact as tm
 from selfguided.components.data import load_questions, read_jsonl, sample_path, write_jsonl
@@ -32,7 +34,7 @@ def model_dir(tmp_path_factory):
         for r in load_seed(sample_path("seed.jsonl")).records[:40]
     ]
     write_jsonl(root / "self_guided.jsonl", rows)
-    ft.train(root / "self_guided.jsonl", "tiny", root / "out", ft.FinetuneConfig.for_model("tiny", max_steps=1))
+    train(root / "self_guided.jsonl", "tiny", root / "out", FinetuneConfig.for_model("tiny", max_steps=1))
     return root / "out"
 
 
@@ -82,8 +84,8 @@ def test_generation_stops_at_eos_and_drops_it(loaded, questions):
 
 
 def test_answers_are_fastchat_model_answer_rows_in_question_order(model_dir, questions):
-    manifest, rows = gen.answer_with_trained_model(model_dir, questions[:8], max_new_tokens=12)
-    _, again = gen.answer_with_trained_model(model_dir, questions[:8], max_new_tokens=12)
+    manifest, rows = engines.answer_with_trained_model(model_dir, questions[:8], max_new_tokens=12)
+    _, again = engines.answer_with_trained_model(model_dir, questions[:8], max_new_tokens=12)
     assert (manifest.arm, manifest.strategy) == ("self_guided", "condition")
     assert [r["question_id"] for r in rows] == [q["question_id"] for q in questions[:8]]
     for row, question, same in zip(rows, questions, again):
@@ -108,7 +110,7 @@ def test_every_turn_is_answered_with_the_conversation_so_far(model_dir):
         return [f"답{len(asked)}-{i}" for i in range(len(prompts))]
 
     manifest = tm.read_manifest(model_dir)
-    _, rows = gen.answer_with_trained_model(model_dir, questions, engine=engine)
+    _, rows = engines.answer_with_trained_model(model_dir, questions, engine=engine)
     assert [len(p) for p in asked] == [2, 1]  # all first turns in one batch, then the second turns
     assert asked[1][0] == manifest.prompt(questions[0]["turns"], ["답1-0"])
     assert asked[1][0].startswith(asked[0][0] + "답1-0")
@@ -146,9 +148,11 @@ def test_kfp_component_writes_answers_and_metadata(tmp_path, model_dir):
 
 
 def test_backend_choice():
-    assert gen.pick_backend("auto", "cpu") == "transformers"
-    with pytest.raises(ValueError, match="unknown generation backend 'tgi'"):
-        gen.pick_backend("tgi", "cpu")
+    assert engines.pick_backend("auto", "cpu") == "transformers"
+    with pytest.raises(engines.EngineError, match="unknown generation backend 'tgi'"):
+        engines.pick_backend("tgi", "cpu")
+    with pytest.raises(engines.EngineError, match="needs vLLM installed and a CUDA GPU"):
+        engines.pick_backend("vllm", "cpu")
     assert tm.generate_texts(None, None, []) == []
 
 

@@ -1,0 +1,148 @@
+"""Checkpoints: atomic directories, the newest complete one wins, and a fingerprint says whose they are.
+
+A checkpoint is built in `.tmp-step-N/` and renamed to `step-N/` when complete, so a process killed
+at any moment leaves either the whole directory or none of it; leftover temporary directories are
+deleted on the next start. The data order is a pure function of (seed, epoch) (data.plan_run), so
+restoring the tensors, the RNG states and `RunState` resumes exactly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from selfguided.components.data import file_sha256
+from selfguided.components.training.config import FinetuneConfig
+from selfguided.components.training.parallel import Distributed
+
+
+@dataclass
+class RunState:
+    """What a checkpoint must restore besides tensors: progress, counters and the loss log."""
+
+    step: int = 0
+    loss_sum: float = 0.0
+    target_tokens: int = 0
+    tokens: int = 0
+    seconds: float = 0.0
+    epochs: float = 0.0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+
+def run_fingerprint(train_file: str | Path, base_model: str, config: FinetuneConfig, world_size: int) -> str:
+    """What a checkpoint must match to be resumed: data, base, computing config and GPU count."""
+    computing = {k: v for k, v in config.to_dict().items() if k not in FinetuneConfig.RESUMABLE_FIELDS}
+    payload = json.dumps(
+        {"data": file_sha256(train_file), "base": base_model, "config": computing, "world_size": world_size},
+        sort_keys=True,
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+class Checkpoints:
+    """`checkpoint_dir/step-000120/` holds trainable.pt, optimizer.pt, scheduler.pt, rng-rank<r>.pt
+    and meta.json (written last). A checkpoint is built in `.tmp-step-000120/` and renamed when
+    complete, so a process killed at any moment leaves either the whole directory or none of it;
+    leftover temporary directories are deleted on the next start."""
+
+    PATTERN = re.compile(r"^step-(\d{6,})$")
+
+    def __init__(self, root: str | Path, fingerprint: str, distributed: Distributed, keep: int):
+        self.root, self.fingerprint, self.distributed, self.keep = Path(root), fingerprint, distributed, keep
+        if distributed.is_main:
+            self.root.mkdir(parents=True, exist_ok=True)
+            for stale in self.root.glob(".tmp-step-*"):
+                shutil.rmtree(stale)
+        distributed.barrier()
+
+    def complete(self) -> list[Path]:
+        found = [p for p in self.root.iterdir() if self.PATTERN.match(p.name) and (p / "meta.json").exists()]
+        return sorted(found, key=lambda p: int(self.PATTERN.match(p.name).group(1)))
+
+    def latest(self) -> Path | None:
+        found = self.complete()
+        return found[-1] if found else None
+
+    def save(self, state: RunState, model, optimizer, scheduler) -> Path:
+        final = self.root / f"step-{state.step:06d}"
+        if final.exists():  # resumed at the very end: this checkpoint is already there
+            return final
+        tmp = self.root / f".tmp-step-{state.step:06d}"
+        if self.distributed.is_main:
+            tmp.mkdir()
+        self.distributed.barrier()
+        rng = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state()
+        _save_synced(rng, tmp / f"rng-rank{self.distributed.rank}.pt")
+        if self.distributed.is_main:
+            trainable = {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad}
+            _save_synced(trainable, tmp / "trainable.pt")
+            _save_synced(optimizer.state_dict(), tmp / "optimizer.pt")
+            _save_synced(scheduler.state_dict(), tmp / "scheduler.pt")
+            meta = {"fingerprint": self.fingerprint, "world_size": self.distributed.world_size, **asdict(state)}
+            _write_synced((tmp / "meta.json"), json.dumps(meta, indent=1))
+        self.distributed.barrier()
+        if self.distributed.is_main:
+            os.rename(tmp, final)
+            _fsync_dir(self.root)
+            for old in self.complete()[: -self.keep]:
+                shutil.rmtree(old)
+        self.distributed.barrier()
+        return final
+
+    def load(self, path: Path, model, optimizer, scheduler) -> RunState:
+        meta = json.loads((path / "meta.json").read_text())
+        if meta["fingerprint"] != self.fingerprint:
+            raise RuntimeError(
+                f"{path}: checkpoint of a different run (other data, base model, config or GPU count); "
+                "point checkpoint_dir at an empty folder or delete it to start over"
+            )
+        trainable = torch.load(path / "trainable.pt", map_location="cpu", weights_only=True)
+        missing = [n for n, p in model.named_parameters() if p.requires_grad and n not in trainable]
+        if missing:
+            raise RuntimeError(f"{path}/trainable.pt lacks {len(missing)} trainable tensors, e.g. {missing[0]}")
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if param.requires_grad:
+                    param.copy_(trainable[name])
+        optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
+        scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+        rng = torch.load(path / f"rng-rank{self.distributed.rank}.pt", weights_only=True)
+        torch.set_rng_state(rng["torch"])
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state(rng["cuda"])
+        fields_ = {f.name for f in fields(RunState)}
+        return RunState(**{k: v for k, v in meta.items() if k in fields_})
+
+
+def _save_synced(obj: Any, path: Path):
+    with path.open("wb") as fh:
+        torch.save(obj, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _write_synced(path: Path, text: str):
+    with path.open("w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _fsync_dir(path: Path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+

@@ -1,0 +1,148 @@
+"""One fine-tuning run, from a training file to the Model artifact: load the base, tokenize,
+train (loop.py), write the artifact through `model.artifact.save_trained` (the one owner of its
+layout). The finetune step calls `train`, in its own process or under torchrun on every rank.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from selfguided.components.data import file_sha256
+from selfguided.components.model.artifact import BUNDLED_BASE_REF, ModelManifest, save_bundled_base, save_trained
+from selfguided.components.model.prompting import ARMS, STRATEGIES
+from selfguided.components.training.base_models import TINY, canonical_name, is_local, load_base, training_attn_implementation
+from selfguided.components.training.checkpoints import run_fingerprint
+from selfguided.components.training.config import FinetuneConfig
+from selfguided.components.training.data import read_train_file, tokenize_records
+from selfguided.components.training.loop import peak_memory_gb, prepare_model, train_loop, weights_dtype
+from selfguided.components.training.parallel import init_distributed
+
+
+def base_model_ref(base_model: str) -> str:
+    """How the artifact points at its base: bundled (tiny), an absolute local path, or a hub id."""
+    if base_model == TINY:
+        return BUNDLED_BASE_REF
+    if is_local(base_model):
+        return str(Path(base_model).expanduser().resolve())
+    return canonical_name(base_model)
+
+
+def pick_device() -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
+def train(
+    train_file: str | Path,
+    base_model: str,
+    output_dir: str | Path,
+    config: FinetuneConfig | None = None,
+    checkpoint_dir: str | Path | None = None,
+    *,
+    arm: str | None = None,
+    strategy: str = "condition",
+) -> dict[str, float]:
+    """Fine-tune `base_model` on `train_file` and write the Model artifact to `output_dir`.
+
+    Args:
+        train_file: JSONL of `{"id", "category", "prompt", "response"}`; the prompt is the fully
+            formatted prompt ending in the response header, the response the target text.
+        base_model: `tiny`, a hub id (EleutherAI/polyglot-ko-1.3b) or a local save_pretrained path.
+        output_dir: gets selfguided.json, adapter/ (LoRA) or model/ (full), tokenizer/, base/
+            (only for `tiny`, which no hub serves) and train_log.jsonl (one line per step).
+        config: defaults to FinetuneConfig.for_model(base_model).
+        checkpoint_dir: persistent folder (a PVC), may be shared: each run checkpoints into the
+            subfolder named by its fingerprint (data, base, config, GPU count) and a rerun of the
+            same run resumes there. None: a folder inside output_dir, deleted once training ends.
+        arm: the data arm (unscored / self_guided / control); default: the train file's name.
+        strategy: how the split used the scores (condition / filter); recorded in the manifest,
+            it decides how the model is prompted at inference.
+
+    Returns the training metrics: train_loss, train_tokens, target_tokens, tokens_per_s, steps,
+    epochs, seconds, peak_memory_gb, train_samples, truncated_samples, skipped_samples.
+    Raises TrainingPreempted after SIGTERM (a checkpoint has been written).
+    """
+    config = config or FinetuneConfig.for_model(base_model)
+    arm = arm or Path(train_file).stem
+    if arm not in ARMS:
+        raise ValueError(f"unknown arm {arm!r} (known: {', '.join(ARMS)}); pass arm= or name the file <arm>.jsonl")
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r} (known: {', '.join(STRATEGIES)})")
+    output_dir = Path(output_dir)
+    device = pick_device()
+    distributed = init_distributed(device.type)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.cuda.reset_peak_memory_stats(device)
+    attn = config.attn_implementation
+    if attn == "auto":
+        attn = training_attn_implementation(device, config.packing)
+
+    records = read_train_file(train_file)
+    model, tokenizer = load_base(
+        base_model, dtype=weights_dtype(config, device), device=device, attn_implementation=attn)
+    # The hub commit the weights came from, so that a registered version is reproducible.
+    base_revision = getattr(model.config, "_commit_hash", None) if base_model_ref(base_model) != BUNDLED_BASE_REF else None
+    if distributed.is_main and base_model_ref(base_model) == BUNDLED_BASE_REF:
+        save_bundled_base(output_dir, model, tokenizer)
+    samples, counts = tokenize_records(records, tokenizer, config.max_seq_len)
+    if distributed.is_main and (counts["truncated_samples"] or counts["skipped_samples"]):
+        print(f"{train_file}: {counts['truncated_samples']} responses cut and {counts['skipped_samples']} samples "
+              f"skipped at max_seq_len={config.max_seq_len}", file=sys.stderr)
+
+    torch.manual_seed(config.seed)  # LoRA's A matrices are initialised from the global RNG
+    model = prepare_model(model, config)
+    fingerprint = run_fingerprint(train_file, base_model, config, distributed.world_size)
+    temporary_checkpoints = checkpoint_dir is None
+    # A shared checkpoint_dir (one PVC folder for every model, arm and pipeline run) gets one
+    # subfolder per run identity, so parallel tasks never meet and a retry finds its own.
+    checkpoint_dir = output_dir / "checkpoints" if temporary_checkpoints else Path(checkpoint_dir) / fingerprint[:16]
+    model, state = train_loop(
+        model, samples, config,
+        device=device,
+        pad_token_id=tokenizer.pad_token_id,
+        checkpoint_dir=checkpoint_dir,
+        fingerprint=fingerprint,
+        distributed=distributed,
+    )
+
+    metrics = {
+        "train_loss": state.loss_sum / max(state.target_tokens, 1),
+        "train_tokens": state.tokens,
+        "target_tokens": state.target_tokens,
+        "tokens_per_s": state.tokens / max(state.seconds, 1e-9),
+        "steps": state.step,
+        "epochs": round(state.epochs, 4),
+        "seconds": state.seconds,
+        "peak_memory_gb": peak_memory_gb(device),
+        "train_samples": len(samples),
+        **counts,
+    }
+    if distributed.is_main:
+        manifest = ModelManifest(
+            base_model=base_model,
+            base_model_ref=base_model_ref(base_model),
+            base_revision=base_revision,
+            arm=arm,
+            strategy=strategy,
+            method=config.method,
+            config=config.to_dict(),
+            train_metrics=metrics,
+            train_data_sha256=file_sha256(train_file),
+        )
+        save_trained(output_dir, model, tokenizer, manifest, train_log=state.history)
+        if temporary_checkpoints:
+            shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    distributed.barrier()
+    if distributed.world_size > 1:
+        dist.destroy_process_group()
+    return metrics
+
