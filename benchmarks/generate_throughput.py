@@ -1,6 +1,6 @@
 """Generation throughput: batched (length-sorted, left-padded, KV cache) against one prompt at a time.
 
-Both modes run the code the generate step runs (`generate.generate_tokens`), greedy, on a
+Both modes run the code the generate step runs (`model/artifact.generate_tokens`), greedy, on a
 randomly initialised model with an exact Polyglot-ko config (nothing downloaded) or on `tiny`.
 Prompts are random token ids with eval-question lengths (lognormal around 60 tokens). Throughput
 counts the new tokens actually produced (a row that meets EOS stops early in both modes).
@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from selfguided.components.steps.generate import generate_tokens
+from selfguided.components.model.artifact import generate_tokens
 from selfguided.components.training.base_models import build_tiny, canonical_name, default_attn_implementation, random_init
 
 

@@ -30,7 +30,8 @@ from selfguided.components.model.prompting import ARMS
 from selfguided.components.steps.generate import generate
 from selfguided.components.steps.judge import judge
 from selfguided.components.steps.reference import answer_reference, plan_references
-from selfguided.components.steps.register import EXPERIMENT_NAME, REGISTERED_MODEL_NAME, register
+from selfguided.components.registry.names import EXPERIMENT_NAME, REGISTERED_MODEL_NAME
+from selfguided.components.steps.register import register
 from selfguided.components.steps.score import score
 from selfguided.components.steps.split import split
 from selfguided.pipelines import platform
@@ -53,8 +54,10 @@ def collect_llm_models(score_model: str, judge_model: str, reference_models: Lis
 
 
 def _sized(task: dsl.PipelineTask, kind: str) -> dsl.PipelineTask:
-    """CPU and memory of a CPU task (components/images.py: CPU_STEP_RESOURCES)."""
+    """CPU and memory of a CPU task (components/images.py: CPU_STEP_RESOURCES, from the node
+    profile), and the image pull policy (every task passes here or through _sized_gpu)."""
     wanted = CPU_STEP_RESOURCES[kind]
+    kubernetes.set_image_pull_policy(task, platform.IMAGE_PULL_POLICY)
     return (task.set_cpu_request(wanted["cpu"]).set_cpu_limit(wanted["cpu"])
             .set_memory_request(wanted["memory"]).set_memory_limit(wanted["memory"]))
 
@@ -63,6 +66,7 @@ def _sized_gpu(task: dsl.PipelineTask) -> dsl.PipelineTask:
     """CPU and memory of a GPU task (platform.GPU_STEP_CPU / GPU_STEP_MEMORY, set at compile time:
     resource requests cannot follow a runtime parameter into a loop)."""
     cpu, memory = platform.GPU_STEP_CPU, platform.GPU_STEP_MEMORY
+    kubernetes.set_image_pull_policy(task, platform.IMAGE_PULL_POLICY)
     return task.set_cpu_request(cpu).set_cpu_limit(cpu).set_memory_request(memory).set_memory_limit(memory)
 
 
@@ -283,11 +287,14 @@ def self_guided_pipeline(
     # The cache volume and HF_HOME: merging a LoRA champion loads its base, downloaded once, shared.
     _sized(_with_mlflow_secret(_with_s3_secret(_with_cache_volume(register_task))), "register").set_caching_options(False)
     register_task.set_env_variable("HF_HOME", platform.HF_HOME)
-    register_task.set_env_variable("MLFLOW_ARTIFACTS_DESTINATION", platform.MLFLOW_ARTIFACTS_DESTINATION)
+    # Where the MLflow server keeps artifacts, read at run time from the profile's ConfigMap (made
+    # from the server's own setting), so the champion's storage URI is where the files are.
+    kubernetes.use_config_map_as_env(register_task, platform.MLFLOW_CONFIG_MAP_NAME, platform.MLFLOW_CONFIG_MAP_KEYS)
 
     deploy_task = deploy(
         promoted=register_task.outputs["promoted"], storage_uri=register_task.outputs["champion_storage_uri"],
         model_version=register_task.outputs["champion_version"], service_name=serving_name, namespace="",
+        node_selector=platform.GPU_NODE_SELECTOR, tolerations=platform.GPU_TOLERATIONS,
     )
     _sized(deploy_task, "light").set_display_name("deploy the champion").set_caching_options(False)
     return register_task.outputs["result"]

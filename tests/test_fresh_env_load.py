@@ -21,7 +21,8 @@ import sysconfig
 import pytest
 from registry_fixtures import category_scores, make_model_dir, make_summary
 
-from selfguided.components.steps.register import Candidate, register_candidates
+from selfguided.components.registry.promotion import register_candidates
+from selfguided.components.registry.runs import Candidate
 
 pytestmark = pytest.mark.slow
 

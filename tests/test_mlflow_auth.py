@@ -29,7 +29,7 @@ from mlflow.exceptions import MlflowException
 from servers import _stop_group, _wait_healthy, free_port
 
 from selfguided.components.registry import auth as tracking
-from selfguided.components.steps.register import CHAMPION
+from selfguided.components.registry.names import CHAMPION
 from selfguided.components.registry.auth import TrackingAccessError, check_tracking_access, create_pipeline_user
 
 pytestmark = pytest.mark.slow
@@ -330,7 +330,8 @@ def test_the_pipeline_user_runs_the_register_step_and_moves_the_champion(auth_se
                                                                            monkeypatch):
     from registry_fixtures import category_scores, make_model_dir, make_summary
 
-    from selfguided.components.steps.register import Candidate, register_candidates
+    from selfguided.components.registry.promotion import register_candidates
+    from selfguided.components.registry.runs import Candidate
 
     _as(monkeypatch, pipeline_user)
     client = mlflow.MlflowClient(tracking_uri=auth_server.tracking_uri, registry_uri=auth_server.tracking_uri)

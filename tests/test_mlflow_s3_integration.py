@@ -8,13 +8,9 @@ from mlflow import MlflowClient
 from registry_fixtures import category_scores, make_model_dir, make_summary, write_summary
 from servers import mlflow_server, s3_server  # noqa: F401  (pytest fixtures)
 
-from selfguided.components.steps.register import (
-    CHALLENGER,
-    CHAMPION,
-    PREVIOUS_CHAMPION_TAG,
-    load_candidates,
-    register_candidates,
-)
+from selfguided.components.registry.names import CHALLENGER, CHAMPION, PREVIOUS_CHAMPION_TAG
+from selfguided.components.registry.promotion import register_candidates
+from selfguided.components.registry.runs import load_candidates
 
 pytestmark = pytest.mark.slow
 

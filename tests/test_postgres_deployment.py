@@ -43,7 +43,9 @@ from servers import serving
 from selfguided.components.registry import auth
 from selfguided.components.steps.deploy import deploy_champion
 from selfguided.components.steps.preflight import run_preflight
-from selfguided.components.steps.register import CHAMPION, load_candidates, register_candidates
+from selfguided.components.registry.names import CHAMPION
+from selfguided.components.registry.promotion import register_candidates
+from selfguided.components.registry.runs import load_candidates
 from selfguided.pipelines import platform
 
 pytestmark = pytest.mark.slow

@@ -24,19 +24,9 @@ from selfguided.components.evaluation.compare import PromotionGate
 from selfguided.components.steps.compare import run_compare
 from selfguided.components.data import CATEGORIES, DataError, file_sha256
 from selfguided.components.model.prompting import CRITERIA, inference_prompt
-from selfguided.components.steps.register import (
-    CHALLENGER,
-    CHAMPION,
-    PREVIOUS_CHAMPION_TAG,
-    Candidate,
-    ReferenceRow,
-    RegistryError,
-    default_artifact_location,
-    load_candidates,
-    read_summary,
-    register_candidates,
-    rollback_champion,
-)
+from selfguided.components.registry.names import CHALLENGER, CHAMPION, PREVIOUS_CHAMPION_TAG, RegistryError
+from selfguided.components.registry.promotion import register_candidates, rollback_champion
+from selfguided.components.registry.runs import Candidate, ReferenceRow, default_artifact_location, load_candidates, read_summary
 
 NAME = "korean-writing-assistant"
 HUB_BASE = "EleutherAI/polyglot-ko-1.3b"

@@ -7,7 +7,8 @@ import pytest
 from mlflow import MlflowClient
 from registry_fixtures import category_scores, make_judgments, make_model_dir, write_row
 
-from selfguided.components.steps.register import Candidate, read_summary, register_candidates
+from selfguided.components.registry.promotion import register_candidates
+from selfguided.components.registry.runs import Candidate, read_summary
 from selfguided.pipelines.cli.main import main
 
 NAME = "korean-writing-assistant"

@@ -24,6 +24,7 @@ from registry_fixtures import category_scores, make_model_dir, make_summary
 from servers import free_port
 
 from selfguided.components.model import artifact as tm
+from selfguided.components.model import engines
 from selfguided.pipelines.serving import server as serve
 
 NAME = "korean-writing-assistant"
@@ -216,16 +217,14 @@ def test_conversation_drops_system_messages_and_joins_repeated_roles():
 
 
 def test_default_model_uri_is_the_registered_champion():
-    from selfguided.components.model import pyfunc as pyfunc_model
-    from selfguided.components.steps import register
+    from selfguided.components.registry import names
 
-    assert serve.DEFAULT_MODEL_URI == f"models:/{register.REGISTERED_MODEL_NAME}@{register.CHAMPION}"
-    assert serve.PYFUNC_ARTIFACT == pyfunc_model.MODEL_DIR_ARTIFACT
+    assert serve.DEFAULT_MODEL_URI == f"models:/{names.REGISTERED_MODEL_NAME}@{names.CHAMPION}"
 
 
 def test_vllm_command_serves_the_merged_export_with_its_chat_template(tmp_path):
     (tmp_path / "chat_template.jinja").write_text("{{ messages }}", encoding="utf-8")
-    command = serve.vllm_command(tmp_path, NAME, host="127.0.0.1", port=8001, max_new_tokens=64)
+    command = engines.vllm_command(tmp_path, NAME, host="127.0.0.1", port=8001, max_new_tokens=64)
     assert command[1:3] == ["-m", "vllm.entrypoints.openai.api_server"]
     options = dict(zip(command[3::2], command[4::2]))
     assert options["--model"] == str(tmp_path) and options["--served-model-name"] == NAME
@@ -239,7 +238,8 @@ def test_vllm_command_serves_the_merged_export_with_its_chat_template(tmp_path):
 @pytest.fixture(scope="module")
 def registered(tmp_path_factory, model_dir):
     """A SQLite MLflow store in which `model_dir` is version 1 and the champion."""
-    from selfguided.components.steps.register import Candidate, register_candidates
+    from selfguided.components.registry.promotion import register_candidates
+    from selfguided.components.registry.runs import Candidate
 
     root = tmp_path_factory.mktemp("registry")
     uri = f"sqlite:///{root}/mlflow.db"

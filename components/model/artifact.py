@@ -34,6 +34,9 @@ from typing import Any, Callable
 
 from selfguided.components.model.prompting import ARMS, STRATEGIES, chat_template, conversation_prompt
 
+# Largest safetensors shard of merged weights: one proxied upload stages one shard on the MLflow
+# server's /tmp (16Gi, manifests/base/mlflow/deployment.yaml), whatever the model size.
+MERGED_MAX_SHARD_SIZE = "2GB"
 MANIFEST_FILE = "selfguided.json"
 ADAPTER_DIR = "adapter"
 FULL_MODEL_DIR = "model"
@@ -243,17 +246,24 @@ def load_trained(model_dir: str | Path, device="cpu", dtype=None, merge: bool = 
     return model.to(device).eval(), tokenizer
 
 
-def export_merged(model_dir: str | Path, out_dir: str | Path, dtype=None, device=None) -> Path:
+def export_merged(model_dir: str | Path, out_dir: str | Path, dtype=None, device=None,
+                  max_shard_size: str = MERGED_MAX_SHARD_SIZE) -> Path:
     """Write a standalone model (adapter merged, bf16 by default) that plain
     `AutoModelForCausalLM.from_pretrained` and engines without LoRA support for GPT-NeoX (vLLM,
     TGI, llama.cpp converters) can load, with the tokenizer and its chat template.
-    The merge runs in fp32, then the weights are cast to `dtype`."""
+
+    The model is loaded once, in `dtype`, and the adapter merged in place (no second copy: about 2
+    bytes a parameter in bf16, 12 GiB for Polyglot-ko 5.8B, so the register step fits a CPU-pool
+    node); the weights are written in safetensors shards of at most `max_shard_size` (transformers'
+    default is 50GB: one file per model), so a proxied upload through the MLflow server stages one
+    bounded file at a time (manifests/base/mlflow/deployment.yaml, its /tmp volume)."""
     import torch
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model, tokenizer = load_trained(model_dir, device=device, dtype=torch.float32, merge=True)
+    dtype = dtype or torch.bfloat16
+    model, tokenizer = load_trained(model_dir, device=device, dtype=dtype, merge=True)
     out_dir = Path(out_dir)
-    model.to(dtype or torch.bfloat16).save_pretrained(out_dir)
+    model.save_pretrained(out_dir, max_shard_size=max_shard_size)
     tokenizer.save_pretrained(out_dir)
     return out_dir
 
@@ -261,6 +271,18 @@ def export_merged(model_dir: str | Path, out_dir: str | Path, dtype=None, device
 # ---------------------------------------------------------------------------------------------
 # Generation
 # ---------------------------------------------------------------------------------------------
+
+
+def generation_config(*, max_new_tokens: int, temperature: float, eos_token_id: int, pad_token_id: int):
+    """The decoding settings of every generation of a trained model (eval answers, the pyfunc model,
+    `selfguided serve`, streamed or not): greedy at temperature 0, plain sampling otherwise."""
+    from transformers import GenerationConfig
+
+    return GenerationConfig(
+        max_new_tokens=max_new_tokens, do_sample=temperature > 0,
+        temperature=temperature if temperature > 0 else None, top_p=None, top_k=None,
+        eos_token_id=eos_token_id, pad_token_id=pad_token_id, use_cache=True,
+    )
 
 
 def generate_tokens(model, prompt_ids: list[list[int]], *, max_new_tokens: int, batch_size: int,
@@ -274,14 +296,10 @@ def generate_tokens(model, prompt_ids: list[list[int]], *, max_new_tokens: int, 
     """
     import torch
     from tqdm.auto import tqdm
-    from transformers import GenerationConfig
 
     device = next(model.parameters()).device
-    config = GenerationConfig(
-        max_new_tokens=max_new_tokens, do_sample=temperature > 0,
-        temperature=temperature if temperature > 0 else None, top_p=None, top_k=None,
-        eos_token_id=eos_token_id, pad_token_id=pad_token_id, use_cache=True,
-    )
+    config = generation_config(max_new_tokens=max_new_tokens, temperature=temperature, eos_token_id=eos_token_id,
+                               pad_token_id=pad_token_id)
     order = sorted(range(len(prompt_ids)), key=lambda i: -len(prompt_ids[i]))
     results: list[list[int]] = [[] for _ in prompt_ids]
     with torch.inference_mode():

@@ -63,7 +63,7 @@ def answer_base(base_model: str, questions: list[dict[str, Any]], *, max_new_tok
     """The untuned base model, asked with the plain prompt (every turn, the conversation so far)."""
     import torch
 
-    from selfguided.components.steps.generate import answer_conversations, transformers_engine
+    from selfguided.components.model.engines import answer_conversations, transformers_engine
     from selfguided.components.training.base_models import load_base
     from selfguided.components.model.prompting import conversation_prompt
 
@@ -81,7 +81,7 @@ def answer_base(base_model: str, questions: list[dict[str, Any]], *, max_new_tok
 def answer_teacher(model: str, questions: list[dict[str, Any]], *, base_url: str, concurrency: int, cache: str
                    ) -> ReferenceAnswers:
     """An API model through the LLM client layer; its cost is measured."""
-    from selfguided.components.llm.client import endpoint_config
+    from selfguided.components.llm.config import endpoint_config
     from selfguided.components.judging.tasks import answer_with_llm
 
     config = endpoint_config("teacher", model, base_url=base_url, concurrency=concurrency, cache=cache)
@@ -96,12 +96,11 @@ def answer_teacher(model: str, questions: list[dict[str, Any]], *, base_url: str
 def answer_champion(questions: list[dict[str, Any]], *, registered_model_name: str, tracking_uri: str,
                     max_new_tokens: int, workdir: str | Path) -> ReferenceAnswers:
     """The registry's current champion, downloaded and answering in this run."""
-    import mlflow
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from selfguided.components.steps.generate import answer_with_trained_model
-    from selfguided.components.model.pyfunc import MODEL_DIR_ARTIFACT
+    from selfguided.components.model.engines import answer_with_trained_model
+    from selfguided.components.registry.logged_model import download_model_dir
 
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     try:
@@ -112,14 +111,9 @@ def answer_champion(questions: list[dict[str, Any]], *, registered_model_name: s
         raise
     label = str(version.version)
     try:
-        # models:/ URIs resolve through the process's registry URI, whatever download_artifacts is told.
-        mlflow.set_tracking_uri(tracking_uri)
-        mlflow.set_registry_uri(tracking_uri)
-        local = Path(mlflow.artifacts.download_artifacts(
-            f"models:/{registered_model_name}/{label}", tracking_uri=tracking_uri, dst_path=str(workdir)))
+        model_dir = download_model_dir(f"models:/{registered_model_name}/{label}", tracking_uri, workdir)
         started = time.monotonic()
-        _, rows = answer_with_trained_model(local / "artifacts" / MODEL_DIR_ARTIFACT, questions,
-                                            max_new_tokens=max_new_tokens)
+        _, rows = answer_with_trained_model(model_dir, questions, max_new_tokens=max_new_tokens)
     except Exception as exc:  # noqa: BLE001 - any failure leaves the gate its unpaired fallback, said loudly
         run = client.get_run(version.run_id)
         metrics = {k: v for k, v in run.data.metrics.items() if k.startswith("judge/")}

@@ -4,7 +4,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from selfguided.components.steps.register import RegistryError
+from selfguided.components.registry.names import RegistryError
 from selfguided.pipelines.local import DEFAULT_WORKDIR, LOCAL_DEFAULTS
 from selfguided.pipelines.platform import PIPELINE_SERVICE_ACCOUNT
 

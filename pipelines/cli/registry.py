@@ -12,7 +12,7 @@ import getpass
 import os
 from pathlib import Path
 
-from selfguided.components.steps.register import REGISTERED_MODEL_NAME
+from selfguided.components.registry.names import REGISTERED_MODEL_NAME
 
 
 def _tracking_uri(args: argparse.Namespace) -> str:
@@ -32,7 +32,7 @@ def _who(args: argparse.Namespace) -> str:
 
 
 def run_models(args: argparse.Namespace) -> int:
-    from selfguided.components.steps.register import list_versions
+    from selfguided.components.registry.promotion import list_versions
 
     rows = list_versions(_tracking_uri(args), args.name)
     if not rows:
@@ -50,7 +50,7 @@ def run_models(args: argparse.Namespace) -> int:
 
 
 def run_promote(args: argparse.Namespace) -> int:
-    from selfguided.components.steps.register import promote_version
+    from selfguided.components.registry.promotion import promote_version
 
     decision = promote_version(_tracking_uri(args), args.version, args.name, force=args.force, by=_who(args),
                                reason=args.reason or "")
@@ -61,7 +61,7 @@ def run_promote(args: argparse.Namespace) -> int:
 
 
 def run_rollback(args: argparse.Namespace) -> int:
-    from selfguided.components.steps.register import rollback_champion
+    from selfguided.components.registry.promotion import rollback_champion
 
     version = rollback_champion(_tracking_uri(args), args.name, args.version, by=_who(args), reason=args.reason or "")
     print(f"champion of {args.name} is now v{version}")

@@ -38,9 +38,7 @@ queue, which suits a demo or an evaluation on a CPU; use the vLLM backend for th
 # types (Request) are imported inside create_app.
 import argparse
 import functools
-import importlib.util
 import json
-import os
 import sys
 import tempfile
 import threading
@@ -56,9 +54,7 @@ from selfguided.components.model import artifact as tm
 # mlflow, pandas) would make every `selfguided` command slow to start. A test keeps them equal.
 DEFAULT_MODEL_URI = "models:/korean-writing-assistant@champion"
 DEFAULT_MAX_NEW_TOKENS = 256
-BACKENDS = ("auto", "vllm", "transformers")
 DROPPED_ROLES = ("system", "developer")
-PYFUNC_ARTIFACT = "model_dir"  # pyfunc_model.MODEL_DIR_ARTIFACT
 
 
 class ServeError(RuntimeError):
@@ -97,22 +93,6 @@ def _one_line(exc: BaseException) -> str:
     return text if len(text) <= 400 else text[:397] + "..."
 
 
-def _model_dir_in(folder: Path) -> Path:
-    """The trained model directory in `folder`: the folder itself, or a pyfunc model's artifact."""
-    if (folder / tm.MANIFEST_FILE).is_file():
-        return folder
-    candidate = folder / "artifacts" / PYFUNC_ARTIFACT
-    if (folder / "MLmodel").is_file():
-        try:
-            from mlflow.models import Model
-
-            artifacts = Model.load(str(folder)).flavors.get("python_function", {}).get("artifacts", {})
-            candidate = folder / artifacts[PYFUNC_ARTIFACT]["path"]
-        except (KeyError, TypeError, OSError, ValueError):
-            pass
-    return candidate if (candidate / tm.MANIFEST_FILE).is_file() else folder
-
-
 def resolve_model(model_uri: str, tracking_uri: str | None, download_dir: str | Path) -> ResolvedModel:
     """The trained model directory behind MODEL_URI (registered versions are downloaded into
     `download_dir`). Raises ServeError with a one-line reason. For an MLflow URI this points the
@@ -122,7 +102,9 @@ def resolve_model(model_uri: str, tracking_uri: str | None, download_dir: str | 
         if not path.is_dir():
             raise ServeError(f"{model_uri}: no such directory (MODEL_URI is models:/NAME@ALIAS, "
                              "models:/NAME/VERSION, runs:/RUN_ID/PATH or a trained model directory)")
-        model_dir = _model_dir_in(path)
+        from selfguided.components.registry.logged_model import model_dir_in
+
+        model_dir = model_dir_in(path)
         name = path.name
         source = str(path)
     else:
@@ -148,20 +130,14 @@ def _download(model_uri: str, tracking_uri: str | None, download_dir: Path) -> t
         if not database.is_file():  # MLflow would create an empty store there
             raise ServeError(f"cannot resolve {model_uri}: the MLflow store {tracking_uri} does not exist{hint}")
 
-    import mlflow
+    from selfguided.components.registry.logged_model import download_model_dir
 
-    if tracking_uri:
-        # Process-wide, as register_candidates does: MLflow 3 resolves models:/ and runs:/ URIs (a
-        # logged model) through the process's tracking and registry URIs, whatever download_artifacts is given.
-        mlflow.set_tracking_uri(tracking_uri)
-        mlflow.set_registry_uri(tracking_uri)
     try:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(download_dir),
-                                                         tracking_uri=tracking_uri))
+        model_dir = download_model_dir(model_uri, tracking_uri, download_dir)
     except Exception as exc:  # MlflowException, OSError, sqlalchemy errors: one line for the user
         raise ServeError(f"cannot resolve {model_uri} in {tracking_uri}: {_one_line(exc)}{hint}") from None
 
-    source, name = model_uri, local.name
+    source, name = model_uri, model_dir.name
     if model_uri.startswith("models:/"):
         ref = model_uri.removeprefix("models:/")
         name = ref.split("@", 1)[0] if "@" in ref else ref.rsplit("/", 1)[0]
@@ -176,7 +152,7 @@ def _download(model_uri: str, tracking_uri: str | None, download_dir: Path) -> t
                 pass
     elif model_uri.startswith("runs:/"):
         name = "run-" + model_uri.removeprefix("runs:/").split("/", 1)[0]
-    return _model_dir_in(local), name, source
+    return model_dir, name, source
 
 
 # ---------------------------------------------------------------------------------------------
@@ -364,18 +340,16 @@ class Generator:
         """Start generating in a thread; iterate the returned streamer for decoded text pieces.
         Setting `cancel` stops the generation at its next token (and frees the lock)."""
         import torch
-        from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
+        from transformers import StoppingCriteria, StoppingCriteriaList
 
         class Cancelled(StoppingCriteria):
             def __call__(self, input_ids, scores, **kwargs):
                 return torch.full((input_ids.shape[0],), cancel.is_set(), dtype=torch.bool, device=input_ids.device)
 
-        # The same settings as trained_model.generate_tokens, so that a greedy stream is the plain answer.
-        config = GenerationConfig(
-            max_new_tokens=max_new_tokens, do_sample=temperature > 0,
-            temperature=temperature if temperature > 0 else None, top_p=None, top_k=None,
-            eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.tokenizer.pad_token_id, use_cache=True,
-        )
+        # The same settings as generate_tokens, so that a greedy stream is the plain answer.
+        config = tm.generation_config(max_new_tokens=max_new_tokens, temperature=temperature,
+                                      eos_token_id=self.tokenizer.eos_token_id,
+                                      pad_token_id=self.tokenizer.pad_token_id)
         streamer = _streamer_class()(self.tokenizer)
         input_ids = torch.tensor([prompt_ids], dtype=torch.long, device=self.model.device)
 
@@ -549,40 +523,18 @@ def create_app(model_dir: str | Path, served_model_name: str, *, max_new_tokens:
 # ---------------------------------------------------------------------------------------------
 
 
-def vllm_available() -> bool:
-    """vLLM installed and a CUDA GPU present."""
-    if importlib.util.find_spec("vllm") is None:
-        return False
-    import torch
-
-    return torch.cuda.is_available()
-
-
-def vllm_command(merged_dir: str | Path, served_model_name: str, *, host: str, port: int,
-                 max_new_tokens: int) -> list[str]:
-    """vLLM's OpenAI server on a merged export, with its chat template, greedy by default."""
-    merged_dir = Path(merged_dir)
-    command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(merged_dir),
-               "--served-model-name", served_model_name, "--host", host, "--port", str(port),
-               "--override-generation-config", json.dumps({"max_new_tokens": max_new_tokens, "temperature": 0.0})]
-    template = merged_dir / "chat_template.jinja"
-    if template.is_file():  # also in tokenizer_config.json; explicit, so no default template is ever used
-        command += ["--chat-template", str(template)]
-    return command
-
-
 # ---------------------------------------------------------------------------------------------
 # The command
 # ---------------------------------------------------------------------------------------------
 
 
 def _choose_backend(wanted: str) -> str:
-    if wanted == "transformers":
-        return wanted
-    available = vllm_available()
-    if wanted == "vllm" and not available:
-        raise ServeError("--backend vllm needs vLLM installed and a CUDA GPU (use --backend transformers)")
-    return "vllm" if available else "transformers"
+    from selfguided.components.model.engines import EngineError, pick_backend
+
+    try:
+        return pick_backend(wanted)
+    except EngineError as exc:
+        raise ServeError(f"--{exc}") from None
 
 
 def _run_uvicorn(app, host: str, port: int) -> int:
@@ -625,6 +577,8 @@ def run_serve(args: argparse.Namespace) -> int:
                 print(f"selfguided serve: {where} (vLLM)", flush=True)
                 import subprocess
 
+                from selfguided.components.model.engines import vllm_command
+
                 return subprocess.call(vllm_command(merged, name, host=args.host, port=args.port,
                                                     max_new_tokens=args.max_new_tokens))
             print(f"selfguided serve: {where} (transformers on {app.state.generator.device}, one generation "
@@ -656,7 +610,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         "also the most a request gets)")
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the "
                         "local run's .selfguided/mlflow.db)")
-    parser.add_argument("--backend", choices=BACKENDS, default="auto",
+    parser.add_argument("--backend", choices=("auto", "vllm", "transformers"), default="auto",
                         help="auto: vLLM when installed and a GPU is present, else transformers (default: auto)")
     parser.set_defaults(func=run_serve)
 
