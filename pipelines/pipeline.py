@@ -30,8 +30,7 @@ from selfguided.components.model.prompting import ARMS
 from selfguided.components.steps.generate import generate
 from selfguided.components.steps.judge import judge
 from selfguided.components.steps.reference import answer_reference, plan_references
-from selfguided.components.registry.names import EXPERIMENT_NAME, REGISTERED_MODEL_NAME
-from selfguided.components.steps.register import register
+from selfguided.components.steps.register import EXPERIMENT_NAME, REGISTERED_MODEL_NAME, register
 from selfguided.components.steps.score import score
 from selfguided.components.steps.split import split
 from selfguided.pipelines import platform

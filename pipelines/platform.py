@@ -20,14 +20,16 @@ GPU_NODE_SELECTOR_VALUE = os.environ.get("SELFGUIDED_GPU_NODE_SELECTOR_VALUE", "
 GPU_TOLERATION_KEY = "nvidia.com/gpu"
 GPU_TOLERATION_EFFECT = "NoSchedule"
 SHM_SIZE = os.environ.get("SELFGUIDED_SHM_SIZE", "16Gi")
-# CPU and host memory of every GPU task (finetune, generate, reference answers). The defaults suit
-# Polyglot-ko 1.3B; compile for a bigger base with the values of components/images.py's
-# GPU_STEP_RESOURCES, e.g. SELFGUIDED_GPU_STEP_MEMORY=128Gi for 5.8B.
-from selfguided.components.images import GPU_STEP_RESOURCES  # noqa: E402
+# CPU and host memory of every GPU task (finetune, generate, model reference rows), per the node
+# profile (components/images.py: NodeProfile, SELFGUIDED_GPU_NODE_CPU / _MEMORY per GPU); an explicit
+# SELFGUIDED_GPU_STEP_CPU / SELFGUIDED_GPU_STEP_MEMORY wins.
+from selfguided.components.images import GPU_STEP_RESOURCES, IMAGE_PULL_POLICY, NODE_PROFILE  # noqa: E402,F401
 
-GPU_STEP_CPU = os.environ.get("SELFGUIDED_GPU_STEP_CPU", GPU_STEP_RESOURCES["EleutherAI/polyglot-ko-1.3b"]["cpu"])
-GPU_STEP_MEMORY = os.environ.get("SELFGUIDED_GPU_STEP_MEMORY",
-                                 GPU_STEP_RESOURCES["EleutherAI/polyglot-ko-1.3b"]["memory"])
+GPU_STEP_CPU = os.environ.get("SELFGUIDED_GPU_STEP_CPU", GPU_STEP_RESOURCES["cpu"])
+GPU_STEP_MEMORY = os.environ.get("SELFGUIDED_GPU_STEP_MEMORY", GPU_STEP_RESOURCES["memory"])
+# The GPU pool as the pods ask for it, for the deploy step's InferenceService too.
+GPU_NODE_SELECTOR = {GPU_NODE_SELECTOR_KEY: GPU_NODE_SELECTOR_VALUE}
+GPU_TOLERATIONS = [{"key": GPU_TOLERATION_KEY, "operator": "Exists", "effect": GPU_TOLERATION_EFFECT}]
 
 # Secrets: read from Kubernetes Secrets into environment variables, never pipeline parameters.
 OPENAI_SECRET_NAME = "selfguided-openai"
@@ -46,9 +48,12 @@ S3_SECRET_KEYS = {"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_K
 
 # In-cluster services (manifests/ deploys MLflow under this name and namespace).
 MLFLOW_TRACKING_URI_IN_CLUSTER = "http://mlflow.selfguided.svc.cluster.local:5000"
-# Where that server keeps artifacts (its --artifacts-destination, manifests/: MLFLOW_ARTIFACTS_DESTINATION),
-# so the register step can hand serving a real S3 URI for a champion's merged weights. Set at compile time.
-MLFLOW_ARTIFACTS_DESTINATION = os.environ.get("SELFGUIDED_MLFLOW_ARTIFACTS_DESTINATION", "s3://mlpipeline/mlflow")
+# Where that server keeps artifacts (its --artifacts-destination) reaches the register step at run
+# time from this ConfigMap in the profile namespace (manifests/: made from the same file as the
+# server's setting), so the s3:// URI of a champion's merged weights that serving gets is where the
+# server put them, never a compile-time guess.
+MLFLOW_CONFIG_MAP_NAME = "selfguided-mlflow"
+MLFLOW_CONFIG_MAP_KEYS = {"MLFLOW_ARTIFACTS_DESTINATION": "MLFLOW_ARTIFACTS_DESTINATION"}
 
 # A ReadWriteMany volume (manifests/: PersistentVolumeClaim `selfguided-cache`) holding the LLM
 # response cache and the training checkpoints, so a retried or re-run task resumes.

@@ -145,6 +145,24 @@ def test_first_promotion_creates_the_inference_service(kube):
     assert "created" in message and f"{NAME}/3" in message and URI_V3 in message
 
 
+def test_first_promotion_creates_it_on_the_gpu_pool_the_pipeline_uses(kube):
+    """The pipeline hands the deploy step the GPU pool's selector and tolerations (platform.py): a
+    predictor created on a tainted pool is scheduled, not Pending."""
+    from selfguided.pipelines import platform
+
+    _deploy(kube, node_selector=platform.GPU_NODE_SELECTOR, tolerations=platform.GPU_TOLERATIONS)
+    predictor = kube.requests[1]["body"]["spec"]["predictor"]
+    assert predictor["nodeSelector"] == {platform.GPU_NODE_SELECTOR_KEY: platform.GPU_NODE_SELECTOR_VALUE}
+    assert predictor["tolerations"] == [{"key": platform.GPU_TOLERATION_KEY, "operator": "Exists",
+                                         "effect": platform.GPU_TOLERATION_EFFECT}]
+
+
+def test_an_unresolved_mlflow_artifacts_uri_is_refused_before_the_cluster(kube):
+    with pytest.raises(DeployError, match="ConfigMap selfguided-mlflow"):
+        _deploy(kube, uri="mlflow-artifacts:/1/abc/artifacts/merged")
+    assert kube.requests == []
+
+
 def test_next_promotion_patches_only_the_weights_and_the_version(kube):
     _deploy(kube)
     stored = f"{COLLECTION}/{NAME}"
@@ -294,7 +312,7 @@ def test_component_interface():
     spec = deploy.component_spec
     assert {k: v.type for k, v in spec.inputs.items()} == {
         "promoted": "Boolean", "storage_uri": "String", "model_version": "String",
-        "service_name": "String", "namespace": "String"}
+        "service_name": "String", "namespace": "String", "node_selector": "Dict", "tolerations": "List"}
     assert {k: v.type for k, v in spec.outputs.items()} == {"Output": "String"}
     assert spec.implementation.container.image == deploy_module.CPU_IMAGE
 

@@ -27,6 +27,9 @@ import yaml
 from mlflow import MlflowClient
 from mlflow.server.security_utils import is_allowed_host_header
 from manifest_tools import checkov_results, findings, kubectl
+from manifest_tools import expand as _expand
+from manifest_tools import kubelet_env as _kubelet_env
+from manifest_tools import secret_data as _secret_data
 from servers import S3_CREDENTIALS, _stop_group, _wait_healthy, free_port, s3_server  # noqa: F401 (fixture)
 
 from selfguided.components.registry import auth as tracking
@@ -88,10 +91,6 @@ def _pod_specs(objs: list[dict]):
             for key in POD_KINDS[obj["kind"]]:
                 spec = spec[key]
             yield obj, spec
-
-
-def _secret_data(secret: dict) -> dict[str, str]:
-    return {k: base64.b64decode(v).decode() for k, v in secret.get("data", {}).items()} | secret.get("stringData", {})
 
 
 def _validation_error(obj: dict) -> str | None:
@@ -269,36 +268,12 @@ def test_images_built_here_carry_the_package_version(objects):
         assert image.endswith(f":{platform.IMAGE_TAG}"), f"{image}: tag differs from the package version {platform.IMAGE_TAG}"
 
 
-def _expand(text: str, env: dict[str, str]) -> str:
-    """Kubernetes' $(VAR) expansion: defined variables are replaced, others left as written."""
-    return re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: env.get(m.group(1), m.group(0)), text)
-
-
-def _kubelet_env(container: dict, objs: list[dict], namespace: str) -> dict[str, str]:
-    """The environment the kubelet gives `container`: envFrom sources in order, then `env`, each
-    value expanded against the variables defined before it."""
-    env: dict[str, str] = {}
-    for source in container.get("envFrom", []):
-        if "secretRef" in source:
-            env |= _secret_data(_find(objs, "Secret", source["secretRef"]["name"], namespace))
-        else:
-            env |= _find(objs, "ConfigMap", source["configMapRef"]["name"], namespace)["data"]
-    for var in container.get("env", []):
-        if "secretKeyRef" in var.get("valueFrom", {}):
-            ref = var["valueFrom"]["secretKeyRef"]
-            env[var["name"]] = _secret_data(_find(objs, "Secret", ref["name"], namespace))[ref["key"]]
-            continue
-        assert "value" in var, f"{container['name']}: {var['name']} is neither a plain value nor a Secret key; teach _kubelet_env"
-        env[var["name"]] = _expand(var["value"], env)
-    return env
-
-
 @pytest.mark.parametrize("name", [k for k in KUSTOMIZATIONS if k.startswith("overlays/")])
 def test_mlflow_backend_uri_is_assembled_from_the_database_secret(objects, name):
     objs = objects[name]
     pod = _find(objs, "Deployment", "mlflow", "selfguided")["spec"]["template"]["spec"]
     db = _secret_data(next(o for o in objs if o["kind"] == "Secret" and o["metadata"]["name"].startswith("mlflow-postgres")))
-    expected = (f"postgresql://{db['POSTGRES_USER']}:{db['POSTGRES_PASSWORD']}@{db['POSTGRES_HOST']}:"
+    expected = (f"postgresql+psycopg2://{db['POSTGRES_USER']}:{db['POSTGRES_PASSWORD']}@{db['POSTGRES_HOST']}:"
                 f"{db['POSTGRES_PORT']}/{db['POSTGRES_DB']}?sslmode={db['POSTGRES_SSLMODE']}")
     for container in pod["initContainers"] + pod["containers"]:
         env = _kubelet_env(container, objs, "selfguided")

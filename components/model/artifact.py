@@ -273,18 +273,6 @@ def export_merged(model_dir: str | Path, out_dir: str | Path, dtype=None, device
 # ---------------------------------------------------------------------------------------------
 
 
-def generation_config(*, max_new_tokens: int, temperature: float, eos_token_id: int, pad_token_id: int):
-    """The decoding settings of every generation of a trained model (eval answers, the pyfunc model,
-    `selfguided serve`, streamed or not): greedy at temperature 0, plain sampling otherwise."""
-    from transformers import GenerationConfig
-
-    return GenerationConfig(
-        max_new_tokens=max_new_tokens, do_sample=temperature > 0,
-        temperature=temperature if temperature > 0 else None, top_p=None, top_k=None,
-        eos_token_id=eos_token_id, pad_token_id=pad_token_id, use_cache=True,
-    )
-
-
 def generate_tokens(model, prompt_ids: list[list[int]], *, max_new_tokens: int, batch_size: int,
                     eos_token_id: int, pad_token_id: int, temperature: float = 0.0,
                     progress: bool = True) -> list[list[int]]:
@@ -296,10 +284,14 @@ def generate_tokens(model, prompt_ids: list[list[int]], *, max_new_tokens: int, 
     """
     import torch
     from tqdm.auto import tqdm
+    from transformers import GenerationConfig
 
     device = next(model.parameters()).device
-    config = generation_config(max_new_tokens=max_new_tokens, temperature=temperature, eos_token_id=eos_token_id,
-                               pad_token_id=pad_token_id)
+    config = GenerationConfig(
+        max_new_tokens=max_new_tokens, do_sample=temperature > 0,
+        temperature=temperature if temperature > 0 else None, top_p=None, top_k=None,
+        eos_token_id=eos_token_id, pad_token_id=pad_token_id, use_cache=True,
+    )
     order = sorted(range(len(prompt_ids)), key=lambda i: -len(prompt_ids[i]))
     results: list[list[int]] = [[] for _ in prompt_ids]
     with torch.inference_mode():

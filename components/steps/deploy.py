@@ -166,6 +166,8 @@ def deploy_champion(
     namespace: str | None = None,
     api_client=None,
     gpu: bool = True,
+    node_selector: dict[str, str] | None = None,
+    tolerations: list[dict[str, str]] | None = None,
 ) -> str:
     """Create or patch the InferenceService `name` so it serves `storage_uri`, when `promoted`.
 
@@ -178,6 +180,9 @@ def deploy_champion(
             kubeconfig context's.
         api_client: a `kubernetes.client.ApiClient`; None: in-cluster config, else kubeconfig.
         gpu: only used when creating: vLLM on a GPU, or the Hugging Face backend on CPU.
+        node_selector, tolerations: only used when creating: the GPU node pool, as the pipeline's
+            GPU steps select and tolerate it (pipelines/platform.py), so the predictor is not
+            Pending on a tainted pool.
 
     Returns:
         One line saying what was done.
@@ -192,6 +197,11 @@ def deploy_champion(
         return "no InferenceService named (service_name is empty): serving is not configured, nothing deployed"
     if not storage_uri:
         raise DeployError(f"a champion was promoted ({model_version}) but it has no storage URI for its merged weights")
+    if storage_uri.startswith("mlflow-artifacts:"):
+        raise DeployError(f"the champion's merged weights are at {storage_uri}, a path only the MLflow server resolves, "
+                          "which KServe cannot read: the register step did not know the server's artifact destination "
+                          "(MLFLOW_ARTIFACTS_DESTINATION, from ConfigMap selfguided-mlflow in this namespace, "
+                          "manifests/overlays/*/profile/mlflow-artifacts.properties)")
 
     from kubernetes import client
     from kubernetes.client.exceptions import ApiException
@@ -212,7 +222,8 @@ def deploy_champion(
         raise _unreachable(api_client, e) from None
 
     if existing is None:
-        body = inference_service_manifest(name, namespace, storage_uri, model_version=model_version, gpu=gpu)
+        body = inference_service_manifest(name, namespace, storage_uri, model_version=model_version, gpu=gpu,
+                                          node_selector=node_selector, tolerations=tolerations)
         try:
             api.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body, field_manager=FIELD_MANAGER)
         except ApiException as e:
@@ -333,7 +344,8 @@ def _unreachable(api_client, e: BaseException) -> DeployError:
 
 
 @component(base_image=CPU_IMAGE, install_kfp_package=False)  # the image has kfp and kubernetes
-def deploy(promoted: bool, storage_uri: str, model_version: str, service_name: str, namespace: str) -> str:
+def deploy(promoted: bool, storage_uri: str, model_version: str, service_name: str, namespace: str,
+           node_selector: dict = {}, tolerations: list = []) -> str:
     """Point the KServe InferenceService at the new champion, only when one was promoted.
 
     Args:
@@ -342,12 +354,15 @@ def deploy(promoted: bool, storage_uri: str, model_version: str, service_name: s
         model_version: the registered model version, e.g. `korean-writing-assistant/3`.
         service_name: the InferenceService to create or patch; "" = serving not configured.
         namespace: its namespace; "" = the namespace this step runs in (the profile namespace).
+        node_selector: the GPU pool's node selector, for an InferenceService created here.
+        tolerations: the GPU pool's tolerations, for an InferenceService created here.
 
     Returns:
         One line saying what was done.
     """
     from selfguided.components.steps.deploy import deploy_champion
 
-    message = deploy_champion(promoted, storage_uri, model_version, name=service_name, namespace=namespace or None)
+    message = deploy_champion(promoted, storage_uri, model_version, name=service_name, namespace=namespace or None,
+                              node_selector=dict(node_selector) or None, tolerations=list(tolerations) or None)
     print(f"[selfguided] deploy: {message}", flush=True)
     return message
