@@ -39,9 +39,8 @@ from datetime import datetime, timezone
 from typing import Any, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
-from mlflow.exceptions import MlflowException
-from mlflow.utils.credentials import get_default_host_creds
-from mlflow.utils.rest_utils import MlflowHostCreds, http_request
+# mlflow is imported inside the functions that call the server: the pipeline definition and the
+# CLI read this module's Secret names, and importing mlflow costs them more than a second.
 
 # The pipeline identity: the Secret every MLflow-writing step gets as environment variables
 # (secret key -> env var, like the other Secrets in pipelines/platform.py), named by the messages
@@ -98,6 +97,8 @@ def check_tracking_access(tracking_uri: str, *, experiment_name: str, registered
     """
     if not is_remote(tracking_uri):
         return
+    from mlflow.utils.credentials import get_default_host_creds
+
     server = _Server(tracking_uri, get_default_host_creds(_base(tracking_uri)))
     stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -159,6 +160,9 @@ def create_pipeline_user(
     if username == admin_username:
         raise TrackingAccessError(f"the pipeline user must not be the admin '{admin_username}': "
                                   f"give it a name of its own ({USERNAME_ENV})")
+    from mlflow.utils.credentials import get_default_host_creds
+    from mlflow.utils.rest_utils import MlflowHostCreds
+
     base = get_default_host_creds(_base(tracking_uri))
     admin = _Server(tracking_uri, MlflowHostCreds(
         _base(tracking_uri), username=admin_username, password=admin_password,
@@ -208,6 +212,8 @@ def wait_until_reachable(tracking_uri: str, timeout_s: float) -> None:
     Raises:
         TrackingAccessError: still unreachable after `timeout_s` seconds.
     """
+    from mlflow.utils.rest_utils import MlflowHostCreds
+
     server = _Server(tracking_uri, MlflowHostCreds(_base(tracking_uri)))
     deadline = time.monotonic() + timeout_s
     while True:
@@ -234,7 +240,7 @@ class _Server:
     """One tracking server as seen by one identity: every call's failure becomes one line."""
 
     tracking_uri: str
-    creds: MlflowHostCreds
+    creds: Any  # mlflow.utils.rest_utils.MlflowHostCreds
     secrets: Sequence[str] = ()  # never to appear in a message, besides the identity's password
     # Where a refused login's credentials come from, for the 401 message.
     credentials_hint: str = (f"check {USERNAME_ENV} and {PASSWORD_ENV} (in a cluster: Secret "
@@ -246,6 +252,9 @@ class _Server:
              allow: Sequence[int] = ()) -> tuple[int, dict]:
         """Send one request (no retries: a check must be quick) and return (status, JSON body) when
         it succeeded or its status is in `allow`; raise TrackingAccessError otherwise."""
+        from mlflow.exceptions import MlflowException
+        from mlflow.utils.rest_utils import http_request
+
         kwargs: dict[str, Any] = {"params": payload} if method == "GET" else {"json": payload or {}}
         try:
             response = http_request(self.creds, endpoint, method, max_retries=0, backoff_factor=0,

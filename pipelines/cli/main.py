@@ -1,6 +1,7 @@
 """`selfguided`: run the pipeline locally, compile it for Kubeflow, submit it, or use its steps on files."""
 
 import argparse
+import importlib
 import sys
 from pathlib import Path
 
@@ -101,15 +102,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="selfguided",
-        description="Self-Guided Approach on Kubeflow Pipelines: an LLM scores Korean writing seed data, small "
-        "Korean LMs are fine-tuned on unscored vs score-guided data, judged per category, and the best model is "
-        "promoted in the MLflow registry.",
-    )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def add_run_parser(sub) -> None:
     run = sub.add_parser("run", help="run the whole pipeline locally (kfp.local) on embedded defaults",
                          description="Run the whole pipeline on this machine with kfp.local: bundled sample data, "
                          "base model `tiny`, both arms, MLflow on a SQLite file in the work folder "
@@ -120,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_pipeline_options(run, local=True)
     run.set_defaults(func=cmd_run)
 
+
+def add_compile_parser(sub) -> None:
     comp = sub.add_parser("compile", help="write the pipeline as KFP IR YAML", description="Compile the pipeline "
                           "to KFP IR YAML for the Kubeflow UI. Images come from SELFGUIDED_IMAGE_REGISTRY and "
                           "SELFGUIDED_IMAGE_TAG (default: ghcr.io/selfguided, the package version).")
@@ -127,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="YAML file to write (default: %(default)s in the current folder)")
     comp.set_defaults(func=cmd_compile)
 
+
+def add_submit_parser(sub) -> None:
     submit = sub.add_parser("submit", help="compile and submit a run to a Kubeflow Pipelines endpoint",
                             description="Compile the pipeline and start a run with kfp.Client. Credentials for "
                             "the endpoint come from the environment as kfp.Client reads them.")
@@ -139,27 +136,59 @@ def build_parser() -> argparse.ArgumentParser:
     _add_pipeline_options(submit, local=False)
     submit.set_defaults(func=cmd_submit)
 
-    from selfguided.pipelines.cli.llm import add_judge_parser, add_score_parser
 
-    add_score_parser(sub)
-    add_judge_parser(sub)
+# Every command: its line in `selfguided --help`, and "module:function" adding its full parser.
+# Only the command being run is imported and built, so `selfguided --help` and `selfguided score
+# --help` do not pay for the pipeline, torch, mlflow or kfp's component decorators. A new command
+# is one entry here and an `add_*_parser(subparsers)` function beside its code.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "run": ("run the whole pipeline locally (kfp.local) on embedded defaults", f"{__name__}:add_run_parser"),
+    "compile": ("write the pipeline as KFP IR YAML", f"{__name__}:add_compile_parser"),
+    "submit": ("compile and submit a run to a Kubeflow Pipelines endpoint", f"{__name__}:add_submit_parser"),
+    "upload": ("publish the compiled pipeline as a new version of a named pipeline on a KFP host",
+               "selfguided.pipelines.upload:add_upload_parser"),
+    "serve": ("serve a model version (default: the champion) behind an OpenAI-compatible endpoint",
+              "selfguided.pipelines.serving.server:add_serve_parser"),
+    "models": ("list registered versions with aliases, scores and the gate's reasons",
+               "selfguided.pipelines.cli.registry:add_registry_parsers"),
+    "promote": ("make a version the champion (through the gate unless --force)",
+                "selfguided.pipelines.cli.registry:add_registry_parsers"),
+    "rollback": ("move champion back to the version it replaced (or VERSION)",
+                 "selfguided.pipelines.cli.registry:add_registry_parsers"),
+    "score": ("rate seed records (helpfulness, relevance, accuracy, detail) with an LLM",
+              "selfguided.pipelines.cli.llm:add_score_parser"),
+    "judge": ("grade model answers to eval questions with an LLM judge (FastChat formats)",
+              "selfguided.pipelines.cli.llm:add_judge_parser"),
+}
 
-    from selfguided.pipelines.cli.registry import add_registry_parsers
-    from selfguided.pipelines.upload import add_upload_parser
 
-    add_registry_parsers(sub)
-    add_upload_parser(sub)
-    try:  # serving arrives with pipelines/serve.py
-        from selfguided.pipelines.serving.server import add_serve_parser
-    except ImportError:
-        pass
-    else:
-        add_serve_parser(sub)
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The `selfguided` parser with the full options of `command` (every command when None is not
+    asked for: the others are listed with their one line, and built when they are the one run)."""
+    parser = argparse.ArgumentParser(
+        prog="selfguided",
+        description="Self-Guided Approach on Kubeflow Pipelines: an LLM scores Korean writing seed data, small "
+        "Korean LMs are fine-tuned on unscored vs score-guided data, judged per category, and the best model is "
+        "promoted in the MLflow registry.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    wanted = [command] if command in COMMANDS else []
+    if command == "all":  # every parser in full (tests check every command's options)
+        wanted = list(COMMANDS)
+    for name in wanted:
+        if name not in sub.choices:
+            module, function = COMMANDS[name][1].split(":")
+            getattr(importlib.import_module(module), function)(sub)
+    for name, (help_line, _) in COMMANDS.items():
+        if name not in sub.choices:
+            sub.add_parser(name, help=help_line)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(command).parse_args(argv)
     try:
         return args.func(args)
     except KeyboardInterrupt:
