@@ -258,6 +258,10 @@ def test_gpu_check_schedules_like_the_pipeline_gpu_steps(objects):
     container = spec["containers"][0]
     assert container["resources"]["limits"][platform.GPU_RESOURCE] == 1
     assert container["image"] == platform.GPU_IMAGE
+    # It asks for what a real GPU step asks for, so it passes only where those steps fit.
+    for bound in ("requests", "limits"):
+        assert str(container["resources"][bound]["cpu"]) == platform.GPU_STEP_CPU
+        assert container["resources"][bound]["memory"] == platform.GPU_STEP_MEMORY
 
 
 def test_images_built_here_carry_the_package_version(objects):

@@ -44,8 +44,27 @@ def rendered() -> str:
 
 
 @pytest.fixture(scope="module")
-def objects(rendered) -> list[dict]:
+def applied(rendered) -> list[dict]:
+    """What `kubectl apply -k manifests/serving` creates."""
     return [doc for doc in yaml.safe_load_all(rendered) if doc]
+
+
+@pytest.fixture(scope="module")
+def objects(applied) -> list[dict]:
+    """The applied objects plus inferenceservice.yaml (the spec the deploy step creates, applied by
+    hand only), in the kustomization's namespace with its labels."""
+    kustomization = yaml.safe_load((SERVING / "kustomization.yaml").read_text(encoding="utf-8"))
+    isvc = yaml.safe_load((SERVING / "inferenceservice.yaml").read_text(encoding="utf-8"))
+    isvc["metadata"]["namespace"] = kustomization["namespace"]
+    for pairs in kustomization.get("labels", []):
+        isvc["metadata"].setdefault("labels", {}).update(pairs["pairs"])
+    return [*applied, isvc]
+
+
+def test_no_inference_service_is_applied_before_a_champion_exists(applied):
+    """A placeholder would crash-loop holding a GPU; the deploy step creates it at the first promotion."""
+    assert not [o for o in applied if o["kind"] == deploy.KIND]
+    assert "create" in _one(applied, "Role")["rules"][0]["verbs"], "the deploy step must be allowed to create it"
 
 
 def _one(objects: list[dict], kind: str) -> dict:
