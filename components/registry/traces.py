@@ -1,0 +1,191 @@
+"""Every judged answer as an MLflow trace, so people can check the judge where they already look.
+
+One trace per judgment row (one answer to one turn of one question, graded by the jury):
+
+- request: the conversation the answer responded to, as chat messages (earlier turns with the
+  row's own earlier answers, then the question of this turn);
+- response: the answer;
+- assessments: each judge's scores as feedback, one per criterion and `overall` (the rationale on
+  `overall`), source LLM_JUDGE with the judge model as source id (CODE for the offline stand-in,
+  which is no LLM); a failed judge logs its error instead of a value; with more than one judge,
+  the jury's score as `jury_overall` (source CODE, id `selfguided-jury`). Each assessment's
+  metadata names the prompt and its version (and the repeat, with repeated judging);
+- linked to the row's MLflow run (`mlflow.sourceRun`), so the run's Traces tab lists them;
+- tags: `row`, `row_kind`, `category`, `question_id`, `turn`, `pipeline_run`, and MLflow's
+  `mlflow.linkedPrompts` when the prompts' registry versions are known. The blind review sample
+  (`registry/review.py`) copies only request and response, so these stay out of the editors' view.
+
+Editors add their own grade as a `score` feedback (1-10, source HUMAN), see `HUMAN_SCORE`.
+
+Rows in today's shape (`judge: [model, prompt]`, `scores`, `judgment`) and in the jury's shape
+(`judges: [{judge, scores, rationale, error, repeat}]`) are both read by `judge_entries`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping
+
+from selfguided.components.judging.offline import OFFLINE_JUDGE_NAME
+from selfguided.components.judging.rules import SCORE_NAMES, mean_of_criteria
+
+TRACE_NAME = "judged_answer"
+HUMAN_SCORE = "score"
+"""The feedback name editors use for their grade (1-10, source HUMAN): the review's label schema."""
+JURY_SCORE = "jury_overall"
+JURY_SOURCE = "selfguided-jury"
+TRACE_TAGS = ("row", "row_kind", "category", "question_id", "turn", "pipeline_run")
+
+
+@dataclass(frozen=True)
+class JudgeEntry:
+    """One judge's verdict on one answer, whatever shape the judgment row has."""
+
+    judge: str
+    prompt: str
+    prompt_version: str
+    mode: str
+    scores: dict[str, float] | None
+    """the four criteria and `overall`; None when this judge failed (see `error`)."""
+    rationale: str
+    error: str | None
+    repeat: int = 0
+
+
+def _identity(value: Any) -> dict[str, str]:
+    """A judge identity in any shape the rows carry: JudgeIdentity JSON (dict or text), or
+    today's [model, prompt version] pair."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            return {"model": value, "prompt": "", "prompt_version": "", "mode": "single"}
+    if isinstance(value, (list, tuple)):
+        model, prompt_version = (list(value) + ["", ""])[:2]
+        return {"model": str(model), "prompt": str(prompt_version), "prompt_version": str(prompt_version),
+                "mode": "single"}
+    if isinstance(value, Mapping):
+        return {"model": str(value.get("model") or value.get("name") or ""), "prompt": str(value.get("prompt", "")),
+                "prompt_version": str(value.get("prompt_version", "")), "mode": str(value.get("mode", "single"))}
+    return {"model": "unknown", "prompt": "", "prompt_version": "", "mode": "single"}
+
+
+def _scores(scores: Any, overall: Any = None) -> dict[str, float] | None:
+    if not isinstance(scores, Mapping):
+        return None
+    try:
+        result = {c: float(scores[c]) for c in SCORE_NAMES if c != "overall"}
+    except (KeyError, TypeError, ValueError):
+        return None
+    value = scores.get("overall", overall)
+    result["overall"] = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) \
+        else mean_of_criteria(result)
+    return result
+
+
+def judge_entries(row: Mapping[str, Any]) -> list[JudgeEntry]:
+    """Every judge's verdict in a judgment row: its `judges` list, or the row itself in today's shape."""
+    entries = []
+    if isinstance(row.get("judges"), list):
+        for entry in row["judges"]:
+            who = _identity(entry.get("judge"))
+            entries.append(JudgeEntry(who["model"], who["prompt"], who["prompt_version"], who["mode"],
+                                      None if entry.get("error") else _scores(entry.get("scores")),
+                                      str(entry.get("rationale") or ""), entry.get("error"),
+                                      int(entry.get("repeat") or 0)))
+        return entries
+    who = _identity(row.get("judge"))
+    scores = None if row.get("error") else _scores(row.get("scores"), row.get("score"))
+    return [JudgeEntry(who["model"], who["prompt"], who["prompt_version"], who["mode"], scores,
+                       str(row.get("judgment") or ""), row.get("error"))]
+
+
+def conversations(rows: Iterable[Mapping[str, Any]]) -> dict[tuple[str, int], list[dict[str, str]]]:
+    """(question_id, turn) -> the chat messages answer `turn` responded to, rebuilt from the rows'
+    `question` and `answer` fields (the earlier turns of the same question with the row's answers)."""
+    by_question: dict[str, dict[int, Mapping[str, Any]]] = defaultdict(dict)
+    for row in rows:
+        by_question[str(row["question_id"])][int(row.get("turn", 1))] = row
+    messages: dict[tuple[str, int], list[dict[str, str]]] = {}
+    for question_id, turns in by_question.items():
+        history: list[dict[str, str]] = []
+        for turn in sorted(turns):
+            row = turns[turn]
+            history = history + [{"role": "user", "content": str(row.get("question") or row.get("user_prompt") or "")}]
+            messages[(question_id, turn)] = history
+            history = history + [{"role": "assistant", "content": str(row.get("answer") or "")}]
+    return messages
+
+
+def _source(judge: str, *, jury: bool = False):
+    from mlflow.entities import AssessmentSource
+
+    if jury:
+        return AssessmentSource(source_type="CODE", source_id=JURY_SOURCE)
+    return AssessmentSource(source_type="CODE" if judge == OFFLINE_JUDGE_NAME else "LLM_JUDGE", source_id=judge)
+
+
+def _log_entry(trace_id: str, entry: JudgeEntry, prompt_uri: str) -> None:
+    import mlflow
+    from mlflow.entities import AssessmentError
+
+    metadata = {"judge": entry.judge, "prompt": entry.prompt, "prompt_version": entry.prompt_version,
+                "mode": entry.mode, "repeat": str(entry.repeat)}
+    if prompt_uri:
+        metadata["prompt_uri"] = prompt_uri
+    source = _source(entry.judge)
+    if entry.scores is None:
+        mlflow.log_feedback(trace_id=trace_id, name="overall", source=source, metadata=metadata,
+                            error=AssessmentError(error_code="JUDGE_FAILED", error_message=str(entry.error)[:1000]))
+        return
+    for name in SCORE_NAMES:
+        mlflow.log_feedback(trace_id=trace_id, name=name, value=entry.scores[name], source=source, metadata=metadata,
+                            rationale=entry.rationale[:10000] if name == "overall" and entry.rationale else None)
+
+
+def log_judged_traces(
+    judgments: Iterable[Mapping[str, Any]], *, run_id: str, tags: Mapping[str, str] | None = None,
+    prompt_versions: Mapping[str, tuple[str, int]] | None = None,
+) -> list[str]:
+    """Log every judgment row as a trace in `run_id`'s experiment, linked to that run.
+
+    judgments: judgment rows of one evaluation row (the judge step's judgments.jsonl).
+    run_id: the row's MLflow run.
+    tags: trace tags every trace gets (`row`, `row_kind`, `pipeline_run`); the rest come from the row.
+    prompt_versions: prompt id as the rows name it (e.g. `judge-single-v1`) -> (registered prompt
+        name, version), from `registry/prompts.register_prompts`, for `mlflow.linkedPrompts`.
+    Returns the trace ids, in the rows' order. Traces are written in the background; call
+    `mlflow.flush_trace_async_logging()` before reading them back.
+    """
+    import mlflow
+
+    rows = list(judgments)
+    messages = conversations(rows)
+    prompt_versions = prompt_versions or {}
+    trace_ids = []
+    for row in rows:
+        entries = judge_entries(row)
+        linked = sorted({prompt_versions[e.prompt_version] for e in entries if e.prompt_version in prompt_versions})
+        row_tags = {**{k: str(v) for k, v in (tags or {}).items()},
+                    "category": str(row.get("category", "")), "question_id": str(row["question_id"]),
+                    "turn": str(row.get("turn", 1)), "model": str(row.get("model", ""))}
+        if linked:
+            row_tags["mlflow.linkedPrompts"] = json.dumps([{"name": n, "version": str(v)} for n, v in linked])
+        with mlflow.start_span(TRACE_NAME, span_type="CHAT_MODEL", run_id=run_id) as span:
+            span.set_inputs({"messages": messages[(str(row["question_id"]), int(row.get("turn", 1)))]})
+            span.set_outputs(str(row.get("answer") or ""))
+            span.set_attributes({"answer_chars": row.get("answer_chars"), "korean_ratio": row.get("korean_ratio"),
+                                 "korean_penalty": row.get("korean_penalty")})
+            mlflow.update_current_trace(tags=row_tags)
+            for entry in entries:
+                version = prompt_versions.get(entry.prompt_version)
+                _log_entry(span.trace_id, entry, f"prompts:/{version[0]}/{version[1]}" if version else "")
+            if len(entries) > 1 and isinstance(row.get("score"), (int, float)) and row.get("scores") is not None:
+                jury = row.get("jury") or {}
+                mlflow.log_feedback(trace_id=span.trace_id, name=JURY_SCORE, value=float(row["score"]),
+                                    source=_source("", jury=True),
+                                    metadata={k: str(v) for k, v in jury.items()})
+            trace_ids.append(span.trace_id)
+    return trace_ids
