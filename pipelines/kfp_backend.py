@@ -78,20 +78,25 @@ def backend_version(host: str, token: str | None = None, *, timeout: float = TIM
     return None
 
 
-def check_backend_version(host: str, token: str | None = None, *, minimum: str = MIN_KFP_BACKEND) -> str:
-    """One line saying which backend version the host runs, when it is `minimum` or newer (or
-    reports none, which is said too: a development build, or a gateway that hides it).
+def check_backend_version(host: str, token: str | None = None, *, minimum: str = MIN_KFP_BACKEND) -> str | None:
+    """The backend version the host reports, when it is `minimum` or newer; None when it reports
+    none (a development build, or a gateway that hides it: see `describe`).
 
     Raises:
         KfpBackendError: the host runs an older backend (the message names the minimum and why),
             or cannot be asked.
     """
     reported = backend_version(host, token)
-    if reported is None:
-        return (f"Kubeflow Pipelines at {host.rstrip('/')} does not report its version: make sure it is "
-                f"{minimum} or newer ({MIN_KFP_BACKEND_REASON})")
-    if parse_version(reported) < parse_version(minimum):
+    if reported is not None and parse_version(reported) < parse_version(minimum):
         raise KfpBackendError(
             f"Kubeflow Pipelines at {host.rstrip('/')} runs backend {reported}; this pipeline needs {minimum} or newer "
             f"({MIN_KFP_BACKEND_REASON}): upgrade Kubeflow Pipelines (docs/run-on-kubeflow.md)")
+    return reported
+
+
+def describe(host: str, reported: str | None, minimum: str = MIN_KFP_BACKEND) -> str:
+    """One line for the user about the backend `check_backend_version` found."""
+    if reported is None:
+        return (f"Kubeflow Pipelines at {host.rstrip('/')} does not report its version: make sure it is "
+                f"{minimum} or newer ({MIN_KFP_BACKEND_REASON})")
     return f"Kubeflow Pipelines at {host.rstrip('/')} runs backend {reported} (needs {minimum} or newer)"

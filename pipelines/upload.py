@@ -29,6 +29,7 @@ from typing import Any
 import yaml
 
 from selfguided.components.images import PACKAGE_VERSION
+from selfguided.pipelines.kfp_backend import KfpBackendError, check_backend_version, describe
 
 DEFAULT_PACKAGE = "pipelines/selfguided_pipeline.yaml"
 TOKEN_ENV = "KFP_TOKEN"
@@ -86,7 +87,8 @@ def upload_pipeline(
 
     Raises:
         UploadError: a one-line reason: the package is missing or not a pipeline, the host is
-            unreachable or is not a KFP API, the credentials were refused (401/403), the version
+            unreachable or is not a KFP API, the credentials were refused (401/403), the backend is
+            older than the pipeline needs (pipelines/kfp_backend.py: MIN_KFP_BACKEND), the version
             name is taken.
     """
     package_path = Path(package_path)
@@ -96,6 +98,11 @@ def upload_pipeline(
     host = host.rstrip("/")
     version_name = version_name or default_version_name(package_path)
     _probe(host, existing_token)
+    try:
+        if check_backend_version(host, existing_token) is None:
+            print(f"upload: warning: {describe(host, None)}", file=sys.stderr)
+    except KfpBackendError as e:
+        raise UploadError(str(e)) from None
 
     import kfp
     import kfp_server_api

@@ -13,6 +13,7 @@ from selfguided.pipelines.kfp_backend import (
     KfpBackendError,
     backend_version,
     check_backend_version,
+    describe,
     parse_version,
 )
 
@@ -67,14 +68,15 @@ def test_old_backend_is_refused_with_the_minimum_named(kfp_host):
 
 @pytest.mark.parametrize("kfp_host", [("2.15.0", "tag_name"), ("2.16.1", "apiServerTagName")], indirect=True)
 def test_new_enough_backend_passes_from_the_api_or_the_ui_server(kfp_host):
-    line = check_backend_version(kfp_host.url)
-    assert "runs backend 2.1" in line
+    reported = check_backend_version(kfp_host.url)
+    assert reported.startswith("2.1") and "runs backend 2.1" in describe(kfp_host.url, reported)
 
 
 @pytest.mark.parametrize("kfp_host", [(None, "tag_name"), ("unknown", "tag_name")], indirect=True)
 def test_backend_without_a_version_passes_with_a_warning(kfp_host):
     assert backend_version(kfp_host.url) is None
-    assert f"make sure it is {MIN_KFP_BACKEND} or newer" in check_backend_version(kfp_host.url)
+    assert check_backend_version(kfp_host.url) is None
+    assert f"make sure it is {MIN_KFP_BACKEND} or newer" in describe(kfp_host.url, None)
 
 
 def test_refused_credentials_and_no_host_are_one_line():

@@ -46,6 +46,7 @@ class FakeKfp:
         self.requests: list[dict] = []
         self.token: str | None = None  # when set, every request needs `Authorization: Bearer <token>`
         self.login_page = False  # answer like an auth proxy: an HTML page instead of the API
+        self.backend_version = "2.15.0"  # what the API server's v1beta1 healthz reports as tag_name
         fake = self
 
         class Handler(QuietJsonHandler):
@@ -65,7 +66,9 @@ class FakeKfp:
                     return self._send(401, {"code": 16, "message": "Unauthenticated"})
                 route = (self.command, url.path)
                 if route == ("GET", f"{API}/healthz"):
-                    return self._send(200, {"commit_sha": "stand-in", "tag_name": "2.5.0", "multi_user": False})
+                    return self._send(200, {"multi_user": False})
+                if route == ("GET", "/apis/v1beta1/healthz"):
+                    return self._send(200, {"commit_sha": "stand-in", "tag_name": fake.backend_version, "multi_user": False})
                 if route == ("GET", f"{API}/pipelines"):
                     found = list(fake.pipelines.values())
                     for p in json.loads(query.get("filter") or '{"predicates": []}')["predicates"]:
@@ -245,3 +248,27 @@ def test_cli_options_and_defaults(monkeypatch):
     assert args.func is run_upload
     with pytest.raises(SystemExit):
         _parse(["upload", "--host", "http://localhost:8080"])  # --pipeline is required
+
+
+def test_an_old_backend_is_refused_before_anything_is_uploaded(kfp_api, capsys):
+    """Kubeflow 1.10 ships KFP 2.5: the pipeline would be accepted and fail on the cluster."""
+    from selfguided.pipelines.kfp_backend import MIN_KFP_BACKEND
+
+    from selfguided.pipelines.cli.main import main as cli_main
+
+    kfp_api.backend_version = "2.5.0"
+    assert cli_main(["upload", "--host", kfp_api.host, "--pipeline", "selfguided", "--package", str(PACKAGE)]) == 1
+    err = capsys.readouterr().err
+    assert "runs backend 2.5.0" in err and f"needs {MIN_KFP_BACKEND} or newer" in err
+    assert kfp_api.calls() == [] and kfp_api.versions == {}
+
+
+def test_submit_refuses_an_old_backend_naming_the_minimum(kfp_api, capsys):
+    from selfguided.pipelines.cli.main import main as cli_main
+    from selfguided.pipelines.kfp_backend import MIN_KFP_BACKEND
+
+    kfp_api.backend_version = "2.14.1"
+    assert cli_main(["submit", "--host", kfp_api.host, "--namespace", "kubeflow-user-example-com"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("submit: ") and "2.14.1" in err and f"needs {MIN_KFP_BACKEND} or newer" in err
+    assert kfp_api.calls() == [], "nothing was created on an old backend"

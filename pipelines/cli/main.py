@@ -2,6 +2,7 @@
 
 import argparse
 import importlib
+import os
 import sys
 from pathlib import Path
 
@@ -91,6 +92,16 @@ def cmd_compile(args: argparse.Namespace) -> int:
 def cmd_submit(args: argparse.Namespace) -> int:
     import kfp
 
+    from selfguided.pipelines.kfp_backend import KfpBackendError, check_backend_version, describe
+
+    # Before anything is compiled or started: an older backend would accept the run and fail it
+    # late, on the cluster (pipelines/kfp_backend.py says which features need which version).
+    try:
+        reported = check_backend_version(args.host, os.environ.get("KFP_TOKEN") or None)
+        print(describe(args.host, reported), flush=True)
+    except KfpBackendError as e:
+        print(f"submit: {e}", file=sys.stderr)
+        return 1
     from selfguided.pipelines.pipeline import self_guided_pipeline
 
     client = kfp.Client(host=args.host, namespace=args.namespace)
