@@ -30,6 +30,7 @@ from typing import Any, Iterable, Mapping
 
 from selfguided.components.judging.offline import OFFLINE_JUDGE_NAME
 from selfguided.components.judging.rules import SCORE_NAMES, mean_of_criteria
+from selfguided.components.registry.prompts import prompt_uri
 
 TRACE_NAME = "judged_answer"
 HUMAN_SCORE = "score"
@@ -181,7 +182,7 @@ def log_judged_traces(
             mlflow.update_current_trace(tags=row_tags)
             for entry in entries:
                 version = prompt_versions.get(entry.prompt_version)
-                _log_entry(span.trace_id, entry, f"prompts:/{version[0]}/{version[1]}" if version else "")
+                _log_entry(span.trace_id, entry, prompt_uri(version) if version else "")
             if len(entries) > 1 and isinstance(row.get("score"), (int, float)) and row.get("scores") is not None:
                 jury = row.get("jury") or {}
                 mlflow.log_feedback(trace_id=span.trace_id, name=JURY_SCORE, value=float(row["score"]),

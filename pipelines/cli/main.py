@@ -170,6 +170,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
               "selfguided.pipelines.cli.llm:add_score_parser"),
     "judge": ("grade model answers to eval questions with an LLM judge (FastChat formats)",
               "selfguided.pipelines.cli.llm:add_judge_parser"),
+    "review": ("queue a blind, stratified sample of judged answers for editors to grade in MLflow",
+               "selfguided.pipelines.cli.review:add_review_parsers"),
+    "calibrate": ("judge-human agreement: each judge and the jury against the editors' scores",
+                  "selfguided.pipelines.cli.review:add_review_parsers"),
 }
 
 
