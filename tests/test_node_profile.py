@@ -84,3 +84,27 @@ def test_a_cluster_profile_set_at_compile_time_sizes_the_pods(tmp_path):
     _assert_fits(requests, profile)
     assert (requests["exec-finetune"]["cpu"], requests["exec-finetune"]["memory"]) == (6, 48)
     assert requests["exec-register"]["memory"] == 12
+
+
+def test_every_task_names_its_image_pull_policy():
+    """The committed YAML's release tags may move (Always); CI compiles commit tags (IfNotPresent)."""
+    spec, k8s = _documents(COMMITTED)
+    for name in spec["deploymentSpec"]["executors"]:
+        assert k8s.get(name, {}).get("imagePullPolicy") == platform.IMAGE_PULL_POLICY, f"{name}: no pull policy"
+
+
+def test_register_reads_the_artifact_destination_at_run_time():
+    """Where MLflow keeps artifacts comes from the profile's ConfigMap (manifests/), never compiled in."""
+    spec, k8s = _documents(COMMITTED)
+    container = spec["deploymentSpec"]["executors"]["exec-register"]["container"]
+    assert "MLFLOW_ARTIFACTS_DESTINATION" not in {e["name"] for e in container.get("env", [])}
+    (mapping,) = k8s["exec-register"]["configMapAsEnv"]
+    assert mapping["configMapName"] == platform.MLFLOW_CONFIG_MAP_NAME
+    assert mapping["keyToEnv"] == [{"configMapKey": "MLFLOW_ARTIFACTS_DESTINATION", "envVar": "MLFLOW_ARTIFACTS_DESTINATION"}]
+
+
+def test_deploy_is_told_the_gpu_pool_for_the_inference_service_it_creates():
+    spec, _ = _documents(COMMITTED)
+    task = spec["root"]["dag"]["tasks"]["deploy"]["inputs"]["parameters"]
+    assert task["node_selector"]["runtimeValue"]["constant"] == platform.GPU_NODE_SELECTOR
+    assert task["tolerations"]["runtimeValue"]["constant"] == platform.GPU_TOLERATIONS
