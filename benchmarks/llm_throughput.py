@@ -49,8 +49,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from llm_server import FakeOpenAI  # noqa: E402
 
 from selfguided.components.data import load_seed, sample_path  # noqa: E402
-from selfguided.components.llm.client import LLMConfig  # noqa: E402
-from selfguided.components.judging.tasks import SCORE_PROMPT, load_prompt, score_with_llm  # noqa: E402
+from selfguided.components.llm.config import LLMConfig  # noqa: E402
+from selfguided.components.judging.prompts import SCORE_PROMPT, load_prompt  # noqa: E402
+from selfguided.components.judging.scoring import score_with_llm  # noqa: E402
 
 FASTCHAT_MAX_RETRY = 16  # FastChat llm_judge API_MAX_RETRY
 FASTCHAT_RETRY_SLEEP_S = 10.0  # FastChat llm_judge API_RETRY_SLEEP

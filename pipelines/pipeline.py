@@ -87,6 +87,14 @@ def _with_llm_secret(task: dsl.PipelineTask) -> dsl.PipelineTask:
     return task
 
 
+def _with_judge_keys(task: dsl.PipelineTask) -> dsl.PipelineTask:
+    # one key per jury judge on its own endpoint (judging/jury.py reads <mount>/<NAME>); optional,
+    # a jury on the run's endpoint or the offline judge needs none.
+    kubernetes.use_secret_as_volume(task, platform.JUDGE_KEYS_SECRET_NAME, mount_path=platform.JUDGE_KEYS_MOUNT_PATH,
+                                    optional=True)
+    return task
+
+
 def _with_s3_secret(task: dsl.PipelineTask) -> dsl.PipelineTask:
     # for `s3://` inputs and LLM caches; optional, a run on the cache volume needs none.
     kubernetes.use_secret_as_env(task, platform.S3_SECRET_NAME, platform.S3_SECRET_KEYS, optional=True)
@@ -125,6 +133,11 @@ def self_guided_pipeline(
     reference_categories: List[str] = list(REFERENCE_CATEGORIES),
     score_model: str = "gpt-4o",
     judge_model: str = "gpt-4o",
+    judges: str = "",
+    judge_repeats: int = 1,
+    min_judges: int = 0,
+    min_judge_agreement: float = 0.0,
+    jury_aggregate: str = "mean",
     llm_base_url: str = "",
     llm_concurrency: int = 8,
     llm_cache: str = f"{platform.CACHE_MOUNT_PATH}/llm-cache",
@@ -162,6 +175,13 @@ def self_guided_pipeline(
         reference_categories: categories judged against a reference answer, as FastChat does.
         score_model: LLM that scores the seed data; `offline-heuristic` needs no API.
         judge_model: LLM that grades the answers; `offline-heuristic` needs no API.
+        judges: a jury instead of judge_model alone: comma-separated `name` (on llm_base_url) or
+            `name@http://host/v1` (its own endpoint; its key from the selfguided-judge-keys Secret,
+            one key per judge, never a parameter); its score is the jury_aggregate of the judges'.
+        judge_repeats: grade a stratified sample this many times per judge (judge noise); 1 = once.
+        min_judges: judges an item needs for a jury score (0 = all); with fewer it fails, named.
+        min_judge_agreement: refuse a promotion when the judges' Krippendorff's alpha is below this (0 = off).
+        jury_aggregate: `mean` or `median` of the judges' scores.
         llm_base_url: OpenAI-compatible endpoint for score and judge (Azure, vLLM, ...); "" = OpenAI.
         llm_concurrency: concurrent LLM requests per step.
         llm_cache: LLM response cache (a path on the cache volume or `s3://bucket/prefix`; "" = none).
@@ -230,8 +250,9 @@ def self_guided_pipeline(
             row_kind="trained", base_model=run.base_model, arm=run.arm, row_model="",
             generate_seconds=generate_task.outputs["Output"], answer_cost_usd=0.0, note="", fallback="",
             model=judge_model, concurrency=llm_concurrency, cache=llm_cache, base_url=llm_base_url,
+            judges=judges, judge_repeats=judge_repeats, min_judges=min_judges, jury_aggregate=jury_aggregate,
         ).set_display_name("judge answers")
-        _sized(_with_s3_secret(_with_llm_secret(_with_cache_volume(judge_task))), "llm").set_retry(
+        _sized(_with_s3_secret(_with_llm_secret(_with_judge_keys(_with_cache_volume(judge_task)))), "llm").set_retry(
             num_retries=2, backoff_duration="60s")
 
     references = plan_references(base_models=base_models, reference_models=reference_models)
@@ -252,8 +273,9 @@ def self_guided_pipeline(
             answer_cost_usd=answer_task.outputs["answer_cost_usd"], note=answer_task.outputs["note"],
             fallback=answer_task.outputs["fallback"],
             model=judge_model, concurrency=llm_concurrency, cache=llm_cache, base_url=llm_base_url,
+            judges=judges, judge_repeats=judge_repeats, min_judges=min_judges, jury_aggregate=jury_aggregate,
         ).set_display_name("judge reference answers")
-        _sized(_with_s3_secret(_with_llm_secret(_with_cache_volume(reference_judge))), "llm").set_retry(
+        _sized(_with_s3_secret(_with_llm_secret(_with_judge_keys(_with_cache_volume(reference_judge)))), "llm").set_retry(
             num_retries=2, backoff_duration="60s")
 
     compare_task = compare(

@@ -50,7 +50,7 @@ def test_help_documents_every_option(capsys):
         for option in ("--model", "--concurrency", "--cache", "--batch", "--max-attempts", "--rate-limit-budget",
                        "--max-input-tokens", "OPENAI_BASE_URL"):
             assert option in text
-    assert "--reference" in text and "KoMT-Bench" in text
+    assert "--baseline" in text and "--judges" in text and "KoMT-Bench" in text
 
 
 def test_score_writes_scored_records_and_a_summary(server, tmp_path, capsys):
@@ -124,9 +124,9 @@ def test_judge_single_and_pair(server, tmp_path, capsys):
 
     assert selfguided("judge", tmp_path / "questions.jsonl", tmp_path / "small.jsonl", "--mode", "pair",
                       "-o", tmp_path / "pair.jsonl") == 2
-    assert "needs --reference" in capsys.readouterr().err
+    assert "needs --baseline" in capsys.readouterr().err
     assert selfguided("judge", tmp_path / "questions.jsonl", tmp_path / "small.jsonl", "--mode", "pair",
-                      "--reference", tmp_path / "ref.jsonl", "-o", tmp_path / "pair.jsonl") == 0
+                      "--baseline", tmp_path / "ref.jsonl", "-o", tmp_path / "pair.jsonl") == 0
     pairs = read_jsonl(tmp_path / "pair.jsonl")
     assert [r["winner"] for r in pairs] == ["model_2"] * 3 and pairs[0]["model_2"] == "ref"
     assert "judge: done=3 failed=0" in capsys.readouterr().out

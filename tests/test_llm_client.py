@@ -16,20 +16,16 @@ import pytest
 from llm_server import FakeOpenAI
 from moto.server import ThreadedMotoServer
 
-from selfguided.components.llm.client import (
-    AdaptiveConcurrency,
-    DirCache,
-    LLMClient,
-    LLMConfig,
+from selfguided.components.llm.cache import DirCache
+from selfguided.components.llm.client import LLMClient
+from selfguided.components.llm.config import LLMConfig, endpoint_configured
+from selfguided.components.llm.limits import AdaptiveConcurrency, RateGovernor, quota_exhausted, retry_after
+from selfguided.components.llm.request import (
     LLMRequest,
-    RateGovernor,
     UsageSummary,
     cache_key,
-    endpoint_configured,
     estimate_request_tokens,
     estimate_tokens,
-    quota_exhausted,
-    retry_after,
 )
 
 pytestmark = pytest.mark.timeout(120)
@@ -317,7 +313,8 @@ CHILD = textwrap.dedent(
     import sys
     sys.path.insert(0, {tests!r})
     from test_llm_client import make_requests
-    from selfguided.components.llm.client import LLMClient, LLMConfig
+    from selfguided.components.llm.client import LLMClient
+    from selfguided.components.llm.config import LLMConfig
     config = LLMConfig(base_url={base_url!r}, api_key="test", progress=False, cache={cache!r},
                        concurrency=2, batch={batch!r}, poll_interval_s=0.1)
     LLMClient(config).run(make_requests({n}))

@@ -9,16 +9,14 @@ import pytest
 from llm_server import FakeOpenAI, ratings_for
 
 from selfguided.components.data import DataError
-from selfguided.components.llm.client import LLMConfig
+from selfguided.components.llm.config import LLMConfig
 from selfguided.components.judging.rules import KOREAN_MIN_RATIO, korean_ratio
-from selfguided.components.judging.tasks import (
-    judge_with_llm,
-    load_answers,
-    load_prompt,
-    parse_pair_verdict,
-    parse_ratings,
-    score_with_llm,
-)
+from selfguided.components.judging.answers import load_answers
+from selfguided.components.judging.llm_judge import judge_with_llm
+from selfguided.components.judging.pairwise import judge_pairs
+from selfguided.components.judging.prompts import load_prompt
+from selfguided.components.judging.scoring import score_with_llm
+from selfguided.components.judging.verdicts import parse_pair_verdict, parse_ratings
 from selfguided.components.model.prompting import CRITERIA
 
 pytestmark = pytest.mark.timeout(120)
@@ -137,7 +135,7 @@ def test_score_with_llm_returns_the_design_shape(server, mode):
         assert row["scores"] == expected
         assert row["score"] == pytest.approx(sum(expected.values()) / 4)
         assert row["judge"]["model"] == "gpt-4o" and row["judge"]["prompt"] == "score"
-        assert row["judge"]["prompt_version"] == 1 and row["judge"]["rationale"]
+        assert row["judge"]["prompt_version"] == "1" and row["judge"]["rationale"]
         assert "error" not in row and row["instruction"] == record["instruction"]
     assert scored[-1]["score"] > scored[0]["score"]  # the fake judge likes longer answers
     assert (usage.records, usage.done, usage.failed, usage.parse_success_rate) == (6, 6, 0, 1.0)
@@ -174,7 +172,7 @@ def test_single_grading_rows_and_the_korean_penalty(server):
     korean, english = rows
     assert set(korean) >= {"question_id", "model", "judge", "user_prompt", "judgment", "score", "scores",
                            "category", "turn", "tstamp", "error", "korean_penalty"}
-    assert korean["judge"] == ["gpt-4o", "judge-single-v1"] and korean["turn"] == 1
+    assert korean["judge"] == {"model": "gpt-4o", "prompt": "judge-single", "prompt_version": "1", "mode": "single"} and korean["turn"] == 1
     assert korean["model"] == "m" and korean["category"] == "poem" and korean["error"] is None
     assert KOREAN_POEM in korean["user_prompt"] and '"overall"' in korean["judgment"]
     raw = ratings_for(KOREAN_POEM)
@@ -194,7 +192,7 @@ def test_every_turn_is_judged_and_later_turns_see_the_conversation(server):
     rows, usage = judge_with_llm([question], [answer(7, "m", KOREAN_POEM, revised)], config(server))
     first, second = rows
     assert (first["turn"], second["turn"]) == (1, 2) and usage.done == 2
-    assert second["judge"] == ["gpt-4o", "judge-single-multi-v1"]
+    assert second["prompt"] == "judge-single-multi-v1" and second["judge"]["prompt"] == "judge-single"
     # The judge of turn 2 sees turn 1 and the model's own first answer, and grades the revision.
     prompt = second["user_prompt"]
     assert question["turns"][0] in prompt and KOREAN_POEM in prompt and question["turns"][1] in prompt
@@ -204,7 +202,7 @@ def test_every_turn_is_judged_and_later_turns_see_the_conversation(server):
 def test_questions_with_a_reference_answer_are_judged_against_it(server):
     question = {"question_id": 9, "category": "math", "turns": ["2+2는?", "그럼 3+3은?"], "reference": ["4", "6"]}
     rows, _ = judge_with_llm([question], [answer(9, "m", "답은 4입니다.", "답은 6입니다.")], config(server))
-    assert [r["judge"][1] for r in rows] == ["judge-single-ref-v1", "judge-single-multi-ref-v1"]
+    assert [r["prompt"] for r in rows] == ["judge-single-ref-v1", "judge-single-multi-ref-v1"]
     assert "[Reference Answer]\n4\n" in rows[0]["user_prompt"] and "[Reference Answer]\n6\n" in rows[1]["user_prompt"]
     assert all(r["error"] is None for r in rows)
 
@@ -218,28 +216,27 @@ def test_a_failed_judgment_scores_minus_one(server):
 def test_pairwise_grading_swaps_positions():
     long_answer, short_answer = KOREAN_POEM + "\n" + KOREAN_POEM, "봄이다"
     answers = [answer(1, "small", long_answer), answer(2, "small", short_answer)]
-    reference = [answer(1, "ref", short_answer), answer(2, "ref", long_answer)]
+    baseline = [answer(1, "ref", short_answer), answer(2, "ref", long_answer)]
     with FakeOpenAI() as server:
-        rows, usage = judge_with_llm(QUESTIONS, answers, config(server), mode="pair", reference_answers=reference)
+        rows, usage = judge_pairs(QUESTIONS, answers, baseline, config(server))
     first, second = rows
     assert (first["g1_winner"], first["g2_winner"], first["winner"]) == ("model_1", "model_1", "model_1")
     assert (second["g1_winner"], second["g2_winner"], second["winner"]) == ("model_2", "model_2", "model_2")
     assert first["model_1"] == "small" and first["model_2"] == "ref"
-    assert first["judge"] == ["gpt-4o", "judge-pair-v1"]
+    assert first["judge"] == {"model": "gpt-4o", "prompt": "judge-pair", "prompt_version": "1", "mode": "pair"}
     assert first["g1_user_prompt"].index(long_answer) < first["g1_user_prompt"].index(short_answer)
     assert first["g2_user_prompt"].index(short_answer) < first["g2_user_prompt"].index(long_answer)
     assert usage.pair_consistency == 1.0 and usage.records == 2
 
     with FakeOpenAI(position_bias=True) as biased:  # always picks the first answer shown
-        rows, usage = judge_with_llm(QUESTIONS, answers, config(biased), mode="pair", reference_answers=reference)
+        rows, usage = judge_pairs(QUESTIONS, answers, baseline, config(biased))
     assert [r["winner"] for r in rows] == ["inconsistent", "inconsistent"]
     assert usage.pair_consistency == 0.0
 
 
 def test_pairwise_korean_answer_beats_a_non_korean_one(server):
     english = ENGLISH_POEM * 3  # longer, so the fake judge prefers it in both orders
-    rows, _ = judge_with_llm(QUESTIONS[:1], [answer(1, "small", english)], config(server), mode="pair",
-                             reference_answers=[answer(1, "ref", KOREAN_POEM)])
+    rows, _ = judge_pairs(QUESTIONS[:1], [answer(1, "small", english)], [answer(1, "ref", KOREAN_POEM)], config(server))
     [row] = rows
     assert (row["g1_winner"], row["g2_winner"]) == ("model_1", "model_1")  # the judge's own verdicts
     assert row["winner"] == "model_2"
@@ -249,8 +246,8 @@ def test_pairwise_korean_answer_beats_a_non_korean_one(server):
 def test_judge_input_errors_name_the_culprit(server, tmp_path):
     with pytest.raises(DataError, match="question_id 99 is not among the questions"):
         judge_with_llm(QUESTIONS, [answer(99, "m", KOREAN_POEM)], config(server))
-    with pytest.raises(ValueError, match="needs reference_answers"):
-        judge_with_llm(QUESTIONS, [answer(1, "m", KOREAN_POEM)], config(server), mode="pair")
+    with pytest.raises(ValueError, match="needs the baseline"):
+        judge_pairs(QUESTIONS, [answer(1, "m", KOREAN_POEM)], [], config(server))
     path = tmp_path / "answers.jsonl"
     path.write_text(json.dumps(answer(1, "m", "x")) + "\n" + json.dumps({"question_id": 2, "model_id": "m",
                                                                           "choices": []}) + "\n", encoding="utf-8")

@@ -3,7 +3,7 @@
 import pytest
 from llm_server import FakeOpenAI
 
-from selfguided.components.llm.client import model_endpoint
+from selfguided.components.llm.config import model_endpoint
 from selfguided.components.steps.preflight import PreflightError, run_preflight
 
 

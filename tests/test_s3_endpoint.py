@@ -8,7 +8,7 @@ import pytest
 from servers import S3_CREDENTIALS, S3_REGION, s3_server  # noqa: F401 (fixture)
 
 from selfguided.components.data import fetch_input, load_seed, s3_client, s3_endpoint
-from selfguided.components.llm.client import open_cache
+from selfguided.components.llm.cache import open_cache
 
 
 @pytest.fixture

@@ -20,10 +20,20 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from selfguided.components.judging.rules import korean_ratio
+from selfguided.components.judging.answers import answer_turns, check_answers
+from selfguided.components.judging.rules import (
+    JudgeIdentity,
+    judgment_row,
+    korean_ratio,
+    mean_of_criteria,
+    reference_for,
+)
 
 OFFLINE_JUDGE_NAME = "offline-heuristic"
-OFFLINE_PROMPT_VERSION = "heuristic-v1"
+OFFLINE_JUDGE = JudgeIdentity(OFFLINE_JUDGE_NAME, "heuristic", "1", "single")
+"""The stand-in as a judge of answers (label `offline-heuristic/heuristic-v1`)."""
+OFFLINE_SCORER = JudgeIdentity(OFFLINE_JUDGE_NAME, "heuristic", "1", "score")
+"""The stand-in as the scorer of seed records."""
 
 # Typical length (characters) of a good answer per category; other categories get the default.
 _TARGET_CHARS = {"cover_letter": 450, "poem": 160, "blog": 450, "novel": 450, "scenario": 400, "news": 400}
@@ -110,6 +120,19 @@ def heuristic_scores(
     return scores, rationale
 
 
-def judge_block(rationale: str) -> dict[str, Any]:
-    return {"model": OFFLINE_JUDGE_NAME, "prompt": OFFLINE_JUDGE_NAME, "prompt_version": OFFLINE_PROMPT_VERSION,
-            "rationale": rationale}
+def judge_offline(questions: list[dict[str, Any]], answers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Grade every answer turn with the stand-in (no LLM, no network): one judgment row per turn."""
+    by_id = {q["question_id"]: q for q in questions}
+    check_answers(answers, by_id)
+    judgments = []
+    for answer in answers:
+        question = by_id[answer["question_id"]]
+        for turn, text in enumerate(answer_turns(answer), start=1):
+            scores, rationale = heuristic_scores(question["category"], question["turns"][turn - 1], text,
+                                                 reference=reference_for(question, turn) or None)
+            judgments.append(judgment_row(
+                question=question, turn=turn, answer=text, model=answer.get("model_id", "unknown"),
+                judge=OFFLINE_JUDGE, user_prompt=question["turns"][turn - 1],
+                judgment=rationale, ratings={**scores, "overall": mean_of_criteria(scores)}, error=None,
+            ))
+    return judgments

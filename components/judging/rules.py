@@ -12,6 +12,8 @@
 - One row builder, `judgment_row`: a FastChat `model_judgment` row extended with the four
   criteria, the turn, the category and whether it was trained on (`seen`), the answer's length
   and the Korean rule's figures.
+- Who graded: `JudgeIdentity` (model, prompt name, prompt version, mode), the one shape of a
+  judge's identity in judgments, scored records, summaries and the gate.
 - Rows of an evaluation have a readable label (`row_label`), for tables only: identity travels
   as separate fields (row_kind, base_model, arm), never parsed back from a label.
 """
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
 from selfguided.components.model.prompting import CRITERIA
@@ -27,6 +30,57 @@ from selfguided.components.model.prompting import CRITERIA
 SCORE_NAMES: tuple[str, ...] = (*CRITERIA, "overall")
 KOREAN_MIN_RATIO = 0.5
 ROW_KINDS: tuple[str, ...] = ("trained", "base", "teacher", "champion")
+
+
+JUDGE_MODES: tuple[str, ...] = ("single", "pair", "score")
+
+
+@dataclass(frozen=True)
+class JudgeIdentity:
+    """Who graded: the judge model, the prompt it was given (name and version) and the mode.
+
+    `label` ("gpt-4o/judge-single-v1", "offline-heuristic/heuristic-v1") is what the gate compares:
+    two rows are comparable only when graded by the same label. A jury has an identity too (see
+    `judging.jury.jury_identity`); a jury of one is its judge.
+    """
+
+    model: str
+    """The judge model as its endpoint knows it, `offline-heuristic`, or a jury's `jury(...)` name."""
+    prompt: str
+    """Prompt name, e.g. `judge-single` (components/judging/prompts/<name>-v<version>.json)."""
+    prompt_version: str
+    """Prompt version, e.g. `1`; a new wording is a new version."""
+    mode: str = "single"
+    """`single` (grade one answer), `pair` (compare two answers) or `score` (rate a seed record)."""
+
+    def __post_init__(self) -> None:
+        if self.mode not in JUDGE_MODES:
+            raise ValueError(f"unknown judge mode {self.mode!r} (known: {', '.join(JUDGE_MODES)})")
+
+    @property
+    def name(self) -> str:
+        return self.model
+
+    @property
+    def prompt_id(self) -> str:
+        return f"{self.prompt}-v{self.prompt_version}"
+
+    @property
+    def label(self) -> str:
+        return f"{self.model}/{self.prompt_id}"
+
+    def to_json(self) -> dict[str, str]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> JudgeIdentity:
+        """From `to_json`'s dict; a missing or unknown field is a ValueError naming it."""
+        if not isinstance(data, Mapping):
+            raise ValueError(f"a judge identity is an object with model, prompt, prompt_version, mode; got {data!r}")
+        missing = [f for f in ("model", "prompt", "prompt_version") if not data.get(f)]
+        if missing:
+            raise ValueError(f"judge identity {dict(data)!r} lacks {', '.join(missing)}")
+        return cls(str(data["model"]), str(data["prompt"]), str(data["prompt_version"]), str(data.get("mode", "single")))
 
 
 def mean_of_criteria(scores: Mapping[str, float]) -> float:
@@ -90,7 +144,7 @@ def judgment_row(
     turn: int,
     answer: str,
     model: str,
-    judge: tuple[str, str],
+    judge: JudgeIdentity,
     user_prompt: str,
     judgment: str,
     ratings: Mapping[str, float] | None,
@@ -108,7 +162,7 @@ def judgment_row(
     return {
         "question_id": question["question_id"],
         "model": model,
-        "judge": list(judge),
+        "judge": judge.to_json(),
         "user_prompt": user_prompt,
         "judgment": judgment,
         "score": score,

@@ -1,9 +1,9 @@
 """Step 5, judge: Vicuna-style grading of one row's answers (every turn), per category.
 
 Every answer turn is graded on helpfulness, relevance, accuracy and level of detail plus an
-overall score (1-10), by an LLM judge through the client layer or, without an API, by the
-`offline-heuristic` stand-in. The rules (criteria, Korean penalty, the judgment row) are
-`judging.py`'s, the same for both judges. The summary (per category and criterion, plus
+overall score (1-10), by a jury (judging/jury.py: one judge by default) whose judges are LLMs
+through the client layer or, without an API, the `offline-heuristic` stand-in. The rules
+(criteria, Korean penalty, the judgment row) are judging/rules.py's, the same for every judge. The summary (per category and criterion, plus
 `judge/overall`, the mean over categories so that every category weighs the same) carries the
 row's identity as it was given to the step, never parsed from a label, and feeds the compare
 and register steps, the KFP Metrics artifact and the reports.
@@ -23,72 +23,42 @@ from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Metrics, Output
 
 from selfguided.components.data import CATEGORIES, load_questions, write_jsonl
 from selfguided.components.images import CPU_IMAGE
-from selfguided.components.judging.rules import (
-    SCORE_NAMES,
-    judged_ok,
-    judgment_row,
-    mean_of_criteria,
-    reference_for,
-    row_label,
-)
-from selfguided.components.judging.tasks import JUDGE_PROMPTS, answer_turns, check_answers, load_answers
-from selfguided.components.judging.offline import OFFLINE_JUDGE_NAME, OFFLINE_PROMPT_VERSION, heuristic_scores
+from selfguided.components.judging.answers import load_answers
+from selfguided.components.judging.jury import JuryConfig, judge_with_jury, jury_cost_usd, parse_judges
+from selfguided.components.judging.offline import OFFLINE_JUDGE_NAME
+from selfguided.components.judging.rules import SCORE_NAMES, judged_ok, row_label
 from selfguided.components.model.prompting import CRITERIA
-
-
-def judge_offline(questions: list[dict[str, Any]], answers: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Grade every answer turn with the deterministic `offline-heuristic` stand-in (no LLM, no network)."""
-    by_id = {q["question_id"]: q for q in questions}
-    check_answers(answers, by_id)
-    judgments = []
-    for answer in answers:
-        question = by_id[answer["question_id"]]
-        for turn, text in enumerate(answer_turns(answer), start=1):
-            scores, rationale = heuristic_scores(question["category"], question["turns"][turn - 1], text,
-                                                 reference=reference_for(question, turn) or None)
-            judgments.append(judgment_row(
-                question=question, turn=turn, answer=text, model=answer.get("model_id", "unknown"),
-                judge=(OFFLINE_JUDGE_NAME, OFFLINE_PROMPT_VERSION), user_prompt=question["turns"][turn - 1],
-                judgment=rationale, ratings={**scores, "overall": mean_of_criteria(scores)}, error=None,
-            ))
-    return judgments
 
 
 def judge_answers(
     questions: list[dict[str, Any]], answers: list[dict[str, Any]], model: str, *, concurrency: int = 8,
-    cache: str = "", base_url: str = "",
-) -> tuple[list[dict[str, Any]], dict[str, float]]:
-    """Grade answers with `model` (LLM client layer) or offline; returns judgments and usage metrics.
+    cache: str = "", base_url: str = "", judges: str = "", repeats: int = 1, min_judges: int = 0,
+    aggregate: str = "mean",
+) -> tuple[list[dict[str, Any]], dict[str, float], dict[str, Any]]:
+    """Grade answers with the jury `judges` ("" = `model` alone: a jury of one), each judge through
+    the LLM client layer or offline; returns judgments, usage metrics and the jury's usage.
 
     A turn the row did not answer (an API teacher that failed, see `error` on the answer row) is
     a failed judgment that says why: counted, never scored.
     """
-    if model == OFFLINE_JUDGE_NAME:
-        judgments, usage = judge_offline(questions, answers), {}
-        prompt_id = OFFLINE_PROMPT_VERSION
+    jury = JuryConfig(parse_judges(judges, default=model), aggregate=aggregate, min_judges=min_judges,
+                      repeats=repeats, concurrency=concurrency, cache=cache, base_url=base_url)
+    judgments, jury_usage = judge_with_jury(questions, answers, jury)
+    usage: dict[str, float] = {}
+    if len(jury_usage["judges"]) == 1:
+        usage = dict(jury_usage["judges"][0]["metrics"])
     else:
-        from selfguided.components.llm.client import llm_step_config
-        from selfguided.components.judging.tasks import MULTI_TURN_PROMPT, judge_with_llm
-
-        config = llm_step_config("judge", model, base_url=base_url, concurrency=concurrency, cache=cache)
-        judgments, llm_usage = judge_with_llm(questions, answers, config)
-        usage, prompt_id = llm_usage.to_metrics("judge"), MULTI_TURN_PROMPT
-    by_id = {q["question_id"]: q for q in questions}
-    for answer in answers:
-        question = by_id[answer["question_id"]]
-        for turn in range(len(answer_turns(answer)) + 1, len(question["turns"]) + 1):
-            judgments.append(judgment_row(
-                question=question, turn=turn, answer="", model=answer.get("model_id", "unknown"),
-                judge=(model, prompt_id), user_prompt="", judgment="",
-                ratings=None, error=f"not answered: {answer.get('error') or 'the row gave no answer to this turn'}",
-            ))
-    return judgments, usage
+        for judge in jury_usage["judges"]:
+            usage |= {name.replace("llm/judge/", f"llm/judge/{judge['judge']['model']}/", 1): value
+                      for name, value in judge["metrics"].items()}
+        usage["llm/judge/cost_usd"] = jury_cost_usd(jury_usage)
+    return judgments, usage, jury_usage
 
 
 def summarize_judgments(
     judgments: list[dict[str, Any]], *, row_kind: str, base_model: str = "", arm: str = "", model: str = "",
     judge_model: str, prompt_version: str, usage: dict[str, float] | None = None, generate_seconds: float = 0.0,
-    llm_cost_usd: float = 0.0,
+    llm_cost_usd: float = 0.0, jury: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Per-category means of each criterion and overall, `judge/...` metric names for MLflow and
     KFP, and the row's identity as given (row_kind, base_model, arm, model)."""
@@ -125,6 +95,7 @@ def summarize_judgments(
         "generate_seconds": generate_seconds,
         "llm_cost_usd": llm_cost_usd,
         "usage": usage or {},
+        "jury": jury,
     }
 
 
@@ -142,9 +113,29 @@ def judge_report_markdown(summary: dict[str, Any]) -> str:
     for category, values in summary["categories"].items():
         lines.append(f"| {category} | {values['n']} | " + " | ".join(f"{values[n]:.2f}" for n in SCORE_NAMES) + " |")
     lines += ["", f"**Overall (mean over categories): {summary['overall']:.2f}**"]
+    lines += jury_lines(summary.get("jury"))
     if summary["usage"]:
         lines += ["", "## LLM usage", ""] + [f"- {k}: {v}" for k, v in sorted(summary["usage"].items())]
     return "\n".join(lines) + "\n"
+
+
+def jury_lines(jury: dict[str, Any] | None) -> list[str]:
+    """The jury's members, what each lacks and costs (Markdown lines); none for a jury of one."""
+    if not jury or jury["size"] < 2 and jury["repeats"] < 2:
+        return []
+    lines = ["", f"## Jury: {jury['size']} judge(s), {jury['aggregate']} of the judges; an item needs "
+                 f"{jury['min_judges']}; {jury['repeats']} grading(s) of the repeated sample", "",
+             "| judge | endpoint | items | missing | cost (USD) |", "|---|---|---|---|---|"]
+    for judge in jury["judges"]:
+        lines.append(f"| {judge['judge']['model']} | {judge['endpoint'] or 'run endpoint'} | {judge['items']} | "
+                     f"{judge['missing']} | {judge['cost_usd']:.4f} |")
+    for judge in jury["judges"]:
+        if judge["missing"]:
+            lines.append(f"\n{judge['judge']['model']} lacks {judge['missing']} item(s): "
+                         + "; ".join(judge["errors"]))
+    if jury["partial_items"]:
+        lines.append(f"\n{jury['partial_items']} item(s) were scored by fewer than all judges.")
+    return lines
 
 
 def judge_report_html(summary: dict[str, Any]) -> str:
@@ -187,9 +178,11 @@ def run_judge_step(
     questions_path: str, answers_path: str, model: str, judgments_path: str, summary_path: str,
     report_path: str, html_path: str, *, row_kind: str, base_model: str = "", arm: str = "", row_model: str = "",
     generate_seconds: float = 0.0, llm_cost_usd: float = 0.0, note: str = "", fallback: str = "",
-    concurrency: int = 8, cache: str = "", base_url: str = "",
+    concurrency: int = 8, cache: str = "", base_url: str = "", judges: str = "", repeats: int = 1,
+    min_judges: int = 0, aggregate: str = "mean",
 ) -> dict[str, Any]:
-    """Judge one row's answers and write its judgments, summary and reports.
+    """Judge one row's answers (by the jury `judges`, "" = `model` alone) and write its judgments,
+    summary and reports.
 
     A reference row that could not answer (no champion yet) comes with a `note` and no answers:
     its summary says why, and `fallback` (JSON: the champion's logged metrics and judge) travels
@@ -199,8 +192,9 @@ def run_judge_step(
     answers = load_answers(answers_path, allow_empty=bool(note))  # a reference row that could not answer
     if not answers and not note:
         raise ValueError(f"{answers_path}: no answers to judge")
-    judgments, usage = judge_answers(questions, answers, model, concurrency=concurrency, cache=cache,
-                                     base_url=base_url)
+    judgments, usage, jury = judge_answers(questions, answers, model, concurrency=concurrency, cache=cache,
+                                           base_url=base_url, judges=judges, repeats=repeats, min_judges=min_judges,
+                                           aggregate=aggregate)
     write_jsonl(judgments_path, judgments)
     if answers and row_kind == "trained" and not any(judged_ok(j) for j in judgments):
         # Registering a model with no scores would only hide the failure; a retry may succeed.
@@ -209,12 +203,13 @@ def run_judge_step(
                            f"judgments kept in {judgments_path}")
     if answers and not any(judged_ok(j) for j in judgments):  # a reference row: reported, not fatal
         note = note or "every judgment failed, e.g. " + "; ".join(sorted({str(j.get("error")) for j in judgments})[:2])
-    # The judge of a row is the judge model and its prompt set (the turn-1 prompt names the set's
-    # version), the same for every row graded alike, so the gate can tell comparable rows apart.
-    prompt_version = OFFLINE_PROMPT_VERSION if model == OFFLINE_JUDGE_NAME else JUDGE_PROMPTS["single"]
+    # The judge of a row is the jury's identity (its judge's, for a jury of one): the judge model
+    # and its prompt set, the same for every row graded alike, so the gate can tell comparable rows apart.
+    identity = jury["identity"]
     summary = summarize_judgments(judgments, row_kind=row_kind, base_model=base_model, arm=arm, model=row_model,
-                                  judge_model=model, prompt_version=prompt_version, usage=usage,
-                                  generate_seconds=generate_seconds, llm_cost_usd=llm_cost_usd)
+                                  judge_model=identity["model"],
+                                  prompt_version=f"{identity['prompt']}-v{identity['prompt_version']}", usage=usage,
+                                  generate_seconds=generate_seconds, llm_cost_usd=llm_cost_usd, jury=jury)
     summary["note"] = note
     summary["fallback"] = json.loads(fallback) if fallback else None
     summary["answer_model"] = answers[0].get("model_id", "unknown") if answers else ""  # what the judgments name
@@ -246,6 +241,10 @@ def judge(
     concurrency: int,
     cache: str,
     base_url: str,
+    judges: str,
+    judge_repeats: int,
+    min_judges: int,
+    jury_aggregate: str,
     judgments: Output[Dataset],
     summary: Output[Artifact],
     metrics: Output[Metrics],
@@ -269,6 +268,11 @@ def judge(
         concurrency: concurrent LLM requests.
         cache: LLM response cache (directory on a PVC or `s3://bucket/prefix`); "" = no cache.
         base_url: OpenAI-compatible endpoint (Azure, vLLM, ...); "" = OPENAI_BASE_URL or OpenAI.
+        judges: the jury, comma-separated `name` (on base_url) or `name@url` (its own endpoint, its
+            key from SELFGUIDED_JUDGE_KEY_<NAME> or the selfguided-judge-keys Secret); "" = `model` alone.
+        judge_repeats: gradings of a stratified sample by every judge (judge noise); 1 = none.
+        min_judges: judges an item needs for a jury score (0 = all); fewer: the item fails, named.
+        jury_aggregate: `mean` or `median` of the judges' scores.
         judgments: FastChat model_judgment rows with the four criteria (JSONL).
         summary: the row's identity, per-category scores and `judge/...` metrics (JSON).
         metrics: the `judge/<category>/<criterion>` scores, shown in the Kubeflow UI.
@@ -280,7 +284,8 @@ def judge(
     result = run_judge_step(questions.path, answers.path, model, judgments.path, summary.path, report.path,
                             chart.path, row_kind=row_kind, base_model=base_model, arm=arm, row_model=row_model,
                             generate_seconds=generate_seconds, llm_cost_usd=answer_cost_usd, note=note,
-                            fallback=fallback, concurrency=concurrency, cache=cache, base_url=base_url)
+                            fallback=fallback, concurrency=concurrency, cache=cache, base_url=base_url,
+                            judges=judges, repeats=judge_repeats, min_judges=min_judges, aggregate=jury_aggregate)
     for name, value in result["metrics"].items():
         metrics.log_metric(name, value)
     summary.metadata.update({"row": result["row"], "overall": result["overall"]})

@@ -16,8 +16,9 @@ from typing import List
 from kfp.dsl.component_decorator import component  # `dsl.component` is absent when a step runs (_KFP_RUNTIME)
 
 from selfguided.components.images import CPU_IMAGE
+from selfguided.components.judging.offline import OFFLINE_JUDGE_NAME
 
-OFFLINE_MODELS = ("offline-heuristic",)
+OFFLINE_MODELS = (OFFLINE_JUDGE_NAME,)
 
 
 class PreflightError(RuntimeError):
@@ -27,7 +28,7 @@ class PreflightError(RuntimeError):
 def run_preflight(*, tracking_uri: str, experiment_name: str, registered_model_name: str, llm_models: List[str],
                   llm_base_url: str = "") -> List[str]:
     """Check everything the run needs; returns what was checked, raises PreflightError otherwise."""
-    from selfguided.components.llm.client import check_endpoint, endpoint_config
+    from selfguided.components.llm.config import check_endpoint, endpoint_config
     from selfguided.components.registry.auth import TrackingAccessError, check_tracking_access
 
     problems, checked = [], []

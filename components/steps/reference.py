@@ -82,7 +82,7 @@ def answer_teacher(model: str, questions: list[dict[str, Any]], *, base_url: str
                    ) -> ReferenceAnswers:
     """An API model through the LLM client layer; its cost is measured."""
     from selfguided.components.llm.config import endpoint_config
-    from selfguided.components.judging.tasks import answer_with_llm
+    from selfguided.components.judging.teacher import answer_with_llm
 
     config = endpoint_config("teacher", model, base_url=base_url, concurrency=concurrency, cache=cache)
     model = config.model

@@ -6,14 +6,13 @@ and `judge` (model, prompt name and version, rationale). A record that could not
 go to the rejects file with file, line and reason, and the report counts them.
 
 Before any request, a record whose scoring prompt would be larger than the scorer takes
-(`max_input_tokens`, LLMConfig's default; sized with `llm.estimate_tokens`, no tokenizer and no
+(`max_input_tokens`, LLMConfig's default; sized with `llm.request.estimate_tokens`, no tokenizer and no
 network) joins the rejects with its estimated tokens and characters: it would be a paid request
 that fails on the model's context, or a verdict on a truncated text. The offline judge applies
 the same budget, so an offline run and an LLM run score the same records.
 """
 
 
-import json
 import statistics
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -22,84 +21,12 @@ from typing import Any
 from kfp.dsl.component_decorator import component  # `dsl.component` is absent when a step runs (_KFP_RUNTIME)
 from kfp.dsl import Dataset, Markdown, Metrics, Output
 
-from selfguided.components.data import CATEGORIES, CATEGORY_LABELS_KO, LoadResult, Reject, fetch_input, load_seed, write_jsonl
-from selfguided.components.llm.client import DEFAULT_MAX_INPUT_TOKENS
-from selfguided.components.judging.offline import (
-    OFFLINE_JUDGE_NAME,
-    heuristic_scores,
-    judge_block,
-)
-from selfguided.components.judging.rules import mean_of_criteria
+from selfguided.components.data import CATEGORIES, fetch_input, load_seed, write_jsonl
+from selfguided.components.judging.offline import OFFLINE_JUDGE_NAME
+from selfguided.components.judging.scoring import score_records, set_aside_too_long
+from selfguided.components.llm.config import DEFAULT_MAX_INPUT_TOKENS
 from selfguided.components.model.prompting import CRITERIA
 from selfguided.components.images import CPU_IMAGE
-
-
-def score_offline(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Score with the deterministic `offline-heuristic` stand-in (no LLM, no network)."""
-    scored = []
-    for record in records:
-        request = f"{record['instruction']}\n{record.get('input', '')}"
-        scores, rationale = heuristic_scores(record["category"], request, record["output"])
-        scored.append({**record, "scores": scores, "score": mean_of_criteria(scores), "judge": judge_block(rationale)})
-    return scored
-
-
-def score_records(
-    records: list[dict[str, Any]], model: str, *, concurrency: int = 8, cache: str = "", base_url: str = ""
-) -> tuple[list[dict[str, Any]], dict[str, float]]:
-    """Score with `model` through the LLM client layer, or offline when model is `offline-heuristic`.
-
-    Returns the scored records (same order) and usage metrics (tokens, cost, parse rate).
-    """
-    if model == OFFLINE_JUDGE_NAME:
-        return score_offline(records), {}
-    from selfguided.components.llm.client import llm_step_config
-    from selfguided.components.judging.tasks import score_with_llm
-
-    config = llm_step_config("score", model, base_url=base_url, concurrency=concurrency, cache=cache)
-    scored, usage = score_with_llm(records, config)
-    return scored, usage.to_metrics("score")
-
-
-def scoring_prompt_tokens(record: dict[str, Any]) -> int:
-    """Estimated prompt tokens of the request that scores `record` (`llm.estimate_request_tokens`)."""
-    from selfguided.components.llm.client import estimate_request_tokens
-    from selfguided.components.judging.tasks import SCORE_PROMPT, load_prompt
-
-    request = load_prompt(SCORE_PROMPT).request(  # the fields score_with_llm fills in
-        category=record["category"],
-        category_label=CATEGORY_LABELS_KO.get(record["category"], record["category"]),
-        instruction=record["instruction"],
-        input=record.get("input") or "(없음)",
-        output=record["output"],
-    )
-    return estimate_request_tokens(request)
-
-
-def set_aside_too_long(
-    loaded: LoadResult, path: str | Path, max_input_tokens: int = DEFAULT_MAX_INPUT_TOKENS
-) -> tuple[list[dict[str, Any]], list[Reject]]:
-    """Split loaded seed records into those whose scoring prompt fits `max_input_tokens` and
-    rejects for the others (reason, `estimated_tokens`, `max_input_tokens`, `chars`); no request."""
-    kept: list[dict[str, Any]] = []
-    rejects: list[Reject] = []
-    lines = loaded.lines or [0] * len(loaded.records)
-    for record, line in zip(loaded.records, lines):
-        tokens = scoring_prompt_tokens(record)
-        if tokens <= max_input_tokens:
-            kept.append(record)
-            continue
-        chars = sum(len(record.get(name) or "") for name in ("instruction", "input", "output"))
-        raw = json.dumps(record, ensure_ascii=False)
-        rejects.append(Reject(
-            str(path), line,
-            f"input too long to score: ~{tokens:,} tokens > max_input_tokens {max_input_tokens:,} "
-            f"({chars:,} characters of instruction, input and output; estimated, nothing sent)",
-            raw if len(raw) <= 2000 else raw[:2000],
-            {"estimated_tokens": tokens, "max_input_tokens": max_input_tokens, "chars": chars,
-             **({"raw_truncated": True} if len(raw) > 2000 else {})},
-        ))
-    return kept, rejects
 
 
 def _histogram(values: list[float]) -> str:

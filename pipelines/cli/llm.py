@@ -1,5 +1,8 @@
 """The standalone `selfguided score` and `selfguided judge` commands, on JSONL files.
 
+`judge` grades with a jury (`--judges a,b@url,...`, one judge by default) and prints how far the
+judges agree; `--mode pair` compares with a baseline model's answers (judging.pairwise).
+
 `pipelines/cli.py` registers them:
 
     subparsers = parser.add_subparsers(dest="command", required=True)
@@ -23,14 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from selfguided.components.data import DataError, load_questions, load_seed, write_jsonl
-from selfguided.components.llm.client import (
-    DEFAULT_PRICES,
-    STRUCTURED_OUTPUT_MODES,
-    LLMConfig,
-    UsageSummary,
-    endpoint_configured,
-)
-from selfguided.components.judging.tasks import JUDGE_MODES, judge_with_llm, load_answers, score_with_llm
+from selfguided.components.llm.config import DEFAULT_PRICES, STRUCTURED_OUTPUT_MODES, LLMConfig, endpoint_configured
+from selfguided.components.llm.request import UsageSummary
+from selfguided.components.judging.answers import load_answers
 
 _ENDPOINT_HELP = """\
 endpoint:
@@ -135,23 +133,38 @@ def add_judge_parser(subparsers: Any) -> argparse.ArgumentParser:
         "judge",
         help="grade model answers to eval questions with an LLM judge (FastChat formats)",
         description=(
-            "Grade the first turn of FastChat model answers to FastChat question.jsonl questions. "
+            "Grade every turn of FastChat model answers to FastChat question.jsonl questions. "
             "single: Vicuna-style grading on helpfulness, relevance, accuracy and detail plus an overall "
-            "score, 1-10. pair: each answer against --reference answers, asked twice with the positions "
-            "swapped; a win counts only when both orders agree. Answers not written in Korean are "
-            "penalised as in KoMT-Bench (square root of the score; in pairs, the Korean answer wins)."
+            "score, 1-10, by one judge or a jury (--judges); a jury's score is the mean (or median) of its "
+            "judges', every judge's own scores stay in the row's 'judges'. pair: the first turn of each answer "
+            "against --baseline answers, asked twice with the positions swapped; a win counts only when both "
+            "orders agree. Answers not written in Korean are penalised as in KoMT-Bench (square root of the "
+            "score; in pairs, the Korean answer wins)."
         ),
         epilog=_ENDPOINT_HELP
+        + "\njury keys:\n  A judge name@url gets its key from SELFGUIDED_JUDGE_KEY_<NAME> (NAME upper-cased, other "
+        "characters as _), never from OPENAI_API_KEY.\n"
         + "\nexample:\n  selfguided judge questions.jsonl answers.jsonl -o judgments.jsonl"
-        " --cache .selfguided/llm-cache",
+        " --cache .selfguided/llm-cache --judges gpt-4o,qwen@http://127.0.0.1:8000/v1",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("questions", type=Path, help="FastChat question.jsonl (question_id, category, turns)")
     parser.add_argument("answers", type=Path, help="FastChat model_answer JSONL, one or more models")
     parser.add_argument("-o", "--output", type=Path, required=True, help="FastChat model_judgment JSONL")
-    parser.add_argument("--mode", choices=JUDGE_MODES, default="single", help="grading mode (default: %(default)s)")
-    parser.add_argument("--reference", type=Path, metavar="ANSWERS.jsonl",
-                        help="the reference model's answers, required for --mode pair")
+    parser.add_argument("--mode", choices=("single", "pair"), default="single", help="grading mode (default: %(default)s)")
+    parser.add_argument("--baseline", type=Path, metavar="ANSWERS.jsonl",
+                        help="the baseline model's answers, required for --mode pair")
+    jury = parser.add_argument_group("jury (single mode)")
+    jury.add_argument("--judges", default="", metavar="A,B@URL,...",
+                      help="judges: a model on the endpoint, or name@url on its own endpoint (default: --model alone)")
+    jury.add_argument("--judge-repeats", type=int, default=1, metavar="K",
+                      help="grade a stratified sample K times per judge, to measure judge noise (default: 1)")
+    jury.add_argument("--judge-temperature", type=float, default=0.0, metavar="T",
+                      help="the judges' sampling temperature (default: 0)")
+    jury.add_argument("--min-judges", type=int, default=0, metavar="N",
+                      help="judges an item needs for a jury score; fewer: the item fails (default: 0 = all)")
+    jury.add_argument("--aggregate", choices=("mean", "median"), default="mean",
+                      help="the jury's score from its judges' (default: %(default)s)")
     _add_llm_options(parser)
     parser.set_defaults(func=run_judge)
     return parser
@@ -188,7 +201,7 @@ def _checked_config(step: str, args: argparse.Namespace) -> LLMConfig | None:
 
 
 def run_score(args: argparse.Namespace) -> int:
-    from selfguided.components.steps.score import set_aside_too_long
+    from selfguided.components.judging.scoring import score_offline, score_with_llm, set_aside_too_long
 
     config = _checked_config("score", args)
     if config is None:
@@ -208,16 +221,14 @@ def run_score(args: argparse.Namespace) -> int:
               file=sys.stderr)
     if not endpoint_configured():
         _no_endpoint("score")
-        from selfguided.components.steps.score import score_offline
-
         return _finish("score", args.output, score_offline(records), None)
     scored, usage = score_with_llm(records, config)
     return _finish("score", args.output, scored, usage)
 
 
 def run_judge(args: argparse.Namespace) -> int:
-    if args.mode == "pair" and args.reference is None:
-        print("judge: --mode pair needs --reference ANSWERS.jsonl", file=sys.stderr)
+    if args.mode == "pair" and args.baseline is None:
+        print("judge: --mode pair needs --baseline ANSWERS.jsonl", file=sys.stderr)
         return 2
     config = _checked_config("judge", args)
     if config is None:
@@ -225,21 +236,57 @@ def run_judge(args: argparse.Namespace) -> int:
     try:
         questions = load_questions(args.questions)
         answers = load_answers(args.answers)
-        reference = load_answers(args.reference) if args.reference else None
+        baseline = load_answers(args.baseline) if args.baseline else None
     except DataError as exc:
         print(f"judge: {exc}", file=sys.stderr)
         return 2
-    if not endpoint_configured():
-        if args.mode == "pair":
+    if args.mode == "pair":
+        if not endpoint_configured():
             print("judge: --mode pair needs an LLM endpoint (set OPENAI_BASE_URL or OPENAI_API_KEY)", file=sys.stderr)
             return 2
-        _no_endpoint("judge")
-        from selfguided.components.steps.judge import judge_offline
+        from selfguided.components.judging.pairwise import judge_pairs
 
-        return _finish("judge", args.output, judge_offline(questions, answers), None)
+        try:
+            rows, usage = judge_pairs(questions, answers, baseline or [], config)
+        except DataError as exc:
+            print(f"judge: {exc}", file=sys.stderr)
+            return 2
+        return _finish("judge", args.output, rows, usage)
+    return _run_jury(args, config, questions, answers)
+
+
+def _run_jury(args: argparse.Namespace, config: LLMConfig, questions: list[dict[str, Any]],
+              answers: list[dict[str, Any]]) -> int:
+    from selfguided.components.judging.agreement import JudgedRow, jury_agreement
+    from selfguided.components.judging.jury import JuryConfig, judge_with_jury, parse_judges
+    from selfguided.components.judging.offline import OFFLINE_JUDGE_NAME
+
+    default = args.model
+    if not args.judges and not endpoint_configured():
+        _no_endpoint("judge")
+        default = OFFLINE_JUDGE_NAME
     try:
-        rows, usage = judge_with_llm(questions, answers, config, mode=args.mode, reference_answers=reference)
-    except DataError as exc:
+        jury = JuryConfig(parse_judges(args.judges, default=default), aggregate=args.aggregate,
+                          min_judges=args.min_judges, repeats=args.judge_repeats, temperature=args.judge_temperature,
+                          concurrency=config.concurrency, cache=config.cache or "", template=config)
+        rows, usage = judge_with_jury(questions, answers, jury)
+    except (ValueError, RuntimeError) as exc:
         print(f"judge: {exc}", file=sys.stderr)
         return 2
-    return _finish("judge", args.output, rows, usage)
+    write_jsonl(args.output, rows)
+    print(f"wrote {len(rows)} rows to {args.output}", file=sys.stderr)
+    for judge in usage["judges"]:
+        print(f"{judge['judge']['model']}: {judge['items']} items, {judge['missing']} without a verdict, "
+              f"cost ${judge['cost_usd']:.4f}")
+    by_model: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_model.setdefault(row["model"], []).append(row)
+    if usage["size"] > 1 or usage["repeats"] > 1:
+        agreement = jury_agreement([JudgedRow(model, "teacher", judged) for model, judged in by_model.items()])
+        print(agreement.to_markdown())
+    failed = sum(1 for r in rows if r.get("error"))
+    if failed:
+        print(f"judge: {failed} failed (see their 'error' field); rerun the same command with the same --cache "
+              "to retry only those", file=sys.stderr)
+        return 1
+    return 0

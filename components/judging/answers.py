@@ -1,0 +1,51 @@
+"""FastChat `model_answer` rows, as the judges read them: loading with errors that name the file
+and line, the answer text of each turn, and the checks against the questions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from selfguided.components.data import DataError, iter_records
+
+
+def load_answers(path: str | Path, *, allow_empty: bool = False) -> list[dict[str, Any]]:
+    """Read FastChat model_answer rows; errors name the file, the line and the field."""
+    answers = []
+    for number, obj in iter_records(path, ("question_id", "model_id", "choices"), allow_empty=allow_empty):
+        try:
+            answer_turns(obj)
+        except ValueError as exc:
+            raise DataError(f"{path}:{number}: {exc}") from None
+        answers.append(obj)
+    return answers
+
+
+def answer_turns(answer: dict[str, Any]) -> list[str]:
+    """The answer texts, one per turn: the turns of the first choice of a FastChat model_answer row."""
+    choices = answer.get("choices")
+    turns = choices[0].get("turns") if isinstance(choices, list) and choices and isinstance(choices[0], dict) else None
+    if not isinstance(turns, list) or not all(isinstance(t, str) for t in turns) or not (turns or answer.get("error")):
+        raise ValueError("'choices' must be [{\"index\": 0, \"turns\": [\"<answer>\", ...]}]")
+    return turns
+
+
+def first_turn(answer: dict[str, Any]) -> str:
+    return answer_turns(answer)[0]
+
+
+def check_answers(answers: list[dict[str, Any]], questions: dict[Any, dict[str, Any]]) -> None:
+    """Raise DataError naming the answer when it has no turns, no matching question, or more
+    turns than its question."""
+    for answer in answers:
+        where = f"answer {answer.get('answer_id', '')!s} of model {answer.get('model_id')!r}"
+        try:
+            turns = answer_turns(answer)
+        except ValueError as exc:
+            raise DataError(f"{where}: {exc}") from None
+        question = questions.get(answer.get("question_id"))
+        if question is None:
+            raise DataError(f"{where}: question_id {answer.get('question_id')!r} is not among the questions")
+        if len(turns) > len(question["turns"]):
+            raise DataError(f"{where}: {len(turns)} answer turns for a question of {len(question['turns'])}")
+

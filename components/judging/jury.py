@@ -1,0 +1,335 @@
+"""A jury of judges: every answer graded by every judge, the jury's score their mean (or median).
+
+`--judges gpt-4o,claude-sonnet@http://host/v1,qwen@http://vllm:8000/v1`: each entry is a model on
+the run's LLM endpoint (`name`) or on an OpenAI-compatible endpoint of its own (`name@url`). A
+judge on its own endpoint gets its own key, never OPENAI_API_KEY (that key is for the run's
+endpoint): the environment variable SELFGUIDED_JUDGE_KEY_<NAME> (NAME upper-cased, other
+characters as `_`), else the file <NAME> in JUDGE_KEYS_DIR (the Secret `selfguided-judge-keys`
+mounted there in a cluster, one key per judge), else a placeholder (vLLM and `selfguided serve`
+take any key). Keys are never pipeline parameters.
+
+Every judge grades through the client layer (its cache, retries and cost), or is the offline
+stand-in. A judgment row keeps the jury's figures in `scores` and `score` (what compare, the gate
+and the report use) and every judge's own in `judges`: one entry per judge and repeat,
+`{"judge": JudgeIdentity json, "scores": {criteria..., "overall"} | null, "rationale", "error",
+"repeat"}`, plus `"jury": {"size", "answered", "aggregate"}`. A jury of one (the default, and the
+offline stand-in) is its judge: the same `scores`, `score` and identity as a single judge.
+
+Faults: a judge that still has no verdict for an item after the client's retries leaves the item
+to the judges that answered only if at least `min_judges` did (0 = all of them); otherwise the
+item fails with an error naming the missing judges. The jury's usage counts, per judge, the
+items it lacks, and the reports name them: nothing is averaged over a partial jury silently.
+
+Judge noise (`repeats` K > 1): a stratified sample (per category, the same questions in every
+row) is graded K times by every judge, each repeat a real call (the repeat index is part of the
+cache key) at the judge's temperature (`temperature`; at 0 a repeat measures only the endpoint's
+own nondeterminism). A judge's score of an item is the mean of its repeats.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from selfguided.components.judging.answers import answer_turns, check_answers
+from selfguided.components.judging.offline import OFFLINE_JUDGE, OFFLINE_JUDGE_NAME, judge_offline
+from selfguided.components.judging.rules import JudgeIdentity, judged_ok, judgment_row
+from selfguided.components.model.prompting import CRITERIA
+
+AGGREGATES = ("mean", "median")
+JUDGE_KEY_ENV_PREFIX = "SELFGUIDED_JUDGE_KEY_"
+JUDGE_KEYS_SECRET_NAME = "selfguided-judge-keys"
+JUDGE_KEYS_MOUNT_PATH = "/var/run/secrets/selfguided-judges"
+JUDGE_KEYS_DIR = os.environ.get("SELFGUIDED_JUDGE_KEYS_DIR", JUDGE_KEYS_MOUNT_PATH)
+"""Where the Secret `selfguided-judge-keys` is mounted in a cluster: one file per judge, named by
+`JudgeSpec.key_name`."""
+REPEAT_SAMPLE_PER_CATEGORY = 10
+"""Questions per category in the repeated sample (the first by a hash of their id, so every row
+repeats the same questions)."""
+
+
+@dataclass(frozen=True)
+class JudgeSpec:
+    """One juror as the run names it: a model, and its own endpoint (None: the run's endpoint)."""
+
+    model: str
+    base_url: str | None = None
+
+    @property
+    def key_name(self) -> str:
+        """NAME of its key: SELFGUIDED_JUDGE_KEY_<NAME>, or the file <NAME> under JUDGE_KEYS_DIR."""
+        return re.sub(r"[^A-Z0-9]", "_", self.model.upper())
+
+    def api_key(self) -> str:
+        """Its own endpoint's key (env var, then the mounted Secret's file, then a placeholder)."""
+        key = os.environ.get(JUDGE_KEY_ENV_PREFIX + self.key_name)
+        if key:
+            return key
+        path = Path(JUDGE_KEYS_DIR) / self.key_name
+        if path.is_file():
+            return path.read_text(encoding="utf-8").strip()
+        return "unused"
+
+
+def parse_judges(judges: str | list[str], default: str = "") -> list[JudgeSpec]:
+    """The jurors of `--judges a,b@url,...` (or a list of entries); "" or [] = [`default`].
+
+    A judge named twice is an error (it would count twice in the jury's score).
+    """
+    entries = [e.strip() for e in (judges.split(",") if isinstance(judges, str) else judges) if e.strip()]
+    if not entries:
+        entries = [default] if default else []
+    if not entries:
+        raise ValueError("no judge: name at least one (--judges gpt-4o, or name@http://host:port/v1)")
+    specs = []
+    for entry in entries:
+        model, sep, url = entry.partition("@")
+        if sep and not url.startswith(("http://", "https://")):
+            raise ValueError(f"judge {entry!r}: after '@' comes the endpoint URL (http://... or https://...)")
+        if not model:
+            raise ValueError(f"judge {entry!r}: no model name before '@'")
+        specs.append(JudgeSpec(model, url or None))
+    names = [s.model for s in specs]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ValueError(f"judge(s) named twice: {', '.join(twice)}; each judge counts once in the jury")
+    return specs
+
+
+@dataclass
+class JuryConfig:
+    """How a jury grades; the defaults are one judge graded once (today's single judge)."""
+
+    judges: list[JudgeSpec]
+    """The jurors (see `parse_judges`)."""
+    aggregate: str = "mean"
+    """`mean` or `median` of the judges' scores: the jury's score, per criterion and overall."""
+    min_judges: int = 0
+    """Judges that must have answered an item for the jury to score it; 0 = every judge."""
+    repeats: int = 1
+    """Gradings of the repeated sample by every judge (judge noise); 1 = no repeats."""
+    temperature: float = 0.0
+    """Sampling temperature of the judges (a repeat at 0 measures only the endpoint's nondeterminism)."""
+    concurrency: int = 8
+    """Requests in flight per judge."""
+    cache: str = ""
+    """The LLM answer cache ("" = none)."""
+    base_url: str = ""
+    """The run's LLM endpoint ("" = OPENAI_BASE_URL or OpenAI), for judges without their own."""
+    template: Any = None
+    """An LLMConfig whose settings (attempts, timeouts, prices, ...) every LLM judge takes, with its
+    own model, endpoint and key; None: the pipeline step's defaults (llm_step_config)."""
+
+    def __post_init__(self) -> None:
+        if self.aggregate not in AGGREGATES:
+            raise ValueError(f"jury aggregate must be one of {', '.join(AGGREGATES)}, got {self.aggregate!r}")
+        if self.repeats < 1:
+            raise ValueError(f"judge repeats must be >= 1, got {self.repeats}")
+        if not 0 <= self.min_judges <= len(self.judges):
+            raise ValueError(f"min_judges must be between 0 (all) and the {len(self.judges)} judges, got {self.min_judges}")
+
+    @property
+    def needed(self) -> int:
+        """Judges an item needs to be scored."""
+        return self.min_judges or len(self.judges)
+
+
+@dataclass
+class JudgeUsage:
+    """What one judge did in a jury run (its part of the report's fault and cost tables)."""
+
+    judge: dict[str, str]
+    """Its JudgeIdentity, as JSON."""
+    endpoint: str = ""
+    """Its own endpoint, or "" for the run's."""
+    items: int = 0
+    """Answer turns it was asked to grade (first asking)."""
+    missing: int = 0
+    """Of those, turns it has no verdict for after every retry."""
+    repeated_items: int = 0
+    """Turns of the repeated sample (graded `repeats` times)."""
+    cost_usd: float = 0.0
+    """Its LLM cost in this run (repeats included; cached answers are free)."""
+    metrics: dict[str, float] = field(default_factory=dict)
+    """Its client usage, `llm/judge/<field>`."""
+    errors: list[str] = field(default_factory=list)
+    """Up to three of its error messages."""
+
+
+def jury_identity(members: list[JudgeIdentity], aggregate: str = "mean") -> JudgeIdentity:
+    """The jury's own identity: its judge for a jury of one; otherwise `jury-<aggregate>(a,b,c)`
+    (sorted) with the members' common prompt, so that only rows graded by the same jury compare."""
+    if len(members) == 1:
+        return members[0]
+    prompts = sorted({(m.prompt, m.prompt_version) for m in members})
+    prompt, version = prompts[0] if len(prompts) == 1 else ("+".join(f"{p}-v{v}" for p, v in prompts), "0")
+    return JudgeIdentity(f"jury-{aggregate}({','.join(sorted(m.model for m in members))})", prompt, version, "single")
+
+
+def repeat_sample(questions: list[dict[str, Any]], per_category: int = REPEAT_SAMPLE_PER_CATEGORY) -> set[Any]:
+    """Question ids of the repeated sample: per category the `per_category` first by a hash of
+    their id (stratified, deterministic, the same in every row)."""
+    by_category: dict[str, list[Any]] = defaultdict(list)
+    for q in questions:
+        by_category[q["category"]].append(q["question_id"])
+    rank = lambda qid: hashlib.sha256(str(qid).encode()).hexdigest()  # noqa: E731
+    return {qid for ids in by_category.values() for qid in sorted(ids, key=rank)[:per_category]}
+
+
+def _grade(spec: JudgeSpec, questions: list[dict[str, Any]], answers: list[dict[str, Any]], jury: JuryConfig,
+           repeat: int, items: set[tuple[Any, int]] | None) -> tuple[JudgeIdentity, list[dict[str, Any]], dict[str, float]]:
+    """One judge's judgment rows (and usage metrics) for one asking."""
+    if spec.model == OFFLINE_JUDGE_NAME:
+        rows = judge_offline(questions, answers)
+        return OFFLINE_JUDGE, [r for r in rows if items is None or (r["question_id"], r["turn"]) in items], {}
+    from selfguided.components.judging.llm_judge import judge_with_llm, single_identity
+    from selfguided.components.llm.config import LLMConfig, llm_step_config
+
+    if jury.template is not None:
+        own = {"base_url": spec.base_url, "api_key": spec.api_key()} if spec.base_url else {}
+        config = replace(jury.template, model=spec.model, temperature=jury.temperature, **own)
+    elif spec.base_url:
+        config = LLMConfig(model=spec.model, base_url=spec.base_url, api_key=spec.api_key(),
+                           concurrency=jury.concurrency, cache=jury.cache or None, temperature=jury.temperature)
+    else:
+        config = llm_step_config("judge", spec.model, base_url=jury.base_url, concurrency=jury.concurrency,
+                                 cache=jury.cache)
+        config.temperature = jury.temperature
+    rows, usage = judge_with_llm(questions, answers, config, repeat=repeat, items=items)
+    return single_identity(spec.model), rows, usage.to_metrics("judge")
+
+
+def _entry(identity: JudgeIdentity, row: dict[str, Any], repeat: int) -> dict[str, Any]:
+    ok = judged_ok(row)
+    return {"judge": identity.to_json(), "scores": {**row["scores"], "overall": row["score"]} if ok else None,
+            "rationale": row.get("judgment", ""), "error": None if ok else (row.get("error") or "no verdict"),
+            "repeat": repeat}
+
+
+def _combine(values: list[float], aggregate: str) -> float:
+    return round(statistics.median(values) if aggregate == "median" else statistics.fmean(values), 3)
+
+
+def judge_scores(entries: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Each judge's scores of one item (criteria and overall): the mean of its answered repeats;
+    judges without an answered repeat are absent."""
+    by_judge: dict[str, list[dict[str, float]]] = defaultdict(list)
+    for entry in entries:
+        if entry["scores"] is not None:
+            by_judge[entry["judge"]["model"]].append(entry["scores"])
+    return {judge: {name: round(statistics.fmean(s[name] for s in draws), 3) for name in (*CRITERIA, "overall")}
+            for judge, draws in by_judge.items()}
+
+
+def jury_row(base: dict[str, Any], entries: list[dict[str, Any]], jury: JuryConfig, members: list[str],
+             identity: JudgeIdentity) -> dict[str, Any]:
+    """The judgment row of one item from its judges' entries: the jury's scores (or the failure
+    of a partial jury), every entry kept under `judges`."""
+    per_judge = judge_scores(entries)
+    answered = [m for m in members if m in per_judge]
+    row = {**base, "judge": identity.to_json(), "judges": entries,
+           "jury": {"size": len(members), "answered": len(answered), "aggregate": jury.aggregate}}
+    if len(members) == 1:  # a jury of one is its judge: its own row, unchanged
+        return row
+    row["judgment"] = "\n\n".join(f"[{e['judge']['model']}#{e['repeat']}] {e['rationale']}" for e in entries
+                                  if e["scores"] is not None)
+    if len(answered) < jury.needed or not answered:
+        missing = [m for m in members if m not in per_judge]
+        reasons = "; ".join(f"{m}: {next((e['error'] for e in entries if e['judge']['model'] == m and e['error']), 'no verdict')}"
+                            for m in missing)
+        return {**row, "scores": None, "score": -1.0,
+                "error": f"partial jury: {len(answered)} of {len(members)} judges answered, {jury.needed} needed "
+                         f"(missing {reasons})"}
+    scores = {c: _combine([per_judge[m][c] for m in answered], jury.aggregate) for c in CRITERIA}
+    return {**row, "scores": scores, "score": _combine([per_judge[m]["overall"] for m in answered], jury.aggregate),
+            "error": None}
+
+
+def judge_with_jury(questions: list[dict[str, Any]], answers: list[dict[str, Any]], jury: JuryConfig
+                    ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Grade every answer turn with every judge (and the repeated sample `repeats` times); returns
+    the jury's judgment rows (one per question and turn, in answer order) and the jury's usage:
+    `{"identity", "size", "aggregate", "min_judges", "repeats", "temperature", "judges": [JudgeUsage
+    as dict], "partial_items"}`."""
+    by_id = {q["question_id"]: q for q in questions}
+    check_answers(answers, by_id)
+    sample = repeat_sample(questions) if jury.repeats > 1 else set()
+    repeated = {(a["question_id"], k + 1) for a in answers if a["question_id"] in sample
+                for k in range(len(answer_turns(a)))}
+    entries: dict[tuple[Any, Any, int], list[dict[str, Any]]] = defaultdict(list)
+    bases: dict[tuple[Any, Any, int], dict[str, Any]] = {}
+    identities, usages = [], []
+    for spec in jury.judges:
+        identity, rows, metrics = _grade(spec, questions, answers, jury, 0, None)
+        usage = JudgeUsage(identity.to_json(), spec.base_url or "", items=len(rows),
+                           missing=sum(not judged_ok(r) for r in rows), repeated_items=len(repeated),
+                           metrics=dict(metrics))
+        usage.errors = sorted({str(r.get("error")) for r in rows if not judged_ok(r)})[:3]
+        for row in rows:
+            key = (row["model"], row["question_id"], row["turn"])
+            bases.setdefault(key, row)
+            entries[key].append(_entry(identity, row, 0))
+        for repeat in range(1, jury.repeats):
+            _, again, more = _grade(spec, questions, answers, jury, repeat, repeated)
+            for name, value in more.items():
+                usage.metrics[name] = usage.metrics.get(name, 0.0) + value if not name.endswith("rate") else value
+            for row in again:
+                entries[(row["model"], row["question_id"], row["turn"])].append(_entry(identity, row, repeat))
+        usage.cost_usd = round(usage.metrics.get("llm/judge/cost_usd", 0.0), 6)
+        identities.append(identity)
+        usages.append(usage)
+    identity = jury_identity(identities, jury.aggregate)
+    members = [i.model for i in identities]
+    judgments = [jury_row(bases[key], entries[key], jury, members, identity) for key in bases]
+    for judgment in judgments:
+        draws = repeat_draws(judgment, jury.aggregate)
+        if draws and judgment["scores"] is not None:  # for a bootstrap that resamples repeats within a question
+            judgment["repeat_scores"] = draws
+    judgments += _unanswered_turns(questions, answers, identity, jury, members)
+    return judgments, {
+        "identity": identity.to_json(), "label": identity.label, "size": len(members), "aggregate": jury.aggregate,
+        "min_judges": jury.needed, "repeats": jury.repeats, "temperature": jury.temperature,
+        "judges": [vars(u) for u in usages],
+        "partial_items": sum(1 for j in judgments if "jury" in j and 0 < j["jury"]["answered"] < len(members)),
+    }
+
+
+def _unanswered_turns(questions: list[dict[str, Any]], answers: list[dict[str, Any]], identity: JudgeIdentity,
+                      jury: JuryConfig, members: list[str]) -> list[dict[str, Any]]:
+    """A failed judgment for every turn a row did not answer (an API teacher that failed): counted,
+    never scored."""
+    by_id = {q["question_id"]: q for q in questions}
+    rows = []
+    for answer in answers:
+        question = by_id[answer["question_id"]]
+        for turn in range(len(answer_turns(answer)) + 1, len(question["turns"]) + 1):
+            row = judgment_row(
+                question=question, turn=turn, answer="", model=answer.get("model_id", "unknown"), judge=identity,
+                user_prompt="", judgment="", ratings=None,
+                error=f"not answered: {answer.get('error') or 'the row gave no answer to this turn'}")
+            rows.append({**row, "judges": [], "jury": {"size": len(members), "answered": 0, "aggregate": jury.aggregate}})
+    return rows
+
+
+def jury_cost_usd(usage: dict[str, Any]) -> float:
+    """The whole jury's LLM cost in a run."""
+    return round(sum(j["cost_usd"] for j in usage.get("judges", [])), 6)
+
+
+def repeat_draws(row: dict[str, Any], aggregate: str = "mean") -> list[float]:
+    """The jury's overall score of one item per repeat (repeat r: the jury of the judges' r-th
+    scores), for a bootstrap that resamples repeats within a question; [] without repeats."""
+    by_repeat: dict[int, list[float]] = defaultdict(list)
+    for entry in row.get("judges") or []:
+        if entry["scores"] is not None:
+            by_repeat[entry["repeat"]].append(entry["scores"]["overall"])
+    if len(by_repeat) < 2:
+        return []
+    size = (row.get("jury") or {}).get("answered") or 0
+    return [_combine(v, aggregate) for _, v in sorted(by_repeat.items()) if len(v) >= size]

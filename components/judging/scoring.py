@@ -1,0 +1,124 @@
+"""Scoring seed data: a GPT-4 class model (or the offline stand-in) rates every seed record on the
+four Vicuna criteria (helpfulness, relevance, accuracy, detail; 1-10).
+
+A scored record is built in one place, `scored_record`: the seed record plus `scores`, `score`
+(their mean) and `judge` (the scorer's JudgeIdentity plus its rationale). A record the scorer
+could not score keeps its place with `scores: null, score: null, error: <reason>`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from selfguided.components.data import CATEGORY_LABELS_KO, LoadResult, Reject
+from selfguided.components.judging.offline import OFFLINE_JUDGE_NAME, OFFLINE_SCORER, heuristic_scores
+from selfguided.components.judging.prompts import SCORE_PROMPT, load_prompt
+from selfguided.components.judging.rules import JudgeIdentity, mean_of_criteria
+from selfguided.components.llm.config import DEFAULT_MAX_INPUT_TOKENS
+from selfguided.components.model.prompting import CRITERIA
+
+
+def scored_record(record: dict[str, Any], judge: JudgeIdentity, scores: dict[str, float] | None, *,
+                  rationale: str | None = None, error: str | None = None) -> dict[str, Any]:
+    """The seed record with its scores (the four criteria), their mean and who scored it; or, when
+    `scores` is None, with `scores: null, score: null` and the `error`."""
+    block = {**judge.to_json(), "rationale": rationale}
+    if scores is None:
+        return {**record, "scores": None, "score": None, "judge": block, "error": error}
+    scores = {c: scores[c] for c in CRITERIA}
+    return {**record, "scores": scores, "score": mean_of_criteria(scores), "judge": block}
+
+
+def score_offline(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Score with the deterministic `offline-heuristic` stand-in (no LLM, no network)."""
+    scored = []
+    for record in records:
+        request = f"{record['instruction']}\n{record.get('input', '')}"
+        scores, rationale = heuristic_scores(record["category"], request, record["output"])
+        scored.append(scored_record(record, OFFLINE_SCORER, scores, rationale=rationale))
+    return scored
+
+
+def _score_request_fields(record: dict[str, Any]) -> dict[str, str]:
+    return {
+        "category": record["category"],
+        "category_label": CATEGORY_LABELS_KO.get(record["category"], record["category"]),
+        "instruction": record["instruction"],
+        "input": record.get("input") or "(없음)",
+        "output": record["output"],
+    }
+
+
+def score_with_llm(records: list[dict[str, Any]], config: Any) -> tuple[list[dict[str, Any]], Any]:
+    """Score seed records with the LLM of `config` (an LLMConfig); returns the scored records (same
+    order, none dropped) and the client's UsageSummary."""
+    from selfguided.components.judging.verdicts import ask, parse_ratings
+    from selfguided.components.llm.client import LLMClient
+
+    prompt = load_prompt(SCORE_PROMPT)
+    judge = JudgeIdentity(config.model, prompt.name, str(prompt.version), "score")
+    client = LLMClient(config, step="score")
+    verdicts = ask(client, prompt, [prompt.request(**_score_request_fields(r)) for r in records], parse_ratings)
+    scored = []
+    for record, verdict in zip(records, verdicts):
+        if verdict.parsed is None:
+            scored.append(scored_record(record, judge, None, error=verdict.error))
+        else:
+            ratings, rationale = verdict.parsed
+            scored.append(scored_record(record, judge, ratings, rationale=rationale))
+    usage = client.usage
+    usage.records = len(records)
+    usage.failed = sum(1 for r in scored if r["scores"] is None)
+    usage.done = usage.records - usage.failed
+    return scored, usage
+
+
+def score_records(
+    records: list[dict[str, Any]], model: str, *, concurrency: int = 8, cache: str = "", base_url: str = ""
+) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """Score with `model` through the LLM client layer, or offline when model is `offline-heuristic`.
+
+    Returns the scored records (same order) and usage metrics (tokens, cost, parse rate).
+    """
+    if model == OFFLINE_JUDGE_NAME:
+        return score_offline(records), {}
+    from selfguided.components.llm.config import llm_step_config
+
+    config = llm_step_config("score", model, base_url=base_url, concurrency=concurrency, cache=cache)
+    scored, usage = score_with_llm(records, config)
+    return scored, usage.to_metrics("score")
+
+
+def scoring_prompt_tokens(record: dict[str, Any]) -> int:
+    """Estimated prompt tokens of the request that scores `record` (`llm.request.estimate_request_tokens`)."""
+    from selfguided.components.llm.request import estimate_request_tokens
+
+    return estimate_request_tokens(load_prompt(SCORE_PROMPT).request(**_score_request_fields(record)))
+
+
+def set_aside_too_long(
+    loaded: LoadResult, path: str | Path, max_input_tokens: int = DEFAULT_MAX_INPUT_TOKENS
+) -> tuple[list[dict[str, Any]], list[Reject]]:
+    """Split loaded seed records into those whose scoring prompt fits `max_input_tokens` and
+    rejects for the others (reason, `estimated_tokens`, `max_input_tokens`, `chars`); no request."""
+    kept: list[dict[str, Any]] = []
+    rejects: list[Reject] = []
+    lines = loaded.lines or [0] * len(loaded.records)
+    for record, line in zip(loaded.records, lines):
+        tokens = scoring_prompt_tokens(record)
+        if tokens <= max_input_tokens:
+            kept.append(record)
+            continue
+        chars = sum(len(record.get(name) or "") for name in ("instruction", "input", "output"))
+        raw = json.dumps(record, ensure_ascii=False)
+        rejects.append(Reject(
+            str(path), line,
+            f"input too long to score: ~{tokens:,} tokens > max_input_tokens {max_input_tokens:,} "
+            f"({chars:,} characters of instruction, input and output; estimated, nothing sent)",
+            raw if len(raw) <= 2000 else raw[:2000],
+            {"estimated_tokens": tokens, "max_input_tokens": max_input_tokens, "chars": chars,
+             **({"raw_truncated": True} if len(raw) > 2000 else {})},
+        ))
+    return kept, rejects
