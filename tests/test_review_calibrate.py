@@ -1,0 +1,200 @@
+"""People check the judge in MLflow: `selfguided review` (blind stratified sample), HUMAN feedback
+logged as an editor would, `selfguided calibrate` (judge-human agreement), and the reviewer's
+permissions on a real basic-auth MLflow server.
+
+The judges are simulated with a hidden truth per answer: `fair` = truth + small noise, `long`
+rewards length (weakly related to quality), `noisy` = truth + large noise; the "editors" grade
+truth + their own noise, in whole points. The fair judge must come out closest.
+"""
+
+from __future__ import annotations
+
+import random
+
+import mlflow
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+from mlflow.entities import AssessmentSource
+from mlflow.exceptions import MlflowException
+
+from selfguided.components.judging.calibration import JURY, LabelledItem, _kappa, calibrate, calibration_markdown
+from selfguided.components.registry.review import REVIEW_COPY_TAG, REVIEW_SAMPLE_TAG, create_review_sample, read_labels
+from selfguided.components.registry.traces import log_judged_traces
+from selfguided.pipelines.cli.main import main
+
+CRITERIA = ("helpfulness", "relevance", "accuracy", "detail")
+CATEGORIES = ("poem", "news", "blog")
+ROWS = ("tiny/unscored", "tiny/self_guided")
+
+
+def _panel(truth: float, length: float, rng: random.Random) -> dict[str, float]:
+    """The three judges' overall scores of one answer with hidden quality `truth` and `length` in [0, 1]."""
+    clip = lambda v: float(min(10.0, max(1.0, v)))  # noqa: E731
+    return {"fair": clip(truth + rng.gauss(0, 0.5)),
+            "long": clip(3.0 + 6.0 * length + 0.2 * (truth - 5.5) + rng.gauss(0, 0.5)),
+            "noisy": clip(truth + rng.gauss(0, 2.5))}
+
+
+def _editor(truth: float, rng: random.Random) -> int:
+    return int(min(10, max(1, round(truth + rng.gauss(0, 0.8)))))
+
+
+def _simulated_items(n: int, rng: random.Random) -> list[LabelledItem]:
+    items = []
+    for i in range(n):
+        truth, length = rng.uniform(2, 9), rng.random()
+        judges = _panel(truth, length, rng)
+        items.append(LabelledItem(f"t{i}", CATEGORIES[i % 3], float(_editor(truth, rng)), judges,
+                                  jury=sum(judges.values()) / 3))
+    return items
+
+
+def test_quadratic_kappa_is_scikit_learns():
+    from sklearn.metrics import cohen_kappa_score
+
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        a, b = rng.integers(1, 11, 30), rng.integers(1, 11, 30)
+        b[:15] = a[:15]
+        expected = cohen_kappa_score(a, b, labels=list(range(1, 11)), weights="quadratic")
+        assert _kappa(a.astype(float), b.astype(float)) == pytest.approx(expected, abs=1e-12)
+    assert _kappa(np.full(5, 7.0), np.full(5, 7.0)) is None  # undefined, not 1 or 0
+
+
+def test_simulated_editors_name_the_fair_judge_and_the_length_bias():
+    """Known truth in, rates out: 30 simulated review rounds of 40 labelled answers each."""
+    rng = random.Random(11)
+    closest, long_biased, noisy_below_fair = 0, 0, 0
+    for _ in range(30):
+        result = calibrate(_simulated_items(40, rng), min_labels=100, n_resamples=200, seed=1)
+        by = {a.judge: a for a in result.overall}
+        closest += result.closest == "fair"
+        long_biased += by["long"].intervals["mad"][0] > by["fair"].intervals["mad"][1]
+        noisy_below_fair += by["noisy"].estimates["spearman"] < by["fair"].estimates["spearman"]
+        assert JURY in by and result.closest != JURY
+    assert closest == 30 and noisy_below_fair == 30
+    assert long_biased >= 27  # the length-rewarding judge is credibly further from the editors
+
+
+def _judged_rows(rng: random.Random, truths: dict, category: str, row: str) -> list[dict]:
+    rows = []
+    for q in range(12):
+        qid = f"{category}-{q}"
+        truth, length = rng.uniform(2, 9), rng.random()
+        judges = _panel(truth, length, rng)
+        truths[(row, qid)] = truth
+        rows.append({
+            "question_id": qid, "turn": 1, "category": category, "model": row, "question": f"{category} 글 {q}",
+            "answer": "가" * int(50 + 400 * length), "score": sum(judges.values()) / 3,
+            "scores": dict.fromkeys(CRITERIA, sum(judges.values()) / 3),
+            "judges": [{"judge": {"model": name, "prompt": "judge-single", "prompt_version": "judge-single-v1",
+                                  "mode": "single"}, "scores": {**dict.fromkeys(CRITERIA, v), "overall": v},
+                        "rationale": f"{name}: {v:.1f}", "error": None, "repeat": 0} for name, v in judges.items()],
+            "jury": {"size": 3, "answered": 3, "aggregate": "mean"}})
+    return rows
+
+
+@pytest.fixture
+def judged_store(tmp_path):
+    """A store with 72 judged answers (3 categories x 2 rows x 12 questions), each a trace with a
+    jury of three, and the hidden truth of each answer."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(uri)
+    experiment_id = client.create_experiment("selfguided", artifact_location=(tmp_path / "artifacts").as_uri())
+    rng, truths, by_trace = random.Random(5), {}, {}
+    for row in ROWS:
+        rows = [r for c in CATEGORIES for r in _judged_rows(rng, truths, c, row)]
+        with mlflow.start_run(experiment_id=experiment_id, run_name=row) as run:
+            ids = log_judged_traces(rows, run_id=run.info.run_id, tags={"row": row, "row_kind": "trained",
+                                                                         "pipeline_run": "p1"})
+        by_trace.update({tid: truths[(row, r["question_id"])] for tid, r in zip(ids, rows)})
+    mlflow.flush_trace_async_logging()
+    return uri, experiment_id, by_trace
+
+
+def _human(trace_id: str, value, who: str = "editor-kim") -> None:
+    mlflow.log_feedback(trace_id=trace_id, name="score", value=value,
+                        source=AssessmentSource(source_type="HUMAN", source_id=who))
+
+
+def test_review_then_human_feedback_then_calibrate(judged_store, capsys):
+    uri, experiment_id, truth = judged_store
+    assert main(["review", "--sample", "48", "--tracking-uri", uri, "--reviewers", "editor-kim"]) == 0
+    printed = capsys.readouterr().out
+    sample_id = printed.split("Review sample ", 1)[1].split(":", 1)[0]
+    assert "8  poem / tiny/unscored" in printed and "8  news / tiny/self_guided" in printed  # 6 strata x 8
+    assert "/review-queue" in printed and "/traces" in printed and "name='score'" in printed
+    assert "mlflow ui --backend-store-uri" in printed  # a SQLite store: say how to open the UI
+
+    originals = mlflow.search_traces(locations=[experiment_id], filter_string=f"tag.{REVIEW_SAMPLE_TAG} = '{sample_id}'",
+                                     return_type="list")
+    assert len(originals) == 48
+    copies = {t.info.tags[REVIEW_COPY_TAG]: t for t in originals}
+    review_id = MlflowClient(uri).get_experiment_by_name("selfguided-review").experiment_id
+    blind = mlflow.search_traces(locations=[review_id], return_type="list")
+    assert {t.info.trace_id for t in blind} == set(copies)
+    for copy in blind:  # the editors' view: the conversation and the answer, nothing else
+        original = copies[copy.info.trace_id]
+        assert copy.info.assessments == [] and copy.info.request_metadata.get("mlflow.sourceRun") is None
+        assert not {"row", "row_kind", "model", "question_id", "category"} & set(copy.info.tags)
+        assert copy.data.spans[0].inputs == original.data.spans[0].inputs
+        assert copy.data.spans[0].outputs == original.data.spans[0].outputs
+    from mlflow.genai import review_queues
+
+    [queue] = review_queues.list_review_queues(experiment_id=review_id)
+    assert queue.name == f"sample {sample_id}" and queue.users == ["editor-kim"]
+    assert len(review_queues.list_review_queue_items(queue.queue_id)) == 48
+
+    rng = random.Random(9)
+    copy_ids = sorted(copies)
+    for copy_id in copy_ids:
+        _human(copy_id, _editor(truth[copies[copy_id].info.trace_id], rng))
+    _human(copy_ids[0], 11, who="editor-lee")              # outside 1-10: ignored, the other label counts
+    _human(copy_ids[1], "good", who="editor-lee")          # not a number
+    _human(originals[0].info.trace_id, 6)                  # on the judged trace itself, not a review copy
+    with mlflow.start_span("stray", trace_destination=__import__(
+            "mlflow.entities.trace_location", fromlist=["x"]).MlflowExperimentLocation(review_id)) as stray:
+        pass
+    mlflow.flush_trace_async_logging()
+    _human(stray.trace_id, 5)                              # a trace in the review experiment outside any sample
+
+    assert main(["calibrate", "--tracking-uri", uri, "--review-sample", sample_id, "--min-labels", "10"]) == 0
+    report = capsys.readouterr().out
+    assert "**Closest to the editors: fair**" in report
+    assert "48 labelled answers" in report
+    assert "Human labels ignored: 1 not a number, 2 on a trace that is not in a review sample, 1 outside 1-10" in report
+    for name in ("| fair | 48 |", "| long | 48 |", "| noisy | 48 |", "| jury | 48 |", "### poem", "### news"):
+        assert name in report
+
+    items, ignored = read_labels(uri, "selfguided", sample_id=sample_id)
+    assert ignored == {"not a number": 1, "outside 1-10": 1, "on a trace that is not in a review sample": 2}
+    assert sorted(items[0].judges) == ["fair", "long", "noisy"] and items[0].jury is not None
+
+    # A second sample takes only answers not reviewed before.
+    second = create_review_sample(uri, "selfguided", 100, seed=1)
+    assert len(second.copies) == 72 - 48 and not set(second.copies) & {t.info.trace_id for t in originals}
+
+
+def test_calibrate_without_labels_says_what_to_do(judged_store, capsys):
+    uri, _, _ = judged_store
+    assert main(["calibrate", "--tracking-uri", uri]) == 0
+    assert "No labelled answers yet: run `selfguided review --sample N`" in capsys.readouterr().out
+
+
+def test_review_of_an_empty_experiment_is_a_clear_error(tmp_path, capsys):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    MlflowClient(uri).create_experiment("selfguided", artifact_location=(tmp_path / "a").as_uri())
+    assert main(["review", "--sample", "5", "--tracking-uri", uri]) == 2
+    assert "no judged answers left to review in experiment 'selfguided'" in capsys.readouterr().err
+
+
+def test_markdown_marks_small_categories_and_missing_values():
+    items = [LabelledItem(f"i{k}", "poem" if k < 12 else "news", float(1 + k % 9), {"a": float(1 + k % 9), "b": 5.0})
+             for k in range(15)]
+    result = calibrate(items, min_labels=10, n_resamples=100)
+    text = calibration_markdown(result, min_labels=10)
+    assert "### poem" in text and "### news" not in text and "news (3)" in text
+    assert "| b | 15 | - |" in text  # a constant judge has no rank correlation: "-", never a number
+    assert result.closest == "a" and result.closest_share == 1.0
