@@ -20,7 +20,7 @@ from registry_fixtures import (
     write_summary,
 )
 
-from selfguided.components.evaluation.compare import PromotionGate
+from selfguided.components.evaluation.gate import PromotionGate
 from selfguided.components.steps.compare import run_compare
 from selfguided.components.data import CATEGORIES, DataError, file_sha256
 from selfguided.components.model.prompting import CRITERIA, inference_prompt
@@ -207,8 +207,12 @@ def test_logged_files_reference_the_hub_base_and_bundle_only_the_tiny_base(tmp_p
             "code/selfguided/components/model/prompting.py"} <= hub_files
     assert (hub_dir / "artifacts/model_dir/adapter/adapter_model.safetensors").read_bytes() == (
         models[2] / "adapter" / "adapter_model.safetensors").read_bytes()
-    meta = mlflow.models.Model.load(hub_dir / "MLmodel").metadata
+    logged = mlflow.models.Model.load(hub_dir / "MLmodel")
+    meta = logged.metadata
     assert meta["base_model_ref"] == HUB_BASE and meta["base_weights"] == "referenced"
+    # Models from code: the version keeps the model file MLflow runs at load, no pickled instance.
+    assert logged.flavors["python_function"].get("model_code_path", "").endswith("pyfunc_code.py")
+    assert "python_model.pkl" not in hub_files
 
     tiny_dir, tiny_files = files("1")
     assert "artifacts/model_dir/base/model.safetensors" in tiny_files

@@ -25,6 +25,9 @@ from servers import free_port
 
 from selfguided.components.model import artifact as tm
 from selfguided.components.model import engines
+from selfguided.pipelines.serving import app as serving_app
+from selfguided.pipelines.serving import protocol
+from selfguided.pipelines.serving import resolve
 from selfguided.pipelines.serving import server as serve
 
 NAME = "korean-writing-assistant"
@@ -77,7 +80,7 @@ def reference(model_dir):
 
 @pytest.fixture(scope="module")
 def base_url(model_dir):
-    with running(serve.create_app(model_dir, NAME, max_new_tokens=MAX_TOKENS)) as url:
+    with running(serving_app.create_app(model_dir, NAME, max_new_tokens=MAX_TOKENS)) as url:
         yield url
 
 
@@ -199,9 +202,9 @@ def test_bad_requests_are_400_in_openais_shape(client, messages, extra):
     ("\n\n", ["x"]),
 ])
 def test_answer_text_streamed_piece_by_piece_is_the_whole_answer(text, stops):
-    whole = serve.AnswerText(stops)
+    whole = protocol.AnswerText(stops)
     expected = whole.feed(text) + whole.finish()
-    pieces = serve.AnswerText(stops)
+    pieces = protocol.AnswerText(stops)
     streamed = "".join(pieces.feed(ch) for ch in text) + pieces.finish()
     assert streamed == expected and pieces.stopped == whole.stopped
     cuts = [i for i in (text.strip().find(s) for s in stops) if i >= 0]
@@ -209,7 +212,7 @@ def test_answer_text_streamed_piece_by_piece_is_the_whole_answer(text, stops):
 
 
 def test_conversation_drops_system_messages_and_joins_repeated_roles():
-    turns, answers = serve.conversation([
+    turns, answers = protocol.conversation([
         {"role": "system", "content": "s"}, {"role": "user", "content": "a"},
         {"role": "user", "content": [{"type": "text", "text": "b"}]}, {"role": "assistant", "content": "c"},
         {"role": "developer", "content": "d"}, {"role": "user", "content": "e"}])
@@ -219,7 +222,7 @@ def test_conversation_drops_system_messages_and_joins_repeated_roles():
 def test_default_model_uri_is_the_registered_champion():
     from selfguided.components.registry import names
 
-    assert serve.DEFAULT_MODEL_URI == f"models:/{names.REGISTERED_MODEL_NAME}@{names.CHAMPION}"
+    assert resolve.DEFAULT_MODEL_URI == f"models:/{names.REGISTERED_MODEL_NAME}@{names.CHAMPION}"
 
 
 def test_vllm_command_serves_the_merged_export_with_its_chat_template(tmp_path):
@@ -273,7 +276,7 @@ def test_serve_command_serves_the_registered_champion(registered, reference, mon
 
     monkeypatch.setattr(serve, "_run_uvicorn", fake_uvicorn)
     args = serve_args("--tracking-uri", registered, "--max-new-tokens", str(MAX_TOKENS))
-    assert args.model_uri == serve.DEFAULT_MODEL_URI
+    assert args.model_uri == resolve.DEFAULT_MODEL_URI
     assert args.func(args) == 0
     assert seen == {"where": ("127.0.0.1", 8000), "models": [NAME], "answer": answer([QUESTION], [])}
     out = capsys.readouterr().out
@@ -284,13 +287,13 @@ def test_a_version_a_run_and_a_local_directory_resolve_too(registered, model_dir
     from mlflow import MlflowClient
 
     monkeypatch.chdir(tmp_path)  # MLflow falls back to ./mlflow.db when it is not pointed at the store
-    version = serve.resolve_model(f"models:/{NAME}/1", registered, tmp_path / "v1")
+    version = resolve.resolve_model(f"models:/{NAME}/1", registered, tmp_path / "v1")
     assert version.name == NAME and tm.read_manifest(version.model_dir) == tm.read_manifest(model_dir)
     run_id = MlflowClient(registered).get_model_version(NAME, "1").run_id
-    run = serve.resolve_model(f"runs:/{run_id}/model", registered, tmp_path / "run")
+    run = resolve.resolve_model(f"runs:/{run_id}/model", registered, tmp_path / "run")
     assert run.name == f"run-{run_id}" and (run.model_dir / "adapter").is_dir()
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlruns").exists()
-    local = serve.resolve_model(str(model_dir), None, tmp_path / "unused")
+    local = resolve.resolve_model(str(model_dir), None, tmp_path / "unused")
     assert local.model_dir == model_dir and local.name == model_dir.name
 
 
@@ -304,7 +307,7 @@ def test_a_model_uri_that_does_not_resolve_is_one_line_naming_it(registered, tmp
 
     missing_store = f"sqlite:///{tmp_path}/none/mlflow.db"
     err = error("--tracking-uri", missing_store)
-    assert serve.DEFAULT_MODEL_URI in err and "`make run`" in err
+    assert resolve.DEFAULT_MODEL_URI in err and "`make run`" in err
     assert not (tmp_path / "none").exists()  # no empty store created
     err = error("models:/no-such-model@champion", "--tracking-uri", registered)
     assert "models:/no-such-model@champion" in err and "`make run`" in err

@@ -1,7 +1,7 @@
 """The trained-model artifact: what a fine-tuned model directory holds, and everything done with one.
 
 One owner for the concept. The finetune step writes a model directory through `save_trained`;
-the generate step, the registered MLflow model (`pyfunc_model.py`), serving and the tests read,
+the generate step, the registered MLflow model (`model/pyfunc.py`), serving and the tests read,
 load and generate through the functions below and never need to know the layout themselves.
 
 Layout of a model directory:
@@ -150,16 +150,19 @@ def save_bundled_base(model_dir: str | Path, model, tokenizer) -> None:
 
 
 def save_trained(model_dir: str | Path, model, tokenizer, manifest: ModelManifest,
-                 train_log: list[dict[str, Any]] | None = None) -> Path:
+                 train_log: list[dict[str, Any]] | None = None, state_dict: dict[str, Any] | None = None) -> Path:
     """Write a trained model: weights (adapter or full), tokenizer with its chat template, manifest.
 
     `model` is the peft model (method lora) or the plain transformers model (method full).
+    `state_dict`: the weights to write when the model's own are sharded (FSDP), gathered whole by
+    the trainer; by default the model's.
     The manifest is written last, so a directory with a manifest is complete.
     """
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
     model.config.use_cache = True
-    model.save_pretrained(model_dir / (ADAPTER_DIR if manifest.method == "lora" else FULL_MODEL_DIR))
+    model.save_pretrained(model_dir / (ADAPTER_DIR if manifest.method == "lora" else FULL_MODEL_DIR),
+                          state_dict=state_dict)
     tokenizer.chat_template = chat_template(manifest.arm, manifest.strategy)
     tokenizer.save_pretrained(model_dir / TOKENIZER_DIR)
     if train_log is not None:
@@ -273,6 +276,18 @@ def export_merged(model_dir: str | Path, out_dir: str | Path, dtype=None, device
 # ---------------------------------------------------------------------------------------------
 
 
+def generation_config(*, max_new_tokens: int, temperature: float, eos_token_id: int, pad_token_id: int):
+    """The decoding settings of every generation of a trained model (eval answers, the pyfunc model,
+    `selfguided serve`, streamed or not): greedy at temperature 0, plain sampling otherwise."""
+    from transformers import GenerationConfig
+
+    return GenerationConfig(
+        max_new_tokens=max_new_tokens, do_sample=temperature > 0,
+        temperature=temperature if temperature > 0 else None, top_p=None, top_k=None,
+        eos_token_id=eos_token_id, pad_token_id=pad_token_id, use_cache=True,
+    )
+
+
 def generate_tokens(model, prompt_ids: list[list[int]], *, max_new_tokens: int, batch_size: int,
                     eos_token_id: int, pad_token_id: int, temperature: float = 0.0,
                     progress: bool = True) -> list[list[int]]:
@@ -284,14 +299,10 @@ def generate_tokens(model, prompt_ids: list[list[int]], *, max_new_tokens: int, 
     """
     import torch
     from tqdm.auto import tqdm
-    from transformers import GenerationConfig
 
     device = next(model.parameters()).device
-    config = GenerationConfig(
-        max_new_tokens=max_new_tokens, do_sample=temperature > 0,
-        temperature=temperature if temperature > 0 else None, top_p=None, top_k=None,
-        eos_token_id=eos_token_id, pad_token_id=pad_token_id, use_cache=True,
-    )
+    config = generation_config(max_new_tokens=max_new_tokens, temperature=temperature, eos_token_id=eos_token_id,
+                               pad_token_id=pad_token_id)
     order = sorted(range(len(prompt_ids)), key=lambda i: -len(prompt_ids[i]))
     results: list[list[int]] = [[] for _ in prompt_ids]
     with torch.inference_mode():

@@ -1,8 +1,9 @@
 """A registered model version as an MLflow pyfunc model: questions (or conversations) in, answers out.
 
-Loading and generation are the trained-model artifact's (`trained_model.py`); this class only
-adapts them to MLflow's PythonModel interface. The version ships this module, `trained_model.py`
-and `prompting.py` as code (see register.log_trained_model), so it loads with
+Loading and generation are the trained-model artifact's (`model/artifact.py`); this class only
+adapts them to MLflow's PythonModel interface. The version ships this module, `artifact.py`
+and `prompting.py` as code, and is built at load time by `pyfunc_code.py` (models from code;
+see registry/logged_model.log_trained_model), so it loads with
 `mlflow.pyfunc.load_model` where selfguided is not installed: only torch, transformers, peft and
 mlflow are needed.
 

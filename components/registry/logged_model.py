@@ -88,6 +88,14 @@ def _stage_code(root: Path) -> Path:
     return package
 
 
+def pyfunc_code_file() -> str:
+    """The model file MLflow runs at load time (`model/pyfunc_code.py`), found without importing
+    it: importing it would call `mlflow.models.set_model` in this process."""
+    from importlib.util import find_spec
+
+    return find_spec("selfguided.components.model.pyfunc_code").origin
+
+
 def log_trained_model(model_dir: str | Path, metadata: Mapping[str, Any]):
     """Log a trained model directory as a pyfunc model of the active run; returns its ModelInfo."""
     with tempfile.TemporaryDirectory(prefix="selfguided-log-") as staging:
@@ -95,7 +103,7 @@ def log_trained_model(model_dir: str | Path, metadata: Mapping[str, Any]):
         artifact = trained_model.copy_artifact(model_dir, staging / "model_dir")  # no checkpoints
         return mlflow.pyfunc.log_model(
             name="model",
-            python_model=pyfunc_model.KoreanWritingModel(),
+            python_model=pyfunc_code_file(),  # models from code: the file, not a pickled instance
             artifacts={pyfunc_model.MODEL_DIR_ARTIFACT: str(artifact)},
             code_paths=[str(_stage_code(staging / "code"))],
             signature=MODEL_SIGNATURE,

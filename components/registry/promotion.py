@@ -21,7 +21,7 @@ from mlflow.exceptions import MlflowException
 from tqdm.auto import tqdm
 
 from selfguided.components.data import CATEGORIES, DataError
-from selfguided.components.evaluation.compare import GateDecision
+from selfguided.components.evaluation.gate import GateDecision
 from selfguided.components.judging.rules import SCORE_NAMES
 from selfguided.components.registry.logged_model import ensure_merged_weights, log_merged
 from selfguided.components.registry.names import (
@@ -150,7 +150,7 @@ def register_candidates(
     """Log every row of the evaluation, register every candidate, and move the aliases as the
     compare step decided.
 
-    evaluation: the compare step's result (compare_step.run_compare): the challenger's identity,
+    evaluation: the compare step's result (steps/compare.run_compare_step): the challenger's identity,
         the gate's decision, every row's metrics, and the champion version it evaluated.
     tracking_uri: `http(s)://` MLflow server, or `sqlite:////abs/path/mlflow.db` (artifacts of a
         new experiment then go to `artifacts/` beside the database file). Like
@@ -262,7 +262,7 @@ def rollback_champion(
 
 def version_row(client: MlflowClient, registered_model_name: str, version: str, row_kind: str = "trained"):
     """A registered version as a compare row: its judgments.jsonl and identity, from its run."""
-    from selfguided.components.evaluation.compare import RowJudgments
+    from selfguided.components.evaluation.rows import RowJudgments
     from selfguided.components.data import read_jsonl
 
     model_version = client.get_model_version(registered_model_name, str(version))
@@ -286,7 +286,7 @@ def promote_version(
     """Make `version` the champion by hand: through gate v2 (its judgments paired with the current
     champion's, same judge required) unless `force`. Who and why are recorded in tags either way.
     Returns the decision; the alias moves only when it promotes."""
-    from selfguided.components.evaluation.compare import PromotionGate, decide_promotion
+    from selfguided.components.evaluation.gate import PromotionGate, decide_promotion
 
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     mlflow.set_tracking_uri(tracking_uri)  # models:/ downloads resolve through the process's registry

@@ -58,7 +58,7 @@ def read_summary(path: str | Path) -> dict[str, Any]:
 class Candidate:
     """One trained model and the judge's verdict on it.
 
-    model_dir: the trained model directory, as the finetune step wrote it (trained_model.py).
+    model_dir: the trained model directory, as the finetune step wrote it (model/artifact.py).
     summary: the judge summary of this model (see `read_summary`).
     """
 

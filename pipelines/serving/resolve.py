@@ -1,0 +1,113 @@
+"""MODEL_URI of `selfguided serve` -> a local trained model directory.
+
+MODEL_URI is `models:/NAME@ALIAS` (default: the champion), `models:/NAME/VERSION`, `runs:/RUN/PATH`
+(or any other MLflow artifact URI), or a local trained model directory (a finetune output, or a
+downloaded pyfunc model folder). A registered version is downloaded by the registry
+(`registry/logged_model.download_model_dir`), which finds the trained model directory in it
+(layout: `components/model/artifact.py`). Every failure is a ServeError with a one-line reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from selfguided.components.model import artifact as tm
+from selfguided.components.registry.names import CHAMPION, REGISTERED_MODEL_NAME
+
+# register.REGISTERED_MODEL_NAME and register.CHAMPION, written out: importing register (kfp,
+# mlflow, pandas) would make every `selfguided` command slow to start. A test keeps them equal.
+DEFAULT_MODEL_URI = f"models:/{REGISTERED_MODEL_NAME}@{CHAMPION}"
+
+
+class ServeError(RuntimeError):
+    """The model cannot be served; the message is one line that names what and why."""
+
+
+@dataclass
+class ResolvedModel:
+    model_dir: Path
+    """The trained model directory (selfguided.json, adapter/ or model/, tokenizer/)."""
+    name: str
+    """The default served model name: the registered model's name, else the folder's."""
+    source: str
+    """What was resolved, for the startup line (`models:/x@champion (version 3)`)."""
+
+
+def default_tracking_uri() -> str:
+    """$MLFLOW_TRACKING_URI, else the local run's SQLite store (`.selfguided/mlflow.db`)."""
+    from selfguided.pipelines.local import DEFAULT_WORKDIR, default_tracking_uri as local_default
+
+    return local_default(Path(DEFAULT_WORKDIR))
+
+
+def _is_uri(text: str) -> bool:
+    scheme = text.split(":", 1)[0]
+    return ":" in text and len(scheme) > 1 and scheme.replace("+", "").replace("-", "").replace(".", "").isalnum()
+
+
+def one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 400 else text[:397] + "..."
+
+
+def resolve_model(model_uri: str, tracking_uri: str | None, download_dir: str | Path) -> ResolvedModel:
+    """The trained model directory behind MODEL_URI (registered versions are downloaded into
+    `download_dir`). Raises ServeError with a one-line reason. For an MLflow URI this points the
+    process's MLflow at `tracking_uri` (`mlflow.set_tracking_uri`), as register_candidates does."""
+    if not _is_uri(model_uri) or model_uri.startswith("file:"):
+        path = Path(model_uri.removeprefix("file://")).expanduser().resolve()
+        if not path.is_dir():
+            raise ServeError(f"{model_uri}: no such directory (MODEL_URI is models:/NAME@ALIAS, "
+                             "models:/NAME/VERSION, runs:/RUN_ID/PATH or a trained model directory)")
+        from selfguided.components.registry.logged_model import model_dir_in
+
+        model_dir = model_dir_in(path)
+        name = path.name
+        source = str(path)
+    else:
+        model_dir, name, source = _download(model_uri, tracking_uri, Path(download_dir))
+    try:
+        tm.read_manifest(model_dir)
+    except tm.ArtifactError as exc:
+        raise ServeError(f"{model_uri}: {one_line(exc)}") from None
+    return ResolvedModel(model_dir=model_dir, name=name, source=source)
+
+
+def _download(model_uri: str, tracking_uri: str | None, download_dir: Path) -> tuple[Path, str, str]:
+    hint = ""
+    if model_uri.startswith("models:/") and model_uri.endswith("@champion"):
+        hint = ("; no champion yet? `make run` trains, registers and promotes one "
+                "(or name a version: models:/NAME/VERSION)")
+    registry = model_uri.startswith(("models:/", "runs:/"))
+    if registry and not tracking_uri:
+        raise ServeError(f"cannot resolve {model_uri}: no MLflow tracking store (give --tracking-uri or set "
+                         f"MLFLOW_TRACKING_URI){hint}")
+    if registry and tracking_uri.startswith("sqlite:///"):
+        database = Path(tracking_uri.removeprefix("sqlite:///"))
+        if not database.is_file():  # MLflow would create an empty store there
+            raise ServeError(f"cannot resolve {model_uri}: the MLflow store {tracking_uri} does not exist{hint}")
+
+    from selfguided.components.registry.logged_model import download_model_dir
+
+    try:
+        model_dir = download_model_dir(model_uri, tracking_uri, download_dir)
+    except Exception as exc:  # MlflowException, OSError, sqlalchemy errors: one line for the user
+        raise ServeError(f"cannot resolve {model_uri} in {tracking_uri}: {one_line(exc)}{hint}") from None
+
+    source, name = model_uri, model_dir.name
+    if model_uri.startswith("models:/"):
+        ref = model_uri.removeprefix("models:/")
+        name = ref.split("@", 1)[0] if "@" in ref else ref.rsplit("/", 1)[0]
+        if "@" in ref:
+            try:
+                from mlflow import MlflowClient
+
+                version = MlflowClient(tracking_uri, registry_uri=tracking_uri).get_model_version_by_alias(
+                    *ref.split("@", 1)).version
+                source = f"{model_uri} (version {version})"
+            except Exception:  # only for the startup line
+                pass
+    elif model_uri.startswith("runs:/"):
+        name = "run-" + model_uri.removeprefix("runs:/").split("/", 1)[0]
+    return model_dir, name, source
