@@ -31,6 +31,10 @@ Fault knobs (all thread-safe; change them between runs):
   without structured output.
 - `position_bias`: pairwise verdicts always pick the first answer ("[[A]]").
 - `batch_delay_s`: how long a batch stays "in_progress" before it completes.
+- `judge`: how the fake judge grades one answer (a jury test starts one server per behaviour):
+  "length" (default: `ratings_for`, longer answers score higher), "fair" (every rating is the
+  answer's hidden true quality, written in it as "(품질 N)"; 5 without one) or "noisy" (that true
+  quality plus Gaussian noise, sd `noise_sd`, rounded and clipped to 1-10, drawn anew per request).
 
 Counters: `chat_requests` (every chat request, refused ones included), `status_counts`,
 `peak_in_flight` (most chat requests admitted at once),
@@ -59,6 +63,16 @@ from typing import Any
 
 _BLOCK = re.compile(r"\[The Start of ([^\]]+)\]\n(.*?)\n\[The End of \1\]", re.DOTALL)
 CRITERIA = ("helpfulness", "relevance", "accuracy", "detail")
+
+
+_TRUTH = re.compile(r"\(품질 (\d+)\)")
+JUDGE_BEHAVIOURS = ("length", "fair", "noisy")
+
+
+def true_quality(answer: str) -> int:
+    """The hidden true quality a test wrote into an answer as "(품질 N)" (5 without one)."""
+    match = _TRUTH.search(answer)
+    return int(match[1]) if match else 5
 
 
 def ratings_for(answer: str) -> dict[str, int]:
@@ -93,7 +107,13 @@ class FakeOpenAI:
         batch_delay_s: float = 0.0,
         concurrency_retry_after_s: float = 0.1,
         concurrency_retry_after_ms: bool = True,
+        judge: str = "length",
+        noise_sd: float = 2.0,
     ) -> None:
+        if judge not in JUDGE_BEHAVIOURS:
+            raise ValueError(f"judge must be one of {JUDGE_BEHAVIOURS}, got {judge!r}")
+        self.judge = judge
+        self.noise_sd = noise_sd
         self.latency_s = latency_s
         self.rpm = rpm
         self.burst = burst
@@ -251,6 +271,17 @@ class FakeOpenAI:
             "usage": usage,
         }
 
+    def ratings(self, answer: str) -> dict[str, int]:
+        """This server's judge behaviour (`judge`) grading one answer."""
+        if self.judge == "length":
+            return ratings_for(answer)
+        quality = true_quality(answer)
+        if self.judge == "noisy":
+            with self._lock:
+                quality = round(quality + self._rng.gauss(0, self.noise_sd))
+        quality = max(1, min(10, quality))
+        return {**{c: quality for c in CRITERIA}, "overall": quality}
+
     def _pair_winner(self, blocks: list[str]) -> str:
         if self.position_bias or len(blocks[0]) > len(blocks[1]):
             return "A"
@@ -260,7 +291,7 @@ class FakeOpenAI:
         if len(blocks) >= 2:
             verdict = {"A": "[[A]]", "B": "[[B]]", "tie": "[[C]]"}[self._pair_winner(blocks)]
             return verdict if bare else f"두 답변을 비교했습니다. 더 충실한 쪽을 고릅니다.\n\n{verdict}"
-        ratings = ratings_for(blocks[0] if blocks else "")
+        ratings = self.ratings(blocks[0] if blocks else "")
         lines = "\n".join(f"{name.capitalize()}: [[{value}]]" for name, value in ratings.items())
         return lines if bare else f"답변의 길이와 충실도를 기준으로 평가했습니다.\n\n{lines}"
 
@@ -272,7 +303,7 @@ class FakeOpenAI:
             verdict["rationale"] = "답변의 길이와 충실도를 기준으로 평가했습니다."
         if "winner" in properties and len(blocks) >= 2:
             verdict["winner"] = self._pair_winner(blocks)
-        ratings = ratings_for(blocks[0] if blocks else "")
+        ratings = self.ratings(blocks[0] if blocks else "")
         verdict.update({k: v for k, v in ratings.items() if k in properties})
         return verdict
 
