@@ -356,15 +356,15 @@ def test_sigterm_midway_then_resume_ends_where_an_uninterrupted_run_ends(tmp_pat
     assert_same_result(tmp_path / "out", uninterrupted)
 
 
-# Dies by SIGKILL in the middle of writing the step-4 checkpoint (after the weights, before the
-# optimizer state), like a pod killed without grace.
+# Dies by SIGKILL in the middle of writing the step-4 checkpoint (after the DCP shards of weights and
+# optimizer state, before the scheduler and meta.json), like a pod killed without grace.
 KILL_WHILE_SAVING = textwrap.dedent("""
     import os, signal, sys
     from selfguided.components.steps import finetune
     from selfguided.components.training import checkpoints
     real_save = checkpoints._save_synced
     def save_then_die(obj, path):
-        if path.parent.name == ".tmp-step-000004" and path.name == "optimizer.pt":
+        if path.parent.name == ".tmp-step-000004" and path.name == "scheduler.pt":
             os.kill(os.getpid(), signal.SIGKILL)
         real_save(obj, path)
     checkpoints._save_synced = save_then_die

@@ -30,7 +30,7 @@ _POLYGLOT_KO_COMMON = dict(
 )
 
 # Per size: d_model, layers, heads, d_ff and the fraction of each head that gets rotary
-# embeddings (64 dimensions everywhere: 64/128 for 1.3B and 3.8B, 64/256 for 5.8B).
+# embeddings (64 dimensions everywhere: 64/128 for 1.3B, 3.8B and 12.8B, 64/256 for 5.8B).
 POLYGLOT_KO_CONFIGS: dict[str, dict] = {
     "EleutherAI/polyglot-ko-1.3b": dict(
         _POLYGLOT_KO_COMMON, hidden_size=2048, num_hidden_layers=24, num_attention_heads=16,
@@ -43,6 +43,11 @@ POLYGLOT_KO_CONFIGS: dict[str, dict] = {
     "EleutherAI/polyglot-ko-5.8b": dict(
         _POLYGLOT_KO_COMMON, hidden_size=4096, num_hidden_layers=28, num_attention_heads=16,
         intermediate_size=16384, rotary_pct=0.25,
+    ),
+    # Not one the paper fine-tunes; here for the memory plan of larger runs (docs/training.md).
+    "EleutherAI/polyglot-ko-12.8b": dict(
+        _POLYGLOT_KO_COMMON, hidden_size=5120, num_hidden_layers=40, num_attention_heads=40,
+        intermediate_size=20480, rotary_pct=0.5,
     ),
 }
 

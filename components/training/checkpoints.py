@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import sys
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ import torch
 
 from selfguided.components.data import file_sha256
 from selfguided.components.training.config import FinetuneConfig
-from selfguided.components.training.parallel import Distributed
+from selfguided.components.training.parallel import Distributed, unwrap
 
 
 @dataclass
@@ -37,24 +38,35 @@ class RunState:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
-
 def run_fingerprint(train_file: str | Path, base_model: str, config: FinetuneConfig, world_size: int) -> str:
-    """What a checkpoint must match to be resumed: data, base, computing config and GPU count."""
+    """The identity of a run, what a checkpoint must match to be resumed: data, base, the computing
+    config, and the micro-batches per optimizer step (grad_accum_steps x ranks).
+
+    The number of ranks alone is not part of it: 2 ranks accumulating 1 micro-batch and 1 rank
+    accumulating 2 train the same plan (data.plan_epoch), so a checkpoint written by one resumes on
+    the other (DCP reshards); the world size is kept in meta.json to say so.
+    """
     computing = {k: v for k, v in config.to_dict().items() if k not in FinetuneConfig.RESUMABLE_FIELDS}
     payload = json.dumps(
-        {"data": file_sha256(train_file), "base": base_model, "config": computing, "world_size": world_size},
+        {"data": file_sha256(train_file), "base": base_model, "config": computing,
+         "micro_batches_per_step": config.grad_accum_steps * world_size},
         sort_keys=True,
     )
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
 class Checkpoints:
-    """`checkpoint_dir/step-000120/` holds trainable.pt, optimizer.pt, scheduler.pt, rng-rank<r>.pt
-    and meta.json (written last). A checkpoint is built in `.tmp-step-000120/` and renamed when
-    complete, so a process killed at any moment leaves either the whole directory or none of it;
-    leftover temporary directories are deleted on the next start."""
+    """`checkpoint_dir/step-000120/` holds state/ (a torch.distributed.checkpoint of the trainable
+    weights and the optimizer state, one file per rank plus .metadata), scheduler.pt,
+    rng-rank<r>.pt and meta.json (written last). A checkpoint is built in `.tmp-step-000120/` and
+    renamed when every rank has written its part, so a process killed at any moment leaves either
+    the whole directory or none of it; leftover temporary directories are deleted on the next start.
+
+    DCP stores each tensor with its global shape and the pieces each rank held, so a checkpoint of
+    sharded (FSDP2) or replicated (DDP, one process) weights loads on any number of ranks."""
 
     PATTERN = re.compile(r"^step-(\d{6,})$")
+    STATE_DIR = "state"
 
     def __init__(self, root: str | Path, fingerprint: str, distributed: Distributed, keep: int):
         self.root, self.fingerprint, self.distributed, self.keep = Path(root), fingerprint, distributed, keep
@@ -73,6 +85,8 @@ class Checkpoints:
         return found[-1] if found else None
 
     def save(self, state: RunState, model, optimizer, scheduler) -> Path:
+        import torch.distributed.checkpoint as dcp
+
         final = self.root / f"step-{state.step:06d}"
         if final.exists():  # resumed at the very end: this checkpoint is already there
             return final
@@ -84,10 +98,8 @@ class Checkpoints:
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state()
         _save_synced(rng, tmp / f"rng-rank{self.distributed.rank}.pt")
+        dcp.save(_training_state(model, optimizer), checkpoint_id=tmp / self.STATE_DIR)  # every rank, its shard
         if self.distributed.is_main:
-            trainable = {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad}
-            _save_synced(trainable, tmp / "trainable.pt")
-            _save_synced(optimizer.state_dict(), tmp / "optimizer.pt")
             _save_synced(scheduler.state_dict(), tmp / "scheduler.pt")
             meta = {"fingerprint": self.fingerprint, "world_size": self.distributed.world_size, **asdict(state)}
             _write_synced((tmp / "meta.json"), json.dumps(meta, indent=1))
@@ -101,28 +113,48 @@ class Checkpoints:
         return final
 
     def load(self, path: Path, model, optimizer, scheduler) -> RunState:
+        """Restore a checkpoint into the (already wrapped) model and its optimizer, on every rank."""
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import set_state_dict
+
         meta = json.loads((path / "meta.json").read_text())
         if meta["fingerprint"] != self.fingerprint:
             raise RuntimeError(
-                f"{path}: checkpoint of a different run (other data, base model, config or GPU count); "
-                "point checkpoint_dir at an empty folder or delete it to start over"
+                f"{path}: checkpoint of a different run (other data, base model, config or micro-batches per "
+                "step); point checkpoint_dir at an empty folder or delete it to start over"
             )
-        trainable = torch.load(path / "trainable.pt", map_location="cpu", weights_only=True)
-        missing = [n for n, p in model.named_parameters() if p.requires_grad and n not in trainable]
-        if missing:
-            raise RuntimeError(f"{path}/trainable.pt lacks {len(missing)} trainable tensors, e.g. {missing[0]}")
-        with torch.no_grad():
-            for name, param in model.named_parameters():
-                if param.requires_grad:
-                    param.copy_(trainable[name])
-        optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
+        if meta["world_size"] != self.distributed.world_size and self.distributed.is_main:
+            print(f"{path}: same run, written by {meta['world_size']} rank(s), resumed on "
+                  f"{self.distributed.world_size} (DCP reshards)", file=sys.stderr)
+        training_state = _training_state(model, optimizer)
+        dcp.load(training_state, checkpoint_id=path / self.STATE_DIR)
+        set_state_dict(unwrap(model), optimizer, model_state_dict=training_state["model"],
+                       optim_state_dict=training_state["optim"], options=_state_options())
         scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
-        rng = torch.load(path / f"rng-rank{self.distributed.rank}.pt", weights_only=True)
-        torch.set_rng_state(rng["torch"])
-        if "cuda" in rng and torch.cuda.is_available():
-            torch.cuda.set_rng_state(rng["cuda"])
+        rng_file = path / f"rng-rank{self.distributed.rank}.pt"
+        if rng_file.exists():  # a rank the writing run did not have keeps its seeded generator
+            rng = torch.load(rng_file, weights_only=True)
+            torch.set_rng_state(rng["torch"])
+            if "cuda" in rng and torch.cuda.is_available():
+                torch.cuda.set_rng_state(rng["cuda"])
         fields_ = {f.name for f in fields(RunState)}
         return RunState(**{k: v for k, v in meta.items() if k in fields_})
+
+
+def _state_options():
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    # The frozen LoRA base is the base model's, not the run's: left out, and so not "missing" on load
+    # (dcp.load already fails on a trainable tensor the checkpoint lacks).
+    return StateDictOptions(ignore_frozen_params=True, strict=False)
+
+
+def _training_state(model, optimizer) -> dict[str, Any]:
+    """Trainable weights and optimizer state keyed by parameter name, sharded as the model is."""
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    model_state, optim_state = get_state_dict(unwrap(model), optimizer, options=_state_options())
+    return {"model": model_state, "optim": optim_state}
 
 
 def _save_synced(obj: Any, path: Path):

@@ -49,6 +49,13 @@ class FinetuneConfig:
     gradient_checkpointing: bool = field(
         default=False,
         metadata={"help": "Recompute activations in backward: ~30% slower, far less memory. Off when memory allows."})
+    parallelism: str = field(
+        default="auto",
+        metadata={"help": "How several GPUs share the work: 'ddp' (each holds the whole model and optimizer state), "
+                          "'fsdp' (FSDP2 fully_shard per transformer block + root: weights, gradients and "
+                          "optimizer state sharded over all ranks, bf16 compute with fp32 gradient reduction on "
+                          "GPUs), or 'auto': ddp when the memory plan says DDP fits the GPUs, else fsdp "
+                          "(in practice: LoRA runs DDP, full fine-tuning of 3.8B and up runs FSDP)."})
     precision: str = field(
         default="auto", metadata={"help": "'auto' (bf16 autocast on GPU, fp32 on CPU), 'bf16' or 'fp32'."})
     attn_implementation: str = field(
@@ -64,12 +71,15 @@ class FinetuneConfig:
         default=1,
         metadata={"help": "Complete checkpoints kept per run; older ones are deleted. Writes are atomic: 1 is safe."})
 
-    # Fields that change how a run is checkpointed, not what it computes; a resumed run may differ in them.
-    RESUMABLE_FIELDS = ("save_every_steps", "keep_checkpoints")
+    # Fields that change how a run is laid out or checkpointed, not what it computes: a resumed run may
+    # differ in them. grad_accum_steps is here because the run's identity is the number of micro-batches
+    # per optimizer step (grad_accum_steps x ranks), whatever the number of ranks (checkpoints.py).
+    RESUMABLE_FIELDS = ("save_every_steps", "keep_checkpoints", "parallelism", "grad_accum_steps")
 
     def __post_init__(self):
         self.lora_target_modules = tuple(self.lora_target_modules)
-        choices = {"method": ("lora", "full"), "precision": ("auto", "bf16", "fp32")}
+        choices = {"method": ("lora", "full"), "precision": ("auto", "bf16", "fp32"),
+                   "parallelism": ("auto", "ddp", "fsdp")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"FinetuneConfig.{name}={getattr(self, name)!r}: expected one of {', '.join(allowed)}")
@@ -95,6 +105,8 @@ class FinetuneConfig:
             "EleutherAI/polyglot-ko-1.3b": dict(micro_batch_tokens=16384, grad_accum_steps=2),
             "EleutherAI/polyglot-ko-3.8b": dict(micro_batch_tokens=8192, grad_accum_steps=4, learning_rate=1.5e-4),
             "EleutherAI/polyglot-ko-5.8b": dict(micro_batch_tokens=8192, grad_accum_steps=4, learning_rate=1e-4),
+            "EleutherAI/polyglot-ko-12.8b": dict(micro_batch_tokens=4096, grad_accum_steps=8, learning_rate=1e-4,
+                                                 gradient_checkpointing=True),
         }
         return cls(**{**per_model.get(canonical_name(name), {}), **overrides})
 

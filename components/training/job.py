@@ -21,7 +21,8 @@ from selfguided.components.training.checkpoints import run_fingerprint
 from selfguided.components.training.config import FinetuneConfig
 from selfguided.components.training.data import read_train_file, tokenize_records
 from selfguided.components.training.loop import peak_memory_gb, prepare_model, train_loop, weights_dtype
-from selfguided.components.training.parallel import init_distributed
+from selfguided.components.training.memory_plan import detect_gpu_memory_gb, plan_for_run
+from selfguided.components.training.parallel import full_state_dict, init_distributed, is_fsdp
 
 
 def base_model_ref(base_model: str) -> str:
@@ -31,6 +32,20 @@ def base_model_ref(base_model: str) -> str:
     if is_local(base_model):
         return str(Path(base_model).expanduser().resolve())
     return canonical_name(base_model)
+
+
+def unsharded_copy(model, weights: dict[str, torch.Tensor]):
+    """A plain model holding the gathered weights (no copy: built on the meta device, then the
+    tensors are assigned), so that a full model trained under FSDP is saved by the same path, with
+    the same key names, as one trained in one process (FSDP's generated subclass hides the model
+    class from transformers' checkpoint-format conversion)."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        plain = AutoModelForCausalLM.from_config(model.config)
+    plain.load_state_dict(weights, assign=True)
+    plain.generation_config = model.generation_config
+    return plain
 
 
 def pick_device() -> torch.device:
@@ -59,15 +74,16 @@ def train(
             (only for `tiny`, which no hub serves) and train_log.jsonl (one line per step).
         config: defaults to FinetuneConfig.for_model(base_model).
         checkpoint_dir: persistent folder (a PVC), may be shared: each run checkpoints into the
-            subfolder named by its fingerprint (data, base, config, GPU count) and a rerun of the
-            same run resumes there. None: a folder inside output_dir, deleted once training ends.
+            subfolder named by its fingerprint (data, base, config, micro-batches per step) and a
+            rerun of the same run resumes there, on any number of ranks. None: a folder inside output_dir, deleted once training ends.
         arm: the data arm (unscored / self_guided / control); default: the train file's name.
         strategy: how the split used the scores (condition / filter); recorded in the manifest,
             it decides how the model is prompted at inference.
 
     Returns the training metrics: train_loss, train_tokens, target_tokens, tokens_per_s, steps,
     epochs, seconds, peak_memory_gb, train_samples, truncated_samples, skipped_samples.
-    Raises TrainingPreempted after SIGTERM (a checkpoint has been written).
+    Raises TrainingPreempted after SIGTERM (a checkpoint has been written), and
+    memory_plan.DoesNotFit before loading anything when the GPUs cannot hold the run.
     """
     config = config or FinetuneConfig.for_model(base_model)
     arm = arm or Path(train_file).stem
@@ -82,6 +98,13 @@ def train(
         torch.cuda.set_device(device)
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.cuda.reset_peak_memory_stats(device)
+    # The memory plan, before the model loads: an impossible setup stops here, naming its numbers.
+    plan = plan_for_run(base_model, config, gpus_per_node=int(os.environ.get("LOCAL_WORLD_SIZE", "1")),
+                        nodes=max(1, distributed.world_size // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))),
+                        gpu_memory_gb=detect_gpu_memory_gb())
+    parallelism = plan.setup.parallelism if plan else (config.parallelism if config.parallelism != "auto" else "ddp")
+    if plan and distributed.is_main:
+        print(plan.describe(), file=sys.stderr)
     attn = config.attn_implementation
     if attn == "auto":
         attn = training_attn_implementation(device, config.packing)
@@ -112,7 +135,10 @@ def train(
         checkpoint_dir=checkpoint_dir,
         fingerprint=fingerprint,
         distributed=distributed,
+        parallelism=parallelism,
     )
+    # Under FSDP every rank takes part in gathering the weights; rank 0 writes the artifact.
+    weights = full_state_dict(model, trainable_only=config.method == "lora") if is_fsdp(model) else None
 
     metrics = {
         "train_loss": state.loss_sum / max(state.target_tokens, 1),
@@ -138,7 +164,9 @@ def train(
             train_metrics=metrics,
             train_data_sha256=file_sha256(train_file),
         )
-        save_trained(output_dir, model, tokenizer, manifest, train_log=state.history)
+        if weights is not None and config.method == "full":
+            model, weights = unsharded_copy(model, weights), None
+        save_trained(output_dir, model, tokenizer, manifest, train_log=state.history, state_dict=weights)
         if temporary_checkpoints:
             shutil.rmtree(checkpoint_dir, ignore_errors=True)
     distributed.barrier()

@@ -1,6 +1,7 @@
 """The training loop, visible top to bottom (nanoGPT style): model preparation (LoRA or full,
 gradient checkpointing), gradient accumulation, DDP under torchrun, bf16 autocast, clipping, the
-LR schedule, tqdm, checkpoints on an interval and on SIGTERM.
+LR schedule, tqdm, checkpoints on an interval and on SIGTERM. DDP or FSDP2 on several ranks
+(parallel.py): the loop is the same, only the wrapper differs.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from selfguided.components.training.base_models import SDPA_VARLEN
 from selfguided.components.training.checkpoints import Checkpoints, RunState
 from selfguided.components.training.config import FinetuneConfig
 from selfguided.components.training.data import IGNORE_INDEX, Sample, collate_packed, collate_padded, plan_run
-from selfguided.components.training.parallel import Distributed
+from selfguided.components.training.parallel import Distributed, gradient_sync, is_fsdp, unwrap, wrap_model
 
 
 def loss_sum(model, batch: dict[str, Any], device: torch.device) -> torch.Tensor:
@@ -107,7 +108,6 @@ def peak_memory_gb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
 
 
-
 def train_loop(
     model,
     samples: list[Sample],
@@ -118,11 +118,15 @@ def train_loop(
     checkpoint_dir: str | Path | None = None,
     fingerprint: str = "",
     distributed: Distributed | None = None,
+    parallelism: str | None = None,
     progress: bool = True,
 ) -> tuple[Any, RunState]:
     """Train `model` (already prepared by prepare_model) on `samples`; returns (model, state).
 
-    With a checkpoint_dir, resumes from its newest complete checkpoint (which must carry the same
+    On several ranks the model is wrapped by `parallelism` (ddp or fsdp; default: the config's,
+    ddp for 'auto'), before the optimizer is built (FSDP2 replaces the parameters by their shards).
+    The returned model is the one to save: unwrapped from DDP, still sharded under FSDP
+    (parallel.full_state_dict gathers it). With a checkpoint_dir, resumes from its newest complete checkpoint (which must carry the same
     fingerprint), writes one every `save_every_steps` steps, one at the end, and one on SIGTERM
     before raising TrainingPreempted.
     """
@@ -133,7 +137,9 @@ def train_loop(
     torch.manual_seed(config.seed)
     steps = plan_run(samples, config, distributed.world_size)
     precision = resolve_precision(config, device)
-    trainable = [p for p in model.parameters() if p.requires_grad]
+    parallelism = parallelism or (config.parallelism if config.parallelism != "auto" else "ddp")
+    wrapped = wrap_model(model, parallelism, distributed, device, precision)
+    trainable = [p for p in wrapped.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
         trainable, lr=config.learning_rate, weight_decay=config.weight_decay, fused=device.type == "cuda"
     )
@@ -146,17 +152,15 @@ def train_loop(
     if checkpoint_dir:
         checkpoints = Checkpoints(checkpoint_dir, fingerprint, distributed, config.keep_checkpoints)
     if checkpoints is not None and (latest := checkpoints.latest()) is not None:
-        state = checkpoints.load(latest, model, optimizer, scheduler)
-    ddp_model = model
-    if distributed.world_size > 1:
-        ddp_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
-        )
+        state = checkpoints.load(latest, wrapped, optimizer, scheduler)
     # cu_seq_lens for the varlen backends, so they need not rebuild them from position_ids per layer
     attn = model.config._attn_implementation
     varlen = attn.startswith("flash_attention") or attn == SDPA_VARLEN
+    # bf16 compute: autocast over fp32 weights, except under FSDP2, whose MixedPrecisionPolicy
+    # already gathers bf16 weights and reduces gradients in fp32.
     autocast = (
-        torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
+        torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" and not is_fsdp(wrapped)
+        else contextlib.nullcontext()
     )
     model.train()
     bar = tqdm(total=len(steps), initial=state.step, desc="finetune", unit="step",
@@ -167,7 +171,7 @@ def train_loop(
             step = steps[step_index]
             mine = step.micro_batches[distributed.rank :: distributed.world_size]
             # A rank without a micro-batch in the last, short step still joins the gradient
-            # all-reduce, with a zero-weighted copy of the first micro-batch.
+            # reduction, with a zero-weighted copy of the first micro-batch.
             weights = [1.0] * len(mine) if mine else [0.0]
             mine = mine or step.micro_batches[:1]
             local_loss = torch.zeros((), device=device)  # stays on the device: one sync per step, not per micro-batch
@@ -175,18 +179,17 @@ def train_loop(
                 members = [samples[j] for j in member_ids]
                 batch = collate_packed(members, varlen) if config.packing else collate_padded(members, pad_token_id)
                 last = i == len(mine) - 1
-                sync = contextlib.nullcontext() if last or distributed.world_size == 1 else ddp_model.no_sync()
-                with sync:
+                with gradient_sync(wrapped, enabled=last):
                     with autocast:
-                        summed = loss_sum(ddp_model, batch, device)
-                    # DDP averages gradients over ranks; scaling by world_size makes the result the
-                    # gradient of (summed loss over the whole step) / (targets in the whole step).
+                        summed = loss_sum(wrapped, batch, device)
+                    # DDP and FSDP average gradients over ranks; scaling by world_size makes the result
+                    # the gradient of (summed loss over the whole step) / (targets in the whole step).
                     (summed * (weight * distributed.world_size / step.num_targets)).backward()
                 local_loss += weight * summed.detach()
             if config.max_grad_norm > 0:
-                grad_norm = torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm).item()
+                grad_norm = _scalar(torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm))
             else:
-                grad_norm = torch.nn.utils.get_total_norm([p.grad for p in trainable if p.grad is not None]).item()
+                grad_norm = _scalar(torch.nn.utils.get_total_norm([p.grad for p in trainable if p.grad is not None]))
             lr = scheduler.get_last_lr()[0]
             optimizer.step()
             scheduler.step()
@@ -207,12 +210,17 @@ def train_loop(
             stop = distributed.sum(float(sigterm.raised), device) > 0
             interval = config.save_every_steps and state.step % config.save_every_steps == 0
             if checkpoints is not None and (stop or interval or state.step == len(steps)):
-                checkpoints.save(state, model, optimizer, scheduler)
+                checkpoints.save(state, wrapped, optimizer, scheduler)
             if stop:
                 bar.close()
                 where = f"checkpoint saved in {checkpoint_dir}" if checkpoints else "no checkpoint_dir, progress lost"
                 raise TrainingPreempted(
                     f"SIGTERM: stopped after step {state.step}/{len(steps)}; {where}. Rerun to resume.")
     bar.close()
-    return model, state
+    return unwrap(wrapped), state
+
+
+def _scalar(tensor) -> float:
+    """A float from a plain tensor or a DTensor (FSDP2 gradient norms are sharded: gather first)."""
+    return (tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor).item()
 
