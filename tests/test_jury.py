@@ -169,3 +169,28 @@ def test_the_circularity_gap_shows_a_judge_of_the_scorers_family_favouring_self_
     assert gap.ci_low > 0.5 and gap.ci_low < 1.0 < gap.ci_high
     assert circularity_gaps(rows, ["gpt-4o-mini", "claude-sonnet"], "exaone-3.5") == []
     assert "Circularity" in jury_agreement(rows, scoring_model="gpt-4o").to_markdown()
+
+
+def test_the_compare_hook_adds_the_section_per_judge_metrics_and_refuses_below_min_agreement(tmp_path):
+    import json
+
+    from selfguided.components.data import write_jsonl
+    from selfguided.components.judging.agreement import review_judges
+
+    rng = random.Random(7)
+    files = []
+    for row in (_row("self_guided", 1.0, rng), _row("unscored", 0.0, rng)):
+        summary, judgments = tmp_path / f"{row.arm}.json", tmp_path / f"{row.arm}.jsonl"
+        summary.write_text(json.dumps({"row": row.row, "row_kind": "trained", "base_model": "tiny", "arm": row.arm}))
+        write_jsonl(judgments, row.judgments)
+        files.append((str(summary), str(judgments)))
+    result = {"decision": {"promote": True, "reasons": ["better on evidence"]}, "metrics": {}}
+    section = review_judges(result, [s for s, _ in files], [j for _, j in files], scoring_model="gpt-4o",
+                            min_agreement=0.99)
+    assert section.startswith("## Judges") and "Circularity" in section
+    assert result["decision"]["promote"] is False and "--min-judge-agreement 0.99" in result["decision"]["reasons"][0]
+    assert "judge/claude-sonnet/blog/overall" in result["metrics"]["tiny/self_guided"]
+    alpha = result["judges"]["alpha"]["overall"]
+    result = {"decision": {"promote": True, "reasons": []}, "metrics": {}}
+    review_judges(result, [s for s, _ in files], [j for _, j in files], min_agreement=alpha - 0.01)
+    assert result["decision"]["promote"] is True

@@ -431,3 +431,39 @@ def jury_agreement(rows: Sequence[JudgedRow], *, scoring_model: str = "") -> Jur
         result.cost = {j: {"cost_usd": round(c, 6), "answers": n, "per_1000": round(1000 * c / n, 6) if n else 0.0}
                        for j, (c, n) in totals.items()}
     return result
+
+
+def review_judges(result: dict[str, Any], summary_files: Sequence[str], judgment_files: Sequence[str], *,
+                  scoring_model: str = "", min_agreement: float = 0.0) -> str:
+    """The compare step's hook: the Judges section (Markdown) of the run's rows, with its effects
+    on the compare result: `result["judges"]` (the figures), per-judge metrics added to
+    `result["metrics"][row]`, the plain-words warnings appended to the decision's reasons, and a
+    refusal (promote false, its reason first) when alpha is below `min_agreement`. A jury of one
+    changes nothing but the section."""
+    import json
+
+    from selfguided.components.data import read_jsonl
+
+    rows = []
+    for summary_path, judgments_path in zip(summary_files, judgment_files):
+        with open(summary_path, encoding="utf-8") as fh:
+            summary = json.load(fh)
+        judgments = read_jsonl(judgments_path, allow_empty=True)
+        if judgments:
+            rows.append(JudgedRow(summary["row"], summary["row_kind"], judgments, summary.get("base_model", ""),
+                                  summary.get("arm", ""), summary.get("jury")))
+    agreement = jury_agreement(rows, scoring_model=scoring_model)
+    result["judges"] = agreement.to_dict()
+    if len(agreement.judges) < 2:
+        return agreement.to_markdown()
+    for row, values in agreement.metrics().items():
+        result.setdefault("metrics", {}).setdefault(row, {}).update(values)
+    decision = result["decision"]
+    refusal = agreement.refusal(min_agreement)
+    if refusal and decision["promote"]:
+        decision["promote"] = False
+        decision["reasons"] = [refusal, *decision["reasons"]]
+    elif refusal:
+        decision["reasons"].append(refusal)
+    decision["reasons"] += agreement.warnings()
+    return agreement.to_markdown()
