@@ -228,3 +228,17 @@ def test_options_out_of_range_exit_2(tmp_path, capsys):
     assert "score: LLMConfig.max_input_tokens must be >= 1" in capsys.readouterr().err
     assert selfguided("score", tmp_path / "seed.jsonl", "-o", tmp_path / "s.jsonl", "--rate-limit-budget", "-5") == 2
     assert "rate_limit_budget_s must be >= 0" in capsys.readouterr().err
+
+
+def test_judge_with_a_jury_prints_how_far_the_judges_agree(server, tmp_path, capsys):
+    _judge_files(tmp_path)
+    with FakeOpenAI(judge="noisy", seed=5) as noisy:
+        code = selfguided("judge", tmp_path / "questions.jsonl", tmp_path / "small.jsonl", "-o", tmp_path / "j.jsonl",
+                          "--judges", f"gpt-4o,noisy@{noisy.base_url}", "--judge-repeats", "2",
+                          "--cache", tmp_path / "cache")
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "gpt-4o: 3 items, 0 without a verdict" in out and "## Judges" in out and "alpha" in out
+    assert "Judge noise" in out and "| noisy | 3 | 2 |" in out
+    rows = read_jsonl(tmp_path / "j.jsonl")
+    assert all(r["jury"]["size"] == 2 and len(r["judges"]) == 4 for r in rows)  # 2 judges x 2 repeats
