@@ -163,7 +163,7 @@ def add_judge_parser(subparsers: Any) -> argparse.ArgumentParser:
                       help="the judges' sampling temperature (default: 0)")
     jury.add_argument("--min-judges", type=int, default=0, metavar="N",
                       help="judges an item needs for a jury score; fewer: the item fails (default: 0 = all)")
-    jury.add_argument("--aggregate", choices=("mean", "median"), default="mean",
+    jury.add_argument("--jury-aggregate", dest="aggregate", choices=("mean", "median"), default="mean",
                       help="the jury's score from its judges' (default: %(default)s)")
     _add_llm_options(parser)
     parser.set_defaults(func=run_judge)
