@@ -3,8 +3,8 @@
 import pytest
 from registry_fixtures import category_scores, make_judgments, write_row
 
-from selfguided.components.evaluation.compare import PromotionGate
-from selfguided.components.steps.compare import pick_challenger, run_compare, run_compare_step
+from selfguided.components.evaluation.gate import PromotionGate, pick_challenger
+from selfguided.components.steps.compare import run_compare, run_compare_step
 
 
 def rows(tmp_path, **scores):
@@ -68,6 +68,37 @@ def test_no_candidate_arm_is_a_clear_error(tmp_path):
 
     (summary, judgments), = rows(tmp_path, control=5.0).values()
     with pytest.raises(ValueError, match="no trained row of the arms unscored, self_guided"):
-        pick_challenger([load_row(str(summary), str(judgments))[1]], {"tiny/control": 5.0})
+        pick_challenger([load_row(str(summary), str(judgments))[1]], [])
     with pytest.raises(ValueError, match="no trained row of the arms unscored, self_guided"):
         run_compare([str(summary)], [str(judgments)], gate=PromotionGate())
+
+
+def layout_judgments(score, layout, seed):
+    """make_judgments with `layout[c]` questions in category c (the others left out)."""
+    rows = make_judgments(category_scores(score), n=max(layout.values()), spread=1.0, seed=seed)
+    return [j for j in rows if j["category"] in layout and int(j["question_id"].rsplit("-", 1)[1]) < layout[j["category"]]]
+
+
+def test_the_pipelines_default_eval_fraction_on_the_bundled_seed_completes_and_decides(tmp_path):
+    """eval_fraction 0.1 on the bundled seed leaves 14/14 held-out questions and 1 per trained category:
+    compare crashed on the 1-question categories (issue 18); now they show a mean and do not vote."""
+    layout = {"cover_letter": 14, "poem": 14, "blog": 1, "novel": 1, "scenario": 1}
+    written = [write_row(tmp_path, arm, layout_judgments(score, layout, i), arm=arm)
+               for i, (arm, score) in enumerate([("unscored", 5.0), ("self_guided", 7.0)])]
+    written.append(write_row(tmp_path, "base", layout_judgments(3.0, layout, 9), row_kind="base"))
+    result = run_compare_step(*files(written), str(tmp_path / "r.json"), str(tmp_path / "r.md"),
+                              str(tmp_path / "r.html"), gate=PromotionGate())
+    assert result["decision"]["promote"], result["decision"]["reasons"]
+    assert result["decision"]["figures"]["mode"] == "first_champion"
+    report = (tmp_path / "r.md").read_text(encoding="utf-8")
+    assert "(n=1: too few for an interval)" in report and "± 0.00" not in report
+    assert "do not vote" in report and "## Power" in report
+
+
+def test_a_trained_row_worse_than_the_base_is_never_the_first_champion(tmp_path):
+    written = list(rows(tmp_path, unscored=3.0, self_guided=3.3).values())
+    written.append(write_row(tmp_path, "base", make_judgments(category_scores(6.9), spread=0.4, seed=7),
+                             row_kind="base"))
+    result = run_compare(*files(written), gate=PromotionGate())
+    assert not result["decision"]["promote"]
+    assert result["decision"]["reasons"][0].startswith("no champion yet: the first champion must beat its untuned base")

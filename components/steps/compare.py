@@ -1,35 +1,27 @@
-"""Step 6, compare: every row's judgments in; the evidence (compare.py's statistics) and the gate's decision out.
+"""Step 6, compare: every row's judgments in; the evidence (components/evaluation) and the gate's decision out.
 
-The challenger is the run's best trained row; the champion row is the registry's champion
-re-evaluated in this run. The step writes the comparison and the decision as JSON (read by the
-register step, which logs them and moves the aliases), the report as Markdown and as HTML with
-plots (shown in the Kubeflow UI, logged to MLflow, printed by `selfguided run`).
+The challenger is the run's best candidate arm; its bar is the registry's champion re-evaluated in
+this run (with no champion yet, the untuned base row of its base model). The step writes the
+comparison and the decision as JSON (read by the register step, which logs them and moves the
+aliases), the report as Markdown and as HTML with plots (shown in the Kubeflow UI, logged to
+MLflow, printed by `selfguided run`).
 """
 
 # No `from __future__ import annotations`: KFP reads the component's annotations at runtime.
 import html
 import json
-import math
 from typing import Any, List, Mapping, Sequence
 
 from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Metrics, Output
 from kfp.dsl.component_decorator import component  # `dsl.component` is absent when a step runs (_KFP_RUNTIME)
 
-from selfguided.components.evaluation.compare import (
-    MIN_RESAMPLES,
-    Comparison,
-    GateDecision,
-    PromotionGate,
-    RowJudgments,
-    compare_rows,
-    decide_promotion,
-    default_comparisons,
-    metrics_for_row,
-    report_html,
-    report_markdown,
-)
 from selfguided.components.data import read_jsonl
+from selfguided.components.evaluation.gate import Evaluation, GateDecision, PromotionGate, evaluate_run
+from selfguided.components.evaluation.metrics import metrics_for_row
+from selfguided.components.evaluation.report import report_html, report_markdown
+from selfguided.components.evaluation.rows import RowJudgments
 from selfguided.components.images import CPU_IMAGE
+from selfguided.components.judging.agreement import review_judges
 from selfguided.components.judging.offline import OFFLINE_JUDGE_NAME
 
 
@@ -49,34 +41,14 @@ def load_row(summary_path: str, judgments_path: str) -> tuple[dict[str, Any], Ro
         row=summary["row"], row_kind=summary["row_kind"], judgments=judgments, base_model=summary["base_model"],
         arm=summary["arm"], judge=summary["judge"], answers=int(summary.get("answers", 0)),
         generate_seconds=float(summary.get("generate_seconds", 0.0)),
-        llm_cost_usd=float(summary.get("llm_cost_usd", 0.0)))
+        llm_cost_usd=float(summary.get("llm_cost_usd", 0.0)), replicate=int(summary.get("replicate", 0) or 0))
 
 
-CANDIDATE_ARMS = ("unscored", "self_guided")  # `control` is a yardstick, never a candidate
-
-
-def pick_challenger(rows: Sequence[RowJudgments], overall: Mapping[str, float]) -> RowJudgments:
-    """The run's best candidate (a trained row of an arm meant for promotion) by its overall mean
-    (`overall`: row -> the judge summary's judge/overall), the first of equals in row order."""
-    candidates = [r for r in rows if r.row_kind == "trained" and r.arm in CANDIDATE_ARMS]
-    if not candidates:
-        raise ValueError(f"no trained row of the arms {', '.join(CANDIDATE_ARMS)} to choose a challenger from")
-    return max(candidates, key=lambda r: overall.get(r.row, -math.inf))
-
-
-def run_compare(summary_files: Sequence[str], judgment_files: Sequence[str], *, gate: PromotionGate,
-                gpu_hour_usd: float = 0.0, n_resamples: int = MIN_RESAMPLES) -> dict[str, Any]:
-    """Everything the compare step decides, as JSON-ready data.
-
-    The i-th summary file belongs to the i-th judgments file (as the pipeline's loops collected
-    them; checked against the judgments' model). The challenger is the best trained row of the
-    candidate arms (`control` is a yardstick, not a candidate); the champion row is the registry's
-    champion re-evaluated in this run (absent: the first champion; the unpaired fallback when it
-    exists but could not be re-evaluated; a refusal when it has no logged metrics either).
-    """
+def _evaluate(summary_files: Sequence[str], judgment_files: Sequence[str], gate: PromotionGate, gpu_hour_usd: float
+              ) -> tuple[Evaluation, dict[str, Any]]:
     if len(summary_files) != len(judgment_files):
         raise ValueError(f"{len(summary_files)} judge summaries but {len(judgment_files)} judgment files")
-    rows, notes, champion_summary, overall = [], [], None, {}
+    rows, notes, champion_summary = [], [], None
     for summary_path, judgments_path in zip(summary_files, judgment_files):
         summary, row = load_row(summary_path, judgments_path)
         if summary["row_kind"] == "champion":
@@ -85,33 +57,35 @@ def run_compare(summary_files: Sequence[str], judgment_files: Sequence[str], *, 
             notes.append(f"{summary['row']}: {summary.get('note') or 'no judgments'}")
         else:
             rows.append(row)
-            overall[row.row] = float(summary["overall"])
-    challenger = pick_challenger(rows, overall)
-    comparison = compare_rows(rows, comparisons=default_comparisons(rows, challenger=challenger.row),
-                              n_resamples=n_resamples, gpu_hour_usd=gpu_hour_usd)
-    champion = next((r for r in rows if r.row_kind == "champion"), None)
-    fallback = (champion_summary or {}).get("fallback") or {}
-    existing = (champion_summary or {}).get("model")  # the champion's version, when there is one
-    if champion is None and existing and not fallback.get("metrics"):
-        # A champion exists but has no evidence to compare with: never replace it on none.
-        decision = GateDecision(False, [f"champion v{existing} exists but could not be re-evaluated and has no "
-                                        f"logged judge metrics ({champion_summary.get('note') or 'no answers'}); "
-                                        "promote by hand with `selfguided promote --force` if intended"])
-    else:
-        decision = decide_promotion(challenger, champion, gate,
-                                    fallback_champion_metrics=fallback.get("metrics") if champion is None and fallback
-                                    else None,
-                                    fallback_champion_judge=fallback.get("judge") if fallback else None)
-    return {
-        "comparison": comparison.to_dict(),
-        "decision": decision.to_dict(),
-        "challenger": {"row": challenger.row, "base_model": challenger.base_model, "arm": challenger.arm},
-        "champion_version": (champion_summary or {}).get("model") or None,
+    existing = (champion_summary or {}).get("model") or None  # the champion's version, when there is one
+    evaluation = evaluate_run(rows, gate, existing_champion=existing,
+                              fallback=(champion_summary or {}).get("fallback") or None, gpu_hour_usd=gpu_hour_usd)
+    context = {
+        "champion_version": existing,
         "notes": notes,
-        "metrics": {r.row: metrics_for_row(comparison, r.row) for r in rows},
-        "rows": [{"row": r.row, "row_kind": r.row_kind, "base_model": r.base_model, "arm": r.arm, "judge": r.judge}
-                 for r in rows],
+        "metrics": {r.row: metrics_for_row(evaluation.comparison, r.row) for r in rows},
+        "rows": [{"row": r.row, "row_kind": r.row_kind, "base_model": r.base_model, "arm": r.arm, "judge": r.judge,
+                  "replicate": r.replicate} for r in rows],
     }
+    return evaluation, context
+
+
+def run_compare(summary_files: Sequence[str], judgment_files: Sequence[str], *, gate: PromotionGate,
+                gpu_hour_usd: float = 0.0) -> dict[str, Any]:
+    """Everything the compare step decides, as the JSON the register step reads.
+
+    The i-th summary file belongs to the i-th judgments file (as the pipeline's loops collected
+    them; checked against the judgments' model). The challenger is the best candidate arm
+    (evaluation.gate.pick_challenger); its bar is the registry's champion re-evaluated in this run,
+    or with no champion yet the untuned base row of its base model (evaluation.gate).
+    """
+    evaluation, context = _evaluate(summary_files, judgment_files, gate, gpu_hour_usd)
+    return _result(evaluation, context)
+
+
+def _result(evaluation: Evaluation, context: Mapping[str, Any]) -> dict[str, Any]:
+    return {"comparison": evaluation.comparison.to_dict(), "decision": evaluation.decision.to_dict(),
+            "challenger": evaluation.challenger.to_dict(), **context}
 
 
 def decision_line(result: Mapping[str, Any]) -> str:
@@ -122,15 +96,21 @@ def decision_line(result: Mapping[str, Any]) -> str:
 
 
 def run_compare_step(summary_files: Sequence[str], judgment_files: Sequence[str], result_path: str,
-                     report_path: str, html_path: str, *, gate: PromotionGate, gpu_hour_usd: float = 0.0
-                     ) -> dict[str, Any]:
+                     report_path: str, html_path: str, *, gate: PromotionGate, gpu_hour_usd: float = 0.0,
+                     min_judge_agreement: float = 0.0, scoring_model: str = "") -> dict[str, Any]:
     """What the KFP component does: decide, then write the JSON result and both reports."""
-    result = run_compare(summary_files, judgment_files, gate=gate, gpu_hour_usd=gpu_hour_usd,
-                         n_resamples=gate.n_resamples)
-    comparison, decision = Comparison.from_dict(result["comparison"]), GateDecision.from_dict(result["decision"])
+    evaluation, context = _evaluate(summary_files, judgment_files, gate, gpu_hour_usd)
+    result = _result(evaluation, context)
+    # The jury's agreement (judging/agreement.py): a Judges section, per-judge metrics, its warnings
+    # in the decision, and a refusal when the judges agree less than min_judge_agreement.
+    judges = review_judges(result, summary_files, judgment_files, scoring_model=scoring_model,
+                           min_agreement=min_judge_agreement)
+    comparison, decision = evaluation.comparison, GateDecision.from_dict(result["decision"])
     notes = "".join(f"\n- {note}" for note in result["notes"])
-    markdown = report_markdown(comparison, decision) + (f"\n## Rows without answers\n{notes}\n" if notes else "")
-    page = report_html(comparison, decision)
+    markdown = (report_markdown(comparison, decision) + f"\n{judges}"
+                + (f"\n## Rows without answers\n{notes}\n" if notes else ""))
+    page = report_html(comparison, decision).replace(
+        "</body>", f"<h2>Judges</h2><pre>{html.escape(judges.partition(chr(10))[2])}</pre></body>", 1)
     if any(row["judge"].startswith(OFFLINE_JUDGE_NAME) for row in result["rows"]):
         warning = (f"The judge is `{OFFLINE_JUDGE_NAME}`, a deterministic stand-in for runs without an LLM endpoint: "
                    "it exercises every step, it does not measure quality.")
@@ -161,6 +141,8 @@ def compare(
     report: Output[Markdown],
     report_page: Output[HTML],
     metrics: Output[Metrics],
+    min_judge_agreement: float = 0.0,
+    scoring_model: str = "",
 ) -> str:
     """Compare every row with its uncertainty and decide, on evidence, whether the challenger is promoted.
 
@@ -169,28 +151,31 @@ def compare(
         judgments: the trained rows' per-(question, turn) judgments.
         reference_summaries: the reference rows' judge summaries (base, teacher, champion).
         reference_judgments: the reference rows' judgments.
-        min_improvement: the lower bound of the 95% CI of the overall paired difference
-            against the champion must exceed it (1-10 scale).
+        min_improvement: the one-sided lower confidence bound (alpha 0.025 over the candidate arms) of
+            the overall paired difference against the champion (or, first, the base) must exceed it.
         promotion_tolerance: a category credibly worse than the champion's by more than this
-            (its CI's upper bound below -tolerance) blocks the promotion.
-        min_paired_questions: shared (question, turn) pairs needed to compare with the champion.
+            (Holm-adjusted one-sided t test) blocks the promotion.
+        min_paired_questions: shared questions (not (question, turn) pairs) needed to compare with the bar.
         gpu_hour_usd: price of a GPU hour, for the cost per 1000 answers of local models (0: omitted).
         result: the comparison, the gate's decision and every row's metrics (JSON).
         report: the paper's Table 4.1 with CIs, paired differences, length, cost, decision (Markdown).
         report_page: the same with a forest plot, a score-length scatter and a cost-quality chart.
         metrics: the overall score of every row, and the decision, in the Kubeflow UI.
+        min_judge_agreement: refuse the promotion when the jury's Krippendorff's alpha is below this (0: off).
+        scoring_model: the model that scored the seed data, for the circularity check of a jury.
 
     Returns:
         The gate's decision in one line.
     """
-    from selfguided.components.evaluation.compare import PromotionGate
+    from selfguided.components.evaluation.gate import PromotionGate
     from selfguided.components.steps.compare import decision_line, run_compare_step
 
     gate = PromotionGate(min_improvement=min_improvement, promotion_tolerance=promotion_tolerance,
                          min_paired_questions=min_paired_questions)
     outcome = run_compare_step([s.path for s in summaries] + [s.path for s in reference_summaries],
                                [j.path for j in judgments] + [j.path for j in reference_judgments],
-                               result.path, report.path, report_page.path, gate=gate, gpu_hour_usd=gpu_hour_usd)
+                               result.path, report.path, report_page.path, gate=gate, gpu_hour_usd=gpu_hour_usd,
+                               min_judge_agreement=min_judge_agreement, scoring_model=scoring_model)
     for row, values in outcome["metrics"].items():
         if "judge/overall" in values:
             metrics.log_metric(f"{row}/overall", values["judge/overall"])

@@ -1,0 +1,349 @@
+"""The promotion gate: which trained row is the challenger, and whether it replaces the champion.
+
+The rule (one rule for every bar a challenger must clear):
+
+- *The bar.* The champion row of the same run (the registry's champion re-evaluated on the same
+  questions by the same judge). With no champion yet, the untuned base row of the challenger's
+  base model: a trained model worse than the model it was trained from is never the first champion.
+  With a champion that could not be re-evaluated, its logged metrics (an unpaired fallback, said so).
+- *Paired.* Differences challenger - bar on the shared (question, turn) items; at least
+  `min_paired_questions` shared questions.
+- *Better overall.* The one-sided lower confidence bound of the overall difference (mean over
+  categories, t interval carrying every category's variance, statistics.stratified_mean) at level
+  `alpha / k` must exceed `min_improvement`, k being the number of candidate arms the challenger
+  was picked from (Bonferroni). Selection and confirmation use the same questions; the bound holds
+  for every candidate at once, so picking the best cannot inflate the false-promotion rate above
+  `alpha`. A split of the questions (pick on one half, confirm on the other) would do the same at
+  the price of half the questions; on test sets of 30-40 questions that costs far more power than
+  the Bonferroni factor (z 1.96 -> 2.24 for two arms).
+- *No category credibly worse.* For each category with at least `min_category_questions`
+  questions: the one-sided t test of "difference >= -promotion_tolerance"; Holm-adjusted across
+  those categories at `alpha`. Smaller categories are shown but do not vote (their variance is in
+  the overall). A category present in either row without shared items blocks.
+- *Replicates.* With several training seeds of the challenger's arm, the differences are of the
+  replicates' mean and the interval adds the seed variance (paired.paired_comparison).
+
+Its false-promotion rate under no true difference is measured with this code by
+`benchmarks/gate_simulation.py` (README: the gate section).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+from selfguided.components.evaluation.paired import (
+    Comparison, PairedComparison, compare_rows, default_comparisons, paired_comparison, paired_comparisons,
+    replicate_groups,
+)
+from selfguided.components.evaluation.rows import RowJudgments, parse_row
+from selfguided.components.evaluation.statistics import MIN_CATEGORY_QUESTIONS, Estimate, holm, jsonable, p_below
+from selfguided.components.evaluation.summaries import RowSummary, summarise_row
+
+CANDIDATE_ARMS = ("unscored", "self_guided")  # `control` is a yardstick, never a candidate
+
+
+@dataclass(frozen=True)
+class PromotionGate:
+    """When a challenger replaces the champion (scores on the judge's 1-10 scale).
+
+    min_improvement: the one-sided lower confidence bound of the overall paired difference must
+        exceed it (0: any credible improvement).
+    promotion_tolerance: a category credibly worse than -promotion_tolerance (Holm-adjusted one-sided
+        t test) blocks the promotion.
+    min_paired_questions: shared questions (not (question, turn) pairs) needed to compare at all.
+    min_category_questions: questions a category needs to get an interval and a vote in the
+        per-category rule; smaller ones show their mean and feed the overall only.
+    alpha: the false-promotion rate the gate is built for when nothing truly differs (one-sided),
+        split over the candidate arms.
+    """
+
+    min_improvement: float = 0.0
+    promotion_tolerance: float = 0.25
+    min_paired_questions: int = 20
+    min_category_questions: int = MIN_CATEGORY_QUESTIONS
+    alpha: float = 0.025
+
+    def __post_init__(self) -> None:
+        for name in ("min_improvement", "promotion_tolerance"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"PromotionGate.{name} must be a finite number >= 0, got {value}")
+        if self.min_paired_questions < 1:
+            raise ValueError(f"PromotionGate.min_paired_questions must be >= 1, got {self.min_paired_questions}")
+        if self.min_category_questions < 2:
+            raise ValueError(f"PromotionGate.min_category_questions must be >= 2, got {self.min_category_questions}")
+        if not 0 < self.alpha < 0.5:
+            raise ValueError(f"PromotionGate.alpha must lie in (0, 0.5), got {self.alpha}")
+
+
+@dataclass
+class GateDecision:
+    """The verdict, one sentence per check (blocking ones first), and the figures behind them."""
+
+    promote: bool
+    reasons: list[str]
+    figures: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return jsonable({"promote": self.promote, "reasons": self.reasons, "figures": self.figures})
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> GateDecision:
+        return cls(bool(d["promote"]), list(d["reasons"]), dict(d.get("figures", {})))
+
+
+@dataclass
+class Challenger:
+    """The run's best candidate arm: its replicate rows, and the one registered as the challenger.
+
+    row: the replicate promoted when the arm passes (its best-scoring replicate; the only one when
+        trained once). n_candidates: candidate arms it was picked from (the gate's Bonferroni k).
+    """
+
+    base_model: str
+    arm: str
+    rows: list[str]
+    row: str
+    overall: float
+    n_candidates: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return jsonable({"row": self.row, "base_model": self.base_model, "arm": self.arm, "rows": self.rows,
+                         "overall": self.overall, "n_candidates": self.n_candidates})
+
+
+def pick_challenger(rows: Sequence[RowJudgments], summaries: Sequence[RowSummary]) -> Challenger:
+    """The candidate arm (trained, of CANDIDATE_ARMS) with the highest overall (summaries.RowSummary:
+    mean of category means; with replicates, their mean); the first of equals in row order."""
+    overall = {s.row: s.overall.mean for s in summaries}
+    groups = {key: members for key, members in replicate_groups(rows).items() if key[1] in CANDIDATE_ARMS}
+    if not groups:
+        raise ValueError(f"no trained row of the arms {', '.join(CANDIDATE_ARMS)} to choose a challenger from")
+
+    def score(members: list[RowJudgments]) -> float:
+        values = [overall.get(r.row, math.nan) for r in members]
+        values = [v for v in values if math.isfinite(v)]
+        return sum(values) / len(values) if values else -math.inf
+
+    (base, arm), members = max(groups.items(), key=lambda kv: score(kv[1]))
+    best = max(members, key=lambda r: overall.get(r.row, -math.inf) if math.isfinite(overall.get(r.row, math.nan))
+               else -math.inf)
+    return Challenger(base, arm, [r.row for r in members], best.row, score(members), len(groups))
+
+
+def _signed(value: float) -> str:
+    return "n/a" if not math.isfinite(value) else f"{value:+.2f}"
+
+
+def ci_text(est: Estimate) -> str:
+    if not est.has_interval:
+        return f"{_signed(est.mean)} (n={est.n_questions} questions: too few for an interval)"
+    return f"{_signed(est.mean)} [95% CI {_signed(est.ci_low)}, {_signed(est.ci_high)}]"
+
+
+def _as_list(rows: RowJudgments | Sequence[RowJudgments]) -> list[RowJudgments]:
+    return [rows] if isinstance(rows, RowJudgments) else list(rows)
+
+
+def decide_promotion(challenger: RowJudgments | Sequence[RowJudgments], champion: RowJudgments | None,
+                     gate: PromotionGate = PromotionGate(), *, base: RowJudgments | None = None,
+                     fallback_champion_metrics: Mapping[str, float] | None = None,
+                     fallback_champion_judge: str | None = None, n_candidates: int = 1,
+                     pair: PairedComparison | None = None) -> GateDecision:
+    """Promote `challenger` (one trained row, or the replicates of one arm) only on evidence.
+
+    Against `champion` when there is one (paired), else against the logged `fallback_champion_metrics`
+    (unpaired, weaker, said so), else against `base` (the first champion must beat its untuned base,
+    paired, by the same rule); with none of them nothing is promoted. `pair`: the challenger - bar
+    comparison when already computed (compare_rows), so it is computed once.
+    """
+    members = _as_list(challenger)
+    if any(r.row_kind != "trained" for r in members):
+        raise ValueError(f"only trained rows are candidates for promotion; got {[(r.row, r.row_kind) for r in members]}")
+    figures: dict[str, Any] = {"challenger": members[0].row if len(members) == 1 else [r.row for r in members],
+                               "min_improvement": gate.min_improvement, "promotion_tolerance": gate.promotion_tolerance,
+                               "min_paired_questions": gate.min_paired_questions,
+                               "min_category_questions": gate.min_category_questions, "alpha": gate.alpha,
+                               "n_candidates": n_candidates, "replicates": len(members)}
+    if champion is not None:
+        figures.update(mode="paired", champion=champion.row)
+        return _decide_paired(members, champion, gate, figures, n_candidates, pair, "the champion row")
+    if fallback_champion_metrics is not None:
+        return _decide_fallback(members, fallback_champion_metrics, fallback_champion_judge, gate, figures, n_candidates)
+    figures["mode"] = "first_champion"
+    if base is None:
+        return GateDecision(False, ["no champion yet and no base row of "
+                                    f"{members[0].base_model or 'its base model'} to compare with: the first champion must "
+                                    "beat its untuned base; promote by hand with `selfguided promote --force` if intended"],
+                            figures)
+    figures["base"] = base.row
+    decision = _decide_paired(members, base, gate, figures, n_candidates, pair, "its untuned base row")
+    first = "no champion yet: the first champion must beat its untuned base, paired, by the same rule"
+    return GateDecision(decision.promote, [first + ("; it does" if decision.promote else "; it does not")]
+                        + decision.reasons, decision.figures)
+
+
+def _decide_paired(members: list[RowJudgments], bar: RowJudgments, gate: PromotionGate, figures: dict[str, Any],
+                   k: int, pair: PairedComparison | None, bar_name: str) -> GateDecision:
+    judges = {r.judge for r in members}
+    figures.update(challenger_judge=members[0].judge, bar_judge=bar.judge)
+    if judges != {bar.judge}:
+        return GateDecision(False, [
+            f"{members[0].row} was judged by {members[0].judge or 'an unknown judge'}, {bar_name} {bar.row} by "
+            f"{bar.judge or 'an unknown judge'}: the scores are not comparable, nothing is promoted; "
+            "re-judge both with the same judge"], figures)
+    if pair is None:
+        pair = paired_comparison([(r, parse_row(r)) for r in members], (bar, parse_row(bar)), "challenger vs bar",
+                                 min_questions=gate.min_category_questions)
+    alpha = gate.alpha / max(1, k)
+    overall = pair.overall.estimate
+    bound = overall.lower_bound(alpha)
+    figures.update(n_pairs=pair.n_pairs, n_questions=pair.n_questions, overall_difference=overall.to_dict(),
+                   overall_lower_bound=bound, overall_alpha=alpha, overall_p_value=pair.overall.p_value)
+    if pair.n_questions < gate.min_paired_questions:
+        return GateDecision(False, [
+            f"only {pair.n_questions} shared questions ({pair.n_pairs} scored (question, turn) pairs) between "
+            f"{figures['challenger']} and {bar_name} {bar.row}, fewer than min_paired_questions "
+            f"{gate.min_paired_questions}: too few to compare, nothing is promoted"], figures)
+    blocking: list[str] = []
+    passing: list[str] = []
+    level = f"one-sided {100 * (1 - alpha):.4g}% lower bound"
+    why = f"alpha {gate.alpha:g}" + (f" / {k} candidate arms" if k > 1 else "")
+    seeds = f", {pair.replicates} training seeds averaged" if pair.replicates > 1 else ""
+    head = (f"overall paired difference {ci_text(overall)} against {bar_name} over {pair.n_questions} shared questions "
+            f"({pair.n_pairs} (question, turn) pairs{seeds}); {level} {_signed(bound)} ({why})")
+    if math.isfinite(bound) and bound > gate.min_improvement:
+        passing.append(f"{head} > min_improvement {gate.min_improvement:.2f}")
+    elif not math.isfinite(bound):
+        blocking.append(f"{head}: no interval (too few questions), cannot show an improvement")
+    else:
+        blocking.append(f"{head}: not above min_improvement {gate.min_improvement:.2f}, no evidence of an improvement")
+    if pair.missing:
+        blocking.append(f"categories {', '.join(pair.missing)} have no shared scored (question, turn) pairs: they cannot be "
+                        "compared and could hide a regression")
+    voting = {c: d for c, d in pair.categories.items() if d.estimate.n_questions >= gate.min_category_questions}
+    small = [f"{c} (n={d.estimate.n_questions})" for c, d in pair.categories.items() if c not in voting]
+    p_worse = holm([p_below(d.estimate, -gate.promotion_tolerance) for d in voting.values()])
+    figures["categories"] = {c: {**d.estimate.to_dict(), "votes": c in voting,
+                                 "p_worse_holm": dict(zip(voting, p_worse)).get(c)} for c, d in pair.categories.items()}
+    worse = [c for c, p in zip(voting, p_worse) if math.isfinite(p) and p < gate.alpha]
+    for category in worse:
+        est = voting[category].estimate
+        blocking.append(f"category {category} is credibly worse than -{gate.promotion_tolerance:.2f}: paired difference "
+                        f"{ci_text(est)} over {est.n_questions} questions (Holm-adjusted one-sided p "
+                        f"{dict(zip(voting, p_worse))[category]:.3g} < {gate.alpha:g})")
+    if not worse and voting:
+        lowest = min(voting, key=lambda c: voting[c].estimate.mean)
+        passing.append(f"no category credibly worse than -{gate.promotion_tolerance:.2f} (Holm across {len(voting)} "
+                       f"categories; lowest: {lowest} {ci_text(voting[lowest].estimate)})")
+    if small:
+        passing.append(f"categories with fewer than {gate.min_category_questions} questions do not vote, their variance "
+                       f"is in the overall interval: {', '.join(small)}")
+    lc = pair.overall.length_controlled
+    if lc is not None:
+        figures["overall_length_controlled"] = lc.to_dict()
+        passing.append(f"for information: length-controlled overall difference {ci_text(lc)} "
+                       "(the difference expected at equal answer length)")
+    return GateDecision(not blocking, blocking + passing, figures)
+
+
+def _valid_number(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _decide_fallback(members: list[RowJudgments], metrics: Mapping[str, float], champion_judge: str | None,
+                     gate: PromotionGate, figures: dict[str, Any], k: int) -> GateDecision:
+    from selfguided.components.evaluation.metrics import metric_name
+
+    figures["mode"] = "fallback_unpaired"
+    note = ("fallback: the champion could not be re-evaluated in this run, so this is an unpaired comparison "
+            "against its logged MLflow metrics, weaker evidence than a paired one")
+    challenger = members[0]
+    if champion_judge and challenger.judge and champion_judge != challenger.judge:
+        return GateDecision(False, [note, f"{challenger.row} was judged by {challenger.judge}, the champion by "
+                                          f"{champion_judge}: the scores are not comparable, nothing is promoted"], figures)
+    parsed = parse_row(challenger)
+    summary = summarise_row(challenger, parsed, parsed.categories, parsed.seen, min_questions=gate.min_category_questions)
+    figures["challenger_overall"] = summary.overall.to_dict()
+    blocking: list[str] = []
+    passing: list[str] = []
+    unscored = [c for c, s in summary.categories.items() if s.overall.n == 0]
+    if unscored:
+        blocking.append(f"{challenger.row} has no scored judgment in {', '.join(unscored)}")
+    champion_overall = _valid_number(metrics.get("judge/overall"))
+    figures["champion_overall"] = champion_overall
+    alpha = gate.alpha / max(1, k)
+    bound = summary.overall.lower_bound(alpha)
+    if champion_overall is None:
+        blocking.append("the champion's metrics have no judge/overall to compare against; promote by hand")
+    else:
+        head = (f"challenger overall {ci_text(summary.overall).lstrip('+')} vs the champion's logged overall "
+                f"{champion_overall:.2f}: one-sided {100 * (1 - alpha):.4g}% lower bound minus champion "
+                f"{_signed(bound - champion_overall)}")
+        if math.isfinite(bound) and bound - champion_overall > gate.min_improvement:
+            passing.append(f"{head} > min_improvement {gate.min_improvement:.2f}")
+        else:
+            blocking.append(f"{head}, not above min_improvement {gate.min_improvement:.2f}")
+    for category, cat in summary.categories.items():
+        logged = _valid_number(metrics.get(f"judge/{metric_name(category)}/overall"))
+        est = cat.overall
+        if logged is not None and est.has_interval and est.ci_high < logged - gate.promotion_tolerance:
+            blocking.append(f"category {category} is credibly worse: {ci_text(est)}, upper bound below the champion's "
+                            f"{logged:.2f} - promotion_tolerance {gate.promotion_tolerance:.2f}")
+    return GateDecision(not blocking, [note] + blocking + passing, figures)
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole evaluation of a run: summaries, challenger, comparisons, decision (computed once each)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Evaluation:
+    """What the compare step decides: the comparison, the challenger and the gate's decision."""
+
+    comparison: Comparison
+    challenger: Challenger
+    decision: GateDecision
+
+
+def evaluate_run(rows: Sequence[RowJudgments], gate: PromotionGate = PromotionGate(), *,
+                 existing_champion: str | None = None, fallback: Mapping[str, Any] | None = None,
+                 gpu_hour_usd: float = 0.0) -> Evaluation:
+    """Summarise every row, pick the challenger, compare it with its bar once, and decide.
+
+    existing_champion: the registry champion's version when there is one (its row may be missing:
+        it could not be re-evaluated). fallback: {"metrics", "judge"} logged for that champion.
+    """
+    rows = list(rows)
+    parsed = {r.row: parse_row(r) for r in rows}
+    comparison = compare_rows(rows, comparisons=[], gpu_hour_usd=gpu_hour_usd,
+                              min_category_questions=gate.min_category_questions, parsed=parsed)
+    challenger = pick_challenger(rows, comparison.rows)
+    by_name = {r.row: r for r in rows}
+    members = [by_name[name] for name in challenger.rows]
+    champion = next((r for r in rows if r.row_kind == "champion"), None)
+    base_row = next((r for r in rows if r.row_kind == "base" and r.base_model == challenger.base_model), None)
+    bar = champion or (None if existing_champion else base_row)
+    label = "challenger vs champion" if champion is not None else "challenger vs base (first champion)"
+    comparison.pairs = paired_comparisons(
+        rows, default_comparisons(rows) + ([(challenger.rows, bar.row, label)] if bar is not None else []),
+        comparison.categories, min_category_questions=gate.min_category_questions, parsed=parsed)
+    pair = comparison.pairs[-1] if bar is not None else None
+    fallback = fallback or {}
+    if champion is None and existing_champion and not fallback.get("metrics"):
+        decision = GateDecision(False, [f"champion v{existing_champion} exists but could not be re-evaluated and has no "
+                                        "logged judge metrics; promote by hand with `selfguided promote --force` if "
+                                        "intended"])
+    else:
+        decision = decide_promotion(members, champion, gate, base=None if existing_champion else base_row,
+                                    fallback_champion_metrics=fallback.get("metrics") if champion is None and fallback
+                                    else None, fallback_champion_judge=fallback.get("judge"),
+                                    n_candidates=challenger.n_candidates, pair=pair)
+    return Evaluation(comparison, challenger, decision)

@@ -1,0 +1,178 @@
+"""A row of the evaluation and its judgments: what is read, what is valid, and in what order categories go.
+
+A *row* is one evaluated model of a run (a trained base x arm, the untuned base, an API teacher,
+the re-evaluated champion). `parse_row` turns its judgments (FastChat `model_judgment` rows,
+extended with the four criteria) into scored items keyed by (question_id, turn); a judgment that
+failed, or whose score lies outside the judge's 1-10 scale, is counted as failed with its reason,
+never used as a number. `category_order` is the one rule for the order of categories everywhere
+(judge summary, compare tables, registry metrics): the six writing categories of the paper first,
+in their order, then any other category alphabetically.
+
+Light on purpose (no numpy): the judge step and the registry import it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+from collections.abc import Mapping
+from typing import Any, Iterable
+
+from selfguided.components.data import CATEGORIES
+from selfguided.components.judging.rules import ROW_KINDS
+from selfguided.components.model.prompting import CRITERIA
+
+SCORE_MIN, SCORE_MAX = 1.0, 10.0  # the judge's scale (the Korean rule's square root keeps scores in it)
+
+
+@dataclass
+class RowJudgments:
+    """One evaluated model of a run and its per-(question, turn) judgments.
+
+    judgments: dicts with `question_id`, `turn` (1-based, default 1), `category`, `seen`,
+        `scores` (the four criteria, or None), `score` (overall 1-10; None or -1 when failed),
+        `answer_chars`, `error`. A judgment with `error` set or no valid `score` is failed:
+        counted, never used in a statistic.
+    answers: answers produced (for cost); 0 means "the number of judgments".
+    generate_seconds: measured seconds to produce the answers (0 = unknown).
+    llm_cost_usd: API cost to produce the answers (teacher rows).
+    replicate: which training seed of its (base model, arm) this row is (0 when trained once).
+    """
+
+    row: str
+    row_kind: str
+    judgments: list[dict[str, Any]]
+    base_model: str = ""
+    arm: str = ""
+    judge: str = ""
+    answers: int = 0
+    generate_seconds: float = 0.0
+    llm_cost_usd: float = 0.0
+    replicate: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.row:
+            raise ValueError("RowJudgments.row must be a non-empty name")
+        if self.row_kind not in ROW_KINDS:
+            raise ValueError(f"row {self.row!r}: row_kind must be one of {', '.join(ROW_KINDS)}, got {self.row_kind!r}")
+
+
+@dataclass(frozen=True)
+class Item:
+    """One scored (question, turn): its overall score, the criteria it has, the answer's length."""
+
+    question: str
+    turn: int
+    category: str
+    score: float
+    criteria: dict[str, float]
+    chars: float | None
+
+
+@dataclass
+class ParsedRow:
+    items: dict[tuple[str, int], Item]  # scored items only, in judgment order
+    categories: list[str]  # every category with a judgment, in `category_order`
+    failed: dict[str, int]  # per category
+    failure_reasons: dict[str, int]  # reason -> count
+    seen: dict[str, bool | None]
+    n_judgments: int
+
+    def by_category(self) -> dict[str, list[Item]]:
+        grouped: dict[str, list[Item]] = defaultdict(list)
+        for item in self.items.values():
+            grouped[item.category].append(item)
+        return grouped
+
+
+def category_order(categories: Iterable[str]) -> list[str]:
+    """The order categories are shown and logged in: the paper's six first, then the rest sorted."""
+    unique = set(categories)
+    return [c for c in CATEGORIES if c in unique] + sorted(unique - set(CATEGORIES))
+
+
+def score_problem(value: Any) -> str | None:
+    """Why `value` is not a judge score on the 1-10 scale, or None when it is one."""
+    if value is None or isinstance(value, bool):
+        return "no score"
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return f"score {value!r} is not a number"
+    if not math.isfinite(number):
+        return f"score {value!r} is not finite"
+    if not SCORE_MIN <= number <= SCORE_MAX:
+        return f"score {number:g} is outside the judge's scale {SCORE_MIN:g}-{SCORE_MAX:g}"
+    return None
+
+
+def _number(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) and number >= 0 else None
+
+
+def parse_row(row: RowJudgments) -> ParsedRow:
+    """The row's scored items; clear errors for malformed judgments (missing id, a turn judged twice)."""
+    items: dict[tuple[str, int], Item] = {}
+    keys: set[tuple[str, int]] = set()
+    failed: dict[str, int] = defaultdict(int)
+    reasons: dict[str, int] = defaultdict(int)
+    seen: dict[str, bool | None] = {}
+    for index, judgment in enumerate(row.judgments):
+        where = f"row {row.row!r}, judgment {index + 1}"
+        if not isinstance(judgment, Mapping):
+            raise ValueError(f"{where}: expected an object, got {type(judgment).__name__}")
+        qid = judgment.get("question_id")
+        if qid is None or str(qid) == "":
+            raise ValueError(f"{where}: missing question_id")
+        try:
+            turn = int(judgment.get("turn", 1) or 1)
+        except (TypeError, ValueError):
+            raise ValueError(f"{where}: turn must be an integer, got {judgment.get('turn')!r}") from None
+        key = (str(qid), turn)
+        if key in keys:
+            raise ValueError(f"{where}: question {key[0]} turn {turn} is judged twice")
+        keys.add(key)
+        category = str(judgment.get("category") or "uncategorized")
+        if seen.get(category) is None:
+            seen[category] = None if judgment.get("seen") is None else bool(judgment["seen"])
+        problem = "judge error" if judgment.get("error") else score_problem(judgment.get("score"))
+        if problem is None and isinstance(judgment.get("scores"), Mapping):
+            problem = next((f"{c}: {p}" for c in CRITERIA if c in judgment["scores"]
+                            and (p := score_problem(judgment["scores"][c]))), None)
+        if problem is not None:
+            failed[category] += 1
+            reasons[problem if not problem.startswith("score ") else problem.split(" is ", 1)[-1]] += 1
+            continue
+        raw = judgment.get("scores")
+        criteria = {c: float(raw[c]) for c in CRITERIA if c in raw} if isinstance(raw, Mapping) else {}
+        items[key] = Item(key[0], turn, category, float(judgment["score"]), criteria, _number(judgment.get("answer_chars")))
+    return ParsedRow(items, category_order(seen), dict(failed), dict(reasons), seen, len(row.judgments))
+
+
+def category_means(judgments: Iterable[Mapping[str, Any]]) -> tuple[dict[str, dict[str, float]], float]:
+    """Per category, the mean of each criterion and of `overall` over the valid judgments, with `n`;
+    and the row's overall, the mean of the category means (every category weighs the same).
+
+    The point figures of `judge/<category>/<criterion>` and `judge/overall`, for the judge step's
+    own report; the compare step's summaries (with intervals) give the same numbers."""
+    sums: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    for j in judgments:
+        if j.get("error") or score_problem(j.get("score")) or not isinstance(j.get("scores"), Mapping):
+            continue
+        if any(score_problem(j["scores"].get(c)) for c in CRITERIA):
+            continue
+        entry = sums[str(j.get("category") or "uncategorized")]
+        entry["n"] += 1
+        entry["overall"] += float(j["score"])
+        for c in CRITERIA:
+            entry[c] += float(j["scores"][c])
+    means = {cat: {**{name: sums[cat][name] / sums[cat]["n"] for name in (*CRITERIA, "overall")},
+                   "n": int(sums[cat]["n"])} for cat in category_order(sums)}
+    overall = sum(m["overall"] for m in means.values()) / len(means) if means else float("nan")
+    return means, overall
+
