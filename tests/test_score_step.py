@@ -3,20 +3,13 @@
 import json
 
 import pytest
+from test_judge_step import REQUEST, STRONG_BLOG  # one well-written blog post for both steps
 
 from selfguided.components.data import read_jsonl
 from selfguided.components.judging.offline import OFFLINE_JUDGE_NAME
 from selfguided.components.judging.scoring import score_offline
 from selfguided.components.model.prompting import CRITERIA
 from selfguided.components.steps.score import run_score_step
-
-STRONG_BLOG = (
-    "오늘은 집에서 쉽게 따라 할 수 있는 베란다 텃밭 가꾸기 방법을 소개해 드릴게요. 먼저 햇빛이 잘 드는 자리를 고르는 것이 "
-    "가장 중요합니다. 상추와 방울토마토처럼 키우기 쉬운 작물로 시작하면 실패가 적어요.\n흙은 배수가 잘되는 상토를 쓰고, "
-    "물은 겉흙이 말랐을 때 듬뿍 주세요. 일주일에 한 번은 잎 뒷면을 살펴 벌레가 없는지 확인하는 습관도 필요합니다. "
-    "수확한 상추로 비빔밥을 만들어 먹으면 그 맛이 정말 특별하답니다! 여러분도 이번 주말에 작은 화분 하나로 시작해 보세요."
-)
-REQUEST = "베란다 텃밭 가꾸기 방법을 소개하는 블로그 글을 써 주세요."
 
 
 def test_scored_records_follow_the_contract():
