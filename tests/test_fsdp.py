@@ -1,0 +1,103 @@
+"""FSDP2 on 2 CPU processes (gloo) against 1 process with the same effective batch, and DCP
+checkpoints that resume on another number of ranks.
+
+Each run is a real `python -m selfguided.components.steps.finetune` (under torchrun for 2 ranks),
+4 optimizer steps of the tiny model. Tolerance: per-step losses equal to 1e-5 relative (gloo's
+reduce-scatter sums in another order than one process accumulating: float32 rounding only), final
+weights to 1e-4 absolute (Adam divides by sqrt of tiny second moments, which amplifies rounding).
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from selfguided.components.data import load_seed, sample_path, write_jsonl
+from selfguided.components.model.prompting import format_prompt
+
+LOSS_RTOL, WEIGHT_ATOL = 1e-5, 1e-4
+BASE = {"max_seq_len": 512, "micro_batch_tokens": 512, "max_steps": 4, "lora_dropout": 0.0,
+        "parallelism": "fsdp", "save_every_steps": 2, "keep_checkpoints": 2}
+
+
+@pytest.fixture(scope="module")
+def train_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("split") / "unscored.jsonl"
+    write_jsonl(path, [{"id": r["id"], "category": r["category"], "prompt": format_prompt(r["instruction"], r["input"]),
+                        "response": r["output"]} for r in load_seed(sample_path("seed.jsonl")).records])
+    return path
+
+
+def run(train_file, out, ranks, method, checkpoint_dir=None):
+    """Train with `ranks` processes, 2 micro-batches per optimizer step in every case."""
+    config = {**BASE, "method": method, "grad_accum_steps": 2 // ranks}
+    args = ["-m", "selfguided.components.steps.finetune", "--train-file", str(train_file), "--base-model", "tiny",
+            "--output-dir", str(out), "--config-json", json.dumps(config)]
+    if checkpoint_dir:
+        args += ["--checkpoint-dir", str(checkpoint_dir)]
+    launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}"] if ranks > 1 else []
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    result = subprocess.run([sys.executable, *launcher, *args], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def losses(out):
+    return [json.loads(line)["loss"] for line in (Path(out) / "train_log.jsonl").read_text().splitlines()]
+
+
+def weights(out):
+    manifest = json.loads((Path(out) / "selfguided.json").read_text())
+    folder = "adapter" if manifest["method"] == "lora" else "model"
+    (file,) = (Path(out) / folder).glob("*.safetensors")
+    return load_file(file)
+
+
+def assert_same_training(a, b):
+    assert losses(a) == pytest.approx(losses(b), rel=LOSS_RTOL)
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()  # the same artifact layout, gathered from the shards
+    for name in wa:
+        assert (wa[name] - wb[name]).abs().max().item() <= WEIGHT_ATOL, name
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, train_file):
+    """Full and LoRA, each on 1 and on 2 ranks, each with its checkpoints (steps 2 and 4)."""
+    root = tmp_path_factory.mktemp("runs")
+    for method in ("full", "lora"):
+        for ranks in (1, 2):
+            run(train_file, root / f"{method}{ranks}", ranks, method, root / f"{method}{ranks}-ckpt")
+    return root
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_fsdp_on_two_ranks_trains_like_one_process(runs, method):
+    one, two = runs / f"{method}1", runs / f"{method}2"
+    assert len(losses(two)) == 4 and losses(two)[-1] < losses(two)[0]
+    assert_same_training(one, two)
+
+
+@pytest.mark.parametrize("method, written_by, resumed_on", [("full", 2, 1), ("lora", 1, 2)])
+def test_a_checkpoint_resumes_on_another_number_of_ranks(tmp_path, train_file, runs, method, written_by, resumed_on):
+    """Drop the final checkpoint of a finished run, so the rerun resumes at step 2 of 4 on the other
+    world size; it must end where the uninterrupted run ended."""
+    checkpoints = tmp_path / "ckpt"
+    shutil.copytree(runs / f"{method}{written_by}-ckpt", checkpoints)
+    (run_dir,) = checkpoints.iterdir()
+    shutil.rmtree(run_dir / "step-000004")
+    result = run(train_file, tmp_path / "out", resumed_on, method, checkpoints)
+    assert f"written by {written_by} rank(s), resumed on {resumed_on}" in result.stderr
+    assert_same_training(tmp_path / "out", runs / f"{method}{written_by}")
+
+
+def test_both_world_sizes_are_the_same_run(runs):
+    """The checkpoint folder is named by the run's fingerprint: equal for 1 rank x 2 micro-batches
+    and 2 ranks x 1, different for another method."""
+    names = {key: [p.name for p in (runs / f"{key}-ckpt").iterdir()] for key in ("full1", "full2", "lora1")}
+    assert names["full1"] == names["full2"] != names["lora1"]
