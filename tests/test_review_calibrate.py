@@ -67,7 +67,7 @@ def test_simulated_editors_name_the_fair_judge_and_the_length_bias():
     rng = random.Random(11)
     closest, long_biased, noisy_below_fair = 0, 0, 0
     for _ in range(30):
-        result = calibrate(_simulated_items(40, rng), min_labels=100, n_resamples=200, seed=1)
+        result = calibrate(_simulated_items(40, rng), min_labels=100, n_resamples=100, seed=1)
         by = {a.judge: a for a in result.overall}
         closest += result.closest == "fair"
         long_biased += by["long"].intervals["mad"][0] > by["fair"].intervals["mad"][1]
@@ -95,10 +95,11 @@ def _judged_rows(rng: random.Random, truths: dict, category: str, row: str) -> l
     return rows
 
 
-@pytest.fixture
-def judged_store(tmp_path):
+@pytest.fixture(scope="module")
+def judged_store(tmp_path_factory):
     """A store with 72 judged answers (3 categories x 2 rows x 12 questions), each a trace with a
     jury of three, and the hidden truth of each answer."""
+    tmp_path = tmp_path_factory.mktemp("judged")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri)
@@ -111,6 +112,7 @@ def judged_store(tmp_path):
                                                                          "pipeline_run": "p1"})
         by_trace.update({tid: truths[(row, r["question_id"])] for tid, r in zip(ids, rows)})
     mlflow.flush_trace_async_logging()
+    mlflow.set_tracking_uri(None)
     return uri, experiment_id, by_trace
 
 
@@ -121,16 +123,17 @@ def _human(trace_id: str, value, who: str = "editor-kim") -> None:
 
 def test_review_then_human_feedback_then_calibrate(judged_store, capsys):
     uri, experiment_id, truth = judged_store
-    assert main(["review", "--sample", "48", "--tracking-uri", uri, "--reviewers", "editor-kim"]) == 0
+    mlflow.set_tracking_uri(uri)
+    assert main(["review", "--sample", "30", "--tracking-uri", uri, "--reviewers", "editor-kim"]) == 0
     printed = capsys.readouterr().out
     sample_id = printed.split("Review sample ", 1)[1].split(":", 1)[0]
-    assert "8  poem / tiny/unscored" in printed and "8  news / tiny/self_guided" in printed  # 6 strata x 8
+    assert "5  poem / tiny/unscored" in printed and "5  news / tiny/self_guided" in printed  # 6 strata x 5
     assert "/review-queue" in printed and "/traces" in printed and "name='score'" in printed
     assert "mlflow ui --backend-store-uri" in printed  # a SQLite store: say how to open the UI
 
     originals = mlflow.search_traces(locations=[experiment_id], filter_string=f"tag.{REVIEW_SAMPLE_TAG} = '{sample_id}'",
                                      return_type="list")
-    assert len(originals) == 48
+    assert len(originals) == 30
     copies = {t.info.tags[REVIEW_COPY_TAG]: t for t in originals}
     review_id = MlflowClient(uri).get_experiment_by_name("selfguided-review").experiment_id
     blind = mlflow.search_traces(locations=[review_id], return_type="list")
@@ -145,7 +148,7 @@ def test_review_then_human_feedback_then_calibrate(judged_store, capsys):
 
     [queue] = review_queues.list_review_queues(experiment_id=review_id)
     assert queue.name == f"sample {sample_id}" and queue.users == ["editor-kim"]
-    assert len(review_queues.list_review_queue_items(queue.queue_id)) == 48
+    assert len(review_queues.list_review_queue_items(queue.queue_id)) == 30
 
     rng = random.Random(9)
     copy_ids = sorted(copies)
@@ -163,9 +166,9 @@ def test_review_then_human_feedback_then_calibrate(judged_store, capsys):
     assert main(["calibrate", "--tracking-uri", uri, "--review-sample", sample_id, "--min-labels", "10"]) == 0
     report = capsys.readouterr().out
     assert "**Closest to the editors: fair**" in report
-    assert "48 labelled answers" in report
+    assert "30 labelled answers" in report
     assert "Human labels ignored: 1 not a number, 2 on a trace that is not in a review sample, 1 outside 1-10" in report
-    for name in ("| fair | 48 |", "| long | 48 |", "| noisy | 48 |", "| jury | 48 |", "### poem", "### news"):
+    for name in ("| fair | 30 |", "| long | 30 |", "| noisy | 30 |", "| jury | 30 |", "### poem", "### news"):
         assert name in report
 
     items, ignored = read_labels(uri, "selfguided", sample_id=sample_id)
@@ -174,12 +177,12 @@ def test_review_then_human_feedback_then_calibrate(judged_store, capsys):
 
     # A second sample takes only answers not reviewed before.
     second = create_review_sample(uri, "selfguided", 100, seed=1)
-    assert len(second.copies) == 72 - 48 and not set(second.copies) & {t.info.trace_id for t in originals}
+    assert len(second.copies) == 72 - 30 and not set(second.copies) & {t.info.trace_id for t in originals}
 
 
 def test_calibrate_without_labels_says_what_to_do(judged_store, capsys):
     uri, _, _ = judged_store
-    assert main(["calibrate", "--tracking-uri", uri]) == 0
+    assert main(["calibrate", "--tracking-uri", uri, "--review-sample", "never-made"]) == 0
     assert "No labelled answers yet: run `selfguided review --sample N`" in capsys.readouterr().out
 
 

@@ -89,8 +89,9 @@ def test_every_judged_answer_is_a_trace_linked_to_its_run(store):
     overall = _by_name(second, "overall")
     assert [(a.source.source_type, a.source.source_id, a.feedback.value) for a in overall] == \
         [("CODE", "offline-heuristic", 4.0)]  # the offline stand-in is code, not an LLM judge
-    assert overall[0].rationale == "rationale q1/2" and overall[0].metadata["prompt_version"] == "heuristic-v1"
-    assert {a.name for a in second.info.assessments} == {*CRITERIA, "overall"}
+    assert overall[0].rationale == "helpfulness 4, relevance 4, accuracy 4, detail 4. rationale q1/2"
+    assert overall[0].metadata["prompt_version"] == "heuristic-v1" and overall[0].metadata["accuracy"] == "4"
+    assert {a.name for a in second.info.assessments} == {"overall"}
     failed = traces[ids[2]]
     assert [(a.name, a.feedback.value, a.feedback.error.error_message) for a in failed.info.assessments] == \
         [("overall", None, "timeout")]

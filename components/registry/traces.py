@@ -5,8 +5,8 @@ One trace per judgment row (one answer to one turn of one question, graded by th
 - request: the conversation the answer responded to, as chat messages (earlier turns with the
   row's own earlier answers, then the question of this turn);
 - response: the answer;
-- assessments: each judge's scores as feedback, one per criterion and `overall` (the rationale on
-  `overall`), source LLM_JUDGE with the judge model as source id (CODE for the offline stand-in,
+- assessments: each judge's verdict as one `overall` feedback (the four criteria in its metadata
+  and at the head of its rationale), source LLM_JUDGE with the judge model as source id (CODE for the offline stand-in,
   which is no LLM); a failed judge logs its error instead of a value; with more than one judge,
   the jury's score as `jury_overall` (source CODE, id `selfguided-jury`). Each assessment's
   metadata names the prompt and its version (and the repeat, with repeated judging);
@@ -129,6 +129,8 @@ def _source(judge: str, *, jury: bool = False):
 
 
 def _log_entry(trace_id: str, entry: JudgeEntry, prompt_uri: str) -> None:
+    """One feedback per judge (and repeat): `overall`, with the four criteria in its metadata and
+    rationale. One chip per judge keeps the trace view readable, and a trace costs one write per judge."""
     import mlflow
     from mlflow.entities import AssessmentError
 
@@ -141,9 +143,12 @@ def _log_entry(trace_id: str, entry: JudgeEntry, prompt_uri: str) -> None:
         mlflow.log_feedback(trace_id=trace_id, name="overall", source=source, metadata=metadata,
                             error=AssessmentError(error_code="JUDGE_FAILED", error_message=str(entry.error)[:1000]))
         return
-    for name in SCORE_NAMES:
-        mlflow.log_feedback(trace_id=trace_id, name=name, value=entry.scores[name], source=source, metadata=metadata,
-                            rationale=entry.rationale[:10000] if name == "overall" and entry.rationale else None)
+    criteria = {name: entry.scores[name] for name in SCORE_NAMES if name != "overall"}
+    metadata.update({name: f"{value:g}" for name, value in criteria.items()})
+    summary = ", ".join(f"{name} {value:g}" for name, value in criteria.items())
+    rationale = f"{summary}. {entry.rationale}" if entry.rationale else summary
+    mlflow.log_feedback(trace_id=trace_id, name="overall", value=entry.scores["overall"], source=source,
+                        metadata=metadata, rationale=rationale[:10000])
 
 
 def log_judged_traces(
