@@ -262,7 +262,9 @@ def test_promoted_champion_is_served_from_where_its_merged_weights_are(deploymen
     with serving(kube.server):
         message = deploy_champion(True, result.champion_storage_uri, f"korean-writing-assistant/{champion.version}",
                                   name="korean-writing-assistant", namespace=deployment.profile_namespace,
-                                  api_client=kube.api_client())
+                                  api_client=kube.api_client(),
+                                  # what the pipeline gives the step (tests/test_node_profile.py reads it from the YAML)
+                                  node_selector=platform.GPU_NODE_SELECTOR, tolerations=platform.GPU_TOLERATIONS)
     (created,) = [r for r in kube.requests if r["method"] == "POST"]
     predictor = created["body"]["spec"]["predictor"]
     storage_uri = predictor["model"]["storageUri"]
