@@ -33,7 +33,7 @@ Fault knobs (all thread-safe; change them between runs):
 - `batch_delay_s`: how long a batch stays "in_progress" before it completes.
 - `judge`: how the fake judge grades one answer (a jury test starts one server per behaviour):
   "length" (default: `ratings_for`, longer answers score higher), "fair" (every rating is the
-  answer's hidden true quality, written in it as "(품질 N)"; 5 without one) or "noisy" (that true
+  answer's hidden true quality, written in it as "(품질 N)"; see `true_quality`) or "noisy" (that true
   quality plus Gaussian noise, sd `noise_sd`, rounded and clipped to 1-10, drawn anew per request).
 
 Counters: `chat_requests` (every chat request, refused ones included), `status_counts`,
@@ -70,9 +70,18 @@ JUDGE_BEHAVIOURS = ("length", "fair", "noisy")
 
 
 def true_quality(answer: str) -> int:
-    """The hidden true quality a test wrote into an answer as "(품질 N)" (5 without one)."""
+    """The hidden true quality a test wrote into an answer as "(품질 N)"; without one (a real
+    model's answer), a content judge's guess that ignores length: the share of Hangul among the
+    letters times the share of distinct words (a model repeating itself scores low)."""
     match = _TRUTH.search(answer)
-    return int(match[1]) if match else 5
+    if match:
+        return int(match[1])
+    letters = [ch for ch in answer if ch.isalpha()]
+    words = answer.split()
+    if not letters or not words:
+        return 1
+    hangul = sum("\uac00" <= ch <= "\ud7a3" for ch in letters) / len(letters)
+    return round(1 + 9 * hangul * len(set(words)) / len(words))
 
 
 def ratings_for(answer: str) -> dict[str, int]:
@@ -497,8 +506,9 @@ def main() -> None:
     parser.add_argument("--concurrency-retry-after", type=float, default=1.0,
                         help="Retry-After seconds of a 429 over --max-concurrent (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the failure draws")
+    parser.add_argument("--judge", choices=JUDGE_BEHAVIOURS, default="length", help="how it grades (default: %(default)s)")
     args = parser.parse_args()
-    with FakeOpenAI(fail_rate=args.fail_rate, latency_s=args.latency, rpm=args.rpm,
+    with FakeOpenAI(fail_rate=args.fail_rate, latency_s=args.latency, rpm=args.rpm, judge=args.judge,
                     max_concurrent=args.max_concurrent, seed=args.seed,
                     concurrency_retry_after_s=args.concurrency_retry_after, concurrency_retry_after_ms=False) as server:
         print(f"export OPENAI_BASE_URL={server.base_url} OPENAI_API_KEY=fake", flush=True)

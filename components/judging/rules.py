@@ -150,7 +150,8 @@ def judgment_row(
     ratings: Mapping[str, float] | None,
     error: str | None,
 ) -> dict[str, Any]:
-    """One judgment: the grade of the answer to `turn` (1-based) of `question`.
+    """One judgment: the grade of the answer to `turn` (1-based) of `question`. The row carries the
+    turn's question and the answer text, so a trace or an editor's review shows what was graded.
 
     `ratings` holds the judge's four criteria and `overall` (None when the judge failed; then
     `error` says why and `score` is -1, as in FastChat). The Korean rule is applied here.
@@ -170,6 +171,8 @@ def judgment_row(
         "category": question["category"],
         "seen": question.get("seen"),
         "turn": turn,
+        "question": question["turns"][turn - 1] if turn - 1 < len(question.get("turns", [])) else "",
+        "answer": answer,
         "answer_chars": len(answer),
         "korean_ratio": round(ratio, 3),
         "korean_penalty": penalised,
