@@ -25,8 +25,8 @@ def test_gate_promotes_a_clear_margin_and_quotes_its_figures():
     decision = decide_promotion(challenger, champion, PromotionGate())
     assert decision.promote, decision.reasons
     assert re.match(r"overall paired difference \+\d\.\d\d \[95% CI \+\d\.\d\d, \+\d\.\d\d\] against the champion row "
-                    r"over 60 shared questions \(60 \(question, turn\) pairs\); one-sided 97\.5% lower bound \+\d\.\d\d "
-                    r"\(alpha 0\.025\) > min_improvement 0\.00", decision.reasons[0]), decision.reasons[0]
+                    r"over 60 shared questions \(60 \(question, turn\) pairs\); one-sided 98% lower bound \+\d\.\d\d "
+                    r"\(alpha 0\.02\) > min_improvement 0\.00", decision.reasons[0]), decision.reasons[0]
     assert decision.figures["n_questions"] == 60 and decision.figures["mode"] == "paired"
     json.dumps(decision.to_dict(), allow_nan=False)
     # the gate's figures are the report's figures: one computation
@@ -39,9 +39,9 @@ def test_the_bound_is_split_over_the_candidate_arms():
     challenger = make_row("tiny/self_guided", arm="self_guided", shift=1.0, seed=11)
     one = decide_promotion(challenger, champion)
     two = decide_promotion(challenger, champion, n_candidates=2)
-    assert two.figures["overall_alpha"] == pytest.approx(0.0125)
+    assert two.figures["overall_alpha"] == pytest.approx(0.01)
     assert two.figures["overall_lower_bound"] < one.figures["overall_lower_bound"]
-    assert "(alpha 0.025 / 2 candidate arms)" in two.reasons[0]
+    assert "(alpha 0.02 / 2 candidate arms)" in two.reasons[0]
 
 
 def test_min_paired_questions_counts_questions_not_turns():

@@ -151,7 +151,7 @@ def compare(
         judgments: the trained rows' per-(question, turn) judgments.
         reference_summaries: the reference rows' judge summaries (base, teacher, champion).
         reference_judgments: the reference rows' judgments.
-        min_improvement: the one-sided lower confidence bound (alpha 0.025 over the candidate arms) of
+        min_improvement: the one-sided lower confidence bound (alpha 0.02 over the candidate arms) of
             the overall paired difference against the champion (or, first, the base) must exceed it.
         promotion_tolerance: a category credibly worse than the champion's by more than this
             (Holm-adjusted one-sided t test) blocks the promotion.

@@ -166,6 +166,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                 "selfguided.pipelines.cli.registry:add_registry_parsers"),
     "rollback": ("move champion back to the version it replaced (or VERSION)",
                  "selfguided.pipelines.cli.registry:add_registry_parsers"),
+    "plan-training": ("per-GPU memory of a fine-tuning setup (DDP, FSDP) and the smallest that fits",
+                      "selfguided.pipelines.cli.training:add_plan_training_parser"),
     "score": ("rate seed records (helpfulness, relevance, accuracy, detail) with an LLM",
               "selfguided.pipelines.cli.llm:add_score_parser"),
     "judge": ("grade model answers to eval questions with an LLM judge (FastChat formats)",
@@ -174,6 +176,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                "selfguided.pipelines.cli.review:add_review_parsers"),
     "calibrate": ("judge-human agreement: each judge and the jury against the editors' scores",
                   "selfguided.pipelines.cli.review:add_review_parsers"),
+    "plan-eval": ("questions and training seeds a target difference needs, from a finished run's judgments",
+                  "selfguided.pipelines.cli.plan_eval:add_plan_eval_parser"),
 }
 
 

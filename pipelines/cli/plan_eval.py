@@ -1,0 +1,84 @@
+"""`selfguided plan-eval --from-run RUN_ID --delta 0.5`: how many questions (and training seeds) a run needs.
+
+Reads the rows of a finished pipeline run from MLflow (DESIGN.md's conventions: one parent run per
+pipeline run, one child run per evaluation row tagged `row`, `row_kind`, `base_model`, `arm`,
+`judge`, with its `judgments.jsonl`), runs the same evaluation as the compare step, and prints, for
+the challenger against its bar (the champion, or the untuned base), the smallest difference that
+run could detect with 80% power and the questions a difference of `--delta` points would need
+(evaluation/power.py), before anyone pays for the next run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+
+def rows_of_run(tracking_uri: str, run_id: str) -> list:
+    """The evaluation rows of the pipeline run that `run_id` (its parent run, or one of its row runs) belongs to."""
+    from mlflow import MlflowClient
+
+    from selfguided.components.data import read_jsonl
+    from selfguided.components.evaluation.rows import RowJudgments
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    run = client.get_run(run_id)
+    parent = run.data.tags.get("mlflow.parentRunId") or run_id
+    children = client.search_runs([run.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent}'",
+                                  max_results=1000)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="selfguided-plan-") as staging:
+        for child in children:
+            tags = child.data.tags
+            if "row" not in tags or tags.get("row_kind") not in ("trained", "base", "teacher", "champion"):
+                continue
+            try:
+                path = client.download_artifacts(child.info.run_id, "judgments.jsonl", str(Path(staging) / child.info.run_id))
+            except Exception:  # a row that logged no judgments (e.g. no champion yet) has nothing to plan with
+                continue
+            judgments = read_jsonl(path, allow_empty=True)
+            if judgments:
+                rows.append(RowJudgments(tags["row"], tags["row_kind"], judgments, base_model=tags.get("base_model", ""),
+                                         arm=tags.get("arm", ""), judge=tags.get("judge", ""),
+                                         replicate=int(tags.get("replicate", 0) or 0)))
+    if not rows:
+        raise ValueError(f"MLflow run {run_id}: no evaluation rows with judgments.jsonl under parent run {parent}")
+    return rows
+
+
+def plan_from_rows(rows: list, delta: float) -> list[str]:
+    """The planning lines for the challenger against its bar, as the compare step would pair them."""
+    from selfguided.components.evaluation.gate import evaluate_run
+    from selfguided.components.evaluation.power import plan_lines
+
+    evaluation = evaluate_run(rows)
+    pair = next((p for p in reversed(evaluation.comparison.pairs) if p.label.startswith("challenger vs")), None)
+    if pair is None:
+        raise ValueError("the run has neither a champion row nor a base row to compare the challenger with")
+    alpha = float(evaluation.decision.figures.get("overall_alpha") or 0.025)
+    return plan_lines(pair, overall_alpha=alpha, delta=delta)
+
+
+def run_plan_eval(args: argparse.Namespace) -> int:
+    from selfguided.pipelines.cli.registry import _tracking_uri
+
+    try:
+        lines = plan_from_rows(rows_of_run(_tracking_uri(args), args.from_run), args.delta)
+    except ValueError as e:
+        print(f"plan-eval: {e}", file=sys.stderr)
+        return 1
+    print("\n".join(lines))
+    return 0
+
+
+def add_plan_eval_parser(sub) -> None:
+    parser = sub.add_parser("plan-eval", help="questions and seeds a target difference needs, from a finished run",
+                            description=__doc__.split("\n\n")[1])
+    parser.add_argument("--from-run", required=True, metavar="RUN_ID",
+                        help="MLflow run id of a pipeline run (its parent run or any of its row runs)")
+    parser.add_argument("--delta", type=float, default=0.5, help="the difference to detect, in points (default: %(default)s)")
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the local "
+                        "run's .selfguided/mlflow.db)")
+    parser.set_defaults(func=run_plan_eval)
