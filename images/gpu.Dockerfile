@@ -6,7 +6,9 @@
 # No nvidia/cuda base: torch's Linux wheels on PyPI carry the CUDA user-space libraries (cuBLAS,
 # cuDNN, NCCL, ... as nvidia-* wheels, pinned by the lock next to torch), and the node's NVIDIA
 # container toolkit mounts the driver. A CUDA base image would add a second, unused copy of the
-# same libraries. The lock's torch is built for CUDA 13: GPU nodes need driver 580 or newer.
+# same libraries. The lock's torch is built for CUDA 13: GPU nodes need driver 580 or newer, and
+# GPUs of compute capability 7.5 or newer (Turing T4, Ampere, Ada, Hopper, Blackwell); CUDA 13 has
+# no kernels for Volta and older (V100, P100), which manifests/gpu-check reports.
 
 # One base for both stages: the virtual environment built in the first runs unchanged in the second.
 FROM python:3.11.11-slim-bookworm AS base
