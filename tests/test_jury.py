@@ -194,3 +194,18 @@ def test_the_compare_hook_adds_the_section_per_judge_metrics_and_refuses_below_m
     result = {"decision": {"promote": True, "reasons": []}, "metrics": {}}
     review_judges(result, [s for s, _ in files], [j for _, j in files], min_agreement=alpha - 0.01)
     assert result["decision"]["promote"] is True
+
+
+def test_a_single_judge_graded_repeatedly_scores_the_mean_of_its_repeats(tmp_path):
+    with FakeOpenAI(judge="noisy", seed=11) as noisy:
+        jury = JuryConfig(parse_judges(f"noisy@{noisy.base_url}"), repeats=3, cache=str(tmp_path / "c"),
+                          template=LLMConfig(progress=False))
+        judgments, usage = judge_with_jury(QUESTIONS[:6], answers("m", 0, 1)[:6], jury)
+        again, _ = judge_with_jury(QUESTIONS[:6], answers("m", 0, 1)[:6], jury)
+        assert noisy.chat_requests == 6 * 3  # the rerun is answered from the cache, repeats included
+    assert usage["label"] == "noisy/judge-single-v1"
+    for row, cached in zip(judgments, again):
+        draws = [e["scores"]["overall"] for e in row["judges"]]
+        assert len(draws) == 3 and row["score"] == pytest.approx(sum(draws) / 3, abs=1e-3)
+        assert row["repeat_scores"] == draws and cached["score"] == row["score"]
+    assert any(len(set(row["repeat_scores"])) > 1 for row in judgments)

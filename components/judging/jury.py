@@ -193,7 +193,8 @@ def _grade(spec: JudgeSpec, questions: list[dict[str, Any]], answers: list[dict[
 
     if jury.template is not None:
         own = {"base_url": spec.base_url, "api_key": spec.api_key()} if spec.base_url else {}
-        config = replace(jury.template, model=spec.model, temperature=jury.temperature, **own)
+        config = replace(jury.template, model=spec.model, temperature=jury.temperature,
+                         cache=jury.cache or jury.template.cache, **own)
     elif spec.base_url:
         config = LLMConfig(model=spec.model, base_url=spec.base_url, api_key=spec.api_key(),
                            concurrency=jury.concurrency, cache=jury.cache or None, temperature=jury.temperature)
@@ -235,7 +236,7 @@ def jury_row(base: dict[str, Any], entries: list[dict[str, Any]], jury: JuryConf
     answered = [m for m in members if m in per_judge]
     row = {**base, "judge": identity.to_json(), "judges": entries,
            "jury": {"size": len(members), "answered": len(answered), "aggregate": jury.aggregate}}
-    if len(members) == 1:  # a jury of one is its judge: its own row, unchanged
+    if len(members) == 1 and len(entries) == 1:  # a jury of one graded once is its judge: its row, unchanged
         return row
     row["judgment"] = "\n\n".join(f"[{e['judge']['model']}#{e['repeat']}] {e['rationale']}" for e in entries
                                   if e["scores"] is not None)
