@@ -235,6 +235,18 @@ def test_mlflow_answers_at_the_compiled_tracking_uri(objects, name):
     assert config["MLFLOW_ARTIFACTS_DESTINATION"].startswith("s3://")
 
 
+@pytest.mark.parametrize("name", [k for k in KUSTOMIZATIONS if k.startswith("overlays/")])
+def test_register_step_learns_where_the_server_keeps_artifacts(objects, name):
+    """The profile's ConfigMap the register step reads (pipelines/platform.py) holds the server's own
+    --artifacts-destination, so the s3:// URI serving gets is where the files are."""
+    objs = objects[name]
+    namespace = _find(objs, "ServiceAccount", "selfguided-pipeline")["metadata"]["namespace"]
+    profile = _find(objs, "ConfigMap", platform.MLFLOW_CONFIG_MAP_NAME, namespace)["data"]
+    server = next(o for o in objs if o["kind"] == "ConfigMap" and o["metadata"]["name"].startswith("mlflow-config"))["data"]
+    assert set(profile) == set(platform.MLFLOW_CONFIG_MAP_KEYS)
+    assert profile["MLFLOW_ARTIFACTS_DESTINATION"] == server["MLFLOW_ARTIFACTS_DESTINATION"]
+
+
 def test_overlays_differ_in_database_and_object_store(objects):
     local, production = objects["overlays/local"], objects["overlays/production"]
     local_config = next(o for o in local if o["kind"] == "ConfigMap" and o["metadata"]["name"].startswith("mlflow-config"))
