@@ -1,0 +1,293 @@
+"""Multi-node fine-tuning as a Kubeflow Trainer v2 `TrainJob` (runtime `torch-distributed`).
+
+The finetune step with num_nodes > 1 does not train in its own pod: it writes a TrainJob whose
+nodes run the same command a one-node run runs under torchrun (`python -m
+selfguided.components.steps.finetune ...`, the Trainer's torch plugin sets torchrun's rendezvous),
+on the GPU image, with the shared ReadWriteMany volume mounted for data, checkpoints and output,
+on the GPU pool (node selector, tolerations); then follows it: progress and the rank-0 log in the
+step's log, success when the TrainJob is Complete, TrainJobFailed naming its reason when it is
+Failed, and the TrainJob deleted when the step gets SIGTERM (the KFP run is cancelled).
+
+Client: the `kubernetes` package (CustomObjectsApi, CoreV1Api for the rank-0 log). It is already a
+dependency (kfp-kubernetes, the deploy step); the `kubeflow` SDK's TrainerClient (0.5) would add a
+second Kubernetes layer and pin the Trainer API version behind it, for three calls we make here.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+GROUP, VERSION, PLURAL, KIND = "trainer.kubeflow.org", "v1alpha1", "trainjobs", "TrainJob"
+RUNTIME = "torch-distributed"  # the ClusterTrainingRuntime Kubeflow Trainer ships (manifests/training/)
+PATCH_MANAGER = "selfguided.dev/finetune"
+NODE_CONTAINER = "node"  # the container name in the torch-distributed runtime's template
+RANK0_SELECTOR = "jobset.sigs.k8s.io/jobset-name={name},batch.kubernetes.io/job-completion-index=0"
+
+
+class TrainJobFailed(RuntimeError):
+    """The TrainJob ended Failed (the message names its reason), or was deleted under us."""
+
+
+@dataclass
+class TrainJobSpec:
+    """What the step puts into its TrainJob."""
+
+    name: str
+    namespace: str
+    image: str
+    command: list[str]
+    num_nodes: int
+    gpus_per_node: int
+    volume_claim: str
+    mount_path: str
+    node_selector: dict[str, str] = field(default_factory=dict)
+    tolerations: list[dict[str, Any]] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    runtime: str = RUNTIME
+
+
+def trainjob_manifest(spec: TrainJobSpec) -> dict[str, Any]:
+    """The TrainJob object (trainer.kubeflow.org/v1alpha1, as in Trainer v2.3's CRD)."""
+    volume = "selfguided-shared"
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": KIND,
+        "metadata": {"name": spec.name, "namespace": spec.namespace,
+                     "labels": {"app.kubernetes.io/part-of": "selfguided", "app.kubernetes.io/component": "finetune"}},
+        "spec": {
+            "runtimeRef": {"name": spec.runtime, "kind": "ClusterTrainingRuntime", "apiGroup": GROUP},
+            "trainer": {
+                "image": spec.image,
+                "command": spec.command,
+                "numNodes": spec.num_nodes,
+                "numProcPerNode": spec.gpus_per_node,
+                "resourcesPerNode": {"limits": {"nvidia.com/gpu": spec.gpus_per_node},
+                                     "requests": {"nvidia.com/gpu": spec.gpus_per_node}},
+                "env": [{"name": k, "value": v} for k, v in sorted(spec.env.items())],
+            },
+            "runtimePatches": [{
+                "manager": PATCH_MANAGER,
+                "trainingRuntimeSpec": {"template": {"spec": {"replicatedJobs": [{
+                    "name": NODE_CONTAINER,
+                    "template": {"spec": {"template": {"spec": {
+                        "nodeSelector": spec.node_selector,
+                        "tolerations": spec.tolerations,
+                        "volumes": [{"name": volume, "persistentVolumeClaim": {"claimName": spec.volume_claim}}],
+                        "containers": [{"name": NODE_CONTAINER,
+                                        "volumeMounts": [{"name": volume, "mountPath": spec.mount_path}]}],
+                    }}}},
+                }]}}},
+            }],
+        },
+    }
+
+
+def condition(trainjob: dict[str, Any], kind: str) -> dict[str, Any] | None:
+    """The status condition of type `kind` when it is True."""
+    for item in (trainjob.get("status") or {}).get("conditions") or []:
+        if item.get("type") == kind and item.get("status") == "True":
+            return item
+    return None
+
+
+class TrainJobRunner:
+    """Create a TrainJob, follow it to the end, delete it on SIGTERM."""
+
+    def __init__(self, api_client=None, poll_s: float = 10.0, log: Callable[[str], None] | None = None):
+        from kubernetes import client, config
+
+        if api_client is None:
+            try:
+                config.load_incluster_config()
+            except config.ConfigException:
+                config.load_kube_config()
+            api_client = client.ApiClient()
+        self.custom = client.CustomObjectsApi(api_client)
+        self.core = client.CoreV1Api(api_client)
+        self.poll_s = poll_s
+        self.log = log or (lambda line: print(line, file=sys.stderr, flush=True))
+        self._stop = threading.Event()
+
+    def create(self, spec: TrainJobSpec) -> dict[str, Any]:
+        """Create the TrainJob; one that already exists (a retried step) is followed, not recreated."""
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            created = self.custom.create_namespaced_custom_object(GROUP, VERSION, spec.namespace, PLURAL,
+                                                                  trainjob_manifest(spec))
+            self.log(f"TrainJob {spec.namespace}/{spec.name} created: {spec.num_nodes} nodes x "
+                     f"{spec.gpus_per_node} GPUs, runtime {spec.runtime}")
+            return created
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+            self.log(f"TrainJob {spec.namespace}/{spec.name} exists (a retried step): following it")
+            return self.get(spec.namespace, spec.name)
+
+    def get(self, namespace: str, name: str) -> dict[str, Any]:
+        return self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+
+    def delete(self, namespace: str, name: str) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            self.custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name,
+                                                        propagation_policy="Foreground")
+            self.log(f"TrainJob {namespace}/{name} deleted")
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+    def follow(self, namespace: str, name: str, timeout_s: float | None = None) -> dict[str, Any]:
+        """Poll until Complete (returns the TrainJob) or Failed (TrainJobFailed with its reason);
+        print progress changes and new rank-0 log lines on the way."""
+        from kubernetes.client.exceptions import ApiException
+
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        printed, last_progress = 0, None
+        while True:
+            if self._stop.is_set():
+                self.delete(namespace, name)
+                raise TrainJobFailed(f"TrainJob {namespace}/{name}: the step was stopped (SIGTERM); TrainJob deleted")
+            try:
+                trainjob = self.get(namespace, name)
+            except ApiException as exc:
+                if exc.status == 404:
+                    raise TrainJobFailed(f"TrainJob {namespace}/{name} disappeared (deleted by someone else)") from None
+                raise
+            printed = self._print_rank0_log(namespace, name, printed)
+            progress = ((trainjob.get("status") or {}).get("trainerStatus") or {}).get("progressPercentage")
+            if progress is not None and progress != last_progress:
+                self.log(f"TrainJob {name}: {progress}%")
+                last_progress = progress
+            if condition(trainjob, "Complete"):
+                self.log(f"TrainJob {namespace}/{name} complete")
+                return trainjob
+            failed = condition(trainjob, "Failed")
+            if failed:
+                raise TrainJobFailed(f"TrainJob {namespace}/{name} failed: {failed.get('reason')}: "
+                                     f"{failed.get('message', '')}".rstrip(": "))
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"TrainJob {namespace}/{name} not finished after {timeout_s} s")
+            self._stop.wait(self.poll_s)
+
+    def _print_rank0_log(self, namespace: str, name: str, printed: int) -> int:
+        """Print the rank-0 pod's log lines not printed yet; returns how many characters are printed."""
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            pods = self.core.list_namespaced_pod(namespace, label_selector=RANK0_SELECTOR.format(name=name)).items
+            if not pods:
+                return printed
+            text = self.core.read_namespaced_pod_log(pods[0].metadata.name, namespace, container=NODE_CONTAINER)
+        except ApiException:
+            return printed  # not scheduled yet, or the log is gone: progress comes from the status
+        for line in text[printed:].splitlines():
+            self.log(f"[rank 0] {line}")
+        return len(text)
+
+    def run(self, spec: TrainJobSpec, timeout_s: float | None = None) -> dict[str, Any]:
+        """Create and follow; SIGTERM (main thread only) deletes the TrainJob and raises TrainJobFailed."""
+        previous = None
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGTERM, lambda signum, frame: self._stop.set())
+        try:
+            self.create(spec)
+            return self.follow(spec.namespace, spec.name, timeout_s)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+
+
+@dataclass
+class ClusterSettings:
+    """Where the TrainJob runs; the pipeline sets these on the finetune task (pipelines/platform.py
+    owns the values), so that this library never imports the pipeline."""
+
+    namespace: str
+    image: str
+    volume_claim: str
+    mount_path: str
+    node_selector: dict[str, str]
+    tolerations: list[dict[str, Any]]
+    gpu_memory_gb: float | None = None
+
+    ENV = {"volume_claim": "SELFGUIDED_SHARED_PVC", "mount_path": "SELFGUIDED_SHARED_MOUNT",
+           "node_selector": "SELFGUIDED_GPU_NODE_SELECTOR", "tolerations": "SELFGUIDED_GPU_TOLERATIONS",
+           "gpu_memory_gb": "SELFGUIDED_GPU_MEMORY_GB"}
+    NAMESPACE_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+
+    @classmethod
+    def from_env(cls, image: str, env: dict[str, str] | None = None) -> "ClusterSettings":
+        import json
+        import os
+        from pathlib import Path
+
+        env = os.environ if env is None else env
+        missing = [name for key, name in cls.ENV.items() if key != "gpu_memory_gb" and not env.get(name)]
+        if missing:
+            raise RuntimeError(f"num_nodes > 1 launches a TrainJob and needs {', '.join(missing)} (the pipeline sets "
+                               "them on the finetune task from pipelines/platform.py)")
+        namespace = env.get("SELFGUIDED_NAMESPACE") or (
+            Path(cls.NAMESPACE_FILE).read_text().strip() if Path(cls.NAMESPACE_FILE).is_file() else "")
+        if not namespace:
+            raise RuntimeError(f"no namespace for the TrainJob: set SELFGUIDED_NAMESPACE or run in a pod "
+                               f"({cls.NAMESPACE_FILE})")
+        memory = env.get(cls.ENV["gpu_memory_gb"])
+        return cls(namespace=namespace, image=image, volume_claim=env[cls.ENV["volume_claim"]],
+                   mount_path=env[cls.ENV["mount_path"]], node_selector=json.loads(env[cls.ENV["node_selector"]]),
+                   tolerations=json.loads(env[cls.ENV["tolerations"]]), gpu_memory_gb=float(memory) if memory else None)
+
+
+def trainjob_name(*identity: str) -> str:
+    """A DNS-1035 name, the same for the same run (so a retried step finds its TrainJob)."""
+    import hashlib
+
+    return "selfguided-ft-" + hashlib.sha256("\x00".join(identity).encode()).hexdigest()[:12]
+
+
+def finetune_on_trainjob(train_file, base_model: str, arm: str, strategy: str, config, num_nodes: int,
+                         gpus_per_node: int, checkpoint_dir: str, output_dir, module: str,
+                         settings: ClusterSettings, runner: TrainJobRunner | None = None) -> dict[str, Any]:
+    """Train on `num_nodes` nodes through a TrainJob and copy the Model artifact to `output_dir`.
+
+    The training file goes to the shared volume, the nodes write the artifact there (rank 0, the
+    same layout as a one-node run), and it is copied into the step's own output: downstream steps
+    see no difference. Returns the training metrics of the artifact's manifest.
+    """
+    import json
+    import os
+    import shutil
+    from pathlib import Path
+
+    from selfguided.components.data import file_sha256
+    from selfguided.components.model.artifact import copy_artifact, read_manifest
+    from selfguided.components.training.memory_plan import plan_for_run
+
+    plan = plan_for_run(base_model, config, gpus_per_node, num_nodes, settings.gpu_memory_gb)  # DoesNotFit stops here
+    config_json = json.dumps(config.to_dict(), sort_keys=True)
+    name = trainjob_name(file_sha256(train_file), base_model, arm, strategy, config_json, str(num_nodes),
+                         str(gpus_per_node))
+    work = Path(settings.mount_path) / "trainjobs" / name
+    work.mkdir(parents=True, exist_ok=True)
+    shared_file = work / f"{arm}.jsonl"
+    shutil.copyfile(train_file, shared_file)
+    command = ["torchrun", "-m", module, "--train-file", str(shared_file), "--base-model", base_model,
+               "--output-dir", str(work / "model"), "--arm", arm, "--strategy", strategy, "--config-json", config_json,
+               "--checkpoint-dir", checkpoint_dir or str(work / "checkpoints")]
+    spec = TrainJobSpec(name=name, namespace=settings.namespace, image=settings.image, command=command,
+                        num_nodes=num_nodes, gpus_per_node=gpus_per_node, volume_claim=settings.volume_claim,
+                        mount_path=settings.mount_path, node_selector=settings.node_selector,
+                        tolerations=settings.tolerations,
+                        env={k: os.environ[k] for k in ("HF_HOME", "HF_ENDPOINT") if os.environ.get(k)})
+    runner = runner or TrainJobRunner()
+    if plan is not None:
+        runner.log(f"memory plan: {plan.describe()}")
+    runner.run(spec)
+    copy_artifact(work / "model", output_dir)
+    return read_manifest(output_dir).train_metrics

@@ -1,0 +1,251 @@
+"""Multi-node fine-tuning through a Kubeflow Trainer v2 TrainJob, against a stand-in Kubernetes API.
+
+The stand-in serves the TrainJob custom-object endpoints, the pod list and the rank-0 pod log on
+127.0.0.1, and plays the Trainer controller: each GET moves the TrainJob one state along a script
+(running with progress, then Complete or Failed). For the end-to-end test it really runs the
+TrainJob's command (one process instead of torchrun's nodes) before reporting Complete, so the
+artifact the step returns is the one the command wrote on the "shared volume".
+
+The objects the step creates are validated against the CRDs of Kubeflow Trainer v2.3.0
+(tests/data/trainer-v2.3.0/, copied from kubeflow/trainer manifests/base/crds at tag v2.3.0).
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from functools import lru_cache
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+from kubernetes import client as k8s
+
+from selfguided.components.data import write_jsonl
+from selfguided.components.model.artifact import read_manifest
+from selfguided.components.model.prompting import format_prompt
+from selfguided.components.training import trainjob as tj
+from selfguided.components.training.config import FinetuneConfig
+from selfguided.components.training.memory_plan import DoesNotFit
+from servers import QuietJsonHandler, local_http_server, serving
+
+CRDS = Path(__file__).parent / "data" / "trainer-v2.3.0"
+NAMESPACE = "team-a"
+COLLECTION = f"/apis/{tj.GROUP}/{tj.VERSION}/namespaces/{NAMESPACE}/{tj.PLURAL}"
+PODS = f"/api/v1/namespaces/{NAMESPACE}/pods"
+
+
+@lru_cache
+def crd_schema(plural: str) -> dict:
+    crd = yaml.safe_load((CRDS / f"trainer.kubeflow.org_{plural}.yaml").read_text())
+    (version,) = [v for v in crd["spec"]["versions"] if v["name"] == tj.VERSION]
+    return version["schema"]["openAPIV3Schema"]
+
+
+def validate(obj: dict, plural: str) -> None:
+    jsonschema.validate(obj, crd_schema(plural))
+
+
+def running(progress):
+    return {"conditions": [], "trainerStatus": {"progressPercentage": progress}}
+
+
+COMPLETE = {"conditions": [{"type": "Complete", "status": "True", "reason": "JobsCompleted", "message": "done",
+                            "lastTransitionTime": "2026-01-01T00:00:00Z"}]}
+FAILED = {"conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
+                          "message": "node-1 OOMKilled", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}
+
+
+class FakeTrainer:
+    """The TrainJob, pod and log endpoints, with a scripted controller."""
+
+    def __init__(self, script, on_complete=None):
+        self.script, self.on_complete = list(script), on_complete
+        self.trainjobs: dict[str, dict] = {}
+        self.requests: list[tuple[str, str]] = []
+        self.log_lines: list[str] = []
+        fake = self
+
+        class Handler(QuietJsonHandler):
+            def _not_found(self, name):
+                self._send(404, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound",
+                                 "message": f'trainjobs.trainer.kubeflow.org "{name}" not found', "code": 404})
+
+            def _route(self, verb):
+                path = self.path.partition("?")[0]
+                fake.requests.append((verb, path))
+                length = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(length)) if length else None
+                if path == PODS:  # the rank-0 pod, once the TrainJob exists
+                    items = [{"metadata": {"name": f"{n}-node-0-0", "namespace": NAMESPACE}} for n in fake.trainjobs]
+                    return self._send(200, {"kind": "PodList", "apiVersion": "v1", "items": items})
+                if path.startswith(PODS + "/") and path.endswith("/log"):
+                    return self._send(200, "".join(line + "\n" for line in fake.log_lines), "text/plain")
+                if verb == "POST" and path == COLLECTION:
+                    name = body["metadata"]["name"]
+                    if name in fake.trainjobs:
+                        return self._send(409, {"kind": "Status", "reason": "AlreadyExists", "code": 409})
+                    fake.trainjobs[name] = body
+                    return self._send(201, body)
+                name = path.rsplit("/", 1)[-1]
+                if name not in fake.trainjobs:
+                    return self._not_found(name)
+                if verb == "DELETE":
+                    del fake.trainjobs[name]
+                    return self._send(200, {"kind": "Status", "status": "Success"})
+                fake.advance(name)
+                return self._send(200, fake.trainjobs[name])
+
+            def do_GET(self):
+                self._route("GET")
+
+            def do_POST(self):
+                self._route("POST")
+
+            def do_DELETE(self):
+                self._route("DELETE")
+
+        self.server, self.host = local_http_server(Handler)
+
+    def advance(self, name):
+        """The controller's next move: the script's next status (the last one stays)."""
+        status = self.script.pop(0) if len(self.script) > 1 else self.script[0]
+        if "trainerStatus" in status:
+            self.log_lines.append(f"finetune: {status['trainerStatus']['progressPercentage']}%")
+        if status is COMPLETE and self.on_complete and not tj.condition(self.trainjobs[name], "Complete"):
+            self.on_complete(self.trainjobs[name])  # the nodes' work, once, before the controller says Complete
+        self.trainjobs[name]["status"] = status
+
+    def api_client(self):
+        return k8s.ApiClient(k8s.Configuration(host=self.host))
+
+
+def spec(name="selfguided-ft-test"):
+    return tj.TrainJobSpec(name=name, namespace=NAMESPACE, image="ghcr.io/selfguided/gpu:test",
+                           command=["torchrun", "-m", "selfguided.components.steps.finetune", "--train-file", "x"],
+                           num_nodes=2, gpus_per_node=8, volume_claim="selfguided-cache", mount_path="/mnt/selfguided",
+                           node_selector={"selfguided.dev/node-pool": "gpu"},
+                           tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}])
+
+
+def runner(fake, lines):
+    return tj.TrainJobRunner(api_client=fake.api_client(), poll_s=0.01, log=lines.append)
+
+
+def test_the_trainjob_validates_against_the_trainer_crd():
+    manifest = tj.trainjob_manifest(spec())
+    validate(manifest, "trainjobs")
+    trainer = manifest["spec"]["trainer"]
+    assert (trainer["numNodes"], trainer["numProcPerNode"], trainer["resourcesPerNode"]["limits"]) == (
+        2, 8, {"nvidia.com/gpu": 8})
+    assert manifest["spec"]["runtimeRef"]["name"] == "torch-distributed"
+    broken = json.loads(json.dumps(manifest))
+    broken["spec"]["trainer"]["numNodes"] = "two"
+    with pytest.raises(jsonschema.ValidationError):  # the schema check is a real one
+        validate(broken, "trainjobs")
+
+
+def test_manifests_runtime_and_rbac_validate():
+    folder = Path(__file__).parent.parent / "manifests" / "training"
+    docs = [d for f in sorted(folder.glob("*.yaml")) for d in yaml.safe_load_all(f.read_text()) if d and "kind" in d]
+    runtimes = [d for d in docs if d["kind"] == "ClusterTrainingRuntime"]
+    assert [r["metadata"]["name"] for r in runtimes] == [tj.RUNTIME]
+    validate(runtimes[0], "clustertrainingruntimes")
+    (role,) = [d for d in docs if d["kind"] == "Role"]
+    (rule,) = [r for r in role["rules"] if r["apiGroups"] == [tj.GROUP]]
+    assert rule["resources"] == [tj.PLURAL] and set(rule["verbs"]) == {"create", "get", "list", "watch", "delete"}
+    assert all("*" not in r["verbs"] + r["resources"] for r in role["rules"])
+    (binding,) = [d for d in docs if d["kind"] == "RoleBinding"]
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+
+
+def test_follows_a_trainjob_to_complete_with_progress_and_rank0_log():
+    fake, lines = FakeTrainer([running(10), running(60), COMPLETE]), []
+    with serving(fake.server):
+        done = runner(fake, lines).run(spec())
+    assert tj.condition(done, "Complete")
+    assert fake.requests[0] == ("POST", COLLECTION)
+    validate(fake.trainjobs["selfguided-ft-test"], "trainjobs")  # what reached the API, status included
+    assert "TrainJob selfguided-ft-test: 60%" in lines
+    assert "[rank 0] finetune: 10%" in lines and "[rank 0] finetune: 60%" in lines
+    assert lines.count("[rank 0] finetune: 10%") == 1  # each log line printed once
+
+
+def test_a_failed_trainjob_fails_the_step_with_its_reason():
+    fake, lines = FakeTrainer([running(5), FAILED]), []
+    with serving(fake.server), pytest.raises(tj.TrainJobFailed, match="BackoffLimitExceeded: node-1 OOMKilled"):
+        runner(fake, lines).run(spec())
+
+
+def test_sigterm_deletes_the_trainjob():
+    fake, lines = FakeTrainer([running(1)]), []
+    with serving(fake.server):
+        timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGTERM))
+        timer.start()
+        with pytest.raises(tj.TrainJobFailed, match="SIGTERM"):
+            runner(fake, lines).run(spec())
+        timer.join()
+    assert ("DELETE", f"{COLLECTION}/selfguided-ft-test") in fake.requests
+    assert fake.trainjobs == {}
+
+
+def test_a_retried_step_follows_the_existing_trainjob():
+    fake, lines = FakeTrainer([running(1), COMPLETE]), []
+    with serving(fake.server):
+        runner(fake, lines).create(spec())
+        runner(fake, lines).run(spec())
+    assert sum(1 for verb, _ in fake.requests if verb == "POST") == 2 and len(fake.trainjobs) == 1
+    assert any("exists (a retried step)" in line for line in lines)
+
+
+def settings(tmp_path, gpu_memory_gb=None):
+    return tj.ClusterSettings(namespace=NAMESPACE, image="ghcr.io/selfguided/gpu:test", volume_claim="selfguided-cache",
+                              mount_path=str(tmp_path / "shared"), node_selector={"selfguided.dev/node-pool": "gpu"},
+                              tolerations=[], gpu_memory_gb=gpu_memory_gb)
+
+
+def test_multi_node_finetune_returns_the_artifact_the_trainjob_wrote(tmp_path):
+    """The whole launcher path: train file to the shared volume, TrainJob created, the command it
+    carries run (as the Trainer's nodes would), the artifact copied into the step's output."""
+    train_file = tmp_path / "data" / "unscored.jsonl"
+    write_jsonl(train_file, [{"id": str(i), "category": "blog", "prompt": format_prompt(f"글 {i}"),
+                              "response": "짧은 답입니다."} for i in range(4)])
+
+    def run_the_command(trainjob):
+        command = trainjob["spec"]["trainer"]["command"]
+        assert command[:3] == ["torchrun", "-m", "selfguided.components.steps.finetune"]
+        result = subprocess.run([sys.executable, *command[1:]], capture_output=True, text=True, timeout=300,
+                                env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"})
+        assert result.returncode == 0, result.stderr[-3000:]
+
+    fake, lines = FakeTrainer([running(50), COMPLETE], on_complete=run_the_command), []
+    config = FinetuneConfig.for_model("tiny", max_steps=1)
+    with serving(fake.server):
+        metrics = tj.finetune_on_trainjob(
+            train_file, "tiny", "unscored", "filter", config, num_nodes=2, gpus_per_node=4, checkpoint_dir="",
+            output_dir=tmp_path / "model", module="selfguided.components.steps.finetune",
+            settings=settings(tmp_path), runner=runner(fake, lines))
+    manifest = read_manifest(tmp_path / "model")
+    assert manifest.strategy == "filter" and manifest.train_metrics == metrics and metrics["steps"] == 1
+    (trainjob,) = fake.trainjobs.values()
+    validate(trainjob, "trainjobs")
+    patch = trainjob["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0]
+    pod = patch["template"]["spec"]["template"]["spec"]
+    assert pod["volumes"][0]["persistentVolumeClaim"]["claimName"] == "selfguided-cache"
+    assert pod["nodeSelector"] == {"selfguided.dev/node-pool": "gpu"}
+
+
+def test_multi_node_refuses_a_setup_the_memory_plan_rejects_before_creating_anything(tmp_path):
+    train_file = tmp_path / "unscored.jsonl"
+    write_jsonl(train_file, [{"id": "1", "category": "blog", "prompt": "p", "response": "r"}])
+    fake, lines = FakeTrainer([COMPLETE]), []
+    config = FinetuneConfig.for_model("polyglot-ko-12.8b", method="full", parallelism="ddp")
+    with serving(fake.server), pytest.raises(DoesNotFit, match=r"does NOT fit.*smallest setup that fits"):
+        tj.finetune_on_trainjob(train_file, "polyglot-ko-12.8b", "unscored", "condition", config, num_nodes=2,
+                                gpus_per_node=8, checkpoint_dir="", output_dir=tmp_path / "model",
+                                module="selfguided.components.steps.finetune",
+                                settings=settings(tmp_path, gpu_memory_gb=80), runner=runner(fake, lines))
+    assert fake.requests == []
