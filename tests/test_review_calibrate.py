@@ -88,7 +88,7 @@ def _judged_rows(rng: random.Random, truths: dict, category: str, row: str) -> l
             "question_id": qid, "turn": 1, "category": category, "model": row, "question": f"{category} 글 {q}",
             "answer": "가" * int(50 + 400 * length), "score": sum(judges.values()) / 3,
             "scores": dict.fromkeys(CRITERIA, sum(judges.values()) / 3),
-            "judges": [{"judge": {"model": name, "prompt": "judge-single", "prompt_version": "judge-single-v1",
+            "judges": [{"judge": {"model": name, "prompt": "judge-single", "prompt_version": "1",
                                   "mode": "single"}, "scores": {**dict.fromkeys(CRITERIA, v), "overall": v},
                         "rationale": f"{name}: {v:.1f}", "error": None, "repeat": 0} for name, v in judges.items()],
             "jury": {"size": 3, "answered": 3, "aggregate": "mean"}})

@@ -21,7 +21,7 @@ def _scores(value: float) -> dict[str, float]:
 
 
 def _today_row(question_id: str, turn: int, score: float | None, *, judge=("offline-heuristic", "heuristic-v1")):
-    """A judgment row in today's shape: one judge as [model, prompt version]."""
+    """A judgment row of one judge, its identity as the [model, prompt id] pair older files carry."""
     return {"question_id": question_id, "turn": turn, "category": "poem", "model": "tiny-sg",
             "judge": list(judge), "judgment": f"rationale {question_id}/{turn}", "question": f"질문 {question_id}-{turn}",
             "answer": f"답 {question_id}-{turn}", "score": -1 if score is None else score,
@@ -30,7 +30,7 @@ def _today_row(question_id: str, turn: int, score: float | None, *, judge=("offl
 
 
 def _jury_row(question_id: str, values: dict[str, float | None]):
-    judges = [{"judge": {"model": name, "prompt": "judge-single", "prompt_version": "judge-single-v1", "mode": "single"},
+    judges = [{"judge": {"model": name, "prompt": "judge-single", "prompt_version": "1", "mode": "single"},
                "scores": None if v is None else {**_scores(v), "overall": v}, "rationale": f"{name} says",
                "error": None if v is not None else "HTTP 500", "repeat": 0} for name, v in values.items()]
     answered = [v for v in values.values() if v is not None]
@@ -54,7 +54,7 @@ def _by_name(trace, name):
 
 def test_judge_entries_read_both_row_shapes():
     today = judge_entries(_today_row("q1", 1, 6.0, judge=("gpt-4o", "judge-single-v1")))
-    assert [(e.judge, e.prompt_version, e.scores["overall"], e.rationale) for e in today] == \
+    assert [(e.judge, e.identity.prompt_id, e.scores["overall"], e.rationale) for e in today] == \
         [("gpt-4o", "judge-single-v1", 6.0, "rationale q1/1")]
     failed = judge_entries(_today_row("q1", 1, None))
     assert failed[0].scores is None and failed[0].error == "timeout"
@@ -62,9 +62,10 @@ def test_judge_entries_read_both_row_shapes():
     assert [(e.judge, e.scores and e.scores["overall"], e.error) for e in jury] == \
         [("fair", 7.0, None), ("long", None, "HTTP 500")]
     text_identity = judge_entries({**_jury_row("q3", {"a": 5.0}), "judges": [
-        {"judge": json.dumps({"model": "a", "prompt": "p", "prompt_version": "p-v2", "mode": "single"}),
+        {"judge": json.dumps({"model": "a", "prompt": "p", "prompt_version": "2", "mode": "single"}),
          "scores": _scores(5.0), "rationale": "", "error": None, "repeat": 1}]})
-    assert (text_identity[0].prompt_version, text_identity[0].scores["overall"], text_identity[0].repeat) == ("p-v2", 5.0, 1)
+    assert (text_identity[0].identity.prompt_id, text_identity[0].scores["overall"], text_identity[0].repeat) == \
+        ("p-v2", 5.0, 1)
 
 
 def test_every_judged_answer_is_a_trace_linked_to_its_run(store):
@@ -90,7 +91,7 @@ def test_every_judged_answer_is_a_trace_linked_to_its_run(store):
     assert [(a.source.source_type, a.source.source_id, a.feedback.value) for a in overall] == \
         [("CODE", "offline-heuristic", 4.0)]  # the offline stand-in is code, not an LLM judge
     assert overall[0].rationale == "helpfulness 4, relevance 4, accuracy 4, detail 4. rationale q1/2"
-    assert overall[0].metadata["prompt_version"] == "heuristic-v1" and overall[0].metadata["accuracy"] == "4"
+    assert overall[0].metadata["prompt_id"] == "heuristic-v1" and overall[0].metadata["accuracy"] == "4"
     assert {a.name for a in second.info.assessments} == {"overall"}
     failed = traces[ids[2]]
     assert [(a.name, a.feedback.value, a.feedback.error.error_message) for a in failed.info.assessments] == \
@@ -134,3 +135,39 @@ def test_prompts_are_registered_once_and_a_changed_file_is_a_new_version(store, 
     assert experiment_id in client.get_prompt("selfguided-judge-single").tags["_mlflow_experiment_ids"].split(",")
     assert prompt_run_tags(second, ["judge-single-v1", "heuristic-v1"]) == \
         {"prompt/judge-single-v1": "prompts:/selfguided-judge-single/2"}
+
+
+def test_the_register_hook_logs_the_rows_judgments_as_traces_of_its_run(store, tmp_path):
+    """log_row_traces, as register calls it inside a row's run, on judgments from the real jury code
+    (the offline stand-in as a jury of one), a two-turn question included."""
+    from selfguided.components.data import write_jsonl
+    from selfguided.components.judging.jury import JuryConfig, judge_with_jury, parse_judges
+    from selfguided.components.registry.traces import log_row_traces
+
+    uri, client, experiment_id = store
+    questions = [{"question_id": 1, "category": "poem", "turns": ["가을 시를 써 주세요.", "더 짧게 고쳐 주세요."]},
+                 {"question_id": 2, "category": "news", "turns": ["지역 축제 기사를 써 주세요."]}]
+    answers = [{"question_id": 1, "model_id": "tiny-sg", "choices": [{"index": 0, "turns": [
+                    "가을 바람이 분다\n낙엽이 진다\n우리는 걷는다", "가을 바람\n낙엽"]}]},
+               {"question_id": 2, "model_id": "tiny-sg", "choices": [{"index": 0, "turns": [
+                    "지난 주말 시청 앞에서 축제가 열렸다. 시민 3천 명이 참석했다고 시는 밝혔다."]}]}]
+    judgments, _ = judge_with_jury(questions, answers, JuryConfig(judges=parse_judges("offline-heuristic")))
+    path = tmp_path / "judgments.jsonl"
+    write_jsonl(path, judgments)
+    with mlflow.start_run(experiment_id=experiment_id,
+                          tags={"row": "tiny/self_guided", "row_kind": "trained", "pipeline_run": "p7"}) as run:
+        assert log_row_traces(path, {"row": "tiny/self_guided"}) == 3
+    traces = mlflow.search_traces(locations=[experiment_id], run_id=run.info.run_id, return_type="list", flush=True)
+    by_turn = {(t.info.tags["question_id"], t.info.tags["turn"]): t for t in traces}
+    assert set(by_turn) == {("1", "1"), ("1", "2"), ("2", "1")}
+    second = by_turn[("1", "2")]
+    assert second.info.tags["pipeline_run"] == "p7" and second.info.tags["row"] == "tiny/self_guided"
+    assert [m["content"] for m in second.data.spans[0].inputs["messages"]] == \
+        ["가을 시를 써 주세요.", "가을 바람이 분다\n낙엽이 진다\n우리는 걷는다", "더 짧게 고쳐 주세요."]
+    assert second.data.spans[0].outputs == "가을 바람\n낙엽"
+    [overall] = second.info.assessments
+    assert (overall.source.source_type, overall.source.source_id) == ("CODE", "offline-heuristic")
+    assert overall.feedback.value == next(j["score"] for j in judgments if (j["question_id"], j["turn"]) == (1, 2))
+    # The offline stand-in uses no registered prompt, but the prompts are in the registry for the LLM judges.
+    assert client.get_prompt("selfguided-judge-single") is not None
+    assert not any(k.startswith("prompt/") for k in client.get_run(run.info.run_id).data.tags)

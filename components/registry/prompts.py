@@ -49,24 +49,12 @@ def _latest(client, name: str):
 
 
 def _link_to_experiment(client, name: str, experiment_id: str) -> None:
-    """List the prompt on the experiment's Prompts page (MLflow keeps the ids in a prompt tag).
-    MLflow's own registration links the prompt to the process's current experiment in a background
-    thread, which can write the same tag at the same moment: on a clash, read it again."""
-    import time
-
-    from mlflow.exceptions import MlflowException
+    """List the prompt on the experiment's Prompts page (MLflow keeps the ids in a prompt tag)."""
     from mlflow.prompt.constants import PROMPT_EXPERIMENT_IDS_TAG_KEY
 
-    for attempt in range(5):
-        ids = [i for i in client.get_prompt(name).tags.get(PROMPT_EXPERIMENT_IDS_TAG_KEY, "").split(",") if i]
-        if experiment_id in ids:
-            return
-        try:
-            client.set_prompt_tag(name, PROMPT_EXPERIMENT_IDS_TAG_KEY, "," + ",".join([*ids, experiment_id]) + ",")
-        except MlflowException:
-            if attempt == 4:
-                raise
-            time.sleep(0.2)
+    ids = [i for i in client.get_prompt(name).tags.get(PROMPT_EXPERIMENT_IDS_TAG_KEY, "").split(",") if i]
+    if experiment_id not in ids:
+        client.set_prompt_tag(name, PROMPT_EXPERIMENT_IDS_TAG_KEY, "," + ",".join([*ids, experiment_id]) + ",")
 
 
 def register_prompts(tracking_uri: str, *, experiment_id: str = "", files: Iterable[Path] | None = None
@@ -77,9 +65,16 @@ def register_prompts(tracking_uri: str, *, experiment_id: str = "", files: Itera
     experiment_id: the experiment whose Prompts page lists them ("" = none).
     files: the prompt files (default: every components/judging/prompts/*.json).
     """
+    import mlflow
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    if experiment_id:
+        # MLflow links a newly registered version to the process's current experiment itself (in a
+        # thread of its own): make that the experiment, and link only the unchanged prompts here.
+        # Like register_candidates, this points the process's fluent API at tracking_uri.
+        mlflow.set_tracking_uri(tracking_uri)
+        mlflow.set_experiment(experiment_id=experiment_id)
     registered = {}
     for path in sorted(files if files is not None else prompts_dir().glob("*.json")):
         raw = Path(path).read_bytes()
@@ -87,7 +82,10 @@ def register_prompts(tracking_uri: str, *, experiment_id: str = "", files: Itera
         digest = hashlib.sha256(raw).hexdigest()
         prompt_id, name = f"{data['name']}-v{data['version']}", registry_name(data["name"])
         latest = _latest(client, name)
-        if latest is None or latest.tags.get("sha256") != digest:
+        if latest is not None and latest.tags.get("sha256") == digest:
+            if experiment_id:
+                _link_to_experiment(client, name, experiment_id)
+        else:
             changed = latest is not None
             latest = client.register_prompt(
                 name, mlflow_template(data),
@@ -97,8 +95,6 @@ def register_prompts(tracking_uri: str, *, experiment_id: str = "", files: Itera
                       "sha256": digest},
                 response_format=(data.get("json_schema") or {}).get("schema"),
             )
-        if experiment_id:
-            _link_to_experiment(client, name, experiment_id)
         registered[prompt_id] = (name, int(latest.version))
     return registered
 

@@ -26,6 +26,7 @@ from selfguided.components.model import artifact as trained_model
 from selfguided.components.model.artifact import ModelManifest, read_manifest
 from selfguided.components.registry.logged_model import log_trained_model
 from selfguided.components.registry.names import RegistryError
+from selfguided.components.registry.traces import log_row_traces
 
 
 def read_summary(path: str | Path) -> dict[str, Any]:
@@ -173,6 +174,7 @@ def _log_row_files(judgments_file: Path | None, summary: Mapping[str, Any]) -> N
             named = Path(staging) / "judgments.jsonl"  # per (question, turn), whatever the step named the file
             shutil.copyfile(judgments_file, named)
             mlflow.log_artifact(str(named))
+    log_row_traces(judgments_file, summary)  # every judged answer as a trace of this run, for people to check
 
 
 def log_dataset(path: Path, name: str, context: str) -> None:

@@ -17,19 +17,22 @@ One trace per judgment row (one answer to one turn of one question, graded by th
 
 Editors add their own grade as a `score` feedback (1-10, source HUMAN), see `HUMAN_SCORE`.
 
-Rows in today's shape (`judge: [model, prompt]`, `scores`, `judgment`) and in the jury's shape
-(`judges: [{judge, scores, rationale, error, repeat}]`) are both read by `judge_entries`.
+Rows in the jury's shape (`judges: [{judge, scores, rationale, error, repeat}]`, judging/jury.py)
+and in the one-judge shape (`judge`, `scores`, `judgment`, also as the `[model, prompt id]` pair of
+older judgments files) are both read by `judge_entries`.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections import defaultdict
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from selfguided.components.judging.offline import OFFLINE_JUDGE_NAME
-from selfguided.components.judging.rules import SCORE_NAMES, mean_of_criteria
+from selfguided.components.judging.rules import SCORE_NAMES, JudgeIdentity, mean_of_criteria
 from selfguided.components.registry.prompts import prompt_uri
 
 TRACE_NAME = "judged_answer"
@@ -44,33 +47,34 @@ TRACE_TAGS = ("row", "row_kind", "category", "question_id", "turn", "pipeline_ru
 class JudgeEntry:
     """One judge's verdict on one answer, whatever shape the judgment row has."""
 
-    judge: str
-    prompt: str
-    prompt_version: str
-    mode: str
+    identity: JudgeIdentity
     scores: dict[str, float] | None
     """the four criteria and `overall`; None when this judge failed (see `error`)."""
     rationale: str
     error: str | None
     repeat: int = 0
 
+    @property
+    def judge(self) -> str:
+        return self.identity.name
 
-def _identity(value: Any) -> dict[str, str]:
-    """A judge identity in any shape the rows carry: JudgeIdentity JSON (dict or text), or
-    today's [model, prompt version] pair."""
+
+_PROMPT_ID = re.compile(r"^(?P<prompt>.+)-v(?P<version>[^-]+)$")
+
+
+def _identity(value: Any) -> JudgeIdentity:
+    """A judge identity as the rows carry it: JudgeIdentity JSON (an object, or its text), or the
+    [model, prompt id] pair of rows written before the identity had one shape. A row without one
+    (hand-made judgments) is graded by an `unknown` judge rather than not shown at all."""
+    if value is None:
+        return JudgeIdentity("unknown", "unknown", "0")
     if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError:
-            return {"model": value, "prompt": "", "prompt_version": "", "mode": "single"}
-    if isinstance(value, (list, tuple)):
-        model, prompt_version = (list(value) + ["", ""])[:2]
-        return {"model": str(model), "prompt": str(prompt_version), "prompt_version": str(prompt_version),
-                "mode": "single"}
-    if isinstance(value, Mapping):
-        return {"model": str(value.get("model") or value.get("name") or ""), "prompt": str(value.get("prompt", "")),
-                "prompt_version": str(value.get("prompt_version", "")), "mode": str(value.get("mode", "single"))}
-    return {"model": "unknown", "prompt": "", "prompt_version": "", "mode": "single"}
+        value = json.loads(value)
+    if isinstance(value, (list, tuple)) and len(value) == 2:
+        match = _PROMPT_ID.match(str(value[1]))
+        prompt, version = (match["prompt"], match["version"]) if match else (str(value[1]), "0")
+        return JudgeIdentity(str(value[0]), prompt, version)
+    return JudgeIdentity.from_json(value)
 
 
 def _scores(scores: Any, overall: Any = None) -> dict[str, float] | None:
@@ -91,16 +95,13 @@ def judge_entries(row: Mapping[str, Any]) -> list[JudgeEntry]:
     entries = []
     if isinstance(row.get("judges"), list):
         for entry in row["judges"]:
-            who = _identity(entry.get("judge"))
-            entries.append(JudgeEntry(who["model"], who["prompt"], who["prompt_version"], who["mode"],
+            entries.append(JudgeEntry(_identity(entry.get("judge")),
                                       None if entry.get("error") else _scores(entry.get("scores")),
                                       str(entry.get("rationale") or ""), entry.get("error"),
                                       int(entry.get("repeat") or 0)))
         return entries
-    who = _identity(row.get("judge"))
     scores = None if row.get("error") else _scores(row.get("scores"), row.get("score"))
-    return [JudgeEntry(who["model"], who["prompt"], who["prompt_version"], who["mode"], scores,
-                       str(row.get("judgment") or ""), row.get("error"))]
+    return [JudgeEntry(_identity(row.get("judge")), scores, str(row.get("judgment") or ""), row.get("error"))]
 
 
 def conversations(rows: Iterable[Mapping[str, Any]]) -> dict[tuple[str, int], list[dict[str, str]]]:
@@ -134,8 +135,7 @@ def _log_entry(trace_id: str, entry: JudgeEntry, prompt_uri: str) -> None:
     import mlflow
     from mlflow.entities import AssessmentError
 
-    metadata = {"judge": entry.judge, "prompt": entry.prompt, "prompt_version": entry.prompt_version,
-                "mode": entry.mode, "repeat": str(entry.repeat)}
+    metadata = {**entry.identity.to_json(), "prompt_id": entry.identity.prompt_id, "repeat": str(entry.repeat)}
     if prompt_uri:
         metadata["prompt_uri"] = prompt_uri
     source = _source(entry.judge)
@@ -173,7 +173,8 @@ def log_judged_traces(
     trace_ids = []
     for row in rows:
         entries = judge_entries(row)
-        linked = sorted({prompt_versions[e.prompt_version] for e in entries if e.prompt_version in prompt_versions})
+        linked = sorted({prompt_versions[e.identity.prompt_id] for e in entries
+                         if e.identity.prompt_id in prompt_versions})
         row_tags = {**{k: str(v) for k, v in (tags or {}).items()},
                     "category": str(row.get("category", "")), "question_id": str(row["question_id"]),
                     "turn": str(row.get("turn", 1)), "model": str(row.get("model", ""))}
@@ -186,12 +187,53 @@ def log_judged_traces(
                                  "korean_penalty": row.get("korean_penalty")})
             mlflow.update_current_trace(tags=row_tags)
             for entry in entries:
-                version = prompt_versions.get(entry.prompt_version)
+                version = prompt_versions.get(entry.identity.prompt_id)
                 _log_entry(span.trace_id, entry, prompt_uri(version) if version else "")
-            if len(entries) > 1 and isinstance(row.get("score"), (int, float)) and row.get("scores") is not None:
+            if len({e.judge for e in entries}) > 1 and isinstance(row.get("score"), (int, float)) and row.get("scores") is not None:
                 jury = row.get("jury") or {}
                 mlflow.log_feedback(trace_id=span.trace_id, name=JURY_SCORE, value=float(row["score"]),
                                     source=_source("", jury=True),
                                     metadata={k: str(v) for k, v in jury.items()})
             trace_ids.append(span.trace_id)
     return trace_ids
+
+
+_REGISTERED_PROMPTS: dict[tuple[str, str], dict[str, tuple[str, int]]] = {}
+
+
+def log_row_traces(judgments_file: str | Path | None, summary: Mapping[str, Any]) -> int:
+    """The register step's hook, called inside an evaluation row's active MLflow run: every judgment
+    of the row becomes a trace linked to that run (tags from the run: `row`, `row_kind`,
+    `pipeline_run`), and the run is tagged with the registry version of each prompt its judgments
+    used (`prompt/<prompt id>`). The prompts are registered once per process and experiment.
+    Returns how many traces it logged."""
+    import mlflow
+
+    from selfguided.components.data import read_jsonl
+
+    run = mlflow.active_run()
+    if run is None or judgments_file is None or not Path(judgments_file).is_file():
+        return 0
+    try:
+        return _log_row_traces(run, read_jsonl(judgments_file, allow_empty=True), summary)
+    except Exception as exc:  # noqa: BLE001 - the evidence is logged already; say what is missing, go on
+        print(f"[selfguided] register: the judged answers of {summary.get('row')} were not logged as traces "
+              f"({type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''})", flush=True)
+        return 0
+
+
+def _log_row_traces(run, rows: list[dict[str, Any]], summary: Mapping[str, Any]) -> int:
+    import mlflow
+
+    from selfguided.components.registry.prompts import prompt_run_tags, register_prompts
+
+    key = (mlflow.get_tracking_uri(), run.info.experiment_id)
+    if key not in _REGISTERED_PROMPTS:
+        _REGISTERED_PROMPTS[key] = register_prompts(key[0], experiment_id=key[1])
+    prompts = _REGISTERED_PROMPTS[key]
+    used = {e.identity.prompt_id for row in rows for e in judge_entries(row)}
+    if prompt_run_tags(prompts, used):
+        mlflow.set_tags(prompt_run_tags(prompts, used))
+    tags = {k: run.data.tags.get(k, "") for k in ("row", "row_kind", "pipeline_run")}
+    tags["row"] = tags["row"] or str(summary.get("row", ""))
+    return len(log_judged_traces(rows, run_id=run.info.run_id, tags=tags, prompt_versions=prompts))
