@@ -30,7 +30,8 @@ from selfguided.components.model.prompting import ARMS
 from selfguided.components.steps.generate import generate
 from selfguided.components.steps.judge import judge
 from selfguided.components.steps.reference import answer_reference, plan_references
-from selfguided.components.steps.register import EXPERIMENT_NAME, REGISTERED_MODEL_NAME, register
+from selfguided.components.registry.names import EXPERIMENT_NAME, REGISTERED_MODEL_NAME
+from selfguided.components.steps.register import register
 from selfguided.components.steps.score import score
 from selfguided.components.steps.split import split
 from selfguided.pipelines import platform
@@ -39,11 +40,13 @@ PIPELINE_NAME = "selfguided"
 
 
 @dsl.component(base_image=platform.CPU_IMAGE, install_kfp_package=False)
-def plan_runs(base_models: List[str], arms: List[str]) -> List[dict]:
-    """Every (base model, arm) pair to train, as loop items."""
+def plan_runs(base_models: List[str], arms: List[str], replicates: int) -> List[dict]:
+    """Every (base model, arm, training-seed replicate) to train, as loop items."""
     if not base_models or not arms:
         raise ValueError("base_models and arms must both be non-empty")
-    return [{"base_model": m, "arm": a} for m in base_models for a in arms]
+    if replicates < 1:
+        raise ValueError(f"replicates must be at least 1, got {replicates}")
+    return [{"base_model": m, "arm": a, "replicate": r} for m in base_models for a in arms for r in range(replicates)]
 
 
 @dsl.component(base_image=platform.CPU_IMAGE, install_kfp_package=False)
@@ -154,6 +157,7 @@ def self_guided_pipeline(
     mlflow_tracking_uri: str = platform.MLFLOW_TRACKING_URI_IN_CLUSTER,
     experiment_name: str = EXPERIMENT_NAME,
     promotion_tolerance: float = 0.25,
+    replicates: int = 1,
 ) -> str:
     """Score, split, fine-tune each base model on each arm, judge, register and promote.
 
@@ -191,16 +195,20 @@ def self_guided_pipeline(
         max_new_tokens: longest answer generated per turn of a test question.
         reference_models: API models answering as teacher rows (the paper's ChatGPT row), through the
             LLM endpoint, or `name@http://host:port/v1` on an endpoint of their own; [] = no teacher row.
-        min_improvement: promote only when the lower bound of the 95% CI of the challenger's overall
-            paired difference against the champion is above this (1-10 scale).
-        min_paired_questions: shared (question, turn) pairs needed to compare challenger and champion.
+        min_improvement: promote only when the one-sided lower confidence bound (alpha 0.02, split over
+            the candidate arms) of the challenger's overall paired difference against the champion (the
+            untuned base for the first champion) is above this (1-10 scale).
+        min_paired_questions: shared questions (not (question, turn) pairs) needed to compare.
         gpu_hour_usd: price of a GPU hour, for the cost per 1000 answers of local models (0 = omitted).
         serving_name: the KServe InferenceService pointed at a newly promoted champion ("" = no deploy).
         registered_model_name: the MLflow registered model.
         mlflow_tracking_uri: MLflow tracking server.
         experiment_name: MLflow experiment of the runs.
-        promotion_tolerance: a category credibly worse than the champion's by more than this (the upper
-            bound of its paired difference's 95% CI below -tolerance) blocks a promotion.
+        promotion_tolerance: a category (of at least 5 questions) credibly worse than the champion's by
+            more than this (Holm-adjusted one-sided t test across categories) blocks a promotion.
+        replicates: trainings of every (base model, arm) with different seeds (data order, LoRA init),
+            in parallel; each is answered and judged, and the gate compares their mean, the seed-to-seed
+            spread part of its interval. 1 = one training each.
     """
     llm_models = collect_llm_models(score_model=score_model, judge_model=judge_model, reference_models=reference_models)
     _sized(llm_models, "light").set_display_name("list the LLMs used")
@@ -225,12 +233,12 @@ def self_guided_pipeline(
     ).set_display_name("split per arm").set_caching_options(False)
     _sized(_with_s3_secret(_with_cache_volume(split_task)), "light")
 
-    plan = plan_runs(base_models=base_models, arms=arms)
+    plan = plan_runs(base_models=base_models, arms=arms, replicates=replicates)
     _sized(plan, "light").set_display_name("plan runs")
     with dsl.ParallelFor(plan.output, name="model-and-arm") as run:
         finetune_task = finetune(
             train_data=split_task.outputs["train"], base_model=run.base_model, arm=run.arm, strategy=strategy,
-            config_json=finetune_config, num_gpus=num_gpus, checkpoint_dir=checkpoint_dir,
+            config_json=finetune_config, num_gpus=num_gpus, checkpoint_dir=checkpoint_dir, replicate=run.replicate,
         ).set_display_name("finetune")
         _sized_gpu(_with_cache_volume(_on_gpu_pool(finetune_task, num_gpus))).set_retry(num_retries=3,
                                                                                              backoff_duration="120s")
@@ -251,6 +259,7 @@ def self_guided_pipeline(
             generate_seconds=generate_task.outputs["Output"], answer_cost_usd=0.0, note="", fallback="",
             model=judge_model, concurrency=llm_concurrency, cache=llm_cache, base_url=llm_base_url,
             judges=judges, judge_repeats=judge_repeats, min_judges=min_judges, jury_aggregate=jury_aggregate,
+            replicate=run.replicate,
         ).set_display_name("judge answers")
         _sized(_with_s3_secret(_with_llm_secret(_with_judge_keys(_with_cache_volume(judge_task)))), "llm").set_retry(
             num_retries=2, backoff_duration="60s")
@@ -285,6 +294,7 @@ def self_guided_pipeline(
         reference_judgments=dsl.Collected(reference_judge.outputs["judgments"]),
         min_improvement=min_improvement, promotion_tolerance=promotion_tolerance,
         min_paired_questions=min_paired_questions, gpu_hour_usd=gpu_hour_usd,
+        min_judge_agreement=min_judge_agreement, scoring_model=score_model,
     )
     _sized(compare_task, "compare").set_display_name("compare with uncertainty").set_caching_options(False)
 

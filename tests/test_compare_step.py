@@ -102,3 +102,24 @@ def test_a_trained_row_worse_than_the_base_is_never_the_first_champion(tmp_path)
     result = run_compare(*files(written), gate=PromotionGate())
     assert not result["decision"]["promote"]
     assert result["decision"]["reasons"][0].startswith("no champion yet: the first champion must beat its untuned base")
+
+
+def test_training_seed_replicates_are_one_arm_with_their_seed_spread_in_the_report(tmp_path):
+    """--replicates 2: the judge step names replicate 1 `<row>#1` and records `replicate` in its summary."""
+    import json
+
+    written = list(rows(tmp_path, unscored=5.0, self_guided=6.5).values())
+    second = write_row(tmp_path / "r1", "self_guided", make_judgments(category_scores(6.2), spread=0.4, seed=5),
+                       arm="self_guided")
+    summary = json.loads(second[0].read_text(encoding="utf-8"))
+    second[0].write_text(json.dumps({**summary, "row": summary["row"] + "#1", "replicate": 1}), encoding="utf-8")
+    written += [second, write_row(tmp_path, "base", make_judgments(category_scores(3.0), spread=0.4, seed=8),
+                                  row_kind="base")]
+    result = run_compare_step(*files(written), str(tmp_path / "r.json"), str(tmp_path / "r.md"),
+                              str(tmp_path / "r.html"), gate=PromotionGate())
+    assert result["challenger"]["rows"] == ["tiny/self_guided", "tiny/self_guided#1"]
+    assert result["challenger"]["row"] == "tiny/self_guided"  # the better seed is the one registered
+    assert [r["replicate"] for r in result["rows"]] == [0, 0, 1, 0]
+    report = (tmp_path / "r.md").read_text(encoding="utf-8")
+    assert "SE questions / seeds" in report and "(2 seeds)" in report
+    assert "2 training seeds averaged" in result["decision"]["reasons"][1]

@@ -7,7 +7,8 @@ categories back) all name metrics through these functions:
   `judge/overall` (+ CI), `judge/overall_seen` / `_unseen` (+ CI);
 - on a trained row compared with `unscored` of its base: `delta/<category>/overall` (+ CI),
   `delta/overall` (+ CI), `delta/overall_length_controlled` (+ CI), `delta/n_pairs`;
-- `length/mean_chars`, `cost/usd_per_1000_answers` when known.
+- `length/mean_chars`, `cost/usd_per_1000_answers` when known;
+- a jury member's own scores: `jury/<judge>/<category>/overall`, `jury/<judge>/overall` (`per_judge_metric`).
 
 A category becomes one path segment (`metric_name`: letters and digits of any script, `_ - ` and
 space; anything else `_`), made unique within a run (`metric_names`). Light: no numpy.
@@ -50,6 +51,13 @@ def metric_names(categories: Iterable[str]) -> dict[str, str]:
 def judge_metric(category: str, score_name: str) -> str:
     """`judge/<category segment>/<criterion|overall>` (a single category, no run-wide de-duplication)."""
     return f"judge/{metric_name(category)}/{score_name}"
+
+
+def per_judge_metric(judge: str, category: str | None = None) -> str:
+    """A jury member's own figure: `jury/<judge>/<category>/overall`, or `jury/<judge>/overall` for its
+    overall. Under `jury/`, not `judge/`, so a judge's name is never read back as a category."""
+    middle = f"/{metric_name(category)}" if category is not None else ""
+    return f"jury/{metric_name(judge)}{middle}/overall"
 
 
 def point_metrics(means: Mapping[str, Mapping[str, float]], overall: float) -> dict[str, float]:

@@ -18,7 +18,7 @@ from kfp.dsl.component_decorator import component  # `dsl.component` is absent w
 from selfguided.components.data import read_jsonl
 from selfguided.components.evaluation.gate import Evaluation, GateDecision, PromotionGate, evaluate_run
 from selfguided.components.evaluation.metrics import metrics_for_row
-from selfguided.components.evaluation.report import report_html, report_markdown
+from selfguided.components.evaluation.report import ReportSection, report_html, report_markdown
 from selfguided.components.evaluation.rows import RowJudgments
 from selfguided.components.images import CPU_IMAGE
 from selfguided.components.judging.agreement import review_judges
@@ -107,10 +107,10 @@ def run_compare_step(summary_files: Sequence[str], judgment_files: Sequence[str]
                            min_agreement=min_judge_agreement)
     comparison, decision = evaluation.comparison, GateDecision.from_dict(result["decision"])
     notes = "".join(f"\n- {note}" for note in result["notes"])
-    markdown = (report_markdown(comparison, decision) + f"\n{judges}"
-                + (f"\n## Rows without answers\n{notes}\n" if notes else ""))
-    page = report_html(comparison, decision).replace(
-        "</body>", f"<h2>Judges</h2><pre>{html.escape(judges.partition(chr(10))[2])}</pre></body>", 1)
+    section = [ReportSection("Judges", judges.partition("\n")[2].strip())]  # review_judges writes "## Judges" first
+    markdown = report_markdown(comparison, decision, extra=section) + (f"\n## Rows without answers\n{notes}\n"
+                                                                        if notes else "")
+    page = report_html(comparison, decision, extra=section)
     if any(row["judge"].startswith(OFFLINE_JUDGE_NAME) for row in result["rows"]):
         warning = (f"The judge is `{OFFLINE_JUDGE_NAME}`, a deterministic stand-in for runs without an LLM endpoint: "
                    "it exercises every step, it does not measure quality.")

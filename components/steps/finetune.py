@@ -15,6 +15,7 @@ import torch.
 
 # No `from __future__ import annotations`: KFP reads the component's annotations at runtime.
 import argparse
+import dataclasses
 import json
 import os
 import signal
@@ -32,9 +33,11 @@ TORCHRUN_MODULE = "selfguided.components.steps.finetune"  # this module, as torc
 
 
 def run_finetune_step(train_dir: str | Path, base_model: str, arm: str, strategy: str, config_json: str,
-                      num_gpus: int, checkpoint_dir: str, output_dir: str | Path) -> dict[str, float]:
+                      num_gpus: int, checkpoint_dir: str, output_dir: str | Path, replicate: int = 0
+                      ) -> dict[str, float]:
     """What the KFP component does: train `<train_dir>/<arm>.jsonl`, in this process on one
-    device, or under `torchrun --nproc_per_node=num_gpus` (DDP) when num_gpus > 1."""
+    device, or under `torchrun --nproc_per_node=num_gpus` (DDP) when num_gpus > 1. Replicate r
+    (a training-seed replicate of its (base model, arm)) trains with the config's seed + r."""
     from selfguided.components.data import DataError
     from selfguided.components.model.artifact import read_manifest
     from selfguided.components.model.prompting import ARMS
@@ -46,6 +49,8 @@ def run_finetune_step(train_dir: str | Path, base_model: str, arm: str, strategy
         raise DataError(f"{train_file}: no training file for arm {arm!r} (the split step writes "
                         f"{', '.join(a + '.jsonl' for a in ARMS)})")
     config = FinetuneConfig.from_json(config_json, base_model)
+    if replicate:
+        config = dataclasses.replace(config, seed=config.seed + int(replicate))
     if num_gpus <= 1:
         return train(train_file, base_model, output_dir, config, checkpoint_dir or None, arm=arm, strategy=strategy)
     command = [
@@ -105,6 +110,7 @@ def finetune(
     checkpoint_dir: str,
     model: Output[Model],
     metrics: Output[Metrics],
+    replicate: int = 0,
 ):
     """Fine-tune a small Korean LM on one arm of the split data.
 
@@ -124,14 +130,16 @@ def finetune(
             "" keeps checkpoints inside the output only (no resume across pods).
         model: the trained model directory (layout: components/model/artifact.py).
         metrics: every training metric (train_loss, tokens_per_s, peak_memory_gb, ...).
+        replicate: which training-seed replicate of (base_model, arm) this is: trains with the
+            config's seed + replicate (0: the config's seed, as with one replicate).
     """
     from selfguided.components.steps.finetune import run_finetune_step
 
     results = run_finetune_step(train_data.path, base_model, arm, strategy, config_json, num_gpus, checkpoint_dir,
-                            model.path)
+                                model.path, replicate)
     for name, value in results.items():
         metrics.log_metric(name, value)
-    model.metadata.update({"base_model": base_model, "arm": arm, "strategy": strategy})
+    model.metadata.update({"base_model": base_model, "arm": arm, "strategy": strategy, "replicate": replicate})
 
 
 if __name__ == "__main__":

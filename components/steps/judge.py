@@ -179,7 +179,7 @@ def run_judge_step(
     report_path: str, html_path: str, *, row_kind: str, base_model: str = "", arm: str = "", row_model: str = "",
     generate_seconds: float = 0.0, llm_cost_usd: float = 0.0, note: str = "", fallback: str = "",
     concurrency: int = 8, cache: str = "", base_url: str = "", judges: str = "", repeats: int = 1,
-    min_judges: int = 0, aggregate: str = "mean",
+    min_judges: int = 0, aggregate: str = "mean", replicate: int = 0,
 ) -> dict[str, Any]:
     """Judge one row's answers (by the jury `judges`, "" = `model` alone) and write its judgments,
     summary and reports.
@@ -210,6 +210,9 @@ def run_judge_step(
                                   judge_model=identity["model"],
                                   prompt_version=f"{identity['prompt']}-v{identity['prompt_version']}", usage=usage,
                                   generate_seconds=generate_seconds, llm_cost_usd=llm_cost_usd, jury=jury)
+    if replicate:  # a training-seed replicate of its (base model, arm): its own row, grouped by compare
+        summary["row"] = f"{summary['row']}#{replicate}"
+    summary["replicate"] = int(replicate)
     summary["note"] = note
     summary["fallback"] = json.loads(fallback) if fallback else None
     summary["answer_model"] = answers[0].get("model_id", "unknown") if answers else ""  # what the judgments name
@@ -250,6 +253,7 @@ def judge(
     metrics: Output[Metrics],
     report: Output[Markdown],
     chart: Output[HTML],
+    replicate: int = 0,
 ):
     """Grade one row's answers (every turn) per category on the four criteria plus overall.
 
@@ -278,6 +282,7 @@ def judge(
         metrics: the `judge/<category>/<criterion>` scores, shown in the Kubeflow UI.
         report: the score table (Markdown).
         chart: a per-category bar chart (HTML).
+        replicate: the training-seed replicate of a trained row (0 otherwise); r > 0 names the row `<row>#r`.
     """
     from selfguided.components.steps.judge import run_judge_step
 
@@ -285,7 +290,8 @@ def judge(
                             chart.path, row_kind=row_kind, base_model=base_model, arm=arm, row_model=row_model,
                             generate_seconds=generate_seconds, llm_cost_usd=answer_cost_usd, note=note,
                             fallback=fallback, concurrency=concurrency, cache=cache, base_url=base_url,
-                            judges=judges, repeats=judge_repeats, min_judges=min_judges, aggregate=jury_aggregate)
+                            judges=judges, repeats=judge_repeats, min_judges=min_judges, aggregate=jury_aggregate,
+                            replicate=replicate)
     for name, value in result["metrics"].items():
         metrics.log_metric(name, value)
     summary.metadata.update({"row": result["row"], "overall": result["overall"]})
