@@ -201,3 +201,54 @@ def test_markdown_marks_small_categories_and_missing_values():
     assert "### poem" in text and "### news" not in text and "news (3)" in text
     assert "| b | 15 | - |" in text  # a constant judge has no rank correlation: "-", never a number
     assert result.closest == "a" and result.closest_share == 1.0
+
+
+# --- On a real basic-auth MLflow server: the reviewer may grade the blind copies, nothing more -------------------
+
+from test_mlflow_auth import (  # noqa: E402  the same server, users and registered model as the auth tests
+    EXPERIMENT, MODEL, User, _as, _auth_client, _no_inherited_credentials, _password, auth_server, pipeline_user,
+    registered)
+
+__all__ = ["_no_inherited_credentials", "auth_server", "pipeline_user", "registered"]  # fixtures in use here
+
+
+@pytest.mark.slow
+def test_a_reviewer_grades_the_blind_copies_but_cannot_move_an_alias(auth_server, registered, monkeypatch):
+    """What MLflow's permission model can say: EDIT on the review experiment (a per-experiment grant;
+    sub-resource grants such as `assessment` are wildcard-only, so "feedback only, in this
+    experiment" is not expressible), DENY on the judged experiment (blind for real: no judge scores,
+    no rows), READ (the default) on the registered model."""
+    admin = User(auth_server.admin_username, auth_server.admin_password)
+    _as(monkeypatch, admin)
+    mlflow.set_tracking_uri(auth_server.tracking_uri)
+    client = MlflowClient(auth_server.tracking_uri, registry_uri=auth_server.tracking_uri)
+    experiment_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
+    rng, truths = random.Random(2), {}
+    rows = _judged_rows(rng, truths, "poem", "tiny/self_guided")[:4]
+    with mlflow.start_run(experiment_id=experiment_id, tags={"row": "tiny/self_guided", "row_kind": "trained"}) as run:
+        [judged, *_] = log_judged_traces(rows, run_id=run.info.run_id, tags={"row": "tiny/self_guided"})
+    mlflow.flush_trace_async_logging()
+    sample = create_review_sample(auth_server.tracking_uri, EXPERIMENT, 4, seed=0)
+    assert sample.queue_id and len(sample.copies) == 4
+
+    reviewer = User("editor-park", _password())
+    auth = _auth_client(auth_server, monkeypatch)
+    auth.create_user(reviewer.username, reviewer.password)
+    auth.grant_user_permission(reviewer.username, "experiment", sample.review_experiment_id, "EDIT")
+    auth.grant_user_permission(reviewer.username, "experiment", experiment_id, "DENY")
+
+    _as(monkeypatch, reviewer)
+    copy = sample.copies[judged] if judged in sample.copies else next(iter(sample.copies.values()))
+    _human(copy, 8, who=reviewer.username)                          # the reviewer's job: allowed
+    assert [a.feedback.value for a in mlflow.get_trace(copy).info.assessments] == [8]
+    with pytest.raises(MlflowException, match="403"):               # the judge's scores stay hidden
+        mlflow.search_traces(locations=[experiment_id], return_type="list")
+    with pytest.raises(MlflowException, match="403"):               # and cannot be graded unblinded
+        _human(judged, 3, who=reviewer.username)
+    with pytest.raises(MlflowException, match="403"):               # the registry is not the reviewer's
+        client.set_registered_model_alias(MODEL, "champion", registered.version)
+
+    _as(monkeypatch, admin)
+    assert client.get_model_version_by_alias(MODEL, "champion").version == registered.version
+    items, ignored = read_labels(auth_server.tracking_uri, EXPERIMENT)
+    assert [(item.human, item.row) for item in items] == [(8.0, "tiny/self_guided")] and not ignored
