@@ -39,7 +39,9 @@ def test_row_means_overall_is_mean_of_category_means_and_failures_are_counted():
     assert s.categories["poem"].overall.mean == pytest.approx(7.0)
     assert s.categories["poem"].overall.n == 2 and s.categories["poem"].n_failed == 4 and s.n_failed == 4
     # a score outside 1-10 is a failure with its reason, not a number
-    assert s.failure_reasons == {"judge error": 1, "outside the judge's scale 1-10": 3}
+    assert s.failure_reasons == {"judge error": 1, "no score (-1, FastChat's mark of a failed judgment)": 1,
+                                 "outside the judge's scale 1-10": 2}
+    assert "Failed judgments, counted and not scored: tiny/unscored: judge error (1), " in report_markdown(cmp)
     assert s.overall.mean == pytest.approx((7.0 + 4.5 + 7.0) / 3)  # not the item mean 5.56
     assert s.categories["news"].scores["helpfulness"].mean == 9
     assert not s.categories["news"].overall.has_interval  # one question: no CI

@@ -186,6 +186,13 @@ def _judges(comparison: Comparison) -> str:
     return ", ".join(judges) if judges else "unknown"
 
 
+def _failures(comparison: Comparison) -> str:
+    """Why judgments failed, per row (a failed judgment is counted, never scored)."""
+    parts = [f"{r.row}: " + ", ".join(f"{reason} ({n})" for reason, n in sorted(r.failure_reasons.items()))
+             for r in ordered_rows(comparison.rows) if r.failure_reasons]
+    return ("Failed judgments, counted and not scored: " + "; ".join(parts) + ".") if parts else ""
+
+
 def _gate_pair(comparison: Comparison) -> PairedComparison | None:
     return next((p for p in reversed(comparison.pairs) if p.label.startswith("challenger vs")), None)
 
@@ -217,6 +224,8 @@ def report_markdown(comparison: Comparison, decision: GateDecision | None = None
     lines = ["# Evaluation with uncertainty", "", f"Judge: {_judges(comparison)}", ""]
     lines += _md_table(header, body)
     lines += ["", _method_note(comparison)]
+    if _failures(comparison):
+        lines += ["", _failures(comparison)]
     if comparison.pairs:
         lines += ["", "## Paired differences (A − B)", ""]
         lines += _md_table(_pair_header(comparison), [row for pair in comparison.pairs for row in _pair_rows(pair)])
@@ -284,6 +293,8 @@ def report_html(comparison: Comparison, decision: GateDecision | None = None,
              "<h1>Evaluation with uncertainty</h1>", f"<p>Judge: {html.escape(_judges(comparison))}</p>",
              _html_table(header, body, classes=left, titles=titles),
              f'<p class="note">{html.escape(_method_note(comparison))}</p>']
+    if _failures(comparison):
+        parts.append(f'<p class="note">{html.escape(_failures(comparison))}</p>')
     if decision is not None:
         cls, verdict = ("promote", "promoted") if decision.promote else ("reject", "not promoted")
         parts += [f'<h2>Promotion gate: <span class="{cls}">{verdict}</span></h2>',

@@ -102,6 +102,8 @@ def score_problem(value: Any) -> str | None:
         return f"score {value!r} is not a number"
     if not math.isfinite(number):
         return f"score {value!r} is not finite"
+    if number == -1:
+        return "no score (-1, FastChat's mark of a failed judgment)"
     if not SCORE_MIN <= number <= SCORE_MAX:
         return f"score {number:g} is outside the judge's scale {SCORE_MIN:g}-{SCORE_MAX:g}"
     return None
