@@ -92,7 +92,7 @@ def test_a_jury_of_fair_length_loving_and_noisy_judges_shows_their_disagreement(
     assert cost["noisy"]["per_1000"] > cost["fair"]["per_1000"] > 0 and cost["jury"]["answers"] == 2 * len(QUESTIONS)
     assert cost["jury"]["cost_usd"] == pytest.approx(sum(cost[j]["cost_usd"] for j in ("fair", "long", "noisy")))
     metrics = agreement.metrics()["tiny/self_guided"]
-    assert {"judge/fair/overall", "judge/noisy/blog/overall", "jury/alpha"} <= set(metrics)
+    assert {"jury/fair/overall", "jury/noisy/blog/overall", "jury/alpha"} <= set(metrics)
 
 
 def test_a_judge_that_fails_is_named_and_no_item_is_averaged_over_a_partial_jury(jury_servers, tmp_path):
@@ -189,7 +189,7 @@ def test_the_compare_hook_adds_the_section_per_judge_metrics_and_refuses_below_m
                             min_agreement=0.99)
     assert section.startswith("## Judges") and "Circularity" in section
     assert result["decision"]["promote"] is False and "--min-judge-agreement 0.99" in result["decision"]["reasons"][0]
-    assert "judge/claude-sonnet/blog/overall" in result["metrics"]["tiny/self_guided"]
+    assert "jury/claude-sonnet/blog/overall" in result["metrics"]["tiny/self_guided"]
     alpha = result["judges"]["alpha"]["overall"]
     result = {"decision": {"promote": True, "reasons": []}, "metrics": {}}
     review_judges(result, [s for s, _ in files], [j for _, j in files], min_agreement=alpha - 0.01)

@@ -297,15 +297,14 @@ class JuryAgreement:
         return None
 
     def metrics(self) -> dict[str, dict[str, float]]:
-        """row -> per-judge MLflow metrics `judge/<judge>/<category>/overall`, `judge/<judge>/overall`,
-        plus `jury/alpha` (overall) on every row."""
+        """row -> each judge's own MLflow metrics (names: evaluation.metrics.per_judge_metric,
+        `jury/<judge>/<category>/overall` and `jury/<judge>/overall`), plus `jury/alpha` (overall)."""
+        from selfguided.components.evaluation.metrics import per_judge_metric
+
         out: dict[str, dict[str, float]] = {}
         for row, judges in self.per_judge.items():
-            values = {f"judge/{_metric_key(judge)}/{category}/overall": value
-                      for judge, categories in judges.items() for category, value in categories.items()
-                      if category != "overall"}
-            values |= {f"judge/{_metric_key(judge)}/overall": categories["overall"]
-                       for judge, categories in judges.items() if "overall" in categories}
+            values = {per_judge_metric(judge, None if category == "overall" else category): value
+                      for judge, categories in judges.items() for category, value in categories.items()}
             if math.isfinite(self.overall_alpha):
                 values["jury/alpha"] = round(self.overall_alpha, 4)
             out[row] = values
@@ -351,10 +350,6 @@ class JuryAgreement:
             lines += ["", "Judging cost:", "", "| judge | answers | cost (USD) | per 1000 answers |", "|---|---|---|---|"]
             lines += [f"| {j} | {c['answers']:g} | {c['cost_usd']:.4f} | {c['per_1000']:.4f} |" for j, c in self.cost.items()]
         return "\n".join(lines) + "\n"
-
-
-def _metric_key(judge: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.\-]", "_", judge)
 
 
 def _num(value: float | None) -> str:
