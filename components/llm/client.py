@@ -1,4 +1,8 @@
-"""One client layer for all paid LLM traffic (score and judge), on the official `openai` SDK.
+"""One client layer for all paid LLM traffic (score, judge, teacher answers), on the official `openai` SDK.
+
+The layer: config.py (LLMConfig, endpoints, prices), request.py (LLMRequest, LLMResult, UsageSummary,
+token estimate, cache key), cache.py (directory and S3 caches), limits.py (RateGovernor,
+AdaptiveConcurrency), this module (LLMClient, real-time mode) and batch.py (the Batch API).
 
 How one request travels through `LLMClient.run`:
 
@@ -46,7 +50,7 @@ Structured output: a request can carry a JSON-schema `response_format` and a pla
 (`text_fallback`). With `structured_output="auto"` the client tries the schema, and the first 400
 that names `response_format` switches the pool to the text variants for good.
 
-Batch mode (`batch=True`) sends the requests missing from the cache through the OpenAI Batch API
+Batch mode (`batch=True`, batch.py) sends the requests missing from the cache through the OpenAI Batch API
 instead (half price, 24 h window): write the JSONL (custom_id = cache key), upload it, create the
 batch, poll it, collect the output and error files and join them on custom_id. The batch id is
 kept in the cache while the batch runs, so a retried step resumes polling that batch instead of
