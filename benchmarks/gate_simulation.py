@@ -10,8 +10,11 @@ averaged and clipped to 1-10 (`statistics.judge_scores`).
     python benchmarks/gate_simulation.py              # the README's table (2000 runs per cell)
     python benchmarks/gate_simulation.py --reps 50    # a smoke run
 
-Prints one line per (layout, arms, true difference) and a final line starting with RESULT: the
-largest false-promotion rate and the upper end of its 95% Clopper-Pearson interval.
+Prints one line per (layout, arms, true difference), then the same with training-seed variance
+(each training run's quality shifted by N(0, 0.3); the arm trained 1, 2 or 3 times, `--replicates`),
+and a final line starting with RESULT: the largest false-promotion rate of the layouts and the upper
+end of its 95% Clopper-Pearson interval, and the false-promotion rate under seed variance per number
+of replicates.
 """
 
 from __future__ import annotations
@@ -80,28 +83,51 @@ def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
     return low, high
 
 
+def _row(label: str, effect: float, k: int, n: int) -> str:
+    low, high = clopper_pearson(k, n)
+    return f"| {label} | {effect:+.1f} | {k / n:.1%} | [{low:.1%}, {high:.1%}] |"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--reps", type=int, default=2000, help="simulated runs per cell")
     parser.add_argument("--seed", type=int, default=18)
     parser.add_argument("--effects", type=float, nargs="*", default=[0.0, 0.5, 1.0],
                         help="true improvements of the candidate arms (0 = no difference)")
+    parser.add_argument("--blocks", nargs="*", default=["layouts", "seeds"], choices=["layouts", "seeds"],
+                        help="layouts: the test-set layouts, one and two arms; seeds: training-seed variance "
+                        "(SD --seed-sd) on the 6 x 7 layout, one arm trained 1, 2, 3 times (--replicates)")
+    parser.add_argument("--seed-sd", type=float, default=0.3, help="SD of a training run's shift around its arm's mean")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     worst = (0.0, 0, 1)
-    print("| test-set layout | arms | true difference | promoted | 95% CI |")
-    print("|---|---|---|---|---|")
-    for i, (name, (layout, turns)) in enumerate(LAYOUTS.items()):
-        for n_arms in (1, 2):
+    seeds_null: dict[int, float] = {}
+    if "layouts" in args.blocks:
+        print("| test-set layout | arms | true difference | promoted | 95% CI |")
+        print("|---|---|---|---|---|")
+        for i, (name, (layout, turns)) in enumerate(LAYOUTS.items()):
+            for n_arms in (1, 2):
+                for j, effect in enumerate(args.effects):
+                    k, n = promotion_rate(layout, turns, [effect] * n_arms, args.reps,
+                                          seed=args.seed * 1000 + i * 100 + n_arms * 10 + j)
+                    print(_row(f"{name} | {n_arms}", effect, k, n), flush=True)
+                    if effect == 0 and k / n >= worst[0]:
+                        worst = (k / n, k, n)
+    if "seeds" in args.blocks:
+        print(f"\n| training seeds per arm (seed SD {args.seed_sd:g}, 6 x 7, one arm) | true difference | promoted "
+              "| 95% CI |")
+        print("|---|---|---|---|")
+        for replicates in (1, 2, 3):
             for j, effect in enumerate(args.effects):
-                k, n = promotion_rate(layout, turns, [effect] * n_arms, args.reps, seed=args.seed * 1000 + i * 100 + n_arms * 10 + j)
-                low, high = clopper_pearson(k, n)
-                print(f"| {name} | {n_arms} | {effect:+.1f} | {k / n:.1%} | [{low:.1%}, {high:.1%}] |", flush=True)
-                if effect == 0 and k / n >= worst[0]:
-                    worst = (k / n, k, n)
+                k, n = promotion_rate((7,) * 6, 1, [effect], args.reps, seed=args.seed * 1000 + 900 + replicates * 10 + j,
+                                      replicates=replicates, seed_sd=args.seed_sd)
+                print(_row(str(replicates), effect, k, n), flush=True)
+                if effect == 0:
+                    seeds_null[replicates] = k / n
     rate, k, n = worst
-    print(f"RESULT false_promotion_max={rate:.4f} ci_high={clopper_pearson(k, n)[1]:.4f} reps={args.reps} "
-          f"seconds={time.perf_counter() - start:.1f}")
+    seeds = " ".join(f"seed_sd_false_promotion_k{r}={v:.4f}" for r, v in seeds_null.items())
+    print(f"RESULT false_promotion_max={rate:.4f} ci_high={clopper_pearson(k, n)[1]:.4f} {seeds} reps={args.reps} "
+          f"seconds={time.perf_counter() - start:.1f}".replace("  ", " "))
     return 0
 
 
