@@ -141,6 +141,7 @@ def self_guided_pipeline(
     min_judges: int = 0,
     min_judge_agreement: float = 0.0,
     jury_aggregate: str = "mean",
+    judge_temperature: float = 0.0,
     llm_base_url: str = "",
     llm_concurrency: int = 8,
     llm_cache: str = f"{platform.CACHE_MOUNT_PATH}/llm-cache",
@@ -186,6 +187,8 @@ def self_guided_pipeline(
         min_judges: judges an item needs for a jury score (0 = all); with fewer it fails, named.
         min_judge_agreement: refuse a promotion when the judges' Krippendorff's alpha is below this (0 = off).
         jury_aggregate: `mean` or `median` of the judges' scores.
+        judge_temperature: the judges' sampling temperature; 0 keeps verdicts repeatable, judge_repeats
+            measure a judge's own noise only above 0 (e.g. 0.7).
         llm_base_url: OpenAI-compatible endpoint for score and judge (Azure, vLLM, ...); "" = OpenAI.
         llm_concurrency: concurrent LLM requests per step.
         llm_cache: LLM response cache (a path on the cache volume or `s3://bucket/prefix`; "" = none).
@@ -259,6 +262,7 @@ def self_guided_pipeline(
             generate_seconds=generate_task.outputs["Output"], answer_cost_usd=0.0, note="", fallback="",
             model=judge_model, concurrency=llm_concurrency, cache=llm_cache, base_url=llm_base_url,
             judges=judges, judge_repeats=judge_repeats, min_judges=min_judges, jury_aggregate=jury_aggregate,
+            judge_temperature=judge_temperature,
             replicate=run.replicate,
         ).set_display_name("judge answers")
         _sized(_with_s3_secret(_with_llm_secret(_with_judge_keys(_with_cache_volume(judge_task)))), "llm").set_retry(
@@ -283,6 +287,7 @@ def self_guided_pipeline(
             fallback=answer_task.outputs["fallback"],
             model=judge_model, concurrency=llm_concurrency, cache=llm_cache, base_url=llm_base_url,
             judges=judges, judge_repeats=judge_repeats, min_judges=min_judges, jury_aggregate=jury_aggregate,
+            judge_temperature=judge_temperature,
         ).set_display_name("judge reference answers")
         _sized(_with_s3_secret(_with_llm_secret(_with_judge_keys(_with_cache_volume(reference_judge)))), "llm").set_retry(
             num_retries=2, backoff_duration="60s")

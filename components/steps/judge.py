@@ -33,7 +33,7 @@ from selfguided.components.model.prompting import CRITERIA
 def judge_answers(
     questions: list[dict[str, Any]], answers: list[dict[str, Any]], model: str, *, concurrency: int = 8,
     cache: str = "", base_url: str = "", judges: str = "", repeats: int = 1, min_judges: int = 0,
-    aggregate: str = "mean",
+    aggregate: str = "mean", temperature: float = 0.0,
 ) -> tuple[list[dict[str, Any]], dict[str, float], dict[str, Any]]:
     """Grade answers with the jury `judges` ("" = `model` alone: a jury of one), each judge through
     the LLM client layer or offline; returns judgments, usage metrics and the jury's usage.
@@ -42,7 +42,8 @@ def judge_answers(
     a failed judgment that says why: counted, never scored.
     """
     jury = JuryConfig(parse_judges(judges, default=model), aggregate=aggregate, min_judges=min_judges,
-                      repeats=repeats, concurrency=concurrency, cache=cache, base_url=base_url)
+                      repeats=repeats, temperature=temperature, concurrency=concurrency, cache=cache,
+                      base_url=base_url)
     judgments, jury_usage = judge_with_jury(questions, answers, jury)
     usage: dict[str, float] = {}
     if len(jury_usage["judges"]) == 1:
@@ -179,7 +180,7 @@ def run_judge_step(
     report_path: str, html_path: str, *, row_kind: str, base_model: str = "", arm: str = "", row_model: str = "",
     generate_seconds: float = 0.0, llm_cost_usd: float = 0.0, note: str = "", fallback: str = "",
     concurrency: int = 8, cache: str = "", base_url: str = "", judges: str = "", repeats: int = 1,
-    min_judges: int = 0, aggregate: str = "mean", replicate: int = 0,
+    min_judges: int = 0, aggregate: str = "mean", replicate: int = 0, temperature: float = 0.0,
 ) -> dict[str, Any]:
     """Judge one row's answers (by the jury `judges`, "" = `model` alone) and write its judgments,
     summary and reports.
@@ -194,7 +195,7 @@ def run_judge_step(
         raise ValueError(f"{answers_path}: no answers to judge")
     judgments, usage, jury = judge_answers(questions, answers, model, concurrency=concurrency, cache=cache,
                                            base_url=base_url, judges=judges, repeats=repeats, min_judges=min_judges,
-                                           aggregate=aggregate)
+                                           aggregate=aggregate, temperature=temperature)
     write_jsonl(judgments_path, judgments)
     if answers and row_kind == "trained" and not any(judged_ok(j) for j in judgments):
         # Registering a model with no scores would only hide the failure; a retry may succeed.
@@ -254,6 +255,7 @@ def judge(
     report: Output[Markdown],
     chart: Output[HTML],
     replicate: int = 0,
+    judge_temperature: float = 0.0,
 ):
     """Grade one row's answers (every turn) per category on the four criteria plus overall.
 
@@ -282,6 +284,7 @@ def judge(
         metrics: the `judge/<category>/<criterion>` scores, shown in the Kubeflow UI.
         report: the score table (Markdown).
         chart: a per-category bar chart (HTML).
+        judge_temperature: the judges' sampling temperature (repeats measure judge noise only above 0).
         replicate: the training-seed replicate of a trained row (0 otherwise); r > 0 names the row `<row>#r`.
     """
     from selfguided.components.steps.judge import run_judge_step
@@ -291,7 +294,7 @@ def judge(
                             generate_seconds=generate_seconds, llm_cost_usd=answer_cost_usd, note=note,
                             fallback=fallback, concurrency=concurrency, cache=cache, base_url=base_url,
                             judges=judges, repeats=judge_repeats, min_judges=min_judges, aggregate=jury_aggregate,
-                            replicate=replicate)
+                            replicate=replicate, temperature=judge_temperature)
     for name, value in result["metrics"].items():
         metrics.log_metric(name, value)
     summary.metadata.update({"row": result["row"], "overall": result["overall"]})
