@@ -278,8 +278,9 @@ def judge_with_jury(questions: list[dict[str, Any]], answers: list[dict[str, Any
             entries[key].append(_entry(identity, row, 0))
         for repeat in range(1, jury.repeats):
             _, again, more = _grade(spec, questions, answers, jury, repeat, repeated)
-            for name, value in more.items():
-                usage.metrics[name] = usage.metrics.get(name, 0.0) + value if not name.endswith("rate") else value
+            for name, value in more.items():  # counts add up; a rate or the pool size is a level, not a count
+                level = name.endswith(("_rate", "/concurrency", "/pair_consistency"))
+                usage.metrics[name] = value if level else usage.metrics.get(name, 0.0) + value
             for row in again:
                 entries[(row["model"], row["question_id"], row["turn"])].append(_entry(identity, row, repeat))
         usage.cost_usd = round(usage.metrics.get("llm/judge/cost_usd", 0.0), 6)
