@@ -125,9 +125,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if effect == 0:
                     seeds_null[replicates] = k / n
     rate, k, n = worst
-    seeds = " ".join(f"seed_sd_false_promotion_k{r}={v:.4f}" for r, v in seeds_null.items())
-    print(f"RESULT false_promotion_max={rate:.4f} ci_high={clopper_pearson(k, n)[1]:.4f} {seeds} reps={args.reps} "
-          f"seconds={time.perf_counter() - start:.1f}".replace("  ", " "))
+    figures = [f"false_promotion_max={rate:.4f} ci_high={clopper_pearson(k, n)[1]:.4f}"] if "layouts" in args.blocks else []
+    figures += [f"seed_sd_false_promotion_k{r}={v:.4f}" for r, v in seeds_null.items()]
+    print(f"RESULT {' '.join(figures)} reps={args.reps} seconds={time.perf_counter() - start:.1f}")
     return 0
 
 
