@@ -23,7 +23,7 @@ from kfp import dsl, kubernetes
 from selfguided.components.steps.compare import compare
 from selfguided.components.data import HELD_OUT_CATEGORIES, REFERENCE_CATEGORIES
 from selfguided.components.steps.deploy import deploy
-from selfguided.components.steps.finetune import finetune
+from selfguided.components.steps.finetune import finetune, finetune_pod_gpus
 from selfguided.components.images import CPU_STEP_RESOURCES
 from selfguided.components.steps.preflight import preflight
 from selfguided.components.model.prompting import ARMS
@@ -147,6 +147,7 @@ def self_guided_pipeline(
     llm_cache: str = f"{platform.CACHE_MOUNT_PATH}/llm-cache",
     finetune_config: str = "",
     num_gpus: int = 1,
+    num_nodes: int = 1,
     checkpoint_dir: str = f"{platform.CACHE_MOUNT_PATH}/checkpoints",
     max_new_tokens: int = 512,
     reference_models: List[str] = ["gpt-4o-mini"],
@@ -193,7 +194,9 @@ def self_guided_pipeline(
         llm_concurrency: concurrent LLM requests per step.
         llm_cache: LLM response cache (a path on the cache volume or `s3://bucket/prefix`; "" = none).
         finetune_config: JSON object of FinetuneConfig overrides ("" = defaults for the model size).
-        num_gpus: GPUs per finetune task (torchrun on one node when > 1).
+        num_gpus: GPUs per finetune task (torchrun on one node when > 1), per node when num_nodes > 1.
+        num_nodes: nodes per fine-tuning; > 1 runs it as a Kubeflow Trainer TrainJob that the finetune
+            task launches and follows, asking for no GPU itself (manifests/training).
         checkpoint_dir: training checkpoints, on the cache volume so a retried task resumes.
         max_new_tokens: longest answer generated per turn of a test question.
         reference_models: API models answering as teacher rows (the paper's ChatGPT row), through the
@@ -238,14 +241,19 @@ def self_guided_pipeline(
 
     plan = plan_runs(base_models=base_models, arms=arms, replicates=replicates)
     _sized(plan, "light").set_display_name("plan runs")
+    pod_gpus = finetune_pod_gpus(num_gpus=num_gpus, num_nodes=num_nodes)  # 0 when a TrainJob holds the GPUs
+    _sized(pod_gpus, "light").set_display_name("finetune pod GPUs")
     with dsl.ParallelFor(plan.output, name="model-and-arm") as run:
         finetune_task = finetune(
             train_data=split_task.outputs["train"], base_model=run.base_model, arm=run.arm, strategy=strategy,
-            config_json=finetune_config, num_gpus=num_gpus, checkpoint_dir=checkpoint_dir, replicate=run.replicate,
+            config_json=finetune_config, num_gpus=pod_gpus.output, checkpoint_dir=checkpoint_dir,
+            replicate=run.replicate, num_nodes=num_nodes, gpus_per_node=num_gpus,
         ).set_display_name("finetune")
-        _sized_gpu(_with_cache_volume(_on_gpu_pool(finetune_task, num_gpus))).set_retry(num_retries=3,
-                                                                                             backoff_duration="120s")
+        _sized_gpu(_with_cache_volume(_on_gpu_pool(finetune_task, pod_gpus.output))).set_retry(
+            num_retries=3, backoff_duration="120s")
         finetune_task.set_env_variable("HF_HOME", platform.HF_HOME)
+        for name, value in platform.TRAINJOB_ENV.items():  # where a multi-node TrainJob runs (trainjob.py)
+            finetune_task.set_env_variable(name, value)
 
         generate_task = generate(
             model=finetune_task.outputs["model"], questions=split_task.outputs["questions"],

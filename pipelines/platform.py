@@ -7,6 +7,7 @@ registry and node pools without editing it.
 
 from __future__ import annotations
 
+import json
 import os
 
 # Images are the steps' own setting (components/images.py); re-exported for the pipeline and docs.
@@ -66,3 +67,13 @@ HF_HOME = f"{CACHE_MOUNT_PATH}/huggingface"
 
 # The ServiceAccount of pipeline pods (manifests/base/pipeline-runner).
 PIPELINE_SERVICE_ACCOUNT = "selfguided-pipeline"
+
+# A multi-node fine-tuning (num_nodes > 1) runs as a Kubeflow Trainer TrainJob (manifests/training):
+# its nodes mount the cache volume for data, checkpoints and the model output, and land on the GPU
+# pool. The finetune task reads these (components/training/trainjob.py: ClusterSettings).
+TRAINJOB_ENV = {
+    "SELFGUIDED_SHARED_PVC": CACHE_PVC_NAME,
+    "SELFGUIDED_SHARED_MOUNT": CACHE_MOUNT_PATH,
+    "SELFGUIDED_GPU_NODE_SELECTOR": json.dumps(GPU_NODE_SELECTOR),
+    "SELFGUIDED_GPU_TOLERATIONS": json.dumps(GPU_TOLERATIONS),
+}

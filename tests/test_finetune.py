@@ -260,7 +260,7 @@ def test_kfp_component_trains_the_arm_file_and_logs_metrics(tmp_path, train_file
         train_data=Dataset(name="train", uri=str(train_file.parent), metadata={}), base_model="tiny", arm="unscored",
         strategy="filter", config_json='{"max_steps": 2}', num_gpus=1, checkpoint_dir="", model=model, metrics=metrics,
     )
-    assert model.metadata == {"base_model": "tiny", "arm": "unscored", "strategy": "filter"}
+    assert model.metadata == {"base_model": "tiny", "arm": "unscored", "strategy": "filter", "replicate": 0}
     assert tm.read_manifest(model.path).strategy == "filter"
     assert metrics.metadata["steps"] == 2 and metrics.metadata["train_loss"] > 0
     with pytest.raises(DataError, match="self_guided.jsonl: no training file for arm"):

@@ -249,3 +249,32 @@ def test_multi_node_refuses_a_setup_the_memory_plan_rejects_before_creating_anyt
                                 module="selfguided.components.steps.finetune",
                                 settings=settings(tmp_path, gpu_memory_gb=80), runner=runner(fake, lines))
     assert fake.requests == []
+
+
+def test_compiled_with_two_nodes_the_finetune_task_launches_a_trainjob_and_asks_for_no_gpu(tmp_path):
+    """The finetune task's GPU count is the finetune-pod-gpus task's output: 0 with num_nodes=2
+    (the TrainJob's pods hold the GPUs), num_gpus on one node; the task carries num_nodes and where
+    the TrainJob runs."""
+    from kfp import compiler
+
+    from selfguided.components.steps.finetune import finetune_pod_gpus
+    from selfguided.pipelines import platform
+    from selfguided.pipelines.pipeline import self_guided_pipeline
+
+    path = tmp_path / "two-nodes.yaml"
+    compiler.Compiler().compile(self_guided_pipeline, str(path), pipeline_parameters={"num_nodes": 2, "num_gpus": 8})
+    spec, kube = list(yaml.safe_load_all(path.read_text()))[:2]
+    assert spec["root"]["inputDefinitions"]["parameters"]["num_nodes"]["defaultValue"] == 2
+    accelerator = spec["deploymentSpec"]["executors"]["exec-finetune"]["container"]["resources"]["accelerator"]
+    assert accelerator["resourceCount"] == "{{$.inputs.parameters['pipelinechannel--finetune-pod-gpus-Output']}}"
+    assert finetune_pod_gpus.python_func(num_gpus=8, num_nodes=2) == 0
+    assert finetune_pod_gpus.python_func(num_gpus=8, num_nodes=1) == 8  # one node: as before
+    (loop,) = [c for c in spec["components"].values() if "finetune" in c.get("dag", {}).get("tasks", {})]
+    inputs = loop["dag"]["tasks"]["finetune"]["inputs"]["parameters"]
+    assert inputs["num_nodes"]["componentInputParameter"].endswith("num_nodes")
+    assert inputs["gpus_per_node"]["componentInputParameter"].endswith("num_gpus")  # the TrainJob's per node
+    assert inputs["num_gpus"]["componentInputParameter"] == "pipelinechannel--finetune-pod-gpus-Output"  # its own
+    env = {e["name"]: e["value"] for e in spec["deploymentSpec"]["executors"]["exec-finetune"]["container"]["env"]}
+    assert env["SELFGUIDED_SHARED_PVC"] == platform.CACHE_PVC_NAME
+    assert json.loads(env["SELFGUIDED_GPU_NODE_SELECTOR"]) == platform.GPU_NODE_SELECTOR
+    assert "exec-finetune" in kube["platforms"]["kubernetes"]["deploymentSpec"]["executors"]

@@ -26,18 +26,20 @@ from pathlib import Path
 from kfp.dsl import Dataset, Input, Metrics, Model, Output
 from kfp.dsl.component_decorator import component  # `dsl.component` is absent when a step runs (_KFP_RUNTIME)
 
-from selfguided.components.images import GPU_IMAGE
+from selfguided.components.images import CPU_IMAGE, GPU_IMAGE
 
 PREEMPTED_EXIT_CODE = 128 + signal.SIGTERM
 TORCHRUN_MODULE = "selfguided.components.steps.finetune"  # this module, as torchrun runs it on every rank
 
 
 def run_finetune_step(train_dir: str | Path, base_model: str, arm: str, strategy: str, config_json: str,
-                      num_gpus: int, checkpoint_dir: str, output_dir: str | Path, replicate: int = 0
-                      ) -> dict[str, float]:
+                      num_gpus: int, checkpoint_dir: str, output_dir: str | Path, replicate: int = 0,
+                      num_nodes: int = 1, gpus_per_node: int = 0) -> dict[str, float]:
     """What the KFP component does: train `<train_dir>/<arm>.jsonl`, in this process on one
-    device, or under `torchrun --nproc_per_node=num_gpus` (DDP) when num_gpus > 1. Replicate r
-    (a training-seed replicate of its (base model, arm)) trains with the config's seed + r."""
+    device, under `torchrun --nproc_per_node=num_gpus` (DDP or FSDP) when num_gpus > 1, or on
+    `num_nodes` nodes x gpus_per_node through a Kubeflow Trainer TrainJob when num_nodes > 1 (this
+    pod then only launches and follows it). Replicate r (a training-seed replicate of its (base model,
+    arm)) trains with the config's seed + r."""
     from selfguided.components.data import DataError
     from selfguided.components.model.artifact import read_manifest
     from selfguided.components.model.prompting import ARMS
@@ -51,6 +53,11 @@ def run_finetune_step(train_dir: str | Path, base_model: str, arm: str, strategy
     config = FinetuneConfig.from_json(config_json, base_model)
     if replicate:
         config = dataclasses.replace(config, seed=config.seed + int(replicate))
+    if num_nodes > 1:
+        from selfguided.components.training.trainjob import ClusterSettings, finetune_on_trainjob
+
+        return finetune_on_trainjob(train_file, base_model, arm, strategy, config, num_nodes, gpus_per_node,
+                                    checkpoint_dir, output_dir, module=TORCHRUN_MODULE, settings=ClusterSettings.from_env(GPU_IMAGE))
     if num_gpus <= 1:
         return train(train_file, base_model, output_dir, config, checkpoint_dir or None, arm=arm, strategy=strategy)
     command = [
@@ -111,6 +118,8 @@ def finetune(
     model: Output[Model],
     metrics: Output[Metrics],
     replicate: int = 0,
+    num_nodes: int = 1,
+    gpus_per_node: int = 0,
 ):
     """Fine-tune a small Korean LM on one arm of the split data.
 
@@ -124,7 +133,8 @@ def finetune(
             manifest, where generate and serving read it to prompt the model as it was trained.
         config_json: "" for the per-size defaults, else a JSON object of FinetuneConfig overrides,
             e.g. '{"method": "full", "num_epochs": 2}'.
-        num_gpus: GPUs of this pod; more than 1 runs torchrun (DDP) inside the step.
+        num_gpus: GPUs of this pod; more than 1 runs torchrun (DDP or FSDP, FinetuneConfig.parallelism)
+            inside the step. 0 with num_nodes > 1.
         checkpoint_dir: a persistent folder (PVC mount), shareable by all tasks: each run uses the
             subfolder named by its fingerprint, so a retried pod resumes from its last checkpoint;
             "" keeps checkpoints inside the output only (no resume across pods).
@@ -132,14 +142,28 @@ def finetune(
         metrics: every training metric (train_loss, tokens_per_s, peak_memory_gb, ...).
         replicate: which training-seed replicate of (base_model, arm) this is: trains with the
             config's seed + replicate (0: the config's seed, as with one replicate).
+        num_nodes: more than 1: train on that many nodes as a Kubeflow Trainer v2 TrainJob (runtime
+            torch-distributed) of gpus_per_node GPUs per node, that this step creates, follows and
+            deletes when cancelled; the pod asks for no GPU itself (`finetune_pod_gpus`).
+            The model output is the same.
+        gpus_per_node: GPUs per TrainJob node (num_nodes > 1 only).
     """
     from selfguided.components.steps.finetune import run_finetune_step
 
     results = run_finetune_step(train_data.path, base_model, arm, strategy, config_json, num_gpus, checkpoint_dir,
-                                model.path, replicate)
+                                model.path, replicate, num_nodes, gpus_per_node)
     for name, value in results.items():
         metrics.log_metric(name, value)
     model.metadata.update({"base_model": base_model, "arm": arm, "strategy": strategy, "replicate": replicate})
+
+
+
+
+@component(base_image=CPU_IMAGE, install_kfp_package=False)
+def finetune_pod_gpus(num_gpus: int, num_nodes: int) -> int:
+    """GPUs the finetune task's own pod asks for: num_gpus on one node; none when num_nodes > 1
+    (the TrainJob's pods hold the GPUs, the task only launches and follows it)."""
+    return 0 if num_nodes > 1 else num_gpus
 
 
 if __name__ == "__main__":
