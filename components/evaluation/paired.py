@@ -112,7 +112,7 @@ def _wtl(diffs: Sequence[float], eps: float) -> tuple[int, int, int]:
     return int(np.sum(d >= eps)), ties, int(np.sum(d <= -eps))
 
 
-def _with_seed_variance(est: Estimate, per_replicate: Sequence[float], min_questions: int, show: bool) -> tuple[Estimate, float]:
+def _with_seed_variance(est: Estimate, per_replicate: Sequence[float], show: bool) -> tuple[Estimate, float]:
     """`est` (on replicate-mean differences) with the between-replicate variance of `per_replicate` / K added."""
     k = len(per_replicate)
     if k < 2 or not math.isfinite(est.mean):
@@ -195,7 +195,7 @@ def paired_comparison(a: Sequence[tuple[RowJudgments, ParsedRow]], b: tuple[RowJ
         est = cluster_mean(strata[category], min_questions=min_questions)
         if len(a) > 1:
             est, seed_se = _with_seed_variance(est, [cluster_mean(clusters(reps)).mean for reps in per_rep[category]],
-                                               min_questions, est.has_interval)
+                                               est.has_interval)
         else:
             seed_se = _NAN
         p = two_sided_p(est) if est.has_interval else _NAN
@@ -211,7 +211,7 @@ def paired_comparison(a: Sequence[tuple[RowJudgments, ParsedRow]], b: tuple[RowJ
         if len(a) > 1:
             per_replicate = [stratified_mean([clusters(per_rep[c][r]) for c in order], min_questions=min_questions).mean
                              for r in range(len(a))]
-            est, seed_se = _with_seed_variance(est, per_replicate, min_questions, est.has_interval)
+            est, seed_se = _with_seed_variance(est, per_replicate, est.has_interval)
         overall_lc = None
         if all(any(x is not None for *_, x in shared[c]) for c in order):  # same categories as the difference
             overall_lc = _length_fit_overall([shared[c] for c in order], min_questions)
