@@ -80,3 +80,30 @@ def test_force_skips_the_gate_and_rollback_walks_back(registry, capsys):
 def test_registry_commands_say_when_there_is_no_registry(tmp_path, capsys):
     assert main(["models", "--tracking-uri", f"sqlite:///{tmp_path}/empty.db"]) == 2
     assert "no registered model 'korean-writing-assistant'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("trained, promoted", [(4.0, False), (7.0, True)])
+def test_a_first_champion_by_hand_must_beat_the_base_row_of_its_run(tmp_path, capsys, trained, promoted):
+    """No champion yet: `selfguided promote` pairs the version with the untuned base row judged in
+    the same pipeline run, by the gate's rule; a version worse than its base never becomes champion."""
+    from selfguided.components.registry.runs import ReferenceRow
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    rows = tmp_path / "rows"
+    summary, judgments = write_row(rows, "t", make_judgments(category_scores(trained), spread=0.6, seed=1),
+                                   arm="self_guided")
+    base_summary, base_judgments = write_row(rows, "b", make_judgments(category_scores(5.5), spread=0.6, seed=2),
+                                             row_kind="base")
+    candidate = Candidate(make_model_dir(tmp_path / "m", arm="self_guided"), read_summary(summary), judgments)
+    evaluation = {"decision": {"promote": False, "reasons": ["held back"], "figures": {}},
+                  "challenger": {"row": "tiny/self_guided", "base_model": "tiny", "arm": "self_guided"},
+                  "champion_version": None, "metrics": {}}
+    register_candidates([candidate], evaluation=evaluation, tracking_uri=uri, pipeline_run="run-1",
+                        scored_data_sha256="0" * 64,
+                        references=[ReferenceRow(read_summary(base_summary), base_judgments)])
+    code = main(["promote", "1", "--tracking-uri", uri, "--by", "alice"])
+    out = capsys.readouterr().out
+    assert (code == 0) == promoted, out
+    assert "base" in out
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    assert (str(client.get_registered_model(NAME).aliases.get("champion")) == "1") == promoted

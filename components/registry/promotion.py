@@ -20,8 +20,9 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from tqdm.auto import tqdm
 
-from selfguided.components.data import CATEGORIES, DataError
+from selfguided.components.data import DataError
 from selfguided.components.evaluation.gate import GateDecision
+from selfguided.components.evaluation.metrics import OVERALL, categories_from_metrics, judge_metric
 from selfguided.components.judging.rules import SCORE_NAMES
 from selfguided.components.registry.logged_model import ensure_merged_weights, log_merged
 from selfguided.components.registry.names import (
@@ -75,7 +76,7 @@ class RegisterReport:
 
     def to_markdown(self) -> str:
         rows = [(f"{v.label} (v{v.version})", v.metrics) for v in self.versions]
-        categories = _categories(*(metrics for _, metrics in rows))
+        categories = categories_from_metrics({name for _, metrics in rows for name in metrics})
         lines = [
             f"# Register: {self.registered_model_name}",
             "",
@@ -88,26 +89,19 @@ class RegisterReport:
             "|---" * (len(categories) + 2) + "|",
         ]
         for label, metrics in rows:
-            cells = [_fmt(metrics.get(f"judge/{c}/overall")) for c in categories]
-            lines.append(f"| {label} | " + " | ".join(cells) + f" | {_fmt(metrics.get('judge/overall'))} |")
+            cells = [_fmt(metrics.get(judge_metric(c, "overall"))) for c in categories]
+            lines.append(f"| {label} | " + " | ".join(cells) + f" | {_fmt(metrics.get(OVERALL))} |")
         lines += ["", "## By criterion", "", "| model | category | " + " | ".join(SCORE_NAMES) + " |",
                   "|---" * (len(SCORE_NAMES) + 2) + "|"]
         for version in self.versions:
             for category in categories:
-                cells = [_fmt(version.metrics.get(f"judge/{category}/{f}")) for f in SCORE_NAMES]
+                cells = [_fmt(version.metrics.get(judge_metric(category, f))) for f in SCORE_NAMES]
                 lines.append(f"| {version.label} | {category} | " + " | ".join(cells) + " |")
         verdict = "promoted to `champion`" if self.decision.promote else "not promoted"
         lines += ["", f"## Promotion: {verdict}", ""]
         lines += [f"- {reason}" for reason in self.decision.reasons]
         lines += ["", f"`champion` is now v{self.champion_after}." if self.champion_after else "No `champion` yet.", ""]
         return "\n".join(lines)
-
-
-def _categories(*metric_sets: Mapping[str, float]) -> tuple[str, ...]:
-    """Categories with a `judge/<category>/overall` metric, the six writing ones first."""
-    found = {name.split("/")[1] for metrics in metric_sets for name in metrics
-             if name.startswith("judge/") and name.endswith("/overall") and name.count("/") == 2}
-    return tuple(c for c in CATEGORIES if c in found) + tuple(sorted(found - set(CATEGORIES)))
 
 
 def _fmt(value: float | None) -> str:
@@ -191,11 +185,14 @@ def register_candidates(
         log_reference(reference, experiment_id=experiment_id, pipeline_run=pipeline_run,
                        parent_run_id=parent.info.run_id, evaluation_metrics=row_metrics.get(reference.summary["row"]))
 
+    # The compare step names its challenger by row (with --replicates, `<base>/<arm>#r`: several
+    # candidates share a base model and arm); versions were made in the candidates' order.
     wanted = evaluation["challenger"]
-    challenger = next((v for v in versions if (v.base_model, v.arm) == (wanted["base_model"], wanted["arm"])), None)
-    if challenger is None:
+    index = next((i for i, c in enumerate(candidates) if c.summary["row"] == wanted["row"]), None)
+    if index is None:
         raise DataError(f"the compare step's challenger {wanted['row']!r} is not among the registered candidates "
-                        f"({', '.join(v.label for v in versions)})")
+                        f"({', '.join(c.summary['row'] for c in candidates)})")
+    challenger, winner = versions[index], candidates[index]
     client.set_registered_model_alias(registered_model_name, CHALLENGER, challenger.version)
     champion = _alias_version(client, registered_model_name, CHAMPION)
     evaluated = evaluation.get("champion_version")
@@ -207,7 +204,6 @@ def register_candidates(
                                 decision.figures)
     storage_uri = ""
     if decision.promote:  # the servable weights first: a failure here leaves nothing half-promoted
-        winner = next(c for c in candidates if c.label == challenger.label)
         storage_uri = log_merged(client, winner.model_dir, challenger.run_id)
         client.set_model_version_tag(registered_model_name, challenger.version, "merged_weights", storage_uri)
     client.set_model_version_tag(registered_model_name, challenger.version, "promotion",
@@ -279,6 +275,32 @@ def version_row(client: MlflowClient, registered_model_name: str, version: str, 
                         base_model=tags.get("base_model", ""), arm=tags.get("arm", ""), judge=tags.get("judge", ""))
 
 
+def base_row(client: MlflowClient, registered_model_name: str, version: str):
+    """The untuned base row that was judged beside `version` in its pipeline run (same base model),
+    as a compare row, or None when that run logged none: the bar a first champion must beat."""
+    from selfguided.components.data import read_jsonl
+    from selfguided.components.evaluation.rows import RowJudgments
+
+    model_version = client.get_model_version(registered_model_name, str(version))
+    run = client.get_run(model_version.run_id)
+    tags = run.data.tags
+    found = client.search_runs(
+        [run.info.experiment_id], max_results=1,
+        filter_string=(f"tags.pipeline_run = '{tags.get('pipeline_run', '')}' and tags.row_kind = 'base' "
+                       f"and tags.base_model = '{tags.get('base_model', '')}'"))
+    if not found:
+        return None
+    with tempfile.TemporaryDirectory(prefix="selfguided-judgments-") as staging:
+        try:
+            path = client.download_artifacts(found[0].info.run_id, "judgments.jsonl", staging)
+        except MlflowException:
+            return None
+        judgments = read_jsonl(path)
+    base_tags = found[0].data.tags
+    return RowJudgments(row=base_tags.get("row", "base"), row_kind="base", judgments=judgments,
+                        base_model=base_tags.get("base_model", ""), arm="", judge=base_tags.get("judge", ""))
+
+
 def promote_version(
     tracking_uri: str, version: str | int, registered_model_name: str = REGISTERED_MODEL_NAME, *,
     force: bool = False, by: str = "", reason: str = "", gate=None,
@@ -300,8 +322,9 @@ def promote_version(
         decision = GateDecision(True, ["forced: the gate was not consulted"])
     else:
         champion = version_row(client, registered_model_name, str(current.version), "champion") if current else None
+        base = None if current else base_row(client, registered_model_name, version)
         decision = decide_promotion(version_row(client, registered_model_name, version), champion,
-                                    gate or PromotionGate())
+                                    gate or PromotionGate(), base=base)
     record = ("promoted" if decision.promote else "rejected") + (f" by {by}" if by else "") + \
         (f" ({reason})" if reason else "") + ": " + "; ".join(decision.reasons)
     client.set_model_version_tag(registered_model_name, version, "promotion", record[:5000])
@@ -330,8 +353,8 @@ def list_versions(tracking_uri: str, registered_model_name: str = REGISTERED_MOD
         rows.append({
             "version": str(v.version), "aliases": sorted(by_version.get(str(v.version), [])),
             "base_model": v.tags.get("base_model", ""), "arm": v.tags.get("arm", ""),
-            "pipeline_run": v.tags.get("pipeline_run", ""), "overall": metrics.get("judge/overall"),
-            "overall_ci": (metrics.get("judge/overall_ci_low"), metrics.get("judge/overall_ci_high")),
+            "pipeline_run": v.tags.get("pipeline_run", ""), "overall": metrics.get(OVERALL),
+            "overall_ci": (metrics.get(f"{OVERALL}_ci_low"), metrics.get(f"{OVERALL}_ci_high")),
             "promotion": v.tags.get("promotion", ""), "rolled_back": v.tags.get("rolled_back", ""),
         })
     return rows
