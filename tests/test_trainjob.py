@@ -201,6 +201,18 @@ def test_a_retried_step_follows_the_existing_trainjob():
     assert any("exists (a retried step)" in line for line in lines)
 
 
+def test_a_retry_after_a_failure_starts_the_trainjob_again():
+    fake, lines = FakeTrainer([FAILED]), []
+    with serving(fake.server):
+        with pytest.raises(tj.TrainJobFailed):
+            runner(fake, lines).run(spec())
+        fake.script = [FAILED, running(1), COMPLETE]  # the retry finds it failed, then the new one runs
+        runner(fake, lines).run(spec())
+    verbs = [verb for verb, path in fake.requests if path.startswith(COLLECTION)]
+    assert verbs.count("POST") == 3 and verbs.count("DELETE") == 1  # created, refused (409), recreated
+    assert any("failed before this retry" in line for line in lines)
+
+
 def settings(tmp_path, gpu_memory_gb=None):
     return tj.ClusterSettings(namespace=NAMESPACE, image="ghcr.io/selfguided/gpu:test", volume_claim="selfguided-cache",
                               mount_path=str(tmp_path / "shared"), node_selector={"selfguided.dev/node-pool": "gpu"},

@@ -113,21 +113,37 @@ class TrainJobRunner:
         self.log = log or (lambda line: print(line, file=sys.stderr, flush=True))
         self._stop = threading.Event()
 
-    def create(self, spec: TrainJobSpec) -> dict[str, Any]:
-        """Create the TrainJob; one that already exists (a retried step) is followed, not recreated."""
+    def create(self, spec: TrainJobSpec, attempts: int = 30) -> dict[str, Any]:
+        """Create the TrainJob. One that already exists (a retried step) is followed, not recreated,
+        unless it failed: then it is deleted and created again (a retry should train again; the
+        checkpoints on the shared volume make it resume)."""
         from kubernetes.client.exceptions import ApiException
 
-        try:
-            created = self.custom.create_namespaced_custom_object(GROUP, VERSION, spec.namespace, PLURAL,
-                                                                  trainjob_manifest(spec))
-            self.log(f"TrainJob {spec.namespace}/{spec.name} created: {spec.num_nodes} nodes x "
-                     f"{spec.gpus_per_node} GPUs, runtime {spec.runtime}")
-            return created
-        except ApiException as exc:
-            if exc.status != 409:
+        for _ in range(attempts):
+            try:
+                created = self.custom.create_namespaced_custom_object(GROUP, VERSION, spec.namespace, PLURAL,
+                                                                      trainjob_manifest(spec))
+                self.log(f"TrainJob {spec.namespace}/{spec.name} created: {spec.num_nodes} nodes x "
+                         f"{spec.gpus_per_node} GPUs, runtime {spec.runtime}")
+                return created
+            except ApiException as exc:
+                if exc.status != 409:
+                    raise
+            try:
+                existing = self.get(spec.namespace, spec.name)
+            except ApiException as exc:
+                if exc.status == 404:  # deleted meanwhile (foreground deletion finished): create again
+                    continue
                 raise
-            self.log(f"TrainJob {spec.namespace}/{spec.name} exists (a retried step): following it")
-            return self.get(spec.namespace, spec.name)
+            if not condition(existing, "Failed"):
+                self.log(f"TrainJob {spec.namespace}/{spec.name} exists (a retried step): following it")
+                return existing
+            if not (existing.get("metadata") or {}).get("deletionTimestamp"):
+                self.log(f"TrainJob {spec.namespace}/{spec.name} failed before this retry: deleting it to start again")
+                self.delete(spec.namespace, spec.name)
+            self._stop.wait(self.poll_s)
+        raise TrainJobFailed(f"TrainJob {spec.namespace}/{spec.name}: a failed TrainJob of that name is still "
+                             f"being deleted after {attempts} tries")
 
     def get(self, namespace: str, name: str) -> dict[str, Any]:
         return self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
