@@ -129,6 +129,19 @@ def _source(judge: str, *, jury: bool = False):
     return AssessmentSource(source_type="CODE" if judge == OFFLINE_JUDGE_NAME else "LLM_JUDGE", source_id=judge)
 
 
+def _rationale_text(judgment: str) -> str:
+    """The judge's explanation: the `rationale` field of a structured (JSON) verdict, else the text."""
+    text = judgment.strip()
+    if text.startswith("{"):
+        try:
+            parsed = json.loads(text)
+        except json.JSONDecodeError:
+            return text
+        if isinstance(parsed, dict) and isinstance(parsed.get("rationale"), str):
+            return parsed["rationale"]
+    return text
+
+
 def _log_entry(trace_id: str, entry: JudgeEntry, prompt_uri: str) -> None:
     """One feedback per judge (and repeat): `overall`, with the four criteria in its metadata and
     rationale. One chip per judge keeps the trace view readable, and a trace costs one write per judge."""
@@ -144,9 +157,10 @@ def _log_entry(trace_id: str, entry: JudgeEntry, prompt_uri: str) -> None:
                             error=AssessmentError(error_code="JUDGE_FAILED", error_message=str(entry.error)[:1000]))
         return
     criteria = {name: entry.scores[name] for name in SCORE_NAMES if name != "overall"}
+    said = _rationale_text(entry.rationale)
     metadata.update({name: f"{value:g}" for name, value in criteria.items()})
     summary = ", ".join(f"{name} {value:g}" for name, value in criteria.items())
-    rationale = f"{summary}. {entry.rationale}" if entry.rationale else summary
+    rationale = f"{summary}. {said}" if said else summary
     mlflow.log_feedback(trace_id=trace_id, name="overall", value=entry.scores["overall"], source=source,
                         metadata=metadata, rationale=rationale[:10000])
 
