@@ -165,7 +165,7 @@ def decide_promotion(challenger: RowJudgments | Sequence[RowJudgments], champion
     members = _as_list(challenger)
     if any(r.row_kind != "trained" for r in members):
         raise ValueError(f"only trained rows are candidates for promotion; got {[(r.row, r.row_kind) for r in members]}")
-    figures: dict[str, Any] = {"challenger": members[0].row if len(members) == 1 else [r.row for r in members],
+    figures: dict[str, Any] = {"challenger": " + ".join(r.row for r in members),
                                "min_improvement": gate.min_improvement, "promotion_tolerance": gate.promotion_tolerance,
                                "min_paired_questions": gate.min_paired_questions,
                                "min_category_questions": gate.min_category_questions, "alpha": gate.alpha,
