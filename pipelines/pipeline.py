@@ -241,9 +241,10 @@ def self_guided_pipeline(
 
     plan = plan_runs(base_models=base_models, arms=arms, replicates=replicates)
     _sized(plan, "light").set_display_name("plan runs")
-    pod_gpus = finetune_pod_gpus(num_gpus=num_gpus, num_nodes=num_nodes)  # 0 when a TrainJob holds the GPUs
-    _sized(pod_gpus, "light").set_display_name("finetune pod GPUs")
     with dsl.ParallelFor(plan.output, name="model-and-arm") as run:
+        # In the loop: kfp.local cannot pass a task output from outside a ParallelFor into it.
+        pod_gpus = finetune_pod_gpus(num_gpus=num_gpus, num_nodes=num_nodes)  # 0 when a TrainJob holds the GPUs
+        _sized(pod_gpus, "light").set_display_name("finetune pod GPUs")
         finetune_task = finetune(
             train_data=split_task.outputs["train"], base_model=run.base_model, arm=run.arm, strategy=strategy,
             config_json=finetune_config, num_gpus=pod_gpus.output, checkpoint_dir=checkpoint_dir,

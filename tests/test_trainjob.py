@@ -285,7 +285,7 @@ def test_compiled_with_two_nodes_the_finetune_task_launches_a_trainjob_and_asks_
     inputs = loop["dag"]["tasks"]["finetune"]["inputs"]["parameters"]
     assert inputs["num_nodes"]["componentInputParameter"].endswith("num_nodes")
     assert inputs["gpus_per_node"]["componentInputParameter"].endswith("num_gpus")  # the TrainJob's per node
-    assert inputs["num_gpus"]["componentInputParameter"] == "pipelinechannel--finetune-pod-gpus-Output"  # its own
+    assert inputs["num_gpus"]["taskOutputParameter"]["producerTask"] == "finetune-pod-gpus"  # its own
     env = {e["name"]: e["value"] for e in spec["deploymentSpec"]["executors"]["exec-finetune"]["container"]["env"]}
     assert env["SELFGUIDED_SHARED_PVC"] == platform.CACHE_PVC_NAME
     assert json.loads(env["SELFGUIDED_GPU_NODE_SELECTOR"]) == platform.GPU_NODE_SELECTOR
