@@ -121,7 +121,7 @@ def _human(trace_id: str, value, who: str = "editor-kim") -> None:
                         source=AssessmentSource(source_type="HUMAN", source_id=who))
 
 
-def test_review_then_human_feedback_then_calibrate(judged_store, capsys):
+def test_review_then_human_feedback_then_calibrate(judged_store, capsys, tmp_path):
     uri, experiment_id, truth = judged_store
     mlflow.set_tracking_uri(uri)
     assert main(["review", "--sample", "30", "--tracking-uri", uri, "--reviewers", "editor-kim"]) == 0
@@ -174,6 +174,20 @@ def test_review_then_human_feedback_then_calibrate(judged_store, capsys):
     items, ignored = read_labels(uri, "selfguided", sample_id=sample_id)
     assert ignored == {"not a number": 1, "outside 1-10": 1, "on a trace that is not in a review sample": 2}
     assert sorted(items[0].judges) == ["fair", "long", "noisy"] and items[0].jury is not None
+
+    # The next pipeline run's compare step reports the same agreement in its evidence report.
+    from registry_fixtures import category_scores, make_judgments, write_row
+
+    from selfguided.components.evaluation.gate import PromotionGate
+    from selfguided.components.steps.compare import run_compare_step
+
+    written = [write_row(tmp_path, arm, make_judgments(category_scores(score), spread=0.4, seed=i), arm=arm)
+               for i, (arm, score) in enumerate((("unscored", 5.0), ("self_guided", 6.0)))]
+    run_compare_step([s for s, _ in written], [j for _, j in written], str(tmp_path / "r.json"),
+                     str(tmp_path / "r.md"), str(tmp_path / "r.html"), gate=PromotionGate(), tracking_uri=uri,
+                     experiment_name="selfguided")
+    evidence = (tmp_path / "r.md").read_text(encoding="utf-8")
+    assert "## Judges against the editors (HUMAN scores)" in evidence and "Closest to the editors: fair" in evidence
 
     # A second sample takes only answers not reviewed before.
     second = create_review_sample(uri, "selfguided", 100, seed=1)

@@ -268,3 +268,20 @@ def read_labels(tracking_uri: str, experiment_name: str, *, sample_id: str = "")
                                   human=sum(values) / len(values), judges=judges, jury=jury,
                                   row=original.info.tags.get("row", "")))
     return items, Counter({k: v for k, v in ignored.items() if v})
+
+
+def editors_section(tracking_uri: str, experiment_name: str, *, min_labels: int = 10) -> str:
+    """The editors' verdict on the judges so far (every review sample), as a Markdown section for
+    the compare step's report; "" when nobody has graded a review sample yet."""
+    from mlflow import MlflowClient
+
+    from selfguided.components.judging.calibration import calibrate, calibration_markdown
+
+    if MlflowClient(tracking_uri).get_experiment_by_name(review_experiment_name(experiment_name)) is None:
+        return ""  # no review sample was ever made: nothing to read
+    items, ignored = read_labels(tracking_uri, experiment_name)
+    if not items and not ignored:
+        return ""
+    result = calibrate(items, min_labels=min_labels)
+    result.ignored = dict(ignored)
+    return calibration_markdown(result, min_labels=min_labels)

@@ -97,8 +97,11 @@ def decision_line(result: Mapping[str, Any]) -> str:
 
 def run_compare_step(summary_files: Sequence[str], judgment_files: Sequence[str], result_path: str,
                      report_path: str, html_path: str, *, gate: PromotionGate, gpu_hour_usd: float = 0.0,
-                     min_judge_agreement: float = 0.0, scoring_model: str = "") -> dict[str, Any]:
-    """What the KFP component does: decide, then write the JSON result and both reports."""
+                     min_judge_agreement: float = 0.0, scoring_model: str = "", tracking_uri: str = "",
+                     experiment_name: str = "") -> dict[str, Any]:
+    """What the KFP component does: decide, then write the JSON result and both reports. With a
+    tracking URI, the report also says how the judges fared against the editors' HUMAN scores of
+    earlier runs' review samples (registry/review.py)."""
     evaluation, context = _evaluate(summary_files, judgment_files, gate, gpu_hour_usd)
     result = _result(evaluation, context)
     # The jury's agreement (judging/agreement.py): a Judges section, per-judge metrics, its warnings
@@ -108,6 +111,13 @@ def run_compare_step(summary_files: Sequence[str], judgment_files: Sequence[str]
     comparison, decision = evaluation.comparison, GateDecision.from_dict(result["decision"])
     notes = "".join(f"\n- {note}" for note in result["notes"])
     section = [ReportSection("Judges", judges.partition("\n")[2].strip())]  # review_judges writes "## Judges" first
+    if tracking_uri:
+        from selfguided.components.registry.review import editors_section
+
+        editors = editors_section(tracking_uri, experiment_name)
+        if editors:  # its own "## ..." title first, as review_judges'
+            title, _, body = editors.partition("\n")
+            section.append(ReportSection(title.lstrip("# "), body.strip()))
     markdown = report_markdown(comparison, decision, extra=section) + (f"\n## Rows without answers\n{notes}\n"
                                                                         if notes else "")
     page = report_html(comparison, decision, extra=section)
@@ -143,6 +153,8 @@ def compare(
     metrics: Output[Metrics],
     min_judge_agreement: float = 0.0,
     scoring_model: str = "",
+    tracking_uri: str = "",
+    experiment_name: str = "",
 ) -> str:
     """Compare every row with its uncertainty and decide, on evidence, whether the challenger is promoted.
 
@@ -163,6 +175,10 @@ def compare(
         metrics: the overall score of every row, and the decision, in the Kubeflow UI.
         min_judge_agreement: refuse the promotion when the jury's Krippendorff's alpha is below this (0: off).
         scoring_model: the model that scored the seed data, for the circularity check of a jury.
+        tracking_uri: MLflow tracking URI: the report adds the judges' agreement with the editors'
+            HUMAN scores on earlier review samples (`selfguided review`); "" = left out.
+        experiment_name: the MLflow experiment of the judged answers (its review samples are in
+            `<experiment_name>-review`).
 
     Returns:
         The gate's decision in one line.
@@ -175,7 +191,8 @@ def compare(
     outcome = run_compare_step([s.path for s in summaries] + [s.path for s in reference_summaries],
                                [j.path for j in judgments] + [j.path for j in reference_judgments],
                                result.path, report.path, report_page.path, gate=gate, gpu_hour_usd=gpu_hour_usd,
-                               min_judge_agreement=min_judge_agreement, scoring_model=scoring_model)
+                               min_judge_agreement=min_judge_agreement, scoring_model=scoring_model,
+                               tracking_uri=tracking_uri, experiment_name=experiment_name)
     for row, values in outcome["metrics"].items():
         if "judge/overall" in values:
             metrics.log_metric(f"{row}/overall", values["judge/overall"])
