@@ -309,8 +309,10 @@ def self_guided_pipeline(
         min_improvement=min_improvement, promotion_tolerance=promotion_tolerance,
         min_paired_questions=min_paired_questions, gpu_hour_usd=gpu_hour_usd,
         min_judge_agreement=min_judge_agreement, scoring_model=score_model,
+        tracking_uri=mlflow_tracking_uri, experiment_name=experiment_name,  # the editors' review labels
     )
-    _sized(compare_task, "compare").set_display_name("compare with uncertainty").set_caching_options(False)
+    _sized(_with_mlflow_secret(compare_task), "compare").set_display_name("compare with uncertainty")
+    compare_task.set_caching_options(False)
 
     register_task = register(
         models=dsl.Collected(finetune_task.outputs["model"]),

@@ -114,7 +114,11 @@ def run_compare_step(summary_files: Sequence[str], judgment_files: Sequence[str]
     if tracking_uri:
         from selfguided.components.registry.review import editors_section
 
-        editors = editors_section(tracking_uri, experiment_name)
+        try:
+            editors = editors_section(tracking_uri, experiment_name)
+        except Exception as exc:  # noqa: BLE001 - the decision never rests on it: say why it is missing
+            editors = (f"## Judges against the editors\n\nThe editors' labels could not be read "
+                       f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}).")
         if editors:  # its own "## ..." title first, as review_judges'
             title, _, body = editors.partition("\n")
             section.append(ReportSection(title.lstrip("# "), body.strip()))
