@@ -13,21 +13,20 @@ import base64
 import html
 import io
 import json
-import statistics
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 from kfp.dsl.component_decorator import component  # `dsl.component` is absent when a step runs (_KFP_RUNTIME)
 from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Metrics, Output
 
-from selfguided.components.data import CATEGORIES, load_questions, write_jsonl
+from selfguided.components.data import load_questions, write_jsonl
+from selfguided.components.evaluation.metrics import OVERALL, point_metrics
+from selfguided.components.evaluation.rows import category_means
 from selfguided.components.images import CPU_IMAGE
 from selfguided.components.judging.answers import load_answers
 from selfguided.components.judging.jury import JuryConfig, judge_with_jury, jury_cost_usd, parse_judges
 from selfguided.components.judging.offline import OFFLINE_JUDGE_NAME
 from selfguided.components.judging.rules import SCORE_NAMES, judged_ok, row_label
-from selfguided.components.model.prompting import CRITERIA
 
 
 def judge_answers(
@@ -63,20 +62,13 @@ def summarize_judgments(
 ) -> dict[str, Any]:
     """Per-category means of each criterion and overall, `judge/...` metric names for MLflow and
     KFP, and the row's identity as given (row_kind, base_model, arm, model)."""
+    # The row's figures are evaluation's (one owner of a row's overall, of the category order and of
+    # the metric names); a row with no valid judgment keeps overall 0.0 with n_judged 0.
     ok = [j for j in judgments if judged_ok(j)]
-    grouped: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for judgment in ok:
-        grouped[judgment["category"]].append(judgment)
-    categories: dict[str, dict[str, float]] = {}
-    for category in [c for c in CATEGORIES if c in grouped] + sorted(set(grouped) - set(CATEGORIES)):
-        rows = grouped[category]
-        entry = {c: round(statistics.fmean(float(r["scores"][c]) for r in rows), 3) for c in CRITERIA}
-        entry["overall"] = round(statistics.fmean(float(r["score"]) for r in rows), 3)
-        entry["n"] = len(rows)
-        categories[category] = entry
-    overall = round(statistics.fmean(v["overall"] for v in categories.values()), 3) if categories else 0.0
-    metrics = {f"judge/{cat}/{name}": values[name] for cat, values in categories.items() for name in SCORE_NAMES}
-    metrics["judge/overall"] = overall
+    means, overall = category_means(judgments)
+    categories = {cat: {k: (round(v, 3) if k != "n" else v) for k, v in values.items()} for cat, values in means.items()}
+    overall = round(overall, 3) if categories else 0.0
+    metrics = {**point_metrics(means, overall), OVERALL: overall}
     return {
         "row": row_label(row_kind, base_model=base_model, arm=arm, model=model),
         "row_kind": row_kind,
