@@ -12,12 +12,7 @@ import json
 from pathlib import Path
 
 from selfguided.components.registry.names import EXPERIMENT_NAME
-
-
-def _tracking_uri(args: argparse.Namespace) -> str:
-    from selfguided.pipelines.local import DEFAULT_WORKDIR, default_tracking_uri
-
-    return args.tracking_uri or default_tracking_uri(Path(DEFAULT_WORKDIR))
+from selfguided.pipelines.cli.registry import _tracking_uri  # one rule for the default store, the registry CLI's
 
 
 def ui_base(tracking_uri: str) -> tuple[str, str]:
