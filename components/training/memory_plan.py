@@ -11,8 +11,10 @@ Korthikanti et al. 2022, with a varlen/flash attention kernel that keeps no L x 
     activations  per token and layer, ACT_BYTES_PER_HIDDEN x d_model bytes of saved tensors at
                  2-byte precision (x2 in fp32); with gradient checkpointing only each layer's input
                  is kept, plus one layer's full activations while it is recomputed.
-    logits       the LM head on loss-carrying tokens: logits, their fp32 copy and its gradient,
-                 10 B (bf16) per token and vocabulary entry.
+    logits       the LM head on loss-carrying tokens, per token and vocabulary entry: the fp32
+                 log-softmax kept for the loss, its gradient and the logits' gradient, 12 B in fp32
+                 (measured on the CPU, benchmarks/memory_plan_check.py), 14 B in bf16 (the logits'
+                 bf16 gradient on top).
     workspace    a fixed CUDA context + allocator reserve (RESERVE_GB) and fragmentation
                  (FRAGMENTATION x the rest).
 
@@ -39,7 +41,7 @@ from selfguided.components.training.config import FinetuneConfig
 
 GB = 1e9  # GPU memory is sold in decimal GB (an "80 GB" H100 has 80e9 + a little bytes)
 ACT_BYTES_PER_HIDDEN = 34  # saved activation bytes per token, layer and unit of d_model at 2-byte precision
-LOGIT_BYTES = 10  # per target token and vocab entry: bf16 logits + fp32 copy + fp32 grad
+LOGIT_BYTES = 12  # per target token and vocab entry in fp32: log-softmax + its gradient + the logits' gradient
 RESERVE_GB = 2.0  # CUDA context, NCCL buffers, cuBLAS workspace
 FRAGMENTATION = 0.10  # allocator slack on top of what tensors hold
 TINY_VOCAB = 4096  # the tiny tokenizer's vocabulary, padded (base_models.build_tiny)
@@ -161,7 +163,7 @@ def estimate(shape: Shape, setup: Setup) -> Estimate:
         activations = shape.layers * shape.hidden * tokens * setup.compute_bytes + per_layer
     else:
         activations = shape.layers * per_layer
-    logits = LOGIT_BYTES * scale * shape.vocab * tokens * setup.target_share
+    logits = (LOGIT_BYTES + (2 if setup.compute_bytes == 2 else 0)) * shape.vocab * tokens * setup.target_share
     tensors = weights + gradients + optimizer + activations + logits
     workspace = FRAGMENTATION * tensors + (RESERVE_GB * GB if setup.compute_bytes == 2 else 0)
     return Estimate(shape, setup, weights, gradients, optimizer, activations, logits, workspace)
