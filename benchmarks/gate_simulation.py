@@ -10,7 +10,8 @@ averaged and clipped to 1-10 (`statistics.judge_scores`).
     python benchmarks/gate_simulation.py              # the README's table (2000 runs per cell)
     python benchmarks/gate_simulation.py --reps 50    # a smoke run
 
-Prints one line per (layout, arms, true difference), then the same with training-seed variance
+Prints the simulated coverage of the 95% intervals (one category of 2-40 questions; the overall of
+each layout; twice --reps runs each), one line per (layout, arms, true difference), then the same with training-seed variance
 (each training run's quality shifted by N(0, 0.3); the arm trained 1, 2 or 3 times, `--replicates`),
 and a final line starting with RESULT: the largest false-promotion rate of the layouts and the upper
 end of its 95% Clopper-Pearson interval, and the false-promotion rate under seed variance per number
@@ -28,7 +29,7 @@ import numpy as np
 
 from selfguided.components.evaluation.gate import PromotionGate, evaluate_run
 from selfguided.components.evaluation.rows import RowJudgments
-from selfguided.components.evaluation.statistics import QUESTION_SD, TURN_SD, judge_scores
+from selfguided.components.evaluation.statistics import QUESTION_SD, TURN_SD, judge_scores, simulated_coverage
 
 LAYOUTS: dict[str, tuple[tuple[int, ...], int]] = {  # name: (questions per category, turns)
     "bundled sample questions, 6 x 7": ((7,) * 6, 1),
@@ -94,14 +95,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=18)
     parser.add_argument("--effects", type=float, nargs="*", default=[0.0, 0.5, 1.0],
                         help="true improvements of the candidate arms (0 = no difference)")
-    parser.add_argument("--blocks", nargs="*", default=["layouts", "seeds"], choices=["layouts", "seeds"],
-                        help="layouts: the test-set layouts, one and two arms; seeds: training-seed variance "
+    parser.add_argument("--blocks", nargs="*", default=["coverage", "layouts", "seeds"],
+                        choices=["coverage", "layouts", "seeds"],
+                        help="coverage: of the 95%% intervals (one category of n questions, and the overall of each "
+                        "layout); layouts: the test-set layouts, one and two arms; seeds: training-seed variance "
                         "(SD --seed-sd) on the 6 x 7 layout, one arm trained 1, 2, 3 times (--replicates)")
     parser.add_argument("--seed-sd", type=float, default=0.3, help="SD of a training run's shift around its arm's mean")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     worst = (0.0, 0, 1)
     seeds_null: dict[int, float] = {}
+    coverage: list[float] = []
+    if "coverage" in args.blocks:
+        print("| interval | questions | coverage of the 95% interval |")
+        print("|---|---|---|")
+        for n in (2, 3, 5, 7, 14, 40):
+            coverage.append(simulated_coverage((n,), reps=2 * args.reps, seed=args.seed, min_questions=2))
+            print(f"| one category | {n} | {coverage[-1]:.1%} |", flush=True)
+        for name, (layout, turns) in LAYOUTS.items():
+            coverage.append(simulated_coverage(layout, reps=2 * args.reps, seed=args.seed))
+            note = " (one turn per question)" if turns > 1 else ""
+            print(f"| overall, {name}{note} | {sum(layout)} | {coverage[-1]:.1%} |", flush=True)
+        print()
     if "layouts" in args.blocks:
         print("| test-set layout | arms | true difference | promoted | 95% CI |")
         print("|---|---|---|---|---|")
@@ -126,6 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     seeds_null[replicates] = k / n
     rate, k, n = worst
     figures = [f"false_promotion_max={rate:.4f} ci_high={clopper_pearson(k, n)[1]:.4f}"] if "layouts" in args.blocks else []
+    figures += [f"coverage_min={min(coverage):.4f}"] if coverage else []
     figures += [f"seed_sd_false_promotion_k{r}={v:.4f}" for r, v in seeds_null.items()]
     print(f"RESULT {' '.join(figures)} reps={args.reps} seconds={time.perf_counter() - start:.1f}")
     return 0
