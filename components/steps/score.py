@@ -21,7 +21,7 @@ from typing import Any
 from kfp.dsl.component_decorator import component  # `dsl.component` is absent when a step runs (_KFP_RUNTIME)
 from kfp.dsl import Dataset, Markdown, Metrics, Output
 
-from selfguided.components.data import CATEGORIES, fetch_input, load_seed, write_jsonl
+from selfguided.components.data import CATEGORIES, SAMPLE_SEED, fetch_input, load_seed, write_jsonl
 from selfguided.components.judging.offline import OFFLINE_JUDGE_NAME
 from selfguided.components.judging.scoring import score_records, set_aside_too_long
 from selfguided.components.llm.config import DEFAULT_MAX_INPUT_TOKENS
@@ -97,7 +97,7 @@ def run_score_step(
 
     Records whose scoring prompt exceeds `max_input_tokens` join the rejects before any request.
     """
-    source = fetch_input(seed_uri, "seed.jsonl", workdir)
+    source = fetch_input(seed_uri, SAMPLE_SEED, workdir)
     loaded = load_seed(source)
     records, too_long = set_aside_too_long(loaded, source, max_input_tokens)
     scored, usage = score_records(records, model, concurrency=concurrency, cache=cache, base_url=base_url)
