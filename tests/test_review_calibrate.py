@@ -266,3 +266,21 @@ def test_a_reviewer_grades_the_blind_copies_but_cannot_move_an_alias(auth_server
     assert client.get_model_version_by_alias(MODEL, "champion").version == registered.version
     items, ignored = read_labels(auth_server.tracking_uri, EXPERIMENT)
     assert [(item.human, item.row) for item in items] == [(8.0, "tiny/self_guided")] and not ignored
+
+
+def test_a_small_sample_covers_every_category_and_every_row():
+    from types import SimpleNamespace
+
+    from selfguided.components.registry.review import pick_stratified
+
+    categories = ("blog", "cover_letter", "news", "novel", "poem", "scenario")
+    rows = ("base/tiny", "tiny/control", "tiny/self_guided", "tiny/unscored")
+    traces = [SimpleNamespace(info=SimpleNamespace(trace_id=f"{c}-{r}-{q}", tags={"category": c, "row": r}))
+              for c in categories for r in rows for q in range(7)]
+    picked = pick_stratified(traces, 12, seed=3)
+    from collections import Counter
+
+    assert Counter(t.info.tags["category"] for t in picked) == dict.fromkeys(categories, 2)
+    assert Counter(t.info.tags["row"] for t in picked) == dict.fromkeys(rows, 3)
+    assert len({t.info.trace_id for t in pick_stratified(traces, 500, seed=3)}) == len(traces)  # all, once each
+    assert [t.info.trace_id for t in pick_stratified(traces, 12, seed=3)] == [t.info.trace_id for t in picked]

@@ -1,8 +1,8 @@
 """Blind review samples of judged answers, and the editors' labels read back for calibration.
 
 `create_review_sample` picks N judged-answer traces (`registry/traces.py`) stratified by
-(category, row): the strata take turns, each giving a random trace it has not given before, so a
-small sample still covers every category and every row. Each picked trace gets a blind copy in the
+(category, row): each pick comes from the least-sampled category, then row (`pick_stratified`), so
+a small sample still covers every category and every row. Each picked trace gets a blind copy in the
 review experiment (`<experiment>-review`): the conversation and the answer only, with no row, no
 model, no judge score, no link to the original run. The copies are what editors grade, through
 MLflow's own review features in that experiment:
@@ -84,21 +84,29 @@ def _judged(trace) -> bool:
 
 
 def pick_stratified(traces: list, n: int, seed: int) -> list:
-    """Up to n traces, the (category, row) strata taking turns, each in a seeded random order."""
+    """Up to n traces from the (category, row) strata, each pick from a stratum whose category, then
+    row, has been picked least so far (seeded random ties, a seeded random trace within the stratum):
+    a small sample covers every category and every row as evenly as the numbers allow."""
     strata: dict[tuple[str, str], list] = defaultdict(list)
     for trace in traces:
         strata[(trace.info.tags.get("category", ""), trace.info.tags.get("row", ""))].append(trace)
     rng = random.Random(seed)
-    queues = []
+    ties = {}
     for key in sorted(strata):
-        members = sorted(strata[key], key=lambda t: t.info.trace_id)
-        rng.shuffle(members)
-        queues.append(members)
+        strata[key].sort(key=lambda t: t.info.trace_id)
+        rng.shuffle(strata[key])
+        ties[key] = rng.random()
+    by_category, by_row, by_stratum = Counter(), Counter(), Counter()
     picked = []
-    while len(picked) < n and any(queues):
-        for members in queues:
-            if members and len(picked) < n:
-                picked.append(members.pop())
+    while len(picked) < n:
+        live = [key for key in strata if strata[key]]
+        if not live:
+            break
+        key = min(live, key=lambda k: (by_category[k[0]], by_row[k[1]], by_stratum[k], ties[k]))
+        picked.append(strata[key].pop())
+        by_category[key[0]] += 1
+        by_row[key[1]] += 1
+        by_stratum[key] += 1
     return picked
 
 
