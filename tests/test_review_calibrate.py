@@ -200,11 +200,11 @@ def test_calibrate_without_labels_says_what_to_do(judged_store, capsys):
     assert "No labelled answers yet: run `selfguided review --sample N`" in capsys.readouterr().out
 
 
-def test_review_of_an_empty_experiment_is_a_clear_error(tmp_path, capsys):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    MlflowClient(uri).create_experiment("selfguided", artifact_location=(tmp_path / "a").as_uri())
-    assert main(["review", "--sample", "5", "--tracking-uri", uri]) == 2
-    assert "no judged answers left to review in experiment 'selfguided'" in capsys.readouterr().err
+def test_review_of_an_empty_experiment_is_a_clear_error(judged_store, tmp_path, capsys):
+    uri, _, _ = judged_store
+    MlflowClient(uri).create_experiment("nothing-judged", artifact_location=(tmp_path / "a").as_uri())
+    assert main(["review", "--sample", "5", "--tracking-uri", uri, "--experiment", "nothing-judged"]) == 2
+    assert "no judged answers left to review in experiment 'nothing-judged'" in capsys.readouterr().err
 
 
 def test_markdown_marks_small_categories_and_missing_values():

@@ -40,12 +40,20 @@ def _jury_row(question_id: str, values: dict[str, float | None]):
             "jury": {"size": len(values), "answered": len(answered), "aggregate": "mean"}}
 
 
+@pytest.fixture(scope="module")
+def database(tmp_path_factory):
+    """One SQLite store for the module (creating one costs seconds); each test gets its own experiment."""
+    folder = tmp_path_factory.mktemp("traces")
+    return f"sqlite:///{folder / 'mlflow.db'}", folder
+
+
 @pytest.fixture
-def store(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def store(database, request):
+    uri, folder = database
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri, registry_uri=uri)
-    return uri, client, client.create_experiment("selfguided", artifact_location=(tmp_path / "artifacts").as_uri())
+    name = request.node.name[:60]
+    return uri, client, client.create_experiment(name, artifact_location=(folder / name).as_uri())
 
 
 def _by_name(trace, name):
