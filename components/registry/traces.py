@@ -243,7 +243,13 @@ def _log_row_traces(run, rows: list[dict[str, Any]], summary: Mapping[str, Any])
 
     key = (mlflow.get_tracking_uri(), run.info.experiment_id)
     if key not in _REGISTERED_PROMPTS:
-        _REGISTERED_PROMPTS[key] = register_prompts(key[0], experiment_id=key[1])
+        try:
+            _REGISTERED_PROMPTS[key] = register_prompts(key[0], experiment_id=key[1])
+        except Exception as exc:  # noqa: BLE001 - e.g. a user who may not create prompts: traces still go in
+            print(f"[selfguided] register: prompts not registered ({type(exc).__name__}: "
+                  f"{str(exc).splitlines()[0][:300] if str(exc) else ''}); traces name the prompt files only",
+                  flush=True)
+            _REGISTERED_PROMPTS[key] = {}
     prompts = _REGISTERED_PROMPTS[key]
     used = {e.identity.prompt_id for row in rows for e in judge_entries(row)}
     if prompt_run_tags(prompts, used):
