@@ -29,6 +29,19 @@ def test_offline_judge_ranks_a_full_answer_above_thin_off_topic_and_english_ones
     assert strong > thin + 2 and strong > off_topic + 2 and strong > english + 2
 
 
+def test_offline_judge_grades_garbled_output_at_the_bottom():
+    """Broken characters (U+FFFD from a token cut inside a UTF-8 character, control characters) are
+    what a model that never learned the language writes, e.g. an untuned random-init base: graded
+    at the bottom however long and Korean the text looks. A stray one costs little."""
+    strong = mean_score(heuristic_scores("blog", REQUEST, STRONG_BLOG)[0])
+    words = STRONG_BLOG.split(" ")
+    garbled_text = " ".join(w + "\ufffd" for w in words) + "\x04"  # about 1 character in 7 broken
+    garbled, why = heuristic_scores("blog", REQUEST, garbled_text)
+    one_stray = mean_score(heuristic_scores("blog", REQUEST, STRONG_BLOG + "\ufffd")[0])
+    assert mean_score(garbled) <= strong - 5.5 and "garbled 1.00" in why
+    assert strong - 1.0 < one_stray < strong
+
+
 def test_offline_judge_is_deterministic_and_in_range():
     a = heuristic_scores("news", "기사", "본문입니다.")
     assert a == heuristic_scores("news", "기사", "본문입니다.")

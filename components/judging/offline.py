@@ -50,6 +50,12 @@ _FORM_CUES: dict[str, tuple[re.Pattern[str], ...]] = {
 }
 
 _SENTENCE_SPLIT = re.compile(r"(?<=[.!?。])\s+|\n+")
+# Broken output: U+FFFD (a token cut inside a UTF-8 character, decoded) and control characters
+# other than newline and tab. A model that has not learned the language writes them (an untuned
+# random-init base does), and any judge would grade such text at the bottom.
+_BROKEN = re.compile(r"[\ufffd\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+GARBLE_FULL_PENALTY_SHARE = 0.05  # this share of broken characters costs the full GARBLE_PENALTY
+GARBLE_PENALTY = 6.0
 _WORD = re.compile(r"[가-힣A-Za-z0-9]+")
 
 
@@ -106,16 +112,18 @@ def heuristic_scores(
     detail = _clip(1 + 7 * length_fit + 2 * min(len(sentences) / 6, 1.0))
     accuracy = _clip(1 + 7 * hangul * (1 - rep) + 2 * form - (2 if length < 40 else 0))
     helpfulness = _clip((relevance + detail + accuracy) / 3 + (0.5 if complete else -1.0))
+    garble = min(1.0, len(_BROKEN.findall(text)) / max(1, len(text)) / GARBLE_FULL_PENALTY_SHARE)
     scores = {
-        "helpfulness": round(helpfulness, 2),
-        "relevance": round(relevance, 2),
-        "accuracy": round(accuracy, 2),
-        "detail": round(detail, 2),
+        "helpfulness": round(_clip(helpfulness - GARBLE_PENALTY * garble), 2),
+        "relevance": round(_clip(relevance - GARBLE_PENALTY * garble), 2),
+        "accuracy": round(_clip(accuracy - GARBLE_PENALTY * garble), 2),
+        "detail": round(_clip(detail - GARBLE_PENALTY * garble), 2),
     }
     rationale = (
         f"{OFFLINE_JUDGE_NAME}: {length} chars vs ~{target} expected, {len(sentences)} sentences, "
         f"request overlap {overlap:.2f}, {category} form cues {form:.2f}, Korean {hangul:.2f}, "
         f"repetition {rep:.2f}, {'complete' if complete else 'cut off'}"
+        + (f", garbled {garble:.2f}" if garble else "")
     )
     return scores, rationale
 
