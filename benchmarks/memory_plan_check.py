@@ -16,10 +16,17 @@ set then follows the live tensors instead of the allocator's cache.
 Ends with one line: RESULT model=... measured_mb=... planned_mb=... ratio=...
 """
 
-import argparse
-import gc
 import os
 import sys
+
+MMAP_THRESHOLD = 65536
+if __name__ == "__main__" and os.environ.get("MALLOC_MMAP_THRESHOLD_") != str(MMAP_THRESHOLD):
+    # Before torch loads: glibc reads these at start-up (see the module docstring).
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD), "MALLOC_TRIM_THRESHOLD_": "0"}
+    os.execve(sys.executable, [sys.executable, *sys.argv], env)
+
+import argparse
+import gc
 from pathlib import Path
 
 import torch
@@ -30,7 +37,6 @@ from selfguided.components.training.data import Sample
 from selfguided.components.training.loop import prepare_model, train_loop
 from selfguided.components.training.memory_plan import GB, Setup, Shape, estimate, model_shape
 
-MMAP_THRESHOLD = 65536
 # A mid-size GPT-NeoX between `tiny` and Polyglot-ko 1.3B: the Polyglot vocabulary, 8 blocks of 512.
 MID = dict(hidden_size=512, num_hidden_layers=8, num_attention_heads=8, intermediate_size=2048, vocab_size=30080)
 
@@ -97,9 +103,6 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=2048)
     parser.add_argument("--steps", type=int, default=3)
     args = parser.parse_args()
-    if os.environ.get("MALLOC_MMAP_THRESHOLD_") != str(MMAP_THRESHOLD):  # see the module docstring
-        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD), "MALLOC_TRIM_THRESHOLD_": "0"}
-        os.execve(sys.executable, [sys.executable, *sys.argv], env)
     torch.set_num_threads(1)
     result = measure(args.model, args.method, args.tokens, args.steps)
     print("RESULT " + " ".join(f"{k}={v}" for k, v in result.items()))
