@@ -46,6 +46,16 @@ def parse_version(text: str) -> tuple[int, int, int] | None:
     return int(match.group(1)), int(match.group(2)), int(match.group(3) or 0)
 
 
+def fetch_healthz(host: str, path: str, token: str | None = None, *, timeout: float = TIMEOUT_S) -> bytes:
+    """GET `host + path` asking for JSON, with the bearer token when given; urllib's errors propagate
+    (the callers word them for their command)."""
+    request = urllib.request.Request(f"{host}{path}", headers={"Accept": "application/json"})
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return response.read()
+
+
 def backend_version(host: str, token: str | None = None, *, timeout: float = TIMEOUT_S) -> str | None:
     """The version the KFP host reports (its healthz `tag_name`), or None when it reports none.
 
@@ -54,12 +64,8 @@ def backend_version(host: str, token: str | None = None, *, timeout: float = TIM
     """
     host = host.rstrip("/")
     for path in HEALTHZ_PATHS:
-        request = urllib.request.Request(f"{host}{path}", headers={"Accept": "application/json"})
-        if token:
-            request.add_header("Authorization", f"Bearer {token}")
         try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
-                body = response.read()
+            body = fetch_healthz(host, path, token, timeout=timeout)
         except urllib.error.HTTPError as e:
             if e.code in (401, 403):
                 raise KfpBackendError(f"Kubeflow Pipelines at {host} refused the credentials (HTTP {e.code}) "

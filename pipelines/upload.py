@@ -29,7 +29,7 @@ from typing import Any
 import yaml
 
 from selfguided.components.images import PACKAGE_VERSION
-from selfguided.pipelines.kfp_backend import KfpBackendError, check_backend_version, describe
+from selfguided.pipelines.kfp_backend import KfpBackendError, check_backend_version, describe, fetch_healthz
 
 DEFAULT_PACKAGE = "pipelines/selfguided_pipeline.yaml"
 TOKEN_ENV = "KFP_TOKEN"
@@ -149,12 +149,8 @@ def _check_package(path: Path) -> None:
 def _probe(host: str, token: str | None) -> None:
     """One GET of the health endpoint, so a wrong host or token fails at once with a clear line
     (kfp.Client would retry for half a minute and then report a timeout)."""
-    request = urllib.request.Request(f"{host}{API}/healthz", headers={"Accept": "application/json"})
-    if token:
-        request.add_header("Authorization", f"Bearer {token}")
     try:
-        with urllib.request.urlopen(request, timeout=PROBE_TIMEOUT_S) as response:
-            body = response.read()
+        body = fetch_healthz(host, f"{API}/healthz", token, timeout=PROBE_TIMEOUT_S)
     except urllib.error.HTTPError as e:
         if e.code in (401, 403):
             raise UploadError(f"Kubeflow Pipelines at {host} refused the credentials (HTTP {e.code}): "
