@@ -110,8 +110,11 @@ def train(
         attn = training_attn_implementation(device, config.packing)
 
     records = read_train_file(train_file)
-    model, tokenizer = load_base(
-        base_model, dtype=weights_dtype(config, device), device=device, attn_implementation=attn)
+    # Under FSDP the weights stay in host memory until fully_shard moves each block's shard to the GPU,
+    # so no GPU ever holds the whole model (5.8B full: 23.5 GB of fp32 weights) on the way.
+    sharded = parallelism == "fsdp" and distributed.world_size > 1
+    model, tokenizer = load_base(base_model, dtype=weights_dtype(config, device),
+                                 device=torch.device("cpu") if sharded else device, attn_implementation=attn)
     # The hub commit the weights came from, so that a registered version is reproducible.
     base_revision = getattr(model.config, "_commit_hash", None) if base_model_ref(base_model) != BUNDLED_BASE_REF else None
     if distributed.is_main and base_model_ref(base_model) == BUNDLED_BASE_REF:
