@@ -316,10 +316,7 @@ def self_guided_pipeline(
 
     register_task = register(
         models=dsl.Collected(finetune_task.outputs["model"]),
-        judge_summaries=dsl.Collected(judge_task.outputs["summary"]),
-        judgments=dsl.Collected(judge_task.outputs["judgments"]),
-        reference_summaries=dsl.Collected(reference_judge.outputs["summary"]),
-        reference_judgments=dsl.Collected(reference_judge.outputs["judgments"]),
+        evidence=compare_task.outputs["evidence"],
         evaluation=compare_task.outputs["result"],
         evaluation_report=compare_task.outputs["report"],
         evaluation_page=compare_task.outputs["report_page"],

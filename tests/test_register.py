@@ -3,7 +3,6 @@ MLflow store (versions, tags, metrics, aliases, promotion and rollback), and loa
 registered model back and generating with it."""
 
 import json
-import math
 import shutil
 from pathlib import Path
 
@@ -26,7 +25,9 @@ from selfguided.components.data import CATEGORIES, DataError, file_sha256
 from selfguided.components.model.prompting import CRITERIA, inference_prompt
 from selfguided.components.registry.names import CHALLENGER, CHAMPION, PREVIOUS_CHAMPION_TAG, RegistryError
 from selfguided.components.registry.promotion import register_candidates, rollback_champion
-from selfguided.components.registry.runs import Candidate, ReferenceRow, default_artifact_location, load_candidates, read_summary
+from selfguided.components.registry.runs import (
+    Candidate, default_artifact_location, load_candidates, load_evidence, write_evidence,
+)
 
 NAME = "korean-writing-assistant"
 HUB_BASE = "EleutherAI/polyglot-ko-1.3b"
@@ -279,15 +280,19 @@ def test_every_row_of_a_run_is_logged_under_one_parent_with_its_evidence(tmp_pat
     (tmp_path / "train").mkdir()
     for arm in trained:
         (tmp_path / "train" / f"{arm}.jsonl").write_text('{"id": "1", "prompt": "p", "response": "r"}\n', "utf-8")
-    candidates = load_candidates(models, [p for p, _ in trained.values()], [j for _, j in trained.values()],
-                                 train_dir=tmp_path / "train")
+    # What the compare step hands on (write_evidence) is what the register step reads back.
+    evidence = write_evidence(tmp_path / "evidence", [p for p, _ in trained.values()] + [base[0], champion[0]],
+                              [j for _, j in trained.values()] + [base[1], champion[1]], trained=len(trained))
+    candidates, references = load_evidence(evidence, models, train_dir=tmp_path / "train")
+    assert [c.summary["row"] for c in candidates] == [f"tiny/{arm}" for arm in trained]
+    assert [r.summary["row_kind"] for r in references] == ["base", "champion"]
     (tmp_path / "report.md").write_text("# Evaluation with uncertainty\n", encoding="utf-8")
     (tmp_path / "page.html").write_text("<html></html>", encoding="utf-8")
     scored = tmp_path / "scored.jsonl"
     scored.write_text('{"id": "1", "category": "poem", "instruction": "시", "output": "봄", "score": 5}\n', "utf-8")
     report = register_candidates(
         candidates, evaluation=evaluation, tracking_uri=uri, pipeline_run="run-1", scored_data_sha256=sha,
-        references=[ReferenceRow(read_summary(p), j) for p, j in (base, champion)], scored_data=scored,
+        references=references, scored_data=scored,
         reports={"report.md": tmp_path / "report.md", "report.html": tmp_path / "page.html"})
     assert report.decision.promote and report.report_markdown.startswith("# Evaluation with uncertainty")
 

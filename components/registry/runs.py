@@ -116,6 +116,47 @@ class ReferenceRow:
     judgments_file: Path | None = None
 
 
+EVIDENCE_INDEX = "rows.json"
+
+
+def write_evidence(folder: str | Path, summary_files: Sequence[str | Path], judgment_files: Sequence[str | Path],
+                   *, trained: int) -> Path:
+    """The rows the compare step judged, handed to the register step as one folder: every row's judge
+    summary and judgments under `rows/<i>/`, and `rows.json` listing them in the order compare read
+    them (the first `trained` are the trained rows, in the order the pipeline's loop collected the
+    models). Compare pairs each summary with its judgments once; register reads the pairs back."""
+    if len(summary_files) != len(judgment_files):
+        raise DataError(f"{len(summary_files)} judge summaries but {len(judgment_files)} judgments files")
+    folder = Path(folder)
+    index = []
+    for i, (summary, judgments) in enumerate(zip(summary_files, judgment_files)):
+        row = folder / "rows" / str(i)
+        row.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(summary, row / "summary.json")
+        shutil.copyfile(judgments, row / "judgments.jsonl")
+        index.append({"summary": f"rows/{i}/summary.json", "judgments": f"rows/{i}/judgments.jsonl",
+                      "trained": i < trained})
+    (folder / EVIDENCE_INDEX).write_text(json.dumps(index, indent=2), encoding="utf-8")
+    return folder
+
+
+def load_evidence(folder: str | Path, model_dirs: Sequence[str | Path], train_dir: str | Path | None = None
+                  ) -> tuple[list[Candidate], list[ReferenceRow]]:
+    """The candidates (the i-th model with the i-th trained row, checked by `load_candidates`) and
+    the reference rows of a `write_evidence` folder."""
+    folder = Path(folder)
+    try:
+        index = json.loads((folder / EVIDENCE_INDEX).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DataError(f"{folder / EVIDENCE_INDEX}: not the compare step's evidence ({exc})") from None
+    trained = [e for e in index if e["trained"]]
+    candidates = load_candidates(model_dirs, [folder / e["summary"] for e in trained],
+                                 [folder / e["judgments"] for e in trained], train_dir=train_dir)
+    references = [ReferenceRow(read_summary(folder / e["summary"]), folder / e["judgments"])
+                  for e in index if not e["trained"]]
+    return candidates, references
+
+
 def default_artifact_location(tracking_uri: str) -> str | None:
     """Where a new experiment keeps artifacts: `artifacts/` next to a SQLite database file.
 

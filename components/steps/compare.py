@@ -152,6 +152,7 @@ def compare(
     min_paired_questions: int,
     gpu_hour_usd: float,
     result: Output[Artifact],
+    evidence: Output[Artifact],
     report: Output[Markdown],
     report_page: Output[HTML],
     metrics: Output[Metrics],
@@ -174,6 +175,8 @@ def compare(
         min_paired_questions: shared questions (not (question, turn) pairs) needed to compare with the bar.
         gpu_hour_usd: price of a GPU hour, for the cost per 1000 answers of local models (0: omitted).
         result: the comparison, the gate's decision and every row's metrics (JSON).
+        evidence: every row's judge summary and judgments as compare read them, paired (a folder,
+            registry/runs.write_evidence): what the register step logs, without pairing them again.
         report: the paper's Table 4.1 with CIs, paired differences, length, cost, decision (Markdown).
         report_page: the same with a forest plot, a score-length scatter and a cost-quality chart.
         metrics: the overall score of every row, and the decision, in the Kubeflow UI.
@@ -188,13 +191,15 @@ def compare(
         The gate's decision in one line.
     """
     from selfguided.components.evaluation.gate import PromotionGate
+    from selfguided.components.registry.runs import write_evidence
     from selfguided.components.steps.compare import decision_line, run_compare_step
 
     gate = PromotionGate(min_improvement=min_improvement, promotion_tolerance=promotion_tolerance,
                          min_paired_questions=min_paired_questions)
-    outcome = run_compare_step([s.path for s in summaries] + [s.path for s in reference_summaries],
-                               [j.path for j in judgments] + [j.path for j in reference_judgments],
-                               result.path, report.path, report_page.path, gate=gate, gpu_hour_usd=gpu_hour_usd,
+    summary_files = [s.path for s in summaries] + [s.path for s in reference_summaries]
+    judgment_files = [j.path for j in judgments] + [j.path for j in reference_judgments]
+    write_evidence(evidence.path, summary_files, judgment_files, trained=len(summaries))
+    outcome = run_compare_step(summary_files, judgment_files, result.path, report.path, report_page.path, gate=gate, gpu_hour_usd=gpu_hour_usd,
                                min_judge_agreement=min_judge_agreement, scoring_model=scoring_model,
                                tracking_uri=tracking_uri, experiment_name=experiment_name)
     for row, values in outcome["metrics"].items():

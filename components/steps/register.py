@@ -20,10 +20,7 @@ from selfguided.components.images import CPU_IMAGE
 @component(base_image=CPU_IMAGE, install_kfp_package=False)  # the image has kfp
 def register(
     models: Input[List[Model]],
-    judge_summaries: Input[List[Artifact]],
-    judgments: Input[List[Dataset]],
-    reference_summaries: Input[List[Artifact]],
-    reference_judgments: Input[List[Dataset]],
+    evidence: Input[Artifact],
     evaluation: Input[Artifact],
     evaluation_report: Input[Markdown],
     evaluation_page: Input[HTML],
@@ -40,11 +37,10 @@ def register(
     compare step decided.
 
     Args:
-        models: trained model directories (finetune outputs), one per (base model, arm).
-        judge_summaries: their judge summaries, the i-th for the i-th model, as the loop collected them.
-        judgments: their per-(question, turn) judgments, in the same order.
-        reference_summaries: judge summaries of the reference rows (base, teacher, champion).
-        reference_judgments: their judgments, in the same order.
+        models: trained model directories (finetune outputs), one per (base model, arm, replicate),
+            in the order the loop collected them.
+        evidence: the compare step's rows (registry/runs.write_evidence): every row's judge summary
+            and judgments, the trained rows first, in the models' order.
         evaluation: the compare step's result (comparison, decision, challenger, metrics).
         evaluation_report: the compare step's Markdown report (logged on the parent run).
         evaluation_page: the compare step's HTML report (logged on the parent run).
@@ -69,12 +65,9 @@ def register(
 
     from selfguided.components.data import file_sha256
     from selfguided.components.registry.promotion import register_candidates
-    from selfguided.components.registry.runs import ReferenceRow, load_candidates, read_summary
+    from selfguided.components.registry.runs import load_evidence
 
-    candidates = load_candidates([m.path for m in models], [s.path for s in judge_summaries],
-                                 [j.path for j in judgments], train_dir=train_data.path)
-    references = [ReferenceRow(read_summary(s.path), Path(j.path))
-                  for s, j in zip(reference_summaries, reference_judgments)]
+    candidates, references = load_evidence(evidence.path, [m.path for m in models], train_dir=train_data.path)
     result = register_candidates(
         candidates,
         evaluation=json.loads(Path(evaluation.path).read_text(encoding="utf-8")),
