@@ -54,10 +54,13 @@ def test_champion_points_at_a_registered_version(local_run):
     versions = local_run.register["versions"]
     assert len(versions) == 3 and all(f"judge/{c}/overall" in v["metrics"] for v in versions for c in CATEGORIES)
     assert local_run.decision.startswith("promoted")
+    # The first champion had to beat its untuned base, paired (the report quotes that comparison).
+    assert "challenger vs base (first champion)" in local_run.register["report_markdown"]
 
 
 def test_a_second_run_keeps_an_identical_champion_and_quotes_the_paired_difference(local_run):
     again = run_local(local_run.log_path.parent.parent)
     assert again.decision.startswith(f"kept champion v{local_run.aliases['champion']}")
-    assert "overall paired difference +0.00 [95% CI +0.00, +0.00] over 41 shared (question, turn) pairs" in again.decision
+    assert ("overall paired difference +0.00 [95% CI +0.00, +0.00] against the champion row over 41 shared questions"
+            in again.decision)
     assert "| champion/v" in again.register["report_markdown"]
