@@ -22,6 +22,7 @@ SMOKE = {
                           "--concurrency", "4"],
     "startup.py": ["--repeats", "1", "--steps", "register"],
     "gate_simulation.py": ["--reps", "5", "--effects", "0"],
+    "memory_plan_check.py": ["--model", "tiny", "--method", "lora", "--tokens", "256", "--steps", "1"],
 }
 
 
