@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from selfguided.components.training import base_models as modeling
 from selfguided.components.data import DataError
@@ -57,20 +56,6 @@ def test_tiny_tokenizer_round_trips_korean_and_has_special_tokens(tiny):
     assert model.config.vocab_size % 64 == 0 and model.config.vocab_size >= len(tokenizer)
     # trained on the sample data: the prompt template is a handful of tokens, not bytes
     assert len(tokenizer("### 응답:\n", add_special_tokens=False)["input_ids"]) <= 4
-
-
-def test_tiny_saves_and_reloads_as_a_plain_local_model(tmp_path, tiny):
-    path = modeling.save_tiny(tmp_path / "tiny")
-    model, tokenizer = tiny
-    reloaded = AutoModelForCausalLM.from_pretrained(path)
-    reloaded_tokenizer = AutoTokenizer.from_pretrained(path)
-    ids = torch.tensor([tokenizer("소설의 첫 문장", add_special_tokens=False)["input_ids"]])
-    assert reloaded_tokenizer("소설의 첫 문장", add_special_tokens=False)["input_ids"] == ids[0].tolist()
-    with torch.no_grad():
-        assert torch.allclose(model(ids).logits, reloaded(ids).logits, atol=1e-6)
-    loaded, loaded_tokenizer = modeling.load_base(str(path), dtype=torch.float32, device="cpu")
-    assert loaded_tokenizer.pad_token_id == tokenizer.pad_token_id
-    assert loaded.config._attn_implementation == "sdpa"
 
 
 def test_tiny_needs_the_bundled_sample_data(monkeypatch, tmp_path):

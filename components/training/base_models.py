@@ -120,15 +120,6 @@ def build_tiny(texts: Iterable[str] | None = None) -> tuple[GPTNeoXForCausalLM, 
     return model, tokenizer
 
 
-def save_tiny(out_dir: str | Path, texts: Iterable[str] | None = None) -> Path:
-    """Build `tiny` and save it with save_pretrained, so it loads like any local model path."""
-    out_dir = Path(out_dir)
-    model, tokenizer = build_tiny(texts)
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-    return out_dir
-
-
 def is_local(name_or_path: str) -> bool:
     return Path(name_or_path).expanduser().is_dir()
 
