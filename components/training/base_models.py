@@ -166,7 +166,7 @@ AttentionInterface.register(SDPA_VARLEN, sdpa_varlen_attention)
 
 
 def default_attn_implementation(device: str | torch.device) -> str:
-    """Attention for generation and padded batches (trained_model.py owns the rule)."""
+    """Attention for generation and padded batches (model/artifact.py owns the rule)."""
     return generation_attn_implementation(device)
 
 
