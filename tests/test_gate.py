@@ -111,15 +111,28 @@ def test_judge_mismatch_refuses():
 def test_fallback_without_a_champion_row_says_so():
     challenger = make_row("tiny/self_guided", arm="self_guided", shift=1.0, seed=2)
     logged = {"judge/overall": 5.0, **{f"judge/{c}/overall": 5.0 for c in CATS}}
-    decision = decide_promotion(challenger, None, fallback_champion_metrics=logged)
+    decision = decide_promotion(challenger, None, fallback_champion_metrics=logged, fallback_champion_judge=JUDGE)
     assert decision.promote, decision.reasons
     assert decision.reasons[0].startswith("fallback: the champion could not be re-evaluated")
     assert decision.figures["mode"] == "fallback_unpaired"
-    worse = decide_promotion(challenger, None, fallback_champion_metrics={**logged, "judge/overall": 7.5})
+    worse = decide_promotion(challenger, None, fallback_champion_metrics={**logged, "judge/overall": 7.5},
+                             fallback_champion_judge=JUDGE)
     assert not worse.promote and worse.reasons[0].startswith("fallback")
-    assert not decide_promotion(challenger, None, fallback_champion_metrics={}).promote
+    assert not decide_promotion(challenger, None, fallback_champion_metrics={}, fallback_champion_judge=JUDGE).promote
     other_judge = decide_promotion(challenger, None, fallback_champion_metrics=logged, fallback_champion_judge="gpt-4o/v1")
     assert not other_judge.promote and "not comparable" in other_judge.reasons[1]
+    # A logged champion whose judge nobody recorded may have been graded by another judge: no promotion.
+    unknown_judge = decide_promotion(challenger, None, fallback_champion_metrics=logged)
+    assert not unknown_judge.promote and "not recorded" in unknown_judge.reasons[1]
+
+
+def test_fallback_never_promotes_one_seed_of_several():
+    """Unpaired against logged metrics the gate sees one row: it cannot carry the seed-to-seed
+    variance, so replicates are never promoted through the fallback (a lucky seed would be)."""
+    seeds = [make_row(f"tiny/self_guided#{r}", arm="self_guided", shift=1.0 + r, seed=70 + r) for r in range(2)]
+    logged = {"judge/overall": 5.0, **{f"judge/{c}/overall": 5.0 for c in CATS}}
+    decision = decide_promotion(seeds, None, fallback_champion_metrics=logged, fallback_champion_judge=JUDGE)
+    assert not decision.promote and "2 training replicates cannot be compared unpaired" in decision.reasons[1]
 
 
 def test_the_first_champion_must_beat_its_base_paired():

@@ -267,8 +267,18 @@ def _decide_fallback(members: list[RowJudgments], metrics: Mapping[str, float], 
     figures["mode"] = "fallback_unpaired"
     note = ("fallback: the champion could not be re-evaluated in this run, so this is an unpaired comparison "
             "against its logged MLflow metrics, weaker evidence than a paired one")
+    if len(members) > 1:
+        # The unpaired fallback sees one row: it cannot carry the seed-to-seed variance that
+        # replicates exist to measure, so it must not pick one seed and promote it.
+        return GateDecision(False, [note, f"{len(members)} training replicates cannot be compared unpaired with "
+                                          "logged metrics: nothing is promoted; rerun when the champion can be "
+                                          "re-evaluated, or promote by hand"], figures)
     challenger = members[0]
-    if champion_judge and challenger.judge and champion_judge != challenger.judge:
+    if not champion_judge or not challenger.judge:
+        return GateDecision(False, [note, "the judge of the champion's logged metrics (or of the challenger) is not "
+                                          "recorded: the scores may come from different judges, nothing is promoted"],
+                            figures)
+    if champion_judge != challenger.judge:
         return GateDecision(False, [note, f"{challenger.row} was judged by {challenger.judge}, the champion by "
                                           f"{champion_judge}: the scores are not comparable, nothing is promoted"], figures)
     parsed = parse_row(challenger)

@@ -265,7 +265,8 @@ def log_candidate(
     }
     judge_metrics = _row_metrics(summary, evaluation_metrics)
     metrics = {**{f"train/{k}": float(v) for k, v in train_metrics.items() if _is_number(v)}, **judge_metrics}
-    version_tags = {**identity, "pipeline_run": pipeline_run, "train_data_sha256": manifest.train_data_sha256}
+    version_tags = {**identity, "pipeline_run": pipeline_run, "train_data_sha256": manifest.train_data_sha256,
+                    "replicate": str(summary.get("replicate", 0))}  # which training seed of its (base, arm)
     run_tags = {**_row_tags(summary, pipeline_run, parent_run_id), "scored_data_sha256": scored_data_sha256,
                 "train_data_sha256": manifest.train_data_sha256}
     with mlflow.start_run(experiment_id=experiment_id, run_name=candidate.label, tags=run_tags) as run:

@@ -96,15 +96,16 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
     # Before anything is compiled or started: an older backend would accept the run and fail it
     # late, on the cluster (pipelines/kfp_backend.py says which features need which version).
+    token = os.environ.get("KFP_TOKEN") or None  # the same bearer token for the check and the run
     try:
-        reported = check_backend_version(args.host, os.environ.get("KFP_TOKEN") or None)
+        reported = check_backend_version(args.host, token)
         print(describe(args.host, reported), flush=True)
     except KfpBackendError as e:
         print(f"submit: {e}", file=sys.stderr)
         return 1
     from selfguided.pipelines.pipeline import self_guided_pipeline
 
-    client = kfp.Client(host=args.host, namespace=args.namespace)
+    client = kfp.Client(host=args.host, namespace=args.namespace, existing_token=token)
     run = client.create_run_from_pipeline_func(
         self_guided_pipeline, arguments=_parameters(args), run_name=args.run_name,
         experiment_name=args.experiment, namespace=args.namespace, service_account=args.service_account,
