@@ -115,3 +115,23 @@ def test_every_turn_is_judged_with_its_own_question():
 def test_judge_rejects_answers_to_unknown_questions():
     with pytest.raises(DataError, match="question_id 7 is not among the questions"):
         judge_offline([], _answers([{"question_id": 7}], "x"))
+
+
+def test_the_judge_steps_figures_are_compares_on_the_same_judgments():
+    """One rule of what counts (evaluation.rows.judgment_problem): a judgment that gives no criteria,
+    or an overall off the 1-10 scale, is counted or dropped by the judge step exactly as compare does."""
+    from selfguided.components.evaluation.gate import evaluate_run
+    from selfguided.components.evaluation.rows import RowJudgments
+
+    judgments = [{"question_id": f"q{i}", "turn": 1, "category": "poem", "score": 4.0 + i,
+                  "scores": {c: 4.0 + i for c in CRITERIA}, "error": None} for i in range(5)]
+    judgments.append({"question_id": "q5", "turn": 1, "category": "poem", "score": 9.0, "error": None})  # no criteria
+    judgments.append({"question_id": "q6", "turn": 1, "category": "poem", "score": 11.0,
+                      "scores": {c: 11.0 for c in CRITERIA}, "error": None})  # off the scale
+    summary = summarize_judgments(judgments, row_kind="trained", base_model="tiny", arm="unscored",
+                                  judge_model=OFFLINE_JUDGE_NAME, prompt_version="v1")
+    evaluation = evaluate_run([RowJudgments("tiny/unscored", "trained", judgments, base_model="tiny", arm="unscored")])
+    compared = evaluation.comparison.rows[0].categories["poem"].overall
+    assert summary["n_judged"] == compared.n == 6
+    assert summary["categories"]["poem"]["overall"] == round(compared.mean, 3)
+    assert summary["categories"]["poem"]["helpfulness"] == 6.0  # over the five that give it

@@ -117,6 +117,16 @@ def _number(value: Any) -> float | None:
     return number if math.isfinite(number) and number >= 0 else None
 
 
+def judgment_problem(judgment: Mapping[str, Any]) -> str | None:
+    """Why a judgment row is not a usable grade (a judge error, an overall or a given criterion off the
+    scale), or None when it is one. The one rule of what counts, for compare and the judge step alike."""
+    problem = "judge error" if judgment.get("error") else score_problem(judgment.get("score"))
+    if problem is None and isinstance(judgment.get("scores"), Mapping):
+        problem = next((f"{c}: {p}" for c in CRITERIA if c in judgment["scores"]
+                        and (p := score_problem(judgment["scores"][c]))), None)
+    return problem
+
+
 def parse_row(row: RowJudgments) -> ParsedRow:
     """The row's scored items; clear errors for malformed judgments (missing id, a turn judged twice)."""
     items: dict[tuple[str, int], Item] = {}
@@ -142,10 +152,7 @@ def parse_row(row: RowJudgments) -> ParsedRow:
         category = str(judgment.get("category") or "uncategorized")
         if seen.get(category) is None:
             seen[category] = None if judgment.get("seen") is None else bool(judgment["seen"])
-        problem = "judge error" if judgment.get("error") else score_problem(judgment.get("score"))
-        if problem is None and isinstance(judgment.get("scores"), Mapping):
-            problem = next((f"{c}: {p}" for c in CRITERIA if c in judgment["scores"]
-                            and (p := score_problem(judgment["scores"][c]))), None)
+        problem = judgment_problem(judgment)
         if problem is not None:
             failed[category] += 1
             reasons[problem if not problem.startswith("score ") else problem.split(" is ", 1)[-1]] += 1
@@ -163,18 +170,18 @@ def category_means(judgments: Iterable[Mapping[str, Any]]) -> tuple[dict[str, di
     The point figures of `judge/<category>/<criterion>` and `judge/overall`, for the judge step's
     own report; the compare step's summaries (with intervals) give the same numbers."""
     sums: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     for j in judgments:
-        if j.get("error") or score_problem(j.get("score")) or not isinstance(j.get("scores"), Mapping):
+        if judgment_problem(j) is not None:
             continue
-        if any(score_problem(j["scores"].get(c)) for c in CRITERIA):
-            continue
-        entry = sums[str(j.get("category") or "uncategorized")]
-        entry["n"] += 1
-        entry["overall"] += float(j["score"])
-        for c in CRITERIA:
-            entry[c] += float(j["scores"][c])
-    means = {cat: {**{name: sums[cat][name] / sums[cat]["n"] for name in (*CRITERIA, "overall")},
-                   "n": int(sums[cat]["n"])} for cat in category_order(sums)}
+        category = str(j.get("category") or "uncategorized")
+        given = j.get("scores") if isinstance(j.get("scores"), Mapping) else {}
+        for name, value in [("overall", j["score"]), *((c, given[c]) for c in CRITERIA if c in given)]:
+            sums[category][name] += float(value)
+            counts[category][name] += 1
+    # A criterion's mean is over the judgments that give it, as compare's summaries take it.
+    means = {cat: {**{name: sums[cat][name] / counts[cat][name] for name in (*CRITERIA, "overall")
+                      if counts[cat][name]}, "n": counts[cat]["overall"]} for cat in category_order(sums)}
     overall = sum(m["overall"] for m in means.values()) / len(means) if means else float("nan")
     return means, overall
 

@@ -21,7 +21,7 @@ from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Metrics, Output
 
 from selfguided.components.data import load_questions, write_jsonl
 from selfguided.components.evaluation.metrics import OVERALL, point_metrics
-from selfguided.components.evaluation.rows import category_means
+from selfguided.components.evaluation.rows import category_means, judgment_problem
 from selfguided.components.images import CPU_IMAGE
 from selfguided.components.judging.answers import load_answers
 from selfguided.components.judging.jury import JuryConfig, judge_with_jury, jury_cost_usd, parse_judges
@@ -64,7 +64,7 @@ def summarize_judgments(
     KFP, and the row's identity as given (row_kind, base_model, arm, model)."""
     # The row's figures are evaluation's (one owner of a row's overall, of the category order and of
     # the metric names); a row with no valid judgment keeps overall 0.0 with n_judged 0.
-    ok = [j for j in judgments if judged_ok(j)]
+    ok = [j for j in judgments if judgment_problem(j) is None]  # what the means count, compare's rule
     means, overall = category_means(judgments)
     categories = {cat: {k: (round(v, 3) if k != "n" else v) for k, v in values.items()} for cat, values in means.items()}
     overall = round(overall, 3) if categories else 0.0
