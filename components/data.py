@@ -382,3 +382,27 @@ def fetch_input(uri: str, default_sample: str, workdir: str | Path) -> Path:
     if not path.exists():
         raise DataError(f"{uri}: file not found")
     return path
+
+
+def check_s3_read_access(uri: str) -> str:
+    """Prove the S3 credentials of this process may list and read under `s3://bucket/prefix`, for
+    free: one ListObjectsV2 of one key, then a HEAD of that key when there is one. Returns what was
+    checked; raises DataError in one line naming the URI, the endpoint and S3's error code."""
+    import botocore.exceptions
+
+    bucket, _, prefix = uri.removeprefix("s3://").partition("/")
+    if not uri.startswith("s3://") or not bucket:
+        raise DataError(f"{uri}: expected s3://BUCKET[/PREFIX]")
+    where = s3_endpoint() or "AWS S3"
+    client = s3_client()
+    try:
+        listed = client.list_objects_v2(Bucket=bucket, Prefix=prefix.rstrip("/") + "/" if prefix else "", MaxKeys=1)
+        first = [o["Key"] for o in listed.get("Contents", [])]
+        if first:
+            client.head_object(Bucket=bucket, Key=first[0])
+    except botocore.exceptions.ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "?")
+        raise DataError(f"{uri} cannot be read with these S3 credentials at {where} ({code})") from None
+    except (botocore.exceptions.BotoCoreError, ValueError) as exc:
+        raise DataError(f"{uri} cannot be read at {where} ({type(exc).__name__}: {exc})") from None
+    return f"{uri}: listed" + (" and read" if first else " (empty so far)") + f" at {where}"

@@ -1,8 +1,9 @@
 """The self-guided pipeline, read top to bottom like the paper's steps.
 
-score -> split -> for each (base model, arm): finetune -> generate -> judge ----\
-              -> for each reference row (base untuned, teacher, champion):  -> compare -> register -> deploy
-                                                   answer -> judge --------/
+score -> split -> for each (base model, arm): finetune -> generate -> judge ------\
+              -> for each reference row (base untuned, champion):              -> compare -> register -> deploy
+                                                   answer -> judge ----------|
+              -> every teacher (API models, on the CPU pool): answer -> judge --/
 
 Data flows forward as step outputs: the split writes the training sets and the test questions;
 each loop iteration passes its identity (base model, arm, row kind) to its steps as parameters,
@@ -28,8 +29,8 @@ from selfguided.components.images import CPU_STEP_RESOURCES
 from selfguided.components.steps.preflight import preflight
 from selfguided.components.model.prompting import ARMS
 from selfguided.components.steps.generate import generate
-from selfguided.components.steps.judge import judge
-from selfguided.components.steps.reference import answer_reference, plan_references
+from selfguided.components.steps.judge import judge, judge_rows
+from selfguided.components.steps.reference import answer_reference, answer_teachers, plan_references
 from selfguided.components.registry.names import EXPERIMENT_NAME, REGISTERED_MODEL_NAME
 from selfguided.components.steps.register import register
 from selfguided.components.steps.score import score
@@ -50,9 +51,10 @@ def plan_runs(base_models: List[str], arms: List[str], replicates: int) -> List[
 
 
 @dsl.component(base_image=platform.CPU_IMAGE, install_kfp_package=False)
-def collect_llm_models(score_model: str, judge_model: str, reference_models: List[str]) -> List[str]:
-    """Every LLM the run calls, for the preflight."""
-    return [score_model, judge_model, *reference_models]
+def collect_llm_models(score_model: str, judge_model: str, judges: str, reference_models: List[str]) -> List[str]:
+    """Every LLM the run calls, for the preflight: the scorer, the judge (or every juror) and the teachers."""
+    jurors = [j.strip() for j in judges.split(",") if j.strip()]
+    return [score_model, *(jurors or [judge_model]), *reference_models]
 
 
 def _sized(task: dsl.PipelineTask, kind: str) -> dsl.PipelineTask:
@@ -216,12 +218,16 @@ def self_guided_pipeline(
             in parallel; each is answered and judged, and the gate compares their mean, the seed-to-seed
             spread part of its interval. 1 = one training each.
     """
-    llm_models = collect_llm_models(score_model=score_model, judge_model=judge_model, reference_models=reference_models)
+    llm_models = collect_llm_models(score_model=score_model, judge_model=judge_model, judges=judges,
+                                    reference_models=reference_models)
     _sized(llm_models, "light").set_display_name("list the LLMs used")
     check = preflight(tracking_uri=mlflow_tracking_uri, experiment_name=experiment_name,
                       registered_model_name=registered_model_name, llm_models=llm_models.output,
-                      llm_base_url=llm_base_url)
-    _sized(_with_mlflow_secret(_with_llm_secret(check)), "light").set_display_name("preflight").set_caching_options(False)
+                      llm_base_url=llm_base_url, serving_name=serving_name)
+    _sized(_with_mlflow_secret(_with_llm_secret(_with_judge_keys(_with_s3_secret(check)))), "light").set_display_name(
+        "preflight").set_caching_options(False)
+    # the predictor's S3 keys (selfguided-s3) must read where the server keeps artifacts
+    kubernetes.use_config_map_as_env(check, platform.MLFLOW_CONFIG_MAP_NAME, platform.MLFLOW_CONFIG_MAP_KEYS)
 
     score_task = score(seed_uri=seed_uri, model=score_model, concurrency=llm_concurrency, cache=llm_cache,
                        base_url=llm_base_url).after(check)
@@ -277,15 +283,14 @@ def self_guided_pipeline(
         _sized(_with_s3_secret(_with_llm_secret(_with_judge_keys(_with_cache_volume(judge_task)))), "llm").set_retry(
             num_retries=2, backoff_duration="60s")
 
-    references = plan_references(base_models=base_models, reference_models=reference_models)
+    references = plan_references(base_models=base_models)
     _sized(references, "light").set_display_name("plan reference rows")
     with dsl.ParallelFor(references.output, name="reference-row") as ref:
         answer_task = answer_reference(
             row=ref, questions=split_task.outputs["questions"], max_new_tokens=max_new_tokens,
             registered_model_name=registered_model_name, tracking_uri=mlflow_tracking_uri,
-            llm_base_url=llm_base_url, llm_concurrency=llm_concurrency, llm_cache=llm_cache,
         ).set_display_name("answer as reference row").set_caching_options(False)  # the champion may have moved
-        _sized_gpu(_with_mlflow_secret(_with_s3_secret(_with_llm_secret(_with_cache_volume(_on_gpu_pool(answer_task, 1))))))
+        _sized_gpu(_with_mlflow_secret(_with_s3_secret(_with_cache_volume(_on_gpu_pool(answer_task, 1)))))
         answer_task.set_env_variable("HF_HOME", platform.HF_HOME).set_retry(num_retries=2, backoff_duration="60s")
 
         reference_judge = judge(
@@ -301,11 +306,29 @@ def self_guided_pipeline(
         _sized(_with_s3_secret(_with_llm_secret(_with_judge_keys(_with_cache_volume(reference_judge)))), "llm").set_retry(
             num_retries=2, backoff_duration="60s")
 
+    # Teachers only call an API: one task answers them all and one judges them, on the CPU pool
+    # (no loop: an empty ParallelFor breaks kfp.local, and a teacher needs no GPU).
+    teachers = answer_teachers(
+        reference_models=reference_models, questions=split_task.outputs["questions"], llm_base_url=llm_base_url,
+        llm_concurrency=llm_concurrency, llm_cache=llm_cache,
+    ).set_display_name("answer as teacher rows")
+    _sized(_with_s3_secret(_with_llm_secret(_with_judge_keys(_with_cache_volume(teachers)))), "llm").set_retry(
+        num_retries=2, backoff_duration="60s")
+    teacher_judge = judge_rows(
+        questions=split_task.outputs["questions"], rows=teachers.outputs["answers"],
+        model=judge_model, concurrency=llm_concurrency, cache=llm_cache, base_url=llm_base_url,
+        judges=judges, judge_repeats=judge_repeats, min_judges=min_judges, jury_aggregate=jury_aggregate,
+        judge_temperature=judge_temperature,
+    ).set_display_name("judge teacher answers")
+    _sized(_with_s3_secret(_with_llm_secret(_with_judge_keys(_with_cache_volume(teacher_judge)))), "llm").set_retry(
+        num_retries=2, backoff_duration="60s")
+
     compare_task = compare(
         summaries=dsl.Collected(judge_task.outputs["summary"]),
         judgments=dsl.Collected(judge_task.outputs["judgments"]),
         reference_summaries=dsl.Collected(reference_judge.outputs["summary"]),
         reference_judgments=dsl.Collected(reference_judge.outputs["judgments"]),
+        teacher_rows=teacher_judge.outputs["evidence"],
         min_improvement=min_improvement, promotion_tolerance=promotion_tolerance,
         min_paired_questions=min_paired_questions, gpu_hour_usd=gpu_hour_usd,
         min_judge_agreement=min_judge_agreement, scoring_model=score_model,

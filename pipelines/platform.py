@@ -35,9 +35,13 @@ GPU_TOLERATIONS = [{"key": GPU_TOLERATION_KEY, "operator": "Exists", "effect": G
 # Secrets: read from Kubernetes Secrets into environment variables, never pipeline parameters.
 OPENAI_SECRET_NAME = "selfguided-openai"
 OPENAI_SECRET_KEYS = {"OPENAI_API_KEY": "OPENAI_API_KEY"}  # secret key -> env var
-# A jury's judges on endpoints of their own: one key per judge in this Secret, mounted as files
-# (judging/jury.py owns the names: key <NAME> = the judge's name upper-cased, other characters `_`).
-from selfguided.components.judging.jury import JUDGE_KEYS_MOUNT_PATH, JUDGE_KEYS_SECRET_NAME  # noqa: E402,F401
+# Models on endpoints of their own (a jury's judges, teachers `name@url`): one key per model in this
+# Secret, mounted as files (llm/config.py owns the names: key <NAME> = the model's name upper-cased,
+# other characters `_`).
+from selfguided.components.llm.config import (  # noqa: E402,F401
+    OWN_ENDPOINT_KEYS_MOUNT_PATH as JUDGE_KEYS_MOUNT_PATH,
+    OWN_ENDPOINT_KEYS_SECRET_NAME as JUDGE_KEYS_SECRET_NAME,
+)
 # The pipeline's MLflow identity (components/registry/auth.py owns the names; manifests/ creates it).
 from selfguided.components.registry.auth import (  # noqa: E402
     PIPELINE_AUTH_SECRET_KEYS as MLFLOW_AUTH_SECRET_KEYS,

@@ -36,7 +36,7 @@ Fault knobs (all thread-safe; change them between runs):
   answer's hidden true quality, written in it as "(품질 N)"; see `true_quality`) or "noisy" (that true
   quality plus Gaussian noise, sd `noise_sd`, rounded and clipped to 1-10, drawn anew per request).
 
-Counters: `chat_requests` (every chat request, refused ones included), `status_counts`,
+Counters: `chat_requests` (every chat request, refused ones included), `api_keys` (their bearer keys), `status_counts`,
 `peak_in_flight` (most chat requests admitted at once),
 `asked` (first user message of every chat request, in arrival order),
 `arrivals` (monotonic arrival time and status of every chat request), `batches_created`,
@@ -173,6 +173,7 @@ class FakeOpenAI:
             self.arrivals: list[tuple[float, int]] = []
             self.batches_created = 0
             self.files_uploaded = 0
+            self.api_keys: set[str] = set()  # the bearer keys of the chat requests
 
     def script(self, *faults: str) -> None:
         unknown = set(faults) - {"429", "busy", "quota", "500", "500-noretry", "409-retry", "slow", "garbage"}
@@ -471,6 +472,8 @@ def _make_handler(server: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
         def do_POST(self) -> None:
             body = self._body()
             if self.path == "/v1/chat/completions":
+                with server._lock:
+                    server.api_keys.add(self.headers.get("Authorization", "").removeprefix("Bearer "))
                 status, payload, headers = server.chat(json.loads(body))
                 self._send(status, payload, headers)
             elif self.path == "/v1/files":

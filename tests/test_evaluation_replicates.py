@@ -21,12 +21,51 @@ def test_replicate_r_trains_with_the_configs_seed_plus_r(tmp_path, monkeypatch):
     from selfguided.components.steps import finetune as step
     from selfguided.components.training import job
 
+    import shutil
+
+    from registry_fixtures import make_model_dir
+
+    from selfguided.components.model.artifact import read_manifest
+
+    trained = make_model_dir(tmp_path / "trained", arm="unscored")
     seen = []
-    monkeypatch.setattr(job, "train", lambda train_file, base, out, config, *a, **k: seen.append(config.seed) or {})
+
+    def fake_train(train_file, base, out, config, *a, **k):
+        seen.append(config.seed)
+        shutil.copytree(trained, out, dirs_exist_ok=True)
+        return {}
+
+    monkeypatch.setattr(job, "train", fake_train)
     write_jsonl(tmp_path / "unscored.jsonl", [{"id": "1", "category": "poem", "prompt": "p", "response": "r"}])
     for replicate in (0, 2):
-        step.run_finetune_step(tmp_path, "tiny", "unscored", "condition", "", 1, "", tmp_path / "out", replicate)
+        step.run_finetune_step(tmp_path, "tiny", "unscored", "condition", "", 1, "", tmp_path / f"out{replicate}",
+                               replicate)
     assert seen[1] == seen[0] + 2
+    # the model says which replicate it is: register pairs it with its judge summary by it
+    assert [read_manifest(tmp_path / f"out{r}").replicate for r in (0, 2)] == [0, 2]
+
+
+def test_a_replicates_summary_paired_with_another_replicates_model_is_refused(tmp_path):
+    import dataclasses
+
+    import pytest
+    from registry_fixtures import category_scores, make_model_dir, make_summary, write_summary
+
+    from selfguided.components.data import DataError
+    from selfguided.components.model.artifact import read_manifest, write_manifest
+    from selfguided.components.registry.runs import load_candidates
+
+    models = [make_model_dir(tmp_path / str(r), arm="unscored") for r in (0, 1)]
+    write_manifest(models[1], dataclasses.replace(read_manifest(models[1]), replicate=1))
+    summaries = []
+    for r in (0, 1):
+        summary = make_summary("tiny", "unscored", category_scores(5.0))
+        summary["replicate"] = r
+        summaries.append(write_summary(tmp_path / f"s{r}.json", summary))
+    assert [c.manifest.replicate for c in load_candidates(models, summaries)] == [0, 1]
+    with pytest.raises(DataError, match=r"s0.json: judge summary .* paired with the model in .*\(tiny/unscored, "
+                                        r"replicate 1\)"):
+        load_candidates(models[::-1], summaries)
 
 
 def test_the_judge_step_names_replicate_r_and_records_it(tmp_path):

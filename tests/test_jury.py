@@ -117,7 +117,7 @@ def test_judges_are_parsed_once_each_and_own_endpoints_get_their_own_key(monkeyp
     monkeypatch.setenv("SELFGUIDED_JUDGE_KEY_CLAUDE_SONNET", "claude-key")
     assert specs[1].api_key() == "claude-key"
     monkeypatch.delenv("SELFGUIDED_JUDGE_KEY_CLAUDE_SONNET")
-    monkeypatch.setattr("selfguided.components.judging.jury.JUDGE_KEYS_DIR", str(tmp_path))
+    monkeypatch.setattr("selfguided.components.llm.config.OWN_ENDPOINT_KEYS_DIR", str(tmp_path))
     (tmp_path / "CLAUDE_SONNET").write_text("from-secret\n")
     assert specs[1].api_key() == "from-secret"
     (tmp_path / "CLAUDE_SONNET").unlink()

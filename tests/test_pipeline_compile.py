@@ -10,8 +10,8 @@ import yaml
 from selfguided.pipelines import platform
 from selfguided.pipelines.compile import COMMITTED_PIPELINE, compile_pipeline
 
-STEPS = ("preflight", "score", "split", "finetune", "generate", "judge", "answer-reference", "compare", "register",
-         "deploy")
+STEPS = ("preflight", "score", "split", "finetune", "generate", "judge", "answer-reference", "answer-teachers",
+         "judge-rows", "compare", "register", "deploy")
 
 
 @pytest.fixture(scope="module")
@@ -46,10 +46,27 @@ def test_gpu_steps_ask_for_gpus_on_the_gpu_node_pool_with_shared_memory(compiled
                 "effect": platform.GPU_TOLERATION_EFFECT} in config["tolerations"]
         (shm,) = [m for m in config["emptyDirMounts"] if m["mountPath"] == "/dev/shm"]
         assert shm["medium"] == "Memory" and shm["sizeLimit"] == platform.SHM_SIZE
-    for step in ("score", "split", "judge", "register"):
+    for step in ("score", "split", "judge", "register", "answer-teachers", "judge-rows"):
         assert _executor(spec, step)["image"] == platform.CPU_IMAGE
         assert "accelerator" not in _executor(spec, step).get("resources", {})
         assert "nodeSelector" not in kube.get(f"exec-{step}", {})
+
+
+def test_teacher_rows_hold_no_gpu_and_get_the_keys_of_their_endpoints(compiled):
+    """A teacher only calls an API: answered and judged on the CPU pool, outside the GPU loop, with
+    the run's key and the keys of models on endpoints of their own (a juror, a teacher `name@url`)."""
+    _, spec, kube = compiled
+    tasks = spec["root"]["dag"]["tasks"]
+    assert tasks["answer-teachers"]["componentRef"]["name"] == "comp-answer-teachers"  # at the top, in no loop
+    assert "answer-teachers" in tasks["judge-rows"]["dependentTasks"]
+    assert "judge-rows" in tasks["compare"]["dependentTasks"]
+    for step in ("answer-teachers", "judge-rows", "preflight"):
+        config = kube[f"exec-{step}"]
+        assert "nodeSelector" not in config and "tolerations" not in config, step
+        assert {s["secretName"] for s in config["secretAsVolume"]} == {platform.JUDGE_KEYS_SECRET_NAME}, step
+        assert platform.OPENAI_SECRET_NAME in {s["secretName"] for s in config["secretAsEnv"]}, step
+    resources = _executor(spec, "answer-teachers")["resources"]
+    assert "accelerator" not in resources and resources["resourceMemoryRequest"] != platform.GPU_STEP_MEMORY
 
 
 def test_every_task_requests_cpu_and_memory(compiled):
@@ -66,7 +83,10 @@ def test_preflight_runs_before_any_paid_or_gpu_work(compiled):
     tasks = spec["root"]["dag"]["tasks"]
     assert "preflight" in tasks["score"]["dependentTasks"]
     assert {s["secretName"] for s in compiled[2]["exec-preflight"]["secretAsEnv"]} == {
-        platform.OPENAI_SECRET_NAME, platform.MLFLOW_AUTH_SECRET_NAME}
+        platform.OPENAI_SECRET_NAME, platform.MLFLOW_AUTH_SECRET_NAME, platform.S3_SECRET_NAME}
+    # the serving predictor's S3 keys are checked against where the server keeps artifacts
+    (config_map,) = compiled[2]["exec-preflight"]["configMapAsEnv"]
+    assert config_map["configMapName"] == platform.MLFLOW_CONFIG_MAP_NAME
 
 
 def test_mlflow_credentials_reach_every_mlflow_writing_step_from_a_secret(compiled):

@@ -37,3 +37,11 @@ def test_teachers_on_their_own_endpoint_are_checked_there(tmp_path, monkeypatch)
     assert any(f"endpoint {served.base_url} answers" in line for line in checked)
     assert any(f"LLM gpt-4o: endpoint {judge.base_url} answers" in line for line in checked)
     assert model_endpoint("gpt-4o-mini", "x") == ("gpt-4o-mini", "x")
+
+
+def test_the_preflight_checks_every_juror_and_teacher_not_only_the_judge_model():
+    from selfguided.pipelines.pipeline import collect_llm_models
+
+    collect = collect_llm_models.python_func
+    assert collect("gpt-4o", "gpt-4o", "", ["gpt-4o-mini"]) == ["gpt-4o", "gpt-4o", "gpt-4o-mini"]
+    assert collect("gpt-4o", "gpt-4o", "a, b@http://h/v1,", []) == ["gpt-4o", "a", "b@http://h/v1"]

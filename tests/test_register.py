@@ -25,9 +25,8 @@ from selfguided.components.data import CATEGORIES, DataError, file_sha256
 from selfguided.components.model.prompting import CRITERIA, inference_prompt
 from selfguided.components.registry.names import CHALLENGER, CHAMPION, PREVIOUS_CHAMPION_TAG, RegistryError
 from selfguided.components.registry.promotion import register_candidates, rollback_champion
-from selfguided.components.registry.runs import (
-    Candidate, default_artifact_location, load_candidates, load_evidence, write_evidence,
-)
+from selfguided.components.evaluation.rows import write_evidence
+from selfguided.components.registry.runs import Candidate, default_artifact_location, load_candidates, load_evidence
 
 NAME = "korean-writing-assistant"
 HUB_BASE = "EleutherAI/polyglot-ko-1.3b"

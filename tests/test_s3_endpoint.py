@@ -45,3 +45,51 @@ def test_the_llm_cache_on_s3_goes_through_the_configured_endpoint(configured):
     assert cache.get("k1") == {"text": "답"}
     keys = [o["Key"] for o in configured.client().list_objects_v2(Bucket="seeds")["Contents"]]
     assert "llm-cache/k1" in keys
+
+
+def test_preflight_proves_the_predictors_keys_read_mlflows_bucket(configured, tmp_path, monkeypatch):
+    """KServe's predictor downloads the champion with the profile's S3 keys: the preflight lists and
+    reads MLflow's artifact destination with them, under moto's IAM enforcement, before any GPU work.
+    A key with read access passes; a key of the same account without it, or a bucket that is not
+    there, stops the run with one line naming the URI and S3's error code."""
+    import boto3
+    from moto import settings
+
+    from selfguided.components.data import DataError, check_s3_read_access
+    from selfguided.components.steps.preflight import PreflightError, run_preflight
+
+    admin = configured.client()
+    admin.create_bucket(Bucket="mlflow-artifacts")
+    admin.put_object(Bucket="mlflow-artifacts", Key="artifacts/1/run/merged/config.json", Body=b"{}")
+    iam = boto3.client("iam", endpoint_url=configured.endpoint_url, region_name=S3_REGION,
+                       aws_access_key_id=S3_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+                       aws_secret_access_key=S3_CREDENTIALS["AWS_SECRET_ACCESS_KEY"])
+    keys = {}
+    for user, actions in (("reader", ["s3:ListBucket", "s3:GetObject"]), ("stranger", ["s3:ListBucket"])):
+        iam.create_user(UserName=user)
+        resource = "arn:aws:s3:::mlflow-artifacts" if user == "reader" else "arn:aws:s3:::other-bucket"
+        policy = {"Version": "2012-10-17", "Statement": [
+            {"Effect": "Allow", "Action": actions, "Resource": [resource, resource + "/*"]}]}
+        iam.put_user_policy(UserName=user, PolicyName="s3", PolicyDocument=json.dumps(policy))
+        keys[user] = iam.create_access_key(UserName=user)["AccessKey"]
+    monkeypatch.setattr(settings, "INITIAL_NO_AUTH_ACTION_COUNT", 0)  # from here on moto enforces IAM
+
+    def as_user(user):
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", keys[user]["AccessKeyId"])
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", keys[user]["SecretAccessKey"])
+        monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)  # boto3 keeps the first credentials it resolved
+
+    as_user("reader")
+    assert "listed and read" in check_s3_read_access("s3://mlflow-artifacts/artifacts")
+    checked = run_preflight(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", experiment_name="e",
+                            registered_model_name="m", llm_models=[], serving_storage="s3://mlflow-artifacts/artifacts")
+    assert any(line.startswith("serving storage s3://mlflow-artifacts/artifacts: listed and read") for line in checked)
+    as_user("stranger")
+    with pytest.raises(PreflightError, match=r"selfguided-s3 keys, and s3://mlflow-artifacts/artifacts cannot be read "
+                                             r"with these S3 credentials at http://127\.0\.0\.1:\d+ \(AccessDenied\)"):
+        run_preflight(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", experiment_name="e", registered_model_name="m",
+                      llm_models=[], serving_storage="s3://mlflow-artifacts/artifacts")
+    as_user("reader")
+    monkeypatch.setattr(settings, "INITIAL_NO_AUTH_ACTION_COUNT", float("inf"))
+    with pytest.raises(DataError, match=r"s3://no-such-bucket/x cannot be read .* \(NoSuchBucket\)"):
+        check_s3_read_access("s3://no-such-bucket/x")

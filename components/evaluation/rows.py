@@ -6,20 +6,24 @@ extended with the four criteria) into scored items keyed by (question_id, turn);
 failed, or whose score lies outside the judge's 1-10 scale, is counted as failed with its reason,
 never used as a number. `category_order` is the one rule for the order of categories everywhere
 (judge summary, compare tables, registry metrics): the six writing categories of the paper first,
-in their order, then any other category alphabetically.
+in their order, then any other category alphabetically. `write_evidence` hands judged rows from
+one step to the next as a folder.
 
 Light on purpose (no numpy): the judge step and the registry import it.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import shutil
 from collections import defaultdict
 from dataclasses import dataclass
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, Iterable
 
-from selfguided.components.data import CATEGORIES
+from selfguided.components.data import CATEGORIES, DataError
 from selfguided.components.judging.rules import ROW_KINDS
 from selfguided.components.model.prompting import CRITERIA
 
@@ -185,3 +189,49 @@ def category_means(judgments: Iterable[Mapping[str, Any]]) -> tuple[dict[str, di
     overall = sum(m["overall"] for m in means.values()) / len(means) if means else float("nan")
     return means, overall
 
+
+
+EVIDENCE_INDEX = "rows.json"
+
+
+@dataclass(frozen=True)
+class EvidenceRow:
+    """One judged row of an evidence folder: its judge summary and judgments files."""
+
+    summary: Path
+    judgments: Path
+    trained: bool
+
+
+def write_evidence(folder: str | Path, summary_files: Sequence[str | Path], judgment_files: Sequence[str | Path],
+                   *, trained: int) -> Path:
+    """Judged rows handed on as one folder: every row's judge summary and judgments under
+    `rows/<i>/`, and `rows.json` listing them in order (the first `trained` are trained rows, in
+    the order the pipeline's loop collected the models). The compare step hands its rows to the
+    register step so (pairing each summary with its judgments once); the teacher rows' judge step
+    hands its rows to compare so. No rows is a folder with an empty list."""
+    if len(summary_files) != len(judgment_files):
+        raise DataError(f"{len(summary_files)} judge summaries but {len(judgment_files)} judgments files")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    index = []
+    for i, (summary, judgments) in enumerate(zip(summary_files, judgment_files)):
+        row = folder / "rows" / str(i)
+        row.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(summary, row / "summary.json")
+        shutil.copyfile(judgments, row / "judgments.jsonl")
+        index.append({"summary": f"rows/{i}/summary.json", "judgments": f"rows/{i}/judgments.jsonl",
+                      "trained": i < trained})
+    (folder / EVIDENCE_INDEX).write_text(json.dumps(index, indent=2), encoding="utf-8")
+    return folder
+
+
+def read_evidence(folder: str | Path) -> list[EvidenceRow]:
+    """The rows of a `write_evidence` folder, in order."""
+    folder = Path(folder)
+    try:
+        index = json.loads((folder / EVIDENCE_INDEX).read_text(encoding="utf-8"))
+        return [EvidenceRow(folder / e["summary"], folder / e["judgments"], bool(e["trained"])) for e in index]
+    except (OSError, json.JSONDecodeError, TypeError, KeyError) as exc:
+        raise DataError(f"{folder / EVIDENCE_INDEX}: not a folder of judged rows ({type(exc).__name__}: {exc})"
+                        ) from None

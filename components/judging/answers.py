@@ -1,12 +1,14 @@
 """FastChat `model_answer` rows, as the judges read them: loading with errors that name the file
-and line, the answer text of each turn, and the checks against the questions."""
+and line, the answer text of each turn, the checks against the questions, and a folder holding
+several rows' answers (`write_answer_rows`)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
-from selfguided.components.data import DataError, iter_records
+from selfguided.components.data import DataError, iter_records, write_jsonl
 
 
 def load_answers(path: str | Path, *, allow_empty: bool = False) -> list[dict[str, Any]]:
@@ -49,3 +51,35 @@ def check_answers(answers: list[dict[str, Any]], questions: dict[Any, dict[str, 
         if len(turns) > len(question["turns"]):
             raise DataError(f"{where}: {len(turns)} answer turns for a question of {len(question['turns'])}")
 
+
+
+ANSWER_ROWS_INDEX = "rows.json"
+
+
+def write_answer_rows(folder: str | Path, rows: list[tuple[dict[str, Any], list[dict[str, Any]]]]) -> Path:
+    """Several rows' answers as one folder (a step that answers for several models at once, e.g.
+    every teacher): `rows/<i>/answers.jsonl`, and `rows.json` listing each row's identity (`row_kind`,
+    `base_model`, `row_model`, `generate_seconds`, `answer_cost_usd`, `note`, ...) with its file.
+    No rows is a folder with an empty list."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    index = []
+    for i, (identity, answers) in enumerate(rows):
+        path = folder / "rows" / str(i) / "answers.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_jsonl(path, answers)
+        index.append({**identity, "answers": f"rows/{i}/answers.jsonl"})
+    (folder / ANSWER_ROWS_INDEX).write_text(json.dumps(index, ensure_ascii=False, indent=1), encoding="utf-8")
+    return folder
+
+
+def read_answer_rows(folder: str | Path) -> list[tuple[dict[str, Any], Path]]:
+    """The rows of a `write_answer_rows` folder: (identity, answers file), in order."""
+    folder = Path(folder)
+    try:
+        index = json.loads((folder / ANSWER_ROWS_INDEX).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DataError(f"{folder / ANSWER_ROWS_INDEX}: not a folder of answered rows ({exc})") from None
+    if not isinstance(index, list) or not all(isinstance(e, dict) and "answers" in e for e in index):
+        raise DataError(f"{folder / ANSWER_ROWS_INDEX}: must list {{..., \"answers\": <file>}} objects")
+    return [({k: v for k, v in e.items() if k != "answers"}, folder / e["answers"]) for e in index]

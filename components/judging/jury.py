@@ -4,7 +4,7 @@
 the run's LLM endpoint (`name`) or on an OpenAI-compatible endpoint of its own (`name@url`). A
 judge on its own endpoint gets its own key, never OPENAI_API_KEY (that key is for the run's
 endpoint): the environment variable SELFGUIDED_JUDGE_KEY_<NAME> (NAME upper-cased, other
-characters as `_`), else the file <NAME> in JUDGE_KEYS_DIR (the Secret `selfguided-judge-keys`
+characters as `_`), else the file <NAME> in llm/config.OWN_ENDPOINT_KEYS_DIR (the Secret `selfguided-judge-keys`
 mounted there in a cluster, one key per judge), else a placeholder (vLLM and `selfguided serve`
 take any key). Keys are never pipeline parameters.
 
@@ -29,26 +29,18 @@ own nondeterminism). A judge's score of an item is the mean of its repeats.
 from __future__ import annotations
 
 import hashlib
-import os
-import re
 import statistics
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 from selfguided.components.judging.answers import answer_turns, check_answers
 from selfguided.components.judging.offline import OFFLINE_JUDGE, OFFLINE_JUDGE_NAME, judge_offline
 from selfguided.components.judging.rules import JudgeIdentity, judged_ok, judgment_row
+from selfguided.components.llm.config import own_endpoint_key
 from selfguided.components.model.prompting import CRITERIA
 
 AGGREGATES = ("mean", "median")
-JUDGE_KEY_ENV_PREFIX = "SELFGUIDED_JUDGE_KEY_"
-JUDGE_KEYS_SECRET_NAME = "selfguided-judge-keys"
-JUDGE_KEYS_MOUNT_PATH = "/var/run/secrets/selfguided-judges"
-JUDGE_KEYS_DIR = os.environ.get("SELFGUIDED_JUDGE_KEYS_DIR", JUDGE_KEYS_MOUNT_PATH)
-"""Where the Secret `selfguided-judge-keys` is mounted in a cluster: one file per judge, named by
-`JudgeSpec.key_name`."""
 REPEAT_SAMPLE_PER_CATEGORY = 10
 """Questions per category in the repeated sample (the first by a hash of their id, so every row
 repeats the same questions)."""
@@ -61,20 +53,9 @@ class JudgeSpec:
     model: str
     base_url: str | None = None
 
-    @property
-    def key_name(self) -> str:
-        """NAME of its key: SELFGUIDED_JUDGE_KEY_<NAME>, or the file <NAME> under JUDGE_KEYS_DIR."""
-        return re.sub(r"[^A-Z0-9]", "_", self.model.upper())
-
     def api_key(self) -> str:
-        """Its own endpoint's key (env var, then the mounted Secret's file, then a placeholder)."""
-        key = os.environ.get(JUDGE_KEY_ENV_PREFIX + self.key_name)
-        if key:
-            return key
-        path = Path(JUDGE_KEYS_DIR) / self.key_name
-        if path.is_file():
-            return path.read_text(encoding="utf-8").strip()
-        return "unused"
+        """Its own endpoint's key (llm/config.own_endpoint_key: env var, the mounted Secret's file)."""
+        return own_endpoint_key(self.model)
 
 
 def parse_judges(judges: str | list[str], default: str = "") -> list[JudgeSpec]:

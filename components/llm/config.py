@@ -8,7 +8,9 @@ error `resolved_api_key` raises.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 # USD per 1M tokens (prompt, completion), OpenAI list prices; override with LLMConfig.prices.
 # A dated snapshot ("gpt-4o-2024-08-06") is priced by its longest matching prefix.
@@ -53,7 +55,34 @@ def llm_step_config(step: str, model: str, *, base_url: str, concurrency: int, c
     return LLMConfig(model=model, base_url=base_url or None, concurrency=concurrency, cache=cache or None)
 
 
+OWN_ENDPOINT_KEY_ENV_PREFIX = "SELFGUIDED_JUDGE_KEY_"
 OWN_ENDPOINT_KEY_ENV = "SELFGUIDED_ENDPOINT_API_KEY"
+"""One key for every model on an endpoint of its own that has no key by name (older runs' setting)."""
+OWN_ENDPOINT_KEYS_SECRET_NAME = "selfguided-judge-keys"
+OWN_ENDPOINT_KEYS_MOUNT_PATH = "/var/run/secrets/selfguided-judges"
+OWN_ENDPOINT_KEYS_DIR = os.environ.get("SELFGUIDED_JUDGE_KEYS_DIR", OWN_ENDPOINT_KEYS_MOUNT_PATH)
+"""Where the Secret `selfguided-judge-keys` is mounted in a cluster: one file per model on an
+endpoint of its own (a juror or a teacher), named by `own_endpoint_key_name`."""
+
+
+def own_endpoint_key_name(model: str) -> str:
+    """NAME of the key of `model` on an endpoint of its own: SELFGUIDED_JUDGE_KEY_<NAME>, or the file
+    <NAME> of the Secret selfguided-judge-keys (the model upper-cased, other characters as `_`)."""
+    return re.sub(r"[^A-Z0-9]", "_", model.upper())
+
+
+def own_endpoint_key(model: str) -> str:
+    """The key of `model` on an endpoint of its own, never OPENAI_API_KEY (that key is for the run's
+    endpoint): SELFGUIDED_JUDGE_KEY_<NAME>, else the mounted Secret's file <NAME>, else
+    SELFGUIDED_ENDPOINT_API_KEY, else a placeholder (vLLM and `selfguided serve` take any key)."""
+    name = own_endpoint_key_name(model)
+    key = os.environ.get(OWN_ENDPOINT_KEY_ENV_PREFIX + name)
+    if key:
+        return key
+    path = Path(OWN_ENDPOINT_KEYS_DIR) / name
+    if path.is_file():
+        return path.read_text(encoding="utf-8").strip()
+    return os.environ.get(OWN_ENDPOINT_KEY_ENV) or "unused"
 
 
 def model_endpoint(entry: str, default_base_url: str) -> tuple[str, str]:
@@ -67,13 +96,12 @@ def model_endpoint(entry: str, default_base_url: str) -> tuple[str, str]:
 
 
 def endpoint_config(step: str, entry: str, *, base_url: str, concurrency: int, cache: str) -> "LLMConfig":
-    """The LLMConfig of a model entry (see `model_endpoint`). A model on an endpoint of its own never
-    gets OPENAI_API_KEY (that key is for the run's LLM endpoint): it gets SELFGUIDED_ENDPOINT_API_KEY,
-    or a placeholder, as vLLM and `selfguided serve` accept any key."""
+    """The LLMConfig of a model entry (see `model_endpoint`). A model on an endpoint of its own gets
+    its own key (`own_endpoint_key`), never OPENAI_API_KEY."""
     model, url = model_endpoint(entry, base_url)
     if url != base_url:
         return LLMConfig(model=model, base_url=url, concurrency=concurrency, cache=cache or None,
-                         api_key=os.environ.get(OWN_ENDPOINT_KEY_ENV) or "unused")
+                         api_key=own_endpoint_key(model))
     return llm_step_config(step, model, base_url=base_url, concurrency=concurrency, cache=cache)
 
 
@@ -91,8 +119,10 @@ def check_endpoint(config: "LLMConfig", timeout_s: float = 10.0) -> None:
     try:
         client.models.list()
     except openai.AuthenticationError:
-        raise RuntimeError(f"LLM endpoint {where} refused the API key (401): check OPENAI_API_KEY "
-                           "(in a cluster: Secret selfguided-openai)") from None
+        key = (f"{OWN_ENDPOINT_KEY_ENV_PREFIX}{own_endpoint_key_name(config.model)} (in a cluster: the key "
+               f"{own_endpoint_key_name(config.model)} of Secret {OWN_ENDPOINT_KEYS_SECRET_NAME})"
+               if config.api_key else "OPENAI_API_KEY (in a cluster: Secret selfguided-openai)")
+        raise RuntimeError(f"LLM endpoint {where} refused the API key of {config.model} (401): check {key}") from None
     except openai.PermissionDeniedError:
         raise RuntimeError(f"LLM endpoint {where} denied access (403) to this API key") from None
     except openai.NotFoundError:

@@ -73,6 +73,8 @@ class ModelManifest:
     """train_loss, tokens_per_s, seconds, ... as the finetune step measured them."""
     train_data_sha256: str = ""
     """SHA-256 of the training file (`<arm>.jsonl`)."""
+    replicate: int = 0
+    """Which training-seed replicate of its (base model, arm) this is (0: the first, or the only one)."""
 
     @property
     def display_name(self) -> str:
@@ -120,6 +122,8 @@ def read_manifest(model_dir: str | Path) -> ModelManifest:
     for key in ("config", "train_metrics"):
         if not isinstance(raw.get(key, {}), dict):
             raise _manifest_error(path, f"field {key!r} must be a JSON object")
+    if not isinstance(raw.get("replicate", 0), int) or raw.get("replicate", 0) < 0:
+        raise _manifest_error(path, f"field 'replicate' is {raw['replicate']!r}, expected an integer >= 0")
     known = {f.name for f in fields(ModelManifest)}
     manifest = ModelManifest(**{k: v for k, v in raw.items() if k in known})
     for folder in required_folders(manifest):

@@ -22,6 +22,7 @@ import pandas as pd
 from mlflow import MlflowClient
 
 from selfguided.components.data import DataError
+from selfguided.components.evaluation.rows import read_evidence
 from selfguided.components.model import artifact as trained_model
 from selfguided.components.model.artifact import ModelManifest, read_manifest
 from selfguided.components.registry.logged_model import log_trained_model
@@ -88,7 +89,8 @@ def load_candidates(model_dirs: Sequence[str | Path], summary_files: Sequence[st
     """Candidates from the pipeline loop's collected outputs: the i-th model with the i-th summary.
 
     The loop already paired them; this checks that each pair is what it claims (the summary was
-    made for the model's base model and arm) and raises DataError naming both files otherwise.
+    made for the model's base model, arm and training-seed replicate) and raises DataError naming
+    both files otherwise.
     """
     if not model_dirs:
         raise DataError("no model directories given")
@@ -99,9 +101,10 @@ def load_candidates(model_dirs: Sequence[str | Path], summary_files: Sequence[st
     for model_dir, path, judgments in zip(model_dirs, summary_files, judgment_files):
         candidate = Candidate(model_dir, read_summary(path), Path(judgments) if judgments else None)
         manifest, summary = candidate.manifest, candidate.summary
-        if summary["row_kind"] != "trained" or (summary["base_model"], summary["arm"]) != (manifest.base_model, manifest.arm):
+        claimed = (summary["base_model"], summary["arm"], int(summary.get("replicate", 0) or 0))
+        if summary["row_kind"] != "trained" or claimed != (manifest.base_model, manifest.arm, manifest.replicate):
             raise DataError(f"{path}: judge summary of {summary['row']!r} paired with the model in {model_dir} "
-                            f"({manifest.display_name})")
+                            f"({manifest.display_name}, replicate {manifest.replicate})")
         if train_dir is not None and (Path(train_dir) / f"{manifest.arm}.jsonl").is_file():
             candidate.train_file = Path(train_dir) / f"{manifest.arm}.jsonl"
         candidates.append(candidate)
@@ -116,44 +119,15 @@ class ReferenceRow:
     judgments_file: Path | None = None
 
 
-EVIDENCE_INDEX = "rows.json"
-
-
-def write_evidence(folder: str | Path, summary_files: Sequence[str | Path], judgment_files: Sequence[str | Path],
-                   *, trained: int) -> Path:
-    """The rows the compare step judged, handed to the register step as one folder: every row's judge
-    summary and judgments under `rows/<i>/`, and `rows.json` listing them in the order compare read
-    them (the first `trained` are the trained rows, in the order the pipeline's loop collected the
-    models). Compare pairs each summary with its judgments once; register reads the pairs back."""
-    if len(summary_files) != len(judgment_files):
-        raise DataError(f"{len(summary_files)} judge summaries but {len(judgment_files)} judgments files")
-    folder = Path(folder)
-    index = []
-    for i, (summary, judgments) in enumerate(zip(summary_files, judgment_files)):
-        row = folder / "rows" / str(i)
-        row.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(summary, row / "summary.json")
-        shutil.copyfile(judgments, row / "judgments.jsonl")
-        index.append({"summary": f"rows/{i}/summary.json", "judgments": f"rows/{i}/judgments.jsonl",
-                      "trained": i < trained})
-    (folder / EVIDENCE_INDEX).write_text(json.dumps(index, indent=2), encoding="utf-8")
-    return folder
-
-
 def load_evidence(folder: str | Path, model_dirs: Sequence[str | Path], train_dir: str | Path | None = None
                   ) -> tuple[list[Candidate], list[ReferenceRow]]:
     """The candidates (the i-th model with the i-th trained row, checked by `load_candidates`) and
-    the reference rows of a `write_evidence` folder."""
-    folder = Path(folder)
-    try:
-        index = json.loads((folder / EVIDENCE_INDEX).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise DataError(f"{folder / EVIDENCE_INDEX}: not the compare step's evidence ({exc})") from None
-    trained = [e for e in index if e["trained"]]
-    candidates = load_candidates(model_dirs, [folder / e["summary"] for e in trained],
-                                 [folder / e["judgments"] for e in trained], train_dir=train_dir)
-    references = [ReferenceRow(read_summary(folder / e["summary"]), folder / e["judgments"])
-                  for e in index if not e["trained"]]
+    the reference rows of an evidence folder (evaluation/rows.write_evidence)."""
+    rows = read_evidence(folder)
+    trained = [r for r in rows if r.trained]
+    candidates = load_candidates(model_dirs, [r.summary for r in trained], [r.judgments for r in trained],
+                                 train_dir=train_dir)
+    references = [ReferenceRow(read_summary(r.summary), r.judgments) for r in rows if not r.trained]
     return candidates, references
 
 

@@ -147,6 +147,7 @@ def compare(
     judgments: Input[List[Dataset]],
     reference_summaries: Input[List[Artifact]],
     reference_judgments: Input[List[Dataset]],
+    teacher_rows: Input[Artifact],
     min_improvement: float,
     promotion_tolerance: float,
     min_paired_questions: int,
@@ -166,8 +167,10 @@ def compare(
     Args:
         summaries: the trained rows' judge summaries (the i-th for the i-th judgments file).
         judgments: the trained rows' per-(question, turn) judgments.
-        reference_summaries: the reference rows' judge summaries (base, teacher, champion).
+        reference_summaries: the reference rows' judge summaries (base, champion).
         reference_judgments: the reference rows' judgments.
+        teacher_rows: the teacher rows' judge summaries and judgments, judged by one task (a folder,
+            evaluation/rows.write_evidence; empty without a teacher).
         min_improvement: the one-sided lower confidence bound (alpha 0.02 over the candidate arms) of
             the overall paired difference against the champion (or, first, the base) must exceed it.
         promotion_tolerance: a category credibly worse than the champion's by more than this
@@ -176,7 +179,7 @@ def compare(
         gpu_hour_usd: price of a GPU hour, for the cost per 1000 answers of local models (0: omitted).
         result: the comparison, the gate's decision and every row's metrics (JSON).
         evidence: every row's judge summary and judgments as compare read them, paired (a folder,
-            registry/runs.write_evidence): what the register step logs, without pairing them again.
+            evaluation/rows.write_evidence): what the register step logs, without pairing them again.
         report: the paper's Table 4.1 with CIs, paired differences, length, cost, decision (Markdown).
         report_page: the same with a forest plot, a score-length scatter and a cost-quality chart.
         metrics: the overall score of every row, and the decision, in the Kubeflow UI.
@@ -191,13 +194,14 @@ def compare(
         The gate's decision in one line.
     """
     from selfguided.components.evaluation.gate import PromotionGate
-    from selfguided.components.registry.runs import write_evidence
+    from selfguided.components.evaluation.rows import read_evidence, write_evidence
     from selfguided.components.steps.compare import decision_line, run_compare_step
 
     gate = PromotionGate(min_improvement=min_improvement, promotion_tolerance=promotion_tolerance,
                          min_paired_questions=min_paired_questions)
-    summary_files = [s.path for s in summaries] + [s.path for s in reference_summaries]
-    judgment_files = [j.path for j in judgments] + [j.path for j in reference_judgments]
+    teachers = read_evidence(teacher_rows.path)
+    summary_files = [s.path for s in summaries] + [s.path for s in reference_summaries] + [t.summary for t in teachers]
+    judgment_files = [j.path for j in judgments] + [j.path for j in reference_judgments] + [t.judgments for t in teachers]
     write_evidence(evidence.path, summary_files, judgment_files, trained=len(summaries))
     outcome = run_compare_step(summary_files, judgment_files, result.path, report.path, report_page.path, gate=gate, gpu_hour_usd=gpu_hour_usd,
                                min_judge_agreement=min_judge_agreement, scoring_model=scoring_model,

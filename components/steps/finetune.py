@@ -41,10 +41,9 @@ def run_finetune_step(train_dir: str | Path, base_model: str, arm: str, strategy
     pod then only launches and follows it). Replicate r (a training-seed replicate of its (base model,
     arm)) trains with the config's seed + r."""
     from selfguided.components.data import DataError
-    from selfguided.components.model.artifact import read_manifest
+    from selfguided.components.model.artifact import read_manifest, write_manifest
     from selfguided.components.model.prompting import ARMS
     from selfguided.components.training.config import FinetuneConfig
-    from selfguided.components.training.job import train
 
     train_file = Path(train_dir) / f"{arm}.jsonl"
     if not train_file.exists():
@@ -53,6 +52,20 @@ def run_finetune_step(train_dir: str | Path, base_model: str, arm: str, strategy
     config = FinetuneConfig.from_json(config_json, base_model)
     if replicate:
         config = dataclasses.replace(config, seed=config.seed + int(replicate))
+    metrics = _train_where_asked(train_file, base_model, arm, strategy, config, num_gpus, checkpoint_dir, output_dir,
+                                 num_nodes, gpus_per_node)
+    # The replicate is part of what the model is: register checks its judge summary against it.
+    manifest = read_manifest(output_dir)
+    write_manifest(output_dir, dataclasses.replace(manifest, replicate=int(replicate)))
+    return metrics
+
+
+def _train_where_asked(train_file: Path, base_model: str, arm: str, strategy: str, config, num_gpus: int,
+                       checkpoint_dir: str, output_dir: str | Path, num_nodes: int, gpus_per_node: int
+                       ) -> dict[str, float]:
+    from selfguided.components.model.artifact import read_manifest
+    from selfguided.components.training.job import train
+
     if num_nodes > 1:
         from selfguided.components.training.trainjob import ClusterSettings, finetune_on_trainjob
 

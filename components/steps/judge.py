@@ -13,6 +13,7 @@ import base64
 import html
 import io
 import json
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -221,6 +222,36 @@ def run_judge_step(
     return summary
 
 
+def run_judge_rows(questions_path: str, rows_folder: str, evidence_folder: str, report_path: str, *, model: str,
+                   **options: Any) -> list[dict[str, Any]]:
+    """What the `judge_rows` component does: judge every row of a folder of answered rows
+    (judging/answers.write_answer_rows, e.g. every teacher's) as `run_judge_step` judges one, and
+    hand them on as a folder of judged rows (evaluation/rows.write_evidence). `options` are
+    `run_judge_step`'s keywords (the jury, its cache and endpoint)."""
+    from selfguided.components.evaluation.rows import write_evidence
+    from selfguided.components.judging.answers import read_answer_rows
+
+    judged, reports = [], []
+    with tempfile.TemporaryDirectory() as work:
+        summaries, judgment_files = [], []
+        for i, (row, answers_path) in enumerate(read_answer_rows(rows_folder)):
+            out = Path(work) / str(i)
+            out.mkdir()
+            summary = run_judge_step(
+                questions_path, str(answers_path), model, str(out / "judgments.jsonl"), str(out / "summary.json"),
+                str(out / "report.md"), str(out / "chart.html"), row_kind=row["row_kind"],
+                base_model=row.get("base_model", ""), arm=row.get("arm", ""), row_model=row.get("row_model", ""),
+                generate_seconds=float(row.get("generate_seconds", 0.0)),
+                llm_cost_usd=float(row.get("answer_cost_usd", 0.0)), note=row.get("note", ""), **options)
+            summaries.append(out / "summary.json")
+            judgment_files.append(out / "judgments.jsonl")
+            judged.append(summary)
+            reports.append(judge_report_markdown(summary))
+        write_evidence(evidence_folder, summaries, judgment_files, trained=0)
+    Path(report_path).write_text("\n\n".join(reports) if reports else "No rows to judge.\n", encoding="utf-8")
+    return judged
+
+
 @component(base_image=CPU_IMAGE, install_kfp_package=False)  # the image has kfp
 def judge(
     questions: Input[Dataset],
@@ -290,3 +321,43 @@ def judge(
     for name, value in result["metrics"].items():
         metrics.log_metric(name, value)
     summary.metadata.update({"row": result["row"], "overall": result["overall"]})
+
+
+@component(base_image=CPU_IMAGE, install_kfp_package=False)  # the image has kfp
+def judge_rows(
+    questions: Input[Dataset],
+    rows: Input[Artifact],
+    model: str,
+    concurrency: int,
+    cache: str,
+    base_url: str,
+    judges: str,
+    judge_repeats: int,
+    min_judges: int,
+    jury_aggregate: str,
+    evidence: Output[Artifact],
+    report: Output[Markdown],
+    judge_temperature: float = 0.0,
+):
+    """Grade several rows' answers (e.g. every teacher's, answered by one task) as `judge` grades one.
+
+    Args:
+        questions: eval questions (FastChat question.jsonl).
+        rows: a folder of answered rows and their identities (judging/answers.write_answer_rows).
+        model: judge model name, or `offline-heuristic` for runs without an API.
+        concurrency: concurrent LLM requests.
+        cache: LLM response cache (directory on a PVC or `s3://bucket/prefix`); "" = no cache.
+        base_url: OpenAI-compatible endpoint (Azure, vLLM, ...); "" = OPENAI_BASE_URL or OpenAI.
+        judges: the jury, as for `judge`; "" = `model` alone.
+        judge_repeats: gradings of a stratified sample by every judge (judge noise); 1 = none.
+        min_judges: judges an item needs for a jury score (0 = all).
+        jury_aggregate: `mean` or `median` of the judges' scores.
+        evidence: every row's judge summary and judgments (a folder, evaluation/rows.write_evidence).
+        report: every row's score table (Markdown).
+        judge_temperature: the judges' sampling temperature.
+    """
+    from selfguided.components.steps.judge import run_judge_rows
+
+    run_judge_rows(questions.path, rows.path, evidence.path, report.path, model=model, concurrency=concurrency,
+                   cache=cache, base_url=base_url, judges=judges, repeats=judge_repeats, min_judges=min_judges,
+                   aggregate=jury_aggregate, temperature=judge_temperature)

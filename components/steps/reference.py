@@ -3,10 +3,13 @@
 - `base`: each base model untuned, asked with the plain prompt (the unscored format), so the
   table shows what fine-tuning added;
 - `teacher`: an API model (the paper's ChatGPT row, e.g. gpt-4o-mini) answering through the
-  LLM client layer (cache, rate limits, cost accounting);
+  LLM client layer (cache, rate limits, cost accounting); every teacher is answered by one task
+  on the CPU pool (`answer_teachers`), as it holds no model, and judged by one (`judge.judge_rows`);
 - `champion`: the registered model's current champion, loaded from MLflow and answering in this
   run, so that the gate compares challenger and champion on the same questions by the same judge.
   Greedy decoding and the judge's cache make re-judging an unchanged champion cost nothing.
+
+Base and champion rows run a model: one loop iteration each on the GPU pool (`answer_reference`).
 
 When the registry has no champion yet, or it cannot be loaded, the row has no answers and says
 why (`ReferenceAnswers.note`); the compare step then decides without it, and says so.
@@ -18,26 +21,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, NamedTuple
 
-from kfp.dsl import Dataset, Input, Output
+from kfp.dsl import Artifact, Dataset, Input, Output
 from kfp.dsl.component_decorator import component  # `dsl.component` is absent when a step runs (_KFP_RUNTIME)
 
 from selfguided.components.data import load_questions, write_jsonl
 from selfguided.components.images import GPU_IMAGE, CPU_IMAGE
-from selfguided.components.judging.rules import ROW_KINDS
 
 PLAIN_PROMPT = ("unscored", "condition")  # the arm and strategy whose prompt is the plain one
 
 
-def plan_reference_rows(base_models: List[str], reference_models: List[str], with_champion: bool = True
-                        ) -> List[Dict[str, str]]:
-    """The reference rows of a run, as loop items: every base untuned, every teacher, the champion."""
-    rows = [{"row_kind": "base", "base_model": m, "model": ""} for m in base_models]
+def teacher_models(reference_models: List[str]) -> List[str]:
+    """The teacher rows' models, each once (`name` or `name@url`); two entries with one name are an error."""
     teachers = list(dict.fromkeys(m.strip() for m in reference_models if m.strip()))
     names = [m.partition("@")[0] for m in teachers]
     if len(set(names)) != len(names):
         raise ValueError(f"reference_models names a model twice ({', '.join(teachers)}): each teacher row needs "
                          "its own name")
-    rows += [{"row_kind": "teacher", "base_model": "", "model": m} for m in teachers]
+    return teachers
+
+
+def plan_reference_rows(base_models: List[str], with_champion: bool = True) -> List[Dict[str, str]]:
+    """The reference rows that run a model on the GPU pool, as loop items: every base untuned, and the
+    champion. Teachers only call an API: `answer_teachers` answers them all on the CPU pool."""
+    rows = [{"row_kind": "base", "base_model": m, "model": ""} for m in base_models]
     if with_champion:
         rows.append({"row_kind": "champion", "base_model": "", "model": ""})
     return rows
@@ -126,18 +132,16 @@ def answer_champion(questions: list[dict[str, Any]], *, registered_model_name: s
 
 
 def answer_reference_row(row: dict[str, str], questions_file: str | Path, answers_file: str | Path, *,
-                         max_new_tokens: int, registered_model_name: str, tracking_uri: str, llm_base_url: str = "",
-                         llm_concurrency: int = 8, llm_cache: str = "", workdir: str | Path = ".") -> ReferenceAnswers:
-    """What the KFP component does: answer the questions as `row` says, write the answers."""
+                         max_new_tokens: int, registered_model_name: str, tracking_uri: str,
+                         workdir: str | Path = ".") -> ReferenceAnswers:
+    """What the `answer_reference` component does: answer the questions as the base or champion
+    `row` says, write the answers. (Teachers: `answer_teacher_rows`, on the CPU pool.)"""
     kind = row.get("row_kind")
-    if kind not in ROW_KINDS or kind == "trained":
-        raise ValueError(f"not a reference row: {row!r} (row_kind must be base, teacher or champion)")
+    if kind not in ("base", "champion"):
+        raise ValueError(f"not a base or champion row: {row!r} (teacher rows are answered by answer_teachers)")
     questions = load_questions(questions_file)
     if kind == "base":
         result = answer_base(row["base_model"], questions, max_new_tokens=max_new_tokens)
-    elif kind == "teacher":
-        result = answer_teacher(row["model"], questions, base_url=llm_base_url, concurrency=llm_concurrency,
-                                cache=llm_cache)
     else:
         result = answer_champion(questions, registered_model_name=registered_model_name, tracking_uri=tracking_uri,
                                  max_new_tokens=max_new_tokens, workdir=workdir)
@@ -148,12 +152,61 @@ def answer_reference_row(row: dict[str, str], questions_file: str | Path, answer
     return result
 
 
+def answer_teacher_rows(reference_models: List[str], questions_file: str | Path, folder: str | Path, *,
+                        llm_base_url: str = "", llm_concurrency: int = 8, llm_cache: str = "") -> List[ReferenceAnswers]:
+    """What the `answer_teachers` component does: every teacher answers the questions, one after
+    the other, into one folder (judging/answers.write_answer_rows; none = an empty folder)."""
+    from selfguided.components.judging.answers import write_answer_rows
+
+    questions = load_questions(questions_file)
+    results, rows = [], []
+    for model in teacher_models(reference_models):
+        result = answer_teacher(model, questions, base_url=llm_base_url, concurrency=llm_concurrency, cache=llm_cache)
+        results.append(result)
+        rows.append(({"row_kind": "teacher", "base_model": "", "row_model": result.row_model,
+                      "generate_seconds": result.generate_seconds, "answer_cost_usd": result.answer_cost_usd,
+                      "note": result.note}, result.answers))
+        print(f"[selfguided] reference teacher {result.row_model}: {len(result.answers)} questions answered in "
+              f"{result.generate_seconds:.0f} s, {result.answer_cost_usd:.4f} USD", flush=True)
+    write_answer_rows(folder, rows)
+    if not rows:
+        print("[selfguided] no teacher row (reference_models is empty)", flush=True)
+    return results
+
+
 @component(base_image=CPU_IMAGE, install_kfp_package=False)  # the image has kfp
-def plan_references(base_models: List[str], reference_models: List[str]) -> List[dict]:
-    """Every reference row to evaluate, as loop items: each base untuned, each teacher, the champion."""
+def plan_references(base_models: List[str]) -> List[dict]:
+    """The reference rows that run a model (each base untuned, the champion), as loop items."""
     from selfguided.components.steps.reference import plan_reference_rows
 
-    return plan_reference_rows(base_models, reference_models)
+    return plan_reference_rows(base_models)
+
+
+@component(base_image=CPU_IMAGE, install_kfp_package=False)  # the image has kfp
+def answer_teachers(
+    reference_models: List[str],
+    questions: Input[Dataset],
+    llm_base_url: str,
+    llm_concurrency: int,
+    llm_cache: str,
+    answers: Output[Artifact],
+):
+    """Every teacher row (an API model: the paper's ChatGPT row) answers the test questions, on the
+    CPU pool: a teacher only calls its endpoint.
+
+    Args:
+        reference_models: the teachers, `name` (on llm_base_url) or `name@http://host/v1` (an endpoint
+            of its own, its key from the selfguided-judge-keys Secret); [] = no teacher row.
+        questions: the test questions (FastChat question.jsonl).
+        llm_base_url: OpenAI-compatible endpoint ("" = OPENAI_BASE_URL or OpenAI).
+        llm_concurrency: concurrent requests per teacher.
+        llm_cache: LLM response cache (a path on the cache volume or `s3://bucket/prefix`).
+        answers: a folder of every teacher's answers and identity (judging/answers.write_answer_rows).
+    """
+    from selfguided.components.steps.reference import answer_teacher_rows
+
+    answer_teacher_rows(reference_models, questions.path, answers.path, llm_base_url=llm_base_url,
+                        llm_concurrency=llm_concurrency, llm_cache=llm_cache)
 
 
 @component(base_image=GPU_IMAGE, install_kfp_package=False)  # the image has kfp
@@ -163,27 +216,21 @@ def answer_reference(
     max_new_tokens: int,
     registered_model_name: str,
     tracking_uri: str,
-    llm_base_url: str,
-    llm_concurrency: int,
-    llm_cache: str,
     answers: Output[Dataset],
 ) -> NamedTuple("Outputs", [("row_model", str), ("generate_seconds", float), ("answer_cost_usd", float),
                             ("note", str), ("fallback", str)]):
-    """Answer the test questions as a reference row: an untuned base, a teacher API model, or the champion.
+    """Answer the test questions as a reference row that runs a model: an untuned base, or the champion.
 
     Args:
-        row: {"row_kind": "base" | "teacher" | "champion", "base_model", "model"}.
+        row: {"row_kind": "base" | "champion", "base_model", "model"}.
         questions: the test questions (FastChat question.jsonl).
         max_new_tokens: longest answer per turn of a local model.
         registered_model_name: where the champion is looked up.
         tracking_uri: the MLflow tracking server.
-        llm_base_url: OpenAI-compatible endpoint for teacher rows ("" = OPENAI_BASE_URL or OpenAI).
-        llm_concurrency: concurrent teacher requests.
-        llm_cache: LLM response cache (teacher rows).
         answers: FastChat model_answer rows (empty when the row could not answer; see `note`).
 
     Returns:
-        row_model (teacher model or champion version), generate_seconds, answer_cost_usd, note
+        row_model (the champion's version), generate_seconds, answer_cost_usd (0), note
         (why the row has no answers), fallback (JSON of the champion's logged metrics and judge,
         when it exists but could not be re-evaluated).
     """
@@ -195,7 +242,6 @@ def answer_reference(
 
     result = answer_reference_row(row, questions.path, answers.path, max_new_tokens=max_new_tokens,
                                   registered_model_name=registered_model_name, tracking_uri=tracking_uri,
-                                  llm_base_url=llm_base_url, llm_concurrency=llm_concurrency, llm_cache=llm_cache,
                                   workdir=tempfile.mkdtemp())
     fallback = json.dumps({"metrics": result.fallback_metrics, "judge": result.fallback_judge}) \
         if result.fallback_metrics else ""

@@ -39,7 +39,7 @@ def register(
     Args:
         models: trained model directories (finetune outputs), one per (base model, arm, replicate),
             in the order the loop collected them.
-        evidence: the compare step's rows (registry/runs.write_evidence): every row's judge summary
+        evidence: the compare step's rows (evaluation/rows.write_evidence): every row's judge summary
             and judgments, the trained rows first, in the models' order.
         evaluation: the compare step's result (comparison, decision, challenger, metrics).
         evaluation_report: the compare step's Markdown report (logged on the parent run).
