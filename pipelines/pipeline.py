@@ -24,7 +24,7 @@ from kfp import dsl, kubernetes
 from selfguided.components.steps.compare import compare
 from selfguided.components.data import HELD_OUT_CATEGORIES, REFERENCE_CATEGORIES
 from selfguided.components.steps.deploy import deploy
-from selfguided.components.steps.finetune import finetune, finetune_pod_gpus
+from selfguided.components.steps.finetune import finetune, finetune_placement
 from selfguided.components.images import CPU_STEP_RESOURCES
 from selfguided.components.steps.preflight import preflight
 from selfguided.components.model.prompting import ARMS
@@ -74,12 +74,19 @@ def _sized_gpu(task: dsl.PipelineTask) -> dsl.PipelineTask:
     return task.set_cpu_request(cpu).set_cpu_limit(cpu).set_memory_request(memory).set_memory_limit(memory)
 
 
-def _on_gpu_pool(task: dsl.PipelineTask, num_gpus) -> dsl.PipelineTask:
-    """Request GPUs and schedule on the GPU node pool, with /dev/shm large enough for dataloaders/NCCL."""
+def _on_gpu_pool(task: dsl.PipelineTask, num_gpus, node_selector=None, tolerations=None) -> dsl.PipelineTask:
+    """Request GPUs and schedule on the GPU node pool, with /dev/shm large enough for dataloaders/NCCL.
+    `node_selector` / `tolerations`: task outputs that decide the pool at run time (None: the GPU pool)."""
     task.set_accelerator_type(platform.GPU_RESOURCE).set_accelerator_limit(num_gpus)
-    kubernetes.add_node_selector(task, platform.GPU_NODE_SELECTOR_KEY, platform.GPU_NODE_SELECTOR_VALUE)
-    kubernetes.add_toleration(task, key=platform.GPU_TOLERATION_KEY, operator="Exists",
-                              effect=platform.GPU_TOLERATION_EFFECT)
+    if node_selector is None:
+        kubernetes.add_node_selector(task, platform.GPU_NODE_SELECTOR_KEY, platform.GPU_NODE_SELECTOR_VALUE)
+    else:
+        kubernetes.add_node_selector_json(task, node_selector)
+    if tolerations is None:
+        kubernetes.add_toleration(task, key=platform.GPU_TOLERATION_KEY, operator="Exists",
+                                  effect=platform.GPU_TOLERATION_EFFECT)
+    else:
+        kubernetes.add_toleration_json(task, tolerations)
     kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory",
                                size_limit=platform.SHM_SIZE)
     return task
@@ -249,14 +256,19 @@ def self_guided_pipeline(
     _sized(plan, "light").set_display_name("plan runs")
     with dsl.ParallelFor(plan.output, name="model-and-arm") as run:
         # In the loop: kfp.local cannot pass a task output from outside a ParallelFor into it.
-        pod_gpus = finetune_pod_gpus(num_gpus=num_gpus, num_nodes=num_nodes)  # 0 when a TrainJob holds the GPUs
-        _sized(pod_gpus, "light").set_display_name("finetune pod GPUs")
+        # Its own pod: num_gpus on the GPU pool; with num_nodes > 1 no GPU and no GPU node (a TrainJob
+        # holds them), decided at run time from the pipeline parameter.
+        placement = finetune_placement(num_gpus=num_gpus, num_nodes=num_nodes, node_selector=platform.GPU_NODE_SELECTOR,
+                                       tolerations=platform.GPU_TOLERATIONS)
+        _sized(placement, "light").set_display_name("finetune pod placement")
         finetune_task = finetune(
             train_data=split_task.outputs["train"], base_model=run.base_model, arm=run.arm, strategy=strategy,
-            config_json=finetune_config, num_gpus=pod_gpus.output, checkpoint_dir=checkpoint_dir,
+            config_json=finetune_config, num_gpus=placement.outputs["gpus"], checkpoint_dir=checkpoint_dir,
             replicate=run.replicate, num_nodes=num_nodes, gpus_per_node=num_gpus,
         ).set_display_name("finetune")
-        _sized_gpu(_with_cache_volume(_on_gpu_pool(finetune_task, pod_gpus.output))).set_retry(
+        _sized_gpu(_with_cache_volume(_on_gpu_pool(finetune_task, placement.outputs["gpus"],
+                                                   node_selector=placement.outputs["node_selector"],
+                                                   tolerations=placement.outputs["tolerations"]))).set_retry(
             num_retries=3, backoff_duration="120s")
         finetune_task.set_env_variable("HF_HOME", platform.HF_HOME)
         for name, value in platform.TRAINJOB_ENV.items():  # where a multi-node TrainJob runs (trainjob.py)

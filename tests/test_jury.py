@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import random
+from pathlib import Path
 
 import pytest
 from llm_server import FakeOpenAI
@@ -194,6 +195,15 @@ def test_the_compare_hook_adds_the_section_per_judge_metrics_and_refuses_below_m
     result = {"decision": {"promote": True, "reasons": []}, "metrics": {}}
     review_judges(result, [s for s, _ in files], [j for _, j in files], min_agreement=alpha - 0.01)
     assert result["decision"]["promote"] is True
+    # one judge: no agreement to measure; the gate says it did not check rather than stay silent
+    for path in (j for _, j in files):
+        rows = [json.loads(line) for line in Path(path).read_text().splitlines()]
+        write_jsonl(path, [{**r, "judges": r["judges"][:1]} for r in rows])
+    result = {"decision": {"promote": True, "reasons": []}, "metrics": {}}
+    review_judges(result, [s for s, _ in files], [j for _, j in files], min_agreement=0.5)
+    assert result["decision"]["promote"] is True
+    assert any("--min-judge-agreement 0.5 was not checked" in r and "had 1 (gpt-4o-mini)" in r
+               for r in result["decision"]["reasons"])
 
 
 def test_a_single_judge_graded_repeatedly_scores_the_mean_of_its_repeats(tmp_path):

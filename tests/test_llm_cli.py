@@ -126,6 +126,10 @@ def test_judge_single_and_pair(server, tmp_path, capsys):
                       "-o", tmp_path / "pair.jsonl") == 2
     assert "needs --baseline" in capsys.readouterr().err
     assert selfguided("judge", tmp_path / "questions.jsonl", tmp_path / "small.jsonl", "--mode", "pair",
+                      "--baseline", tmp_path / "ref.jsonl", "--judges", "a,b", "--judge-repeats", "2",
+                      "-o", tmp_path / "pair.jsonl") == 2  # a jury is not silently dropped
+    assert "--judges, --judge-repeats grade with a jury, in --mode single only" in capsys.readouterr().err
+    assert selfguided("judge", tmp_path / "questions.jsonl", tmp_path / "small.jsonl", "--mode", "pair",
                       "--baseline", tmp_path / "ref.jsonl", "-o", tmp_path / "pair.jsonl") == 0
     pairs = read_jsonl(tmp_path / "pair.jsonl")
     assert [r["winner"] for r in pairs] == ["model_2"] * 3 and pairs[0]["model_2"] == "ref"

@@ -35,11 +35,15 @@ def _requests(path: Path) -> dict[str, dict]:
         resources = executor["container"].get("resources", {})
         assert resources.get("resourceCpuRequest") and resources.get("resourceMemoryRequest"), f"{name}: no requests"
         selector = k8s.get(name, {}).get("nodeSelector", {}).get("labels", {})
+        # finetune's pool is a task output (finetune_placement): the GPU pool on one node, no GPU
+        # and no GPU node when a multi-node TrainJob holds them; its request must fit either
+        placed_at_run_time = "nodeSelectorJson" in k8s.get(name, {}).get("nodeSelector", {})
         found[name] = {
             "cpu": _cpu(resources["resourceCpuRequest"]), "memory": _gib(resources["resourceMemoryRequest"]),
             "cpu_limit": _cpu(resources["resourceCpuLimit"]), "memory_limit": _gib(resources["resourceMemoryLimit"]),
             "gpu": "accelerator" in resources,
-            "on_gpu_pool": selector.get(platform.GPU_NODE_SELECTOR_KEY) == platform.GPU_NODE_SELECTOR_VALUE,
+            "on_gpu_pool": selector.get(platform.GPU_NODE_SELECTOR_KEY) == platform.GPU_NODE_SELECTOR_VALUE
+            or placed_at_run_time,
         }
     return found
 

@@ -41,6 +41,10 @@ def test_gpu_steps_ask_for_gpus_on_the_gpu_node_pool_with_shared_memory(compiled
         assert container["image"] == platform.GPU_IMAGE
         assert container["resources"]["accelerator"]["resourceType"] == platform.GPU_RESOURCE
         config = kube[f"exec-{step}"]
+        if step == "finetune":  # the pool is finetune_placement's output (tests/test_trainjob.py)
+            assert config["nodeSelector"]["nodeSelectorJson"]["taskOutputParameter"] == {
+                "outputParameterKey": "node_selector", "producerTask": "finetune-placement"}
+            continue
         assert config["nodeSelector"]["labels"] == {platform.GPU_NODE_SELECTOR_KEY: platform.GPU_NODE_SELECTOR_VALUE}
         assert {"key": platform.GPU_TOLERATION_KEY, "operator": "Exists",
                 "effect": platform.GPU_TOLERATION_EFFECT} in config["tolerations"]

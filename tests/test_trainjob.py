@@ -264,12 +264,13 @@ def test_multi_node_refuses_a_setup_the_memory_plan_rejects_before_creating_anyt
 
 
 def test_compiled_with_two_nodes_the_finetune_task_launches_a_trainjob_and_asks_for_no_gpu(tmp_path):
-    """The finetune task's GPU count is the finetune-pod-gpus task's output: 0 with num_nodes=2
-    (the TrainJob's pods hold the GPUs), num_gpus on one node; the task carries num_nodes and where
-    the TrainJob runs."""
+    """The finetune task's GPU count, node selector and tolerations are the finetune-placement task's
+    outputs: no GPU and no GPU node with num_nodes=2 (the TrainJob's pods hold them; a launcher on a
+    GPU node would take its CPU and memory from them), num_gpus on the GPU pool on one node; the task
+    carries num_nodes and where the TrainJob runs."""
     from kfp import compiler
 
-    from selfguided.components.steps.finetune import finetune_pod_gpus
+    from selfguided.components.steps.finetune import finetune_placement
     from selfguided.pipelines import platform
     from selfguided.pipelines.pipeline import self_guided_pipeline
 
@@ -278,14 +279,25 @@ def test_compiled_with_two_nodes_the_finetune_task_launches_a_trainjob_and_asks_
     spec, kube = list(yaml.safe_load_all(path.read_text()))[:2]
     assert spec["root"]["inputDefinitions"]["parameters"]["num_nodes"]["defaultValue"] == 2
     accelerator = spec["deploymentSpec"]["executors"]["exec-finetune"]["container"]["resources"]["accelerator"]
-    assert accelerator["resourceCount"] == "{{$.inputs.parameters['pipelinechannel--finetune-pod-gpus-Output']}}"
-    assert finetune_pod_gpus.python_func(num_gpus=8, num_nodes=2) == 0
-    assert finetune_pod_gpus.python_func(num_gpus=8, num_nodes=1) == 8  # one node: as before
+    assert accelerator["resourceCount"] == "{{$.inputs.parameters['pipelinechannel--finetune-placement-gpus']}}"
+    placement = kube["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-finetune"]
+    assert placement["nodeSelector"]["nodeSelectorJson"]["taskOutputParameter"]["producerTask"] == "finetune-placement"
+    assert placement["tolerations"] == [{"tolerationJson": {"taskOutputParameter": {
+        "outputParameterKey": "tolerations", "producerTask": "finetune-placement"}}}]
+    place = finetune_placement.python_func
+    assert tuple(place(num_gpus=8, num_nodes=2, node_selector=platform.GPU_NODE_SELECTOR,
+                       tolerations=platform.GPU_TOLERATIONS)) == (0, {}, [])
+    assert tuple(place(num_gpus=8, num_nodes=1, node_selector=platform.GPU_NODE_SELECTOR,
+                       tolerations=platform.GPU_TOLERATIONS)) == (8, platform.GPU_NODE_SELECTOR, platform.GPU_TOLERATIONS)
     (loop,) = [c for c in spec["components"].values() if "finetune" in c.get("dag", {}).get("tasks", {})]
-    inputs = loop["dag"]["tasks"]["finetune"]["inputs"]["parameters"]
+    tasks = loop["dag"]["tasks"]
+    inputs = tasks["finetune"]["inputs"]["parameters"]
     assert inputs["num_nodes"]["componentInputParameter"].endswith("num_nodes")
     assert inputs["gpus_per_node"]["componentInputParameter"].endswith("num_gpus")  # the TrainJob's per node
-    assert inputs["num_gpus"]["taskOutputParameter"]["producerTask"] == "finetune-pod-gpus"  # its own
+    assert inputs["num_gpus"]["taskOutputParameter"]["producerTask"] == "finetune-placement"  # its own
+    constants = tasks["finetune-placement"]["inputs"]["parameters"]
+    assert constants["node_selector"]["runtimeValue"]["constant"] == platform.GPU_NODE_SELECTOR
+    assert constants["tolerations"]["runtimeValue"]["constant"] == platform.GPU_TOLERATIONS
     env = {e["name"]: e["value"] for e in spec["deploymentSpec"]["executors"]["exec-finetune"]["container"]["env"]}
     assert env["SELFGUIDED_SHARED_PVC"] == platform.CACHE_PVC_NAME
     assert json.loads(env["SELFGUIDED_GPU_NODE_SELECTOR"]) == platform.GPU_NODE_SELECTOR

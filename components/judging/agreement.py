@@ -434,7 +434,7 @@ def review_judges(result: dict[str, Any], summary_files: Sequence[str], judgment
     on the compare result: `result["judges"]` (the figures), per-judge metrics added to
     `result["metrics"][row]`, the plain-words warnings appended to the decision's reasons, and a
     refusal (promote false, its reason first) when alpha is below `min_agreement`. A jury of one
-    changes nothing but the section."""
+    changes nothing but the section, and says so when `min_agreement` was asked for."""
     import json
 
     from selfguided.components.data import read_jsonl
@@ -449,11 +449,15 @@ def review_judges(result: dict[str, Any], summary_files: Sequence[str], judgment
                                   summary.get("arm", ""), summary.get("jury")))
     agreement = jury_agreement(rows, scoring_model=scoring_model)
     result["judges"] = agreement.to_dict()
+    decision = result["decision"]
     if len(agreement.judges) < 2:
+        if min_agreement > 0:  # asked for, not measurable: said, not silent
+            decision["reasons"].append(
+                f"--min-judge-agreement {min_agreement:g} was not checked: it needs a jury of two or more judges "
+                f"(--judges), this run had {len(agreement.judges)} ({', '.join(agreement.judges) or 'none'})")
         return agreement.to_markdown()
     for row, values in agreement.metrics().items():
         result.setdefault("metrics", {}).setdefault(row, {}).update(values)
-    decision = result["decision"]
     refusal = agreement.refusal(min_agreement)
     if refusal and decision["promote"]:
         decision["promote"] = False

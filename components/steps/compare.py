@@ -71,16 +71,29 @@ def _evaluate(summary_files: Sequence[str], judgment_files: Sequence[str], gate:
 
 
 def run_compare(summary_files: Sequence[str], judgment_files: Sequence[str], *, gate: PromotionGate,
-                gpu_hour_usd: float = 0.0) -> dict[str, Any]:
-    """Everything the compare step decides, as the JSON the register step reads.
+                gpu_hour_usd: float = 0.0, min_judge_agreement: float = 0.0, scoring_model: str = "") -> dict[str, Any]:
+    """Everything the compare step decides, as the JSON the register step reads (the step's own
+    decision, jury hook included, without writing the reports).
 
     The i-th summary file belongs to the i-th judgments file (as the pipeline's loops collected
     them; checked against the judgments' model). The challenger is the best candidate arm
     (evaluation.gate.pick_challenger); its bar is the registry's champion re-evaluated in this run,
     or with no champion yet the untuned base row of its base model (evaluation.gate).
     """
+    return _decide(summary_files, judgment_files, gate=gate, gpu_hour_usd=gpu_hour_usd,
+                   min_judge_agreement=min_judge_agreement, scoring_model=scoring_model)[1]
+
+
+def _decide(summary_files: Sequence[str], judgment_files: Sequence[str], *, gate: PromotionGate, gpu_hour_usd: float,
+            min_judge_agreement: float, scoring_model: str) -> tuple[Evaluation, dict[str, Any], str]:
+    """(the evaluation, the result JSON, the Judges section): the gate's decision, then the jury's
+    agreement (judging/agreement.py: per-judge metrics, its warnings in the decision, and a refusal
+    when the judges agree less than min_judge_agreement)."""
     evaluation, context = _evaluate(summary_files, judgment_files, gate, gpu_hour_usd)
-    return _result(evaluation, context)
+    result = _result(evaluation, context)
+    judges = review_judges(result, summary_files, judgment_files, scoring_model=scoring_model,
+                           min_agreement=min_judge_agreement)
+    return evaluation, result, judges
 
 
 def _result(evaluation: Evaluation, context: Mapping[str, Any]) -> dict[str, Any]:
@@ -102,12 +115,8 @@ def run_compare_step(summary_files: Sequence[str], judgment_files: Sequence[str]
     """What the KFP component does: decide, then write the JSON result and both reports. With a
     tracking URI, the report also says how the judges fared against the editors' HUMAN scores of
     earlier runs' review samples (registry/review.py)."""
-    evaluation, context = _evaluate(summary_files, judgment_files, gate, gpu_hour_usd)
-    result = _result(evaluation, context)
-    # The jury's agreement (judging/agreement.py): a Judges section, per-judge metrics, its warnings
-    # in the decision, and a refusal when the judges agree less than min_judge_agreement.
-    judges = review_judges(result, summary_files, judgment_files, scoring_model=scoring_model,
-                           min_agreement=min_judge_agreement)
+    evaluation, result, judges = _decide(summary_files, judgment_files, gate=gate, gpu_hour_usd=gpu_hour_usd,
+                                         min_judge_agreement=min_judge_agreement, scoring_model=scoring_model)
     comparison, decision = evaluation.comparison, GateDecision.from_dict(result["decision"])
     notes = "".join(f"\n- {note}" for note in result["notes"])
     section = [ReportSection("Judges", judges.partition("\n")[2].strip())]  # review_judges writes "## Judges" first

@@ -22,6 +22,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 from kfp.dsl import Dataset, Input, Metrics, Model, Output
 from kfp.dsl.component_decorator import component  # `dsl.component` is absent when a step runs (_KFP_RUNTIME)
@@ -172,11 +173,27 @@ def finetune(
 
 
 
+def pod_placement(num_gpus: int, num_nodes: int, node_selector: dict, tolerations: list) -> tuple[int, dict, list]:
+    """(GPUs, node selector, tolerations) of the finetune task's own pod: num_gpus on the GPU pool on
+    one node; with num_nodes > 1 the TrainJob's pods hold the GPUs and the task only launches and
+    follows it, so it asks for no GPU and is not pinned to the GPU pool (it would take a GPU node's
+    CPU and memory from the TrainJob's own pods)."""
+    if num_nodes > 1:
+        return 0, {}, []
+    return num_gpus, dict(node_selector), list(tolerations)
+
+
 @component(base_image=CPU_IMAGE, install_kfp_package=False)
-def finetune_pod_gpus(num_gpus: int, num_nodes: int) -> int:
-    """GPUs the finetune task's own pod asks for: num_gpus on one node; none when num_nodes > 1
-    (the TrainJob's pods hold the GPUs, the task only launches and follows it)."""
-    return 0 if num_nodes > 1 else num_gpus
+def finetune_placement(num_gpus: int, num_nodes: int, node_selector: dict, tolerations: list
+                       ) -> NamedTuple("Outputs", [("gpus", int), ("node_selector", dict), ("tolerations", list)]):
+    """Where the finetune task's own pod runs (`pod_placement`): its GPU count, node selector and
+    tolerations, as task outputs the pipeline sets on the finetune task at run time."""
+    from collections import namedtuple
+
+    from selfguided.components.steps.finetune import pod_placement
+
+    return namedtuple("Outputs", ["gpus", "node_selector", "tolerations"])(
+        *pod_placement(num_gpus, num_nodes, node_selector, tolerations))
 
 
 if __name__ == "__main__":

@@ -230,6 +230,14 @@ def run_judge(args: argparse.Namespace) -> int:
     if args.mode == "pair" and args.baseline is None:
         print("judge: --mode pair needs --baseline ANSWERS.jsonl", file=sys.stderr)
         return 2
+    jury_options = {"--judges": args.judges != "", "--judge-repeats": args.judge_repeats != 1,
+                    "--judge-temperature": args.judge_temperature != 0.0, "--min-judges": args.min_judges != 0,
+                    "--jury-aggregate": args.aggregate != "mean"}
+    if args.mode == "pair" and any(jury_options.values()):
+        given = ", ".join(name for name, set_ in jury_options.items() if set_)
+        print(f"judge: {given} grade with a jury, in --mode single only; --mode pair compares with one judge "
+              "(--model)", file=sys.stderr)
+        return 2
     config = _checked_config("judge", args)
     if config is None:
         return 2
