@@ -100,8 +100,8 @@ def _with_llm_secret(task: dsl.PipelineTask) -> dsl.PipelineTask:
 
 
 def _with_judge_keys(task: dsl.PipelineTask) -> dsl.PipelineTask:
-    # one key per jury judge on its own endpoint (judging/jury.py reads <mount>/<NAME>); optional,
-    # a jury on the run's endpoint or the offline judge needs none.
+    # one key per model on an endpoint of its own, a juror or a teacher `name@url`
+    # (llm/config.own_endpoint_key reads <mount>/<NAME>); optional, models on the run's endpoint need none.
     kubernetes.use_secret_as_volume(task, platform.JUDGE_KEYS_SECRET_NAME, mount_path=platform.JUDGE_KEYS_MOUNT_PATH,
                                     optional=True)
     return task
@@ -124,6 +124,13 @@ def _with_mlflow_secret(task: dsl.PipelineTask) -> dsl.PipelineTask:
 def _with_cache_volume(task: dsl.PipelineTask) -> dsl.PipelineTask:
     kubernetes.mount_pvc(task, pvc_name=platform.CACHE_PVC_NAME, mount_path=platform.CACHE_MOUNT_PATH)
     return task
+
+
+def _llm_task(task: dsl.PipelineTask) -> dsl.PipelineTask:
+    """A CPU task that calls LLMs (judge, teachers): the run's key and the keys of models on endpoints
+    of their own, S3 and the cache volume for the LLM cache, retried (the cache makes a retry cheap)."""
+    return _sized(_with_s3_secret(_with_llm_secret(_with_judge_keys(_with_cache_volume(task)))), "llm").set_retry(
+        num_retries=2, backoff_duration="60s")
 
 
 @dsl.pipeline(
@@ -252,6 +259,10 @@ def self_guided_pipeline(
     ).set_display_name("split per arm").set_caching_options(False)
     _sized(_with_s3_secret(_with_cache_volume(split_task)), "light")
 
+    # Every row is graded by the same jury (one judge by default), with the same settings.
+    jury = dict(model=judge_model, concurrency=llm_concurrency, cache=llm_cache, base_url=llm_base_url, judges=judges,
+                judge_repeats=judge_repeats, min_judges=min_judges, jury_aggregate=jury_aggregate,
+                judge_temperature=judge_temperature)
     plan = plan_runs(base_models=base_models, arms=arms, replicates=replicates)
     _sized(plan, "light").set_display_name("plan runs")
     with dsl.ParallelFor(plan.output, name="model-and-arm") as run:
@@ -287,13 +298,10 @@ def self_guided_pipeline(
             questions=split_task.outputs["questions"], answers=generate_task.outputs["answers"],
             row_kind="trained", base_model=run.base_model, arm=run.arm, row_model="",
             generate_seconds=generate_task.outputs["Output"], answer_cost_usd=0.0, note="", fallback="",
-            model=judge_model, concurrency=llm_concurrency, cache=llm_cache, base_url=llm_base_url,
-            judges=judges, judge_repeats=judge_repeats, min_judges=min_judges, jury_aggregate=jury_aggregate,
-            judge_temperature=judge_temperature,
+            **jury,
             replicate=run.replicate,
         ).set_display_name("judge answers")
-        _sized(_with_s3_secret(_with_llm_secret(_with_judge_keys(_with_cache_volume(judge_task)))), "llm").set_retry(
-            num_retries=2, backoff_duration="60s")
+        _llm_task(judge_task)
 
     references = plan_references(base_models=base_models)
     _sized(references, "light").set_display_name("plan reference rows")
@@ -311,12 +319,9 @@ def self_guided_pipeline(
             generate_seconds=answer_task.outputs["generate_seconds"],
             answer_cost_usd=answer_task.outputs["answer_cost_usd"], note=answer_task.outputs["note"],
             fallback=answer_task.outputs["fallback"],
-            model=judge_model, concurrency=llm_concurrency, cache=llm_cache, base_url=llm_base_url,
-            judges=judges, judge_repeats=judge_repeats, min_judges=min_judges, jury_aggregate=jury_aggregate,
-            judge_temperature=judge_temperature,
+            **jury,
         ).set_display_name("judge reference answers")
-        _sized(_with_s3_secret(_with_llm_secret(_with_judge_keys(_with_cache_volume(reference_judge)))), "llm").set_retry(
-            num_retries=2, backoff_duration="60s")
+        _llm_task(reference_judge)
 
     # Teachers only call an API: one task answers them all and one judges them, on the CPU pool
     # (no loop: an empty ParallelFor breaks kfp.local, and a teacher needs no GPU).
@@ -324,16 +329,12 @@ def self_guided_pipeline(
         reference_models=reference_models, questions=split_task.outputs["questions"], llm_base_url=llm_base_url,
         llm_concurrency=llm_concurrency, llm_cache=llm_cache,
     ).set_display_name("answer as teacher rows")
-    _sized(_with_s3_secret(_with_llm_secret(_with_judge_keys(_with_cache_volume(teachers)))), "llm").set_retry(
-        num_retries=2, backoff_duration="60s")
+    _llm_task(teachers)
     teacher_judge = judge_rows(
         questions=split_task.outputs["questions"], rows=teachers.outputs["answers"],
-        model=judge_model, concurrency=llm_concurrency, cache=llm_cache, base_url=llm_base_url,
-        judges=judges, judge_repeats=judge_repeats, min_judges=min_judges, jury_aggregate=jury_aggregate,
-        judge_temperature=judge_temperature,
+        **jury,
     ).set_display_name("judge teacher answers")
-    _sized(_with_s3_secret(_with_llm_secret(_with_judge_keys(_with_cache_volume(teacher_judge)))), "llm").set_retry(
-        num_retries=2, backoff_duration="60s")
+    _llm_task(teacher_judge)
 
     compare_task = compare(
         summaries=dsl.Collected(judge_task.outputs["summary"]),
