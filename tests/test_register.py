@@ -72,7 +72,7 @@ def test_load_candidates_takes_the_pairs_as_the_loop_collected_them(two_arms):
 def test_load_candidates_refuses_a_pair_that_is_not_what_it_claims(two_arms):
     models, summaries = two_arms
     with pytest.raises(DataError, match=r"sg.json: judge summary of 'tiny/self_guided' paired with the model in "
-                                        r".*-unscored-lora \(tiny/unscored\)"):
+                                        r".*-unscored-lora \(tiny/unscored, replicate 0\)"):
         load_candidates(models, summaries)
     with pytest.raises(DataError, match="2 model directories but 1 judge summaries"):
         load_candidates(models, summaries[:1])

@@ -44,7 +44,10 @@ POLYGLOT_KO_CONFIGS: dict[str, dict] = {
         _POLYGLOT_KO_COMMON, hidden_size=4096, num_hidden_layers=28, num_attention_heads=16,
         intermediate_size=16384, rotary_pct=0.25,
     ),
-    # Not one the paper fine-tunes; here for the memory plan of larger runs (docs/training.md).
+    # Not one the paper fine-tunes; here for the memory plan of larger runs (docs/training.md). Its
+    # shape is its model card's (40 layers, d_model 5120, d_ff 20480, 40 heads of 128, RoPE on 64
+    # dimensions); it builds 12,893,603,840 parameters, 0.04% under the card's 12,898,631,680 (the
+    # three smaller shapes build exactly their cards' counts, tests/test_base_models.py).
     "EleutherAI/polyglot-ko-12.8b": dict(
         _POLYGLOT_KO_COMMON, hidden_size=5120, num_hidden_layers=40, num_attention_heads=40,
         intermediate_size=20480, rotary_pct=0.5,
