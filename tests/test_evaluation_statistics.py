@@ -9,7 +9,8 @@ import pytest
 from scipy import stats
 
 from selfguided.components.evaluation.statistics import (
-    Estimate, cluster_mean, clusters, holm, minimal_detectable_difference, ols_contrast, p_below, questions_needed,
+    Estimate, cluster_mean, clusters, holm, minimal_detectable_difference, no_interval_reason, ols_contrast, p_below,
+    questions_needed,
     simulated_coverage, stratified_mean, two_sided_p,
 )
 
@@ -67,10 +68,15 @@ def test_the_overall_carries_every_category_including_one_question_ones():
     assert not stratified_mean([one_per_question([1.0]), one_per_question([2.0])]).has_interval
 
 
-def test_zero_variance_gives_a_point_interval_and_p_one():
+def test_zero_spread_gives_no_interval_rather_than_a_width_0_one():
+    """Every question alike (a model that always answers alike, always scored alike) estimates no
+    spread: no interval and no bound (the gate cannot promote on it), said as such."""
     est = stratified_mean([one_per_question([0.0] * 7) for _ in range(3)])
-    assert (est.mean, est.ci_low, est.ci_high, est.se) == (0.0, 0.0, 0.0, 0.0)
-    assert two_sided_p(est) == 1.0 and est.lower_bound(0.0125) == 0.0
+    assert (est.mean, est.se) == (0.0, 0.0) and est.no_spread and not est.has_interval
+    assert two_sided_p(est) == 1.0 and math.isnan(est.lower_bound(0.0125))
+    one = cluster_mean(one_per_question([2.28] * 14))
+    assert not one.has_interval and no_interval_reason(one) == "n=14, all alike: no spread to build an interval from"
+    assert no_interval_reason(cluster_mean(one_per_question([1.0, 2.0]))) == "n=2: too few for an interval"
 
 
 def test_holm_hand_computed():

@@ -59,8 +59,21 @@ def test_identical_models_are_never_promoted():
     decision = decide_promotion(twin, champion)
     assert not decision.promote
     figures = decision.figures["overall_difference"]
-    assert (figures["mean"], figures["ci_low"], figures["ci_high"]) == (0.0, 0.0, 0.0)
-    assert decision.reasons[0].startswith("overall paired difference +0.00 [95% CI +0.00, +0.00]")
+    assert (figures["mean"], figures["ci_low"], figures["ci_high"], figures["se"]) == (0.0, None, None, 0.0)
+    n = figures["n_questions"]
+    assert decision.reasons[0].startswith(f"overall paired difference +0.00 (n={n}, all alike: no spread to build an "
+                                          "interval from)")
+    assert "cannot show an improvement" in decision.reasons[0]
+
+
+def test_a_challenger_better_by_the_same_amount_on_every_question_is_not_promoted_on_a_width_0_interval():
+    """+1.00 on every question is a spread of 0, not certainty: no interval, no promotion, said why."""
+    champion = make_row("champion/v3", "champion", seed=5)
+    shifted = [dict(j, score=j["score"] + 1.0, scores={**j["scores"], "overall": j["score"] + 1.0})
+               for j in champion.judgments]
+    better = RowJudgments("tiny/self_guided", "trained", shifted, base_model="tiny", arm="self_guided", judge=JUDGE)
+    decision = decide_promotion(better, champion)
+    assert not decision.promote and "all alike: no spread" in decision.reasons[0]
 
 
 def test_a_credibly_worse_category_blocks_after_holm():

@@ -38,7 +38,9 @@ from selfguided.components.evaluation.paired import (
     replicate_groups,
 )
 from selfguided.components.evaluation.rows import RowJudgments, parse_row
-from selfguided.components.evaluation.statistics import MIN_CATEGORY_QUESTIONS, Estimate, holm, jsonable, p_below
+from selfguided.components.evaluation.statistics import (
+    MIN_CATEGORY_QUESTIONS, Estimate, holm, jsonable, no_interval_reason, p_below,
+)
 from selfguided.components.evaluation.summaries import RowSummary, summarise_row
 
 CANDIDATE_ARMS = ("unscored", "self_guided")  # `control` is a yardstick, never a candidate
@@ -142,7 +144,7 @@ def _signed(value: float) -> str:
 
 def ci_text(est: Estimate) -> str:
     if not est.has_interval:
-        return f"{_signed(est.mean)} (n={est.n_questions} questions: too few for an interval)"
+        return f"{_signed(est.mean)} ({no_interval_reason(est)})"
     return f"{_signed(est.mean)} [95% CI {_signed(est.ci_low)}, {_signed(est.ci_high)}]"
 
 
@@ -220,7 +222,7 @@ def _decide_paired(members: list[RowJudgments], bar: RowJudgments, gate: Promoti
     if math.isfinite(bound) and bound > gate.min_improvement:
         passing.append(f"{head} > min_improvement {gate.min_improvement:.2f}")
     elif not math.isfinite(bound):
-        blocking.append(f"{head}: no interval (too few questions), cannot show an improvement")
+        blocking.append(f"{head}: no interval ({no_interval_reason(overall)}), cannot show an improvement")
     else:
         blocking.append(f"{head}: not above min_improvement {gate.min_improvement:.2f}, no evidence of an improvement")
     if pair.missing:

@@ -124,7 +124,7 @@ def _with_seed_variance(est: Estimate, per_replicate: Sequence[float], show: boo
     denominator = sum(v * v / d for v, d in terms)
     df = variance ** 2 / denominator if denominator > 0 else est.df
     se = math.sqrt(variance) if math.isfinite(variance) else _NAN
-    if show and math.isfinite(se) and df > 0:
+    if show and math.isfinite(se) and se > 0 and df > 0:
         half = t_quantile(1 - (1 - CONFIDENCE) / 2, df) * se
         return Estimate(est.mean, est.mean - half, est.mean + half, est.n, est.n_questions, se, df), math.sqrt(seed_var)
     return Estimate(est.mean, _NAN, _NAN, est.n, est.n_questions, se, df), math.sqrt(seed_var)

@@ -18,7 +18,7 @@ from typing import Sequence
 from selfguided.components.evaluation.gate import GateDecision
 from selfguided.components.evaluation.paired import Comparison, PairedComparison
 from selfguided.components.evaluation.power import power_lines, power_table
-from selfguided.components.evaluation.statistics import Estimate, simulated_coverage
+from selfguided.components.evaluation.statistics import Estimate, no_interval_reason, simulated_coverage
 from selfguided.components.evaluation.summaries import Correlation, RowSummary, column_label, ordered_rows
 
 
@@ -37,7 +37,7 @@ def _signed(value: float) -> str:
 
 
 def _too_few(est: Estimate) -> str:
-    return f"n={est.n_questions}: too few for an interval"
+    return no_interval_reason(est)
 
 
 def _cell(est: Estimate | None) -> str:

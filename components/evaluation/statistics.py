@@ -99,11 +99,18 @@ class Estimate:
     def half_width(self) -> float:
         return max(0.0, (self.ci_high - self.ci_low) / 2) if self.has_interval else _NAN
 
+    @property
+    def no_spread(self) -> bool:
+        """Every question gave the same value: a sample spread of 0 estimates nothing, so there is no
+        interval (a width-0 t interval would claim certainty from, e.g., a model that always answers
+        alike and is always scored alike)."""
+        return self.se == 0.0
+
     def lower_bound(self, alpha: float) -> float:
-        """One-sided (1 - alpha) lower confidence bound; NaN without a standard error."""
-        if not (math.isfinite(self.se) and self.df > 0):
+        """One-sided (1 - alpha) lower confidence bound; NaN without a standard error or a spread."""
+        if not (math.isfinite(self.se) and self.se > 0 and self.df > 0):
             return _NAN
-        return self.mean - (t_quantile(1 - alpha, self.df) * self.se if self.se > 0 else 0.0)
+        return self.mean - t_quantile(1 - alpha, self.df) * self.se
 
     def to_dict(self) -> dict[str, Any]:
         return jsonable({"mean": self.mean, "ci_low": self.ci_low, "ci_high": self.ci_high, "n": self.n,
@@ -142,11 +149,20 @@ def _ratio_parts(c: np.ndarray) -> tuple[float, float, np.ndarray]:
 
 
 def _interval(mean: float, variance: float, df: float, n: int, nq: int, show: bool) -> Estimate:
+    if math.isfinite(variance) and math.isfinite(mean) and variance <= (1e-12 * max(1.0, abs(mean))) ** 2:
+        variance = 0.0  # every value alike, up to rounding
     se = math.sqrt(variance) if math.isfinite(variance) and variance >= 0 else _NAN
-    if show and math.isfinite(se) and df > 0:
-        half = t_quantile(1 - (1 - CONFIDENCE) / 2, df) * se if se > 0 else 0.0
+    if show and math.isfinite(se) and se > 0 and df > 0:
+        half = t_quantile(1 - (1 - CONFIDENCE) / 2, df) * se
         return Estimate(mean, mean - half, mean + half, n, nq, se, df)
-    return Estimate(mean, _NAN, _NAN, n, nq, se, df)
+    return Estimate(mean, _NAN, _NAN, n, nq, se, df)  # too few questions, or no spread (Estimate.no_spread)
+
+
+def no_interval_reason(est: Estimate) -> str:
+    """Why `est` has no interval, in the words every table and gate reason uses."""
+    if est.no_spread and est.n_questions >= 2:
+        return f"n={est.n_questions}, all alike: no spread to build an interval from"
+    return f"n={est.n_questions}: too few for an interval"
 
 
 def cluster_mean(c: np.ndarray, *, min_questions: int = MIN_CATEGORY_QUESTIONS) -> Estimate:
