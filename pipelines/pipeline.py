@@ -358,6 +358,7 @@ def self_guided_pipeline(
         evaluation_page=compare_task.outputs["report_page"],
         scored_data=score_task.outputs["scored"],
         train_data=split_task.outputs["train"],
+        questions=split_task.outputs["questions"],
         registered_model_name=registered_model_name,
         tracking_uri=mlflow_tracking_uri,
         experiment_name=experiment_name,

@@ -24,6 +24,7 @@ from selfguided.components.data import DataError
 from selfguided.components.evaluation.gate import GateDecision
 from selfguided.components.evaluation.metrics import OVERALL, categories_from_metrics, judge_metric
 from selfguided.components.judging.rules import SCORE_NAMES
+from selfguided.components.registry.genai_pages import publish_genai_pages
 from selfguided.components.registry.logged_model import ensure_merged_weights, log_merged
 from selfguided.components.registry.names import (
     CHALLENGER, CHAMPION, EXPERIMENT_NAME, PREVIOUS_CHAMPION_TAG, REGISTERED_MODEL_NAME, RegistryError,
@@ -140,6 +141,7 @@ def register_candidates(
     references: Iterable[ReferenceRow] = (),
     scored_data: str | Path | None = None,
     reports: Mapping[str, str | Path] | None = None,
+    questions: str | Path | None = None,
 ) -> RegisterReport:
     """Log every row of the evaluation, register every candidate, and move the aliases as the
     compare step decided.
@@ -154,6 +156,8 @@ def register_candidates(
     scored_data: that file, logged as the parent run's input.
     reports: files logged on the parent run under the given names: `report.md` and `report.html`
         (the compare step's reports).
+    questions: the test questions the rows were judged on (the split's questions.jsonl): the
+        experiment's evaluation dataset, each row run's input (registry/genai_pages.py).
     """
     candidates = list(candidates)
     if not candidates:
@@ -181,9 +185,15 @@ def register_candidates(
                        scored_data_sha256=scored_data_sha256, evaluation_metrics=row_metrics.get(c.summary["row"]))
         for c in tqdm(candidates, desc="register", unit="model")
     ]
-    for reference in references:
+    references = list(references)
+    reference_runs = [
         log_reference(reference, experiment_id=experiment_id, pipeline_run=pipeline_run,
-                       parent_run_id=parent.info.run_id, evaluation_metrics=row_metrics.get(reference.summary["row"]))
+                      parent_run_id=parent.info.run_id, evaluation_metrics=row_metrics.get(reference.summary["row"]))
+        for reference in references
+    ]
+    # The experiment's Datasets and Judges pages: the questions and the run's judges (never fails the step).
+    publish_genai_pages(tracking_uri, experiment_id, summaries=[r.summary for r in (*candidates, *references)],
+                        run_ids=[v.run_id for v in versions] + reference_runs, questions_file=questions)
 
     # The compare step names its challenger by row (with --replicates, `<base>/<arm>#r`: several
     # candidates share a base model and arm); versions were made in the candidates' order.

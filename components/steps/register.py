@@ -26,6 +26,7 @@ def register(
     evaluation_page: Input[HTML],
     scored_data: Input[Dataset],
     train_data: Input[Dataset],
+    questions: Input[Dataset],
     registered_model_name: str,
     tracking_uri: str,
     experiment_name: str,
@@ -46,6 +47,8 @@ def register(
         evaluation_page: the compare step's HTML report (logged on the parent run).
         scored_data: the scored seed JSONL (its SHA-256 tags every run; logged as an input).
         train_data: the split's training sets (each trained run logs its own as an input).
+        questions: the split's test questions, the judges' input: the experiment's evaluation dataset
+            (its Datasets page; every row run's input), with the run's judges on its Judges page.
         registered_model_name: MLflow registered model to add versions to.
         tracking_uri: MLflow tracking URI (`http://...` server, or `sqlite:////abs/mlflow.db`).
         experiment_name: MLflow experiment holding the pipeline run's parent run and one run per row.
@@ -79,6 +82,7 @@ def register(
         scored_data_sha256=file_sha256(scored_data.path),
         scored_data=scored_data.path,
         reports={"report.md": evaluation_report.path, "report.html": evaluation_page.path},
+        questions=questions.path,
     )
     Path(report.path).write_text(result.to_markdown(), encoding="utf-8")
     report.metadata.update({"challenger": result.challenger.version, "champion": result.champion_after or "",
