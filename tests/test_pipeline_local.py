@@ -64,6 +64,8 @@ def test_champion_points_at_a_registered_version(local_run):
 def test_a_second_run_keeps_an_identical_champion_and_quotes_the_paired_difference(local_run):
     again = run_local(local_run.log_path.parent.parent)
     assert again.decision.startswith(f"kept champion v{local_run.aliases['champion']}")
-    assert ("overall paired difference +0.00 [95% CI +0.00, +0.00] against the champion row over 41 shared questions"
-            in again.decision)
+    # identical answers, identical scores: no spread, so no interval (never a width-0 one) and no promotion
+    assert ("overall paired difference +0.00 (n=41, all alike: no spread to build an interval from) against the "
+            "champion row over 41 shared questions" in again.decision)
+    assert "cannot show an improvement" in again.decision
     assert "| champion/v" in again.register["report_markdown"]
