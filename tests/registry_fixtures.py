@@ -11,6 +11,8 @@ import json
 from pathlib import Path
 from typing import Any, Mapping
 
+import pytest
+
 from selfguided.components.model import artifact as tm
 from selfguided.components.data import CATEGORIES
 from selfguided.components.steps.judge import summarize_judgments
@@ -181,3 +183,14 @@ def write_row(root: Path, name: str, judgments: list[dict[str, Any]], *, row_kin
     summary.update(note=note, fallback=None)
     write_jsonl(root / f"{name}.judgments.jsonl", judgments)
     return write_summary(root / f"{name}.summary.json", summary), root / f"{name}.judgments.jsonl"
+
+
+@pytest.fixture(scope="module")
+def empty_store(tmp_path_factory) -> Path:
+    """An initialised, empty SQLite MLflow store to copy: creating one runs MLflow's migrations
+    (seconds), copying does not. Import it into a test module (`from registry_fixtures import empty_store`)."""
+    from mlflow import MlflowClient
+
+    db = tmp_path_factory.mktemp("template") / "mlflow.db"
+    MlflowClient(tracking_uri=f"sqlite:///{db}").search_experiments()
+    return db

@@ -14,6 +14,7 @@ from llm_server import FakeOpenAI
 from mlflow import MlflowClient
 from mlflow.genai.scorers import get_scorer, list_scorers
 from mlflow.genai.scorers.registry import list_scorer_versions
+from registry_fixtures import empty_store  # noqa: F401  (fixture)
 from servers import mlflow_server, s3_server  # noqa: F401  (fixtures)
 
 from selfguided.components.judging.offline import judge_offline
@@ -39,14 +40,6 @@ ANSWERS = [{"question_id": q["question_id"], "model_id": "tiny-sg",
 OWN_ENDPOINT = {"judge": {"model": "korean-judge", "prompt": "judge-single", "prompt_version": "1", "mode": "single"},
                 "endpoint": "http://editor:secret@judge-host:8000/v1?key=x"}
 """A juror on its own endpoint whose model name no provider knows (`korean-judge@http://...`)."""
-
-
-@pytest.fixture(scope="module")
-def empty_store(tmp_path_factory) -> Path:
-    """An initialised SQLite store (its migrations take seconds; a copy does not)."""
-    db = tmp_path_factory.mktemp("template") / "mlflow.db"
-    MlflowClient(tracking_uri=f"sqlite:///{db}").search_experiments()
-    return db
 
 
 @pytest.fixture

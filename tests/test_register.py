@@ -12,6 +12,7 @@ import torch
 from mlflow import MlflowClient
 from registry_fixtures import (
     category_scores,
+    empty_store,  # noqa: F401  (fixture)
     make_judgments,
     make_model_dir,
     make_summary,
@@ -107,14 +108,6 @@ def test_default_artifact_location_is_beside_a_sqlite_file(tmp_path, monkeypatch
 
 
 # --- registration against a SQLite MLflow store ----------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def empty_store(tmp_path_factory) -> Path:
-    """An initialised, empty SQLite store: creating one runs MLflow's migrations (seconds), copying does not."""
-    db = tmp_path_factory.mktemp("template") / "mlflow.db"
-    MlflowClient(tracking_uri=f"sqlite:///{db}").search_experiments()
-    return db
 
 
 @pytest.fixture

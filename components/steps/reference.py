@@ -40,13 +40,11 @@ def teacher_models(reference_models: List[str]) -> List[str]:
     return teachers
 
 
-def plan_reference_rows(base_models: List[str], with_champion: bool = True) -> List[Dict[str, str]]:
+def plan_reference_rows(base_models: List[str]) -> List[Dict[str, str]]:
     """The reference rows that run a model on the GPU pool, as loop items: every base untuned, and the
     champion. Teachers only call an API: `answer_teachers` answers them all on the CPU pool."""
-    rows = [{"row_kind": "base", "base_model": m, "model": ""} for m in base_models]
-    if with_champion:
-        rows.append({"row_kind": "champion", "base_model": "", "model": ""})
-    return rows
+    return [*({"row_kind": "base", "base_model": m, "model": ""} for m in base_models),
+            {"row_kind": "champion", "base_model": "", "model": ""}]
 
 
 @dataclass
