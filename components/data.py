@@ -386,8 +386,10 @@ def fetch_input(uri: str, default_sample: str, workdir: str | Path) -> Path:
 
 def check_s3_read_access(uri: str) -> str:
     """Prove the S3 credentials of this process may list and read under `s3://bucket/prefix`, for
-    free: one ListObjectsV2 of one key, then a HEAD of that key when there is one. Returns what was
-    checked; raises DataError in one line naming the URI, the endpoint and S3's error code."""
+    almost free: one ListObjectsV2 of one key, then a ranged GetObject of that key's first byte when
+    there is one. A GET, not a HEAD: under SSE-KMS only a GET proves `kms:Decrypt`, which is what
+    KServe's storage initializer needs. An empty prefix (a first run) proves listing only, and the
+    returned line says so. Raises DataError in one line naming the URI, the endpoint and S3's error code."""
     import botocore.exceptions
 
     bucket, _, prefix = uri.removeprefix("s3://").partition("/")
@@ -397,12 +399,15 @@ def check_s3_read_access(uri: str) -> str:
     client = s3_client()
     try:
         listed = client.list_objects_v2(Bucket=bucket, Prefix=prefix.rstrip("/") + "/" if prefix else "", MaxKeys=1)
-        first = [o["Key"] for o in listed.get("Contents", [])]
+        first = [o["Key"] for o in listed.get("Contents", []) if o.get("Size", 1) > 0]
         if first:
-            client.head_object(Bucket=bucket, Key=first[0])
+            client.get_object(Bucket=bucket, Key=first[0], Range="bytes=0-0")["Body"].read()
     except botocore.exceptions.ClientError as exc:
         code = exc.response.get("Error", {}).get("Code", "?")
         raise DataError(f"{uri} cannot be read with these S3 credentials at {where} ({code})") from None
     except (botocore.exceptions.BotoCoreError, ValueError) as exc:
         raise DataError(f"{uri} cannot be read at {where} ({type(exc).__name__}: {exc})") from None
-    return f"{uri}: listed" + (" and read" if first else " (empty so far)") + f" at {where}"
+    if not first:
+        return (f"{uri}: listed at {where}; empty so far, so reading (GetObject, kms:Decrypt) is not proven "
+                f"until a model is stored there")
+    return f"{uri}: listed and read at {where}"

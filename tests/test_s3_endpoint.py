@@ -65,9 +65,18 @@ def test_preflight_proves_the_predictors_keys_read_mlflows_bucket(configured, tm
                        aws_access_key_id=S3_CREDENTIALS["AWS_ACCESS_KEY_ID"],
                        aws_secret_access_key=S3_CREDENTIALS["AWS_SECRET_ACCESS_KEY"])
     keys = {}
-    for user, actions in (("reader", ["s3:ListBucket", "s3:GetObject"]), ("stranger", ["s3:ListBucket"])):
+    # The reader holds read on MLflow's bucket, the stranger the same read on another bucket only.
+    # "Read" is the policy AWS documents for these calls (s3:ListBucket for ListObjectsV2,
+    # s3:GetObject for a ranged GetObject) plus, because moto 5.2.6 checks a ListObjectsV2 request
+    # against the operation's name (moto/s3/responses.py at 5.2.6 sets the request's IAM action to
+    # "ListObjectsV2"), that name too: with both, every moto that pyproject.toml allows (5.2.4, 5.2.5
+    # and 5.2.6 checked) enforces the same two policies. GetObject is one name in both schemes.
+    # The lister may list MLflow's bucket but not read an object in it.
+    read = ["s3:ListBucket", "s3:GetObject", "s3:ListObjectsV2"]
+    for user, bucket, actions in (("reader", "mlflow-artifacts", read), ("stranger", "other-bucket", read),
+                                  ("lister", "mlflow-artifacts", ["s3:ListBucket", "s3:ListObjectsV2"])):
         iam.create_user(UserName=user)
-        resource = "arn:aws:s3:::mlflow-artifacts" if user == "reader" else "arn:aws:s3:::other-bucket"
+        resource = f"arn:aws:s3:::{bucket}"
         policy = {"Version": "2012-10-17", "Statement": [
             {"Effect": "Allow", "Action": actions, "Resource": [resource, resource + "/*"]}]}
         iam.put_user_policy(UserName=user, PolicyName="s3", PolicyDocument=json.dumps(policy))
@@ -89,6 +98,11 @@ def test_preflight_proves_the_predictors_keys_read_mlflows_bucket(configured, tm
                                              r"with these S3 credentials at http://127\.0\.0\.1:\d+ \(AccessDenied\)"):
         run_preflight(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", experiment_name="e", registered_model_name="m",
                       llm_models=[], serving_storage="s3://mlflow-artifacts/artifacts")
+    as_user("lister")  # listing alone is not reading: the ranged GetObject is refused
+    with pytest.raises(DataError, match=r"s3://mlflow-artifacts/artifacts cannot be read .* \(AccessDenied\)"):
+        check_s3_read_access("s3://mlflow-artifacts/artifacts")
+    # a first run: nothing stored under the prefix yet, and the line says read access is unproven
+    assert "not proven" in check_s3_read_access("s3://mlflow-artifacts/empty-prefix")
     as_user("reader")
     monkeypatch.setattr(settings, "INITIAL_NO_AUTH_ACTION_COUNT", float("inf"))
     with pytest.raises(DataError, match=r"s3://no-such-bucket/x cannot be read .* \(NoSuchBucket\)"):
