@@ -2,7 +2,8 @@
 OpenAI Batch API (half price, 24 h window). Write the JSONL (custom_id = cache key), upload it,
 create the batch, poll it, collect the output and error files and join them on custom_id. The
 batch id is kept in the cache while the batch runs, so a retried step resumes polling that batch
-instead of paying for a second one."""
+instead of paying for a second one. It works on the client's `LLMSession` (cache, bill, the request
+as sent); client.py calls `run_batch` when `LLMConfig.batch` is set."""
 
 from __future__ import annotations
 
@@ -17,16 +18,15 @@ from tqdm.auto import tqdm
 
 from selfguided.components.llm.config import BATCH_DISCOUNT
 from selfguided.components.llm.request import LLMRequest, LLMResult, cache_key
+from selfguided.components.llm.session import LLMSession
 
 if TYPE_CHECKING:
     import openai
 
-    from selfguided.components.llm.client import LLMClient
-
 log = logging.getLogger(__name__)
 _BATCH_DONE = ("completed", "failed", "expired", "cancelled")
 
-async def run_batch(client: LLMClient, requests: list[LLMRequest], desc: str) -> list[LLMResult]:
+async def run_batch(client: LLMSession, requests: list[LLMRequest], desc: str) -> list[LLMResult]:
     too_long = [client.too_long(r) for r in requests]
     results: list[LLMResult | None] = list(await asyncio.gather(
         *(client.from_cache(r) if refused is None else _done(refused) for r, refused in zip(requests, too_long))))
@@ -44,7 +44,7 @@ async def run_batch(client: LLMClient, requests: list[LLMRequest], desc: str) ->
     return [r if r is not None else LLMResult(error="no result") for r in results]
 
 async def _batch_roundtrip(
-    client: LLMClient, api: openai.AsyncOpenAI, requests: dict[str, LLMRequest], desc: str
+    client: LLMSession, api: openai.AsyncOpenAI, requests: dict[str, LLMRequest], desc: str
 ) -> dict[str, LLMResult]:
     # The batch is named by the set of requests it answers: a retried step finds it again.
     state_key = "batch-" + hashlib.sha256("\n".join(sorted(requests)).encode()).hexdigest()
@@ -103,7 +103,7 @@ async def _batch_roundtrip(
         await asyncio.to_thread(client.cache.delete, state_key)
     return answers
 
-def _batch_body(client: LLMClient, request: LLMRequest) -> dict[str, Any]:
+def _batch_body(client: LLMSession, request: LLMRequest) -> dict[str, Any]:
     body: dict[str, Any] = {
         "model": client.config.model,
         "messages": request.messages,
@@ -114,7 +114,7 @@ def _batch_body(client: LLMClient, request: LLMRequest) -> dict[str, Any]:
         body["response_format"] = request.response_format
     return body
 
-async def _batch_answer(client: LLMClient, request: LLMRequest, row: dict[str, Any]) -> LLMResult:
+async def _batch_answer(client: LLMSession, request: LLMRequest, row: dict[str, Any]) -> LLMResult:
     """One line of a batch output or error file as an LLMResult (cached when it is an answer)."""
     response = row.get("response") or {}
     body = response.get("body") or {}
@@ -131,7 +131,6 @@ async def _batch_answer(client: LLMClient, request: LLMRequest, row: dict[str, A
     client.bill(result.prompt_tokens, result.completion_tokens, discount=BATCH_DISCOUNT)
     await client.store(request, result)
     return result
-
 
 
 async def _done(result: LLMResult) -> LLMResult:

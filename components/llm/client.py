@@ -2,7 +2,9 @@
 
 The layer: config.py (LLMConfig, endpoints, prices), request.py (LLMRequest, LLMResult, UsageSummary,
 token estimate, cache key), cache.py (directory and S3 caches), limits.py (RateGovernor,
-AdaptiveConcurrency), this module (LLMClient, real-time mode) and batch.py (the Batch API).
+AdaptiveConcurrency), session.py (what both modes share: config, cache, usage and bill, the size
+check), batch.py (the Batch API) and this module (LLMClient, real-time mode, which hands batch
+runs to batch.py).
 
 How one request travels through `LLMClient.run`:
 
@@ -68,16 +70,11 @@ import time
 import openai
 from tqdm.auto import tqdm
 
-from selfguided.components.llm.cache import open_cache
+from selfguided.components.llm.batch import run_batch
 from selfguided.components.llm.config import LLMConfig
 from selfguided.components.llm.limits import AdaptiveConcurrency, RateGovernor, quota_exhausted, retry_after, backoff
-from selfguided.components.llm.request import (
-    LLMRequest,
-    LLMResult,
-    UsageSummary,
-    cache_key,
-    estimate_request_tokens,
-)
+from selfguided.components.llm.request import LLMRequest, LLMResult, estimate_request_tokens
+from selfguided.components.llm.session import LLMSession
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +111,7 @@ def _refuses_structured_output(exc: openai.APIStatusError) -> bool:
 # The client
 
 
-class LLMClient:
+class LLMClient(LLMSession):
     """Runs lists of LLMRequests against one endpoint; counts everything in `self.usage`.
 
     Use one client per step: the usage adds up over its runs (a re-ask round is a second run),
@@ -122,15 +119,9 @@ class LLMClient:
     """
 
     def __init__(self, config: LLMConfig, *, step: str = "llm") -> None:
-        self.config = config
-        self.cache = open_cache(config.cache)
-        self.usage = UsageSummary(step=step, model=config.model, batch=config.batch)
+        super().__init__(config, step=step)
         self.governor = RateGovernor(config.rpm_limit, config.backoff_base_s, config.backoff_max_s)
         self.pool = AdaptiveConcurrency(config.concurrency)
-        self.structured = config.structured_output != "text"
-        self._price = config.price_per_token()
-        if self._price is None:
-            log.warning("no price for model %r in LLMConfig.prices: its cost is reported as 0", config.model)
 
     def run(self, requests: list[LLMRequest], desc: str | None = None) -> list[LLMResult]:
         """Answer every request (in order); never raises for a failed request, see LLMResult.error.
@@ -140,63 +131,14 @@ class LLMClient:
         started = time.monotonic()
         desc = desc or f"{self.usage.step} ({self.config.model})"
         if self.config.batch:
-            from selfguided.components.llm.batch import run_batch
-
             results = asyncio.run(run_batch(self, requests, desc))
         else:
             results = asyncio.run(self._run_realtime(requests, desc))
         self.usage.elapsed_s += time.monotonic() - started
         return results
 
-    def api(self, max_retries: int) -> openai.AsyncOpenAI:
-        return openai.AsyncOpenAI(
-            base_url=self.config.resolved_base_url(),
-            api_key=self.config.resolved_api_key(),
-            timeout=self.config.timeout_s,
-            max_retries=max_retries,
-        )
-
     def _may_fall_back(self, request: LLMRequest) -> bool:
         return self.config.structured_output == "auto" and request.text_fallback is not None
-
-    def as_sent(self, request: LLMRequest) -> LLMRequest:
-        """The request as it will be sent: its text variant once structured output is off."""
-        if request.response_format is not None and not self.structured and request.text_fallback is not None:
-            return request.text_fallback
-        return request
-
-    def bill(self, prompt_tokens: int, completion_tokens: int, discount: float = 1.0) -> None:
-        self.usage.prompt_tokens += prompt_tokens
-        self.usage.completion_tokens += completion_tokens
-        if self._price is not None:
-            self.usage.cost_usd += discount * (prompt_tokens * self._price[0] + completion_tokens * self._price[1])
-
-    async def from_cache(self, request: LLMRequest) -> LLMResult | None:
-        """A cached answer to the request, or to its text variant (what 'auto' may have used)."""
-        if self.cache is None:
-            return None
-        for candidate in (request, request.text_fallback):
-            if candidate is None:
-                continue
-            entry = await asyncio.to_thread(self.cache.get, cache_key(self.config, candidate))
-            if entry is not None:
-                self.usage.cached += 1
-                return LLMResult(text=entry["text"], cached=True, prompt_tokens=entry["prompt_tokens"],
-                                 completion_tokens=entry["completion_tokens"])
-        return None
-
-    async def store(self, request: LLMRequest, result: LLMResult) -> None:
-        if self.cache is None:
-            return
-        entry = {
-            "model": self.config.model,
-            "prompt": request.prompt,
-            "text": result.text,
-            "prompt_tokens": result.prompt_tokens,
-            "completion_tokens": result.completion_tokens,
-            "created": time.time(),
-        }
-        await asyncio.to_thread(self.cache.put, cache_key(self.config, request), entry)
 
     # -- real-time mode --------------------------------------------------------------------
 
@@ -222,14 +164,6 @@ class LLMClient:
                 log.info("%s: the endpoint refused more than about %d concurrent requests; the pool runs at %d of %d",
                          self.usage.step, pool.ceiling or pool.current, pool.current, pool.maximum)
         return results
-
-    def too_long(self, request: LLMRequest, tokens: int | None = None) -> LLMResult | None:
-        """The failure of a request whose prompt is over max_input_tokens (it is never sent), or None."""
-        tokens = estimate_request_tokens(request) if tokens is None else tokens
-        if tokens <= self.config.max_input_tokens:
-            return None
-        return LLMResult(error=f"input too long: ~{tokens:,} tokens > max_input_tokens "
-                               f"{self.config.max_input_tokens:,} (estimated; nothing was sent)")
 
     async def _complete(self, api: openai.AsyncOpenAI, request: LLMRequest) -> LLMResult:
         tokens = estimate_request_tokens(request)
@@ -354,5 +288,3 @@ class LLMClient:
         self.bill(result.prompt_tokens, result.completion_tokens)
         await self.store(request, result)
         return result
-
-    # -- Batch API mode --------------------------------------------------------------------
