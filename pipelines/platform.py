@@ -15,10 +15,10 @@ from selfguided.components.images import CPU_IMAGE, GPU_IMAGE, IMAGE_REGISTRY, I
 
 # GPU node pool. Finetune and generate ask for `nvidia.com/gpu`, land on nodes carrying the
 # node-pool label and tolerate the pool's taint. manifests/ uses the same key and values.
-GPU_RESOURCE = "nvidia.com/gpu"
+from selfguided.components.cluster import GPU_RESOURCE, PIPELINE_SERVICE_ACCOUNT  # noqa: E402,F401
 GPU_NODE_SELECTOR_KEY = os.environ.get("SELFGUIDED_GPU_NODE_SELECTOR_KEY", "selfguided.dev/node-pool")
 GPU_NODE_SELECTOR_VALUE = os.environ.get("SELFGUIDED_GPU_NODE_SELECTOR_VALUE", "gpu")
-GPU_TOLERATION_KEY = "nvidia.com/gpu"
+GPU_TOLERATION_KEY = GPU_RESOURCE
 GPU_TOLERATION_EFFECT = "NoSchedule"
 SHM_SIZE = os.environ.get("SELFGUIDED_SHM_SIZE", "16Gi")
 # CPU and host memory of every GPU task (finetune, generate, model reference rows), per the node
@@ -69,8 +69,7 @@ CACHE_PVC_NAME = "selfguided-cache"
 CACHE_MOUNT_PATH = "/mnt/selfguided"
 HF_HOME = f"{CACHE_MOUNT_PATH}/huggingface"
 
-# The ServiceAccount of pipeline pods (manifests/base/pipeline-runner).
-PIPELINE_SERVICE_ACCOUNT = "selfguided-pipeline"
+# The ServiceAccount of pipeline pods (manifests/base/pipeline-runner): components/cluster.py, imported above.
 
 # A multi-node fine-tuning (num_nodes > 1) runs as a Kubeflow Trainer TrainJob (manifests/training):
 # its nodes mount the cache volume for data, checkpoints and the model output, and land on the GPU

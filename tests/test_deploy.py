@@ -1,4 +1,4 @@
-"""Deploy step: the real `kubernetes` client against a local stand-in for the Kubernetes API.
+"""The KServe client (serving/kserve.py) and the deploy step: the real `kubernetes` client against a local stand-in for the Kubernetes API.
 
 The stand-in (http.server on 127.0.0.1) keeps InferenceServices in a dict, answers GET, POST
 (create) and PATCH (JSON merge patch) the way the API server does, including its Status bodies,
@@ -16,19 +16,20 @@ import yaml
 from kubernetes import client as k8s
 from servers import QuietJsonHandler, local_http_server, serving
 
-from selfguided.components.steps import deploy as deploy_module
-from selfguided.components.steps.deploy import (
+from selfguided.components.cluster import GPU_RESOURCE
+from selfguided.components.images import CPU_IMAGE
+from selfguided.components.serving import kserve
+from selfguided.components.serving.kserve import (
     CPU_RESOURCES,
-    GPU_RESOURCE,
     MODEL_VERSION_ANNOTATION,
     PREVIOUS_MODEL_VERSION_ANNOTATION,
     PREVIOUS_STORAGE_URI_ANNOTATION,
     SERVING_MANIFESTS,
     DeployError,
-    deploy,
     deploy_champion,
     inference_service_manifest,
 )
+from selfguided.components.steps.deploy import deploy
 
 REPO = Path(__file__).resolve().parents[1]
 NAMESPACE = "kubeflow-user-example-com"
@@ -224,7 +225,7 @@ def test_forbidden_names_the_verb_and_the_manifests_that_grant_it(kube):
 
     # The manifests named there exist and grant every verb this step uses.
     role = yaml.safe_load((REPO / SERVING_MANIFESTS / "role.yaml").read_text(encoding="utf-8"))
-    assert role["metadata"]["name"] == deploy_module.DEPLOYER_ROLE
+    assert role["metadata"]["name"] == kserve.DEPLOYER_ROLE
     granted = {verb for rule in role["rules"] if "inferenceservices" in rule["resources"] for verb in rule["verbs"]}
     assert granted >= {"get", "create", "patch"}
 
@@ -259,7 +260,7 @@ def test_without_a_client_it_uses_the_kubeconfig_and_its_namespace(kube, monkeyp
         "contexts": [{"name": "dev", "context": {"cluster": "dev", "user": "dev", "namespace": NAMESPACE}}],
     }))
     monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
-    monkeypatch.setattr(deploy_module, "SERVICE_ACCOUNT_NAMESPACE_FILE", str(tmp_path / "not-in-a-pod"))
+    monkeypatch.setattr(kserve, "SERVICE_ACCOUNT_NAMESPACE_FILE", str(tmp_path / "not-in-a-pod"))
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
 
     deploy_champion(True, URI_V3, f"{NAME}/3", name=NAME)
@@ -272,7 +273,7 @@ def test_in_a_pod_it_uses_the_service_account_and_the_pod_namespace(kube, monkey
 
     namespace_file = tmp_path / "namespace"
     namespace_file.write_text(NAMESPACE)
-    monkeypatch.setattr(deploy_module, "SERVICE_ACCOUNT_NAMESPACE_FILE", str(namespace_file))
+    monkeypatch.setattr(kserve, "SERVICE_ACCOUNT_NAMESPACE_FILE", str(namespace_file))
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "absent"))
 
     def in_cluster(client_configuration=None, **_):
@@ -314,7 +315,7 @@ def test_component_interface():
         "promoted": "Boolean", "storage_uri": "String", "model_version": "String",
         "service_name": "String", "namespace": "String", "node_selector": "Dict", "tolerations": "List"}
     assert {k: v.type for k, v in spec.outputs.items()} == {"Output": "String"}
-    assert spec.implementation.container.image == deploy_module.CPU_IMAGE
+    assert spec.implementation.container.image == CPU_IMAGE
 
 
 @pytest.mark.filterwarnings("ignore:You may be attemping to run a task:RuntimeWarning")  # the image is this environment

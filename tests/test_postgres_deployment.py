@@ -41,7 +41,7 @@ from test_deploy import FakeKubernetes
 from servers import serving
 
 from selfguided.components.registry import auth
-from selfguided.components.steps.deploy import deploy_champion
+from selfguided.components.serving.kserve import deploy_champion
 from selfguided.components.steps.preflight import run_preflight
 from selfguided.components.registry.names import CHAMPION
 from selfguided.components.registry.promotion import register_candidates

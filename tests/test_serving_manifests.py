@@ -1,5 +1,5 @@
 """manifests/serving: renders, passes the Kubernetes schemas where there are schemas, and agrees
-with the deploy step (components/deploy.py) and the platform settings (pipelines/platform.py).
+with the KServe client (components/serving/kserve.py) and the platform settings (pipelines/platform.py).
 
 The InferenceService is a KServe custom resource, for which kubernetes-validate has no schema: its
 required fields are checked here by hand, and its predictor's pod and container fields (KServe
@@ -19,11 +19,12 @@ import pytest
 import yaml
 from manifest_tools import checkov_results, findings, kubectl
 
-from selfguided.components.steps import deploy
+from selfguided.components import cluster
+from selfguided.components.serving import kserve
 from selfguided.pipelines import platform
 
 REPO = Path(__file__).resolve().parents[1]
-SERVING = REPO / deploy.SERVING_MANIFESTS
+SERVING = REPO / kserve.SERVING_MANIFESTS
 KUBERNETES_VERSION = "1.31"  # the oldest version the manifests promise to work on (as tests/test_manifests.py)
 PLACEHOLDER = "REPLACE_ME"
 DNS_1035_LABEL = re.compile(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?")
@@ -39,7 +40,7 @@ KSERVE_MODEL_FIELDS = {"modelFormat", "runtime", "storageUri", "protocolVersion"
 @pytest.fixture(scope="module")
 def rendered() -> str:
     proc = subprocess.run([kubectl(), "kustomize", str(SERVING)], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, f"`kubectl kustomize {deploy.SERVING_MANIFESTS}` failed:\n{proc.stderr}"
+    assert proc.returncode == 0, f"`kubectl kustomize {kserve.SERVING_MANIFESTS}` failed:\n{proc.stderr}"
     return proc.stdout
 
 
@@ -63,13 +64,13 @@ def objects(applied) -> list[dict]:
 
 def test_no_inference_service_is_applied_before_a_champion_exists(applied):
     """A placeholder would crash-loop holding a GPU; the deploy step creates it at the first promotion."""
-    assert not [o for o in applied if o["kind"] == deploy.KIND]
+    assert not [o for o in applied if o["kind"] == kserve.KIND]
     assert "create" in _one(applied, "Role")["rules"][0]["verbs"], "the deploy step must be allowed to create it"
 
 
 def _one(objects: list[dict], kind: str) -> dict:
     found = [o for o in objects if o["kind"] == kind]
-    assert len(found) == 1, f"expected one {kind} in {deploy.SERVING_MANIFESTS}, found {len(found)}"
+    assert len(found) == 1, f"expected one {kind} in {kserve.SERVING_MANIFESTS}, found {len(found)}"
     return found[0]
 
 
@@ -109,16 +110,16 @@ def test_same_profile_namespace_as_the_production_overlay(objects):
 
 
 def test_kubernetes_objects_pass_the_schema(objects):
-    core = [o for o in objects if o["kind"] != deploy.KIND]
+    core = [o for o in objects if o["kind"] != kserve.KIND]
     errors = [f"{o['kind']}/{o['metadata']['name']}: {err}" for o in core if (err := _schema_error(o))]
     assert not errors, "\n".join(errors)
 
 
 def test_inference_service_has_what_kserve_requires(objects):
-    isvc = _one(objects, deploy.KIND)
-    assert isvc["apiVersion"] == f"{deploy.GROUP}/{deploy.VERSION}"
+    isvc = _one(objects, kserve.KIND)
+    assert isvc["apiVersion"] == f"{kserve.GROUP}/{kserve.VERSION}"
     assert DNS_1035_LABEL.fullmatch(isvc["metadata"]["name"]), "KServe names must be DNS-1035 labels"
-    assert isvc["metadata"]["name"] == deploy.DEFAULT_SERVICE_NAME
+    assert isvc["metadata"]["name"] == kserve.DEFAULT_SERVICE_NAME
     assert set(isvc["spec"]) == {"predictor"}, "only a predictor: no transformer or explainer"
     predictor = isvc["spec"]["predictor"]
     assert set(predictor) <= KSERVE_PREDICTOR_FIELDS | {"serviceAccountName", "nodeSelector", "tolerations"}
@@ -131,11 +132,11 @@ def test_inference_service_has_what_kserve_requires(objects):
     for bound in ("requests", "limits"):
         assert {"cpu", "memory", platform.GPU_RESOURCE} <= set(model["resources"][bound])
     assert model["resources"]["requests"][platform.GPU_RESOURCE] == model["resources"]["limits"][platform.GPU_RESOURCE]
-    assert deploy.MODEL_VERSION_ANNOTATION in isvc["metadata"]["annotations"]
+    assert kserve.MODEL_VERSION_ANNOTATION in isvc["metadata"]["annotations"]
 
 
 def test_predictor_pod_fields_pass_the_pod_schema(objects):
-    pod = _predictor_as_pod(_one(objects, deploy.KIND))
+    pod = _predictor_as_pod(_one(objects, kserve.KIND))
     assert _schema_error(pod) is None, _schema_error(pod)
     broken = copy.deepcopy(pod)
     broken["spec"]["containers"][0]["resource"] = broken["spec"]["containers"][0].pop("resources")
@@ -145,32 +146,31 @@ def test_predictor_pod_fields_pass_the_pod_schema(objects):
 def test_inference_service_is_what_the_deploy_step_would_create(objects):
     """One description of the serving spec: the manifest equals inference_service_manifest with the
     platform's GPU node pool, so a cluster where the step created it serves the same way."""
-    isvc = _one(objects, deploy.KIND)
+    isvc = _one(objects, kserve.KIND)
     model = isvc["spec"]["predictor"]["model"]
-    expected = deploy.inference_service_manifest(
+    expected = kserve.inference_service_manifest(
         isvc["metadata"]["name"], isvc["metadata"]["namespace"], model["storageUri"], gpu=True,
         runtime_args=[a for a in model["args"] if a.split("=")[0] not in ("--model_name", "--model_dir")],
         node_selector={platform.GPU_NODE_SELECTOR_KEY: platform.GPU_NODE_SELECTOR_VALUE},
         tolerations=[{"key": platform.GPU_TOLERATION_KEY, "operator": "Exists", "effect": platform.GPU_TOLERATION_EFFECT}])
     assert isvc["spec"] == expected["spec"]
     assert expected["metadata"]["labels"].items() <= isvc["metadata"]["labels"].items()
-    assert _schema_error(_predictor_as_pod(deploy.inference_service_manifest("x", "ns", "s3://b/m", gpu=False))) is None
+    assert _schema_error(_predictor_as_pod(kserve.inference_service_manifest("x", "ns", "s3://b/m", gpu=False))) is None
 
 
 def test_deploy_rbac_is_get_create_patch_on_inference_services_only(objects):
     role, binding = _one(objects, "Role"), _one(objects, "RoleBinding")
-    assert role["metadata"]["name"] == deploy.DEPLOYER_ROLE
-    assert role["rules"] == [{"apiGroups": [deploy.GROUP], "resources": [deploy.PLURAL], "verbs": ["get", "create", "patch"]}]
-    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": deploy.DEPLOYER_ROLE}
-    assert deploy.PIPELINE_SERVICE_ACCOUNT == platform.PIPELINE_SERVICE_ACCOUNT
+    assert role["metadata"]["name"] == kserve.DEPLOYER_ROLE
+    assert role["rules"] == [{"apiGroups": [kserve.GROUP], "resources": [kserve.PLURAL], "verbs": ["get", "create", "patch"]}]
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": kserve.DEPLOYER_ROLE}
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": platform.PIPELINE_SERVICE_ACCOUNT,
                                     "namespace": binding["metadata"]["namespace"]}]
 
 
 def test_predictor_reads_the_weights_with_the_pipeline_s3_secret(objects):
     account = _one(objects, "ServiceAccount")
-    isvc = _one(objects, deploy.KIND)
-    assert account["metadata"]["name"] == isvc["spec"]["predictor"]["serviceAccountName"] == deploy.PREDICTOR_SERVICE_ACCOUNT
+    isvc = _one(objects, kserve.KIND)
+    assert account["metadata"]["name"] == isvc["spec"]["predictor"]["serviceAccountName"] == cluster.PREDICTOR_SERVICE_ACCOUNT
     assert account["secrets"] == [{"name": platform.S3_SECRET_NAME}]
     # KServe's storage initializer reads these key names by default (inferenceservice-config).
     assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= set(platform.S3_SECRET_KEYS)
