@@ -58,14 +58,25 @@ def test_the_overall_carries_every_category_including_one_question_ones():
     base = stratified_mean(big + small)
     assert base.mean == pytest.approx(np.mean([s[:, 0].mean() for s in big + small]))
     assert base.has_interval and base.df > 1
-    # the three 1-question categories each bring the pooled variance / 1, weighted 1/25
-    pooled = sum(((s[:, 0] - s[:, 0].mean()) ** 2).sum() for s in big) / 26
+    # the three 1-question categories bring the spread of their values between each other (2 df),
+    # never the big categories' variance; each big one its own
+    ones = np.var([0.5, -0.5, 1.0], ddof=1)
     own = sum(np.var(s[:, 0], ddof=1) / 14 for s in big)
-    assert base.se ** 2 == pytest.approx((own + 3 * pooled) / 25)
+    assert base.se ** 2 == pytest.approx((own + 3 * ones) / 25)
+    # Banerjee: the half-width is at least the 1-question term's own t_2 half-width
+    assert base.ci_high - base.mean >= stats.t.ppf(0.975, 2) * math.sqrt(3 * ones / 25) * 0.999
     only_big = stratified_mean(big)
     assert base.half_width > 2 * only_big.half_width * 2 / 5  # not the width of the big ones alone, reweighted
+    # a noisy small category is never made quieter by the big ones: its spread comes through
+    loud = stratified_mean(big + [one_per_question([4.0]), one_per_question([-4.0]), one_per_question([0.0])])
+    assert loud.se ** 2 == pytest.approx((own + 3 * 16.0) / 25)
+    two = [one_per_question([3.0, -3.0])]
+    assert stratified_mean(big + two).se ** 2 == pytest.approx((own + 18.0 / 2) / 9)  # its own variance, n=2
     # a stratum with one question and no other variance to pool: no interval, never a fake one
-    assert not stratified_mean([one_per_question([1.0]), one_per_question([2.0])]).has_interval
+    assert not stratified_mean([one_per_question([1.0])]).has_interval
+    # two 1-question strata: the t interval of their two values (1 df), as a 2-question category would get
+    pair = stratified_mean([one_per_question([1.0]), one_per_question([2.0])])
+    assert (pair.ci_low, pair.ci_high) == pytest.approx(tuple(stats.ttest_1samp([1.0, 2.0], 0).confidence_interval()))
 
 
 def test_zero_spread_gives_no_interval_rather_than_a_width_0_one():

@@ -16,10 +16,20 @@ report's method note quotes it). So:
   `MIN_CATEGORY_QUESTIONS`) the interval is not shown (NaN ends) although its standard error is
   kept for planning.
 - *Overall = mean of the category means* (every category weighs the same, `judge/overall`). Its
-  variance is sum_c V_c / K^2 and carries every category: a category with at least `min_questions`
-  questions brings its own variance; a smaller one (1-question categories included) the pooled
-  within-category variance of question means of all categories, divided by its n. Degrees of
-  freedom by Welch-Satterthwaite, the pooled variance counting once with its own df.
+  variance is sum_c V_c / K^2 and carries every category, each with its own noise (judges are
+  noisier on some categories than others; issue 28 measured 8-35% false promotions when small
+  categories borrowed the big ones' variance): a category with 2 or more questions brings its own
+  variance with n - 1 degrees of freedom, whatever its size (Satterthwaite across them); the
+  1-question categories, which have no spread of their own, bring the spread of their values
+  between each other (m of them: m - 1 df; their variance is never borrowed from the big
+  categories, and a true difference between them only widens it), or, a lone one, its distance from
+  the mean of the other categories (1 df). That term has few df and can dominate, where
+  Satterthwaite is anti-conservative (when it comes out small by chance, the df come out large), so
+  it is added by Banerjee's conservative rule, half-width^2 = t_{df_rest}^2 V_rest + t_{m-1}^2 V_1,
+  expressed as an effective df (`combine`). Training-seed variance (paired.py) enters the same way.
+- *No spread*: values all alike give no interval (a spread of 0 estimates nothing); the tests fall
+  back on the exact sign test (`p_above`, `p_below`): n questions all on one side of the
+  threshold give p = 2^-n, never 0 or 1 by fiat.
 - *p-values* are the matching t tests (so p < 0.05 exactly when the 95% interval excludes 0);
   Holm's step-down adjustment for families.
 
@@ -41,19 +51,23 @@ POWER = 0.8
 _NAN = float("nan")
 
 
-def t_quantile(p: float, df: float) -> float:
-    """The p-quantile of Student's t with df degrees of freedom (the normal one for df = inf)."""
+def _special() -> Any:
     from scipy import special
 
+    return special
+
+
+def t_quantile(p: float, df: float) -> float:
+    """The p-quantile of Student's t with df degrees of freedom (the normal one for df = inf)."""
     if not (df > 0):
         return _NAN
+    special = _special()
     return float(special.ndtri(p)) if math.isinf(df) else float(special.stdtrit(df, p))
 
 
 def t_cdf(x: float, df: float) -> float:
     """P(T <= x) for Student's t with df degrees of freedom."""
-    from scipy import special
-
+    special = _special()
     return float(special.ndtr(x)) if math.isinf(df) else float(special.stdtr(df, x))
 
 
@@ -175,51 +189,104 @@ def cluster_mean(c: np.ndarray, *, min_questions: int = MIN_CATEGORY_QUESTIONS) 
     return _interval(mean, variance, n - 1.0, int(c[:, 1].sum()), n, n >= max(2, min_questions))
 
 
+BANERJEE_LEVEL = 0.98  # the one-sided level at which `combine`'s effective df matches Banerjee's bound
+
+
+def combine(terms: Sequence[tuple[float, float]], bounded: Sequence[tuple[float, float]] = ()) -> tuple[float, float]:
+    """(variance, df) of a sum of independent variance estimates (v, df): Welch-Satterthwaite across
+    `terms`; `bounded` terms (few df, able to dominate: the 1-question categories, the training
+    seeds) are added by Banerjee's conservative rule, half-width^2 = t_rest^2 V_rest + sum t_i^2 v_i,
+    returned as the df whose t quantile gives that half-width at BANERJEE_LEVEL (one-sided)."""
+    from scipy import optimize
+
+    terms = [(float(v), float(d)) for v, d in terms if math.isfinite(v) and d > 0]
+    bounded = [(float(v), float(d)) for v, d in bounded if math.isfinite(v) and d > 0]
+    v_rest = sum(v for v, _ in terms)
+    denominator = sum(v * v / d for v, d in terms if v > 0)
+    df_rest = v_rest ** 2 / denominator if denominator > 0 else (sum(d for _, d in terms) or math.inf)
+    extra = [(v, d) for v, d in bounded if v > 0]
+    variance = v_rest + sum(v for v, _ in extra)
+    if not extra:
+        return variance, df_rest
+    p = BANERJEE_LEVEL
+    q = math.sqrt(t_quantile(p, df_rest) ** 2 * v_rest + sum(t_quantile(p, d) ** 2 * v for v, d in extra)) \
+        / math.sqrt(variance)
+    if q <= t_quantile(p, math.inf) * (1 + 1e-12):
+        return variance, math.inf
+    low = min(d for _, d in extra) * 0.5
+    return variance, float(optimize.brentq(lambda d: t_quantile(p, d) - q, max(low, 1e-3), 1e9, xtol=1e-6))
+
+
 def stratified_mean(strata: Sequence[np.ndarray], *, min_questions: int = MIN_CATEGORY_QUESTIONS) -> Estimate:
     """The mean over strata (categories) of their means, every stratum weighing the same, with a t
-    interval whose variance carries every stratum (see the module docstring: own variance from
-    `min_questions` questions on, the pooled within-stratum variance below, Satterthwaite df)."""
+    interval whose variance carries every stratum with its own noise (the module docstring: own
+    variance from 2 questions on, the 1-question strata's spread between each other, `combine`).
+    `min_questions` is where a stratum shows its own interval; it does not change the overall's."""
     strata = [s for s in strata if s.shape[0]]
     if not strata:
         return EMPTY
     k = len(strata)
     parts = [_ratio_parts(s) for s in strata]
-    mean = sum(p[0] for p in parts) / k
+    means = [p[0] for p in parts]
+    mean = sum(means) / k
     n_items = int(sum(s[:, 1].sum() for s in strata))
     nq = sum(s.shape[0] for s in strata)
-    own = [(p[1] / k ** 2, s.shape[0] - 1.0) for p, s in zip(parts, strata) if s.shape[0] >= max(2, min_questions)]
-    small = [s.shape[0] for s in strata if s.shape[0] < max(2, min_questions)]
-    variance, terms = sum(v for v, _ in own), [t for t in own]
-    if small:
-        pooled_df = float(sum(s.shape[0] - 1 for s in strata))
-        if pooled_df < 1:
-            return Estimate(mean, _NAN, _NAN, n_items, nq)
-        pooled = float(sum(np.sum(p[2] ** 2) for p in parts)) / pooled_df
-        v_small = sum(pooled / n for n in small) / k ** 2
-        variance += v_small
-        terms.append((v_small, pooled_df))
-    nonzero = [(v, d) for v, d in terms if v > 0]
-    denominator = sum(v * v / d for v, d in nonzero)
-    df = variance ** 2 / denominator if denominator > 0 else float(sum(d for _, d in terms))
+    own = [(p[1] / k ** 2, s.shape[0] - 1.0) for p, s in zip(parts, strata) if s.shape[0] >= 2]
+    ones = [i for i, s in enumerate(strata) if s.shape[0] == 1]
+    bounded: list[tuple[float, float]] = []
+    if len(ones) >= 2:
+        bounded.append((len(ones) * float(np.var([means[i] for i in ones], ddof=1)) / k ** 2, len(ones) - 1.0))
+    elif ones and k >= 2:
+        others = float(np.mean([m for i, m in enumerate(means) if i != ones[0]]))
+        bounded.append(((means[ones[0]] - others) ** 2 / k ** 2, 1.0))
+    elif ones:
+        return Estimate(mean, _NAN, _NAN, n_items, nq)  # one stratum of one question: no spread at all
+    variance, df = combine(own, bounded)
     return _interval(mean, variance, df, n_items, nq, True)
 
 
+def one_question_spread(means: Sequence[float]) -> tuple[float, float]:
+    """(standard error, df) of a 1-question category's mean, from the spread of the 1-question
+    categories' values between each other (the overall's rule); NaN with fewer than two of them."""
+    if len(means) < 2:
+        return _NAN, _NAN
+    return float(np.std(means, ddof=1)), len(means) - 1.0
+
+
+def sign_test_p(n_questions: int) -> float:
+    """Exact one-sided p of the sign (sign-flip) test when all n question values lie on the tested
+    side: 2^-n (under no difference, each question's sign is a fair coin)."""
+    return 0.5 ** n_questions if n_questions > 0 else 1.0
+
+
 def two_sided_p(est: Estimate) -> float:
-    """The t test of mean = 0 matching the interval (NaN without a standard error)."""
+    """The t test of mean = 0 matching the interval (NaN without a standard error); with no spread
+    the exact sign test (2 x 2^-n when the common value is not 0)."""
     if not (math.isfinite(est.se) and est.df > 0):
         return _NAN
     if est.se == 0:
-        return 1.0 if abs(est.mean) < 1e-12 else 0.0
+        return 1.0 if abs(est.mean) < 1e-12 else min(1.0, 2 * sign_test_p(est.n_questions))
     return float(min(1.0, 2 * t_cdf(-abs(est.mean) / est.se, est.df)))
 
 
 def p_below(est: Estimate, threshold: float) -> float:
-    """One-sided p of H0: true mean >= threshold against H1: below it (small = credibly below)."""
+    """One-sided p of H0: true mean >= threshold against H1: below it (small = credibly below).
+    No spread: the exact sign test, 2^-n when every question lies below, else 1."""
     if not (math.isfinite(est.se) and est.df > 0):
         return _NAN
     if est.se == 0:
-        return 0.0 if est.mean < threshold else 1.0
+        return sign_test_p(est.n_questions) if est.mean < threshold - 1e-12 else 1.0
     return t_cdf((est.mean - threshold) / est.se, est.df)
+
+
+def p_above(est: Estimate, threshold: float) -> float:
+    """One-sided p of H0: true mean <= threshold against H1: above it (small = credibly above).
+    No spread: the exact sign test, 2^-n when every question lies above, else 1."""
+    if not (math.isfinite(est.se) and est.df > 0):
+        return _NAN
+    if est.se == 0:
+        return sign_test_p(est.n_questions) if est.mean > threshold + 1e-12 else 1.0
+    return t_cdf((threshold - est.mean) / est.se, est.df)
 
 
 def holm(p_values: Sequence[float]) -> list[float]:
@@ -290,10 +357,18 @@ def questions_needed(est: Estimate, delta: float, alpha: float, power: float = P
 QUESTION_SD, TURN_SD, ANSWER_SD = 1.2, 0.5, 1.0  # issue 18's simulation model
 
 
-def judge_scores(rng: np.random.Generator, true_mean: np.ndarray) -> np.ndarray:
-    """What a judge prints for answers whose true quality is `true_mean`: four integer criteria
-    (answer noise SD `ANSWER_SD`, rounded, clipped to 1-10), averaged."""
-    noise = rng.normal(0.0, ANSWER_SD, size=true_mean.shape)[..., None] + rng.normal(0.0, 0.5, size=(*true_mean.shape, 4))
+def judge_scores(rng: np.random.Generator, true_mean: np.ndarray, answer_sd: float | np.ndarray = ANSWER_SD, *,
+                 criteria: int = 4, tails: float = math.inf) -> np.ndarray:
+    """What a judge prints for answers whose true quality is `true_mean`: `criteria` integer criteria
+    (answer noise SD `answer_sd`, a scalar or broadcast against `true_mean`; each criterion its own
+    noise SD 0.5), rounded, clipped to 1-10, averaged. `tails`: the answer noise is Student t with
+    that many df, scaled to SD `answer_sd` (inf: normal)."""
+    shape = true_mean.shape
+    if math.isinf(tails):
+        base = rng.normal(0.0, 1.0, size=shape)
+    else:
+        base = rng.standard_t(tails, size=shape) / math.sqrt(tails / (tails - 2))
+    noise = (base * answer_sd)[..., None] + rng.normal(0.0, 0.5, size=(*shape, criteria))
     return np.clip(np.rint(true_mean[..., None] + noise), 1, 10).mean(axis=-1)
 
 
