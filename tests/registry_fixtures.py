@@ -7,15 +7,15 @@ byte-level BPE tokenizer trained on a few Korean lines, a real PEFT LoRA adapter
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Mapping
 
 import pytest
 
-from selfguided.components.model import artifact as tm
 from selfguided.components.data import CATEGORIES
-from selfguided.components.steps.judge import summarize_judgments
+from selfguided.components.evaluation.judge_summary import JudgeSummary
+from selfguided.components.judging.jury import JudgeUsage, JuryUsage, judge_named
+from selfguided.components.model import artifact as tm
 from selfguided.components.model.prompting import CRITERIA
 
 KOREAN_LINES = [
@@ -126,31 +126,37 @@ def category_scores(base: float, overrides: Mapping[str, float] | None = None) -
     return {c: float((overrides or {}).get(c, base)) for c in CATEGORIES}
 
 
+def jury_of(judge_model: str = "offline-heuristic") -> JuryUsage:
+    """The usage of a jury of one, `judge_model` (the offline stand-in or an LLM judge), as the
+    judge step records it."""
+    identity = judge_named(judge_model).identity
+    return JuryUsage(identity, "mean", 1, 1, 0.0, [JudgeUsage(identity, items=6)])
+
+
 def make_summary(
     base_model: str,
     arm: str,
     per_category: Mapping[str, float],
     *,
     judge_model: str = "offline-heuristic",
-    prompt_version: str = "vicuna-single-v1",
     usage: Mapping[str, float] | None = None,
-) -> dict[str, Any]:
-    """A judge summary written by the judge step's own `summarize_judgments`, from six judgments
+    replicate: int = 0,
+) -> JudgeSummary:
+    """A judge summary made as the judge step makes it (JudgeSummary.of_judgments), from six judgments
     per category whose criteria all equal the category's given score."""
     judgments = [
         {"category": cat, "score": score, "scores": {c: score for c in CRITERIA}, "error": None}
         for cat, score in per_category.items()
         for _ in range(6)
     ]
-    return summarize_judgments(judgments, row_kind="trained", base_model=base_model, arm=arm,
-                               judge_model=judge_model, prompt_version=prompt_version, usage=dict(usage or {}))
+    return JudgeSummary.of_judgments(judgments, jury_of(judge_model), row_kind="trained", base_model=base_model,
+                                     arm=arm, replicate=replicate, usage=dict(usage or {}))
 
 
-def write_summary(path: Path, summary: Mapping[str, Any]) -> Path:
+def write_summary(path: Path, summary: JudgeSummary) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(summary, ensure_ascii=False, indent=2), encoding="utf-8")
-    return path
+    return summary.write(path)
 
 
 def make_judgments(per_category: Mapping[str, float], *, n: int = 8, spread: float = 0.0, seed: int = 0,
@@ -172,15 +178,14 @@ def make_judgments(per_category: Mapping[str, float], *, n: int = 8, spread: flo
 
 def write_row(root: Path, name: str, judgments: list[dict[str, Any]], *, row_kind: str = "trained",
               base_model: str = "tiny", arm: str = "", model: str = "", judge_model: str = "offline-heuristic",
-              note: str = "") -> tuple[Path, Path]:
+              note: str = "", replicate: int = 0, fallback: Any = None) -> tuple[Path, Path]:
     """A judge step's two outputs for one row: (summary file, judgments file)."""
     from selfguided.components.data import write_jsonl
 
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    summary = summarize_judgments(judgments, row_kind=row_kind, base_model=base_model, arm=arm, model=model,
-                                  judge_model=judge_model, prompt_version="heuristic-v1")
-    summary.update(note=note, fallback=None)
+    summary = JudgeSummary.of_judgments(judgments, jury_of(judge_model), row_kind=row_kind, base_model=base_model,
+                                        arm=arm, model=model, replicate=replicate, note=note, fallback=fallback)
     write_jsonl(root / f"{name}.judgments.jsonl", judgments)
     return write_summary(root / f"{name}.summary.json", summary), root / f"{name}.judgments.jsonl"
 

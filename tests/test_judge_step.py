@@ -8,7 +8,8 @@ from selfguided.components.data import CATEGORIES, DataError
 from selfguided.components.judging.offline import OFFLINE_JUDGE_NAME, heuristic_scores, judge_offline
 from selfguided.components.judging.rules import mean_of_criteria as mean_score
 from selfguided.components.model.prompting import CRITERIA
-from selfguided.components.steps.judge import judge_report_html, judge_report_markdown, summarize_judgments
+from selfguided.components.evaluation.judge_summary import JudgeSummary
+from selfguided.components.steps.judge import judge_report_html, judge_report_markdown, run_judge_step
 
 STRONG_BLOG = (
     "오늘은 집에서 쉽게 따라 할 수 있는 베란다 텃밭 가꾸기 방법을 소개해 드릴게요. 먼저 햇빛이 잘 드는 자리를 고르는 것이 "
@@ -66,22 +67,52 @@ def _answers(questions, *texts):
              "choices": [{"index": 0, "turns": list(texts)}], "tstamp": 0.0} for q in questions]
 
 
-def test_judge_summary_has_every_category_and_the_metric_names_of_the_design():
+def _judge_step(tmp_path, questions, answers, **options) -> JudgeSummary:
+    """The judge step on question and answer files, its summary read back from its file."""
+    from selfguided.components.data import write_jsonl
+
+    write_jsonl(tmp_path / "q.jsonl", questions)
+    write_jsonl(tmp_path / "a.jsonl", answers)
+    out = {name: str(tmp_path / name) for name in ("j.jsonl", "s.json", "r.md", "r.html")}
+    returned = run_judge_step(str(tmp_path / "q.jsonl"), str(tmp_path / "a.jsonl"), OFFLINE_JUDGE_NAME,
+                              out["j.jsonl"], out["s.json"], out["r.md"], out["r.html"], **options)
+    summary = JudgeSummary.read(out["s.json"])
+    assert summary == returned  # the file holds the whole summary, typed
+    return summary
+
+
+def test_judge_summary_has_every_category_and_the_metric_names_of_the_design(tmp_path):
     questions = [{"question_id": i, "category": c, "turns": [f"{c} 글을 써 주세요"]} for i, c in enumerate(CATEGORIES)]
     judgments = judge_offline(questions, _answers(questions, STRONG_BLOG))
     assert all(j["judge"]["model"] == OFFLINE_JUDGE_NAME and set(j["scores"]) == set(CRITERIA) for j in judgments)
-    summary = summarize_judgments(judgments, row_kind="trained", base_model="tiny", arm="unscored",
-                                  judge_model=OFFLINE_JUDGE_NAME, prompt_version="heuristic-v1")
-    assert (summary["row"], summary["base_model"], summary["arm"]) == ("tiny/unscored", "tiny", "unscored")
-    assert list(summary["categories"]) == list(CATEGORIES)
+    summary = _judge_step(tmp_path, questions, _answers(questions, STRONG_BLOG), row_kind="trained",
+                          base_model="tiny", arm="unscored", replicate=2)
+    assert (summary.row, summary.base_model, summary.arm, summary.replicate) == ("tiny/unscored#2", "tiny", "unscored", 2)
+    assert summary.judge.label == "offline-heuristic/heuristic-v1" and summary.jury.size == 1
+    assert list(summary.categories) == list(CATEGORIES)
     for category in CATEGORIES:
         for name in (*CRITERIA, "overall"):
-            assert f"judge/{category}/{name}" in summary["metrics"]
-    assert summary["metrics"]["judge/overall"] == pytest.approx(
-        sum(v["overall"] for v in summary["categories"].values()) / len(CATEGORIES), abs=1e-3)
-    assert "| news | 1 |" in judge_report_markdown(summary)
+            assert f"judge/{category}/{name}" in summary.metrics
+    assert summary.metrics["judge/overall"] == pytest.approx(
+        sum(v["overall"] for v in summary.categories.values()) / len(CATEGORIES), abs=1e-3)
+    report = judge_report_markdown(summary)
+    assert "| news | 1 |" in report and summary.row in report
+    assert "Judge: `offline-heuristic/heuristic-v1`" in report and "it does not measure quality" in report
     assert "data:image/png;base64," in judge_report_html(summary)
-    assert summary["row"] in judge_report_markdown(summary)
+
+
+def test_a_judge_summary_file_that_is_not_one_says_which_field(tmp_path):
+    questions = [{"question_id": 1, "category": "poem", "turns": ["시를 써 주세요"]}]
+    _judge_step(tmp_path, questions, _answers(questions, STRONG_BLOG), row_kind="base", base_model="tiny")
+    data = json.loads((tmp_path / "s.json").read_text(encoding="utf-8"))
+    for broken, message in (({**data, "arm": None}, "field 'arm' is missing"),
+                            ({**data, "metrics": {}}, "has no 'judge/overall'"),
+                            ({**data, "row_kind": "mystery"}, "row_kind must be one of"),
+                            ({k: v for k, v in data.items() if k != "jury"}, "not a judge summary"),
+                            ({**data, "judge": {**data["judge"], "model": "gpt-4o"}}, "not the jury's identity")):
+        (tmp_path / "bad.json").write_text(json.dumps(broken), encoding="utf-8")
+        with pytest.raises(DataError, match=message):
+            JudgeSummary.read(tmp_path / "bad.json")
 
 
 def test_english_answers_are_flagged_and_score_lower():
@@ -118,7 +149,7 @@ def test_judge_rejects_answers_to_unknown_questions():
 
 
 def test_the_judge_steps_figures_are_compares_on_the_same_judgments():
-    """One rule of what counts (evaluation.rows.judgment_problem): a judgment that gives no criteria,
+    """One rule of what counts (judging.rules.judgment_problem): a judgment that gives no criteria,
     or an overall off the 1-10 scale, is counted or dropped by the judge step exactly as compare does."""
     from selfguided.components.evaluation.gate import evaluate_run
     from selfguided.components.evaluation.rows import RowJudgments
@@ -128,10 +159,11 @@ def test_the_judge_steps_figures_are_compares_on_the_same_judgments():
     judgments.append({"question_id": "q5", "turn": 1, "category": "poem", "score": 9.0, "error": None})  # no criteria
     judgments.append({"question_id": "q6", "turn": 1, "category": "poem", "score": 11.0,
                       "scores": {c: 11.0 for c in CRITERIA}, "error": None})  # off the scale
-    summary = summarize_judgments(judgments, row_kind="trained", base_model="tiny", arm="unscored",
-                                  judge_model=OFFLINE_JUDGE_NAME, prompt_version="v1")
+    from registry_fixtures import jury_of
+
+    summary = JudgeSummary.of_judgments(judgments, jury_of(), row_kind="trained", base_model="tiny", arm="unscored")
     evaluation = evaluate_run([RowJudgments("tiny/unscored", "trained", judgments, base_model="tiny", arm="unscored")])
     compared = evaluation.comparison.rows[0].categories["poem"].overall
-    assert summary["n_judged"] == compared.n == 6
-    assert summary["categories"]["poem"]["overall"] == round(compared.mean, 3)
-    assert summary["categories"]["poem"]["helpfulness"] == 6.0  # over the five that give it
+    assert summary.n_judged == compared.n == 6
+    assert summary.categories["poem"]["overall"] == round(compared.mean, 3)
+    assert summary.categories["poem"]["helpfulness"] == 6.0  # over the five that give it

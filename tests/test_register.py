@@ -20,9 +20,12 @@ from registry_fixtures import (
     write_summary,
 )
 
-from selfguided.components.evaluation.gate import PromotionGate
-from selfguided.components.steps.compare import run_compare
 from selfguided.components.data import CATEGORIES, DataError, file_sha256
+from selfguided.components.evaluation.agreement import JuryAgreement
+from selfguided.components.evaluation.compare_result import CompareResult
+from selfguided.components.evaluation.gate import Challenger, GateDecision, PromotionGate
+from selfguided.components.evaluation.paired import Comparison
+from selfguided.components.steps.compare import run_compare_step
 from selfguided.components.model.prompting import CRITERIA, inference_prompt
 from selfguided.components.registry.names import CHALLENGER, CHAMPION, PREVIOUS_CHAMPION_TAG, RegistryError
 from selfguided.components.registry.promotion import register_candidates, rollback_champion
@@ -39,13 +42,14 @@ def alias(client: MlflowClient, name: str) -> str:
 
 
 def decided(challenger: Candidate, promote: bool, reason: str = "the compare step said so",
-            champion_version: str | None = None, metrics: dict | None = None) -> dict:
+            champion_version: str | None = None, metrics: dict | None = None) -> CompareResult:
     """A compare step result that names `challenger` and carries a decision (the gate itself is
     tested in test_compare.py; here the registry must follow what it decided)."""
     manifest = challenger.manifest
-    return {"decision": {"promote": promote, "reasons": [reason], "figures": {}},
-            "challenger": {"row": manifest.display_name, "base_model": manifest.base_model, "arm": manifest.arm},
-            "champion_version": champion_version, "metrics": metrics or {}, "notes": [], "rows": []}
+    return CompareResult(Comparison([], {}, [], [], {}), GateDecision(promote, [reason]),
+                         Challenger(manifest.base_model, manifest.arm, [manifest.display_name], manifest.display_name,
+                                    float("nan"), 1),
+                         champion_version, metrics or {}, [], JuryAgreement([]))
 
 
 # --- candidates ------------------------------------------------------------------------------
@@ -66,7 +70,7 @@ def test_load_candidates_takes_the_pairs_as_the_loop_collected_them(two_arms):
     models, summaries = two_arms
     candidates = load_candidates(models, summaries[::-1])  # the i-th summary belongs to the i-th model
     assert [c.label for c in candidates] == ["tiny/unscored", "tiny/self_guided"]
-    assert [c.summary["arm"] for c in candidates] == ["unscored", "self_guided"]
+    assert [c.summary.arm for c in candidates] == ["unscored", "self_guided"]
     assert [c.model_dir for c in candidates] == models
 
 
@@ -158,7 +162,8 @@ def test_register_logs_runs_versions_metrics_and_aliases(tmp_path, store, two_ar
     assert run.data.params["base_model"] == HUB_BASE
     assert run.data.params["method"] == "lora"
     assert run.data.params["judge_model"] == "gpt-4o"
-    assert run.data.params["prompt_version"] == "vicuna-single-v1"
+    assert run.data.params["prompt_version"] == "judge-single-v1"
+    assert run.data.tags["judge"] == "gpt-4o/judge-single-v1" and run.data.tags["replicate"] == "0"
     assert run.data.params["finetune.lora.r"] == "4"
     assert run.data.params["finetune.learning_rate"] == "0.0002"
     assert run.data.params["train.device"] == "cpu"
@@ -168,7 +173,7 @@ def test_register_logs_runs_versions_metrics_and_aliases(tmp_path, store, two_ar
     assert metrics["judge_run/n_judged"] == 36 and metrics["judge_run/n_failed"] == 0
     expected = {f"judge/{cat}/{c}" for cat in CATEGORIES for c in (*CRITERIA, "overall")} | {"judge/overall"}
     assert {k for k in metrics if k.startswith("judge/")} == expected
-    assert all(metrics[k] == hub_summary["metrics"][k] for k in expected)
+    assert all(metrics[k] == hub_summary.metrics[k] for k in expected)
     # MLflow 3: the same metrics are attached to the LoggedModel behind the version.
     logged = client.get_logged_model(hub.source.removeprefix("models:/"))
     assert {m.key for m in logged.metrics} >= expected
@@ -264,10 +269,12 @@ def test_every_row_of_a_run_is_logged_under_one_parent_with_its_evidence(tmp_pat
                for i, (arm, score) in enumerate([("unscored", 5.0), ("self_guided", 6.5), ("control", 5.2)])}
     base = write_row(rows, "base", make_judgments(category_scores(2.0), seed=7), row_kind="base")
     champion = write_row(rows, "champion", [], row_kind="champion", base_model="", note="no champion yet")
-    evaluation = run_compare([p for p, _ in trained.values()] + [base[0], champion[0]],
-                             [j for _, j in trained.values()] + [base[1], champion[1]], gate=PromotionGate())
-    assert evaluation["challenger"]["arm"] == "self_guided" and evaluation["decision"]["promote"]
-    assert evaluation["notes"] == ["champion: no champion yet"]
+    run_compare_step([p for p, _ in trained.values()] + [base[0], champion[0]],
+                     [j for _, j in trained.values()] + [base[1], champion[1]], str(tmp_path / "result.json"),
+                     str(tmp_path / "r.md"), str(tmp_path / "r.html"), gate=PromotionGate())
+    evaluation = CompareResult.read(tmp_path / "result.json")  # what the register step reads
+    assert evaluation.challenger.arm == "self_guided" and evaluation.decision.promote
+    assert evaluation.notes == ["champion: no champion yet"]
     models = [make_model_dir(tmp_path / "m", arm=arm) for arm in trained]
     (tmp_path / "train").mkdir()
     for arm in trained:
@@ -276,8 +283,9 @@ def test_every_row_of_a_run_is_logged_under_one_parent_with_its_evidence(tmp_pat
     evidence = write_evidence(tmp_path / "evidence", [p for p, _ in trained.values()] + [base[0], champion[0]],
                               [j for _, j in trained.values()] + [base[1], champion[1]], trained=len(trained))
     candidates, references = load_evidence(evidence, models, train_dir=tmp_path / "train")
-    assert [c.summary["row"] for c in candidates] == [f"tiny/{arm}" for arm in trained]
-    assert [r.summary["row_kind"] for r in references] == ["base", "champion"]
+    assert [c.summary.row for c in candidates] == [f"tiny/{arm}" for arm in trained]
+    assert [r.summary.row_kind for r in references] == ["base", "champion"]
+    assert [len(c.row.judgments) for c in candidates] == [48, 48, 48] and references[1].row is None
     (tmp_path / "report.md").write_text("# Evaluation with uncertainty\n", encoding="utf-8")
     (tmp_path / "page.html").write_text("<html></html>", encoding="utf-8")
     scored = tmp_path / "scored.jsonl"
@@ -296,6 +304,8 @@ def test_every_row_of_a_run_is_logged_under_one_parent_with_its_evidence(tmp_pat
     assert parent.info.run_id == report.parent_run_id and parent.data.tags["row_kind"] == "pipeline"
     assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"comparison.json", "report.md",
                                                                             "report.html"}
+    logged = mlflow.artifacts.load_dict(f"{parent.info.artifact_uri}/comparison.json")
+    assert logged == json.loads((tmp_path / "result.json").read_text(encoding="utf-8"))  # one file form
     assert [i.dataset.name for i in parent.inputs.dataset_inputs] == ["scored.jsonl"]
     for run in runs.values():
         assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id

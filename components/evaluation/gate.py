@@ -39,7 +39,7 @@ from selfguided.components.evaluation.paired import (
 )
 from selfguided.components.evaluation.rows import RowJudgments, parse_row
 from selfguided.components.evaluation.statistics import (
-    MIN_CATEGORY_QUESTIONS, Estimate, holm, jsonable, no_interval_reason, p_below,
+    MIN_CATEGORY_QUESTIONS, Estimate, as_float, holm, jsonable, no_interval_reason, p_below,
 )
 from selfguided.components.evaluation.summaries import RowSummary, summarise_row
 
@@ -69,6 +69,9 @@ class PromotionGate:
     min_paired_questions: int = 20
     min_category_questions: int = MIN_CATEGORY_QUESTIONS
     alpha: float = 0.02
+    min_judge_agreement: float = 0.0
+    """With a jury of two or more judges: refuse when their Krippendorff's alpha is below it (0: off);
+    see `judge_agreement_rule`."""
 
     def __post_init__(self) -> None:
         for name in ("min_improvement", "promotion_tolerance"):
@@ -118,11 +121,21 @@ class Challenger:
         return jsonable({"row": self.row, "base_model": self.base_model, "arm": self.arm, "rows": self.rows,
                          "overall": self.overall, "n_candidates": self.n_candidates})
 
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Challenger:
+        return cls(d["base_model"], d["arm"], list(d["rows"]), d["row"], as_float(d["overall"]), int(d["n_candidates"]))
+
 
 def pick_challenger(rows: Sequence[RowJudgments], summaries: Sequence[RowSummary]) -> Challenger:
     """The candidate arm (trained, of CANDIDATE_ARMS) with the highest overall (summaries.RowSummary:
     mean of category means; with replicates, their mean); the first of equals in row order."""
-    overall = {s.row: s.overall.mean for s in summaries}
+    return best_candidate(rows, {s.row: s.overall.mean for s in summaries})
+
+
+def best_candidate(rows: Sequence[RowJudgments], overall: Mapping[str, float]) -> Challenger:
+    """The candidate arm with the highest `overall` (row -> its overall; with replicates, their mean) and
+    its best replicate: the one rule of "which row would be promoted" (the challenger, and each
+    judge's pick in the agreement statistics)."""
     groups = {key: members for key, members in replicate_groups(rows).items() if key[1] in CANDIDATE_ARMS}
     if not groups:
         raise ValueError(f"no trained row of the arms {', '.join(CANDIDATE_ARMS)} to choose a challenger from")
@@ -264,7 +277,7 @@ def _valid_number(value: Any) -> float | None:
 
 def _decide_fallback(members: list[RowJudgments], metrics: Mapping[str, float], champion_judge: str | None,
                      gate: PromotionGate, figures: dict[str, Any], k: int) -> GateDecision:
-    from selfguided.components.evaluation.metrics import metric_name
+    from selfguided.components.evaluation.metrics import OVERALL, judge_metric
 
     figures["mode"] = "fallback_unpaired"
     note = ("fallback: the champion could not be re-evaluated in this run, so this is an unpaired comparison "
@@ -291,7 +304,7 @@ def _decide_fallback(members: list[RowJudgments], metrics: Mapping[str, float], 
     unscored = [c for c, s in summary.categories.items() if s.overall.n == 0]
     if unscored:
         blocking.append(f"{challenger.row} has no scored judgment in {', '.join(unscored)}")
-    champion_overall = _valid_number(metrics.get("judge/overall"))
+    champion_overall = _valid_number(metrics.get(OVERALL))
     figures["champion_overall"] = champion_overall
     alpha = gate.alpha / max(1, k)
     bound = summary.overall.lower_bound(alpha)
@@ -306,7 +319,7 @@ def _decide_fallback(members: list[RowJudgments], metrics: Mapping[str, float], 
         else:
             blocking.append(f"{head}, not above min_improvement {gate.min_improvement:.2f}")
     for category, cat in summary.categories.items():
-        logged = _valid_number(metrics.get(f"judge/{metric_name(category)}/overall"))
+        logged = _valid_number(metrics.get(judge_metric(category, "overall")))
         est = cat.overall
         if logged is not None and est.has_interval and est.ci_high < logged - gate.promotion_tolerance:
             blocking.append(f"category {category} is credibly worse: {ci_text(est)}, upper bound below the champion's "
@@ -330,11 +343,12 @@ class Evaluation:
 
 def evaluate_run(rows: Sequence[RowJudgments], gate: PromotionGate = PromotionGate(), *,
                  existing_champion: str | None = None, fallback: Mapping[str, Any] | None = None,
-                 gpu_hour_usd: float = 0.0) -> Evaluation:
+                 gpu_hour_usd: float = 0.0, jury: JuryCheck | None = None) -> Evaluation:
     """Summarise every row, pick the challenger, compare it with its bar once, and decide.
 
     existing_champion: the registry champion's version when there is one (its row may be missing:
         it could not be re-evaluated). fallback: {"metrics", "judge"} logged for that champion.
+    jury: the jury's agreement (agreement.JuryAgreement.check), for `judge_agreement_rule`.
     """
     rows = list(rows)
     parsed = {r.row: parse_row(r) for r in rows}
@@ -349,7 +363,7 @@ def evaluate_run(rows: Sequence[RowJudgments], gate: PromotionGate = PromotionGa
     label = "challenger vs champion" if champion is not None else "challenger vs base (first champion)"
     comparison.pairs = paired_comparisons(
         rows, default_comparisons(rows) + ([(challenger.rows, bar.row, label)] if bar is not None else []),
-        comparison.categories, min_category_questions=gate.min_category_questions, parsed=parsed)
+        min_category_questions=gate.min_category_questions, parsed=parsed)
     pair = comparison.pairs[-1] if bar is not None else None
     fallback = fallback or {}
     if champion is None and existing_champion and not fallback.get("metrics"):
@@ -361,4 +375,57 @@ def evaluate_run(rows: Sequence[RowJudgments], gate: PromotionGate = PromotionGa
                                     fallback_champion_metrics=fallback.get("metrics") if champion is None and fallback
                                     else None, fallback_champion_judge=fallback.get("judge"),
                                     n_candidates=challenger.n_candidates, pair=pair)
+    if jury is not None:
+        decision = judge_agreement_rule(decision, jury, gate.min_judge_agreement)
     return Evaluation(comparison, challenger, decision)
+
+
+# ---------------------------------------------------------------------------------------------
+# Rules that refuse on what lies outside the scores: the jury's agreement, the champion moving
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class JuryCheck:
+    """What the judge-agreement rule reads of the jury (agreement.JuryAgreement.check): its judges,
+    their overall Krippendorff's alpha (NaN: not measurable) and the plain-words warnings."""
+
+    judges: list[str]
+    alpha: float
+    warnings: list[str]
+
+
+def judge_agreement_rule(decision: GateDecision, jury: JuryCheck, min_agreement: float) -> GateDecision:
+    """The decision with the jury's verdict on itself: with two or more judges, a refusal (first) when
+    their alpha is below `min_agreement` (0: never) or cannot be measured while asked for, and the
+    jury's warnings after the other reasons; with one judge, a note when `min_agreement` was asked for."""
+    figures = {**decision.figures, "judges": list(jury.judges), "judge_alpha": jury.alpha,
+               "min_judge_agreement": min_agreement}
+    if len(jury.judges) < 2:
+        note = ([f"--min-judge-agreement {min_agreement:g} was not checked: it needs a jury of two or more judges "
+                 f"(--judges), this run had {len(jury.judges)} ({', '.join(jury.judges) or 'none'})"]
+                if min_agreement > 0 else [])
+        return GateDecision(decision.promote, decision.reasons + note, figures)
+    refusal = None
+    if min_agreement > 0 and not math.isfinite(jury.alpha):
+        refusal = (f"judge agreement could not be measured (too few items scored by two judges), and "
+                   f"--min-judge-agreement {min_agreement:g} asks for it: nothing is promoted")
+    elif min_agreement > 0 and jury.alpha < min_agreement:
+        refusal = (f"the judges agree too little to promote on their verdict: Krippendorff's alpha "
+                   f"{jury.alpha:.2f} < --min-judge-agreement {min_agreement:g}")
+    if refusal is None:
+        return GateDecision(decision.promote, decision.reasons + list(jury.warnings), figures)
+    if decision.promote:
+        return GateDecision(False, [refusal, *decision.reasons, *jury.warnings], figures)
+    return GateDecision(False, [*decision.reasons, refusal, *jury.warnings], figures)
+
+
+def champion_moved_rule(decision: GateDecision, evaluated: str | None, current: str | None) -> GateDecision:
+    """The decision as it stands when the aliases move: the evidence is about the champion the run
+    evaluated (`evaluated`, None: none); if the registry's champion is another one now (`current`),
+    nothing is promoted, first reason saying so."""
+    if not decision.promote or current is None or str(current) == str(evaluated or ""):
+        return decision
+    return GateDecision(False, [f"the champion moved to v{current} while this run compared the challenger with "
+                                f"{'v' + str(evaluated) if evaluated else 'no champion'}; rerun to compare with the "
+                                "current one", *decision.reasons], decision.figures)

@@ -8,7 +8,8 @@ categories back) all name metrics through these functions:
 - on a trained row compared with `unscored` of its base: `delta/<category>/overall` (+ CI),
   `delta/overall` (+ CI), `delta/overall_length_controlled` (+ CI), `delta/n_pairs`;
 - `length/mean_chars`, `cost/usd_per_1000_answers` when known;
-- a jury member's own scores: `jury/<judge>/<category>/overall`, `jury/<judge>/overall` (`per_judge_metric`).
+- a jury member's own scores: `jury/<judge>/<category>/overall`, `jury/<judge>/overall` (`per_judge_metric`),
+  and the jury's agreement `jury/alpha`.
 
 A category becomes one path segment (`metric_name`: letters and digits of any script, `_ - ` and
 space; anything else `_`), made unique within a run (`metric_names`). Light: no numpy.
@@ -26,6 +27,14 @@ if TYPE_CHECKING:
     from selfguided.components.evaluation.statistics import Estimate
 
 OVERALL = "judge/overall"
+JURY_ALPHA = "jury/alpha"
+"""The jury's overall Krippendorff's alpha, on every row of a run with two or more judges."""
+
+
+def is_judge_metric(name: str) -> bool:
+    """Whether a metric is one of the judge's scores (`judge/...`): what a champion's fallback carries
+    and what a registered version reports."""
+    return name.startswith("judge/")
 
 
 def metric_name(category: str) -> str:

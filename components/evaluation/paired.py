@@ -164,7 +164,7 @@ def _length_shape(entries: list[tuple[str, float, float | None]]) -> tuple[float
 
 
 def paired_comparison(a: Sequence[tuple[RowJudgments, ParsedRow]], b: tuple[RowJudgments, ParsedRow], label: str,
-                      categories: Sequence[str] | None = None, *, min_questions: int = MIN_CATEGORY_QUESTIONS,
+                      *, min_questions: int = MIN_CATEGORY_QUESTIONS,
                       tie_epsilon: float = TIE_EPSILON) -> PairedComparison:
     """A - B, A being one row or the replicates (training seeds) of one arm: see the module docstring.
 
@@ -300,7 +300,7 @@ def _seen_map(parsed: Sequence[ParsedRow]) -> dict[str, bool | None]:
 
 
 def paired_comparisons(rows: Sequence[RowJudgments], comparisons: Sequence[tuple[Sequence[str] | str, str, str]],
-                       categories: Sequence[str] = (), *, min_category_questions: int = MIN_CATEGORY_QUESTIONS,
+                       *, min_category_questions: int = MIN_CATEGORY_QUESTIONS,
                        tie_epsilon: float = TIE_EPSILON, parsed: Mapping[str, ParsedRow] | None = None
                        ) -> list[PairedComparison]:
     """The paired differences of `comparisons`: (row_a or [replicate rows of A], row_b, label), A - B."""
@@ -314,7 +314,7 @@ def paired_comparisons(rows: Sequence[RowJudgments], comparisons: Sequence[tuple
                 raise ValueError(f"comparison {label!r} names row {name!r}, which is not one of {list(by_name)}")
         side_a = [(by_name[m], parsed.get(m) or parse_row(by_name[m])) for m in members]
         pairs.append(paired_comparison(side_a, (by_name[row_b], parsed.get(row_b) or parse_row(by_name[row_b])), label,
-                                       categories, min_questions=min_category_questions, tie_epsilon=tie_epsilon))
+                                       min_questions=min_category_questions, tie_epsilon=tie_epsilon))
     return pairs
 
 
@@ -337,7 +337,7 @@ def compare_rows(rows: Sequence[RowJudgments], *, comparisons: Sequence[tuple[Se
     seen = _seen_map(list(parsed.values()))
     summaries = [summarise_row(r, parsed[r.row], order, seen, gpu_hour_usd=gpu_hour_usd,
                                min_questions=min_category_questions) for r in rows]
-    pairs = paired_comparisons(rows, default_comparisons(rows) if comparisons is None else comparisons, order,
+    pairs = paired_comparisons(rows, default_comparisons(rows) if comparisons is None else comparisons,
                                min_category_questions=min_category_questions, tie_epsilon=tie_epsilon, parsed=parsed)
     settings = {"confidence": CONFIDENCE, "interval": "t on question means (cluster-robust), Satterthwaite overall",
                 "min_category_questions": int(min_category_questions), "gpu_hour_usd": float(gpu_hour_usd),

@@ -2,8 +2,9 @@
 cost and the gate's decision, as Markdown (printed by `selfguided run`, logged to MLflow) and as a
 self-contained HTML page with the plots of `figures` (shown in the Kubeflow UI).
 
-Other parts of the platform add their own section (e.g. the jury's agreement) as a `ReportSection`
-passed in `extra`; it is placed before the promotion gate.
+Other sections (the jury's agreement, `judges_section`; the editors' verdict on the judges) come as
+`ReportSection`s passed in `extra`, placed before the promotion gate; a `notice` (a judge's
+disclaimer) goes right under the title.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import math
 from dataclasses import dataclass
 from typing import Sequence
 
+from selfguided.components.evaluation.agreement import JuryAgreement
 from selfguided.components.evaluation.gate import GateDecision
 from selfguided.components.evaluation.paired import Comparison, PairedComparison
 from selfguided.components.evaluation.power import power_lines, power_table
@@ -216,12 +218,59 @@ def _decision_lines(decision: GateDecision) -> list[str]:
     return lines + [f"- {reason}" for reason in decision.reasons]
 
 
+def _num(value: float | None) -> str:
+    return "n/a" if value is None or not math.isfinite(value) else f"{value:.2f}"
+
+
+def _pct(value: float) -> str:
+    return "n/a" if not math.isfinite(value) else f"{value:.0%}"
+
+
+def judges_section(agreement: JuryAgreement) -> ReportSection:
+    """The Judges section: the jury, its agreement, which row each judge would promote, judge noise,
+    circularity and cost (agreement.JuryAgreement's figures)."""
+    lines: list[str] = []
+    if len(agreement.judges) < 2 and not agreement.noise:
+        lines.append(f"One judge ({', '.join(agreement.judges)}): no agreement to measure. A jury (`--judges a,b,c`, "
+                     "ideally from different model families) shows how far another judge would agree.")
+        return ReportSection("Judges", "\n".join(lines))
+    lines.append(f"Jury: {', '.join(agreement.judges)}; the jury's score is the {agreement.aggregate} of the judges'.")
+    lines += [f"\n**Warning:** {w}" for w in agreement.warnings()]
+    if len(agreement.judges) >= 2:
+        categories = [c for c in agreement.alpha if c != "overall"] + ["overall"]
+        pairs = list(agreement.spearman)
+        lines += ["", "Agreement (Krippendorff's alpha, interval; Spearman's rho per judge pair):", "",
+                  "| category | items | alpha | " + " | ".join(pairs) + " |", "|---" * (3 + len(pairs)) + "|"]
+        for c in categories:
+            lines.append(f"| {c} | {agreement.items.get(c, 0)} | {_num(agreement.alpha.get(c))} | "
+                         + " | ".join(_num(agreement.spearman[p].get(c)) for p in pairs) + " |")
+        lines += ["", "Which row each would promote: " + "; ".join(f"{j}: {r}" for j, r in agreement.picks.items())]
+    if agreement.noise:
+        lines += ["", "Judge noise (items graded repeatedly):", "",
+                  "| judge | items | gradings per item | judge variance | item variance | share from the judge |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {n.judge} | {n.items} | {n.repeats:g} | {n.judge_variance:.3f} | {n.item_variance:.3f} | "
+                  f"{_pct(n.judge_share)} |" for n in agreement.noise]
+    if agreement.circularity:
+        lines += ["", f"Circularity: the seed data was scored by {agreement.scoring_model}; these judges are of its "
+                  "family. Gap = (self_guided - unscored) by that judge minus the same by the other judges:", "",
+                  "| judge | base model | pairs | gap | 95% CI |", "|---|---|---|---|---|"]
+        lines += [f"| {c.judge} | {c.base_model} | {c.pairs} | {c.gap:+.2f} | [{c.ci_low:+.2f}, {c.ci_high:+.2f}] |"
+                  for c in agreement.circularity]
+    if agreement.cost:
+        lines += ["", "Judging cost:", "", "| judge | answers | cost (USD) | per 1000 answers |", "|---|---|---|---|"]
+        lines += [f"| {j} | {c['answers']:g} | {c['cost_usd']:.4f} | {c['per_1000']:.4f} |"
+                  for j, c in agreement.cost.items()]
+    return ReportSection("Judges", "\n".join(lines))
+
+
 def report_markdown(comparison: Comparison, decision: GateDecision | None = None,
-                    extra: Sequence[ReportSection] = ()) -> str:
+                    extra: Sequence[ReportSection] = (), notice: str = "") -> str:
     """The paper's Table 4.1 with uncertainty, the paired differences, power, length, cost, `extra`
-    sections and the gate."""
+    sections and the gate; `notice` (e.g. a judge's disclaimer) under the title."""
     header, body, ordered, _ = _table_rows(comparison)
-    lines = ["# Evaluation with uncertainty", "", f"Judge: {_judges(comparison)}", ""]
+    lines = ["# Evaluation with uncertainty", ""] + ([f"> {notice}", ""] if notice else [])
+    lines += [f"Judge: {_judges(comparison)}", ""]
     lines += _md_table(header, body)
     lines += ["", _method_note(comparison)]
     if _failures(comparison):
@@ -281,7 +330,7 @@ def _ci_title(est: Estimate | None) -> str:
 
 
 def report_html(comparison: Comparison, decision: GateDecision | None = None,
-                extra: Sequence[ReportSection] = ()) -> str:
+                extra: Sequence[ReportSection] = (), notice: str = "") -> str:
     """A self-contained HTML page: the tables of `report_markdown` and the plots as inline PNGs."""
     from selfguided.components.evaluation.figures import report_figures
 
@@ -290,6 +339,7 @@ def report_html(comparison: Comparison, decision: GateDecision | None = None,
     left = [["l", "l"] + [""] * (len(header) - 2) for _ in body]
     parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
              "<title>selfguided evaluation</title>", f"<style>{_CSS}</style></head><body>",
+             *([f"<p><strong>{html.escape(notice)}</strong></p>"] if notice else []),
              "<h1>Evaluation with uncertainty</h1>", f"<p>Judge: {html.escape(_judges(comparison))}</p>",
              _html_table(header, body, classes=left, titles=titles),
              f'<p class="note">{html.escape(_method_note(comparison))}</p>']

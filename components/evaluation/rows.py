@@ -21,13 +21,15 @@ from collections import defaultdict
 from dataclasses import dataclass
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 from selfguided.components.data import CATEGORIES, DataError
-from selfguided.components.judging.rules import ROW_KINDS
+from selfguided.components.judging.rules import ROW_KINDS, judgment_problem
 from selfguided.components.model.prompting import CRITERIA
 
-SCORE_MIN, SCORE_MAX = 1.0, 10.0  # the judge's scale (the Korean rule's square root keeps scores in it)
+if TYPE_CHECKING:
+    from selfguided.components.judging.jury import JuryUsage
+
 
 
 @dataclass
@@ -42,6 +44,11 @@ class RowJudgments:
     generate_seconds: measured seconds to produce the answers (0 = unknown).
     llm_cost_usd: API cost to produce the answers (teacher rows).
     replicate: which training seed of its (base model, arm) this row is (0 when trained once).
+    jury: the jury's usage (judge_summary.JudgeSummary.jury) when read from a judge step's files.
+    judgments_file: the judgments file it was read from (logged by the register step), if any.
+
+    The one judged-row type: the gate, the agreement statistics and the registry's traces use it;
+    judge_summary.load_row reads it from a judge step's files.
     """
 
     row: str
@@ -54,6 +61,8 @@ class RowJudgments:
     generate_seconds: float = 0.0
     llm_cost_usd: float = 0.0
     replicate: int = 0
+    jury: JuryUsage | None = None
+    judgments_file: Path | None = None
 
     def __post_init__(self) -> None:
         if not self.row:
@@ -96,39 +105,12 @@ def category_order(categories: Iterable[str]) -> list[str]:
     return [c for c in CATEGORIES if c in unique] + sorted(unique - set(CATEGORIES))
 
 
-def score_problem(value: Any) -> str | None:
-    """Why `value` is not a judge score on the 1-10 scale, or None when it is one."""
-    if value is None or isinstance(value, bool):
-        return "no score"
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return f"score {value!r} is not a number"
-    if not math.isfinite(number):
-        return f"score {value!r} is not finite"
-    if number == -1:
-        return "no score (-1, FastChat's mark of a failed judgment)"
-    if not SCORE_MIN <= number <= SCORE_MAX:
-        return f"score {number:g} is outside the judge's scale {SCORE_MIN:g}-{SCORE_MAX:g}"
-    return None
-
-
 def _number(value: Any) -> float | None:
     try:
         number = float(value)
     except (TypeError, ValueError):
         return None
     return number if math.isfinite(number) and number >= 0 else None
-
-
-def judgment_problem(judgment: Mapping[str, Any]) -> str | None:
-    """Why a judgment row is not a usable grade (a judge error, an overall or a given criterion off the
-    scale), or None when it is one. The one rule of what counts, for compare and the judge step alike."""
-    problem = "judge error" if judgment.get("error") else score_problem(judgment.get("score"))
-    if problem is None and isinstance(judgment.get("scores"), Mapping):
-        problem = next((f"{c}: {p}" for c in CRITERIA if c in judgment["scores"]
-                        and (p := score_problem(judgment["scores"][c]))), None)
-    return problem
 
 
 def parse_row(row: RowJudgments) -> ParsedRow:

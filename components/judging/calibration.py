@@ -90,11 +90,11 @@ class CalibrationResult:
 
 
 def _spearman(judge: np.ndarray, human: np.ndarray) -> float | None:
-    from scipy.stats import rankdata
+    from scipy.stats import spearmanr
 
     if judge.size < 3 or np.ptp(judge) == 0 or np.ptp(human) == 0:
         return None
-    return float(np.corrcoef(rankdata(judge), rankdata(human))[0, 1])  # Pearson of the ranks, ties averaged
+    return float(spearmanr(judge, human).statistic)  # ties averaged
 
 
 def _rounded(values: np.ndarray) -> np.ndarray:

@@ -15,6 +15,10 @@ and the report use) and every judge's own in `judges`: one entry per judge and r
 "repeat"}`, plus `"jury": {"size", "answered", "aggregate"}`. A jury of one (the default, and the
 offline stand-in) is its judge: the same `scores`, `score` and identity as a single judge.
 
+The jury is a judge itself (`Jury`, judge.Judge): its identity, whether it measures quality, its
+disclaimer and its cost come from its members. `judge_named` makes the judge a run names,
+`judge_of` the judge a judgments file or summary records; nothing else looks at a judge's name.
+
 Faults: a judge that still has no verdict for an item after the client's retries leaves the item
 to the judges that answered only if at least `min_judges` did (0 = all of them); otherwise the
 item fails with an error naming the missing judges. The jury's usage counts, per judge, the
@@ -35,7 +39,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from selfguided.components.judging.answers import answer_turns, check_answers
-from selfguided.components.judging.offline import OFFLINE_JUDGE, OFFLINE_JUDGE_NAME, judge_offline
+from selfguided.components.judging.judge import Judge
+from selfguided.components.judging.llm_judge import LLMJudge
+from selfguided.components.judging.offline import OfflineJudge
 from selfguided.components.judging.rules import JudgeIdentity, judged_ok, judgment_row
 from selfguided.components.llm.config import own_endpoint_key
 from selfguided.components.model.prompting import CRITERIA
@@ -125,8 +131,8 @@ class JuryConfig:
 class JudgeUsage:
     """What one judge did in a jury run (its part of the report's fault and cost tables)."""
 
-    judge: dict[str, str]
-    """Its JudgeIdentity, as JSON."""
+    judge: JudgeIdentity
+    """Who it is."""
     endpoint: str = ""
     """Its own endpoint, or "" for the run's."""
     items: int = 0
@@ -141,6 +147,92 @@ class JudgeUsage:
     """Its client usage, `llm/judge/<field>`."""
     errors: list[str] = field(default_factory=list)
     """Up to three of its error messages."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {**vars(self), "judge": self.judge.to_json()}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> JudgeUsage:
+        return cls(**{**data, "judge": JudgeIdentity.from_json(data["judge"])})
+
+    def as_judge(self) -> Judge:
+        return judge_of(self.judge, self.endpoint)
+
+
+@dataclass
+class JuryUsage:
+    """What a jury did in one row's judging: who it is, how it combined, and each judge's usage.
+    Its JSON form is the judge summary's `jury` field (`to_json`/`from_json`)."""
+
+    identity: JudgeIdentity
+    """The jury's identity (`jury_identity`): its judge's for a jury of one."""
+    aggregate: str
+    min_judges: int
+    """Judges an item needed (the resolved `JuryConfig.needed`)."""
+    repeats: int
+    temperature: float
+    judges: list[JudgeUsage]
+    partial_items: int = 0
+    """Items scored by fewer than all judges."""
+
+    @property
+    def size(self) -> int:
+        return len(self.judges)
+
+    def jury(self) -> Jury:
+        """The jury as a judge (its members as they were recorded)."""
+        return Jury([u.as_judge() for u in self.judges], self.aggregate)
+
+    def cost_usd(self) -> float:
+        """The whole jury's LLM cost in the row."""
+        return round(sum(u.cost_usd for u in self.judges), 6)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"identity": self.identity.to_json(), "aggregate": self.aggregate, "min_judges": self.min_judges,
+                "repeats": self.repeats, "temperature": self.temperature,
+                "judges": [u.to_json() for u in self.judges], "partial_items": self.partial_items}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> JuryUsage:
+        return cls(JudgeIdentity.from_json(data["identity"]), str(data["aggregate"]), int(data["min_judges"]),
+                   int(data["repeats"]), float(data["temperature"]),
+                   [JudgeUsage.from_json(u) for u in data["judges"]], int(data.get("partial_items", 0)))
+
+
+def judge_named(spec: JudgeSpec | str, config: Any = None) -> Judge:
+    """The judge a run names (`name` or `name@url`): the offline stand-in, or an LLM judge grading
+    through `config` (an LLMConfig; None: one that only says who it is)."""
+    spec = spec if isinstance(spec, JudgeSpec) else parse_judges(spec)[0]
+    return OfflineJudge.of(spec.model) or LLMJudge.named(spec.model, spec.base_url or "", config)
+
+
+def judge_of(identity: JudgeIdentity, endpoint: str = "") -> Judge:
+    """The judge behind an identity as judgments and summaries record it (for how it is shown)."""
+    return OfflineJudge.of(identity) or LLMJudge(identity, endpoint)
+
+
+class Jury(Judge):
+    """Judges graded together (judge.Judge): a jury of one is its judge; a bigger one is named
+    `jury-<aggregate>(a,b,c)`, measures quality only if every member does, and carries every
+    member's disclaimer. Its verdict on a trace is the CODE source `selfguided-jury`."""
+
+    def __init__(self, members: list[Judge], aggregate: str = "mean") -> None:
+        if not members:
+            raise ValueError("a jury needs at least one judge")
+        self.members, self.aggregate = list(members), aggregate
+        self.identity = jury_identity([m.identity for m in members], aggregate)
+        self.endpoint = members[0].endpoint if len(members) == 1 else ""
+        self.measures_quality = all(m.measures_quality for m in members)
+        self.calls_llm = any(m.calls_llm for m in members)
+        self.disclaimer = " ".join(dict.fromkeys(m.disclaimer for m in members if m.disclaimer))
+
+    @property
+    def mlflow_source(self) -> tuple[str, str]:
+        return self.members[0].mlflow_source if len(self.members) == 1 else ("CODE", JURY_SOURCE)
+
+
+JURY_SOURCE = "selfguided-jury"
+"""The source id of a jury's own score (`jury_overall`) on a trace."""
 
 
 def jury_identity(members: list[JudgeIdentity], aggregate: str = "mean") -> JudgeIdentity:
@@ -163,13 +255,10 @@ def repeat_sample(questions: list[dict[str, Any]], per_category: int = REPEAT_SA
     return {qid for ids in by_category.values() for qid in sorted(ids, key=rank)[:per_category]}
 
 
-def _grade(spec: JudgeSpec, questions: list[dict[str, Any]], answers: list[dict[str, Any]], jury: JuryConfig,
-           repeat: int, items: set[tuple[Any, int]] | None) -> tuple[JudgeIdentity, list[dict[str, Any]], dict[str, float]]:
-    """One judge's judgment rows (and usage metrics) for one asking."""
-    if spec.model == OFFLINE_JUDGE_NAME:
-        rows = judge_offline(questions, answers)
-        return OFFLINE_JUDGE, [r for r in rows if items is None or (r["question_id"], r["turn"]) in items], {}
-    from selfguided.components.judging.llm_judge import judge_with_llm, single_identity
+def _member(spec: JudgeSpec, jury: JuryConfig) -> Judge:
+    """One juror ready to grade: the offline stand-in, or an LLM judge with its endpoint configuration."""
+    if (offline := OfflineJudge.of(spec.model)) is not None:
+        return offline
     from selfguided.components.llm.config import LLMConfig, llm_step_config
 
     if jury.template is not None:
@@ -183,8 +272,7 @@ def _grade(spec: JudgeSpec, questions: list[dict[str, Any]], answers: list[dict[
         config = llm_step_config("judge", spec.model, base_url=jury.base_url, concurrency=jury.concurrency,
                                  cache=jury.cache)
         config.temperature = jury.temperature
-    rows, usage = judge_with_llm(questions, answers, config, repeat=repeat, items=items)
-    return single_identity(spec.model), rows, usage.to_metrics("judge")
+    return judge_named(spec, config)
 
 
 def _entry(identity: JudgeIdentity, row: dict[str, Any], repeat: int) -> dict[str, Any]:
@@ -199,14 +287,15 @@ def _combine(values: list[float], aggregate: str) -> float:
 
 
 def judge_scores(entries: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """Each judge's scores of one item (criteria and overall): the mean of its answered repeats;
-    judges without an answered repeat are absent."""
+    """Each judge's scores of one item (criteria and overall; `entries`: a judgment row's `judges`):
+    the mean of its answered repeats; judges without an answered repeat are absent. The one owner of
+    "a judge's score of an item" (the jury's score, the agreement statistics)."""
     by_judge: dict[str, list[dict[str, float]]] = defaultdict(list)
     for entry in entries:
-        if entry["scores"] is not None:
+        if entry.get("scores") is not None:
             by_judge[entry["judge"]["model"]].append(entry["scores"])
-    return {judge: {name: round(statistics.fmean(s[name] for s in draws), 3) for name in (*CRITERIA, "overall")}
-            for judge, draws in by_judge.items()}
+    return {judge: {name: round(statistics.fmean(s[name] for s in draws), 3) for name in (*CRITERIA, "overall")
+                    if all(name in s for s in draws)} for judge, draws in by_judge.items()}
 
 
 def jury_row(base: dict[str, Any], entries: list[dict[str, Any]], jury: JuryConfig, members: list[str],
@@ -234,11 +323,9 @@ def jury_row(base: dict[str, Any], entries: list[dict[str, Any]], jury: JuryConf
 
 
 def judge_with_jury(questions: list[dict[str, Any]], answers: list[dict[str, Any]], jury: JuryConfig
-                    ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+                    ) -> tuple[list[dict[str, Any]], JuryUsage]:
     """Grade every answer turn with every judge (and the repeated sample `repeats` times); returns
-    the jury's judgment rows (one per question and turn, in answer order) and the jury's usage:
-    `{"identity", "size", "aggregate", "min_judges", "repeats", "temperature", "judges": [JudgeUsage
-    as dict], "partial_items"}`."""
+    the jury's judgment rows (one per question and turn, in answer order) and the jury's usage."""
     by_id = {q["question_id"]: q for q in questions}
     check_answers(answers, by_id)
     sample = repeat_sample(questions) if jury.repeats > 1 else set()
@@ -248,8 +335,10 @@ def judge_with_jury(questions: list[dict[str, Any]], answers: list[dict[str, Any
     bases: dict[tuple[Any, Any, int], dict[str, Any]] = {}
     identities, usages = [], []
     for spec in jury.judges:
-        identity, rows, metrics = _grade(spec, questions, answers, jury, 0, None)
-        usage = JudgeUsage(identity.to_json(), spec.base_url or "", items=len(rows),
+        judge = _member(spec, jury)
+        identity = judge.identity
+        rows, metrics = judge.grade(questions, answers)
+        usage = JudgeUsage(identity, spec.base_url or "", items=len(rows),
                            missing=sum(not judged_ok(r) for r in rows), repeated_items=len(repeated),
                            metrics=dict(metrics))
         usage.errors = sorted({str(r.get("error")) for r in rows if not judged_ok(r)})[:3]
@@ -258,29 +347,22 @@ def judge_with_jury(questions: list[dict[str, Any]], answers: list[dict[str, Any
             bases.setdefault(key, row)
             entries[key].append(_entry(identity, row, 0))
         for repeat in range(1, jury.repeats):
-            _, again, more = _grade(spec, questions, answers, jury, repeat, repeated)
+            again, more = judge.grade(questions, answers, repeat=repeat, items=repeated)
             for name, value in more.items():  # counts add up; a rate or the pool size is a level, not a count
                 level = name.endswith(("_rate", "/concurrency", "/pair_consistency"))
                 usage.metrics[name] = value if level else usage.metrics.get(name, 0.0) + value
             for row in again:
                 entries[(row["model"], row["question_id"], row["turn"])].append(_entry(identity, row, repeat))
-        usage.cost_usd = round(usage.metrics.get("llm/judge/cost_usd", 0.0), 6)
+        usage.cost_usd = judge.cost_usd(usage.metrics)
         identities.append(identity)
         usages.append(usage)
     identity = jury_identity(identities, jury.aggregate)
     members = [i.model for i in identities]
     judgments = [jury_row(bases[key], entries[key], jury, members, identity) for key in bases]
-    for judgment in judgments:
-        draws = repeat_draws(judgment, jury.aggregate)
-        if draws and judgment["scores"] is not None:  # for a bootstrap that resamples repeats within a question
-            judgment["repeat_scores"] = draws
     judgments += _unanswered_turns(questions, answers, identity, jury, members)
-    return judgments, {
-        "identity": identity.to_json(), "label": identity.label, "size": len(members), "aggregate": jury.aggregate,
-        "min_judges": jury.needed, "repeats": jury.repeats, "temperature": jury.temperature,
-        "judges": [vars(u) for u in usages],
-        "partial_items": sum(1 for j in judgments if "jury" in j and 0 < j["jury"]["answered"] < len(members)),
-    }
+    return judgments, JuryUsage(
+        identity, jury.aggregate, jury.needed, jury.repeats, jury.temperature, usages,
+        partial_items=sum(1 for j in judgments if "jury" in j and 0 < j["jury"]["answered"] < len(members)))
 
 
 def _unanswered_turns(questions: list[dict[str, Any]], answers: list[dict[str, Any]], identity: JudgeIdentity,
@@ -298,21 +380,3 @@ def _unanswered_turns(questions: list[dict[str, Any]], answers: list[dict[str, A
                 error=f"not answered: {answer.get('error') or 'the row gave no answer to this turn'}")
             rows.append({**row, "judges": [], "jury": {"size": len(members), "answered": 0, "aggregate": jury.aggregate}})
     return rows
-
-
-def jury_cost_usd(usage: dict[str, Any]) -> float:
-    """The whole jury's LLM cost in a run."""
-    return round(sum(j["cost_usd"] for j in usage.get("judges", [])), 6)
-
-
-def repeat_draws(row: dict[str, Any], aggregate: str = "mean") -> list[float]:
-    """The jury's overall score of one item per repeat (repeat r: the jury of the judges' r-th
-    scores), for a bootstrap that resamples repeats within a question; [] without repeats."""
-    by_repeat: dict[int, list[float]] = defaultdict(list)
-    for entry in row.get("judges") or []:
-        if entry["scores"] is not None:
-            by_repeat[entry["repeat"]].append(entry["scores"]["overall"])
-    if len(by_repeat) < 2:
-        return []
-    size = (row.get("jury") or {}).get("answered") or 0
-    return [_combine(v, aggregate) for _, v in sorted(by_repeat.items()) if len(v) >= size]

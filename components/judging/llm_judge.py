@@ -25,11 +25,9 @@ from selfguided.components.judging.prompts import (
     Prompt,
     load_prompt,
 )
+from selfguided.components.judging.judge import Item, Judge
 from selfguided.components.judging.rules import JudgeIdentity, judgment_row, reference_for
 from selfguided.components.llm.request import LLMRequest, UsageSummary
-
-Item = tuple[Any, int]
-"""(question_id, turn): one graded answer turn."""
 
 
 def single_identity(model: str) -> JudgeIdentity:
@@ -37,6 +35,26 @@ def single_identity(model: str) -> JudgeIdentity:
     turn-1 prompt names the set's version)."""
     prompt = load_prompt(SINGLE_PROMPT)
     return JudgeIdentity(model, prompt.name, str(prompt.version), "single")
+
+
+class LLMJudge(Judge):
+    """A model on an OpenAI-compatible endpoint as a judge (judge.Judge); grades through `config`
+    (an LLMConfig: its model, endpoint, key, cache, temperature). Without a config it only says who
+    it is (e.g. read back from a judgments file)."""
+
+    def __init__(self, identity: JudgeIdentity, endpoint: str = "", config: Any = None) -> None:
+        self.identity, self.endpoint, self.config = identity, endpoint, config
+
+    @classmethod
+    def named(cls, model: str, endpoint: str = "", config: Any = None) -> LLMJudge:
+        return cls(single_identity(model), endpoint, config)
+
+    def grade(self, questions: list[dict[str, Any]], answers: list[dict[str, Any]], *, repeat: int = 0,
+              items: set[Item] | None = None) -> tuple[list[dict[str, Any]], dict[str, float]]:
+        if self.config is None:
+            raise ValueError(f"judge {self.label} has no endpoint configuration to grade with")
+        rows, usage = judge_with_llm(questions, answers, self.config, repeat=repeat, items=items)
+        return rows, usage.to_metrics("judge")
 
 
 def question_fields(question: dict[str, Any]) -> dict[str, str]:

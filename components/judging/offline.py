@@ -21,6 +21,7 @@ import re
 from typing import Any
 
 from selfguided.components.judging.answers import answer_turns, check_answers
+from selfguided.components.judging.judge import Item, Judge
 from selfguided.components.judging.rules import (
     JudgeIdentity,
     judgment_row,
@@ -30,10 +31,36 @@ from selfguided.components.judging.rules import (
 )
 
 OFFLINE_JUDGE_NAME = "offline-heuristic"
+"""Its name where a run names its judge (a default, a `--judges` entry); `OfflineJudge.of` recognises it."""
 OFFLINE_JUDGE = JudgeIdentity(OFFLINE_JUDGE_NAME, "heuristic", "1", "single")
 """The stand-in as a judge of answers (label `offline-heuristic/heuristic-v1`)."""
 OFFLINE_SCORER = JudgeIdentity(OFFLINE_JUDGE_NAME, "heuristic", "1", "score")
 """The stand-in as the scorer of seed records."""
+
+
+class OfflineJudge(Judge):
+    """The stand-in as a judge (judge.Judge): no LLM, no cost, no quality measure, and says so."""
+
+    measures_quality = False
+    calls_llm = False
+    disclaimer = (f"`{OFFLINE_JUDGE_NAME}` is a deterministic stand-in for runs without an LLM endpoint: it "
+                  "exercises every step, it does not measure quality.")
+
+    def __init__(self, identity: JudgeIdentity = OFFLINE_JUDGE) -> None:
+        self.identity = identity
+
+    @classmethod
+    def of(cls, judge: str | JudgeIdentity) -> OfflineJudge | None:
+        """The stand-in when `judge` (a model name as a run names its judge, or an identity as rows
+        record it) is the stand-in; None otherwise. The one place its name is compared."""
+        if isinstance(judge, JudgeIdentity):
+            return cls(judge) if judge.model == OFFLINE_JUDGE_NAME else None
+        return cls() if judge == OFFLINE_JUDGE_NAME else None
+
+    def grade(self, questions: list[dict[str, Any]], answers: list[dict[str, Any]], *, repeat: int = 0,
+              items: set[Item] | None = None) -> tuple[list[dict[str, Any]], dict[str, float]]:
+        rows = judge_offline(questions, answers)  # deterministic: a repeat grades alike
+        return [r for r in rows if items is None or (r["question_id"], r["turn"]) in items], {}
 
 # Typical length (characters) of a good answer per category; other categories get the default.
 _TARGET_CHARS = {"cover_letter": 450, "poem": 160, "blog": 450, "novel": 450, "scenario": 400, "news": 400}

@@ -187,6 +187,39 @@ def reference_for(question: Mapping[str, Any], turn: int) -> str:
     return reference[turn - 1] if turn - 1 < len(reference) and isinstance(reference[turn - 1], str) else ""
 
 
+SCORE_MIN, SCORE_MAX = 1.0, 10.0
+"""The judge's scale (the Korean rule's square root keeps scores in it)."""
+
+
+def score_problem(value: Any) -> str | None:
+    """Why `value` is not a judge score on the 1-10 scale, or None when it is one."""
+    if value is None or isinstance(value, bool):
+        return "no score"
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return f"score {value!r} is not a number"
+    if not math.isfinite(number):
+        return f"score {value!r} is not finite"
+    if number == -1:
+        return "no score (-1, FastChat's mark of a failed judgment)"
+    if not SCORE_MIN <= number <= SCORE_MAX:
+        return f"score {number:g} is outside the judge's scale {SCORE_MIN:g}-{SCORE_MAX:g}"
+    return None
+
+
+def judgment_problem(judgment: Mapping[str, Any]) -> str | None:
+    """Why a judgment row is not a usable grade (a judge error, an overall or a given criterion off the
+    scale), or None when it is one. The one rule of what counts, for compare, the judge step and the jury alike."""
+    problem = "judge error" if judgment.get("error") else score_problem(judgment.get("score"))
+    if problem is None and isinstance(judgment.get("scores"), Mapping):
+        problem = next((f"{c}: {p}" for c in CRITERIA if c in judgment["scores"]
+                        and (p := score_problem(judgment["scores"][c]))), None)
+    return problem
+
+
+
 def judged_ok(row: Mapping[str, Any]) -> bool:
-    """Whether a judgment row carries a grade (failed rows are kept, but not averaged)."""
-    return not row.get("error") and row.get("scores") is not None
+    """Whether a judge's own judgment row is a full grade: valid by `judgment_problem`, with its criteria
+    (a failed one is kept and counted, never averaged)."""
+    return judgment_problem(row) is None and isinstance(row.get("scores"), Mapping)

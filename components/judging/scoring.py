@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from selfguided.components.data import CATEGORY_LABELS_KO, LoadResult, Reject
-from selfguided.components.judging.offline import OFFLINE_JUDGE_NAME, OFFLINE_SCORER, heuristic_scores
+from selfguided.components.judging.offline import OFFLINE_SCORER, OfflineJudge, heuristic_scores
 from selfguided.components.judging.prompts import SCORE_PROMPT, load_prompt
 from selfguided.components.judging.rules import JudgeIdentity, mean_of_criteria
 from selfguided.components.llm.config import DEFAULT_MAX_INPUT_TOKENS
@@ -82,7 +82,7 @@ def score_records(
 
     Returns the scored records (same order) and usage metrics (tokens, cost, parse rate).
     """
-    if model == OFFLINE_JUDGE_NAME:
+    if OfflineJudge.of(model) is not None:
         return score_offline(records), {}
     from selfguided.components.llm.config import llm_step_config
 

@@ -29,13 +29,14 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
-from selfguided.components.judging.offline import OFFLINE_JUDGE, OFFLINE_JUDGE_NAME
-from selfguided.components.judging.rules import SCORE_NAMES, JudgeIdentity
+from selfguided.components.evaluation.judge_summary import JudgeSummary
+from selfguided.components.judging.judge import Judge
+from selfguided.components.judging.offline import OFFLINE_JUDGE
+from selfguided.components.judging.rules import SCORE_NAMES
 from selfguided.components.registry.prompts import prompt_uri
 
 DATASET_PREFIX = "selfguided-questions-"
@@ -125,30 +126,12 @@ def link_dataset(tracking_uri: str, dataset, run_ids: Iterable[str]) -> None:
 
 # --- Judges -------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class RunJudge:
-    """A juror of the run: who it is (model, prompt set, mode) and its own endpoint ("" = the run's)."""
-
-    identity: JudgeIdentity
-    endpoint: str = ""
-
-    @property
-    def offline(self) -> bool:
-        return self.identity.model == OFFLINE_JUDGE_NAME
-
-
-def run_judges(summaries: Iterable[Mapping[str, Any]]) -> list[RunJudge]:
-    """The jurors named by the rows' judge summaries (`jury.judges`; a summary without a jury names
-    its judge), each once, in order."""
-    judges: dict[tuple[str, str, str], RunJudge] = {}
+def run_judges(summaries: Iterable[JudgeSummary]) -> list[Judge]:
+    """The jurors of the rows' juries (each summary's `jury`), each once, in order."""
+    judges: dict[tuple[str, str, str], Judge] = {}
     for summary in summaries:
-        members = (summary.get("jury") or {}).get("judges") or []
-        found = [RunJudge(JudgeIdentity.from_json(m["judge"]), str(m.get("endpoint") or "")) for m in members]
-        if not found and summary.get("judge_model") and not str(summary["judge_model"]).startswith("jury("):
-            prompt, _, version = str(summary.get("prompt_version", "")).rpartition("-v")
-            if prompt and version:
-                found = [RunJudge(JudgeIdentity(str(summary["judge_model"]), prompt, version))]
-        for judge in found:
+        for usage in summary.jury.judges:
+            judge = usage.as_judge()
             judges.setdefault((judge.identity.model, judge.identity.prompt_id, judge.endpoint), judge)
     return list(judges.values())
 
@@ -198,7 +181,7 @@ def judge_instructions(prompt_id: str) -> str:
     return "\n\n".join(part for part in (prompt.system, user, prompt.output_format) if part)
 
 
-def judge_description(judge: RunJudge, registered: Mapping[str, tuple[str, int]]) -> str:
+def judge_description(judge: Judge, registered: Mapping[str, tuple[str, int]]) -> str:
     """What the judges page says about a judge: endpoint, prompts and their registry versions,
     and the feedback its verdicts are on the traces."""
     identity = judge.identity
@@ -212,12 +195,12 @@ def judge_description(judge: RunJudge, registered: Mapping[str, tuple[str, int]]
             f"metadata. Registered by the register step for the record: MLflow does not run it.")
 
 
-OFFLINE_DESCRIPTION = (
-    f"NOT an LLM: {OFFLINE_JUDGE_NAME} ({OFFLINE_JUDGE.prompt_id}) is the deterministic stand-in judge of runs "
-    "without an LLM endpoint (components/judging/offline.py), no quality measure. It scores surface features "
-    "(overlap with the request, the category's form and length, Korean share, repetition) and applies the Korean "
-    f"rule; its verdicts are the traces' `{FEEDBACK_NAME}` feedback with source CODE. This code scorer runs it "
-    "where the selfguided package is installed.")
+def code_description(judge: Judge) -> str:
+    """What the judges page says about a judge that is no LLM (the offline stand-in)."""
+    return (f"NOT an LLM: {judge.identity.model} ({judge.identity.prompt_id}). {judge.disclaimer} It scores surface "
+            "features (overlap with the request, the category's form and length, Korean share, repetition) and "
+            f"applies the Korean rule (components/judging/offline.py); its verdicts are the traces' `{FEEDBACK_NAME}` "
+            "feedback with source CODE. This code scorer runs it where the selfguided package is installed.")
 
 
 def offline_verdict(inputs: Mapping[str, Any], outputs: Any, expectations: Mapping[str, Any] | None = None
@@ -249,12 +232,13 @@ def offline_heuristic(inputs, outputs, expectations=None):
     return Feedback(value=value, rationale=rationale)
 
 
-def build_judge(judge: RunJudge, registered: Mapping[str, tuple[str, int]]):
-    """The MLflow judge (or, for the offline stand-in, code scorer) of one juror; builds it, calls no LLM."""
-    if judge.offline:
+def build_judge(judge: Judge, registered: Mapping[str, tuple[str, int]]):
+    """The MLflow judge (or, for a judge that is no LLM: the offline stand-in, a code scorer) of one
+    juror; builds it, calls no LLM."""
+    if not judge.calls_llm:
         from mlflow.genai.scorers import scorer
 
-        return scorer(offline_heuristic, name=OFFLINE_JUDGE_NAME, description=OFFLINE_DESCRIPTION,
+        return scorer(offline_heuristic, name=judge.identity.model, description=code_description(judge),
                       aggregations=["mean"])
     from mlflow.genai.judges import make_judge
 
@@ -279,7 +263,7 @@ def _registered_content(tracking_uri: str, experiment_id: str) -> dict[str, dict
             for v in _get_store(tracking_uri).list_scorers(experiment_id)}
 
 
-def register_judges(tracking_uri: str, experiment_id: str, judges: Iterable[RunJudge],
+def register_judges(tracking_uri: str, experiment_id: str, judges: Iterable[Judge],
                     registered: Mapping[str, tuple[str, int]] | None = None) -> dict[str, str]:
     """Register each judge in the experiment unless its latest registered version says the same;
     returns name -> `registered`, `unchanged` or `refused: <why>` (what MLflow refused is printed)."""
@@ -301,14 +285,14 @@ def register_judges(tracking_uri: str, experiment_id: str, judges: Iterable[RunJ
         except Exception as exc:  # noqa: BLE001 - e.g. custom code scorers off, an unknown model form
             _warn(f"{name} is no LLM, so it goes on the Judges page only as a code scorer, which MLflow takes where "
                   "MLFLOW_SERVER_ENABLE_CUSTOM_SCORERS=true (server, or this process for a local store); not there"
-                  if judge.offline else f"judge {name} is not on the experiment's Judges page", exc)
+                  if not judge.calls_llm else f"judge {name} is not on the experiment's Judges page", exc)
             outcome[name] = f"refused: {type(exc).__name__}"
     return outcome
 
 
 # --- The register step's hook -------------------------------------------------------------------
 
-def publish_genai_pages(tracking_uri: str, experiment_id: str, *, summaries: Iterable[Mapping[str, Any]],
+def publish_genai_pages(tracking_uri: str, experiment_id: str, *, summaries: Iterable[JudgeSummary],
                         run_ids: Sequence[str] = (), questions_file: str | Path | None = None) -> dict[str, Any]:
     """Once per pipeline run, after its rows are logged: the questions as the experiment's dataset
     (each row run's input) and the run's judges on its Judges page. Never raises: what MLflow refuses
@@ -324,7 +308,7 @@ def publish_genai_pages(tracking_uri: str, experiment_id: str, *, summaries: Ite
     try:
         judges = run_judges(summaries)
         registered: Mapping[str, tuple[str, int]] = {}
-        if any(not j.offline for j in judges):
+        if any(j.calls_llm for j in judges):
             from selfguided.components.registry.prompts import register_prompts
 
             try:

@@ -21,7 +21,8 @@ from mlflow.exceptions import MlflowException
 from tqdm.auto import tqdm
 
 from selfguided.components.data import DataError
-from selfguided.components.evaluation.gate import GateDecision
+from selfguided.components.evaluation.compare_result import CompareResult
+from selfguided.components.evaluation.gate import GateDecision, champion_moved_rule
 from selfguided.components.evaluation.metrics import OVERALL, categories_from_metrics, judge_metric
 from selfguided.components.judging.rules import SCORE_NAMES
 from selfguided.components.registry.genai_pages import publish_genai_pages
@@ -30,7 +31,7 @@ from selfguided.components.registry.names import (
     CHALLENGER, CHAMPION, EXPERIMENT_NAME, PREVIOUS_CHAMPION_TAG, REGISTERED_MODEL_NAME, RegistryError,
 )
 from selfguided.components.registry.runs import (
-    Candidate, ReferenceRow, RegisteredVersion, ensure_experiment, log_candidate, log_reference, log_dataset,
+    Candidate, ReferenceRow, RegisteredVersion, ensure_experiment, log_candidate, log_dataset, log_reference, run_row,
 )
 
 
@@ -119,12 +120,14 @@ def _ensure_registered_model(client: MlflowClient, name: str) -> None:
             raise
 
 
-def _alias_version(client: MlflowClient, name: str, alias: str):
-    """The ModelVersion behind `alias`, or None when the alias (or the model) does not exist."""
+def alias_version(client: MlflowClient, name: str, alias: str = CHAMPION):
+    """The ModelVersion behind `alias` (default: the champion), or None when the alias (or the
+    model) does not exist: the one look-up of an alias (register, promote, rollback, the champion
+    reference row)."""
     try:
         return client.get_model_version_by_alias(name, alias)
     except MlflowException as exc:
-        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
             return None
         raise
 
@@ -132,7 +135,7 @@ def _alias_version(client: MlflowClient, name: str, alias: str):
 def register_candidates(
     candidates: Iterable[Candidate],
     *,
-    evaluation: Mapping[str, Any],
+    evaluation: CompareResult,
     tracking_uri: str,
     registered_model_name: str = REGISTERED_MODEL_NAME,
     experiment_name: str = EXPERIMENT_NAME,
@@ -146,8 +149,9 @@ def register_candidates(
     """Log every row of the evaluation, register every candidate, and move the aliases as the
     compare step decided.
 
-    evaluation: the compare step's result (steps/compare.run_compare_step): the challenger's identity,
-        the gate's decision, every row's metrics, and the champion version it evaluated.
+    evaluation: the compare step's result: the challenger's identity, the gate's decision, every row's
+        metrics, and the champion version it evaluated (the gate's champion-moved rule checks it
+        against the champion when the aliases move).
     tracking_uri: `http(s)://` MLflow server, or `sqlite:////abs/path/mlflow.db` (artifacts of a
         new experiment then go to `artifacts/` beside the database file). Like
         `mlflow.set_tracking_uri`, this also points the process's fluent MLflow API at it.
@@ -167,11 +171,11 @@ def register_candidates(
     _ensure_registered_model(client, registered_model_name)
     # mlflow's fluent API (start_run, log_model) follows the process-wide tracking URI.
     mlflow.set_tracking_uri(tracking_uri)
-    decision = GateDecision.from_dict(evaluation["decision"])
-    row_metrics = evaluation.get("metrics", {})
+    decision = evaluation.decision
+    row_metrics = evaluation.metrics
     with mlflow.start_run(experiment_id=experiment_id, run_name=pipeline_run,
                          tags={"pipeline_run": pipeline_run, "row_kind": "pipeline"}) as parent:
-        mlflow.log_dict(dict(evaluation), "comparison.json")
+        mlflow.log_dict(evaluation.to_json(), "comparison.json")
         mlflow.log_metric("promote", float(decision.promote))
         with tempfile.TemporaryDirectory(prefix="selfguided-reports-") as staging:
             for name, path in (reports or {}).items():  # under readable names: report.md, report.html
@@ -182,13 +186,13 @@ def register_candidates(
     versions = [
         log_candidate(client, c, experiment_id=experiment_id, registered_model_name=registered_model_name,
                        pipeline_run=pipeline_run, parent_run_id=parent.info.run_id,
-                       scored_data_sha256=scored_data_sha256, evaluation_metrics=row_metrics.get(c.summary["row"]))
+                       scored_data_sha256=scored_data_sha256, evaluation_metrics=row_metrics.get(c.summary.row))
         for c in tqdm(candidates, desc="register", unit="model")
     ]
     references = list(references)
     reference_runs = [
         log_reference(reference, experiment_id=experiment_id, pipeline_run=pipeline_run,
-                      parent_run_id=parent.info.run_id, evaluation_metrics=row_metrics.get(reference.summary["row"]))
+                      parent_run_id=parent.info.run_id, evaluation_metrics=row_metrics.get(reference.summary.row))
         for reference in references
     ]
     # The experiment's Datasets and Judges pages: the questions and the run's judges (never fails the step).
@@ -197,21 +201,17 @@ def register_candidates(
 
     # The compare step names its challenger by row (with --replicates, `<base>/<arm>#r`: several
     # candidates share a base model and arm); versions were made in the candidates' order.
-    wanted = evaluation["challenger"]
-    index = next((i for i, c in enumerate(candidates) if c.summary["row"] == wanted["row"]), None)
+    wanted = evaluation.challenger
+    index = next((i for i, c in enumerate(candidates) if c.summary.row == wanted.row), None)
     if index is None:
-        raise DataError(f"the compare step's challenger {wanted['row']!r} is not among the registered candidates "
-                        f"({', '.join(c.summary['row'] for c in candidates)})")
+        raise DataError(f"the compare step's challenger {wanted.row!r} is not among the registered candidates "
+                        f"({', '.join(c.summary.row for c in candidates)})")
     challenger, winner = versions[index], candidates[index]
     client.set_registered_model_alias(registered_model_name, CHALLENGER, challenger.version)
-    champion = _alias_version(client, registered_model_name, CHAMPION)
-    evaluated = evaluation.get("champion_version")
-    if decision.promote and champion is not None and str(champion.version) != str(evaluated or ""):
-        # The evidence is about the champion this run evaluated; another run moved it since.
-        decision = GateDecision(False, [f"the champion moved to v{champion.version} while this run compared the "
-                                        f"challenger with {'v' + str(evaluated) if evaluated else 'no champion'}; "
-                                        "rerun to compare with the current one"] + decision.reasons,
-                                decision.figures)
+    champion = alias_version(client, registered_model_name)
+    # The evidence is about the champion this run evaluated; the gate's rule refuses if another run moved it since.
+    decision = champion_moved_rule(decision, evaluation.champion_version,
+                                   str(champion.version) if champion is not None else None)
     storage_uri = ""
     if decision.promote:  # the servable weights first: a failure here leaves nothing half-promoted
         storage_uri = log_merged(client, winner.model_dir, challenger.run_id)
@@ -249,7 +249,7 @@ def rollback_champion(
     by, reason: who rolled back and why, recorded on the version that loses the alias.
     """
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-    current = _alias_version(client, registered_model_name, CHAMPION)
+    current = alias_version(client, registered_model_name)
     if version is None:
         if current is None:
             raise RegistryError(f"{registered_model_name!r} has no champion to roll back")
@@ -267,30 +267,19 @@ def rollback_champion(
 
 
 def version_row(client: MlflowClient, registered_model_name: str, version: str, row_kind: str = "trained"):
-    """A registered version as a compare row: its judgments.jsonl and identity, from its run."""
-    from selfguided.components.evaluation.rows import RowJudgments
-    from selfguided.components.data import read_jsonl
-
+    """A registered version as a compare row: its run's judged row (runs.run_row), named `v<version> <row>`."""
     model_version = client.get_model_version(registered_model_name, str(version))
-    run = client.get_run(model_version.run_id)
-    with tempfile.TemporaryDirectory(prefix="selfguided-judgments-") as staging:
-        try:
-            path = client.download_artifacts(run.info.run_id, "judgments.jsonl", staging)
-        except MlflowException as exc:
-            raise RegistryError(f"v{version} has no judgments.jsonl on its run {run.info.run_id}: it cannot be "
-                                "compared on evidence (promote with --force to skip the gate)") from exc
-        judgments = read_jsonl(path)
-    tags = run.data.tags
-    return RowJudgments(row=f"v{version} {tags.get('row', '')}".strip(), row_kind=row_kind, judgments=judgments,
-                        base_model=tags.get("base_model", ""), arm=tags.get("arm", ""), judge=tags.get("judge", ""))
+    row = run_row(client, client.get_run(model_version.run_id), row_kind=row_kind)
+    if row is None:
+        raise RegistryError(f"v{version} has no judgments.jsonl on its run {model_version.run_id}: it cannot be "
+                            "compared on evidence (promote with --force to skip the gate)")
+    row.row = f"v{version} {row.row}".strip()
+    return row
 
 
 def base_row(client: MlflowClient, registered_model_name: str, version: str):
     """The untuned base row that was judged beside `version` in its pipeline run (same base model),
     as a compare row, or None when that run logged none: the bar a first champion must beat."""
-    from selfguided.components.data import read_jsonl
-    from selfguided.components.evaluation.rows import RowJudgments
-
     model_version = client.get_model_version(registered_model_name, str(version))
     run = client.get_run(model_version.run_id)
     tags = run.data.tags
@@ -298,17 +287,7 @@ def base_row(client: MlflowClient, registered_model_name: str, version: str):
         [run.info.experiment_id], max_results=1,
         filter_string=(f"tags.pipeline_run = '{tags.get('pipeline_run', '')}' and tags.row_kind = 'base' "
                        f"and tags.base_model = '{tags.get('base_model', '')}'"))
-    if not found:
-        return None
-    with tempfile.TemporaryDirectory(prefix="selfguided-judgments-") as staging:
-        try:
-            path = client.download_artifacts(found[0].info.run_id, "judgments.jsonl", staging)
-        except MlflowException:
-            return None
-        judgments = read_jsonl(path)
-    base_tags = found[0].data.tags
-    return RowJudgments(row=base_tags.get("row", "base"), row_kind="base", judgments=judgments,
-                        base_model=base_tags.get("base_model", ""), arm="", judge=base_tags.get("judge", ""))
+    return run_row(client, found[0]) if found else None
 
 
 def promote_version(
@@ -325,7 +304,7 @@ def promote_version(
     mlflow.set_registry_uri(tracking_uri)
     version = str(version)
     client.get_model_version(registered_model_name, version)  # fails clearly on an unknown version
-    current = _alias_version(client, registered_model_name, CHAMPION)
+    current = alias_version(client, registered_model_name)
     if current is not None and str(current.version) == version:
         return GateDecision(False, [f"v{version} is already the champion"])
     if force:

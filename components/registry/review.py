@@ -31,7 +31,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from selfguided.components.judging.calibration import LabelledItem
-from selfguided.components.registry.traces import HUMAN_SCORE, JURY_SCORE, JURY_SOURCE, TRACE_NAME
+from selfguided.components.judging.jury import JURY_SOURCE
+from selfguided.components.registry.traces import HUMAN_SCORE, JURY_SCORE, TRACE_NAME
 
 REVIEW_SAMPLE_TAG = "review_sample"
 REVIEW_COPY_TAG = "review_copy"

@@ -22,7 +22,9 @@ import pandas as pd
 from mlflow import MlflowClient
 
 from selfguided.components.data import DataError
-from selfguided.components.evaluation.rows import read_evidence
+from selfguided.components.evaluation.judge_summary import JudgeSummary, load_row
+from selfguided.components.evaluation.metrics import OVERALL, is_judge_metric
+from selfguided.components.evaluation.rows import RowJudgments, read_evidence
 from selfguided.components.model import artifact as trained_model
 from selfguided.components.model.artifact import ModelManifest, read_manifest
 from selfguided.components.registry.logged_model import log_trained_model
@@ -30,44 +32,18 @@ from selfguided.components.registry.names import RegistryError
 from selfguided.components.registry.traces import log_row_traces
 
 
-def read_summary(path: str | Path) -> dict[str, Any]:
-    """Read and check a judge summary JSON file (the judge step's output)."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: judge summary file not found")
-    try:
-        summary = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}: malformed JSON ({exc.msg} at line {exc.lineno})") from None
-    if not isinstance(summary, dict):
-        raise DataError(f"{path}: expected a JSON object")
-    for key in ("row", "row_kind", "base_model", "arm"):
-        if not isinstance(summary.get(key), str):
-            raise DataError(f"{path}: field {key!r} is missing or not a string")
-    for key in ("metrics", "usage"):
-        values = summary.get(key, {})
-        if not isinstance(values, dict):
-            raise DataError(f"{path}: field {key!r} must be a JSON object of name -> number")
-        bad = [k for k, v in values.items() if isinstance(v, bool) or not isinstance(v, (int, float))]
-        if bad:
-            raise DataError(f"{path}: field {key!r} has non-numeric values for {', '.join(bad[:5])}")
-    if "judge/overall" not in summary.get("metrics", {}):
-        raise DataError(f"{path}: field 'metrics' has no 'judge/overall'")
-    return summary
-
-
 @dataclass
 class Candidate:
     """One trained model and the judge's verdict on it.
 
     model_dir: the trained model directory, as the finetune step wrote it (model/artifact.py).
-    summary: the judge summary of this model (see `read_summary`).
+    summary: the judge summary of this model.
+    row: its judged row (the judgments, read once; their file is logged with its run), or None.
     """
 
     model_dir: Path
-    summary: dict[str, Any]
-    judgments_file: Path | None = None
-    """The judge step's per-(question, turn) judgments of this model, logged with its run."""
+    summary: JudgeSummary
+    row: RowJudgments | None = None
     train_file: Path | None = None
     """The training set it was trained on (`<arm>.jsonl`), logged as the run's input."""
 
@@ -86,7 +62,8 @@ class Candidate:
 def load_candidates(model_dirs: Sequence[str | Path], summary_files: Sequence[str | Path],
                     judgment_files: Sequence[str | Path] | None = None, train_dir: str | Path | None = None
                     ) -> list[Candidate]:
-    """Candidates from the pipeline loop's collected outputs: the i-th model with the i-th summary.
+    """Candidates from the pipeline loop's collected outputs: the i-th model with the i-th judge
+    summary (and judgments, read once: judge_summary.load_row).
 
     The loop already paired them; this checks that each pair is what it claims (the summary was
     made for the model's base model, arm and training-seed replicate) and raises DataError naming
@@ -99,11 +76,12 @@ def load_candidates(model_dirs: Sequence[str | Path], summary_files: Sequence[st
     candidates = []
     judgment_files = list(judgment_files) if judgment_files is not None else [None] * len(model_dirs)
     for model_dir, path, judgments in zip(model_dirs, summary_files, judgment_files):
-        candidate = Candidate(model_dir, read_summary(path), Path(judgments) if judgments else None)
-        manifest, summary = candidate.manifest, candidate.summary
-        claimed = (summary["base_model"], summary["arm"], int(summary.get("replicate", 0) or 0))
-        if summary["row_kind"] != "trained" or claimed != (manifest.base_model, manifest.arm, manifest.replicate):
-            raise DataError(f"{path}: judge summary of {summary['row']!r} paired with the model in {model_dir} "
+        summary, row = load_row(path, judgments) if judgments else (JudgeSummary.read(path), None)
+        candidate = Candidate(model_dir, summary, row)
+        manifest = candidate.manifest
+        claimed = (summary.base_model, summary.arm, summary.replicate)
+        if summary.row_kind != "trained" or claimed != (manifest.base_model, manifest.arm, manifest.replicate):
+            raise DataError(f"{path}: judge summary of {summary.row!r} paired with the model in {model_dir} "
                             f"({manifest.display_name}, replicate {manifest.replicate})")
         if train_dir is not None and (Path(train_dir) / f"{manifest.arm}.jsonl").is_file():
             candidate.train_file = Path(train_dir) / f"{manifest.arm}.jsonl"
@@ -113,22 +91,45 @@ def load_candidates(model_dirs: Sequence[str | Path], summary_files: Sequence[st
 
 @dataclass
 class ReferenceRow:
-    """A reference row of the evaluation (base, teacher, champion): its summary and judgments."""
+    """A reference row of the evaluation (base, teacher, champion): its summary and judged row."""
 
-    summary: dict[str, Any]
-    judgments_file: Path | None = None
+    summary: JudgeSummary
+    row: RowJudgments | None = None
 
 
 def load_evidence(folder: str | Path, model_dirs: Sequence[str | Path], train_dir: str | Path | None = None
                   ) -> tuple[list[Candidate], list[ReferenceRow]]:
     """The candidates (the i-th model with the i-th trained row, checked by `load_candidates`) and
-    the reference rows of an evidence folder (evaluation/rows.write_evidence)."""
+    the reference rows of an evidence folder (evaluation/rows.write_evidence), each row read once."""
     rows = read_evidence(folder)
     trained = [r for r in rows if r.trained]
     candidates = load_candidates(model_dirs, [r.summary for r in trained], [r.judgments for r in trained],
                                  train_dir=train_dir)
-    references = [ReferenceRow(read_summary(r.summary), r.judgments) for r in rows if not r.trained]
+    references = [ReferenceRow(*load_row(r.summary, r.judgments)) for r in rows if not r.trained]
     return candidates, references
+
+
+def run_row(client: MlflowClient, run, row_kind: str | None = None) -> RowJudgments | None:
+    """An evaluation row's MLflow run back as a judged row: its `judgments.jsonl` and its tags (`row`,
+    `row_kind` unless given, `base_model`, `arm`, `judge`, `replicate`); None when the run logged no
+    judgments (e.g. a row that had nothing to judge). The one reader of a row from MLflow (promote
+    by hand, `selfguided plan-eval`)."""
+    from mlflow.exceptions import MlflowException
+
+    from selfguided.components.data import read_jsonl
+
+    tags = run.data.tags
+    with tempfile.TemporaryDirectory(prefix="selfguided-judgments-") as staging:
+        try:
+            path = client.download_artifacts(run.info.run_id, "judgments.jsonl", staging)
+        except (MlflowException, OSError):
+            return None
+        judgments = read_jsonl(path, allow_empty=True)
+    if not judgments:
+        return None
+    return RowJudgments(row=tags.get("row", "") or run.info.run_id, row_kind=row_kind or tags.get("row_kind", ""),
+                        judgments=judgments, base_model=tags.get("base_model", ""), arm=tags.get("arm", ""),
+                        judge=tags.get("judge", ""), replicate=int(tags.get("replicate", 0) or 0))
 
 
 def default_artifact_location(tracking_uri: str) -> str | None:
@@ -168,28 +169,35 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _row_tags(summary: Mapping[str, Any], pipeline_run: str, parent_run_id: str) -> dict[str, str]:
-    return {"pipeline_run": pipeline_run, "row": str(summary["row"]), "row_kind": str(summary["row_kind"]),
-            "base_model": str(summary.get("base_model", "")), "arm": str(summary.get("arm", "")),
-            "judge": str(summary.get("judge", "")), "mlflow.parentRunId": parent_run_id}
+def _row_tags(summary: JudgeSummary, pipeline_run: str, parent_run_id: str) -> dict[str, str]:
+    """The tags of a row's run (DESIGN.md's MLflow conventions); `replicate` with --replicates."""
+    return {"pipeline_run": pipeline_run, "row": summary.row, "row_kind": summary.row_kind,
+            "base_model": summary.base_model, "arm": summary.arm, "judge": summary.judge.label,
+            "replicate": str(summary.replicate), "mlflow.parentRunId": parent_run_id}
 
 
-def _row_metrics(summary: Mapping[str, Any], evaluation_metrics: Mapping[str, float] | None) -> dict[str, float]:
+def _judge_params(summary: JudgeSummary) -> dict[str, str]:
+    """Who graded the row, as run parameters: the judge's model and its prompt."""
+    return {"judge_model": summary.judge.model, "prompt_version": summary.judge.prompt_id}
+
+
+def _row_metrics(summary: JudgeSummary, evaluation_metrics: Mapping[str, float] | None) -> dict[str, float]:
     """The compare step's metrics of a row (with CIs), or the judge summary's means without them."""
-    metrics = dict(evaluation_metrics) if evaluation_metrics else {k: float(v) for k, v in summary["metrics"].items()}
-    metrics.update({f"judge_run/{k}": float(summary[k]) for k in ("n_judged", "n_failed") if _is_number(summary.get(k))})
-    metrics.update({f"judge_usage/{k}": float(v) for k, v in summary.get("usage", {}).items() if _is_number(v)})
+    metrics = dict(evaluation_metrics) if evaluation_metrics else dict(summary.metrics)
+    metrics.update({"judge_run/n_judged": float(summary.n_judged), "judge_run/n_failed": float(summary.n_failed)})
+    metrics.update({f"judge_usage/{k}": float(v) for k, v in summary.usage.items()})
     return metrics
 
 
-def _log_row_files(judgments_file: Path | None, summary: Mapping[str, Any]) -> None:
-    mlflow.log_dict(dict(summary), "judge_summary.json")
-    if judgments_file is not None and Path(judgments_file).is_file():
+def _log_row_files(row: RowJudgments | None, summary: JudgeSummary) -> None:
+    mlflow.log_dict(summary.to_json(), "judge_summary.json")
+    if row is not None and row.judgments_file is not None and Path(row.judgments_file).is_file():
         with tempfile.TemporaryDirectory(prefix="selfguided-judgments-") as staging:
             named = Path(staging) / "judgments.jsonl"  # per (question, turn), whatever the step named the file
-            shutil.copyfile(judgments_file, named)
+            shutil.copyfile(row.judgments_file, named)
             mlflow.log_artifact(str(named))
-    log_row_traces(judgments_file, summary)  # every judged answer as a trace of this run, for people to check
+    if row is not None:
+        log_row_traces(row)  # every judged answer as a trace of this run, for people to check
 
 
 def log_dataset(path: Path, name: str, context: str) -> None:
@@ -234,18 +242,17 @@ def log_candidate(
         **_flatten("finetune", manifest.config),
         # Non-numeric training facts (device, dtype) are parameters of the run, not metrics.
         **{f"train.{k}": str(v) for k, v in train_metrics.items() if not _is_number(v)},
-        "judge_model": str(summary.get("judge_model", "")),
-        "prompt_version": str(summary.get("prompt_version", "")),
+        **_judge_params(summary),
     }
     judge_metrics = _row_metrics(summary, evaluation_metrics)
     metrics = {**{f"train/{k}": float(v) for k, v in train_metrics.items() if _is_number(v)}, **judge_metrics}
     version_tags = {**identity, "pipeline_run": pipeline_run, "train_data_sha256": manifest.train_data_sha256,
-                    "replicate": str(summary.get("replicate", 0))}  # which training seed of its (base, arm)
+                    "replicate": str(summary.replicate)}  # which training seed of its (base, arm)
     run_tags = {**_row_tags(summary, pipeline_run, parent_run_id), "scored_data_sha256": scored_data_sha256,
                 "train_data_sha256": manifest.train_data_sha256}
     with mlflow.start_run(experiment_id=experiment_id, run_name=candidate.label, tags=run_tags) as run:
         mlflow.log_params(params)
-        _log_row_files(candidate.judgments_file, summary)
+        _log_row_files(candidate.row, summary)
         for row in trained_model.read_train_log(candidate.model_dir):  # the training curve
             step = int(row.get("step", 0))
             curve = {f"train/{k}": float(v) for k, v in row.items() if k != "step" and _is_number(v)}
@@ -264,7 +271,7 @@ def log_candidate(
             source=info.model_uri,
             run_id=run.info.run_id,
             model_id=info.model_id,
-            tags={**version_tags, **origin, "judge_overall": f"{judge_metrics['judge/overall']:.4f}"},
+            tags={**version_tags, **origin, "judge_overall": f"{judge_metrics[OVERALL]:.4f}"},
         )
     return RegisteredVersion(
         label=candidate.label,
@@ -273,7 +280,7 @@ def log_candidate(
         version=str(model_version.version),
         run_id=run.info.run_id,
         model_uri=f"models:/{registered_model_name}/{model_version.version}",
-        metrics={k: v for k, v in judge_metrics.items() if k.startswith("judge/")},
+        metrics={k: v for k, v in judge_metrics.items() if is_judge_metric(k)},
     )
 
 
@@ -281,14 +288,13 @@ def log_reference(reference: ReferenceRow, *, experiment_id: str, pipeline_run: 
                    evaluation_metrics: Mapping[str, float] | None) -> str:
     """One MLflow run for a reference row (base, teacher, champion); returns its run id."""
     summary = reference.summary
-    tags = {**_row_tags(summary, pipeline_run, parent_run_id), "model": str(summary.get("model", ""))}
-    if summary.get("note"):
-        tags["note"] = str(summary["note"])[:5000]
-    with mlflow.start_run(experiment_id=experiment_id, run_name=str(summary["row"]), tags=tags) as run:
-        mlflow.log_params({"judge_model": str(summary.get("judge_model", "")),
-                           "prompt_version": str(summary.get("prompt_version", ""))})
-        _log_row_files(reference.judgments_file, summary)
-        if summary.get("n_judged"):
+    tags = {**_row_tags(summary, pipeline_run, parent_run_id), "model": summary.model}
+    if summary.note:
+        tags["note"] = summary.note[:5000]
+    with mlflow.start_run(experiment_id=experiment_id, run_name=summary.row, tags=tags) as run:
+        mlflow.log_params(_judge_params(summary))
+        _log_row_files(reference.row, summary)
+        if summary.n_judged:
             mlflow.log_metrics(_row_metrics(summary, evaluation_metrics))
     return run.info.run_id
 

@@ -6,9 +6,10 @@ One trace per judgment row (one answer to one turn of one question, graded by th
   row's own earlier answers, then the question of this turn);
 - response: the answer;
 - assessments: each judge's verdict as one `overall` feedback (the four criteria in its metadata
-  and at the head of its rationale), source LLM_JUDGE with the judge model as source id (CODE for the offline stand-in,
-  which is no LLM); a failed judge logs its error instead of a value; with more than one judge,
-  the jury's score as `jury_overall` (source CODE, id `selfguided-jury`). Each assessment's
+  and at the head of its rationale), its source the judge's own (judging/judge.Judge.mlflow_source:
+  LLM_JUDGE with the judge model as id, CODE for a judge that is no LLM); a failed judge logs its
+  error instead of a value; with more than one judge, the jury's score as `jury_overall` (the jury's
+  source: CODE, id `selfguided-jury`). Each assessment's
   metadata names the prompt and its version (and the repeat, with repeated judging);
 - linked to the row's MLflow run (`mlflow.sourceRun`), so the run's Traces tab lists them;
 - tags: `row`, `row_kind`, `category`, `question_id`, `turn`, `pipeline_run`, and MLflow's
@@ -18,20 +19,19 @@ One trace per judgment row (one answer to one turn of one question, graded by th
 Editors add their own grade as a `score` feedback (1-10, source HUMAN), see `HUMAN_SCORE`.
 
 Rows in the jury's shape (`judges: [{judge, scores, rationale, error, repeat}]`, judging/jury.py)
-and in the one-judge shape (`judge`, `scores`, `judgment`, also as the `[model, prompt id]` pair of
-older judgments files) are both read by `judge_entries`.
+and in the one-judge shape (`judge`, `scores`, `judgment`) are both read by `judge_entries`; a
+judge's identity has one shape, JudgeIdentity's JSON.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from collections import defaultdict
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from selfguided.components.judging.offline import OFFLINE_JUDGE_NAME
+from selfguided.components.evaluation.rows import RowJudgments
+from selfguided.components.judging.jury import Jury, judge_of
 from selfguided.components.judging.rules import SCORE_NAMES, JudgeIdentity, mean_of_criteria
 from selfguided.components.registry.prompts import prompt_uri
 
@@ -39,7 +39,6 @@ TRACE_NAME = "judged_answer"
 HUMAN_SCORE = "score"
 """The feedback name editors use for their grade (1-10, source HUMAN): the review's label schema."""
 JURY_SCORE = "jury_overall"
-JURY_SOURCE = "selfguided-jury"
 TRACE_TAGS = ("row", "row_kind", "category", "question_id", "turn", "pipeline_run")
 
 
@@ -59,22 +58,10 @@ class JudgeEntry:
         return self.identity.name
 
 
-_PROMPT_ID = re.compile(r"^(?P<prompt>.+)-v(?P<version>[^-]+)$")
-
-
 def _identity(value: Any) -> JudgeIdentity:
-    """A judge identity as the rows carry it: JudgeIdentity JSON (an object, or its text), or the
-    [model, prompt id] pair of rows written before the identity had one shape. A row without one
-    (hand-made judgments) is graded by an `unknown` judge rather than not shown at all."""
-    if value is None:
-        return JudgeIdentity("unknown", "unknown", "0")
-    if isinstance(value, str):
-        value = json.loads(value)
-    if isinstance(value, (list, tuple)) and len(value) == 2:
-        match = _PROMPT_ID.match(str(value[1]))
-        prompt, version = (match["prompt"], match["version"]) if match else (str(value[1]), "0")
-        return JudgeIdentity(str(value[0]), prompt, version)
-    return JudgeIdentity.from_json(value)
+    """A judge identity as the rows carry it (JudgeIdentity JSON). A row without one (hand-made
+    judgments) is graded by an `unknown` judge rather than not shown at all."""
+    return JudgeIdentity("unknown", "unknown", "0") if value is None else JudgeIdentity.from_json(value)
 
 
 def _scores(scores: Any, overall: Any = None) -> dict[str, float] | None:
@@ -121,12 +108,12 @@ def conversations(rows: Iterable[Mapping[str, Any]]) -> dict[tuple[str, int], li
     return messages
 
 
-def _source(judge: str, *, jury: bool = False):
+def _source(judge) -> Any:
+    """The MLflow assessment source of a judge's verdicts (judging/judge.Judge.mlflow_source)."""
     from mlflow.entities import AssessmentSource
 
-    if jury:
-        return AssessmentSource(source_type="CODE", source_id=JURY_SOURCE)
-    return AssessmentSource(source_type="CODE" if judge == OFFLINE_JUDGE_NAME else "LLM_JUDGE", source_id=judge)
+    source_type, source_id = judge.mlflow_source
+    return AssessmentSource(source_type=source_type, source_id=source_id)
 
 
 def _rationale_text(judgment: str) -> str:
@@ -151,7 +138,7 @@ def _log_entry(trace_id: str, entry: JudgeEntry, prompt_uri: str) -> None:
     metadata = {**entry.identity.to_json(), "prompt_id": entry.identity.prompt_id, "repeat": str(entry.repeat)}
     if prompt_uri:
         metadata["prompt_uri"] = prompt_uri
-    source = _source(entry.judge)
+    source = _source(judge_of(entry.identity))
     if entry.scores is None:
         mlflow.log_feedback(trace_id=trace_id, name="overall", source=source, metadata=metadata,
                             error=AssessmentError(error_code="JUDGE_FAILED", error_message=str(entry.error)[:1000]))
@@ -203,10 +190,11 @@ def log_judged_traces(
             for entry in entries:
                 version = prompt_versions.get(entry.identity.prompt_id)
                 _log_entry(span.trace_id, entry, prompt_uri(version) if version else "")
-            if len({e.judge for e in entries}) > 1 and isinstance(row.get("score"), (int, float)) and row.get("scores") is not None:
+            members = list({e.judge: e.identity for e in entries}.values())
+            if len(members) > 1 and isinstance(row.get("score"), (int, float)) and row.get("scores") is not None:
                 jury = row.get("jury") or {}
                 mlflow.log_feedback(trace_id=span.trace_id, name=JURY_SCORE, value=float(row["score"]),
-                                    source=_source("", jury=True),
+                                    source=_source(Jury([judge_of(m) for m in members])),
                                     metadata={k: str(v) for k, v in jury.items()})
             trace_ids.append(span.trace_id)
     return trace_ids
@@ -215,28 +203,26 @@ def log_judged_traces(
 _REGISTERED_PROMPTS: dict[tuple[str, str], dict[str, tuple[str, int]]] = {}
 
 
-def log_row_traces(judgments_file: str | Path | None, summary: Mapping[str, Any]) -> int:
+def log_row_traces(row: RowJudgments) -> int:
     """The register step's hook, called inside an evaluation row's active MLflow run: every judgment
-    of the row becomes a trace linked to that run (tags from the run: `row`, `row_kind`,
+    of the judged row becomes a trace linked to that run (tags from the run: `row`, `row_kind`,
     `pipeline_run`), and the run is tagged with the registry version of each prompt its judgments
     used (`prompt/<prompt id>`). The prompts are registered once per process and experiment.
     Returns how many traces it logged."""
     import mlflow
 
-    from selfguided.components.data import read_jsonl
-
     run = mlflow.active_run()
-    if run is None or judgments_file is None or not Path(judgments_file).is_file():
+    if run is None or not row.judgments:
         return 0
     try:
-        return _log_row_traces(run, read_jsonl(judgments_file, allow_empty=True), summary)
+        return _log_row_traces(run, row)
     except Exception as exc:  # noqa: BLE001 - the evidence is logged already; say what is missing, go on
-        print(f"[selfguided] register: the judged answers of {summary.get('row')} were not logged as traces "
+        print(f"[selfguided] register: the judged answers of {row.row} were not logged as traces "
               f"({type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''})", flush=True)
         return 0
 
 
-def _log_row_traces(run, rows: list[dict[str, Any]], summary: Mapping[str, Any]) -> int:
+def _log_row_traces(run, row: RowJudgments) -> int:
     import mlflow
 
     from selfguided.components.registry.prompts import prompt_run_tags, register_prompts
@@ -251,9 +237,10 @@ def _log_row_traces(run, rows: list[dict[str, Any]], summary: Mapping[str, Any])
                   flush=True)
             _REGISTERED_PROMPTS[key] = {}
     prompts = _REGISTERED_PROMPTS[key]
-    used = {e.identity.prompt_id for row in rows for e in judge_entries(row)}
+    rows = row.judgments
+    used = {e.identity.prompt_id for judgment in rows for e in judge_entries(judgment)}
     if prompt_run_tags(prompts, used):
         mlflow.set_tags(prompt_run_tags(prompts, used))
     tags = {k: run.data.tags.get(k, "") for k in ("row", "row_kind", "pipeline_run")}
-    tags["row"] = tags["row"] or str(summary.get("row", ""))
+    tags["row"] = tags["row"] or row.row
     return len(log_judged_traces(rows, run_id=run.info.run_id, tags=tags, prompt_versions=prompts))

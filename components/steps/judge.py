@@ -3,9 +3,10 @@
 Every answer turn is graded on helpfulness, relevance, accuracy and level of detail plus an
 overall score (1-10), by a jury (judging/jury.py: one judge by default) whose judges are LLMs
 through the client layer or, without an API, the `offline-heuristic` stand-in. The rules
-(criteria, Korean penalty, the judgment row) are judging/rules.py's, the same for every judge. The summary (per category and criterion, plus
-`judge/overall`, the mean over categories so that every category weighs the same) carries the
-row's identity as it was given to the step, never parsed from a label, and feeds the compare
+(criteria, Korean penalty, the judgment row) are judging/rules.py's, the same for every judge. The
+summary (evaluation/judge_summary.JudgeSummary: per category and criterion, plus `judge/overall`,
+the mean over categories so that every category weighs the same) carries the row's identity as it
+was given to the step, never parsed from a label, and the jury that graded it; it feeds the compare
 and register steps, the KFP Metrics artifact and the reports.
 """
 
@@ -21,20 +22,18 @@ from kfp.dsl.component_decorator import component  # `dsl.component` is absent w
 from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Metrics, Output
 
 from selfguided.components.data import load_questions, write_jsonl
-from selfguided.components.evaluation.metrics import OVERALL, point_metrics
-from selfguided.components.evaluation.rows import category_means, judgment_problem
+from selfguided.components.evaluation.judge_summary import ChampionFallback, JudgeSummary
 from selfguided.components.images import CPU_IMAGE
 from selfguided.components.judging.answers import load_answers
-from selfguided.components.judging.jury import JuryConfig, judge_with_jury, jury_cost_usd, parse_judges
-from selfguided.components.judging.offline import OFFLINE_JUDGE_NAME
-from selfguided.components.judging.rules import SCORE_NAMES, judged_ok, row_label
+from selfguided.components.judging.jury import JuryConfig, JuryUsage, judge_with_jury, parse_judges
+from selfguided.components.judging.rules import SCORE_NAMES, judged_ok
 
 
 def judge_answers(
     questions: list[dict[str, Any]], answers: list[dict[str, Any]], model: str, *, concurrency: int = 8,
     cache: str = "", base_url: str = "", judges: str = "", repeats: int = 1, min_judges: int = 0,
     aggregate: str = "mean", temperature: float = 0.0,
-) -> tuple[list[dict[str, Any]], dict[str, float], dict[str, Any]]:
+) -> tuple[list[dict[str, Any]], dict[str, float], JuryUsage]:
     """Grade answers with the jury `judges` ("" = `model` alone: a jury of one), each judge through
     the LLM client layer or offline; returns judgments, usage metrics and the jury's usage.
 
@@ -46,109 +45,71 @@ def judge_answers(
                       base_url=base_url)
     judgments, jury_usage = judge_with_jury(questions, answers, jury)
     usage: dict[str, float] = {}
-    if len(jury_usage["judges"]) == 1:
-        usage = dict(jury_usage["judges"][0]["metrics"])
+    if jury_usage.size == 1:
+        usage = dict(jury_usage.judges[0].metrics)
     else:
-        for judge in jury_usage["judges"]:
-            usage |= {name.replace("llm/judge/", f"llm/judge/{judge['judge']['model']}/", 1): value
-                      for name, value in judge["metrics"].items()}
-        usage["llm/judge/cost_usd"] = jury_cost_usd(jury_usage)
+        for judge in jury_usage.judges:
+            usage |= {name.replace("llm/judge/", f"llm/judge/{judge.judge.model}/", 1): value
+                      for name, value in judge.metrics.items()}
+        usage["llm/judge/cost_usd"] = jury_usage.cost_usd()
     return judgments, usage, jury_usage
 
 
-def summarize_judgments(
-    judgments: list[dict[str, Any]], *, row_kind: str, base_model: str = "", arm: str = "", model: str = "",
-    judge_model: str, prompt_version: str, usage: dict[str, float] | None = None, generate_seconds: float = 0.0,
-    llm_cost_usd: float = 0.0, jury: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Per-category means of each criterion and overall, `judge/...` metric names for MLflow and
-    KFP, and the row's identity as given (row_kind, base_model, arm, model)."""
-    # The row's figures are evaluation's (one owner of a row's overall, of the category order and of
-    # the metric names); a row with no valid judgment keeps overall 0.0 with n_judged 0.
-    ok = [j for j in judgments if judgment_problem(j) is None]  # what the means count, compare's rule
-    means, overall = category_means(judgments)
-    categories = {cat: {k: (round(v, 3) if k != "n" else v) for k, v in values.items()} for cat, values in means.items()}
-    overall = round(overall, 3) if categories else 0.0
-    metrics = {**point_metrics(means, overall), OVERALL: overall}
-    return {
-        "row": row_label(row_kind, base_model=base_model, arm=arm, model=model),
-        "row_kind": row_kind,
-        "base_model": base_model,
-        "arm": arm,
-        "model": model,
-        "judge_model": judge_model,
-        "prompt_version": prompt_version,
-        "judge": f"{judge_model}/{prompt_version}",
-        "mode": "single",
-        "categories": categories,
-        "overall": overall,
-        "metrics": metrics,
-        "n_judged": len(ok),
-        "n_failed": len(judgments) - len(ok),
-        "answers": len(judgments),
-        "generate_seconds": generate_seconds,
-        "llm_cost_usd": llm_cost_usd,
-        "usage": usage or {},
-        "jury": jury,
-    }
-
-
-def judge_report_markdown(summary: dict[str, Any]) -> str:
+def judge_report_markdown(summary: JudgeSummary) -> str:
+    disclaimer = summary.jury.jury().disclaimer
     lines = [
-        f"# Judge report: {summary['row']}",
+        f"# Judge report: {summary.row}",
         "",
-        f"Judge: `{summary['judge_model']}` ({summary['prompt_version']}), {summary['n_judged']} answers graded, "
-        f"{summary['n_failed']} failed." + (" offline-heuristic is a deterministic stand-in, not a quality measure."
-                                             if summary["judge_model"] == OFFLINE_JUDGE_NAME else ""),
+        f"Judge: `{summary.judge.label}`, {summary.n_judged} answers graded, {summary.n_failed} failed."
+        + (f" {disclaimer}" if disclaimer else ""),
         "",
         "| category | n | " + " | ".join(SCORE_NAMES) + " |",
         "|---" * (len(SCORE_NAMES) + 2) + "|",
     ]
-    for category, values in summary["categories"].items():
+    for category, values in summary.categories.items():
         lines.append(f"| {category} | {values['n']} | " + " | ".join(f"{values[n]:.2f}" for n in SCORE_NAMES) + " |")
-    lines += ["", f"**Overall (mean over categories): {summary['overall']:.2f}**"]
-    lines += jury_lines(summary.get("jury"))
-    if summary["usage"]:
-        lines += ["", "## LLM usage", ""] + [f"- {k}: {v}" for k, v in sorted(summary["usage"].items())]
+    lines += ["", f"**Overall (mean over categories): {summary.overall:.2f}**"]
+    lines += jury_lines(summary.jury)
+    if summary.usage:
+        lines += ["", "## LLM usage", ""] + [f"- {k}: {v}" for k, v in sorted(summary.usage.items())]
     return "\n".join(lines) + "\n"
 
 
-def jury_lines(jury: dict[str, Any] | None) -> list[str]:
-    """The jury's members, what each lacks and costs (Markdown lines); none for a jury of one."""
-    if not jury or jury["size"] < 2 and jury["repeats"] < 2:
+def jury_lines(jury: JuryUsage) -> list[str]:
+    """The jury's members, what each lacks and costs (Markdown lines); none for a jury of one graded once."""
+    if jury.size < 2 and jury.repeats < 2:
         return []
-    lines = ["", f"## Jury: {jury['size']} judge(s), {jury['aggregate']} of the judges; an item needs "
-                 f"{jury['min_judges']}; {jury['repeats']} grading(s) of the repeated sample", "",
+    lines = ["", f"## Jury: {jury.size} judge(s), {jury.aggregate} of the judges; an item needs "
+                 f"{jury.min_judges}; {jury.repeats} grading(s) of the repeated sample", "",
              "| judge | endpoint | items | missing | cost (USD) |", "|---|---|---|---|---|"]
-    for judge in jury["judges"]:
-        lines.append(f"| {judge['judge']['model']} | {judge['endpoint'] or 'run endpoint'} | {judge['items']} | "
-                     f"{judge['missing']} | {judge['cost_usd']:.4f} |")
-    for judge in jury["judges"]:
-        if judge["missing"]:
-            lines.append(f"\n{judge['judge']['model']} lacks {judge['missing']} item(s): "
-                         + "; ".join(judge["errors"]))
-    if jury["partial_items"]:
-        lines.append(f"\n{jury['partial_items']} item(s) were scored by fewer than all judges.")
+    for judge in jury.judges:
+        lines.append(f"| {judge.judge.model} | {judge.endpoint or 'run endpoint'} | {judge.items} | "
+                     f"{judge.missing} | {judge.cost_usd:.4f} |")
+    for judge in jury.judges:
+        if judge.missing:
+            lines.append(f"\n{judge.judge.model} lacks {judge.missing} item(s): " + "; ".join(judge.errors))
+    if jury.partial_items:
+        lines.append(f"\n{jury.partial_items} item(s) were scored by fewer than all judges.")
     return lines
 
 
-def judge_report_html(summary: dict[str, Any]) -> str:
+def judge_report_html(summary: JudgeSummary) -> str:
     """A self-contained HTML page: grouped bars per category and criterion (rendered in the KFP UI)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    categories = list(summary["categories"])
+    categories = list(summary.categories)
     fig = Figure(figsize=(9, 4), dpi=110)  # no pyplot: no global state in a long-lived process
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     width = 0.8 / len(SCORE_NAMES)
     for i, name in enumerate(SCORE_NAMES):
         xs = [k + (i - (len(SCORE_NAMES) - 1) / 2) * width for k in range(len(categories))]
-        ax.bar(xs, [summary["categories"][c][name] for c in categories], width, label=name)
+        ax.bar(xs, [summary.categories[c][name] for c in categories], width, label=name)
     ax.set_xticks(range(len(categories)), categories)
     ax.set_ylim(0, 10)
     ax.set_ylabel("score (1-10)")
-    ax.set_title(f"{summary['row']}: judge scores per category ({summary['judge_model']})")
+    ax.set_title(f"{summary.row}: judge scores per category ({summary.judge.model})")
     ax.legend(ncol=len(SCORE_NAMES), fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.1))
     fig.tight_layout()
     buffer = io.BytesIO()
@@ -156,13 +117,13 @@ def judge_report_html(summary: dict[str, Any]) -> str:
     image = base64.b64encode(buffer.getvalue()).decode()
     rows = "".join(
         f"<tr><td>{c}</td><td>{v['n']}</td>" + "".join(f"<td>{v[n]:.2f}</td>" for n in SCORE_NAMES) + "</tr>"
-        for c, v in summary["categories"].items()
+        for c, v in summary.categories.items()
     )
     header = "".join(f"<th>{n}</th>" for n in SCORE_NAMES)
     return (
         "<!doctype html><html><head><meta charset='utf-8'><title>Judge report</title>"
         "<style>body{font-family:sans-serif}td,th{padding:2px 8px;text-align:right}</style></head><body>"
-        f"<h2>{html.escape(summary['row'])} &mdash; overall {summary['overall']:.2f}</h2>"
+        f"<h2>{html.escape(summary.row)} &mdash; overall {summary.overall:.2f}</h2>"
         f"<img alt='scores per category' src='data:image/png;base64,{image}'/>"
         f"<table><tr><th>category</th><th>n</th>{header}</tr>{rows}</table></body></html>"
     )
@@ -174,7 +135,7 @@ def run_judge_step(
     generate_seconds: float = 0.0, llm_cost_usd: float = 0.0, note: str = "", fallback: str = "",
     concurrency: int = 8, cache: str = "", base_url: str = "", judges: str = "", repeats: int = 1,
     min_judges: int = 0, aggregate: str = "mean", replicate: int = 0, temperature: float = 0.0,
-) -> dict[str, Any]:
+) -> JudgeSummary:
     """Judge one row's answers (by the jury `judges`, "" = `model` alone) and write its judgments,
     summary and reports.
 
@@ -197,33 +158,25 @@ def run_judge_step(
                            f"judgments kept in {judgments_path}")
     if answers and not any(judged_ok(j) for j in judgments):  # a reference row: reported, not fatal
         note = note or "every judgment failed, e.g. " + "; ".join(sorted({str(j.get("error")) for j in judgments})[:2])
-    # The judge of a row is the jury's identity (its judge's, for a jury of one): the judge model
-    # and its prompt set, the same for every row graded alike, so the gate can tell comparable rows apart.
-    identity = jury["identity"]
-    summary = summarize_judgments(judgments, row_kind=row_kind, base_model=base_model, arm=arm, model=row_model,
-                                  judge_model=identity["model"],
-                                  prompt_version=f"{identity['prompt']}-v{identity['prompt_version']}", usage=usage,
-                                  generate_seconds=generate_seconds, llm_cost_usd=llm_cost_usd, jury=jury)
-    if replicate:  # a training-seed replicate of its (base model, arm): its own row, grouped by compare
-        summary["row"] = f"{summary['row']}#{replicate}"
-    summary["replicate"] = int(replicate)
-    summary["note"] = note
-    summary["fallback"] = json.loads(fallback) if fallback else None
-    summary["answer_model"] = answers[0].get("model_id", "unknown") if answers else ""  # what the judgments name
-    Path(summary_path).write_text(json.dumps(summary, ensure_ascii=False, indent=2), encoding="utf-8")
+    summary = JudgeSummary.of_judgments(
+        judgments, jury, row_kind=row_kind, base_model=base_model, arm=arm, model=row_model, replicate=replicate,
+        usage=usage, generate_seconds=generate_seconds, llm_cost_usd=llm_cost_usd, note=note,
+        fallback=ChampionFallback.from_json(json.loads(fallback)) if fallback else None,
+        answer_model=answers[0].get("model_id", "unknown") if answers else "")  # what the judgments name
+    summary.write(summary_path)
     Path(report_path).write_text(judge_report_markdown(summary), encoding="utf-8")
     Path(html_path).write_text(judge_report_html(summary), encoding="utf-8")
     if note:
-        print(f"[selfguided] judge: {summary['row']}: nothing to judge ({note})", flush=True)
+        print(f"[selfguided] judge: {summary.row}: nothing to judge ({note})", flush=True)
         return summary
-    print(f"[selfguided] judge: {summary['row']} overall {summary['overall']:.2f} over "
-          f"{len(summary['categories'])} categories, {summary['n_judged']} answer turns "
-          f"({summary['n_failed']} failed)", flush=True)
+    print(f"[selfguided] judge: {summary.row} overall {summary.overall:.2f} over "
+          f"{len(summary.categories)} categories, {summary.n_judged} answer turns "
+          f"({summary.n_failed} failed)", flush=True)
     return summary
 
 
 def run_judge_rows(questions_path: str, rows_folder: str, evidence_folder: str, report_path: str, *, model: str,
-                   **options: Any) -> list[dict[str, Any]]:
+                   **options: Any) -> list[JudgeSummary]:
     """What the `judge_rows` component does: judge every row of a folder of answered rows
     (judging/answers.write_answer_rows, e.g. every teacher's) as `run_judge_step` judges one, and
     hand them on as a folder of judged rows (evaluation/rows.write_evidence). `options` are
@@ -303,7 +256,8 @@ def judge(
         min_judges: judges an item needs for a jury score (0 = all); fewer: the item fails, named.
         jury_aggregate: `mean` or `median` of the judges' scores.
         judgments: FastChat model_judgment rows with the four criteria (JSONL).
-        summary: the row's identity, per-category scores and `judge/...` metrics (JSON).
+        summary: the row's identity, jury, per-category scores and `judge/...` metrics (JSON,
+            evaluation/judge_summary.JudgeSummary).
         metrics: the `judge/<category>/<criterion>` scores, shown in the Kubeflow UI.
         report: the score table (Markdown).
         chart: a per-category bar chart (HTML).
@@ -318,9 +272,9 @@ def judge(
                             fallback=fallback, concurrency=concurrency, cache=cache, base_url=base_url,
                             judges=judges, repeats=judge_repeats, min_judges=min_judges, aggregate=jury_aggregate,
                             replicate=replicate, temperature=judge_temperature)
-    for name, value in result["metrics"].items():
+    for name, value in result.metrics.items():
         metrics.log_metric(name, value)
-    summary.metadata.update({"row": result["row"], "overall": result["overall"]})
+    summary.metadata.update({"row": result.row, "overall": result.overall})
 
 
 @component(base_image=CPU_IMAGE, install_kfp_package=False)  # the image has kfp

@@ -20,9 +20,7 @@ from typing import List
 from kfp.dsl.component_decorator import component  # `dsl.component` is absent when a step runs (_KFP_RUNTIME)
 
 from selfguided.components.images import CPU_IMAGE
-from selfguided.components.judging.offline import OFFLINE_JUDGE_NAME
-
-OFFLINE_MODELS = (OFFLINE_JUDGE_NAME,)
+from selfguided.components.judging.jury import judge_named
 
 
 class PreflightError(RuntimeError):
@@ -46,7 +44,7 @@ def run_preflight(*, tracking_uri: str, experiment_name: str, registered_model_n
     except TrackingAccessError as exc:
         problems.append(str(exc))
     endpoints_checked: set[tuple[str, str | None]] = set()
-    for entry in dict.fromkeys(m for m in llm_models if m and m not in OFFLINE_MODELS):
+    for entry in dict.fromkeys(m for m in llm_models if m and judge_named(m).calls_llm):
         try:
             config = endpoint_config("preflight", entry, base_url=llm_base_url, concurrency=1, cache="")
             model = config.model

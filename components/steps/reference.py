@@ -101,18 +101,16 @@ def answer_champion(questions: list[dict[str, Any]], *, registered_model_name: s
                     max_new_tokens: int, workdir: str | Path) -> ReferenceAnswers:
     """The registry's current champion, downloaded and answering in this run."""
     from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
 
+    from selfguided.components.evaluation.metrics import is_judge_metric
     from selfguided.components.model.engines import answer_with_trained_model
     from selfguided.components.registry.logged_model import download_model_dir
+    from selfguided.components.registry.promotion import alias_version
 
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-    try:
-        version = client.get_model_version_by_alias(registered_model_name, "champion")
-    except MlflowException as exc:
-        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
-            return ReferenceAnswers([], note=f"{registered_model_name!r} has no champion yet")
-        raise
+    version = alias_version(client, registered_model_name)
+    if version is None:
+        return ReferenceAnswers([], note=f"{registered_model_name!r} has no champion yet")
     label = str(version.version)
     try:
         model_dir = download_model_dir(f"models:/{registered_model_name}/{label}", tracking_uri, workdir)
@@ -120,7 +118,7 @@ def answer_champion(questions: list[dict[str, Any]], *, registered_model_name: s
         _, rows = answer_with_trained_model(model_dir, questions, max_new_tokens=max_new_tokens)
     except Exception as exc:  # noqa: BLE001 - any failure leaves the gate its unpaired fallback, said loudly
         run = client.get_run(version.run_id)
-        metrics = {k: v for k, v in run.data.metrics.items() if k.startswith("judge/")}
+        metrics = {k: v for k, v in run.data.metrics.items() if is_judge_metric(k)}
         return ReferenceAnswers([], row_model=label, note=f"champion v{label} could not be re-evaluated: "
                                 f"{type(exc).__name__}: {exc}", fallback_metrics=metrics,
                                 fallback_judge=run.data.tags.get("judge", ""))

@@ -42,7 +42,8 @@ def register(
             in the order the loop collected them.
         evidence: the compare step's rows (evaluation/rows.write_evidence): every row's judge summary
             and judgments, the trained rows first, in the models' order.
-        evaluation: the compare step's result (comparison, decision, challenger, metrics).
+        evaluation: the compare step's result (evaluation/compare_result.CompareResult: comparison,
+            decision, challenger, metrics, the champion version it evaluated).
         evaluation_report: the compare step's Markdown report (logged on the parent run).
         evaluation_page: the compare step's HTML report (logged on the parent run).
         scored_data: the scored seed JSONL (its SHA-256 tags every run; logged as an input).
@@ -67,13 +68,14 @@ def register(
     from pathlib import Path
 
     from selfguided.components.data import file_sha256
+    from selfguided.components.evaluation.compare_result import CompareResult
     from selfguided.components.registry.promotion import register_candidates
     from selfguided.components.registry.runs import load_evidence
 
     candidates, references = load_evidence(evidence.path, [m.path for m in models], train_dir=train_data.path)
     result = register_candidates(
         candidates,
-        evaluation=json.loads(Path(evaluation.path).read_text(encoding="utf-8")),
+        evaluation=CompareResult.read(evaluation.path),
         references=references,
         tracking_uri=tracking_uri,
         registered_model_name=registered_model_name,

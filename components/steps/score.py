@@ -22,7 +22,7 @@ from kfp.dsl.component_decorator import component  # `dsl.component` is absent w
 from kfp.dsl import Dataset, Markdown, Metrics, Output
 
 from selfguided.components.data import CATEGORIES, SAMPLE_SEED, fetch_input, load_seed, write_jsonl
-from selfguided.components.judging.offline import OFFLINE_JUDGE_NAME
+from selfguided.components.judging.jury import judge_named
 from selfguided.components.judging.scoring import score_records, set_aside_too_long
 from selfguided.components.llm.config import DEFAULT_MAX_INPUT_TOKENS
 from selfguided.components.model.prompting import CRITERIA
@@ -46,8 +46,7 @@ def score_report(
         "# Score report",
         "",
         f"Source: `{source}`. Judge: {', '.join(judge_models) or 'none'}."
-        + (" (offline-heuristic is a deterministic stand-in for runs without an API, not a quality measure.)"
-           if OFFLINE_JUDGE_NAME in judge_models else ""),
+        + "".join(f" ({d})" for d in dict.fromkeys(judge_named(m).disclaimer for m in judge_models) if d),
         "",
         f"Records scored: {sum(r['scores'] is not None for r in scored)}, failed: "
         f"{sum(r['scores'] is None for r in scored)}, rejected as unusable input: {len(rejects)}.",

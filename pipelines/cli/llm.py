@@ -265,7 +265,9 @@ def run_judge(args: argparse.Namespace) -> int:
 
 def _run_jury(args: argparse.Namespace, config: LLMConfig, questions: list[dict[str, Any]],
               answers: list[dict[str, Any]]) -> int:
-    from selfguided.components.judging.agreement import JudgedRow, jury_agreement
+    from selfguided.components.evaluation.agreement import jury_agreement
+    from selfguided.components.evaluation.report import judges_section
+    from selfguided.components.evaluation.rows import RowJudgments
     from selfguided.components.judging.jury import JuryConfig, judge_with_jury, parse_judges
     from selfguided.components.judging.offline import OFFLINE_JUDGE_NAME
 
@@ -283,15 +285,15 @@ def _run_jury(args: argparse.Namespace, config: LLMConfig, questions: list[dict[
         return 2
     write_jsonl(args.output, rows)
     print(f"wrote {len(rows)} rows to {args.output}", file=sys.stderr)
-    for judge in usage["judges"]:
-        print(f"{judge['judge']['model']}: {judge['items']} items, {judge['missing']} without a verdict, "
-              f"cost ${judge['cost_usd']:.4f}")
+    for judge in usage.judges:
+        print(f"{judge.judge.model}: {judge.items} items, {judge.missing} without a verdict, cost ${judge.cost_usd:.4f}")
     by_model: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         by_model.setdefault(row["model"], []).append(row)
-    if usage["size"] > 1 or usage["repeats"] > 1:
-        agreement = jury_agreement([JudgedRow(model, "teacher", judged) for model, judged in by_model.items()])
-        print(agreement.to_markdown())
+    if usage.size > 1 or usage.repeats > 1:
+        section = judges_section(jury_agreement([RowJudgments(model, "teacher", judged)
+                                                 for model, judged in by_model.items()]))
+        print(f"## {section.title}\n\n{section.markdown}")
     failed = sum(1 for r in rows if r.get("error"))
     if failed:
         print(f"judge: {failed} failed (see their 'error' field); rerun the same command with the same --cache "

@@ -12,37 +12,23 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
-from pathlib import Path
 
 
 def rows_of_run(tracking_uri: str, run_id: str) -> list:
     """The evaluation rows of the pipeline run that `run_id` (its parent run, or one of its row runs) belongs to."""
     from mlflow import MlflowClient
 
-    from selfguided.components.data import read_jsonl
-    from selfguided.components.evaluation.rows import RowJudgments
+    from selfguided.components.judging.rules import ROW_KINDS
+    from selfguided.components.registry.runs import run_row
 
     client = MlflowClient(tracking_uri=tracking_uri)
     run = client.get_run(run_id)
     parent = run.data.tags.get("mlflow.parentRunId") or run_id
     children = client.search_runs([run.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent}'",
                                   max_results=1000)
-    rows = []
-    with tempfile.TemporaryDirectory(prefix="selfguided-plan-") as staging:
-        for child in children:
-            tags = child.data.tags
-            if "row" not in tags or tags.get("row_kind") not in ("trained", "base", "teacher", "champion"):
-                continue
-            try:
-                path = client.download_artifacts(child.info.run_id, "judgments.jsonl", str(Path(staging) / child.info.run_id))
-            except Exception:  # a row that logged no judgments (e.g. no champion yet) has nothing to plan with
-                continue
-            judgments = read_jsonl(path, allow_empty=True)
-            if judgments:
-                rows.append(RowJudgments(tags["row"], tags["row_kind"], judgments, base_model=tags.get("base_model", ""),
-                                         arm=tags.get("arm", ""), judge=tags.get("judge", ""),
-                                         replicate=int(tags.get("replicate", 0) or 0)))
+    # a row that logged no judgments (e.g. no champion yet) has nothing to plan with
+    rows = [row for child in children if "row" in child.data.tags and child.data.tags.get("row_kind") in ROW_KINDS
+            if (row := run_row(client, child)) is not None]
     if not rows:
         raise ValueError(f"MLflow run {run_id}: no evaluation rows with judgments.jsonl under parent run {parent}")
     return rows
