@@ -27,6 +27,7 @@ from selfguided.components.training.config import FinetuneConfig
 from selfguided.components.training.data import Sample
 from selfguided.components.training.job import train
 from selfguided.components.training.parallel import Distributed
+from selfguided.components.training.worker import PREEMPTED_EXIT_CODE
 
 IGNORE = td.IGNORE_INDEX
 
@@ -258,13 +259,13 @@ def test_kfp_component_trains_the_arm_file_and_logs_metrics(tmp_path, train_file
         name="metrics", uri=str(tmp_path / "metrics"), metadata={})
     step.finetune.python_func(
         train_data=Dataset(name="train", uri=str(train_file.parent), metadata={}), base_model="tiny", arm="unscored",
-        strategy="filter", config_json='{"max_steps": 2}', num_gpus=1, checkpoint_dir="", model=model, metrics=metrics,
+        strategy="filter", config_json='{"max_steps": 2}', num_gpus=0, checkpoint_dir="", model=model, metrics=metrics,
     )
     assert model.metadata == {"base_model": "tiny", "arm": "unscored", "strategy": "filter", "replicate": 0}
     assert tm.read_manifest(model.path).strategy == "filter"
     assert metrics.metadata["steps"] == 2 and metrics.metadata["train_loss"] > 0
     with pytest.raises(DataError, match="self_guided.jsonl: no training file for arm"):
-        step.run_finetune_step(train_file.parent, "tiny", "self_guided", "condition", "", 1, "", tmp_path / "other")
+        step.run_finetune_step(train_file.parent, "tiny", "self_guided", "condition", "", 0, "", tmp_path / "other")
 
 
 def test_module_imports_inside_a_kfp_step():
@@ -290,7 +291,7 @@ def cli(train_file, out, checkpoint_dir, *extra_python):
     if extra_python:  # run a small driver script instead of the module (to inject a SIGKILL)
         return subprocess.Popen([sys.executable, "-c", extra_python[0], *args], env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    return subprocess.Popen([sys.executable, "-m", "selfguided.components.steps.finetune", *args], env=env,
+    return subprocess.Popen([sys.executable, "-m", "selfguided.components.training.worker", *args], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -344,7 +345,7 @@ def test_sigterm_midway_then_resume_ends_where_an_uninterrupted_run_ends(tmp_pat
     wait_for_checkpoint(tmp_path / "ckpt", process)
     process.send_signal(signal.SIGTERM)
     code, _, stderr = finish(process)
-    assert code == step.PREEMPTED_EXIT_CODE, stderr[-3000:]
+    assert code == PREEMPTED_EXIT_CODE, stderr[-3000:]
     assert "SIGTERM: stopped after step" in stderr
     (saved,) = ckpt.Checkpoints(run_dirs(tmp_path / "ckpt"), "", Distributed(), 1).complete()
     stopped_at = json.loads((saved / "meta.json").read_text())["step"]
@@ -360,15 +361,14 @@ def test_sigterm_midway_then_resume_ends_where_an_uninterrupted_run_ends(tmp_pat
 # optimizer state, before the scheduler and meta.json), like a pod killed without grace.
 KILL_WHILE_SAVING = textwrap.dedent("""
     import os, signal, sys
-    from selfguided.components.steps import finetune
-    from selfguided.components.training import checkpoints
+    from selfguided.components.training import checkpoints, worker
     real_save = checkpoints._save_synced
     def save_then_die(obj, path):
         if path.parent.name == ".tmp-step-000004" and path.name == "scheduler.pt":
             os.kill(os.getpid(), signal.SIGKILL)
         real_save(obj, path)
     checkpoints._save_synced = save_then_die
-    sys.exit(finetune.main(sys.argv[1:]))
+    sys.exit(worker.main(sys.argv[1:]))
 """)
 
 
@@ -402,7 +402,7 @@ def test_torchrun_two_processes_match_one_process_with_accumulation(tmp_path, tr
     """DDP over 2 CPU processes (gloo) takes the same steps as 1 process accumulating 2 micro-batches."""
     base = {"max_seq_len": 512, "micro_batch_tokens": 512, "max_steps": 4, "lora_dropout": 0.0}
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    module = ["-m", "selfguided.components.steps.finetune", "--train-file", str(train_file), "--base-model", "tiny"]
+    module = ["-m", "selfguided.components.training.worker", "--train-file", str(train_file), "--base-model", "tiny"]
     single = subprocess.run(
         [sys.executable, *module, "--output-dir", str(tmp_path / "one"),
          "--config-json", json.dumps({**base, "grad_accum_steps": 2})],
@@ -429,7 +429,7 @@ def test_the_strategy_is_written_once_into_the_manifest(tmp_path):
     write_jsonl(train_dir / "self_guided.jsonl", [
         {"id": str(i), "category": "blog", "prompt": format_prompt(f"글 {i}"), "response": "짧은 답입니다."}
         for i in range(4)])
-    step.run_finetune_step(train_dir, "tiny", "self_guided", "filter", '{"max_steps": 1}', 1, "", tmp_path / "out")
+    step.run_finetune_step(train_dir, "tiny", "self_guided", "filter", '{"max_steps": 1}', 0, "", tmp_path / "out")
     manifest = tm.read_manifest(tmp_path / "out")
     assert manifest.strategy == "filter" and manifest.base_revision is None
     assert manifest.train_data_sha256 == file_sha256(train_dir / "self_guided.jsonl")

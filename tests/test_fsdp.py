@@ -1,7 +1,7 @@
 """FSDP2 on 2 CPU processes (gloo) against 1 process with the same effective batch, and DCP
 checkpoints that resume on another number of ranks.
 
-Two ranks are two `python -m selfguided.components.steps.finetune` processes with the environment
+Two ranks are two `python -m selfguided.components.training.worker` processes with the environment
 torchrun gives its workers (test_finetune.py runs torchrun itself), one rank the same training in
 this process; 4 optimizer steps of the tiny model. Tolerance: per-step losses equal to 1e-5 relative (gloo's
 reduce-scatter sums in another order than one process accumulating: float32 rounding only), final
@@ -49,7 +49,7 @@ def run(train_file, out, ranks, method, checkpoint_dir=None) -> str:
         with contextlib.redirect_stderr(stderr):
             train(train_file, "tiny", out, FinetuneConfig.for_model("tiny", **config), checkpoint_dir)
         return stderr.getvalue()
-    args = ["-m", "selfguided.components.steps.finetune", "--train-file", str(train_file), "--base-model", "tiny",
+    args = ["-m", "selfguided.components.training.worker", "--train-file", str(train_file), "--base-model", "tiny",
             "--output-dir", str(out), "--config-json", json.dumps(config)]
     if checkpoint_dir:
         args += ["--checkpoint-dir", str(checkpoint_dir)]

@@ -125,7 +125,7 @@ class FakeTrainer:
 
 def spec(name="selfguided-ft-test"):
     return tj.TrainJobSpec(name=name, namespace=NAMESPACE, image="ghcr.io/selfguided/gpu:test",
-                           command=["torchrun", "-m", "selfguided.components.steps.finetune", "--train-file", "x"],
+                           command=["torchrun", "-m", "selfguided.components.training.worker", "--train-file", "x"],
                            num_nodes=2, gpus_per_node=8, volume_claim="selfguided-cache", mount_path="/mnt/selfguided",
                            node_selector={"selfguided.dev/node-pool": "gpu"},
                            tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}])
@@ -228,7 +228,7 @@ def test_multi_node_finetune_returns_the_artifact_the_trainjob_wrote(tmp_path):
 
     def run_the_command(trainjob):
         command = trainjob["spec"]["trainer"]["command"]
-        assert command[:3] == ["torchrun", "-m", "selfguided.components.steps.finetune"]
+        assert command[:3] == ["torchrun", "-m", "selfguided.components.training.worker"]
         result = subprocess.run([sys.executable, *command[1:]], capture_output=True, text=True, timeout=300,
                                 env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"})
         assert result.returncode == 0, result.stderr[-3000:]
@@ -238,8 +238,7 @@ def test_multi_node_finetune_returns_the_artifact_the_trainjob_wrote(tmp_path):
     with serving(fake.server):
         metrics = tj.finetune_on_trainjob(
             train_file, "tiny", "unscored", "filter", config, num_nodes=2, gpus_per_node=4, checkpoint_dir="",
-            output_dir=tmp_path / "model", module="selfguided.components.steps.finetune",
-            settings=settings(tmp_path), runner=runner(fake, lines))
+            output_dir=tmp_path / "model", settings=settings(tmp_path), runner=runner(fake, lines))
     manifest = read_manifest(tmp_path / "model")
     assert manifest.strategy == "filter" and manifest.train_metrics == metrics and metrics["steps"] == 1
     (trainjob,) = fake.trainjobs.values()
@@ -258,7 +257,6 @@ def test_multi_node_refuses_a_setup_the_memory_plan_rejects_before_creating_anyt
     with serving(fake.server), pytest.raises(DoesNotFit, match=r"does NOT fit.*smallest setup that fits"):
         tj.finetune_on_trainjob(train_file, "polyglot-ko-12.8b", "unscored", "condition", config, num_nodes=2,
                                 gpus_per_node=8, checkpoint_dir="", output_dir=tmp_path / "model",
-                                module="selfguided.components.steps.finetune",
                                 settings=settings(tmp_path, gpu_memory_gb=80), runner=runner(fake, lines))
     assert fake.requests == []
 

@@ -2,22 +2,19 @@
 of the split data, written as the Model artifact.
 
 - `run_finetune_step`: what the KFP component does: train `<train_dir>/<arm>.jsonl` in this
-  process, or under `torchrun --nproc_per_node=num_gpus` when num_gpus > 1.
-- `main`: the command line torchrun starts on every rank
-  (`python -m selfguided.components.steps.finetune --train-file ...`).
+  process, or under `torchrun --nproc_per_node=num_gpus` when num_gpus > 1 (every rank runs the
+  training worker, components/training/worker.py).
 - `finetune`: the thin @dsl.component.
 
 The work is in components/training/: config.py (FinetuneConfig), data.py (tokenizing, packing),
-loop.py (the training loop), checkpoints.py, job.py (one run from file to artifact). Those are
+loop.py (the training loop), checkpoints.py, job.py (one run from file to artifact), worker.py (the
+command line of a rank), trainjob.py (several nodes). Those are
 imported inside the functions, so that the pipeline definition importing this component does not
 import torch.
 """
 
 # No `from __future__ import annotations`: KFP reads the component's annotations at runtime.
-import argparse
 import dataclasses
-import json
-import os
 import signal
 import subprocess
 import sys
@@ -28,9 +25,6 @@ from kfp.dsl import Dataset, Input, Metrics, Model, Output
 from kfp.dsl.component_decorator import component  # `dsl.component` is absent when a step runs (_KFP_RUNTIME)
 
 from selfguided.components.images import CPU_IMAGE, GPU_IMAGE
-
-PREEMPTED_EXIT_CODE = 128 + signal.SIGTERM
-TORCHRUN_MODULE = "selfguided.components.steps.finetune"  # this module, as torchrun runs it on every rank
 
 
 def run_finetune_step(train_dir: str | Path, base_model: str, arm: str, strategy: str, config_json: str,
@@ -66,20 +60,18 @@ def _train_where_asked(train_file: Path, base_model: str, arm: str, strategy: st
                        ) -> dict[str, float]:
     from selfguided.components.model.artifact import read_manifest
     from selfguided.components.training.job import train
+    from selfguided.components.training.worker import WorkerRun
 
     if num_nodes > 1:
         from selfguided.components.training.trainjob import ClusterSettings, finetune_on_trainjob
 
         return finetune_on_trainjob(train_file, base_model, arm, strategy, config, num_nodes, gpus_per_node,
-                                    checkpoint_dir, output_dir, module=TORCHRUN_MODULE, settings=ClusterSettings.from_env(GPU_IMAGE))
+                                    checkpoint_dir, output_dir, settings=ClusterSettings.from_env(GPU_IMAGE))
     if num_gpus <= 1:
         return train(train_file, base_model, output_dir, config, checkpoint_dir or None, arm=arm, strategy=strategy)
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={num_gpus}",
-        "-m", TORCHRUN_MODULE,
-        "--train-file", str(train_file), "--base-model", base_model, "--output-dir", str(output_dir),
-        "--arm", arm, "--strategy", strategy, "--config-json", json.dumps(config.to_dict()),
-    ] + (["--checkpoint-dir", checkpoint_dir] if checkpoint_dir else [])
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={num_gpus}",
+               *WorkerRun(str(train_file), base_model, str(output_dir), config, arm=arm, strategy=strategy,
+                          checkpoint_dir=checkpoint_dir or None).args()]
     process = subprocess.Popen(command)
     # Kubernetes signals this process only; torchrun passes SIGTERM on to its workers.
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: process.send_signal(signal.SIGTERM))
@@ -90,34 +82,6 @@ def _train_where_asked(train_file: Path, base_model: str, arm: str, strategy: st
     if returncode != 0:
         raise RuntimeError(f"torchrun exited with code {returncode}: {' '.join(command)}")
     return read_manifest(output_dir).train_metrics
-
-
-def main(argv: list[str] | None = None) -> int:
-    """CLI (what torchrun launches): python -m selfguided.components.steps.finetune --train-file ..."""
-    from selfguided.components.model.prompting import STRATEGIES
-    from selfguided.components.training.config import FinetuneConfig
-    from selfguided.components.training.job import train
-    from selfguided.components.training.loop import TrainingPreempted
-
-    parser = argparse.ArgumentParser(description="Fine-tune a GPT-NeoX base model (LoRA or full).")
-    parser.add_argument("--train-file", required=True)
-    parser.add_argument("--base-model", required=True)
-    parser.add_argument("--output-dir", required=True)
-    parser.add_argument("--arm", default=None)
-    parser.add_argument("--strategy", default="condition", choices=STRATEGIES)
-    parser.add_argument("--config-json", default="", help="JSON object of FinetuneConfig overrides")
-    parser.add_argument("--checkpoint-dir", default=None)
-    args = parser.parse_args(argv)
-    config = FinetuneConfig.from_json(args.config_json, args.base_model)
-    try:
-        metrics = train(args.train_file, args.base_model, args.output_dir, config, args.checkpoint_dir, arm=args.arm,
-                        strategy=args.strategy)
-    except TrainingPreempted as exc:
-        print(exc, file=sys.stderr)
-        return PREEMPTED_EXIT_CODE
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(json.dumps(metrics))
-    return 0
 
 
 @component(base_image=GPU_IMAGE, install_kfp_package=False)  # the image has kfp
@@ -195,6 +159,3 @@ def finetune_placement(num_gpus: int, num_nodes: int, node_selector: dict, toler
     return namedtuple("Outputs", ["gpus", "node_selector", "tolerations"])(
         *pod_placement(num_gpus, num_nodes, node_selector, tolerations))
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,10 +1,10 @@
 """Multi-node fine-tuning as a Kubeflow Trainer v2 `TrainJob` (runtime `torch-distributed`).
 
 The finetune step with num_nodes > 1 does not train in its own pod: it writes a TrainJob whose
-nodes run the same command a one-node run runs under torchrun (`python -m
-selfguided.components.steps.finetune ...`, the Trainer's torch plugin sets torchrun's rendezvous),
-on the GPU image, with the shared ReadWriteMany volume mounted for data, checkpoints and output,
-on the GPU pool (node selector, tolerations); then follows it: progress and the rank-0 log in the
+nodes run the training worker under torchrun as a one-node run does (worker.py's `WorkerRun`;
+the Trainer's torch plugin sets torchrun's rendezvous), on the GPU image, with the shared
+ReadWriteMany volume mounted for data, checkpoints and output, on the GPU pool (node selector,
+tolerations); then follows it: progress and the rank-0 log in the
 step's log, success when the TrainJob is Complete, TrainJobFailed naming its reason when it is
 Failed, and the TrainJob deleted when the step gets SIGTERM (the KFP run is cancelled).
 
@@ -21,6 +21,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
+
+from selfguided.components.cluster import GPU_RESOURCE
 
 GROUP, VERSION, PLURAL, KIND = "trainer.kubeflow.org", "v1alpha1", "trainjobs", "TrainJob"
 RUNTIME = "torch-distributed"  # the ClusterTrainingRuntime Kubeflow Trainer ships (manifests/training/)
@@ -66,8 +68,8 @@ def trainjob_manifest(spec: TrainJobSpec) -> dict[str, Any]:
                 "command": spec.command,
                 "numNodes": spec.num_nodes,
                 "numProcPerNode": spec.gpus_per_node,
-                "resourcesPerNode": {"limits": {"nvidia.com/gpu": spec.gpus_per_node},
-                                     "requests": {"nvidia.com/gpu": spec.gpus_per_node}},
+                "resourcesPerNode": {"limits": {GPU_RESOURCE: spec.gpus_per_node},
+                                     "requests": {GPU_RESOURCE: spec.gpus_per_node}},
                 "env": [{"name": k, "value": v} for k, v in sorted(spec.env.items())],
             },
             "runtimePatches": [{
@@ -268,7 +270,7 @@ def trainjob_name(*identity: str) -> str:
 
 
 def finetune_on_trainjob(train_file, base_model: str, arm: str, strategy: str, config, num_nodes: int,
-                         gpus_per_node: int, checkpoint_dir: str, output_dir, module: str,
+                         gpus_per_node: int, checkpoint_dir: str, output_dir,
                          settings: ClusterSettings, runner: TrainJobRunner | None = None) -> dict[str, Any]:
     """Train on `num_nodes` nodes through a TrainJob and copy the Model artifact to `output_dir`.
 
@@ -284,6 +286,7 @@ def finetune_on_trainjob(train_file, base_model: str, arm: str, strategy: str, c
     from selfguided.components.data import file_sha256
     from selfguided.components.model.artifact import copy_artifact, read_manifest
     from selfguided.components.training.memory_plan import plan_for_run
+    from selfguided.components.training.worker import WorkerRun
 
     plan = plan_for_run(base_model, config, gpus_per_node, num_nodes, settings.gpu_memory_gb)  # DoesNotFit stops here
     config_json = json.dumps(config.to_dict(), sort_keys=True)
@@ -293,9 +296,8 @@ def finetune_on_trainjob(train_file, base_model: str, arm: str, strategy: str, c
     work.mkdir(parents=True, exist_ok=True)
     shared_file = work / f"{arm}.jsonl"
     shutil.copyfile(train_file, shared_file)
-    command = ["torchrun", "-m", module, "--train-file", str(shared_file), "--base-model", base_model,
-               "--output-dir", str(work / "model"), "--arm", arm, "--strategy", strategy, "--config-json", config_json,
-               "--checkpoint-dir", checkpoint_dir or str(work / "checkpoints")]
+    command = ["torchrun", *WorkerRun(str(shared_file), base_model, str(work / "model"), config, arm=arm,
+                                      strategy=strategy, checkpoint_dir=checkpoint_dir or str(work / "checkpoints")).args()]
     spec = TrainJobSpec(name=name, namespace=settings.namespace, image=settings.image, command=command,
                         num_nodes=num_nodes, gpus_per_node=gpus_per_node, volume_claim=settings.volume_claim,
                         mount_path=settings.mount_path, node_selector=settings.node_selector,
