@@ -160,6 +160,13 @@ def _share_cpu_cores(parallel_tasks: int):
         del os.environ["OMP_NUM_THREADS"]
 
 
+def visible_gpus() -> int:
+    """CUDA devices this process can use (0 on a laptop or CI)."""
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
 def run_local(
     workdir: str | Path = DEFAULT_WORKDIR, *, verbose: bool = False, tracking_uri: str | None = None,
     **parameters: Any,
@@ -181,6 +188,9 @@ def run_local(
         "llm_cache": str(workdir / "llm-cache"),
         "checkpoint_dir": str(workdir / "checkpoints"),
         "mlflow_tracking_uri": tracking_uri,
+        # one GPU per task where this machine has one, else the CPU: finetune refuses a GPU count it
+        # cannot see (training/parallel.require_gpus) rather than train on the CPU by accident
+        "num_gpus": min(1, visible_gpus()),
         **parameters,
     }
     parallel_tasks = len(arguments["base_models"]) * (len(arguments.get("arms", ARMS)) + 1)  # + the untuned base

@@ -22,7 +22,7 @@ from typing import List
 from kfp import dsl, kubernetes
 
 from selfguided.components.steps.compare import compare
-from selfguided.components.data import HELD_OUT_CATEGORIES, REFERENCE_CATEGORIES
+from selfguided.components.data.categories import HELD_OUT_CATEGORIES, REFERENCE_CATEGORIES
 from selfguided.components.steps.deploy import deploy
 from selfguided.components.steps.finetune import finetune, finetune_placement
 from selfguided.components.images import CPU_STEP_RESOURCES
@@ -277,7 +277,7 @@ def self_guided_pipeline(
             config_json=finetune_config, num_gpus=placement.outputs["gpus"], checkpoint_dir=checkpoint_dir,
             replicate=run.replicate, num_nodes=num_nodes, gpus_per_node=num_gpus,
         ).set_display_name("finetune")
-        _sized_gpu(_with_cache_volume(_on_gpu_pool(finetune_task, placement.outputs["gpus"],
+        _sized_gpu(_with_cache_volume(_on_gpu_pool(finetune_task, placement.outputs["gpu_limit"],
                                                    node_selector=placement.outputs["node_selector"],
                                                    tolerations=placement.outputs["tolerations"]))).set_retry(
             num_retries=3, backoff_duration="120s")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from selfguided.components.data import write_jsonl
+from selfguided.components.data.jsonl import write_jsonl
 
 
 def test_plan_runs_makes_k_items_per_base_and_arm_and_k1_is_the_plain_plan():
@@ -38,7 +38,7 @@ def test_replicate_r_trains_with_the_configs_seed_plus_r(tmp_path, monkeypatch):
     monkeypatch.setattr(job, "train", fake_train)
     write_jsonl(tmp_path / "unscored.jsonl", [{"id": "1", "category": "poem", "prompt": "p", "response": "r"}])
     for replicate in (0, 2):
-        step.run_finetune_step(tmp_path, "tiny", "unscored", "condition", "", 1, "", tmp_path / f"out{replicate}",
+        step.run_finetune_step(tmp_path, "tiny", "unscored", "condition", "", 0, "", tmp_path / f"out{replicate}",
                                replicate)
     assert seen[1] == seen[0] + 2
     # the model says which replicate it is: register pairs it with its judge summary by it
@@ -51,17 +51,14 @@ def test_a_replicates_summary_paired_with_another_replicates_model_is_refused(tm
     import pytest
     from registry_fixtures import category_scores, make_model_dir, make_summary, write_summary
 
-    from selfguided.components.data import DataError
+    from selfguided.components.data.jsonl import DataError
     from selfguided.components.model.artifact import read_manifest, write_manifest
     from selfguided.components.registry.runs import load_candidates
 
     models = [make_model_dir(tmp_path / str(r), arm="unscored") for r in (0, 1)]
     write_manifest(models[1], dataclasses.replace(read_manifest(models[1]), replicate=1))
-    summaries = []
-    for r in (0, 1):
-        summary = make_summary("tiny", "unscored", category_scores(5.0))
-        summary["replicate"] = r
-        summaries.append(write_summary(tmp_path / f"s{r}.json", summary))
+    summaries = [write_summary(tmp_path / f"s{r}.json", make_summary("tiny", "unscored", category_scores(5.0),
+                                                                     replicate=r)) for r in (0, 1)]
     assert [c.manifest.replicate for c in load_candidates(models, summaries)] == [0, 1]
     with pytest.raises(DataError, match=r"s0.json: judge summary .* paired with the model in .*\(tiny/unscored, "
                                         r"replicate 1\)"):
@@ -69,6 +66,7 @@ def test_a_replicates_summary_paired_with_another_replicates_model_is_refused(tm
 
 
 def test_the_judge_step_names_replicate_r_and_records_it(tmp_path):
+    from selfguided.components.evaluation.judge_summary import JudgeSummary
     from selfguided.components.steps.judge import run_judge_step
 
     questions = [{"question_id": i, "category": "poem", "turns": ["봄을 주제로 시를 써 주세요."]} for i in range(2)]
@@ -79,5 +77,5 @@ def test_the_judge_step_names_replicate_r_and_records_it(tmp_path):
     paths = [str(tmp_path / name) for name in ("j.jsonl", "s.json", "r.md", "r.html")]
     run_judge_step(str(tmp_path / "q.jsonl"), str(tmp_path / "a.jsonl"), "offline-heuristic", *paths,
                    row_kind="trained", base_model="tiny", arm="self_guided", replicate=1)
-    summary = json.loads((tmp_path / "s.json").read_text(encoding="utf-8"))
-    assert summary["row"] == "tiny/self_guided#1" and summary["replicate"] == 1
+    summary = JudgeSummary.read(tmp_path / "s.json")
+    assert summary.row == "tiny/self_guided#1" and summary.replicate == 1

@@ -15,7 +15,9 @@ import torch
 from kfp.dsl import Dataset, Metrics, Model
 from safetensors.torch import load_file
 
-from selfguided.components.data import DataError, load_seed, sample_path, write_jsonl
+from selfguided.components.data.inputs import sample_path
+from selfguided.components.data.jsonl import DataError, write_jsonl
+from selfguided.components.data.seed import load_seed
 from selfguided.components.model import artifact as tm
 from selfguided.components.model.prompting import format_prompt
 from selfguided.components.steps import finetune as step
@@ -422,7 +424,8 @@ def test_torchrun_two_processes_match_one_process_with_accumulation(tmp_path, tr
 
 
 def test_the_strategy_is_written_once_into_the_manifest(tmp_path):
-    from selfguided.components.data import file_sha256, write_jsonl
+    from selfguided.components.data.hashing import file_sha256
+    from selfguided.components.data.jsonl import write_jsonl
     from selfguided.components.model.prompting import format_prompt
 
     train_dir = tmp_path / "train"
@@ -433,3 +436,22 @@ def test_the_strategy_is_written_once_into_the_manifest(tmp_path):
     manifest = tm.read_manifest(tmp_path / "out")
     assert manifest.strategy == "filter" and manifest.base_revision is None
     assert manifest.train_data_sha256 == file_sha256(train_dir / "self_guided.jsonl")
+
+
+def test_a_pod_asked_for_gpus_it_cannot_see_refuses_to_train_on_the_cpu(tmp_path, monkeypatch):
+    """On a cluster a pod without its nvidia.com/gpu limit would train on a few CPU cores for hours:
+    the step stops at once, naming the pod; num_gpus=0 trains on the CPU on purpose."""
+    import torch
+
+    from selfguided.components.steps.finetune import run_finetune_step
+    from selfguided.components.training.parallel import GpusMissing, require_gpus
+
+    monkeypatch.setenv("HOSTNAME", "selfguided-abc-finetune-123")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert require_gpus(0) == 0
+    with pytest.raises(GpusMissing, match=r"pod selfguided-abc-finetune-123 was asked to train on 1 GPU\(s\) but sees 0"):
+        require_gpus(1)
+    (tmp_path / "train").mkdir()
+    (tmp_path / "train" / "unscored.jsonl").write_text('{"id": "a", "category": "poem", "prompt": "p", "response": "r"}\n')
+    with pytest.raises(GpusMissing, match="sees 0"):
+        run_finetune_step(tmp_path / "train", "tiny", "unscored", "condition", "", 1, "", tmp_path / "model")

@@ -24,7 +24,7 @@ import pytest
 import yaml
 from kubernetes import client as k8s
 
-from selfguided.components.data import write_jsonl
+from selfguided.components.data.jsonl import write_jsonl
 from selfguided.components.model.artifact import read_manifest
 from selfguided.components.model.prompting import format_prompt
 from selfguided.components.training import trainjob as tj
@@ -277,16 +277,17 @@ def test_compiled_with_two_nodes_the_finetune_task_launches_a_trainjob_and_asks_
     spec, kube = list(yaml.safe_load_all(path.read_text()))[:2]
     assert spec["root"]["inputDefinitions"]["parameters"]["num_nodes"]["defaultValue"] == 2
     accelerator = spec["deploymentSpec"]["executors"]["exec-finetune"]["container"]["resources"]["accelerator"]
-    assert accelerator["resourceCount"] == "{{$.inputs.parameters['pipelinechannel--finetune-placement-gpus']}}"
+    assert accelerator["resourceCount"] == "{{$.inputs.parameters['pipelinechannel--finetune-placement-gpu_limit']}}"
     placement = kube["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-finetune"]
     assert placement["nodeSelector"]["nodeSelectorJson"]["taskOutputParameter"]["producerTask"] == "finetune-placement"
     assert placement["tolerations"] == [{"tolerationJson": {"taskOutputParameter": {
         "outputParameterKey": "tolerations", "producerTask": "finetune-placement"}}}]
     place = finetune_placement.python_func
     assert tuple(place(num_gpus=8, num_nodes=2, node_selector=platform.GPU_NODE_SELECTOR,
-                       tolerations=platform.GPU_TOLERATIONS)) == (0, {}, [])
+                       tolerations=platform.GPU_TOLERATIONS)) == (0, "0", {}, [])
     assert tuple(place(num_gpus=8, num_nodes=1, node_selector=platform.GPU_NODE_SELECTOR,
-                       tolerations=platform.GPU_TOLERATIONS)) == (8, platform.GPU_NODE_SELECTOR, platform.GPU_TOLERATIONS)
+                       tolerations=platform.GPU_TOLERATIONS)) == (8, "8", platform.GPU_NODE_SELECTOR,
+                                                                  platform.GPU_TOLERATIONS)
     (loop,) = [c for c in spec["components"].values() if "finetune" in c.get("dag", {}).get("tasks", {})]
     tasks = loop["dag"]["tasks"]
     inputs = tasks["finetune"]["inputs"]["parameters"]

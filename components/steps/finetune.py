@@ -35,7 +35,7 @@ def run_finetune_step(train_dir: str | Path, base_model: str, arm: str, strategy
     `num_nodes` nodes x gpus_per_node through a Kubeflow Trainer TrainJob when num_nodes > 1 (this
     pod then only launches and follows it). Replicate r (a training-seed replicate of its (base model,
     arm)) trains with the config's seed + r."""
-    from selfguided.components.data import DataError
+    from selfguided.components.data.jsonl import DataError
     from selfguided.components.model.artifact import read_manifest, write_manifest
     from selfguided.components.model.prompting import ARMS
     from selfguided.components.training.config import FinetuneConfig
@@ -67,6 +67,9 @@ def _train_where_asked(train_file: Path, base_model: str, arm: str, strategy: st
 
         return finetune_on_trainjob(train_file, base_model, arm, strategy, config, num_nodes, gpus_per_node,
                                     checkpoint_dir, output_dir, settings=ClusterSettings.from_env(GPU_IMAGE))
+    from selfguided.components.training.parallel import require_gpus
+
+    require_gpus(num_gpus)
     if num_gpus <= 1:
         return train(train_file, base_model, output_dir, config, checkpoint_dir or None, arm=arm, strategy=strategy)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={num_gpus}",
@@ -149,13 +152,21 @@ def pod_placement(num_gpus: int, num_nodes: int, node_selector: dict, toleration
 
 @component(base_image=CPU_IMAGE, install_kfp_package=False)
 def finetune_placement(num_gpus: int, num_nodes: int, node_selector: dict, tolerations: list
-                       ) -> NamedTuple("Outputs", [("gpus", int), ("node_selector", dict), ("tolerations", list)]):
+                       ) -> NamedTuple("Outputs", [("gpus", int), ("gpu_limit", str), ("node_selector", dict),
+                                                   ("tolerations", list)]):
     """Where the finetune task's own pod runs (`pod_placement`): its GPU count, node selector and
-    tolerations, as task outputs the pipeline sets on the finetune task at run time."""
+    tolerations, as task outputs the pipeline sets on the finetune task at run time.
+
+    `gpu_limit` is the same count as a string, for the task's accelerator limit: the KFP driver
+    resolves a runtime resource value with the parameter's *string* value and sets no limit when
+    that is empty, which it is for a number (backend/src/v2/driver/driver.go and resolve.go,
+    resolvePodSpecInputRuntimeParameter, at 2.15.0): an int here would put the pod on the GPU pool
+    without a GPU. `gpus` stays an int for the finetune component's own `num_gpus` input."""
     from collections import namedtuple
 
     from selfguided.components.steps.finetune import pod_placement
 
-    return namedtuple("Outputs", ["gpus", "node_selector", "tolerations"])(
-        *pod_placement(num_gpus, num_nodes, node_selector, tolerations))
+    gpus, selector, tolerated = pod_placement(num_gpus, num_nodes, node_selector, tolerations)
+    return namedtuple("Outputs", ["gpus", "gpu_limit", "node_selector", "tolerations"])(
+        gpus, str(gpus), selector, tolerated)
 

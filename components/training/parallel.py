@@ -39,6 +39,25 @@ class Distributed:
         return tensor.item()
 
 
+class GpusMissing(RuntimeError):
+    """The pod was asked to train on GPUs it does not have."""
+
+
+def require_gpus(asked: int) -> int:
+    """Refuse to train on the CPU when `asked` GPUs were asked for and fewer are visible: on a cluster
+    that is a pod that got no `nvidia.com/gpu` limit (or a node without the device plugin), where
+    training would otherwise run quietly on a few CPU cores for hours. Returns the visible count."""
+    seen = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if asked > seen:
+        pod = os.environ.get("HOSTNAME", "this process")
+        raise GpusMissing(
+            f"pod {pod} was asked to train on {asked} GPU(s) but sees {seen}: refusing to train on the CPU. "
+            f"Check the pod's GPU limit (kubectl get pod {pod} -o jsonpath='{{.spec.containers[*].resources}}'), "
+            f"that the node runs the NVIDIA device plugin, and CUDA_VISIBLE_DEVICES "
+            f"({os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}); num_gpus=0 trains on the CPU on purpose")
+    return seen
+
+
 def init_distributed(device_type: str) -> Distributed:
     """Join the torchrun process group when WORLD_SIZE > 1 (NCCL on GPUs, Gloo on CPUs)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
