@@ -48,7 +48,8 @@ import openai
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from llm_server import FakeOpenAI  # noqa: E402
 
-from selfguided.components.data import load_seed, sample_path  # noqa: E402
+from selfguided.components.data.inputs import sample_path  # noqa: E402
+from selfguided.components.data.seed import load_seed  # noqa: E402
 from selfguided.components.llm.config import LLMConfig  # noqa: E402
 from selfguided.components.judging.prompts import SCORE_PROMPT, load_prompt  # noqa: E402
 from selfguided.components.judging.scoring import score_with_llm  # noqa: E402

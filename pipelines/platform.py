@@ -50,7 +50,7 @@ from selfguided.components.registry.auth import (  # noqa: E402
 S3_SECRET_NAME = "selfguided-s3"
 # The S3 endpoint is set once, as the Secret's optional AWS_ENDPOINT_URL_S3 key (Kubeflow's MinIO or
 # SeaweedFS: http://minio-service.kubeflow:9000); every S3 access of every step follows it
-# (components/data.py: s3_client). Without it, AWS.
+# (components/data/s3.py: s3_client). Without it, AWS.
 S3_SECRET_KEYS = {"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY",
                   "AWS_ENDPOINT_URL_S3": "AWS_ENDPOINT_URL_S3"}
 

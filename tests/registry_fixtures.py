@@ -12,7 +12,7 @@ from typing import Any, Mapping
 
 import pytest
 
-from selfguided.components.data import CATEGORIES
+from selfguided.components.data.categories import CATEGORIES
 from selfguided.components.evaluation.judge_summary import JudgeSummary
 from selfguided.components.judging.jury import JudgeUsage, JuryUsage, judge_named
 from selfguided.components.model import artifact as tm
@@ -180,7 +180,7 @@ def write_row(root: Path, name: str, judgments: list[dict[str, Any]], *, row_kin
               base_model: str = "tiny", arm: str = "", model: str = "", judge_model: str = "offline-heuristic",
               note: str = "", replicate: int = 0, fallback: Any = None) -> tuple[Path, Path]:
     """A judge step's two outputs for one row: (summary file, judgments file)."""
-    from selfguided.components.data import write_jsonl
+    from selfguided.components.data.jsonl import write_jsonl
 
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from selfguided.components.training import base_models as modeling
-from selfguided.components.data import DataError
+from selfguided.components.data.jsonl import DataError
 
 
 @pytest.mark.parametrize(

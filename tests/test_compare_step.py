@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from registry_fixtures import category_scores, make_judgments, write_row
 
-from selfguided.components.data import DataError
+from selfguided.components.data.jsonl import DataError
 from selfguided.components.evaluation.compare_result import CompareResult
 from selfguided.components.evaluation.gate import PromotionGate, pick_challenger
 from selfguided.components.evaluation.judge_summary import load_row
@@ -164,7 +164,7 @@ def _jury_rows(tmp_path, agree: bool):
     mean still shows the better arm."""
     import random
 
-    from selfguided.components.data import write_jsonl
+    from selfguided.components.data.jsonl import write_jsonl
     from selfguided.components.evaluation.judge_summary import JudgeSummary
     from selfguided.components.judging.jury import JudgeUsage, JuryUsage, jury_identity
     from selfguided.components.judging.llm_judge import single_identity

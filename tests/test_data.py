@@ -4,15 +4,11 @@ import json
 
 import pytest
 
-from selfguided.components.data import (
-    CATEGORIES,
-    DataError,
-    fetch_input,
-    load_questions,
-    load_seed,
-    normalize_category,
-    sample_path,
-)
+from selfguided.components.data.categories import CATEGORIES, normalize_category
+from selfguided.components.data.inputs import fetch_input, sample_path
+from selfguided.components.data.jsonl import DataError
+from selfguided.components.data.questions import load_questions
+from selfguided.components.data.seed import load_seed
 
 
 def write_lines(path, lines):

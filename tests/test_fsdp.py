@@ -20,7 +20,9 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from selfguided.components.data import load_seed, sample_path, write_jsonl
+from selfguided.components.data.inputs import sample_path
+from selfguided.components.data.jsonl import write_jsonl
+from selfguided.components.data.seed import load_seed
 from selfguided.components.model.prompting import format_prompt
 from selfguided.components.training.config import FinetuneConfig
 from selfguided.components.training.job import train

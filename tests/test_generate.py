@@ -15,7 +15,9 @@ from selfguided.components.training.job import train
 from selfguided.components.model import engines
 from selfguided.components.steps import generate as gen
 from selfguided.components.model import artifact as tm
-from selfguided.components.data import load_questions, read_jsonl, sample_path, write_jsonl
+from selfguided.components.data.inputs import sample_path
+from selfguided.components.data.jsonl import read_jsonl, write_jsonl
+from selfguided.components.data.questions import load_questions
 from selfguided.components.model.prompting import inference_prompt
 
 
@@ -24,7 +26,7 @@ def model_dir(tmp_path_factory):
     """A tiny LoRA model after one step: the adapter is non-zero (merging matters), and the model is
     still close to its random init, so greedy answers differ from prompt to prompt (a model trained
     longer on 40 records collapses to repeating one token, which would make these tests blind)."""
-    from selfguided.components.data import load_seed
+    from selfguided.components.data.seed import load_seed
     from selfguided.components.model.prompting import format_prompt
 
     root = tmp_path_factory.mktemp("model")

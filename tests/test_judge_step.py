@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from selfguided.components.data import CATEGORIES, DataError
+from selfguided.components.data.categories import CATEGORIES
+from selfguided.components.data.jsonl import DataError
 from selfguided.components.judging.offline import OFFLINE_JUDGE_NAME, heuristic_scores, judge_offline
 from selfguided.components.judging.rules import mean_of_criteria as mean_score
 from selfguided.components.model.prompting import CRITERIA
@@ -49,7 +50,7 @@ def test_offline_judge_is_deterministic_and_in_range():
     assert set(a[0]) == set(CRITERIA) and all(1 <= v <= 10 for v in a[0].values())
 
 def test_reference_answers_reach_the_questions_of_the_reference_categories(tmp_path):
-    from selfguided.components.data import attach_references, load_reference_answers
+    from selfguided.components.data.questions import attach_references, load_reference_answers
 
     (tmp_path / "ref.jsonl").write_text(json.dumps({"question_id": 2, "model_id": "gpt-4",
                                                     "choices": [{"index": 0, "turns": ["4", "6"]}]}) + "\n", "utf-8")
@@ -69,7 +70,7 @@ def _answers(questions, *texts):
 
 def _judge_step(tmp_path, questions, answers, **options) -> JudgeSummary:
     """The judge step on question and answer files, its summary read back from its file."""
-    from selfguided.components.data import write_jsonl
+    from selfguided.components.data.jsonl import write_jsonl
 
     write_jsonl(tmp_path / "q.jsonl", questions)
     write_jsonl(tmp_path / "a.jsonl", answers)

@@ -8,7 +8,7 @@ import json
 import pytest
 from llm_server import FakeOpenAI
 
-from selfguided.components.data import read_jsonl, write_jsonl
+from selfguided.components.data.jsonl import read_jsonl, write_jsonl
 from selfguided.pipelines.cli.llm import add_judge_parser, add_score_parser
 
 pytestmark = pytest.mark.timeout(120)

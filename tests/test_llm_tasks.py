@@ -8,7 +8,7 @@ import math
 import pytest
 from llm_server import FakeOpenAI, ratings_for
 
-from selfguided.components.data import DataError
+from selfguided.components.data.jsonl import DataError
 from selfguided.components.llm.config import LLMConfig
 from selfguided.components.judging.rules import KOREAN_MIN_RATIO, korean_ratio
 from selfguided.components.judging.answers import load_answers

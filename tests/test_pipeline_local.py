@@ -3,7 +3,7 @@
 import pytest
 from mlflow import MlflowClient
 
-from selfguided.components.data import CATEGORIES
+from selfguided.components.data.categories import CATEGORIES
 from selfguided.pipelines.local import run_local
 
 pytestmark = pytest.mark.slow

@@ -20,7 +20,9 @@ from registry_fixtures import (
     write_summary,
 )
 
-from selfguided.components.data import CATEGORIES, DataError, file_sha256
+from selfguided.components.data.categories import CATEGORIES
+from selfguided.components.data.hashing import file_sha256
+from selfguided.components.data.jsonl import DataError
 from selfguided.components.evaluation.agreement import JuryAgreement
 from selfguided.components.evaluation.compare_result import CompareResult
 from selfguided.components.evaluation.gate import Challenger, GateDecision, PromotionGate

@@ -7,7 +7,9 @@ import json
 import pytest
 from servers import S3_CREDENTIALS, S3_REGION, s3_server  # noqa: F401 (fixture)
 
-from selfguided.components.data import fetch_input, load_seed, s3_client, s3_endpoint
+from selfguided.components.data.inputs import fetch_input
+from selfguided.components.data.s3 import s3_client, s3_endpoint
+from selfguided.components.data.seed import load_seed
 from selfguided.components.llm.cache import open_cache
 
 
@@ -55,7 +57,8 @@ def test_preflight_proves_the_predictors_keys_read_mlflows_bucket(configured, tm
     import boto3
     from moto import settings
 
-    from selfguided.components.data import DataError, check_s3_read_access
+    from selfguided.components.data.jsonl import DataError
+    from selfguided.components.data.s3 import check_s3_read_access
     from selfguided.components.steps.preflight import PreflightError, run_preflight
 
     admin = configured.client()

@@ -5,7 +5,7 @@ import json
 import pytest
 from test_judge_step import REQUEST, STRONG_BLOG  # one well-written blog post for both steps
 
-from selfguided.components.data import read_jsonl
+from selfguided.components.data.jsonl import read_jsonl
 from selfguided.components.judging.offline import OFFLINE_JUDGE_NAME
 from selfguided.components.judging.scoring import score_offline
 from selfguided.components.model.prompting import CRITERIA

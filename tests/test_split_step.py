@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from selfguided.components.data import CATEGORIES, DataError, read_jsonl
+from selfguided.components.data.categories import CATEGORIES
+from selfguided.components.data.jsonl import DataError, read_jsonl
 from selfguided.components.model.prompting import CRITERIA, TOP_SCORES, format_prompt, inference_prompt
 from selfguided.components.steps.split import SplitConfig, in_eval, mark_and_cap, run_split_step, split_records
 

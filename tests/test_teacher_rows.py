@@ -1,11 +1,12 @@
 """Teacher rows: every API teacher answered by one CPU task, judged by one, handed to compare as a folder."""
 
-import json
-
 import pytest
 from llm_server import FakeOpenAI
 
-from selfguided.components.data import DataError, load_questions, sample_path, write_jsonl
+from selfguided.components.data.inputs import sample_path
+from selfguided.components.data.jsonl import DataError, write_jsonl
+from selfguided.components.data.questions import load_questions
+from selfguided.components.evaluation.judge_summary import JudgeSummary
 from selfguided.components.evaluation.rows import read_evidence
 from selfguided.components.judging.answers import read_answer_rows
 from selfguided.components.judging.offline import OFFLINE_JUDGE_NAME
@@ -38,12 +39,12 @@ def test_every_teacher_answers_into_one_folder_each_with_its_endpoints_key(tmp_p
 
     judged = run_judge_rows(str(questions), str(tmp_path / "answers"), str(tmp_path / "evidence"),
                             str(tmp_path / "report.md"), model=OFFLINE_JUDGE_NAME)
-    assert [s["row"] for s in judged] == ["teacher/gpt-4o-mini", "teacher/korean-writer"]
+    assert [s.row for s in judged] == ["teacher/gpt-4o-mini", "teacher/korean-writer"]
     evidence = read_evidence(tmp_path / "evidence")
     assert [r.trained for r in evidence] == [False, False]
     for row, summary in zip(evidence, judged):
-        assert json.loads(row.summary.read_text()) == summary
-        assert len(row.judgments.read_text().splitlines()) == summary["n_judged"] + summary["n_failed"]
+        assert JudgeSummary.read(row.summary) == summary
+        assert len(row.judgments.read_text().splitlines()) == summary.n_judged + summary.n_failed
     assert "teacher/korean-writer" in (tmp_path / "report.md").read_text()
 
 

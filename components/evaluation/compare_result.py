@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from selfguided.components.data import DataError
+from selfguided.components.data.jsonl import DataError
 from selfguided.components.evaluation.agreement import JuryAgreement
 from selfguided.components.evaluation.gate import Challenger, GateDecision
 from selfguided.components.evaluation.paired import Comparison

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from selfguided.components.data import DataError, read_jsonl
+from selfguided.components.data.jsonl import DataError, read_jsonl
 from selfguided.components.evaluation.metrics import OVERALL, point_metrics
 from selfguided.components.evaluation.rows import RowJudgments, category_means, judgment_problem
 from selfguided.components.judging.jury import JuryUsage

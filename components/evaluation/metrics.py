@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Iterable, Mapping
 
-from selfguided.components.evaluation.rows import category_order
+from selfguided.components.data.categories import category_order
 
 if TYPE_CHECKING:
     from selfguided.components.evaluation.paired import Comparison

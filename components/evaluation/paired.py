@@ -29,7 +29,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from selfguided.components.evaluation.rows import ParsedRow, RowJudgments, category_order, parse_row
+from selfguided.components.data.categories import category_order
+from selfguided.components.evaluation.rows import ParsedRow, RowJudgments, parse_row
 from selfguided.components.evaluation.statistics import (
     CONFIDENCE, EMPTY, MIN_CATEGORY_QUESTIONS, Estimate, as_float, cluster_mean, clusters, holm, jsonable,
     ols_contrast, stratified_mean, t_quantile, two_sided_p,

@@ -1,13 +1,12 @@
-"""A row of the evaluation and its judgments: what is read, what is valid, and in what order categories go.
+"""A row of the evaluation and its judgments: what is read and what is valid.
 
 A *row* is one evaluated model of a run (a trained base x arm, the untuned base, an API teacher,
 the re-evaluated champion). `parse_row` turns its judgments (FastChat `model_judgment` rows,
 extended with the four criteria) into scored items keyed by (question_id, turn); a judgment that
 failed, or whose score lies outside the judge's 1-10 scale, is counted as failed with its reason,
-never used as a number. `category_order` is the one rule for the order of categories everywhere
-(judge summary, compare tables, registry metrics): the six writing categories of the paper first,
-in their order, then any other category alphabetically. `write_evidence` hands judged rows from
-one step to the next as a folder.
+never used as a number. Categories go in `data/categories.category_order` (the paper's six first,
+then any other alphabetically), the one rule for their order everywhere. `write_evidence` hands
+judged rows from one step to the next as a folder.
 
 Light on purpose (no numpy): the judge step and the registry import it.
 """
@@ -23,7 +22,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
-from selfguided.components.data import CATEGORIES, DataError
+from selfguided.components.data.categories import category_order
+from selfguided.components.data.jsonl import DataError
 from selfguided.components.judging.rules import ROW_KINDS, judgment_problem
 from selfguided.components.model.prompting import CRITERIA
 
@@ -97,12 +97,6 @@ class ParsedRow:
         for item in self.items.values():
             grouped[item.category].append(item)
         return grouped
-
-
-def category_order(categories: Iterable[str]) -> list[str]:
-    """The order categories are shown and logged in: the paper's six first, then the rest sorted."""
-    unique = set(categories)
-    return [c for c in CATEGORIES if c in unique] + sorted(unique - set(CATEGORIES))
 
 
 def _number(value: Any) -> float | None:

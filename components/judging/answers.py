@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from selfguided.components.data import DataError, iter_records, write_jsonl
+from selfguided.components.data.jsonl import DataError, iter_records, write_jsonl
 
 
 def load_answers(path: str | Path, *, allow_empty: bool = False) -> list[dict[str, Any]]:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from selfguided.components.data import CATEGORY_LABELS_KO
+from selfguided.components.data.categories import CATEGORY_LABELS_KO
 from selfguided.components.judging.answers import answer_turns, check_answers
 from selfguided.components.judging.prompts import (
     MULTI_TURN_PROMPT,

@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from selfguided.components.data import DataError
+from selfguided.components.data.jsonl import DataError
 from selfguided.components.judging.answers import check_answers, first_turn
 from selfguided.components.judging.llm_judge import question_fields, user_prompt
 from selfguided.components.judging.prompts import PAIR_PROMPT, load_prompt

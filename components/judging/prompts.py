@@ -17,7 +17,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from selfguided.components.data import DataError
+from selfguided.components.data.jsonl import DataError
 from selfguided.components.llm.request import LLMRequest
 
 SCORE_PROMPT = "score-v1"

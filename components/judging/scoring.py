@@ -12,7 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from selfguided.components.data import CATEGORY_LABELS_KO, LoadResult, Reject
+from selfguided.components.data.categories import CATEGORY_LABELS_KO
+from selfguided.components.data.seed import LoadResult, Reject
 from selfguided.components.judging.offline import OFFLINE_SCORER, OfflineJudge, heuristic_scores
 from selfguided.components.judging.prompts import SCORE_PROMPT, load_prompt
 from selfguided.components.judging.rules import JudgeIdentity, mean_of_criteria

@@ -58,7 +58,7 @@ class DirCache:
 class S3Cache:
     """The same interface on S3 (or MinIO): one object per key under s3://bucket/prefix/.
 
-    A PUT is atomic in S3, so there are no torn entries either. The client is data.s3_client's
+    A PUT is atomic in S3, so there are no torn entries either. The client is data/s3.s3_client's
     (the configured endpoint, credentials from the usual AWS_* variables) unless one is given.
     """
 
@@ -69,7 +69,7 @@ class S3Cache:
         self.bucket, prefix = match[1], match[2].strip("/")
         self.prefix = f"{prefix}/" if prefix else ""
         if client is None:
-            from selfguided.components.data import s3_client
+            from selfguided.components.data.s3 import s3_client
 
             client = s3_client()
         self.client = client

@@ -85,7 +85,7 @@ def ensure_questions_dataset(tracking_uri: str, experiment_id: str, questions_fi
     import mlflow
     from mlflow import MlflowClient
 
-    from selfguided.components.data import load_questions
+    from selfguided.components.data.questions import load_questions
 
     records = question_records(load_questions(questions_file))
     digest = records_digest(records)

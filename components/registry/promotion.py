@@ -20,7 +20,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from tqdm.auto import tqdm
 
-from selfguided.components.data import DataError
+from selfguided.components.data.jsonl import DataError
 from selfguided.components.evaluation.compare_result import CompareResult
 from selfguided.components.evaluation.gate import GateDecision, champion_moved_rule
 from selfguided.components.evaluation.metrics import OVERALL, categories_from_metrics, judge_metric

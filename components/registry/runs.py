@@ -21,7 +21,7 @@ import mlflow
 import pandas as pd
 from mlflow import MlflowClient
 
-from selfguided.components.data import DataError
+from selfguided.components.data.jsonl import DataError
 from selfguided.components.evaluation.judge_summary import JudgeSummary, load_row
 from selfguided.components.evaluation.metrics import OVERALL, is_judge_metric
 from selfguided.components.evaluation.rows import RowJudgments, read_evidence
@@ -116,7 +116,7 @@ def run_row(client: MlflowClient, run, row_kind: str | None = None) -> RowJudgme
     by hand, `selfguided plan-eval`)."""
     from mlflow.exceptions import MlflowException
 
-    from selfguided.components.data import read_jsonl
+    from selfguided.components.data.jsonl import read_jsonl
 
     tags = run.data.tags
     with tempfile.TemporaryDirectory(prefix="selfguided-judgments-") as staging:

@@ -17,7 +17,8 @@ from typing import Any
 from kfp.dsl import Dataset, Input, Model, Output
 from kfp.dsl.component_decorator import component  # `dsl.component` is absent when a step runs (_KFP_RUNTIME)
 
-from selfguided.components.data import load_questions, write_jsonl
+from selfguided.components.data.jsonl import write_jsonl
+from selfguided.components.data.questions import load_questions
 from selfguided.components.images import GPU_IMAGE
 from selfguided.components.model.engines import answer_with_trained_model
 

@@ -21,7 +21,8 @@ from typing import Any
 from kfp.dsl.component_decorator import component  # `dsl.component` is absent when a step runs (_KFP_RUNTIME)
 from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Metrics, Output
 
-from selfguided.components.data import load_questions, write_jsonl
+from selfguided.components.data.jsonl import write_jsonl
+from selfguided.components.data.questions import load_questions
 from selfguided.components.evaluation.judge_summary import ChampionFallback, JudgeSummary
 from selfguided.components.images import CPU_IMAGE
 from selfguided.components.judging.answers import load_answers

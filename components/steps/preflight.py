@@ -31,7 +31,8 @@ def run_preflight(*, tracking_uri: str, experiment_name: str, registered_model_n
                   llm_base_url: str = "", serving_storage: str = "") -> List[str]:
     """Check everything the run needs; returns what was checked, raises PreflightError otherwise.
     `serving_storage`: where MLflow keeps artifacts, read by the serving predictor ("" = no deploy)."""
-    from selfguided.components.data import DataError, check_s3_read_access
+    from selfguided.components.data.jsonl import DataError
+    from selfguided.components.data.s3 import check_s3_read_access
     from selfguided.components.llm.config import check_endpoint, endpoint_config
     from selfguided.components.registry.auth import TrackingAccessError, check_tracking_access
 

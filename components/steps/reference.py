@@ -24,7 +24,8 @@ from typing import Any, Dict, List, NamedTuple
 from kfp.dsl import Artifact, Dataset, Input, Output
 from kfp.dsl.component_decorator import component  # `dsl.component` is absent when a step runs (_KFP_RUNTIME)
 
-from selfguided.components.data import load_questions, write_jsonl
+from selfguided.components.data.jsonl import write_jsonl
+from selfguided.components.data.questions import load_questions
 from selfguided.components.images import GPU_IMAGE, CPU_IMAGE
 
 PLAIN_PROMPT = ("unscored", "condition")  # the arm and strategy whose prompt is the plain one

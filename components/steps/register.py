@@ -67,7 +67,7 @@ def register(
     from collections import namedtuple
     from pathlib import Path
 
-    from selfguided.components.data import file_sha256
+    from selfguided.components.data.hashing import file_sha256
     from selfguided.components.evaluation.compare_result import CompareResult
     from selfguided.components.registry.promotion import register_candidates
     from selfguided.components.registry.runs import load_evidence

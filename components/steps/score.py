@@ -21,7 +21,10 @@ from typing import Any
 from kfp.dsl.component_decorator import component  # `dsl.component` is absent when a step runs (_KFP_RUNTIME)
 from kfp.dsl import Dataset, Markdown, Metrics, Output
 
-from selfguided.components.data import CATEGORIES, SAMPLE_SEED, fetch_input, load_seed, write_jsonl
+from selfguided.components.data.categories import category_order
+from selfguided.components.data.inputs import SAMPLE_SEED, fetch_input
+from selfguided.components.data.jsonl import write_jsonl
+from selfguided.components.data.seed import load_seed
 from selfguided.components.judging.jury import judge_named
 from selfguided.components.judging.scoring import score_records, set_aside_too_long
 from selfguided.components.llm.config import DEFAULT_MAX_INPUT_TOKENS
@@ -54,8 +57,7 @@ def score_report(
         "| category | n | mean | min | max | " + " | ".join(CRITERIA) + " | histogram (score:count) |",
         "|---" * (6 + len(CRITERIA)) + "|",
     ]
-    ordered = [c for c in CATEGORIES if c in by_category] + sorted(set(by_category) - set(CATEGORIES))
-    for category in ordered:
+    for category in category_order(by_category):
         ok = [r for r in by_category[category] if r["scores"] is not None]
         if not ok:
             lines.append(f"| {category} | 0 | - | - | - | " + " | ".join("-" for _ in CRITERIA) + " | |")

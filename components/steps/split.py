@@ -34,19 +34,10 @@ from typing import Any
 from kfp.dsl.component_decorator import component  # `dsl.component` is absent when a step runs (_KFP_RUNTIME)
 from kfp.dsl import Dataset, Input, Markdown, Output
 
-from selfguided.components.data import (
-    CATEGORIES,
-    REFERENCE_CATEGORIES,
-    attach_references,
-    load_reference_answers,
-    SAMPLE_QUESTIONS,
-    HELD_OUT_CATEGORIES,
-    DataError,
-    fetch_input,
-    load_questions,
-    read_jsonl,
-    write_jsonl,
-)
+from selfguided.components.data.categories import CATEGORIES, HELD_OUT_CATEGORIES, REFERENCE_CATEGORIES, category_order
+from selfguided.components.data.inputs import SAMPLE_QUESTIONS, fetch_input
+from selfguided.components.data.jsonl import DataError, read_jsonl, write_jsonl
+from selfguided.components.data.questions import attach_references, load_questions, load_reference_answers
 from selfguided.components.model.prompting import ARMS, STRATEGIES, format_prompt
 from selfguided.components.images import CPU_IMAGE
 
@@ -197,9 +188,8 @@ def mark_and_cap(questions: list[dict[str, Any]], config: SplitConfig, trained: 
 
 
 def split_report(result: SplitResult, config: SplitConfig) -> str:
-    categories = list(CATEGORIES) + sorted(
-        {r["category"] for rows in result.train.values() for r in rows} - set(CATEGORIES)
-    )
+    # every one of the paper's categories gets a column, trained on or not
+    categories = category_order([*CATEGORIES, *(r["category"] for rows in result.train.values() for r in rows)])
     lines = [
         "# Split report",
         "",

@@ -26,7 +26,10 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from selfguided.components.data import DataError, load_questions, load_seed, sample_path
+from selfguided.components.data.inputs import sample_path
+from selfguided.components.data.jsonl import DataError
+from selfguided.components.data.questions import load_questions
+from selfguided.components.data.seed import load_seed
 from selfguided.components.training.architectures import (  # noqa: F401  (re-exported: the names users know)
     EOS_TOKEN,
     GPT_NEOX_LINEAR_MODULES,

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from selfguided.components.data import file_sha256
+from selfguided.components.data.hashing import file_sha256
 from selfguided.components.training.config import FinetuneConfig
 from selfguided.components.training.parallel import Distributed, unwrap
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from selfguided.components.data import DataError, iter_jsonl
+from selfguided.components.data.jsonl import DataError, iter_jsonl
 from selfguided.components.training.config import FinetuneConfig
 
 IGNORE_INDEX = -100  # label of tokens that carry no loss (prompt tokens, sample boundaries)

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from selfguided.components.data import file_sha256
+from selfguided.components.data.hashing import file_sha256
 from selfguided.components.model.artifact import BUNDLED_BASE_REF, ModelManifest, save_bundled_base, save_trained
 from selfguided.components.model.prompting import ARMS, STRATEGIES
 from selfguided.components.training.base_models import TINY, canonical_name, is_local, load_base, training_attn_implementation

@@ -283,7 +283,7 @@ def finetune_on_trainjob(train_file, base_model: str, arm: str, strategy: str, c
     import shutil
     from pathlib import Path
 
-    from selfguided.components.data import file_sha256
+    from selfguided.components.data.hashing import file_sha256
     from selfguided.components.model.artifact import copy_artifact, read_manifest
     from selfguided.components.training.memory_plan import plan_for_run
     from selfguided.components.training.worker import WorkerRun

@@ -111,7 +111,7 @@ def populate(uri: str) -> dict[str, str]:
     import mlflow
     from mlflow.entities import AssessmentSource
 
-    from selfguided.components.data import write_jsonl
+    from selfguided.components.data.jsonl import write_jsonl
     from selfguided.components.judging.jury import JuryConfig, judge_with_jury, parse_judges
     from selfguided.components.registry.review import create_review_sample
     from selfguided.components.registry.traces import log_row_traces

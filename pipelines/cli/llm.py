@@ -25,7 +25,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from selfguided.components.data import DataError, load_questions, load_seed, write_jsonl
+from selfguided.components.data.jsonl import DataError, write_jsonl
+from selfguided.components.data.questions import load_questions
+from selfguided.components.data.seed import load_seed
 from selfguided.components.llm.config import DEFAULT_PRICES, STRUCTURED_OUTPUT_MODES, LLMConfig, endpoint_configured
 from selfguided.components.llm.request import UsageSummary
 from selfguided.components.judging.answers import load_answers
