@@ -3,7 +3,8 @@ asks for, from the node profile of the cluster.
 
 The tag follows the package version, so a released pipeline always runs the code it was
 compiled from. SELFGUIDED_IMAGE_REGISTRY and SELFGUIDED_IMAGE_TAG override both at compile
-time, so CI and users compile the same code for their own registry without editing it.
+time, so CI and users compile the same code for their own registry without editing it;
+SELFGUIDED_CPU_IMAGE / SELFGUIDED_GPU_IMAGE name a whole reference (a digest) instead.
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 
 IMAGE_REGISTRY = os.environ.get("SELFGUIDED_IMAGE_REGISTRY", "ghcr.io/selfguided")
 IMAGE_TAG = os.environ.get("SELFGUIDED_IMAGE_TAG", PACKAGE_VERSION)
-CPU_IMAGE = f"{IMAGE_REGISTRY}/selfguided-cpu:{IMAGE_TAG}"  # score, split, judge, compare, register, deploy
-GPU_IMAGE = f"{IMAGE_REGISTRY}/selfguided-gpu:{IMAGE_TAG}"  # finetune, generate (CUDA)
+# A whole reference wins over registry and tag: CI compiles for the digests it pushed
+# (`registry/selfguided-cpu@sha256:...`), so a moved tag can never change what a run pulls.
+CPU_IMAGE = os.environ.get("SELFGUIDED_CPU_IMAGE") or f"{IMAGE_REGISTRY}/selfguided-cpu:{IMAGE_TAG}"  # CPU steps
+GPU_IMAGE = os.environ.get("SELFGUIDED_GPU_IMAGE") or f"{IMAGE_REGISTRY}/selfguided-gpu:{IMAGE_TAG}"  # CUDA steps
 
 
 # Image pull policy of every task. CI compiles for images tagged with the commit (never reused:

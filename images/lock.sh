@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
-# Re-pin images/requirements.lock, the exact versions every image installs.
+# Re-pin images/requirements.lock, the exact versions every image installs and the constraints
+# `make install` (hence `make run`, `make test` and CI) installs the package and its dev extras
+# with: one lock, so the tests run what the images run and an upstream release cannot turn
+# `make test` red (the scheduled `newest` job in .github/workflows/ci.yml tries the newest releases).
 #
 # The pins start from what the active environment runs (the venv the tests pass in), so the
 # images run the versions CI tested; uv then resolves the rest for the images' platform
@@ -14,8 +17,9 @@ trap 'rm -f "$tested"' EXIT
 python -m pip freeze --exclude-editable | sed -e 's/+cpu$//' >"$tested"
 
 uv pip compile pyproject.toml images/mlflow-server.in \
+    --extra dev \
     --constraint "$tested" \
-    --python-version 3.11 \
+    --python-version 3.11.7 \
     --python-platform x86_64-manylinux_2_28 \
     --no-annotate \
     --quiet \

@@ -115,8 +115,18 @@ def test_secrets_only_through_step_environments(workflow):
     _, upload = _upload_step(workflow)
     assert upload["env"]["KFP_HOST"] == "${{ secrets.KFP_HOST }}"
     assert upload["env"]["KFP_TOKEN"] == "${{ secrets.KFP_TOKEN }}"
-    uses = [s["uses"] for _, s in _steps(workflow) if "uses" in s]
-    assert all(re.search(r"@v\d+(\.\d+)*$", u) for u in uses), f"actions must be pinned to a release: {uses}"
+
+
+
+def test_every_action_is_pinned_by_commit_with_its_release_named():
+    """A tag can be moved to other code; a commit SHA cannot (GitHub's hardening guide for Actions).
+    The release it stands for is written beside it, for people and for Dependabot."""
+    for path in sorted(WORKFLOW.parent.glob("*.yml")):
+        lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+        uses = [line for line in lines if line.startswith(("uses:", "- uses:"))]
+        assert uses, path.name
+        for line in uses:
+            assert re.search(r"uses: [\w.-]+/[\w.-]+@[0-9a-f]{40}  # v\d+\.\d+\.\d+$", line), f"{path.name}: {line}"
 
 
 def _run_upload_script(workflow: dict, tmp_path: Path, **env: str) -> tuple[subprocess.CompletedProcess, list[dict]]:
@@ -275,3 +285,18 @@ def test_actionlint_accepts_the_workflow():
     proc = subprocess.run(["actionlint", "-no-color", str(WORKFLOW)], capture_output=True, text=True,
                           timeout=120, cwd=REPO)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_make_installs_from_the_lock_and_a_weekly_job_tries_the_newest_releases():
+    """`make test` on a fresh clone installs what CI tested (images/requirements.lock as pip
+    constraints), so an upstream release cannot turn it red; the scheduled job resolves the newest."""
+    makefile = (REPO / "Makefile").read_text(encoding="utf-8")
+    assert re.search(r"^LOCK \?= images/requirements\.lock$", makefile, re.M)
+    assert "$(if $(LOCK),-c $(LOCK))" in makefile
+    lock = (REPO / "images" / "requirements.lock").read_text(encoding="utf-8")
+    for dev in ("pytest", "moto", "kubernetes-validate", "checkov"):  # the dev extra is locked too
+        assert re.search(rf"^{dev}==", lock, re.M), dev
+    newest = yaml.safe_load((WORKFLOW.parent / "newest.yml").read_text(encoding="utf-8"))
+    assert "schedule" in _triggers(newest)
+    runs = [line for _, step in _steps(newest) for line in _run_lines(step)]
+    assert "make install LOCK=" in runs and "make test LOCK=" in runs

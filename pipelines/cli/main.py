@@ -7,8 +7,9 @@ import sys
 from pathlib import Path
 
 from selfguided.components.registry.names import RegistryError
-from selfguided.pipelines.local import DEFAULT_WORKDIR, LOCAL_DEFAULTS
+from selfguided.pipelines.local import LOCAL_DEFAULTS
 from selfguided.pipelines.platform import PIPELINE_SERVICE_ACCOUNT
+from selfguided.pipelines.workdir import DEFAULT_WORKDIR
 
 
 def _list(value: str) -> list[str]:
@@ -82,11 +83,22 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
-    from selfguided.pipelines.compile import compile_pipeline
+    # The image settings are read once, when components/images.py is imported (this module already
+    # did): with image options, compile in a fresh interpreter that has them from the start.
+    chosen = {variable: getattr(args, option) for option, variable in _IMAGE_OPTIONS.items()
+              if getattr(args, option, None)}
+    if chosen:
+        import subprocess
 
-    path = compile_pipeline(args.output)
-    print(f"wrote {path} (images: see pipelines/platform.py, override with SELFGUIDED_IMAGE_REGISTRY/SELFGUIDED_IMAGE_TAG)")
-    return 0
+        return subprocess.run([sys.executable, "-m", "selfguided.pipelines.compile", args.output],
+                              env={**os.environ, **chosen}).returncode
+    from selfguided.pipelines.compile import main as compile_main
+
+    return compile_main([args.output])
+
+
+_IMAGE_OPTIONS = {"image_registry": "SELFGUIDED_IMAGE_REGISTRY", "image_tag": "SELFGUIDED_IMAGE_TAG",
+                  "cpu_image": "SELFGUIDED_CPU_IMAGE", "gpu_image": "SELFGUIDED_GPU_IMAGE"}
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -132,6 +144,12 @@ def add_compile_parser(sub) -> None:
                           "SELFGUIDED_IMAGE_TAG (default: ghcr.io/selfguided, the package version).")
     comp.add_argument("-o", "--output", default="selfguided_pipeline.yaml",
                       help="YAML file to write (default: %(default)s in the current folder)")
+    comp.add_argument("--image-registry", help="registry of the selfguided-cpu/-gpu images you built "
+                      "(SELFGUIDED_IMAGE_REGISTRY; default ghcr.io/selfguided)")
+    comp.add_argument("--image-tag", help="their tag (SELFGUIDED_IMAGE_TAG; default: the package version)")
+    comp.add_argument("--cpu-image", help="a whole CPU image reference, e.g. REGISTRY/selfguided-cpu@sha256:... "
+                      "(SELFGUIDED_CPU_IMAGE; wins over registry and tag)")
+    comp.add_argument("--gpu-image", help="a whole GPU image reference (SELFGUIDED_GPU_IMAGE)")
     comp.set_defaults(func=cmd_compile)
 
 
