@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from selfguided.components.model.prompting import ARMS
+from selfguided.pipelines.workdir import DEFAULT_WORKDIR, default_tracking_uri
 
-DEFAULT_WORKDIR = ".selfguided"
 # Small enough that the whole local pipeline finishes in minutes on a 2-core laptop. `tiny` is
 # randomly initialised: LoRA on frozen random weights learns next to nothing (its answers stay
 # empty), so the local demo fine-tunes it fully, long enough to write Korean the judge can grade.
@@ -122,10 +122,6 @@ class _ProgressFilter(io.TextIOBase):
         elif m := _EXCEPTION.match(plain):
             self.last_exception = f"{m.group(1).rsplit('.', 1)[-1]}: {m.group(2).strip()}"
         self.terminal.flush()
-
-
-def default_tracking_uri(workdir: Path) -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(workdir / 'mlflow.db').resolve()}"
 
 
 def default_teachers() -> list[str]:

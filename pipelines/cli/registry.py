@@ -10,15 +10,14 @@ from __future__ import annotations
 import argparse
 import getpass
 import os
-from pathlib import Path
 
 from selfguided.components.registry.names import REGISTERED_MODEL_NAME
 
 
 def _tracking_uri(args: argparse.Namespace) -> str:
-    from selfguided.pipelines.local import DEFAULT_WORKDIR, default_tracking_uri
+    from selfguided.pipelines.workdir import default_tracking_uri
 
-    return args.tracking_uri or default_tracking_uri(Path(DEFAULT_WORKDIR))
+    return args.tracking_uri or default_tracking_uri()
 
 
 def _common(parser: argparse.ArgumentParser) -> None:

@@ -15,8 +15,6 @@ from pathlib import Path
 from selfguided.components.model import artifact as tm
 from selfguided.components.registry.names import CHAMPION, REGISTERED_MODEL_NAME
 
-# register.REGISTERED_MODEL_NAME and register.CHAMPION, written out: importing register (kfp,
-# mlflow, pandas) would make every `selfguided` command slow to start. A test keeps them equal.
 DEFAULT_MODEL_URI = f"models:/{REGISTERED_MODEL_NAME}@{CHAMPION}"
 
 
@@ -32,13 +30,6 @@ class ResolvedModel:
     """The default served model name: the registered model's name, else the folder's."""
     source: str
     """What was resolved, for the startup line (`models:/x@champion (version 3)`)."""
-
-
-def default_tracking_uri() -> str:
-    """$MLFLOW_TRACKING_URI, else the local run's SQLite store (`.selfguided/mlflow.db`)."""
-    from selfguided.pipelines.local import DEFAULT_WORKDIR, default_tracking_uri as local_default
-
-    return local_default(Path(DEFAULT_WORKDIR))
 
 
 def _is_uri(text: str) -> bool:

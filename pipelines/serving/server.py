@@ -20,9 +20,8 @@ from pathlib import Path
 
 from selfguided.components.model import artifact as tm
 from selfguided.pipelines.serving.app import DEFAULT_MAX_NEW_TOKENS, create_app
-from selfguided.pipelines.serving.resolve import (
-    DEFAULT_MODEL_URI, ServeError, default_tracking_uri, one_line, resolve_model,
-)
+from selfguided.pipelines.serving.resolve import DEFAULT_MODEL_URI, ServeError, one_line, resolve_model
+from selfguided.pipelines.workdir import default_tracking_uri
 
 def _choose_backend(wanted: str) -> str:
     from selfguided.components.model.engines import EngineError, pick_backend
