@@ -284,6 +284,20 @@ def test_images_built_here_carry_the_package_version(objects):
         assert image.endswith(f":{platform.IMAGE_TAG}"), f"{image}: tag differs from the package version {platform.IMAGE_TAG}"
 
 
+@pytest.mark.parametrize("name", KUSTOMIZATIONS)
+def test_every_image_of_ours_is_named_by_the_kustomizations_images_block(objects, name):
+    """An image nobody pushes is ImagePullBackOff on the first apply: each kustomization names our
+    images in one `images:` block (what `kustomize edit set image` changes and CI's bundle job pins
+    by digest), at the package version, which CI pushes for a release tag (.github/workflows/ci.yml)."""
+    ours = {c["image"] for _, spec in _pod_specs(objects[name])
+            for c in spec.get("initContainers", []) + spec["containers"] if "/selfguided-" in c["image"]}
+    block = yaml.safe_load((MANIFESTS / name / "kustomization.yaml").read_text(encoding="utf-8")).get("images", [])
+    named = {f"{entry['newName']}:{entry['newTag']}" for entry in block}
+    assert ours and ours <= named, f"manifests/{name}: {sorted(ours - named)} not in its images: block"
+    workflow = (REPO / ".github" / "workflows" / "ci.yml").read_text(encoding="utf-8")
+    assert '--tag "$registry/selfguided-$IMAGE:$version"' in workflow, "CI no longer pushes the version tag"
+
+
 @pytest.mark.parametrize("name", [k for k in KUSTOMIZATIONS if k.startswith("overlays/")])
 def test_mlflow_backend_uri_is_assembled_from_the_database_secret(objects, name):
     objs = objects[name]
