@@ -13,6 +13,7 @@ from typing import Any, Mapping
 import pytest
 
 from selfguided.components.data.categories import CATEGORIES
+from selfguided.components.evaluation.compare_result import CompareResult
 from selfguided.components.evaluation.judge_summary import JudgeSummary
 from selfguided.components.judging.jury import JudgeUsage, JuryUsage, judge_named
 from selfguided.components.model import artifact as tm
@@ -151,6 +152,21 @@ def make_summary(
     ]
     return JudgeSummary.of_judgments(judgments, jury_of(judge_model), row_kind="trained", base_model=base_model,
                                      arm=arm, replicate=replicate, usage=dict(usage or {}))
+
+
+def decided(promote: bool, reasons: tuple[str, ...] = ("decided",), *, base_model: str = "tiny",
+            arm: str = "self_guided", champion_version: str | None = None,
+            metrics: Mapping[str, Mapping[str, float]] | None = None) -> CompareResult:
+    """A compare step result naming `<base_model>/<arm>` as the challenger and carrying a decision
+    (the gate is tested in test_gate.py and test_compare_step.py; the registry must follow it)."""
+    from selfguided.components.evaluation.agreement import JuryAgreement
+    from selfguided.components.evaluation.gate import Challenger, GateDecision
+    from selfguided.components.evaluation.paired import Comparison
+
+    row = f"{base_model}/{arm}"
+    return CompareResult(Comparison([], {}, [], [], {}), GateDecision(promote, list(reasons)),
+                         Challenger(base_model, arm, [row], row, float("nan"), 1), champion_version,
+                         {k: dict(v) for k, v in (metrics or {}).items()}, [], JuryAgreement([]))
 
 
 def write_summary(path: Path, summary: JudgeSummary) -> Path:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 from selfguided.components.data.jsonl import write_jsonl
 
 

@@ -19,7 +19,7 @@ import sys
 import sysconfig
 
 import pytest
-from registry_fixtures import category_scores, make_model_dir, make_summary
+from registry_fixtures import category_scores, decided, make_model_dir, make_summary
 
 from selfguided.components.registry.promotion import register_candidates
 from selfguided.components.registry.runs import Candidate
@@ -50,9 +50,7 @@ def test_champion_loads_and_generates_without_selfguided(tmp_path):
         pytest.skip("needs to run from a virtual environment (its site-packages stand for a fresh one)")
     model_dir = make_model_dir(tmp_path / "m", arm="self_guided")
     candidate = Candidate(model_dir, make_summary("tiny", "self_guided", category_scores(6.0)))
-    evaluation = {"decision": {"promote": True, "reasons": ["test"], "figures": {}},
-                  "challenger": {"row": candidate.manifest.display_name, "base_model": "tiny", "arm": "self_guided"},
-                  "champion_version": None, "metrics": {}, "notes": [], "rows": []}
+    evaluation = decided(True, ("test",))
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     report = register_candidates([candidate], evaluation=evaluation, tracking_uri=uri, pipeline_run="r",
                                  scored_data_sha256="0" * 64)

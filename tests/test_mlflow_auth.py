@@ -328,7 +328,7 @@ def test_a_local_run_without_credentials_stops_at_preflight_before_any_training(
 
 def test_the_pipeline_user_runs_the_register_step_and_moves_the_champion(auth_server, pipeline_user, tmp_path,
                                                                            monkeypatch):
-    from registry_fixtures import category_scores, make_model_dir, make_summary
+    from registry_fixtures import category_scores, decided, make_model_dir, make_summary
 
     from selfguided.components.registry.promotion import register_candidates
     from selfguided.components.registry.runs import Candidate
@@ -341,9 +341,7 @@ def test_the_pipeline_user_runs_the_register_step_and_moves_the_champion(auth_se
         current = None
     candidate = Candidate(make_model_dir(tmp_path, arm="self_guided"),
                           make_summary("tiny", "self_guided", category_scores(6.0)))
-    evaluation = {"decision": {"promote": True, "reasons": ["better on evidence"], "figures": {}},
-                  "challenger": {"row": "tiny/self_guided", "base_model": "tiny", "arm": "self_guided"},
-                  "champion_version": current, "metrics": {}}
+    evaluation = decided(True, ("better on evidence",), champion_version=current)
     report = register_candidates([candidate], evaluation=evaluation, tracking_uri=auth_server.tracking_uri,
                                  pipeline_run="auth-run", scored_data_sha256="0" * 64)
     assert report.decision.promote

@@ -4,6 +4,7 @@ graded by local stand-in LLM judges (tests/llm_server.py) and the offline stand-
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 from pathlib import Path
@@ -24,7 +25,10 @@ from selfguided.components.registry.genai_pages import (
     question_records,
     records_digest,
 )
-from selfguided.components.steps.judge import judge_answers, summarize_judgments
+from selfguided.components.evaluation.judge_summary import JudgeSummary
+from selfguided.components.judging.jury import JudgeUsage
+from selfguided.components.judging.rules import JudgeIdentity
+from selfguided.components.steps.judge import judge_answers
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -37,8 +41,8 @@ QUESTIONS = [
 ANSWERS = [{"question_id": q["question_id"], "model_id": "tiny-sg",
             "choices": [{"index": 0, "turns": [f"답변입니다 (품질 7). {t}에 대한 답을 한국어로 씁니다." for t in q["turns"]]}]}
            for q in QUESTIONS]
-OWN_ENDPOINT = {"judge": {"model": "korean-judge", "prompt": "judge-single", "prompt_version": "1", "mode": "single"},
-                "endpoint": "http://editor:secret@judge-host:8000/v1?key=x"}
+OWN_ENDPOINT = JudgeUsage(JudgeIdentity("korean-judge", "judge-single", "1"),
+                          endpoint="http://editor:secret@judge-host:8000/v1?key=x")
 """A juror on its own endpoint whose model name no provider knows (`korean-judge@http://...`)."""
 
 
@@ -64,11 +68,10 @@ def summaries(tmp_path_factory):
         judgments, usage, jury = judge_answers(
             QUESTIONS, ANSWERS, "offline-heuristic", cache=str(cache),
             judges=f"fair@{fair.base_url},long@{long.base_url},offline-heuristic")
-    summary = summarize_judgments(judgments, row_kind="trained", base_model="tiny", arm="self_guided",
-                                  judge_model=jury["identity"]["model"], prompt_version="judge-single-v1",
-                                  usage=usage, jury=jury)
-    other = json.loads(json.dumps(summary))
-    other["jury"]["judges"].append(OWN_ENDPOINT)
+    summary = JudgeSummary.of_judgments(judgments, jury, row_kind="trained", base_model="tiny", arm="self_guided",
+                                        usage=usage)
+    other = copy.deepcopy(summary)
+    other.jury.judges.append(copy.deepcopy(OWN_ENDPOINT))
     return [summary, other]
 
 
@@ -151,8 +154,8 @@ def test_the_same_questions_are_one_dataset_in_every_experiment_and_other_questi
 def test_a_juror_that_changed_is_a_new_version_of_its_judge_not_a_second_judge(store, summaries):
     uri, client, experiment_id, _ = store
     publish_genai_pages(uri, experiment_id, summaries=summaries)
-    moved = json.loads(json.dumps(summaries[1]))
-    moved["jury"]["judges"][-1]["endpoint"] = "http://other-host/v1"
+    moved = copy.deepcopy(summaries[1])
+    moved.jury.judges[-1].endpoint = "http://other-host/v1"
     assert publish_genai_pages(uri, experiment_id, summaries=[moved])["judges"]["korean-judge"] == "registered"
     assert {j.name for j in list_scorers(experiment_id=experiment_id)} == {"fair", "long", "korean-judge"}
     versions = list_scorer_versions(name="korean-judge", experiment_id=experiment_id)
@@ -178,12 +181,12 @@ def test_the_offline_stand_in_is_a_code_scorer_where_mlflow_takes_one_never_an_l
         assert feedback.value == pytest.approx(rows[-1]["score"]) and feedback.rationale == rows[-1]["judgment"]
 
 
-def test_nothing_mlflow_refuses_fails_the_register_step(store, tmp_path, capsys):
+def test_nothing_mlflow_refuses_fails_the_register_step(store, summaries, tmp_path, capsys):
     uri, client, experiment_id, runs = store
     bad = tmp_path / "questions.jsonl"
     bad.write_text('{"question_id": "q", "category": "poem"}\n', encoding="utf-8")  # no turns
-    unknown_prompt = {"jury": {"judges": [{"judge": {"model": "gpt-4o", "prompt": "judge-single", "prompt_version": "9",
-                                                     "mode": "single"}, "endpoint": ""}]}}
+    unknown_prompt = copy.deepcopy(summaries[0])
+    unknown_prompt.jury.judges = [JudgeUsage(JudgeIdentity("gpt-4o", "judge-single", "9"))]
     done = publish_genai_pages(uri, experiment_id, summaries=[unknown_prompt], run_ids=runs, questions_file=bad)
     assert done == {"dataset": "", "judges": {"gpt-4o": "refused: DataError"}}
     said = capsys.readouterr().out
@@ -210,16 +213,14 @@ def test_on_a_real_mlflow_server(mlflow_server, summaries, tmp_path, monkeypatch
 
 def test_the_register_step_puts_its_questions_and_judges_on_the_pages(store, summaries, tmp_path):
     """Through register_candidates, as the register step calls it: the row run's input is the dataset."""
-    from registry_fixtures import make_model_dir
+    from registry_fixtures import decided, make_model_dir
 
     from selfguided.components.registry.promotion import register_candidates
     from selfguided.components.registry.runs import Candidate
 
     uri, client, _, _ = store
     candidate = Candidate(make_model_dir(tmp_path / "model", base_model="tiny", arm="self_guided"), summaries[0])
-    evaluation = {"decision": {"promote": False, "reasons": ["the compare step said so"], "figures": {}},
-                  "challenger": {"row": "tiny/self_guided", "base_model": "tiny", "arm": "self_guided"},
-                  "champion_version": None, "metrics": {}, "notes": [], "rows": []}
+    evaluation = decided(False, ("the compare step said so",))
     report = register_candidates([candidate], evaluation=evaluation, tracking_uri=uri, pipeline_run="run-1",
                                  scored_data_sha256="0" * 64, questions=_questions_file(tmp_path))
     experiment_id = client.get_experiment_by_name("selfguided").experiment_id

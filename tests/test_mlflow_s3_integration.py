@@ -5,7 +5,10 @@ metrics and aliases are read back through the MLflow API, the model files straig
 import mlflow
 import pytest
 from mlflow import MlflowClient
+import registry_fixtures
 from registry_fixtures import category_scores, make_model_dir, make_summary, write_summary
+
+from selfguided.components.evaluation.compare_result import CompareResult
 from servers import mlflow_server, s3_server  # noqa: F401  (pytest fixtures)
 
 from selfguided.components.registry.names import CHALLENGER, CHAMPION, PREVIOUS_CHAMPION_TAG
@@ -18,12 +21,10 @@ NAME = "korean-writing-assistant"
 HUB_BASE = "EleutherAI/polyglot-ko-1.3b"
 
 
-def decided(base_model: str, promote: bool, champion_version: str | None) -> dict:
+def decided(base_model: str, promote: bool, champion_version: str | None) -> CompareResult:
     """A compare step result naming the self_guided model of `base_model` (the gate is tested in
-    test_compare.py; here the registry follows it through a real server and S3)."""
-    return {"decision": {"promote": promote, "reasons": ["decided"], "figures": {}},
-            "challenger": {"row": f"{base_model}/self_guided", "base_model": base_model, "arm": "self_guided"},
-            "champion_version": champion_version, "metrics": {}}
+    test_compare_step.py; here the registry follows it through a real server and S3)."""
+    return registry_fixtures.decided(promote, base_model=base_model, champion_version=champion_version)
 
 
 def bucket_keys(s3, bucket: str, prefix: str) -> list[str]:

@@ -35,7 +35,7 @@ import pytest
 from manifest_tools import argv, find, kubelet_env, render, secret_data
 from mlflow import MlflowClient
 from postgres_server import Postgres, running_postgres
-from registry_fixtures import category_scores, make_model_dir, make_summary, write_summary
+from registry_fixtures import category_scores, decided, make_model_dir, make_summary, write_summary
 from servers import S3_CREDENTIALS, S3Server, _stop_group, _wait_healthy, free_port, s3_server  # noqa: F401
 from test_deploy import FakeKubernetes
 from servers import serving
@@ -247,9 +247,7 @@ def test_promoted_champion_is_served_from_where_its_merged_weights_are(deploymen
 
     model = make_model_dir(tmp_path / "models", arm="self_guided")
     summary = write_summary(tmp_path / "summary.json", make_summary("tiny", "self_guided", category_scores(6.0)))
-    evaluation = {"decision": {"promote": True, "reasons": ["first champion"], "figures": {}},
-                  "challenger": {"row": "tiny/self_guided", "base_model": "tiny", "arm": "self_guided"},
-                  "champion_version": None, "metrics": {}}
+    evaluation = decided(True, ("first champion",))
     result = register_candidates(load_candidates([model], [summary]), evaluation=evaluation,
                                  tracking_uri=deployment.tracking_uri, pipeline_run="deployment-run-1",
                                  scored_data_sha256="a" * 64)

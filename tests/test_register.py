@@ -10,6 +10,7 @@ import mlflow
 import pytest
 import torch
 from mlflow import MlflowClient
+import registry_fixtures
 from registry_fixtures import (
     category_scores,
     empty_store,  # noqa: F401  (fixture)
@@ -23,10 +24,8 @@ from registry_fixtures import (
 from selfguided.components.data.categories import CATEGORIES
 from selfguided.components.data.hashing import file_sha256
 from selfguided.components.data.jsonl import DataError
-from selfguided.components.evaluation.agreement import JuryAgreement
 from selfguided.components.evaluation.compare_result import CompareResult
-from selfguided.components.evaluation.gate import Challenger, GateDecision, PromotionGate
-from selfguided.components.evaluation.paired import Comparison
+from selfguided.components.evaluation.gate import PromotionGate
 from selfguided.components.steps.compare import run_compare_step
 from selfguided.components.model.prompting import CRITERIA, inference_prompt
 from selfguided.components.registry.names import CHALLENGER, CHAMPION, PREVIOUS_CHAMPION_TAG, RegistryError
@@ -46,12 +45,10 @@ def alias(client: MlflowClient, name: str) -> str:
 def decided(challenger: Candidate, promote: bool, reason: str = "the compare step said so",
             champion_version: str | None = None, metrics: dict | None = None) -> CompareResult:
     """A compare step result that names `challenger` and carries a decision (the gate itself is
-    tested in test_compare.py; here the registry must follow what it decided)."""
+    tested in test_compare_step.py; here the registry must follow what it decided)."""
     manifest = challenger.manifest
-    return CompareResult(Comparison([], {}, [], [], {}), GateDecision(promote, [reason]),
-                         Challenger(manifest.base_model, manifest.arm, [manifest.display_name], manifest.display_name,
-                                    float("nan"), 1),
-                         champion_version, metrics or {}, [], JuryAgreement([]))
+    return registry_fixtures.decided(promote, (reason,), base_model=manifest.base_model, arm=manifest.arm,
+                                     champion_version=champion_version, metrics=metrics)
 
 
 # --- candidates ------------------------------------------------------------------------------

@@ -5,10 +5,11 @@ from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
-from registry_fixtures import category_scores, make_judgments, make_model_dir, write_row
+from registry_fixtures import category_scores, decided, make_judgments, make_model_dir, write_row
 
+from selfguided.components.evaluation.judge_summary import load_row
 from selfguided.components.registry.promotion import register_candidates
-from selfguided.components.registry.runs import Candidate, read_summary
+from selfguided.components.registry.runs import load_candidates
 from selfguided.pipelines.cli.main import main
 
 NAME = "korean-writing-assistant"
@@ -27,11 +28,9 @@ def registry(tmp_path):
     for number, judgments in judged.items():
         summary_path, judgments_path = write_row(rows, f"v{number}", judgments, arm="self_guided")
         model_dir = make_model_dir(tmp_path / f"m{number}", arm="self_guided")
-        candidate = Candidate(model_dir, read_summary(summary_path), judgments_path)
-        evaluation = {"decision": {"promote": number == "1", "reasons": ["first"], "figures": {}},
-                      "challenger": {"row": "tiny/self_guided", "base_model": "tiny", "arm": "self_guided"},
-                      "champion_version": None if number == "1" else "1", "metrics": {}}
-        register_candidates([candidate], evaluation=evaluation, tracking_uri=uri, pipeline_run=f"run-{number}",
+        candidates = load_candidates([model_dir], [summary_path], [judgments_path])
+        evaluation = decided(number == "1", ("first",), champion_version=None if number == "1" else "1")
+        register_candidates(candidates, evaluation=evaluation, tracking_uri=uri, pipeline_run=f"run-{number}",
                             scored_data_sha256="0" * 64)
     return uri, MlflowClient(tracking_uri=uri, registry_uri=uri)
 
@@ -94,13 +93,9 @@ def test_a_first_champion_by_hand_must_beat_the_base_row_of_its_run(tmp_path, ca
                                    arm="self_guided")
     base_summary, base_judgments = write_row(rows, "b", make_judgments(category_scores(5.5), spread=0.6, seed=2),
                                              row_kind="base")
-    candidate = Candidate(make_model_dir(tmp_path / "m", arm="self_guided"), read_summary(summary), judgments)
-    evaluation = {"decision": {"promote": False, "reasons": ["held back"], "figures": {}},
-                  "challenger": {"row": "tiny/self_guided", "base_model": "tiny", "arm": "self_guided"},
-                  "champion_version": None, "metrics": {}}
-    register_candidates([candidate], evaluation=evaluation, tracking_uri=uri, pipeline_run="run-1",
-                        scored_data_sha256="0" * 64,
-                        references=[ReferenceRow(read_summary(base_summary), base_judgments)])
+    candidates = load_candidates([make_model_dir(tmp_path / "m", arm="self_guided")], [summary], [judgments])
+    register_candidates(candidates, evaluation=decided(False, ("held back",)), tracking_uri=uri, pipeline_run="run-1",
+                        scored_data_sha256="0" * 64, references=[ReferenceRow(*load_row(base_summary, base_judgments))])
     code = main(["promote", "1", "--tracking-uri", uri, "--by", "alice"])
     out = capsys.readouterr().out
     assert (code == 0) == promoted, out

@@ -233,7 +233,7 @@ def test_a_reviewer_grades_the_blind_copies_but_cannot_move_an_alias(auth_server
     sub-resource grants such as `assessment` are wildcard-only, so "feedback only, in this
     experiment" is not expressible), DENY on the judged experiment (blind for real: no judge scores,
     no rows), READ (the default) on the registered model."""
-    from selfguided.components.data import write_jsonl
+    from selfguided.components.evaluation.rows import RowJudgments
     from selfguided.components.registry.traces import log_row_traces
 
     admin = User(auth_server.admin_username, auth_server.admin_password)
@@ -242,9 +242,9 @@ def test_a_reviewer_grades_the_blind_copies_but_cannot_move_an_alias(auth_server
     client = MlflowClient(auth_server.tracking_uri, registry_uri=auth_server.tracking_uri)
     experiment_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
     rng, truths = random.Random(2), {}
-    write_jsonl(tmp_path / "judgments.jsonl", _judged_rows(rng, truths, "poem", "tiny/self_guided")[:4])
+    judged = RowJudgments("tiny/self_guided", "trained", _judged_rows(rng, truths, "poem", "tiny/self_guided")[:4])
     with mlflow.start_run(experiment_id=experiment_id, tags={"row": "tiny/self_guided", "row_kind": "trained"}) as run:
-        assert log_row_traces(tmp_path / "judgments.jsonl", {"row": "tiny/self_guided"}) == 4
+        assert log_row_traces(judged) == 4
     mlflow.flush_trace_async_logging()
     judged = mlflow.search_traces(locations=[experiment_id], run_id=run.info.run_id, return_type="list")[0].info.trace_id
     assert client.get_run(run.info.run_id).data.tags["prompt/judge-single-v1"] == "prompts:/selfguided-judge-single/1"

@@ -20,7 +20,7 @@ import openai
 import pytest
 import uvicorn
 from openai import OpenAI
-from registry_fixtures import category_scores, make_model_dir, make_summary
+from registry_fixtures import category_scores, decided, make_model_dir, make_summary
 from servers import free_port
 
 from selfguided.components.model import artifact as tm
@@ -247,9 +247,7 @@ def registered(tmp_path_factory, model_dir):
     root = tmp_path_factory.mktemp("registry")
     uri = f"sqlite:///{root}/mlflow.db"
     candidate = Candidate(model_dir, make_summary("tiny", "self_guided", category_scores(6.0)))
-    evaluation = {"decision": {"promote": True, "reasons": ["test"], "figures": {}},
-                  "challenger": {"row": candidate.manifest.display_name, "base_model": "tiny", "arm": "self_guided"},
-                  "champion_version": None, "metrics": {}, "notes": [], "rows": []}
+    evaluation = decided(True, ("test",))
     register_candidates([candidate], evaluation=evaluation, tracking_uri=uri, pipeline_run="r",
                         scored_data_sha256="0" * 64)
     return uri

@@ -20,10 +20,11 @@ def _scores(value: float) -> dict[str, float]:
     return dict.fromkeys(CRITERIA, value)
 
 
-def _today_row(question_id: str, turn: int, score: float | None, *, judge=("offline-heuristic", "heuristic-v1")):
-    """A judgment row of one judge, its identity as the [model, prompt id] pair older files carry."""
+def _today_row(question_id: str, turn: int, score: float | None, *, judge=("offline-heuristic", "heuristic", "1")):
+    """A judgment row of one judge (its identity: model, prompt, prompt version)."""
+    model, prompt, version = judge
     return {"question_id": question_id, "turn": turn, "category": "poem", "model": "tiny-sg",
-            "judge": list(judge), "judgment": f"rationale {question_id}/{turn}", "question": f"질문 {question_id}-{turn}",
+            "judge": {"model": model, "prompt": prompt, "prompt_version": version, "mode": "single"}, "judgment": f"rationale {question_id}/{turn}", "question": f"질문 {question_id}-{turn}",
             "answer": f"답 {question_id}-{turn}", "score": -1 if score is None else score,
             "scores": None if score is None else _scores(score), "answer_chars": 6,
             "error": "timeout" if score is None else None}
@@ -61,7 +62,7 @@ def _by_name(trace, name):
 
 
 def test_judge_entries_read_both_row_shapes():
-    today = judge_entries(_today_row("q1", 1, 6.0, judge=("gpt-4o", "judge-single-v1")))
+    today = judge_entries(_today_row("q1", 1, 6.0, judge=("gpt-4o", "judge-single", "1")))
     assert [(e.judge, e.identity.prompt_id, e.scores["overall"], e.rationale) for e in today] == \
         [("gpt-4o", "judge-single-v1", 6.0, "rationale q1/1")]
     failed = judge_entries(_today_row("q1", 1, None))
@@ -69,11 +70,12 @@ def test_judge_entries_read_both_row_shapes():
     jury = judge_entries(_jury_row("q2", {"fair": 7.0, "long": None}))
     assert [(e.judge, e.scores and e.scores["overall"], e.error) for e in jury] == \
         [("fair", 7.0, None), ("long", None, "HTTP 500")]
-    text_identity = judge_entries({**_jury_row("q3", {"a": 5.0}), "judges": [
-        {"judge": json.dumps({"model": "a", "prompt": "p", "prompt_version": "2", "mode": "single"}),
+    repeated = judge_entries({**_jury_row("q3", {"a": 5.0}), "judges": [
+        {"judge": {"model": "a", "prompt": "p", "prompt_version": "2", "mode": "single"},
          "scores": _scores(5.0), "rationale": "", "error": None, "repeat": 1}]})
-    assert (text_identity[0].identity.prompt_id, text_identity[0].scores["overall"], text_identity[0].repeat) == \
-        ("p-v2", 5.0, 1)
+    assert (repeated[0].identity.prompt_id, repeated[0].scores["overall"], repeated[0].repeat) == ("p-v2", 5.0, 1)
+    with pytest.raises(ValueError, match="a judge identity is an object"):  # one shape of a judge's identity
+        judge_entries({**_today_row("q1", 1, 6.0), "judge": ["gpt-4o", "judge-single-v1"]})
 
 
 def test_every_judged_answer_is_a_trace_linked_to_its_run(store):
@@ -148,7 +150,7 @@ def test_prompts_are_registered_once_and_a_changed_file_is_a_new_version(store, 
 def test_the_register_hook_logs_the_rows_judgments_as_traces_of_its_run(store, tmp_path):
     """log_row_traces, as register calls it inside a row's run, on judgments from the real jury code
     (the offline stand-in as a jury of one), a two-turn question included."""
-    from selfguided.components.data import write_jsonl
+    from selfguided.components.evaluation.rows import RowJudgments
     from selfguided.components.judging.jury import JuryConfig, judge_with_jury, parse_judges
     from selfguided.components.registry.traces import log_row_traces
 
@@ -160,11 +162,9 @@ def test_the_register_hook_logs_the_rows_judgments_as_traces_of_its_run(store, t
                {"question_id": 2, "model_id": "tiny-sg", "choices": [{"index": 0, "turns": [
                     "지난 주말 시청 앞에서 축제가 열렸다. 시민 3천 명이 참석했다고 시는 밝혔다."]}]}]
     judgments, _ = judge_with_jury(questions, answers, JuryConfig(judges=parse_judges("offline-heuristic")))
-    path = tmp_path / "judgments.jsonl"
-    write_jsonl(path, judgments)
     with mlflow.start_run(experiment_id=experiment_id,
                           tags={"row": "tiny/self_guided", "row_kind": "trained", "pipeline_run": "p7"}) as run:
-        assert log_row_traces(path, {"row": "tiny/self_guided"}) == 3
+        assert log_row_traces(RowJudgments("tiny/self_guided", "trained", judgments)) == 3
     traces = mlflow.search_traces(locations=[experiment_id], run_id=run.info.run_id, return_type="list", flush=True)
     by_turn = {(t.info.tags["question_id"], t.info.tags["turn"]): t for t in traces}
     assert set(by_turn) == {("1", "1"), ("1", "2"), ("2", "1")}
