@@ -1,35 +1,47 @@
-"""How often the promotion gate promotes noise, and how often it finds a real improvement.
+"""How often the promotion gate promotes noise, how often it finds a real improvement, and whether its
+intervals cover, under kind and unkind data (issues 18 and 28).
 
 Feeds the shipped gate (`evaluation.gate.evaluate_run`: challenger pick, paired comparison with the
-champion row, decision) judge-like scores in the test-set layouts the pipeline produces, with no
-true difference between the candidate arms and the champion (false promotion) and with a true
-improvement of +0.5 and +1.0 points (power). The score model is issue 18's: question effect SD 1.2,
-turn effect SD 0.5, answer noise SD 1.0, four integer criteria (each with its own noise SD 0.5)
-averaged and clipped to 1-10 (`statistics.judge_scores`).
+champion row, decision; the default `PromotionGate` but for min_paired_questions) judge-like scores
+in the test-set layouts the pipeline produces, one or two candidate arms, and reads its decision and
+the challenger-vs-champion intervals it reports. Nothing is patched.
 
-    python benchmarks/gate_simulation.py              # the README's table (2000 runs per cell)
-    python benchmarks/gate_simulation.py --reps 50    # a smoke run
+Data models (`MODELS`): issue 18's default (question effect SD 1.2, turn effect SD 0.5, answer noise
+SD 1.0, four integer criteria with their own noise SD 0.5, averaged and clipped to 1-10;
+`statistics.judge_scores`); categories whose answer noise differs by 2x or 4x (SD 0.71 vs 1.41,
+0.5 vs 2.0), the smaller categories noisier or the bigger ones (in layouts of equal categories: the
+second half or the first half); a ceiling (mean quality 8.5); one integer score per answer; heavy
+tails (t, 3 df, same SD); training-seed noise (each training run's quality shifted by N(0, 0.3), the
+arm trained K = 2 or 3 times; K = 1 is the default model read at the checkpoint level: what is
+promoted is that checkpoint, and its own quality is the truth). Hidden regression: one category
+-1.0 while the overall is +0.3 better.
 
-Prints the simulated coverage of the 95% intervals (one category of 2-40 questions; the overall of
-each layout; twice --reps runs each), one line per (layout, arms, true difference), then the same with training-seed variance
-(each training run's quality shifted by N(0, 0.3); the arm trained 1, 2 or 3 times, `--replicates`),
-and a final line starting with RESULT: the largest false-promotion rate of the layouts and the upper
-end of its 95% Clopper-Pearson interval, and the false-promotion rate under seed variance per number
-of replicates.
+    python benchmarks/gate_simulation.py                    # every block at --reps 4000 (the README's tables)
+    python benchmarks/gate_simulation.py --quick            # a smoke run (tests)
+    python benchmarks/gate_simulation.py --blocks rules     # the per-category rule, old and new side by side
+
+Blocks: `null` (no true difference: false promotion per model x layout x arms, and the coverage of
+the overall and per-category 95% intervals from the one-arm runs), `power` (+0.5 and +1.0),
+`rules` (old vs new per-category rule: false promotion, power at +0.5 on 80 x 2, a -1.0 regression
+caught), `regression` (the chosen rule under every model), `fallback` (the unpaired fallback with
+the champion's logged figures from another draw of questions). The last line starts with RESULT.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
+from dataclasses import dataclass, replace
+from multiprocessing import Pool
 from typing import Sequence
 
 import numpy as np
 
 from selfguided.components.evaluation.gate import PromotionGate, evaluate_run
 from selfguided.components.evaluation.rows import RowJudgments
-from selfguided.components.evaluation.statistics import QUESTION_SD, TURN_SD, judge_scores, simulated_coverage
+from selfguided.components.evaluation.statistics import ANSWER_SD, QUESTION_SD, TURN_SD, judge_scores
 
 LAYOUTS: dict[str, tuple[tuple[int, ...], int]] = {  # name: (questions per category, turns)
     "bundled sample questions, 6 x 7": ((7,) * 6, 1),
@@ -37,19 +49,76 @@ LAYOUTS: dict[str, tuple[tuple[int, ...], int]] = {  # name: (questions per cate
     "eval_fraction 0.1 on the bundled seed, 14/14/1/1/1": ((14, 14, 1, 1, 1), 1),
     "80 questions x 2 turns (8 x 10)": ((10,) * 8, 2),
 }
+SHORT = {"bundled sample questions, 6 x 7": "6x7", "make run's hold-out, 14/14/3/2/3/5": "14/14/3/2/3/5",
+         "eval_fraction 0.1 on the bundled seed, 14/14/1/1/1": "14/14/1/1/1", "80 questions x 2 turns (8 x 10)": "80x2"}
 JUDGE = "sim-judge/v1"
+SEED_SD = 0.3
+
+
+@dataclass(frozen=True)
+class DataModel:
+    """How the simulated judge scores answers (see the module docstring)."""
+
+    noise_ratio: float = 1.0  # SD of the noisy categories' answer noise / the quiet ones' (geometric mean ANSWER_SD)
+    noisy: str = "small"  # which categories are the noisy ones: "small" or "big"
+    mean: float = 5.5  # mean question quality (8.5: against the ceiling)
+    criteria: int = 4  # integer criteria averaged into the score (1: one integer score)
+    tails: float = math.inf  # answer noise: Student t with this many df (inf: normal)
+    seed_sd: float = 0.0  # SD of a training run's shift around its arm's mean
+    replicates: int = 1  # training seeds per arm
+
+
+MODELS: dict[str, DataModel] = {
+    "default": DataModel(),
+    "noise x2, small categories noisier": DataModel(noise_ratio=2.0, noisy="small"),
+    "noise x2, big categories noisier": DataModel(noise_ratio=2.0, noisy="big"),
+    "noise x4, small categories noisier": DataModel(noise_ratio=4.0, noisy="small"),
+    "noise x4, big categories noisier": DataModel(noise_ratio=4.0, noisy="big"),
+    "ceiling (mean 8.5)": DataModel(mean=8.5),
+    "one integer score": DataModel(criteria=1),
+    "heavy tails (t, 3 df)": DataModel(tails=3.0),
+    "seeds K=2 (seed SD 0.3)": DataModel(seed_sd=SEED_SD, replicates=2),
+    "seeds K=3 (seed SD 0.3)": DataModel(seed_sd=SEED_SD, replicates=3),
+}
+
+
+def category_sd(layout: Sequence[int], model: DataModel) -> list[float]:
+    """Answer noise SD per category: ANSWER_SD, or the quiet / noisy split of `model.noise_ratio`."""
+    if model.noise_ratio == 1:
+        return [ANSWER_SD] * len(layout)
+    quiet, loud = ANSWER_SD / math.sqrt(model.noise_ratio), ANSWER_SD * math.sqrt(model.noise_ratio)
+    big = max(layout)
+    if all(n == big for n in layout):
+        noisy = [c >= len(layout) // 2 for c in range(len(layout))]
+    else:
+        noisy = [n < big for n in layout]
+    if model.noisy == "big":
+        noisy = [not x for x in noisy]
+    return [loud if x else quiet for x in noisy]
+
+
+def regression_category(layout: Sequence[int]) -> int:
+    """The category that hides the regression: the first of the largest."""
+    return int(np.argmax(layout))
 
 
 def simulate_rows(rng: np.random.Generator, layout: Sequence[int], turns: int, shifts: Sequence[float],
-                  replicates: int = 1, seed_sd: float = 0.0) -> list[RowJudgments]:
-    """The champion row and one trained row per arm (x replicates) on the same questions."""
-    quality = [5.5 + rng.normal(0.0, QUESTION_SD, size=n)[:, None] + rng.normal(0.0, TURN_SD, size=(n, turns))
+                  replicates: int = 1, seed_sd: float = 0.0, model: DataModel | None = None,
+                  category_shift: dict[int, float] | None = None) -> list[RowJudgments]:
+    """The champion row and one trained row per arm (x replicates) on the same questions.
+
+    shifts: each arm's true difference; category_shift: per category, added to every arm's shift."""
+    model = model or DataModel(seed_sd=seed_sd, replicates=replicates)
+    replicates, seed_sd = model.replicates, model.seed_sd
+    sds = category_sd(layout, model)
+    quality = [model.mean + rng.normal(0.0, QUESTION_SD, size=n)[:, None] + rng.normal(0.0, TURN_SD, size=(n, turns))
                for n in layout]
 
     def row(name: str, kind: str, shift: float, arm: str = "", replicate: int = 0) -> RowJudgments:
         judgments = []
         for c, q_turns in enumerate(quality):
-            scores = judge_scores(rng, q_turns + shift)
+            extra = (category_shift or {}).get(c, 0.0) if kind == "trained" else 0.0
+            scores = judge_scores(rng, q_turns + shift + extra, sds[c], criteria=model.criteria, tails=model.tails)
             judgments += [{"question_id": f"c{c}-q{q}", "turn": t + 1, "category": f"cat{c}", "score": float(s)}
                           for q, per_turn in enumerate(scores) for t, s in enumerate(per_turn)]
         return RowJudgments(name, kind, judgments, base_model="sim", arm=arm, judge=JUDGE, replicate=replicate)
@@ -64,9 +133,70 @@ def simulate_rows(rng: np.random.Generator, layout: Sequence[int], turns: int, s
     return rows
 
 
+GATE = PromotionGate(min_paired_questions=1)
+
+
+@dataclass
+class Tally:
+    runs: int = 0
+    promoted: int = 0
+    overall_covered: int = 0  # one-arm runs only: the challenger-vs-champion overall interval covers the truth
+    overall_intervals: int = 0
+    category_covered: int = 0
+    category_intervals: int = 0
+    regression_blocked: int = 0  # runs where the hidden-regression category is named among the blocking reasons
+
+
+def _cell(job: tuple) -> Tally:
+    layout, turns, shifts, reps, seed, model, gate, category_shift, truth = job
+    rng = np.random.default_rng(seed)
+    tally = Tally()
+    for _ in range(reps):
+        rows = simulate_rows(rng, layout, turns, shifts, model=model, category_shift=category_shift)
+        evaluation = evaluate_run(rows, gate, existing_champion="1")
+        tally.runs += 1
+        tally.promoted += evaluation.decision.promote
+        if truth is not None and len(shifts) == 1:
+            pair = evaluation.comparison.pairs[-1]
+            est = pair.overall.estimate
+            if est.has_interval:
+                tally.overall_intervals += 1
+                tally.overall_covered += est.ci_low <= truth <= est.ci_high
+            for diff in pair.categories.values():
+                if diff.estimate.has_interval:
+                    tally.category_intervals += 1
+                    tally.category_covered += diff.estimate.ci_low <= truth <= diff.estimate.ci_high
+        if category_shift:
+            name = f"cat{next(iter(category_shift))}"
+            tally.regression_blocked += any(r.startswith(f"category {name} ") for r in evaluation.decision.reasons
+                                            ) and not evaluation.decision.promote
+    return tally
+
+
+def run_cells(jobs: list[tuple], processes: int) -> list[Tally]:
+    """Each job split into chunks so that `processes` workers share the load."""
+    chunks, owners = [], []
+    for i, job in enumerate(jobs):
+        reps, seed = job[3], job[4]
+        size = max(50, math.ceil(reps / max(1, processes * 2)))
+        for j, start in enumerate(range(0, reps, size)):
+            chunks.append((*job[:3], min(size, reps - start), [seed, j], *job[5:]))
+            owners.append(i)
+    if processes > 1:
+        with Pool(processes) as pool:
+            parts = pool.map(_cell, chunks, chunksize=1)
+    else:
+        parts = [_cell(c) for c in chunks]
+    out = [Tally() for _ in jobs]
+    for i, part in zip(owners, parts):
+        for field in vars(part):
+            setattr(out[i], field, getattr(out[i], field) + getattr(part, field))
+    return out
+
+
 def promotion_rate(layout: Sequence[int], turns: int, shifts: Sequence[float], reps: int, seed: int,
-                   gate: PromotionGate = PromotionGate(min_paired_questions=1), **kwargs) -> tuple[int, int]:
-    """(promotions, runs): the shipped evaluate_run on `reps` simulated runs."""
+                   gate: PromotionGate = GATE, **kwargs) -> tuple[int, int]:
+    """(promotions, runs): the shipped evaluate_run on `reps` simulated runs (kwargs: simulate_rows')."""
     rng = np.random.default_rng(seed)
     promoted = 0
     for _ in range(reps):
@@ -84,67 +214,196 @@ def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
     return low, high
 
 
-def _row(label: str, effect: float, k: int, n: int) -> str:
+def _rate(k: int, n: int) -> str:
     low, high = clopper_pearson(k, n)
-    return f"| {label} | {effect:+.1f} | {k / n:.1%} | [{low:.1%}, {high:.1%}] |"
+    return f"{k / n:.1%} [{low:.1%}, {high:.1%}]" if n else "-"
+
+
+def _pct(k: int, n: int) -> str:
+    return f"{k / n:.1%}" if n else "-"
+
+
+def regression_shifts(layout: Sequence[int], effect: float = 0.3, drop: float = -1.0) -> tuple[float, dict[int, float]]:
+    """(arm shift, {category: extra}) with the category at `drop` and the overall (mean of categories) at `effect`."""
+    k = len(layout)
+    others = (effect * k - drop) / (k - 1)
+    c = regression_category(layout)
+    return others, {c: drop - others}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--reps", type=int, default=2000, help="simulated runs per cell")
-    parser.add_argument("--seed", type=int, default=18)
-    parser.add_argument("--effects", type=float, nargs="*", default=[0.0, 0.5, 1.0],
-                        help="true improvements of the candidate arms (0 = no difference)")
-    parser.add_argument("--blocks", nargs="*", default=["coverage", "layouts", "seeds"],
-                        choices=["coverage", "layouts", "seeds"],
-                        help="coverage: of the 95%% intervals (one category of n questions, and the overall of each "
-                        "layout); layouts: the test-set layouts, one and two arms; seeds: training-seed variance "
-                        "(SD --seed-sd) on the 6 x 7 layout, one arm trained 1, 2, 3 times (--replicates)")
-    parser.add_argument("--seed-sd", type=float, default=0.3, help="SD of a training run's shift around its arm's mean")
+    parser.add_argument("--reps", type=int, default=4000, help="simulated runs per no-difference cell")
+    parser.add_argument("--power-reps", type=int, default=1000, help="simulated runs per power / regression cell")
+    parser.add_argument("--seed", type=int, default=28)
+    parser.add_argument("--jobs", type=int, default=2, help="worker processes")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 10 runs per cell, 2 models")
+    parser.add_argument("--blocks", nargs="*", default=["rules", "null", "power", "regression", "fallback"],
+                        choices=["rules", "null", "power", "regression", "fallback"])
+    parser.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--layouts", nargs="*", default=list(SHORT.values()), choices=list(SHORT.values()))
     args = parser.parse_args(argv)
+    if args.quick:
+        args.reps, args.power_reps, args.jobs = 10, 10, 1
+        args.models = [m for m in args.models if m in ("default", "noise x4, small categories noisier")]
+    layouts = {name: LAYOUTS[name] for name, short in SHORT.items() if short in args.layouts}
     start = time.perf_counter()
-    worst = (0.0, 0, 1)
-    seeds_null: dict[int, float] = {}
-    coverage: list[float] = []
-    if "coverage" in args.blocks:
-        print("| interval | questions | coverage of the 95% interval |")
-        print("|---|---|---|")
-        for n in (2, 3, 5, 7, 14, 40):
-            coverage.append(simulated_coverage((n,), reps=2 * args.reps, seed=args.seed, min_questions=2))
-            print(f"| one category | {n} | {coverage[-1]:.1%} |", flush=True)
-        for name, (layout, turns) in LAYOUTS.items():
-            coverage.append(simulated_coverage(layout, reps=2 * args.reps, seed=args.seed))
-            note = " (one turn per question)" if turns > 1 else ""
-            print(f"| overall, {name}{note} | {sum(layout)} | {coverage[-1]:.1%} |", flush=True)
-        print()
-    if "layouts" in args.blocks:
-        print("| test-set layout | arms | true difference | promoted | 95% CI |")
-        print("|---|---|---|---|---|")
-        for i, (name, (layout, turns)) in enumerate(LAYOUTS.items()):
-            for n_arms in (1, 2):
-                for j, effect in enumerate(args.effects):
-                    k, n = promotion_rate(layout, turns, [effect] * n_arms, args.reps,
-                                          seed=args.seed * 1000 + i * 100 + n_arms * 10 + j)
-                    print(_row(f"{name} | {n_arms}", effect, k, n), flush=True)
-                    if effect == 0 and k / n >= worst[0]:
-                        worst = (k / n, k, n)
-    if "seeds" in args.blocks:
-        print(f"\n| training seeds per arm (seed SD {args.seed_sd:g}, 6 x 7, one arm) | true difference | promoted "
-              "| 95% CI |")
-        print("|---|---|---|---|")
-        for replicates in (1, 2, 3):
-            for j, effect in enumerate(args.effects):
-                k, n = promotion_rate((7,) * 6, 1, [effect], args.reps, seed=args.seed * 1000 + 900 + replicates * 10 + j,
-                                      replicates=replicates, seed_sd=args.seed_sd)
-                print(_row(str(replicates), effect, k, n), flush=True)
-                if effect == 0:
-                    seeds_null[replicates] = k / n
-    rate, k, n = worst
-    figures = [f"false_promotion_max={rate:.4f} ci_high={clopper_pearson(k, n)[1]:.4f}"] if "layouts" in args.blocks else []
-    figures += [f"coverage_min={min(coverage):.4f}"] if coverage else []
-    figures += [f"seed_sd_false_promotion_k{r}={v:.4f}" for r, v in seeds_null.items()]
-    print(f"RESULT {' '.join(figures)} reps={args.reps} seconds={time.perf_counter() - start:.1f}")
+    results: list[str] = []
+    if "rules" in args.blocks:
+        results += rules_block(args, layouts)
+    if "null" in args.blocks:
+        results += null_block(args, layouts)
+    if "power" in args.blocks:
+        power_block(args, layouts)
+    if "regression" in args.blocks:
+        results += regression_block(args, layouts)
+    if "fallback" in args.blocks:
+        results += fallback_block(args)
+    print(f"RESULT {' '.join(results)} reps={args.reps} power_reps={args.power_reps} "
+          f"seconds={time.perf_counter() - start:.1f}")
     return 0
+
+
+RULES = {
+    "old: no category credibly worse (Holm, alpha 0.02)": PromotionGate(min_paired_questions=1,
+                                                                         category_rule="credibly_worse"),
+    "new: each category's difference above -0.25": PromotionGate(min_paired_questions=1, noninferiority_alpha=0.5),
+    "new, stricter: its 70% lower bound above -0.25": PromotionGate(min_paired_questions=1, noninferiority_alpha=0.3),
+    "new, stricter: its 80% lower bound above -0.25": PromotionGate(min_paired_questions=1, noninferiority_alpha=0.2),
+}
+
+
+def rules_block(args, layouts) -> list[str]:
+    """Old vs new per-category rule, default model: false promotion (every layout, 1 arm, pooled),
+    power at +0.5 on 80 x 2 (1 and 2 arms), a -1.0 regression caught in a 10-question category of
+    80 x 2 and a 14-question one of 14/14/3/2/3/5 (overall +0.3)."""
+    print("| per-category rule | false promotion, no difference (4 layouts, 1 arm, pooled) | power +0.5, 80 x 2, "
+          "1 arm | 2 arms | -1.0 in one 10-question category (80 x 2) blocked | -1.0 in one 14-question category "
+          "(14/14/3/2/3/5) blocked |")
+    print("|---|---|---|---|---|---|")
+    model = MODELS["default"]
+    out = []
+    for r, (label, gate) in enumerate(RULES.items()):
+        jobs = [(layout, turns, [0.0], args.power_reps, args.seed * 1000 + 700 + i, model, gate, None, None)
+                for i, (layout, turns) in enumerate(LAYOUTS.values())]
+        layout80, turns80 = LAYOUTS["80 questions x 2 turns (8 x 10)"]
+        jobs += [(layout80, turns80, [0.5] * arms, args.power_reps, args.seed * 1000 + 750 + arms, model, gate, None,
+                  None) for arms in (1, 2)]
+        for j, name in enumerate(("80 questions x 2 turns (8 x 10)", "make run's hold-out, 14/14/3/2/3/5")):
+            layout, turns = LAYOUTS[name]
+            shift, extra = regression_shifts(layout)
+            jobs.append((layout, turns, [shift], args.power_reps, args.seed * 1000 + 760 + j, model, gate, extra, None))
+        t = run_cells(jobs, args.jobs)
+        null_k, null_n = sum(x.promoted for x in t[:4]), sum(x.runs for x in t[:4])
+        print(f"| {label} | {_rate(null_k, null_n)} | {_pct(t[4].promoted, t[4].runs)} | {_pct(t[5].promoted, t[5].runs)} "
+              f"| {_pct(t[6].runs - t[6].promoted, t[6].runs)} | {_pct(t[7].runs - t[7].promoted, t[7].runs)} |",
+              flush=True)
+        out.append(f"rule{r}_power80x2={t[4].promoted / t[4].runs:.3f} rule{r}_caught10={1 - t[6].promoted / t[6].runs:.3f}")
+    print()
+    return out
+
+
+def null_block(args, layouts) -> list[str]:
+    print("| data model | test-set layout | arms | promoted, no true difference [95% CI] | overall 95% interval "
+          "covers | category intervals cover |")
+    print("|---|---|---|---|---|---|")
+    jobs, labels = [], []
+    for m, model_name in enumerate(args.models):
+        for i, (name, (layout, turns)) in enumerate(layouts.items()):
+            for arms in (1, 2):
+                jobs.append((layout, turns, [0.0] * arms, args.reps, args.seed * 1000 + m * 100 + i * 10 + arms,
+                             MODELS[model_name], GATE, None, 0.0))
+                labels.append((model_name, SHORT[name], arms))
+    tallies = run_cells(jobs, args.jobs)
+    worst, coverage = (0.0, 0, 1, ""), []
+    for (model_name, layout, arms), t in zip(labels, tallies):
+        cov = _pct(t.overall_covered, t.overall_intervals) if arms == 1 else ""
+        cat = _pct(t.category_covered, t.category_intervals) if arms == 1 else ""
+        print(f"| {model_name} | {layout} | {arms} | {_rate(t.promoted, t.runs)} | {cov} | {cat} |")
+        if t.promoted / t.runs >= worst[0]:
+            worst = (t.promoted / t.runs, t.promoted, t.runs, f"{model_name}/{layout}/{arms}")
+        if arms == 1 and t.overall_intervals:
+            coverage.append(t.overall_covered / t.overall_intervals)
+        if arms == 1 and t.category_intervals:
+            coverage.append(t.category_covered / t.category_intervals)
+    print()
+    rate, k, n, where = worst
+    return [f"false_promotion_max={rate:.4f} ci_high={clopper_pearson(k, n)[1]:.4f} at={where.replace(' ', '_')}",
+            f"coverage_min={min(coverage):.4f} coverage_max={max(coverage):.4f}"]
+
+
+def power_block(args, layouts) -> None:
+    print("| data model | test-set layout | arms | +0.5 promoted | +1.0 promoted |")
+    print("|---|---|---|---|---|")
+    jobs, labels = [], []
+    for m, model_name in enumerate(args.models):
+        if model_name not in ("default", "seeds K=2 (seed SD 0.3)", "seeds K=3 (seed SD 0.3)"):
+            continue
+        for i, (name, (layout, turns)) in enumerate(layouts.items()):
+            for arms in (1, 2):
+                for e, effect in enumerate((0.5, 1.0)):
+                    jobs.append((layout, turns, [effect] * arms, args.power_reps,
+                                 args.seed * 1000 + 5000 + m * 100 + i * 10 + arms * 2 + e, MODELS[model_name], GATE,
+                                 None, None))
+                labels.append((model_name, SHORT[name], arms))
+    tallies = run_cells(jobs, args.jobs)
+    for j, (model_name, layout, arms) in enumerate(labels):
+        half, one = tallies[2 * j], tallies[2 * j + 1]
+        print(f"| {model_name} | {layout} | {arms} | {_pct(half.promoted, half.runs)} | {_pct(one.promoted, one.runs)} |")
+    print()
+
+
+def regression_block(args, layouts) -> list[str]:
+    print("| data model | test-set layout | arms | -1.0 in one category (overall +0.3): blocked | named as the reason |")
+    print("|---|---|---|---|---|")
+    jobs, labels = [], []
+    for m, model_name in enumerate(args.models):
+        for i, (name, (layout, turns)) in enumerate(layouts.items()):
+            if max(layout) < 10:
+                continue
+            shift, extra = regression_shifts(layout)
+            for arms in (1, 2):
+                jobs.append((layout, turns, [shift] * arms, args.power_reps, args.seed * 1000 + 8000 + m * 100 + i * 10
+                             + arms, MODELS[model_name], GATE, extra, None))
+                labels.append((model_name, SHORT[name], arms))
+    tallies = run_cells(jobs, args.jobs)
+    lowest = 1.0
+    for (model_name, layout, arms), t in zip(labels, tallies):
+        blocked = t.runs - t.promoted
+        print(f"| {model_name} | {layout} | {arms} | {_pct(blocked, t.runs)} | {_pct(t.regression_blocked, t.runs)} |")
+        lowest = min(lowest, blocked / t.runs)
+    print()
+    return [f"regression_blocked_min={lowest:.3f}"]
+
+
+def fallback_block(args) -> list[str]:
+    """The champion could not be re-evaluated: the gate compares the challenger's overall with the
+    champion's logged overall and interval, which came from another draw of questions (6 x 7,
+    default model, no true difference)."""
+    from selfguided.components.evaluation.gate import decide_promotion
+    from selfguided.components.evaluation.paired import compare_rows
+
+    layout, turns = LAYOUTS["bundled sample questions, 6 x 7"]
+    rng = np.random.default_rng(args.seed * 1000 + 9000)
+    promoted = 0
+    for _ in range(args.reps):
+        champion_run = simulate_rows(rng, layout, turns, [0.0])
+        logged_row = RowJudgments("champion", "trained", champion_run[1].judgments, base_model="sim", arm="self_guided",
+                                  judge=JUDGE)
+        summary = compare_rows([logged_row], comparisons=[]).rows[0]
+        metrics = {"judge/overall": summary.overall.mean}
+        if summary.overall.has_interval:
+            metrics.update({"judge/overall_ci_low": summary.overall.ci_low, "judge/overall_ci_high": summary.overall.ci_high})
+        challenger = simulate_rows(rng, layout, turns, [0.0])[1]
+        decision = decide_promotion(challenger, None, GATE, fallback_champion_metrics=metrics,
+                                    fallback_champion_judge=JUDGE)
+        promoted += decision.promote
+    print("| unpaired fallback (champion's logged overall from another draw of questions, 6 x 7) | promoted, no true "
+          "difference |")
+    print("|---|---|")
+    print(f"| the champion's logged interval carried | {_rate(promoted, args.reps)} |")
+    print()
+    return [f"fallback_false_promotion={promoted / args.reps:.4f}"]
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ SMOKE = {
     "llm_throughput.py": ["--n", "12", "--rpm", "0", "--max-concurrent", "64", "--latency", "0.01",
                           "--concurrency", "4"],
     "startup.py": ["--repeats", "1", "--steps", "register"],
-    "gate_simulation.py": ["--reps", "5", "--effects", "0"],
+    "gate_simulation.py": ["--quick"],
     "memory_plan_check.py": ["--model", "tiny", "--method", "lora", "--tokens", "256", "--steps", "1"],
 }
 

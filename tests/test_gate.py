@@ -66,24 +66,72 @@ def test_identical_models_are_never_promoted():
     assert "cannot show an improvement" in decision.reasons[0]
 
 
-def test_a_challenger_better_by_the_same_amount_on_every_question_is_not_promoted_on_a_width_0_interval():
-    """+1.00 on every question is a spread of 0, not certainty: no interval, no promotion, said why."""
+def test_a_challenger_better_by_the_same_amount_on_every_question_is_decided_by_the_exact_sign_test():
+    """+1.00 on every question is a spread of 0: no interval (never a width-0 one), but not "no evidence"
+    either: the exact sign test gives 2^-60 (issue 28). Five such questions (2^-5 = 0.031) are too few."""
     champion = make_row("champion/v3", "champion", seed=5)
     shifted = [dict(j, score=j["score"] + 1.0, scores={**j["scores"], "overall": j["score"] + 1.0})
                for j in champion.judgments]
     better = RowJudgments("tiny/self_guided", "trained", shifted, base_model="tiny", arm="self_guided", judge=JUDGE)
     decision = decide_promotion(better, champion)
-    assert not decision.promote and "all alike: no spread" in decision.reasons[0]
+    assert decision.promote, decision.reasons
+    assert "all alike: no spread" in decision.reasons[0] and "exact sign test p 8.67e-19 (2^-60) < 0.02" in decision.reasons[0]
+    assert decision.figures["overall_difference"]["ci_low"] is None
+    few = decide_promotion(RowJudgments("tiny/self_guided", "trained", shifted[:5], base_model="tiny", arm="self_guided",
+                                        judge=JUDGE),
+                           RowJudgments("champion/v3", "champion", champion.judgments[:5], judge=JUDGE),
+                           PromotionGate(min_paired_questions=5))
+    assert not few.promote and "p 0.0312 (2^-5) is not below 0.02" in few.reasons[0]
 
 
-def test_a_credibly_worse_category_blocks_after_holm():
+def test_zero_spread_in_a_category_is_never_read_as_certainty():
+    """A voting category whose 5 questions are all -0.50: the old rule read it as p = 0 (credibly worse);
+    the sign test gives 2^-5 = 0.031 (not below 0.02 after Holm). Under the non-inferiority rule it
+    blocks because it does not show it is within -0.25, not because of a width-0 interval."""
+    champion = make_row("champion/v3", "champion", seed=80, cats=CATS[:3], noise=0.5)
+    judgments = [dict(j) for j in champion.judgments]
+    challenger = []
+    for j in judgments:
+        delta = -0.5 if j["category"] == CATS[0] else 1.5
+        challenger.append(dict(j, score=j["score"] + delta, scores={**j["scores"], "overall": j["score"] + delta}))
+    poem_five = [j for j in challenger if j["category"] != CATS[0]] + [j for j in challenger if j["category"] == CATS[0]][:5]
+    keep = {(j["question_id"], j.get("turn", 1)) for j in poem_five}
+    bar = RowJudgments("champion/v3", "champion", [j for j in judgments if (j["question_id"], j.get("turn", 1)) in keep],
+                       judge=JUDGE)
+    # spread elsewhere so the overall has an interval
+    rng = __import__("numpy").random.default_rng(3)
+    for j in poem_five:
+        if j["category"] != CATS[0]:
+            j["score"] += float(rng.normal(0, 0.3))
+            j["scores"] = {**j["scores"], "overall": j["score"]}
+    row = RowJudgments("tiny/self_guided", "trained", poem_five, base_model="tiny", arm="self_guided", judge=JUDGE)
+    old = decide_promotion(row, bar, PromotionGate(category_rule="credibly_worse"))
+    cat = old.figures["categories"][CATS[0]]
+    assert cat["n_questions"] == 5 and cat["se"] == 0.0
+    assert cat["p_worse_holm"] == pytest.approx(3 * 0.5 ** 5)  # Holm over 3 categories, not 0
+    assert old.promote, old.reasons
+    new = decide_promotion(row, bar)
+    assert not new.promote
+    assert any(r.startswith(f"category {CATS[0]} does not show it is within -0.25") for r in new.reasons)
+
+
+def test_a_category_that_does_not_show_it_is_within_tolerance_blocks_and_says_what_it_needs():
     champion = make_row("champion/v3", "champion", seed=30, noise=0.3)
     challenger = make_row("tiny/self_guided", arm="self_guided", shift=1.0, shifts={"poem": -2.5}, seed=31, noise=0.3)
     decision = decide_promotion(challenger, champion)
     assert decision.figures["overall_lower_bound"] > 0  # better overall ...
     assert not decision.promote  # ... but not at poem's expense
-    assert any(r.startswith("category poem is credibly worse than -0.25: paired difference -") and "Holm" in r
-               for r in decision.reasons)
+    reason = next(r for r in decision.reasons if r.startswith("category poem "))
+    assert reason.startswith("category poem does not show it is within -0.25 of the champion row (its paired difference "
+                             "must lie above -0.25): -"), reason
+    assert "questions would show it for a category truly no worse (80% power)" in reason
+    old = decide_promotion(challenger, champion, PromotionGate(category_rule="credibly_worse"))
+    assert not old.promote and any(r.startswith("category poem is credibly worse than -0.25") and "Holm" in r
+                                   for r in old.reasons)
+    # a category a little worse than the tolerance is no longer waved through for lack of evidence
+    slight = make_row("tiny/self_guided", arm="self_guided", shift=1.0, shifts={"poem": -1.4}, seed=31, noise=1.5)
+    noisy_champion = make_row("champion/v3", "champion", seed=30, noise=1.5)
+    assert not decide_promotion(slight, noisy_champion).promote
 
 
 def test_small_categories_do_not_vote_and_do_not_crash():
@@ -100,7 +148,9 @@ def test_small_categories_do_not_vote_and_do_not_crash():
     decision = decide_promotion(challenger, champion, PromotionGate(min_paired_questions=5))
     votes = {c: f["votes"] for c, f in decision.figures["categories"].items()}
     assert votes == {"poem": False, "blog": True, "novel": True, "scenario": False, "news": False}
-    assert any("do not vote" in r and "poem (n=1)" in r for r in decision.reasons)
+    small = next(r for r in decision.reasons if "do not vote" in r)
+    assert re.search(r"poem \(n=1: down to -\d\.\d\d\)", small), small  # the largest regression it could hide
+    assert decision.figures["categories"]["poem"]["could_hide"] < decision.figures["categories"]["poem"]["mean"]
     assert math.isfinite(decision.figures["overall_lower_bound"])
 
 
@@ -123,9 +173,18 @@ def test_judge_mismatch_refuses():
 
 def test_fallback_without_a_champion_row_says_so():
     challenger = make_row("tiny/self_guided", arm="self_guided", shift=1.0, seed=2)
-    logged = {"judge/overall": 5.0, **{f"judge/{c}/overall": 5.0 for c in CATS}}
+    logged = {"judge/overall": 5.0, "judge/overall_ci_low": 4.7, "judge/overall_ci_high": 5.3,
+              **{f"judge/{c}/overall": 5.0 for c in CATS}}
     decision = decide_promotion(challenger, None, fallback_champion_metrics=logged, fallback_champion_judge=JUDGE)
     assert decision.promote, decision.reasons
+    # the champion's own uncertainty is carried: its se from the logged interval widens the bound
+    assert decision.figures["champion_se"] == pytest.approx(0.3 / 1.959964, rel=1e-4)
+    diff = decision.figures["fallback_difference"]
+    assert diff["se"] ** 2 == pytest.approx(decision.figures["challenger_overall"]["se"] ** 2 + (0.3 / 1.959964) ** 2)
+    # a logged overall without an interval is not a known constant: nothing is promoted
+    bare = {k: v for k, v in logged.items() if "_ci_" not in k}
+    no_ci = decide_promotion(challenger, None, fallback_champion_metrics=bare, fallback_champion_judge=JUDGE)
+    assert not no_ci.promote and any("its own uncertainty is unknown" in r for r in no_ci.reasons)
     assert decision.reasons[0].startswith("fallback: the champion could not be re-evaluated")
     assert decision.figures["mode"] == "fallback_unpaired"
     worse = decide_promotion(challenger, None, fallback_champion_metrics={**logged, "judge/overall": 7.5},

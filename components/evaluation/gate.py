@@ -39,7 +39,8 @@ from selfguided.components.evaluation.paired import (
 )
 from selfguided.components.evaluation.rows import RowJudgments, parse_row
 from selfguided.components.evaluation.statistics import (
-    MIN_CATEGORY_QUESTIONS, Estimate, as_float, holm, jsonable, no_interval_reason, p_below,
+    MIN_CATEGORY_QUESTIONS, Estimate, as_float, holm, jsonable, no_interval_reason, one_question_spread, p_above,
+    p_below, questions_needed, t_quantile,
 )
 from selfguided.components.evaluation.summaries import RowSummary, summarise_row
 
@@ -69,6 +70,14 @@ class PromotionGate:
     min_paired_questions: int = 20
     min_category_questions: int = MIN_CATEGORY_QUESTIONS
     alpha: float = 0.02
+    noninferiority_alpha: float = 0.5
+    """The per-category rule (issue 28): a voting category must show it is within -promotion_tolerance
+    of the bar, its one-sided (1 - noninferiority_alpha) lower bound above -promotion_tolerance (at
+    0.5: its paired difference above it). Chosen by benchmarks/gate_simulation.py --blocks rules: a
+    stricter level costs the power at +0.5 on 80 x 2 that the issue asks to keep."""
+    category_rule: str = "non_inferior"
+    """`non_inferior` (the rule above) or `credibly_worse` (the rule before issue 28, kept to measure
+    against: a category blocks only when credibly worse, Holm-adjusted at alpha)."""
     min_judge_agreement: float = 0.0
     """With a jury of two or more judges: refuse when their Krippendorff's alpha is below it (0: off);
     see `judge_agreement_rule`."""
@@ -84,6 +93,11 @@ class PromotionGate:
             raise ValueError(f"PromotionGate.min_category_questions must be >= 2, got {self.min_category_questions}")
         if not 0 < self.alpha < 0.5:
             raise ValueError(f"PromotionGate.alpha must lie in (0, 0.5), got {self.alpha}")
+        if not 0 < self.noninferiority_alpha <= 0.5:
+            raise ValueError(f"PromotionGate.noninferiority_alpha must lie in (0, 0.5], got {self.noninferiority_alpha}")
+        if self.category_rule not in ("non_inferior", "credibly_worse"):
+            raise ValueError(f"PromotionGate.category_rule must be non_inferior or credibly_worse, got "
+                             f"{self.category_rule!r}")
 
 
 @dataclass
@@ -234,6 +248,21 @@ def _decide_paired(members: list[RowJudgments], bar: RowJudgments, gate: Promoti
             f"({pair.n_pairs} (question, turn) pairs{seeds}); {level} {_signed(bound)} ({why})")
     if math.isfinite(bound) and bound > gate.min_improvement:
         passing.append(f"{head} > min_improvement {gate.min_improvement:.2f}")
+    elif overall.no_spread and pair.n_questions >= 1:
+        # every question moved alike: no interval, but the exact sign test says how sure (issue 28)
+        p_sign = p_above(overall, gate.min_improvement)
+        figures["overall_sign_test_p"] = p_sign
+        if overall.mean <= gate.min_improvement:
+            blocking.append(f"{head}: no interval ({no_interval_reason(overall)}) and no question above min_improvement "
+                            f"{gate.min_improvement:.2f}, cannot show an improvement")
+        elif p_sign < alpha:
+            passing.append(f"{head}; all {overall.n_questions} questions alike above min_improvement "
+                           f"{gate.min_improvement:.2f}: exact sign test p {p_sign:.3g} (2^-{overall.n_questions}) < "
+                           f"{alpha:g}")
+        else:
+            blocking.append(f"{head}; all {overall.n_questions} questions alike above min_improvement "
+                            f"{gate.min_improvement:.2f}, but the exact sign test p {p_sign:.3g} "
+                            f"(2^-{overall.n_questions}) is not below {alpha:g}: too few questions to show an improvement")
     elif not math.isfinite(bound):
         blocking.append(f"{head}: no interval ({no_interval_reason(overall)}), cannot show an improvement")
     else:
@@ -241,30 +270,72 @@ def _decide_paired(members: list[RowJudgments], bar: RowJudgments, gate: Promoti
     if pair.missing:
         blocking.append(f"categories {', '.join(pair.missing)} have no shared scored (question, turn) pairs: they cannot be "
                         "compared and could hide a regression")
-    voting = {c: d for c, d in pair.categories.items() if d.estimate.n_questions >= gate.min_category_questions}
-    small = [f"{c} (n={d.estimate.n_questions})" for c, d in pair.categories.items() if c not in voting]
-    p_worse = holm([p_below(d.estimate, -gate.promotion_tolerance) for d in voting.values()])
-    figures["categories"] = {c: {**d.estimate.to_dict(), "votes": c in voting,
-                                 "p_worse_holm": dict(zip(voting, p_worse)).get(c)} for c, d in pair.categories.items()}
-    worse = [c for c, p in zip(voting, p_worse) if math.isfinite(p) and p < gate.alpha]
-    for category in worse:
-        est = voting[category].estimate
-        blocking.append(f"category {category} is credibly worse than -{gate.promotion_tolerance:.2f}: paired difference "
-                        f"{ci_text(est)} over {est.n_questions} questions (Holm-adjusted one-sided p "
-                        f"{dict(zip(voting, p_worse))[category]:.3g} < {gate.alpha:g})")
-    if not worse and voting:
-        lowest = min(voting, key=lambda c: voting[c].estimate.mean)
-        passing.append(f"no category credibly worse than -{gate.promotion_tolerance:.2f} (Holm across {len(voting)} "
-                       f"categories; lowest: {lowest} {ci_text(voting[lowest].estimate)})")
-    if small:
-        passing.append(f"categories with fewer than {gate.min_category_questions} questions do not vote, their variance "
-                       f"is in the overall interval: {', '.join(small)}")
+    blocking += _category_rule(pair, gate, figures, bar_name, passing)
     lc = pair.overall.length_controlled
     if lc is not None:
         figures["overall_length_controlled"] = lc.to_dict()
         passing.append(f"for information: length-controlled overall difference {ci_text(lc)} "
                        "(the difference expected at equal answer length)")
     return GateDecision(not blocking, blocking + passing, figures)
+
+
+def _category_rule(pair: PairedComparison, gate: PromotionGate, figures: dict[str, Any], bar_name: str,
+                   passing: list[str]) -> list[str]:
+    """The per-category rule: the blocking reasons (passing ones appended to `passing`).
+
+    non_inferior (issue 28): a category with at least min_category_questions questions must show it is
+    within -promotion_tolerance of the bar (one-sided (1 - noninferiority_alpha) lower bound above it;
+    exact sign test when its questions are all alike); one that does not blocks, named with the
+    questions it would need. Smaller categories do not vote; each is listed with the largest
+    regression it could hide (its one-sided 97.5% lower bound: own spread, or for 1-question
+    categories the spread between them). credibly_worse: the rule before issue 28."""
+    tol = gate.promotion_tolerance
+    m = gate.min_category_questions
+    voting = {c: d.estimate for c, d in pair.categories.items() if d.estimate.n_questions >= m}
+    p_worse = dict(zip(voting, holm([p_below(e, -tol) for e in voting.values()])))
+    beta = gate.noninferiority_alpha
+    p_within = {c: p_above(e, -tol) for c, e in voting.items()}
+    blocking: list[str] = []
+    if gate.category_rule == "credibly_worse":
+        failing = [c for c, p in p_worse.items() if math.isfinite(p) and p < gate.alpha]
+        for c in failing:
+            blocking.append(f"category {c} is credibly worse than -{tol:.2f}: paired difference {ci_text(voting[c])} "
+                            f"over {voting[c].n_questions} questions (Holm-adjusted one-sided p {p_worse[c]:.3g} < "
+                            f"{gate.alpha:g})")
+        if not failing and voting:
+            lowest = min(voting, key=lambda c: voting[c].mean)
+            passing.append(f"no category credibly worse than -{tol:.2f} (Holm across {len(voting)} categories; lowest: "
+                           f"{lowest} {ci_text(voting[lowest])})")
+    else:
+        failing = [c for c, p in p_within.items() if not (math.isfinite(p) and p < beta)]
+        what = "above" if beta == 0.5 else f"with its one-sided {100 * (1 - beta):.4g}% lower bound above"
+        for c in failing:
+            est = voting[c]
+            need = questions_needed(est, tol, beta) if not est.no_spread else math.nan
+            more = (f"; about {need:.0f} questions would show it for a category truly no worse (80% power)"
+                    if math.isfinite(need) else "")
+            blocking.append(f"category {c} does not show it is within -{tol:.2f} of {bar_name} (its paired difference "
+                            f"must lie {what} -{tol:.2f}): {ci_text(est)} over {est.n_questions} questions, one-sided "
+                            f"p {p_within[c]:.3g} >= {beta:g}{more}")
+        if not failing and voting:
+            lowest = min(voting, key=lambda c: voting[c].mean)
+            passing.append(f"every category with {m} or more questions shows it is within -{tol:.2f} (its paired "
+                           f"difference {what} -{tol:.2f}; lowest: {lowest} {ci_text(voting[lowest])})")
+    small = {c: d.estimate for c, d in pair.categories.items() if c not in voting}
+    ones = [e.mean for e in small.values() if e.n_questions == 1]
+    hide: dict[str, float] = {}
+    for c, est in small.items():
+        se, df = (est.se, est.df) if est.n_questions >= 2 else one_question_spread(ones)
+        hide[c] = est.mean - t_quantile(0.975, df) * se if math.isfinite(se) and se > 0 and df > 0 else math.nan
+    figures["categories"] = {c: {**d.estimate.to_dict(), "votes": c in voting, "p_worse_holm": p_worse.get(c),
+                                 "p_within_tolerance": p_within.get(c), "could_hide": hide.get(c)}
+                             for c, d in pair.categories.items()}
+    if small:
+        listed = ", ".join(f"{c} (n={e.n_questions}: down to {_signed(hide[c])})" if math.isfinite(hide[c]) else
+                           f"{c} (n={e.n_questions}: any, no spread to bound it)" for c, e in small.items())
+        passing.append(f"categories with fewer than {m} questions do not vote, their variance is in the overall "
+                       f"interval; the largest regression each could hide (one-sided 97.5% lower bound): {listed}")
+    return blocking
 
 
 def _valid_number(value: Any) -> float | None:
@@ -307,14 +378,30 @@ def _decide_fallback(members: list[RowJudgments], metrics: Mapping[str, float], 
     champion_overall = _valid_number(metrics.get(OVERALL))
     figures["champion_overall"] = champion_overall
     alpha = gate.alpha / max(1, k)
-    bound = summary.overall.lower_bound(alpha)
+    # The champion's logged overall came from its own draw of questions: it carries its own
+    # uncertainty, read from its logged 95% interval (as a normal one: a t interval's se is smaller,
+    # so this errs wide). Treating it as a known constant promoted noise 6.5% of the time (issue 28).
+    low, high = (_valid_number(metrics.get(f"{OVERALL}_ci_{end}")) for end in ("low", "high"))
+    champion_se = (high - low) / 2 / t_quantile(0.975, math.inf) if low is not None and high is not None else math.nan
+    figures["champion_se"] = champion_se
+    own = summary.overall
     if champion_overall is None:
         blocking.append("the champion's metrics have no judge/overall to compare against; promote by hand")
+    elif not math.isfinite(champion_se):
+        blocking.append(f"the champion's logged overall {champion_overall:.2f} has no interval ({OVERALL}_ci_low / "
+                        "_ci_high): its own uncertainty is unknown, so an unpaired comparison cannot be made; promote "
+                        "by hand")
     else:
-        head = (f"challenger overall {ci_text(summary.overall).lstrip('+')} vs the champion's logged overall "
-                f"{champion_overall:.2f}: one-sided {100 * (1 - alpha):.4g}% lower bound minus champion "
-                f"{_signed(bound - champion_overall)}")
-        if math.isfinite(bound) and bound - champion_overall > gate.min_improvement:
+        diff_se = math.sqrt(own.se ** 2 + champion_se ** 2) if math.isfinite(own.se) else math.nan
+        df = (diff_se ** 4 / (own.se ** 4 / own.df)) if math.isfinite(diff_se) and own.se > 0 and own.df > 0 \
+            else math.nan
+        diff = Estimate(own.mean - champion_overall, math.nan, math.nan, own.n, own.n_questions, diff_se, df)
+        bound = diff.lower_bound(alpha)
+        figures["fallback_difference"] = diff.to_dict()
+        head = (f"challenger overall {ci_text(own).lstrip('+')} vs the champion's logged overall {champion_overall:.2f} "
+                f"[95% CI {low:.2f}, {high:.2f}]: difference {_signed(diff.mean)}, its one-sided "
+                f"{100 * (1 - alpha):.4g}% lower bound {_signed(bound)} (both uncertainties)")
+        if math.isfinite(bound) and bound > gate.min_improvement:
             passing.append(f"{head} > min_improvement {gate.min_improvement:.2f}")
         else:
             blocking.append(f"{head}, not above min_improvement {gate.min_improvement:.2f}")

@@ -7,10 +7,12 @@
 - *Overall*: the mean over categories of the category mean differences, its variance carrying
   every category (statistics.stratified_mean).
 - *Replicates* (A trained with several seeds): the difference of each item is the mean over A's
-  replicates; the variance adds the between-replicate variance of the per-replicate estimates
-  divided by the number of replicates (a two-stage variance: seeds, then questions; slightly
-  conservative, it counts the answer noise twice), with Satterthwaite df. One replicate: exactly
-  the plain paired difference.
+  replicates; the variance is the between-replicate variance of the per-replicate estimates
+  divided by the number of replicates (seed and the challenger's answer noise, K - 1 df) plus the
+  question variance less the challenger's answer-noise part (estimated from the replicates' question
+  values after their common shifts), so nothing is counted twice; the K - 1 df are honoured by
+  Banerjee's conservative rule (statistics.combine; Satterthwaite promoted noise 5-7% with two
+  seeds). One replicate: exactly the plain paired difference.
 - *Length*: the length-controlled difference is the intercept of the regression of the paired
   score difference on the paired log-length difference (the difference expected at equal answer
   length); overall with one common slope and one intercept per category, reported as the mean of
@@ -33,7 +35,7 @@ from selfguided.components.data.categories import category_order
 from selfguided.components.evaluation.rows import ParsedRow, RowJudgments, parse_row
 from selfguided.components.evaluation.statistics import (
     CONFIDENCE, EMPTY, MIN_CATEGORY_QUESTIONS, Estimate, as_float, cluster_mean, clusters, holm, jsonable,
-    ols_contrast, stratified_mean, t_quantile, two_sided_p,
+    combine, ols_contrast, stratified_mean, t_quantile, two_sided_p,
 )
 from selfguided.components.evaluation.summaries import RowSummary, summarise_row
 
@@ -113,17 +115,43 @@ def _wtl(diffs: Sequence[float], eps: float) -> tuple[int, int, int]:
     return int(np.sum(d >= eps)), ties, int(np.sum(d <= -eps))
 
 
-def _with_seed_variance(est: Estimate, per_replicate: Sequence[float], show: bool) -> tuple[Estimate, float]:
-    """`est` (on replicate-mean differences) with the between-replicate variance of `per_replicate` / K added."""
+def _replicate_noise(per_rep: Mapping[str, list[list[tuple[str, float]]]], order: Sequence[str]) -> dict[str, float]:
+    """Per category, the part of one replicate's category mean that is answer noise, not seed:
+    sum over its questions of their answer-noise variance / n^2, each question's from its values across
+    replicates after the replicates' common shifts are removed (two-way residuals, (K-1)(N-1) df)."""
+    values = {c: np.stack([(lambda x: x[:, 0] / x[:, 1])(clusters(rep)) for rep in per_rep[c]]) for c in order}
+    x = np.concatenate([values[c] for c in order], axis=1)
+    k, n = x.shape
+    if k < 2 or n < 2:
+        return {c: 0.0 for c in order}
+    residual = x - x.mean(axis=0, keepdims=True) - (x.mean(axis=1, keepdims=True) - x.mean())
+    per_question = (residual ** 2).sum(axis=0) / (k - 1) * n / (n - 1)
+    out, start = {}, 0
+    for c in order:
+        size = values[c].shape[1]
+        out[c] = float(per_question[start:start + size].sum()) / size ** 2
+        start += size
+    return out
+
+
+def _with_seed_variance(est: Estimate, per_replicate: Sequence[float], show: bool,
+                        answer_var: float = 0.0) -> tuple[Estimate, float]:
+    """`est` (on replicate-mean differences) with the between-replicate variance of `per_replicate` / K
+    added (seed and the challenger's answer noise: a scaled chi-square on K - 1 df), and the part of
+    `est`'s variance that is the challenger's answer noise (`answer_var` / K) taken out, so it is not
+    counted twice (that made the interval cover 97-100%)."""
     k = len(per_replicate)
     if k < 2 or not math.isfinite(est.mean):
         return est, _NAN
     seed_var = float(np.var(per_replicate, ddof=1)) / k
-    q_var = est.se ** 2 if math.isfinite(est.se) else _NAN
-    variance = q_var + seed_var
-    terms = [(v, d) for v, d in ((q_var, est.df), (seed_var, k - 1.0)) if v > 0]
-    denominator = sum(v * v / d for v, d in terms)
-    df = variance ** 2 / denominator if denominator > 0 else est.df
+    q_var = max(0.0, est.se ** 2 - answer_var / k) if math.isfinite(est.se) else _NAN
+    if not math.isfinite(q_var):
+        return Estimate(est.mean, _NAN, _NAN, est.n, est.n_questions, _NAN, _NAN), math.sqrt(seed_var)
+    # The seed term has K - 1 df (1 with two seeds): added by Banerjee's conservative rule, not
+    # Satterthwaite, which reads a seed spread that came out small by chance as many df (issue 28).
+    variance, df = combine([(q_var, est.df)], [(seed_var, k - 1.0)])
+    if seed_var <= 0:
+        df = est.df
     se = math.sqrt(variance) if math.isfinite(variance) else _NAN
     if show and math.isfinite(se) and se > 0 and df > 0:
         half = t_quantile(1 - (1 - CONFIDENCE) / 2, df) * se
@@ -191,12 +219,13 @@ def paired_comparison(a: Sequence[tuple[RowJudgments, ParsedRow]], b: tuple[RowJ
 
     diffs: dict[str, PairedDiff] = {}
     strata = {c: clusters([(q, d) for q, d, _ in shared[c]]) for c in order}
+    noise = _replicate_noise(per_rep, order) if len(a) > 1 and order else {}
     for category in order:
         entries = shared[category]
         est = cluster_mean(strata[category], min_questions=min_questions)
         if len(a) > 1:
             est, seed_se = _with_seed_variance(est, [cluster_mean(clusters(reps)).mean for reps in per_rep[category]],
-                                               est.has_interval)
+                                               est.has_interval, noise[category])
         else:
             seed_se = _NAN
         p = two_sided_p(est) if est.has_interval else _NAN
@@ -212,7 +241,8 @@ def paired_comparison(a: Sequence[tuple[RowJudgments, ParsedRow]], b: tuple[RowJ
         if len(a) > 1:
             per_replicate = [stratified_mean([clusters(per_rep[c][r]) for c in order], min_questions=min_questions).mean
                              for r in range(len(a))]
-            est, seed_se = _with_seed_variance(est, per_replicate, est.has_interval)
+            est, seed_se = _with_seed_variance(est, per_replicate, est.has_interval,
+                                               sum(noise.values()) / len(order) ** 2)
         overall_lc = None
         if all(any(x is not None for *_, x in shared[c]) for c in order):  # same categories as the difference
             overall_lc = _length_fit_overall([shared[c] for c in order], min_questions)
