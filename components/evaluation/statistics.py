@@ -51,10 +51,16 @@ POWER = 0.8
 _NAN = float("nan")
 
 
-def _special() -> Any:
-    from scipy import special
+_SPECIAL: Any = None
 
-    return special
+
+def _special() -> Any:
+    global _SPECIAL
+    if _SPECIAL is None:
+        from scipy import special
+
+        _SPECIAL = special
+    return _SPECIAL
 
 
 def t_quantile(p: float, df: float) -> float:
@@ -197,8 +203,6 @@ def combine(terms: Sequence[tuple[float, float]], bounded: Sequence[tuple[float,
     `terms`; `bounded` terms (few df, able to dominate: the 1-question categories, the training
     seeds) are added by Banerjee's conservative rule, half-width^2 = t_rest^2 V_rest + sum t_i^2 v_i,
     returned as the df whose t quantile gives that half-width at BANERJEE_LEVEL (one-sided)."""
-    from scipy import optimize
-
     terms = [(float(v), float(d)) for v, d in terms if math.isfinite(v) and d > 0]
     bounded = [(float(v), float(d)) for v, d in bounded if math.isfinite(v) and d > 0]
     v_rest = sum(v for v, _ in terms)
@@ -213,8 +217,8 @@ def combine(terms: Sequence[tuple[float, float]], bounded: Sequence[tuple[float,
         / math.sqrt(variance)
     if q <= t_quantile(p, math.inf) * (1 + 1e-12):
         return variance, math.inf
-    low = min(d for _, d in extra) * 0.5
-    return variance, float(optimize.brentq(lambda d: t_quantile(p, d) - q, max(low, 1e-3), 1e9, xtol=1e-6))
+    df = float(_special().stdtridf(p, q))  # the df whose p-quantile is q
+    return variance, df if math.isfinite(df) and df < 1e9 else math.inf
 
 
 def stratified_mean(strata: Sequence[np.ndarray], *, min_questions: int = MIN_CATEGORY_QUESTIONS) -> Estimate:
