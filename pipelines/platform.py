@@ -42,8 +42,8 @@ from selfguided.components.llm.config import (  # noqa: E402,F401
     OWN_ENDPOINT_KEYS_MOUNT_PATH as JUDGE_KEYS_MOUNT_PATH,
     OWN_ENDPOINT_KEYS_SECRET_NAME as JUDGE_KEYS_SECRET_NAME,
 )
-# The pipeline's MLflow identity (components/registry/auth.py owns the names; manifests/ creates it).
-from selfguided.components.registry.auth import (  # noqa: E402
+# The pipeline's MLflow identity (components/registry/names.py owns the names; manifests/ creates it).
+from selfguided.components.registry.names import (  # noqa: E402
     PIPELINE_AUTH_SECRET_KEYS as MLFLOW_AUTH_SECRET_KEYS,
     PIPELINE_AUTH_SECRET_NAME as MLFLOW_AUTH_SECRET_NAME,
 )
@@ -74,9 +74,32 @@ HF_HOME = f"{CACHE_MOUNT_PATH}/huggingface"
 # A multi-node fine-tuning (num_nodes > 1) runs as a Kubeflow Trainer TrainJob (manifests/training):
 # its nodes mount the cache volume for data, checkpoints and the model output, and land on the GPU
 # pool. The finetune task reads these (components/training/trainjob.py: ClusterSettings).
+# Image pull secrets of every task and TrainJob pod (comma-separated Secret names; "" = none).
+IMAGE_PULL_SECRETS = [n.strip() for n in os.environ.get("SELFGUIDED_IMAGE_PULL_SECRETS", "").split(",") if n.strip()]
+# Kueue (optional): a LocalQueue of the profile namespace that every GPU pod and TrainJob is labelled
+# with, so GPU work waits for the ClusterQueue's quota (docs/run-on-kubeflow.md, "Kueue").
+KUEUE_QUEUE = os.environ.get("SELFGUIDED_KUEUE_QUEUE", "")
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+# At most this many (base model, arm, replicate) runs train at once: arms x replicates cannot
+# scale the GPU pool without bound.
+GPU_PARALLELISM = int(os.environ.get("SELFGUIDED_GPU_PARALLELISM", "4"))
+# A fine-tuning's wall-clock bound: the TrainJob's activeDeadlineSeconds, and (plus an hour) the
+# finetune task's own timeout, so nothing waits forever.
+TRAINJOB_DEADLINE_S = int(os.environ.get("SELFGUIDED_TRAINJOB_DEADLINE_S", str(3 * 24 * 3600)))
+FINETUNE_TIMEOUT_S = TRAINJOB_DEADLINE_S + 3600
+
 TRAINJOB_ENV = {
     "SELFGUIDED_SHARED_PVC": CACHE_PVC_NAME,
     "SELFGUIDED_SHARED_MOUNT": CACHE_MOUNT_PATH,
     "SELFGUIDED_GPU_NODE_SELECTOR": json.dumps(GPU_NODE_SELECTOR),
     "SELFGUIDED_GPU_TOLERATIONS": json.dumps(GPU_TOLERATIONS),
+    # the image this pipeline was compiled with, not the default the pod would compute
+    "SELFGUIDED_TRAINJOB_IMAGE": GPU_IMAGE,
+    "SELFGUIDED_GPU_STEP_CPU": GPU_STEP_CPU,  # per GPU: the TrainJob asks for gpus_per_node times it
+    "SELFGUIDED_GPU_STEP_MEMORY": GPU_STEP_MEMORY,
+    "SELFGUIDED_SHM_SIZE": SHM_SIZE,
+    "SELFGUIDED_SERVICE_ACCOUNT": PIPELINE_SERVICE_ACCOUNT,
+    "SELFGUIDED_IMAGE_PULL_SECRETS": ",".join(IMAGE_PULL_SECRETS),
+    "SELFGUIDED_KUEUE_QUEUE": KUEUE_QUEUE,
+    "SELFGUIDED_TRAINJOB_DEADLINE_S": str(TRAINJOB_DEADLINE_S),
 }

@@ -33,6 +33,7 @@ from manifest_tools import secret_data as _secret_data
 from servers import S3_CREDENTIALS, _stop_group, _wait_healthy, free_port, s3_server  # noqa: F401 (fixture)
 
 from selfguided.components.registry import auth as tracking
+from selfguided.components.registry import names
 from selfguided.pipelines import platform
 
 REPO = Path(__file__).resolve().parents[1]
@@ -198,7 +199,7 @@ def test_pipeline_namespace_has_what_the_compiled_pipeline_names(objects, name):
     namespace = runner[0]["metadata"]["namespace"]
     for secret_name, keys in ((platform.OPENAI_SECRET_NAME, platform.OPENAI_SECRET_KEYS),
                               (platform.S3_SECRET_NAME, platform.S3_SECRET_KEYS),
-                              (tracking.PIPELINE_AUTH_SECRET_NAME, tracking.PIPELINE_AUTH_SECRET_KEYS)):
+                              (names.PIPELINE_AUTH_SECRET_NAME, names.PIPELINE_AUTH_SECRET_KEYS)):
         secret = _find(objs, "Secret", secret_name, namespace)
         optional = {"AWS_ENDPOINT_URL_S3"}  # the S3 endpoint: absent means AWS itself
         assert set(keys) - optional <= set(_secret_data(secret)) <= set(keys), \
@@ -363,12 +364,12 @@ def test_mlflow_asks_for_a_login_and_lets_people_read(objects, name):
 def test_pipeline_user_job_creates_the_identity_the_pipeline_logs_in_with(objects, name):
     objs = objects[name]
     runner_namespace = _find(objs, "ServiceAccount", "selfguided-pipeline")["metadata"]["namespace"]
-    identity = _secret_data(_find(objs, "Secret", tracking.PIPELINE_AUTH_SECRET_NAME, runner_namespace))
+    identity = _secret_data(_find(objs, "Secret", names.PIPELINE_AUTH_SECRET_NAME, runner_namespace))
     job = _find(objs, "Job", "mlflow-pipeline-user", "selfguided")
     pod = job["spec"]["template"]
     (container,) = pod["spec"]["containers"]
     assert container["image"] == platform.CPU_IMAGE
-    assert container["command"] == ["python", "-m", "selfguided.components.registry.auth", "create-pipeline-user"]
+    assert container["command"] == ["python", "-m", "selfguided.pipelines.cli.mlflow_auth", "create-pipeline-user"]
     args = dict(a.removeprefix("--").split("=", 1) for a in container["args"])
     assert args["tracking-uri"] == platform.MLFLOW_TRACKING_URI_IN_CLUSTER
 

@@ -28,9 +28,10 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from servers import _stop_group, _wait_healthy, free_port
 
-from selfguided.components.registry import auth as tracking
-from selfguided.components.registry.names import CHAMPION
-from selfguided.components.registry.auth import TrackingAccessError, check_tracking_access, create_pipeline_user
+from selfguided.components.registry.auth import check_tracking_access, create_pipeline_user
+from selfguided.components.registry.names import CHAMPION, PIPELINE_AUTH_SECRET_NAME
+from selfguided.components.registry.tracking_server import TrackingAccessError
+from selfguided.pipelines.cli import mlflow_auth
 
 pytestmark = pytest.mark.slow
 
@@ -198,7 +199,7 @@ def test_preflight_without_credentials_names_authentication(auth_server):
         check_tracking_access(auth_server.tracking_uri, experiment_name=EXPERIMENT, registered_model_name=MODEL)
     message = str(raised.value)
     assert "authenticat" in message and "(401)" in message
-    assert "MLFLOW_TRACKING_USERNAME" in message and tracking.PIPELINE_AUTH_SECRET_NAME in message
+    assert "MLFLOW_TRACKING_USERNAME" in message and PIPELINE_AUTH_SECRET_NAME in message
     assert auth_server.tracking_uri in message and "\n" not in message
 
 
@@ -274,10 +275,10 @@ def test_create_pipeline_user_is_idempotent_and_rotates_the_password(auth_server
     argv = ["create-pipeline-user", f"--tracking-uri={auth_server.tracking_uri}", "--experiment", EXPERIMENT,
             "--registered-model", MODEL, "--wait-seconds", "5"]
     _as(monkeypatch, user)
-    assert tracking.main(argv) == 0
+    assert mlflow_auth.main(argv) == 0
     rotated = User(user.username, _password())
     _as(monkeypatch, rotated)
-    assert tracking.main(argv) == 0
+    assert mlflow_auth.main(argv) == 0
     out = capsys.readouterr()
     assert f"user '{user.username}' exists: password set" in out.out
     assert f"'{user.username}' already holds EDIT on registered model '{MODEL}'" in out.out
@@ -294,7 +295,7 @@ def test_create_pipeline_user_refuses_a_wrong_admin_password_without_echoing_it(
     monkeypatch.setenv("MLFLOW_AUTH_ADMIN_USERNAME", auth_server.admin_username)
     monkeypatch.setenv("MLFLOW_AUTH_ADMIN_PASSWORD", wrong)
     _as(monkeypatch, User("another-pipeline", pipeline_password))
-    assert tracking.main(["create-pipeline-user", f"--tracking-uri={auth_server.tracking_uri}",
+    assert mlflow_auth.main(["create-pipeline-user", f"--tracking-uri={auth_server.tracking_uri}",
                           "--experiment", EXPERIMENT, "--registered-model", MODEL]) == 1
     err = capsys.readouterr().err
     assert f"user '{auth_server.admin_username}': not authenticated (401)" in err

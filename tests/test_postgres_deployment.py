@@ -40,7 +40,7 @@ from servers import S3_CREDENTIALS, S3Server, _stop_group, _wait_healthy, free_p
 from test_deploy import FakeKubernetes
 from servers import serving
 
-from selfguided.components.registry import auth
+from selfguided.components.registry import names
 from selfguided.components.serving.kserve import deploy_champion
 from selfguided.components.steps.preflight import run_preflight
 from selfguided.components.registry.names import CHAMPION
@@ -226,7 +226,7 @@ def test_pipeline_user_job_created_the_user_and_its_grants(deployment):
 
 
 def test_preflight_passes_as_the_pipeline_user(deployment, monkeypatch):
-    for name, value in _profile_env(deployment, auth.PIPELINE_AUTH_SECRET_NAME).items():
+    for name, value in _profile_env(deployment, names.PIPELINE_AUTH_SECRET_NAME).items():
         monkeypatch.setenv(name, value)
     checked = run_preflight(tracking_uri=deployment.tracking_uri, experiment_name="selfguided",
                             registered_model_name="korean-writing-assistant", llm_models=["offline-heuristic"])
@@ -237,7 +237,7 @@ def test_promoted_champion_is_served_from_where_its_merged_weights_are(deploymen
     """register (as the pipeline user, with the profile's ConfigMap and Secrets as the pipeline maps
     them) -> deploy (against a stand-in Kubernetes API) -> the storageUri it wrote lists the weights."""
     objs = deployment.objects
-    for name, value in _profile_env(deployment, auth.PIPELINE_AUTH_SECRET_NAME).items():
+    for name, value in _profile_env(deployment, names.PIPELINE_AUTH_SECRET_NAME).items():
         monkeypatch.setenv(name, value)
     mlflow_config = find(objs, "ConfigMap", platform.MLFLOW_CONFIG_MAP_NAME, deployment.profile_namespace)["data"]
     for name, value in mlflow_config.items():

@@ -34,7 +34,8 @@ def run_preflight(*, tracking_uri: str, experiment_name: str, registered_model_n
     from selfguided.components.data.jsonl import DataError
     from selfguided.components.data.s3 import check_s3_read_access
     from selfguided.components.llm.config import check_endpoint, endpoint_config
-    from selfguided.components.registry.auth import TrackingAccessError, check_tracking_access
+    from selfguided.components.registry.auth import check_tracking_access
+    from selfguided.components.registry.tracking_server import TrackingAccessError
 
     problems, checked = [], []
     try:
