@@ -3,7 +3,9 @@
 import pytest
 from llm_server import FakeOpenAI
 
-from selfguided.components.llm.config import model_endpoint
+from selfguided.components.judging.jury import parse_judges
+from selfguided.components.llm.config import model_endpoint, parse_model_entry
+from selfguided.components.steps.reference import teacher_models
 from selfguided.components.steps.preflight import PreflightError, run_preflight
 
 
@@ -45,3 +47,18 @@ def test_the_preflight_checks_every_juror_and_teacher_not_only_the_judge_model()
     collect = collect_llm_models.python_func
     assert collect("gpt-4o", "gpt-4o", "", ["gpt-4o-mini"]) == ["gpt-4o", "gpt-4o", "gpt-4o-mini"]
     assert collect("gpt-4o", "gpt-4o", "a, b@http://h/v1,", []) == ["gpt-4o", "a", "b@http://h/v1"]
+
+
+def test_name_at_url_has_one_reader_for_judges_teachers_and_the_preflight():
+    assert parse_model_entry("gpt-4o") == ("gpt-4o", None)
+    assert parse_model_entry(" writer@http://h:8000/v1 ") == ("writer", "http://h:8000/v1")
+    assert model_endpoint("writer@http://h/v1", "x") == ("writer", "http://h/v1")
+    for bad, message in (("a@ftp://x", "after '@' comes the endpoint URL"), ("@http://x", "no model name")):
+        with pytest.raises(ValueError, match=message):
+            parse_model_entry(bad)
+        with pytest.raises(ValueError, match=message):
+            model_endpoint(bad, "x")
+        with pytest.raises(ValueError, match=message):
+            teacher_models([bad])
+        with pytest.raises(ValueError, match=f"judge '{bad}': {message}"):
+            parse_judges(bad)

@@ -43,7 +43,7 @@ from selfguided.components.judging.judge import Judge
 from selfguided.components.judging.llm_judge import LLMJudge
 from selfguided.components.judging.offline import OfflineJudge
 from selfguided.components.judging.rules import JudgeIdentity, judged_ok, judgment_row
-from selfguided.components.llm.config import own_endpoint_key
+from selfguided.components.llm.config import own_endpoint_key, parse_model_entry
 from selfguided.components.model.prompting import CRITERIA
 
 AGGREGATES = ("mean", "median")
@@ -76,12 +76,10 @@ def parse_judges(judges: str | list[str], default: str = "") -> list[JudgeSpec]:
         raise ValueError("no judge: name at least one (--judges gpt-4o, or name@http://host:port/v1)")
     specs = []
     for entry in entries:
-        model, sep, url = entry.partition("@")
-        if sep and not url.startswith(("http://", "https://")):
-            raise ValueError(f"judge {entry!r}: after '@' comes the endpoint URL (http://... or https://...)")
-        if not model:
-            raise ValueError(f"judge {entry!r}: no model name before '@'")
-        specs.append(JudgeSpec(model, url or None))
+        try:
+            specs.append(JudgeSpec(*parse_model_entry(entry)))
+        except ValueError as exc:
+            raise ValueError(f"judge {exc}") from None
     names = [s.model for s in specs]
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:

@@ -85,14 +85,23 @@ def own_endpoint_key(model: str) -> str:
     return os.environ.get(OWN_ENDPOINT_KEY_ENV) or "unused"
 
 
+def parse_model_entry(entry: str) -> tuple[str, str | None]:
+    """(model, its own endpoint or None) of a model entry as a run names its judges and teachers:
+    `gpt-4o-mini` (on the run's endpoint), or `name@http://host:port/v1` for a model on an
+    OpenAI-compatible endpoint of its own (a served champion, a vLLM server). The one reader of
+    that form; ValueError naming the entry when it is neither."""
+    model, sep, url = entry.strip().partition("@")
+    if sep and not url.startswith(("http://", "https://")):
+        raise ValueError(f"{entry!r}: after '@' comes the endpoint URL (http://... or https://...)")
+    if not model:
+        raise ValueError(f"{entry!r}: no model name before '@'")
+    return model, url or None
+
+
 def model_endpoint(entry: str, default_base_url: str) -> tuple[str, str]:
-    """(model, base_url) of a model entry: `gpt-4o-mini` (on `default_base_url`), or
-    `name@http://host:port/v1` for a model on an OpenAI-compatible endpoint of its own (a served
-    champion, a vLLM server)."""
-    model, sep, url = entry.partition("@")
-    if sep and url.startswith(("http://", "https://")):
-        return model, url
-    return entry, default_base_url
+    """(model, base_url) of a model entry (`parse_model_entry`); the run's endpoint when it names none."""
+    model, url = parse_model_entry(entry)
+    return model, url or default_base_url
 
 
 def endpoint_config(step: str, entry: str, *, base_url: str, concurrency: int, cache: str) -> "LLMConfig":

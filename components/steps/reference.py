@@ -26,6 +26,7 @@ from kfp.dsl.component_decorator import component  # `dsl.component` is absent w
 
 from selfguided.components.data.jsonl import write_jsonl
 from selfguided.components.data.questions import load_questions
+from selfguided.components.llm.config import parse_model_entry
 from selfguided.components.images import GPU_IMAGE, CPU_IMAGE
 
 PLAIN_PROMPT = ("unscored", "condition")  # the arm and strategy whose prompt is the plain one
@@ -34,7 +35,7 @@ PLAIN_PROMPT = ("unscored", "condition")  # the arm and strategy whose prompt is
 def teacher_models(reference_models: List[str]) -> List[str]:
     """The teacher rows' models, each once (`name` or `name@url`); two entries with one name are an error."""
     teachers = list(dict.fromkeys(m.strip() for m in reference_models if m.strip()))
-    names = [m.partition("@")[0] for m in teachers]
+    names = [parse_model_entry(m)[0] for m in teachers]  # ValueError for a malformed entry
     if len(set(names)) != len(names):
         raise ValueError(f"reference_models names a model twice ({', '.join(teachers)}): each teacher row needs "
                          "its own name")
