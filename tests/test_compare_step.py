@@ -53,13 +53,14 @@ def test_a_champion_that_could_not_be_evaluated_is_compared_with_its_logged_metr
     from selfguided.components.evaluation.judge_summary import ChampionFallback
 
     written = list(rows(tmp_path, unscored=5.0, self_guided=7.0).values())
-    fallback = ChampionFallback({"judge/overall": 5.0}, "offline-heuristic/heuristic-v1")
+    logged = {"judge/overall": 5.0, "judge/overall_ci_low": 4.8, "judge/overall_ci_high": 5.2}
+    fallback = ChampionFallback(logged, "offline-heuristic/heuristic-v1")
     written.append(write_row(tmp_path, "champion", [], row_kind="champion", base_model="", model="3",
                              note="champion v3 could not be re-evaluated", fallback=fallback))
     result = run_compare(*files(written))
     assert result.decision.figures["mode"] == "fallback_unpaired" and result.decision.promote
     written[-1] = write_row(tmp_path, "champion", [], row_kind="champion", base_model="", model="3", note="x",
-                            fallback=ChampionFallback({"judge/overall": 5.0}, "gpt-4o/judge-single-v1"))
+                            fallback=ChampionFallback(logged, "gpt-4o/judge-single-v1"))
     assert "not comparable" in run_compare(*files(written)).decision.reasons[1]
 
 
@@ -197,8 +198,8 @@ def _jury_rows(tmp_path, agree: bool):
 def test_the_jurys_agreement_is_a_rule_of_the_gate_with_its_reason_in_the_decision(tmp_path, agree):
     """--min-judge-agreement: the gate refuses a challenger the judges do not agree on, reason first;
     the same rows with judges that agree promote. Nothing edits the decision after the gate."""
-    gate = PromotionGate(min_paired_questions=10, min_judge_agreement=0.5)
-    result = run_compare(*_jury_rows(tmp_path, agree), gate=gate, scoring_model="gpt-4o")
+    result = run_compare(*_jury_rows(tmp_path, agree), gate=PromotionGate(min_paired_questions=10),
+                         min_judge_agreement=0.5, scoring_model="gpt-4o")
     alpha = result.judges.overall_alpha
     assert result.decision.figures["judge_alpha"] == pytest.approx(alpha)
     assert set(result.decision.figures["judges"]) == {"gpt-4o-mini", "claude-sonnet", "qwen-72b"}
@@ -219,7 +220,7 @@ def test_the_jurys_agreement_is_a_rule_of_the_gate_with_its_reason_in_the_decisi
 def test_one_judge_and_min_judge_agreement_says_it_was_not_checked(tmp_path):
     written = list(rows(tmp_path, unscored=5.0, self_guided=7.0).values())
     written.append(write_row(tmp_path, "base", make_judgments(category_scores(3.0), spread=0.4, seed=8), row_kind="base"))
-    result = run_compare(*files(written), gate=PromotionGate(min_paired_questions=5, min_judge_agreement=0.5))
+    result = run_compare(*files(written), gate=PromotionGate(min_paired_questions=5), min_judge_agreement=0.5)
     assert result.decision.promote
     assert any("--min-judge-agreement 0.5 was not checked" in r and "had 1 (offline-heuristic)" in r
                for r in result.decision.reasons)

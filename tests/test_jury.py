@@ -18,7 +18,8 @@ from selfguided.components.evaluation.agreement import (
     model_family,
     spearman,
 )
-from selfguided.components.evaluation.gate import GateDecision, judge_agreement_rule
+from selfguided.components.evaluation.gate import GateDecision
+from selfguided.components.evaluation.gate_rules import judge_agreement_rule
 from selfguided.components.evaluation.report import judges_section
 from selfguided.components.evaluation.rows import RowJudgments
 from selfguided.components.judging.jury import JudgeSpec, JuryConfig, JuryUsage, judge_with_jury, parse_judges
@@ -91,8 +92,8 @@ def test_a_jury_of_fair_length_loving_and_noisy_judges_shows_their_disagreement(
     assert "The judges disagree" in text and "would promote different rows" in text
     assert "fair vs long" in text and "share from the judge" in text
     passed = GateDecision(True, ["better on evidence"])
-    assert not judge_agreement_rule(passed, agreement.check(), 0.5).promote
-    assert judge_agreement_rule(passed, agreement.check(), 0.0).promote
+    assert not judge_agreement_rule(passed, agreement, 0.5).promote
+    assert judge_agreement_rule(passed, agreement, 0.0).promote
     cost = agreement.cost
     assert cost["noisy"]["per_1000"] > cost["fair"]["per_1000"] > 0 and cost["jury"]["answers"] == 2 * len(QUESTIONS)
     assert cost["jury"]["cost_usd"] == pytest.approx(sum(cost[j]["cost_usd"] for j in ("fair", "long", "noisy")))

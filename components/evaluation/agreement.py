@@ -25,8 +25,8 @@ Output: `jury_agreement` -> `JuryAgreement`, whose figures are
 - Cost per 1000 answers per judge and for the jury, and the items each judge lacks.
 
 `warnings()` says in plain words when alpha < ALPHA_WARNING or the judges would promote different
-rows; `check()` is what the gate's judge-agreement rule reads (gate.JuryCheck). The Markdown section
-is report.judges_section's.
+rows; the gate's judge-agreement rule (gate_rules.judge_agreement_rule) reads alpha and the
+warnings. The Markdown section is report.judges_section's.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from dataclasses import asdict, dataclass, field
 from itertools import combinations
 from typing import Any, Sequence
 
-from selfguided.components.evaluation.gate import JuryCheck, best_candidate
+from selfguided.components.evaluation.gate import best_candidate
 from selfguided.components.evaluation.rows import RowJudgments, category_means
 from selfguided.components.judging.jury import judge_scores
 
@@ -246,10 +246,6 @@ class JuryAgreement:
                 out.append(f"Judge {judge} has no verdict for {count} item(s); those were scored by the others "
                            f"only where enough judges answered ({self.failed_items} item(s) failed for a partial jury).")
         return out
-
-    def check(self) -> JuryCheck:
-        """What the gate's judge-agreement rule reads."""
-        return JuryCheck(list(self.judges), self.overall_alpha, self.warnings())
 
     def metrics(self) -> dict[str, dict[str, float]]:
         """row -> each judge's own MLflow metrics (names: metrics.per_judge_metric,

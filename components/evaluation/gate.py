@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from selfguided.components.evaluation.paired import (
     Comparison, PairedComparison, compare_rows, default_comparisons, paired_comparison, paired_comparisons,
@@ -78,9 +78,6 @@ class PromotionGate:
     category_rule: str = "non_inferior"
     """`non_inferior` (the rule above) or `credibly_worse` (the rule before issue 28, kept to measure
     against: a category blocks only when credibly worse, Holm-adjusted at alpha)."""
-    min_judge_agreement: float = 0.0
-    """With a jury of two or more judges: refuse when their Krippendorff's alpha is below it (0: off);
-    see `judge_agreement_rule`."""
 
     def __post_init__(self) -> None:
         for name in ("min_improvement", "promotion_tolerance"):
@@ -430,12 +427,14 @@ class Evaluation:
 
 def evaluate_run(rows: Sequence[RowJudgments], gate: PromotionGate = PromotionGate(), *,
                  existing_champion: str | None = None, fallback: Mapping[str, Any] | None = None,
-                 gpu_hour_usd: float = 0.0, jury: JuryCheck | None = None) -> Evaluation:
+                 gpu_hour_usd: float = 0.0, rules: Sequence[Callable[[GateDecision], GateDecision]] = ()
+                 ) -> Evaluation:
     """Summarise every row, pick the challenger, compare it with its bar once, and decide.
 
     existing_champion: the registry champion's version when there is one (its row may be missing:
         it could not be re-evaluated). fallback: {"metrics", "judge"} logged for that champion.
-    jury: the jury's agreement (agreement.JuryAgreement.check), for `judge_agreement_rule`.
+    rules: the gate's rules on what lies outside the scores (gate_rules.py, e.g. the jury's
+        agreement), each taking the decision and returning it, applied in order.
     """
     rows = list(rows)
     parsed = {r.row: parse_row(r) for r in rows}
@@ -462,57 +461,6 @@ def evaluate_run(rows: Sequence[RowJudgments], gate: PromotionGate = PromotionGa
                                     fallback_champion_metrics=fallback.get("metrics") if champion is None and fallback
                                     else None, fallback_champion_judge=fallback.get("judge"),
                                     n_candidates=challenger.n_candidates, pair=pair)
-    if jury is not None:
-        decision = judge_agreement_rule(decision, jury, gate.min_judge_agreement)
+    for rule in rules:
+        decision = rule(decision)
     return Evaluation(comparison, challenger, decision)
-
-
-# ---------------------------------------------------------------------------------------------
-# Rules that refuse on what lies outside the scores: the jury's agreement, the champion moving
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class JuryCheck:
-    """What the judge-agreement rule reads of the jury (agreement.JuryAgreement.check): its judges,
-    their overall Krippendorff's alpha (NaN: not measurable) and the plain-words warnings."""
-
-    judges: list[str]
-    alpha: float
-    warnings: list[str]
-
-
-def judge_agreement_rule(decision: GateDecision, jury: JuryCheck, min_agreement: float) -> GateDecision:
-    """The decision with the jury's verdict on itself: with two or more judges, a refusal (first) when
-    their alpha is below `min_agreement` (0: never) or cannot be measured while asked for, and the
-    jury's warnings after the other reasons; with one judge, a note when `min_agreement` was asked for."""
-    figures = {**decision.figures, "judges": list(jury.judges), "judge_alpha": jury.alpha,
-               "min_judge_agreement": min_agreement}
-    if len(jury.judges) < 2:
-        note = ([f"--min-judge-agreement {min_agreement:g} was not checked: it needs a jury of two or more judges "
-                 f"(--judges), this run had {len(jury.judges)} ({', '.join(jury.judges) or 'none'})"]
-                if min_agreement > 0 else [])
-        return GateDecision(decision.promote, decision.reasons + note, figures)
-    refusal = None
-    if min_agreement > 0 and not math.isfinite(jury.alpha):
-        refusal = (f"judge agreement could not be measured (too few items scored by two judges), and "
-                   f"--min-judge-agreement {min_agreement:g} asks for it: nothing is promoted")
-    elif min_agreement > 0 and jury.alpha < min_agreement:
-        refusal = (f"the judges agree too little to promote on their verdict: Krippendorff's alpha "
-                   f"{jury.alpha:.2f} < --min-judge-agreement {min_agreement:g}")
-    if refusal is None:
-        return GateDecision(decision.promote, decision.reasons + list(jury.warnings), figures)
-    if decision.promote:
-        return GateDecision(False, [refusal, *decision.reasons, *jury.warnings], figures)
-    return GateDecision(False, [*decision.reasons, refusal, *jury.warnings], figures)
-
-
-def champion_moved_rule(decision: GateDecision, evaluated: str | None, current: str | None) -> GateDecision:
-    """The decision as it stands when the aliases move: the evidence is about the champion the run
-    evaluated (`evaluated`, None: none); if the registry's champion is another one now (`current`),
-    nothing is promoted, first reason saying so."""
-    if not decision.promote or current is None or str(current) == str(evaluated or ""):
-        return decision
-    return GateDecision(False, [f"the champion moved to v{current} while this run compared the challenger with "
-                                f"{'v' + str(evaluated) if evaluated else 'no champion'}; rerun to compare with the "
-                                "current one", *decision.reasons], decision.figures)

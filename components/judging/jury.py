@@ -239,7 +239,7 @@ def jury_identity(members: list[JudgeIdentity], aggregate: str = "mean") -> Judg
     if len(members) == 1:
         return members[0]
     prompts = sorted({(m.prompt, m.prompt_version) for m in members})
-    prompt, version = prompts[0] if len(prompts) == 1 else ("+".join(f"{p}-v{v}" for p, v in prompts), "0")
+    prompt, version = prompts[0] if len(prompts) == 1 else ("+".join(sorted({m.prompt_id for m in members})), "0")
     return JudgeIdentity(f"jury-{aggregate}({','.join(sorted(m.model for m in members))})", prompt, version, "single")
 
 

@@ -16,6 +16,7 @@ from kfp.dsl.component_decorator import component  # `dsl.component` is absent w
 from selfguided.components.evaluation.agreement import jury_agreement
 from selfguided.components.evaluation.compare_result import CompareResult, RowIdentity
 from selfguided.components.evaluation.gate import PromotionGate, evaluate_run
+from selfguided.components.evaluation.gate_rules import judge_agreement_rule
 from selfguided.components.evaluation.judge_summary import JudgeSummary, load_row
 from selfguided.components.evaluation.metrics import metrics_for_row
 from selfguided.components.evaluation.report import ReportSection, judges_section, report_html, report_markdown
@@ -23,11 +24,13 @@ from selfguided.components.images import CPU_IMAGE
 
 
 def decide(summary_files: Sequence[str], judgment_files: Sequence[str], *, gate: PromotionGate,
-           gpu_hour_usd: float = 0.0, scoring_model: str = "") -> tuple[CompareResult, list[JudgeSummary]]:
+           gpu_hour_usd: float = 0.0, min_judge_agreement: float = 0.0, scoring_model: str = ""
+           ) -> tuple[CompareResult, list[JudgeSummary]]:
     """Everything the compare step decides, and the rows' summaries: every row read once
     (judge_summary.load_row; the i-th summary file belongs to the i-th judgments file, as the
     pipeline's loops collected them, checked against the judgments' model), the jury's agreement,
-    and the gate's decision with every rule (the jury's included). The challenger is the best
+    and the gate's decision with every rule (the jury's agreement included: gate_rules.judge_agreement_rule,
+    refusing below `min_judge_agreement`). The challenger is the best
     candidate arm (gate.pick_challenger); its bar is the registry's champion re-evaluated in this run,
     or with no champion yet the untuned base row of its base model (evaluation.gate)."""
     if len(summary_files) != len(judgment_files):
@@ -45,7 +48,8 @@ def decide(summary_files: Sequence[str], judgment_files: Sequence[str], *, gate:
     fallback = champion.fallback if champion else None
     agreement = jury_agreement(rows, scoring_model=scoring_model)
     evaluation = evaluate_run(rows, gate, existing_champion=existing, gpu_hour_usd=gpu_hour_usd,
-                              fallback=fallback.to_json() if fallback else None, jury=agreement.check())
+                              fallback=fallback.to_json() if fallback else None,
+                              rules=[lambda decision: judge_agreement_rule(decision, agreement, min_judge_agreement)])
     judge_metrics = agreement.metrics()
     metrics = {r.row: {**metrics_for_row(evaluation.comparison, r.row), **judge_metrics.get(r.row, {})} for r in rows}
     result = CompareResult(evaluation.comparison, evaluation.decision, evaluation.challenger, existing, metrics,
@@ -55,12 +59,13 @@ def decide(summary_files: Sequence[str], judgment_files: Sequence[str], *, gate:
 
 def run_compare_step(summary_files: Sequence[str], judgment_files: Sequence[str], result_path: str,
                      report_path: str, html_path: str, *, gate: PromotionGate, gpu_hour_usd: float = 0.0,
-                     scoring_model: str = "", tracking_uri: str = "", experiment_name: str = "") -> CompareResult:
+                     min_judge_agreement: float = 0.0, scoring_model: str = "", tracking_uri: str = "",
+                     experiment_name: str = "") -> CompareResult:
     """What the KFP component does: decide, then write the result (CompareResult) and both reports.
     With a tracking URI, the report also says how the judges fared against the editors' HUMAN scores
     of earlier runs' review samples (registry/review.py)."""
     result, summaries = decide(summary_files, judgment_files, gate=gate, gpu_hour_usd=gpu_hour_usd,
-                               scoring_model=scoring_model)
+                               min_judge_agreement=min_judge_agreement, scoring_model=scoring_model)
     sections = [judges_section(result.judges)]
     if tracking_uri:
         from selfguided.components.registry.review import editors_section
@@ -147,14 +152,14 @@ def compare(
     from selfguided.components.steps.compare import run_compare_step
 
     gate = PromotionGate(min_improvement=min_improvement, promotion_tolerance=promotion_tolerance,
-                         min_paired_questions=min_paired_questions, min_judge_agreement=min_judge_agreement)
+                         min_paired_questions=min_paired_questions)
     teachers = read_evidence(teacher_rows.path)
     summary_files = [s.path for s in summaries] + [s.path for s in reference_summaries] + [t.summary for t in teachers]
     judgment_files = [j.path for j in judgments] + [j.path for j in reference_judgments] + [t.judgments for t in teachers]
     write_evidence(evidence.path, summary_files, judgment_files, trained=len(summaries))
     outcome = run_compare_step(summary_files, judgment_files, result.path, report.path, report_page.path, gate=gate,
-                               gpu_hour_usd=gpu_hour_usd, scoring_model=scoring_model, tracking_uri=tracking_uri,
-                               experiment_name=experiment_name)
+                               gpu_hour_usd=gpu_hour_usd, min_judge_agreement=min_judge_agreement,
+                               scoring_model=scoring_model, tracking_uri=tracking_uri, experiment_name=experiment_name)
     for row, values in outcome.metrics.items():
         if OVERALL in values:
             metrics.log_metric(f"{row}/overall", values[OVERALL])  # the KFP UI's name: row, then its overall
