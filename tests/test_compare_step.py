@@ -12,7 +12,7 @@ from selfguided.components.evaluation.judge_summary import load_row
 from selfguided.components.steps.compare import run_compare_step
 
 
-def run_compare(summary_files, judgment_files, *, gate=PromotionGate(), folder=None, **options) -> CompareResult:
+def compare_step(summary_files, judgment_files, *, gate=PromotionGate(), folder=None, **options) -> CompareResult:
     """The compare step as the pipeline runs it, its result read back from its file (what register reads)."""
     folder = folder or Path(summary_files[0]).parent
     returned = run_compare_step(summary_files, judgment_files, str(folder / "r.json"), str(folder / "r.md"),
@@ -34,7 +34,7 @@ def files(written):
 
 def test_control_is_a_yardstick_and_never_the_challenger(tmp_path):
     written = rows(tmp_path, unscored=5.0, self_guided=5.5, control=8.0)
-    result = run_compare(*files(written.values()))
+    result = compare_step(*files(written.values()))
     assert result.challenger.arm == "self_guided"
 
 
@@ -42,7 +42,7 @@ def test_a_champion_that_could_not_be_evaluated_is_never_replaced_on_no_evidence
     written = list(rows(tmp_path, unscored=5.0, self_guided=7.0).values())
     written.append(write_row(tmp_path, "champion", [], row_kind="champion", base_model="", model="3",
                              note="champion v3 could not be re-evaluated: OSError: disk full"))
-    result = run_compare(*files(written))
+    result = compare_step(*files(written))
     assert not result.decision.promote and result.champion_version == "3"
     assert result.decision.reasons[0].startswith("champion v3 exists but could not be re-evaluated")
     assert result.notes == ["champion/v3: champion v3 could not be re-evaluated: OSError: disk full"]
@@ -57,11 +57,11 @@ def test_a_champion_that_could_not_be_evaluated_is_compared_with_its_logged_metr
     fallback = ChampionFallback(logged, "offline-heuristic/heuristic-v1")
     written.append(write_row(tmp_path, "champion", [], row_kind="champion", base_model="", model="3",
                              note="champion v3 could not be re-evaluated", fallback=fallback))
-    result = run_compare(*files(written))
+    result = compare_step(*files(written))
     assert result.decision.figures["mode"] == "fallback_unpaired" and result.decision.promote
     written[-1] = write_row(tmp_path, "champion", [], row_kind="champion", base_model="", model="3", note="x",
                             fallback=ChampionFallback(logged, "gpt-4o/judge-single-v1"))
-    assert "not comparable" in run_compare(*files(written)).decision.reasons[1]
+    assert "not comparable" in compare_step(*files(written)).decision.reasons[1]
 
 
 def test_the_champion_row_is_compared_pair_by_pair(tmp_path):
@@ -69,7 +69,7 @@ def test_the_champion_row_is_compared_pair_by_pair(tmp_path):
     written.append(write_row(tmp_path, "champion", make_judgments(category_scores(5.0), spread=0.4, seed=9),
                              row_kind="champion", base_model="", model="3"))
     summary = tmp_path / "r.json"
-    result = run_compare(*files(written), folder=summary.parent)
+    result = compare_step(*files(written), folder=summary.parent)
     assert result.decision.promote and result.champion_version == "3"
     assert "overall paired difference +" in result.decision.reasons[0]
     report = (tmp_path / "r.md").read_text(encoding="utf-8")
@@ -84,7 +84,7 @@ def test_the_champion_row_is_compared_pair_by_pair(tmp_path):
 def test_an_llm_judge_needs_no_disclaimer(tmp_path):
     written = [write_row(tmp_path, arm, make_judgments(category_scores(score), spread=0.4, seed=i), arm=arm,
                          judge_model="gpt-4o") for i, (arm, score) in enumerate([("unscored", 5.0), ("self_guided", 6.0)])]
-    result = run_compare(*files(written))
+    result = compare_step(*files(written))
     assert {r.judge for r in result.rows} == {"gpt-4o/judge-single-v1"}
     assert "does not measure quality" not in (tmp_path / "r.md").read_text(encoding="utf-8")
 
@@ -101,8 +101,8 @@ def test_judgments_paired_with_the_wrong_summary_are_refused(tmp_path):
         summary = json.loads(path.read_text(encoding="utf-8"))
         path.write_text(json.dumps({**summary, "answer_model": model}), encoding="utf-8")
     with pytest.raises(DataError, match="paired with the summary of 'tiny/unscored'"):
-        run_compare([s1, s2], [j2, j1])
-    assert run_compare([s1, s2], [j1, j2]).challenger.arm == "self_guided"
+        compare_step([s1, s2], [j2, j1])
+    assert compare_step([s1, s2], [j1, j2]).challenger.arm == "self_guided"
 
 
 def test_no_candidate_arm_is_a_clear_error(tmp_path):
@@ -110,7 +110,7 @@ def test_no_candidate_arm_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="no trained row of the arms unscored, self_guided"):
         pick_challenger([load_row(summary, judgments)[1]], [])
     with pytest.raises(ValueError, match="no trained row of the arms unscored, self_guided"):
-        run_compare([str(summary)], [str(judgments)])
+        compare_step([str(summary)], [str(judgments)])
 
 
 def layout_judgments(score, layout, seed):
@@ -126,7 +126,7 @@ def test_the_pipelines_default_eval_fraction_on_the_bundled_seed_completes_and_d
     written = [write_row(tmp_path, arm, layout_judgments(score, layout, i), arm=arm)
                for i, (arm, score) in enumerate([("unscored", 5.0), ("self_guided", 7.0)])]
     written.append(write_row(tmp_path, "base", layout_judgments(3.0, layout, 9), row_kind="base"))
-    result = run_compare(*files(written))
+    result = compare_step(*files(written))
     assert result.decision.promote, result.decision.reasons
     assert result.decision.figures["mode"] == "first_champion"
     report = (tmp_path / "r.md").read_text(encoding="utf-8")
@@ -138,7 +138,7 @@ def test_a_trained_row_worse_than_the_base_is_never_the_first_champion(tmp_path)
     written = list(rows(tmp_path, unscored=3.0, self_guided=3.3).values())
     written.append(write_row(tmp_path, "base", make_judgments(category_scores(6.9), spread=0.4, seed=7),
                              row_kind="base"))
-    result = run_compare(*files(written))
+    result = compare_step(*files(written))
     assert not result.decision.promote
     assert result.decision.reasons[0].startswith("no champion yet: the first champion must beat its untuned base")
 
@@ -150,7 +150,7 @@ def test_training_seed_replicates_are_one_arm_with_their_seed_spread_in_the_repo
                        arm="self_guided", replicate=1)
     written += [second, write_row(tmp_path, "base", make_judgments(category_scores(3.0), spread=0.4, seed=8),
                                   row_kind="base")]
-    result = run_compare(*files(written), folder=tmp_path)
+    result = compare_step(*files(written), folder=tmp_path)
     assert result.challenger.rows == ["tiny/self_guided", "tiny/self_guided#1"]
     assert result.challenger.row == "tiny/self_guided"  # the better seed is the one registered
     assert [r.replicate for r in result.rows] == [0, 0, 1, 0]
@@ -198,7 +198,7 @@ def _jury_rows(tmp_path, agree: bool):
 def test_the_jurys_agreement_is_a_rule_of_the_gate_with_its_reason_in_the_decision(tmp_path, agree):
     """--min-judge-agreement: the gate refuses a challenger the judges do not agree on, reason first;
     the same rows with judges that agree promote. Nothing edits the decision after the gate."""
-    result = run_compare(*_jury_rows(tmp_path, agree), gate=PromotionGate(min_paired_questions=10),
+    result = compare_step(*_jury_rows(tmp_path, agree), gate=PromotionGate(min_paired_questions=10),
                          min_judge_agreement=0.5, scoring_model="gpt-4o")
     alpha = result.judges.overall_alpha
     assert result.decision.figures["judge_alpha"] == pytest.approx(alpha)
@@ -220,7 +220,7 @@ def test_the_jurys_agreement_is_a_rule_of_the_gate_with_its_reason_in_the_decisi
 def test_one_judge_and_min_judge_agreement_says_it_was_not_checked(tmp_path):
     written = list(rows(tmp_path, unscored=5.0, self_guided=7.0).values())
     written.append(write_row(tmp_path, "base", make_judgments(category_scores(3.0), spread=0.4, seed=8), row_kind="base"))
-    result = run_compare(*files(written), gate=PromotionGate(min_paired_questions=5), min_judge_agreement=0.5)
+    result = compare_step(*files(written), gate=PromotionGate(min_paired_questions=5), min_judge_agreement=0.5)
     assert result.decision.promote
     assert any("--min-judge-agreement 0.5 was not checked" in r and "had 1 (offline-heuristic)" in r
                for r in result.decision.reasons)

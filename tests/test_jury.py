@@ -191,3 +191,46 @@ def test_a_single_judge_graded_repeatedly_scores_the_mean_of_its_repeats(tmp_pat
         assert len(draws) == 3 and row["score"] == pytest.approx(sum(draws) / 3, abs=1e-3)
         assert cached["judges"] == row["judges"] and cached["score"] == row["score"]
     assert any(len({e["scores"]["overall"] for e in row["judges"]}) > 1 for row in judgments)
+
+
+def test_every_judge_knows_who_it_is_what_it_measures_costs_and_how_mlflow_shows_it():
+    """judging/judge.Judge: the offline stand-in, an LLM judge and juries of them answer for themselves."""
+    from selfguided.components.judging.jury import JURY_SOURCE, Jury, judge_named, judge_of
+    from selfguided.components.judging.llm_judge import LLMJudge
+    from selfguided.components.judging.offline import OFFLINE_JUDGE, OfflineJudge
+
+    offline, llm = judge_named("offline-heuristic"), judge_named("gpt-4o@http://judge-host:8000/v1")
+    assert isinstance(offline, OfflineJudge) and isinstance(llm, LLMJudge)
+    assert (offline.label, llm.label) == ("offline-heuristic/heuristic-v1", "gpt-4o/judge-single-v1")
+    assert llm.endpoint == "http://judge-host:8000/v1"
+    assert not offline.measures_quality and llm.measures_quality and not llm.disclaimer
+    assert "does not measure quality" in offline.disclaimer
+    assert (offline.calls_llm, llm.calls_llm) == (False, True)
+    assert offline.mlflow_source == ("CODE", "offline-heuristic") and llm.mlflow_source == ("LLM_JUDGE", "gpt-4o")
+    usage = {"llm/judge/cost_usd": 0.25}
+    assert (offline.cost_usd(usage), llm.cost_usd(usage)) == (0.0, 0.25)
+    assert isinstance(judge_of(OFFLINE_JUDGE), OfflineJudge) and isinstance(judge_of(llm.identity), LLMJudge)
+    with pytest.raises(ValueError, match="no endpoint configuration"):
+        judge_of(llm.identity).grade([], [])
+    one, mixed = Jury([offline]), Jury([llm, offline, judge_named("claude-sonnet")], "median")
+    assert one.identity == OFFLINE_JUDGE and one.mlflow_source == offline.mlflow_source  # a jury of one is its judge
+    assert mixed.label == "jury-median(claude-sonnet,gpt-4o,offline-heuristic)/heuristic-v1+judge-single-v1-v0"
+    assert not mixed.measures_quality and mixed.calls_llm and mixed.disclaimer == offline.disclaimer
+    assert mixed.mlflow_source == ("CODE", JURY_SOURCE)
+
+
+def test_no_code_outside_the_offline_judge_compares_a_judge_name():
+    """The offline judge's name is compared in its own class only (OfflineJudge.of); everyone else asks the
+    judge (measures_quality, calls_llm, disclaimer, mlflow_source)."""
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    compared = re.compile(r"(==|!=|\bin\b|startswith\()\s*\(?\s*OFFLINE_JUDGE_NAME|OFFLINE_JUDGE_NAME\s*(==|!=|\bin\b)"
+                          r"|[\"']offline-heuristic[\"']\s*(==|!=|\bin\b)|(==|!=)\s*[\"']offline-heuristic[\"']"
+                          r"|startswith\(\s*[\"']jury\(")
+    found = [f"{path.relative_to(root)}:{n}" for folder in ("components", "pipelines") for path in (root / folder).rglob("*.py")
+             for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+             if compared.search(line) and path.name != "offline.py"]
+    assert not found
+    offline = (root / "components/judging/offline.py").read_text(encoding="utf-8")
+    assert len(compared.findall(offline)) == 1  # OfflineJudge.of, the one place

@@ -53,9 +53,10 @@ class OfflineJudge(Judge):
     def of(cls, judge: str | JudgeIdentity) -> OfflineJudge | None:
         """The stand-in when `judge` (a model name as a run names its judge, or an identity as rows
         record it) is the stand-in; None otherwise. The one place its name is compared."""
-        if isinstance(judge, JudgeIdentity):
-            return cls(judge) if judge.model == OFFLINE_JUDGE_NAME else None
-        return cls() if judge == OFFLINE_JUDGE_NAME else None
+        name = judge.model if isinstance(judge, JudgeIdentity) else judge
+        if name != OFFLINE_JUDGE_NAME:
+            return None
+        return cls(judge) if isinstance(judge, JudgeIdentity) else cls()
 
     def grade(self, questions: list[dict[str, Any]], answers: list[dict[str, Any]], *, repeat: int = 0,
               items: set[Item] | None = None) -> tuple[list[dict[str, Any]], dict[str, float]]:
