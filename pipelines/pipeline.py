@@ -61,16 +61,25 @@ def _sized(task: dsl.PipelineTask, kind: str) -> dsl.PipelineTask:
     """CPU and memory of a CPU task (components/images.py: CPU_STEP_RESOURCES, from the node
     profile), and the image pull policy (every task passes here or through _sized_gpu)."""
     wanted = CPU_STEP_RESOURCES[kind]
-    kubernetes.set_image_pull_policy(task, platform.IMAGE_PULL_POLICY)
+    _pulled(task)
     return (task.set_cpu_request(wanted["cpu"]).set_cpu_limit(wanted["cpu"])
             .set_memory_request(wanted["memory"]).set_memory_limit(wanted["memory"]))
+
+
+def _pulled(task: dsl.PipelineTask) -> None:
+    """How every task's image is pulled: the policy, and the pull secrets when the registry needs them."""
+    kubernetes.set_image_pull_policy(task, platform.IMAGE_PULL_POLICY)
+    if platform.IMAGE_PULL_SECRETS:
+        kubernetes.set_image_pull_secrets(task, platform.IMAGE_PULL_SECRETS)
 
 
 def _sized_gpu(task: dsl.PipelineTask) -> dsl.PipelineTask:
     """CPU and memory of a GPU task (platform.GPU_STEP_CPU / GPU_STEP_MEMORY, set at compile time:
     resource requests cannot follow a runtime parameter into a loop)."""
     cpu, memory = platform.GPU_STEP_CPU, platform.GPU_STEP_MEMORY
-    kubernetes.set_image_pull_policy(task, platform.IMAGE_PULL_POLICY)
+    _pulled(task)
+    if platform.KUEUE_QUEUE:  # GPU pods wait for the ClusterQueue's quota
+        kubernetes.add_pod_label(task, platform.KUEUE_QUEUE_LABEL, platform.KUEUE_QUEUE)
     return task.set_cpu_request(cpu).set_cpu_limit(cpu).set_memory_request(memory).set_memory_limit(memory)
 
 
@@ -265,7 +274,7 @@ def self_guided_pipeline(
                 judge_temperature=judge_temperature)
     plan = plan_runs(base_models=base_models, arms=arms, replicates=replicates)
     _sized(plan, "light").set_display_name("plan runs")
-    with dsl.ParallelFor(plan.output, name="model-and-arm") as run:
+    with dsl.ParallelFor(plan.output, name="model-and-arm", parallelism=platform.GPU_PARALLELISM) as run:
         # In the loop: kfp.local cannot pass a task output from outside a ParallelFor into it.
         # Its own pod: num_gpus on the GPU pool; with num_nodes > 1 no GPU and no GPU node (a TrainJob
         # holds them), decided at run time from the pipeline parameter.
@@ -282,6 +291,7 @@ def self_guided_pipeline(
                                                    tolerations=placement.outputs["tolerations"]))).set_retry(
             num_retries=3, backoff_duration="120s")
         finetune_task.set_env_variable("HF_HOME", platform.HF_HOME)
+        kubernetes.set_timeout(finetune_task, platform.FINETUNE_TIMEOUT_S)  # nothing waits forever
         for name, value in platform.TRAINJOB_ENV.items():  # where a multi-node TrainJob runs (trainjob.py)
             finetune_task.set_env_variable(name, value)
 

@@ -103,3 +103,4 @@ TRAINJOB_ENV = {
     "SELFGUIDED_KUEUE_QUEUE": KUEUE_QUEUE,
     "SELFGUIDED_TRAINJOB_DEADLINE_S": str(TRAINJOB_DEADLINE_S),
 }
+TRAINJOB_ENV = {name: value for name, value in TRAINJOB_ENV.items() if value}  # unset ones are not set

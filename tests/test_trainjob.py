@@ -32,21 +32,50 @@ from selfguided.components.training.config import FinetuneConfig
 from selfguided.components.training.memory_plan import DoesNotFit
 from servers import QuietJsonHandler, local_http_server, serving
 
-CRDS = Path(__file__).parent / "data" / "trainer-v2.3.0"
+DATA = Path(__file__).parent / "data"
+CRDS = DATA / "trainer-v2.3.0"
 NAMESPACE = "team-a"
 COLLECTION = f"/apis/{tj.GROUP}/{tj.VERSION}/namespaces/{NAMESPACE}/{tj.PLURAL}"
 PODS = f"/api/v1/namespaces/{NAMESPACE}/pods"
 
 
 @lru_cache
-def crd_schema(plural: str) -> dict:
-    crd = yaml.safe_load((CRDS / f"trainer.kubeflow.org_{plural}.yaml").read_text())
+def crd_schema(plural: str, release: str = "v2.3.0") -> dict:
+    crd = yaml.safe_load((DATA / f"trainer-{release}" / f"trainer.kubeflow.org_{plural}.yaml").read_text())
     (version,) = [v for v in crd["spec"]["versions"] if v["name"] == tj.VERSION]
     return version["schema"]["openAPIV3Schema"]
 
 
-def validate(obj: dict, plural: str) -> None:
-    jsonschema.validate(obj, crd_schema(plural))
+def unknown_fields(obj, schema: dict, path: str = "") -> list[str]:
+    """The fields of `obj` that a structural CRD schema does not declare: what the API server prunes
+    silently by default and rejects under fieldValidation=Strict ('strict decoding error: unknown
+    field "spec.x"'; k8s.io/apiextensions-apiserver pruning, server-side field validation GA in 1.27).
+    metadata is the API server's own; x-kubernetes-preserve-unknown-fields keeps anything."""
+    if schema.get("x-kubernetes-preserve-unknown-fields"):
+        return []
+    found = []
+    if isinstance(obj, dict) and "properties" in schema:
+        for key, value in obj.items():
+            if not path and key in ("apiVersion", "kind", "metadata", "status"):
+                continue
+            where = f"{path}.{key}" if path else key
+            if key not in schema["properties"]:
+                found.append(where)
+            else:
+                found += unknown_fields(value, schema["properties"][key], where)
+    elif isinstance(obj, dict) and isinstance(schema.get("additionalProperties"), dict):
+        for key, value in obj.items():
+            found += unknown_fields(value, schema["additionalProperties"], f"{path}.{key}")
+    elif isinstance(obj, list) and "items" in schema:
+        for index, item in enumerate(obj):
+            found += unknown_fields(item, schema["items"], f"{path}[{index}]")
+    return found
+
+
+def validate(obj: dict, plural: str, release: str = "v2.3.0") -> None:
+    """Valid and nothing pruned: the schema check plus strict field validation."""
+    jsonschema.validate(obj, crd_schema(plural, release))
+    assert unknown_fields(obj, crd_schema(plural, release)) == []
 
 
 def running(progress):
@@ -62,8 +91,9 @@ FAILED = {"conditions": [{"type": "Failed", "status": "True", "reason": "Backoff
 class FakeTrainer:
     """The TrainJob, pod and log endpoints, with a scripted controller."""
 
-    def __init__(self, script, on_complete=None):
+    def __init__(self, script, on_complete=None, release="v2.3.0", pod_status=None):
         self.script, self.on_complete = list(script), on_complete
+        self.release, self.pod_status = release, pod_status  # the cluster's Trainer CRD; a pod's status
         self.trainjobs: dict[str, dict] = {}
         self.requests: list[tuple[str, str]] = []
         self.log_lines: list[str] = []
@@ -75,16 +105,24 @@ class FakeTrainer:
                                  "message": f'trainjobs.trainer.kubeflow.org "{name}" not found', "code": 404})
 
             def _route(self, verb):
-                path = self.path.partition("?")[0]
+                path, _, query = self.path.partition("?")
                 fake.requests.append((verb, path))
                 length = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(length)) if length else None
                 if path == PODS:  # the rank-0 pod, once the TrainJob exists
-                    items = [{"metadata": {"name": f"{n}-node-0-0", "namespace": NAMESPACE}} for n in fake.trainjobs]
+                    items = [{"metadata": {"name": f"{n}-node-0-0", "namespace": NAMESPACE},
+                              **({"status": fake.pod_status} if fake.pod_status else {})} for n in fake.trainjobs]
                     return self._send(200, {"kind": "PodList", "apiVersion": "v1", "items": items})
                 if path.startswith(PODS + "/") and path.endswith("/log"):
                     return self._send(200, "".join(line + "\n" for line in fake.log_lines), "text/plain")
                 if verb == "POST" and path == COLLECTION:
+                    unknown = unknown_fields(body, crd_schema(tj.PLURAL, fake.release))
+                    if unknown and "fieldValidation=Strict" in query:  # the API server's strict decoding
+                        return self._send(400, {
+                            "kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "BadRequest",
+                            "code": 400, "message": f'TrainJob in version "{tj.VERSION}" cannot be handled as a '
+                            f'TrainJob: strict decoding error: '
+                            + ", ".join(f'unknown field "{field}"' for field in unknown)})
                     name = body["metadata"]["name"]
                     if name in fake.trainjobs:
                         return self._send(409, {"kind": "Status", "reason": "AlreadyExists", "code": 409})
@@ -150,7 +188,7 @@ def test_the_trainjob_validates_against_the_trainer_crd():
 
 def test_manifests_runtime_and_rbac_validate():
     folder = Path(__file__).parent.parent / "manifests" / "training"
-    docs = [d for f in sorted(folder.glob("*.yaml")) for d in yaml.safe_load_all(f.read_text()) if d and "kind" in d]
+    docs = [d for f in sorted(folder.rglob("*.yaml")) for d in yaml.safe_load_all(f.read_text()) if d and "kind" in d]
     runtimes = [d for d in docs if d["kind"] == "ClusterTrainingRuntime"]
     assert [r["metadata"]["name"] for r in runtimes] == [tj.RUNTIME]
     validate(runtimes[0], "clustertrainingruntimes")
@@ -301,3 +339,93 @@ def test_compiled_with_two_nodes_the_finetune_task_launches_a_trainjob_and_asks_
     assert env["SELFGUIDED_SHARED_PVC"] == platform.CACHE_PVC_NAME
     assert json.loads(env["SELFGUIDED_GPU_NODE_SELECTOR"]) == platform.GPU_NODE_SELECTOR
     assert "exec-finetune" in kube["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    finetune_pod = kube["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-finetune"]
+    assert int(finetune_pod["activeDeadlineSeconds"]) == platform.FINETUNE_TIMEOUT_S > platform.TRAINJOB_DEADLINE_S
+    assert env["SELFGUIDED_TRAINJOB_IMAGE"] == platform.GPU_IMAGE, "the TrainJob runs the compiled image"
+    (loop_task,) = [t for t in spec["root"]["dag"]["tasks"].values() if "iteratorPolicy" in t
+                    and "finetune" in spec["components"][t["componentRef"]["name"]]["dag"]["tasks"]]
+    assert loop_task["iteratorPolicy"]["parallelismLimit"] == platform.GPU_PARALLELISM, "arms x replicates capped"
+
+
+def full_spec(name="selfguided-ft-full"):
+    return tj.TrainJobSpec(
+        name=name, namespace=NAMESPACE, image="registry.example.com/ml/selfguided-gpu@sha256:" + "a" * 64,
+        command=["torchrun", "-m", "selfguided.components.training.worker"], num_nodes=2, gpus_per_node=8,
+        volume_claim="selfguided-cache", mount_path="/mnt/selfguided", node_selector={"pool": "gpu"},
+        tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        cpu_per_node="24", memory_per_node="192Gi", shm_size="64Gi", service_account="selfguided-pipeline",
+        image_pull_secrets=["regcred"], active_deadline_s=3600, queue_name="gpu-queue")
+
+
+def test_the_trainjob_ends_and_its_pods_are_complete_citizens():
+    """What every node pod needs on a real cluster, expressed in Trainer v2.3's CRD, nothing pruned:
+    out of the Istio mesh (a sidecar keeps the pod Running after torchrun exits), CPU and memory with
+    the GPUs (not BestEffort), /dev/shm, the pipeline's ServiceAccount and pull secret, a restricted
+    securityContext (the image runs as uid 10001), a deadline, and the Kueue queue when one is set."""
+    manifest = tj.trainjob_manifest(full_spec())
+    validate(manifest, "trainjobs")
+    assert manifest["spec"]["activeDeadlineSeconds"] == 3600
+    assert manifest["metadata"]["labels"][tj.KUEUE_QUEUE_LABEL] == "gpu-queue"
+    per_node = manifest["spec"]["trainer"]["resourcesPerNode"]
+    assert per_node["requests"] == per_node["limits"] == {"nvidia.com/gpu": 8, "cpu": "24", "memory": "192Gi"}
+    (patch,) = manifest["spec"]["runtimePatches"]
+    (job,) = patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]
+    pod = job["template"]["spec"]["template"]
+    assert pod["metadata"]["labels"]["sidecar.istio.io/inject"] == "false"
+    spec_ = pod["spec"]
+    assert spec_["serviceAccountName"] == "selfguided-pipeline" and spec_["imagePullSecrets"] == [{"name": "regcred"}]
+    assert spec_["securityContext"]["runAsNonRoot"] is True
+    (container,) = spec_["containers"]
+    assert container["securityContext"] == {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+    assert {"name": "dshm", "mountPath": "/dev/shm"} in container["volumeMounts"]
+    assert {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "64Gi"}} in spec_["volumes"]
+
+
+def test_trainer_v21_cannot_express_the_trainjob_and_the_step_says_which_version_it_needs():
+    """Kubeflow 1.11 bundles Trainer v2.1: its TrainJob has podTemplateOverrides, no runtimePatches
+    and no activeDeadlineSeconds (tests/data/trainer-v2.1.0, from kubeflow/trainer
+    manifests/base/crds at tag v2.1.0). Sent without strict validation, the API server would prune
+    both and the pods would wait forever without their volume; sent Strict, it refuses, and the step
+    names the minimum Trainer version."""
+    assert set(unknown_fields(tj.trainjob_manifest(full_spec()), crd_schema(tj.PLURAL, "v2.1.0"))) == {
+        "spec.runtimePatches", "spec.activeDeadlineSeconds"}
+    fake, lines = FakeTrainer([running(1)], release="v2.1.0"), []
+    with serving(fake.server), pytest.raises(tj.TrainerTooOld, match=r"does not know spec\.activeDeadlineSeconds, "
+                                             r"spec\.runtimePatches: .*needs Kubeflow Trainer v2\.3 or newer"):
+        runner(fake, lines).run(full_spec())
+    assert fake.trainjobs == {}
+
+
+def test_a_pod_that_cannot_start_fails_the_step_with_its_reason_and_deletes_the_trainjob():
+    pulling = {"phase": "Pending", "containerStatuses": [{
+        "name": "node", "image": "registry.example.com/ml/selfguided-gpu:typo", "imageID": "", "ready": False,
+        "restartCount": 0, "state": {"waiting": {"reason": "ImagePullBackOff",
+                                                 "message": 'Back-off pulling image "selfguided-gpu:typo"'}}}]}
+    unschedulable = {"phase": "Pending", "conditions": [{
+        "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+        "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu."}]}
+    for status, reason in ((pulling, "ImagePullBackOff: Back-off pulling image"),
+                           (unschedulable, "Unschedulable: 0/3 nodes are available: 3 Insufficient nvidia.com/gpu")):
+        fake, lines = FakeTrainer([running(0)], pod_status=status), []
+        with serving(fake.server), pytest.raises(tj.TrainJobFailed, match=reason):
+            runner(fake, lines).run(full_spec(), stuck_after_s=0.05)
+        assert fake.trainjobs == {}, "the stuck TrainJob is deleted"
+
+
+def test_the_step_waits_no_longer_than_its_deadline():
+    fake, lines = FakeTrainer([running(1)]), []
+    with serving(fake.server), pytest.raises(tj.TrainJobFailed, match="not finished after 0 s; TrainJob deleted"):
+        runner(fake, lines).run(full_spec(), timeout_s=0.05)
+    assert fake.trainjobs == {}
+
+
+def test_cluster_settings_carry_the_compiled_image_and_the_node_profile(monkeypatch):
+    from selfguided.pipelines import platform
+
+    env = dict(platform.TRAINJOB_ENV, SELFGUIDED_NAMESPACE=NAMESPACE)
+    settings = tj.ClusterSettings.from_env("ghcr.io/selfguided/selfguided-gpu:default-in-the-pod", env)
+    assert settings.image == platform.GPU_IMAGE == env["SELFGUIDED_TRAINJOB_IMAGE"]
+    assert (settings.cpu_per_gpu, settings.memory_per_gpu) == (platform.GPU_STEP_CPU, platform.GPU_STEP_MEMORY)
+    assert settings.service_account == platform.PIPELINE_SERVICE_ACCOUNT
+    assert settings.active_deadline_s == platform.TRAINJOB_DEADLINE_S
+    assert tj._times("3", 8) == "24" and tj._times("24Gi", 8) == "192Gi" and tj._times("", 8) == ""

@@ -29,6 +29,13 @@ RUNTIME = "torch-distributed"  # the ClusterTrainingRuntime Kubeflow Trainer shi
 PATCH_MANAGER = "selfguided.dev/finetune"
 NODE_CONTAINER = "node"  # the container name in the torch-distributed runtime's template
 RANK0_SELECTOR = "jobset.sigs.k8s.io/jobset-name={name},batch.kubernetes.io/job-completion-index=0"
+PODS_SELECTOR = "jobset.sigs.k8s.io/jobset-name={name}"
+MIN_TRAINER = "v2.3"  # spec.runtimePatches and spec.activeDeadlineSeconds first appear in its TrainJob CRD
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+# A pod in one of these waiting states will not start by itself: the step fails with the reason
+# after STUCK_AFTER_S instead of waiting for the TrainJob's deadline.
+STUCK_WAITING = ("ImagePullBackOff", "ErrImagePull", "InvalidImageName", "CreateContainerConfigError",
+                 "CreateContainerError")
 
 
 class TrainJobFailed(RuntimeError):
@@ -51,42 +58,78 @@ class TrainJobSpec:
     tolerations: list[dict[str, Any]] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
     runtime: str = RUNTIME
+    cpu_per_node: str = ""  # requests = limits, with memory, from the node profile (ClusterSettings)
+    memory_per_node: str = ""
+    shm_size: str = "16Gi"  # /dev/shm for NCCL and DataLoader workers with several GPUs per node
+    service_account: str = ""
+    image_pull_secrets: list[str] = field(default_factory=list)
+    active_deadline_s: int = 7 * 24 * 3600  # the Trainer fails the TrainJob (DeadlineExceeded) after this
+    queue_name: str = ""  # a Kueue LocalQueue: the TrainJob waits for quota instead of overcommitting
 
 
 def trainjob_manifest(spec: TrainJobSpec) -> dict[str, Any]:
-    """The TrainJob object (trainer.kubeflow.org/v1alpha1, as in Trainer v2.3's CRD)."""
-    volume = "selfguided-shared"
+    """The TrainJob object (trainer.kubeflow.org/v1alpha1, as in Trainer v2.3's CRD).
+
+    Its pods: the compiled GPU image; out of the Istio mesh (a sidecar keeps a pod Running after
+    torchrun exits, so the TrainJob would never complete: the label Istio's injector reads); CPU,
+    memory and GPUs requested = limits; /dev/shm in memory; the pipeline's ServiceAccount and pull
+    secrets; a restricted securityContext (non-root, no privilege escalation, no capabilities,
+    RuntimeDefault seccomp), as the images run as uid 10001."""
+    volume, shm = "selfguided-shared", "dshm"
+    per_node = {GPU_RESOURCE: spec.gpus_per_node}
+    if spec.cpu_per_node:
+        per_node["cpu"] = spec.cpu_per_node
+    if spec.memory_per_node:
+        per_node["memory"] = spec.memory_per_node
+    labels = {"app.kubernetes.io/part-of": "selfguided", "app.kubernetes.io/component": "finetune"}
+    if spec.queue_name:
+        labels[KUEUE_QUEUE_LABEL] = spec.queue_name
+    pod_spec: dict[str, Any] = {
+        "nodeSelector": spec.node_selector,
+        "tolerations": spec.tolerations,
+        "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+        "volumes": [{"name": volume, "persistentVolumeClaim": {"claimName": spec.volume_claim}},
+                    {"name": shm, "emptyDir": {"medium": "Memory", "sizeLimit": spec.shm_size}}],
+        "containers": [{"name": NODE_CONTAINER,
+                        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+                        "volumeMounts": [{"name": volume, "mountPath": spec.mount_path},
+                                         {"name": shm, "mountPath": "/dev/shm"}]}],
+    }
+    if spec.service_account:
+        pod_spec["serviceAccountName"] = spec.service_account
+    if spec.image_pull_secrets:
+        pod_spec["imagePullSecrets"] = [{"name": name} for name in spec.image_pull_secrets]
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": KIND,
-        "metadata": {"name": spec.name, "namespace": spec.namespace,
-                     "labels": {"app.kubernetes.io/part-of": "selfguided", "app.kubernetes.io/component": "finetune"}},
+        "metadata": {"name": spec.name, "namespace": spec.namespace, "labels": labels},
         "spec": {
             "runtimeRef": {"name": spec.runtime, "kind": "ClusterTrainingRuntime", "apiGroup": GROUP},
+            "activeDeadlineSeconds": int(spec.active_deadline_s),
             "trainer": {
                 "image": spec.image,
                 "command": spec.command,
                 "numNodes": spec.num_nodes,
                 "numProcPerNode": spec.gpus_per_node,
-                "resourcesPerNode": {"limits": {GPU_RESOURCE: spec.gpus_per_node},
-                                     "requests": {GPU_RESOURCE: spec.gpus_per_node}},
+                "resourcesPerNode": {"limits": dict(per_node), "requests": dict(per_node)},
                 "env": [{"name": k, "value": v} for k, v in sorted(spec.env.items())],
             },
             "runtimePatches": [{
                 "manager": PATCH_MANAGER,
                 "trainingRuntimeSpec": {"template": {"spec": {"replicatedJobs": [{
                     "name": NODE_CONTAINER,
-                    "template": {"spec": {"template": {"spec": {
-                        "nodeSelector": spec.node_selector,
-                        "tolerations": spec.tolerations,
-                        "volumes": [{"name": volume, "persistentVolumeClaim": {"claimName": spec.volume_claim}}],
-                        "containers": [{"name": NODE_CONTAINER,
-                                        "volumeMounts": [{"name": volume, "mountPath": spec.mount_path}]}],
-                    }}}},
+                    "template": {"spec": {"template": {
+                        "metadata": {"labels": {"sidecar.istio.io/inject": "false", **labels}},
+                        "spec": pod_spec,
+                    }}},
                 }]}}},
             }],
         },
     }
+
+
+class TrainerTooOld(RuntimeError):
+    """The cluster's TrainJob CRD cannot express what the step needs."""
 
 
 def condition(trainjob: dict[str, Any], kind: str) -> dict[str, Any] | None:
@@ -95,6 +138,13 @@ def condition(trainjob: dict[str, Any], kind: str) -> dict[str, Any] | None:
         if item.get("type") == kind and item.get("status") == "True":
             return item
     return None
+
+
+def _unknown_fields(message: str) -> list[str]:
+    """The field paths of an API server's strict-decoding error ('unknown field "spec.x"')."""
+    import re
+
+    return re.findall(r'unknown field \\?"([^"\\]+)\\?"', message)
 
 
 class TrainJobRunner:
@@ -123,12 +173,21 @@ class TrainJobRunner:
 
         for _ in range(attempts):
             try:
+                # Strict: an API server whose CRD lacks a field rejects the object instead of
+                # pruning it silently (a pruned runtimePatches means no volume, no tolerations,
+                # pods Pending forever).
                 created = self.custom.create_namespaced_custom_object(GROUP, VERSION, spec.namespace, PLURAL,
-                                                                      trainjob_manifest(spec))
+                                                                      trainjob_manifest(spec), field_validation="Strict")
                 self.log(f"TrainJob {spec.namespace}/{spec.name} created: {spec.num_nodes} nodes x "
                          f"{spec.gpus_per_node} GPUs, runtime {spec.runtime}")
                 return created
             except ApiException as exc:
+                if exc.status == 400 and "unknown field" in str(exc.body):
+                    raise TrainerTooOld(
+                        f"TrainJob {spec.namespace}/{spec.name}: this cluster's Kubeflow Trainer does not know "
+                        f"{', '.join(sorted(set(_unknown_fields(str(exc.body))))) or 'fields the step sets'}: "
+                        f"multi-node fine-tuning needs Kubeflow Trainer {MIN_TRAINER} or newer (Kubeflow 1.11 bundles "
+                        f"v2.1). Upgrade the Trainer, or train on one node (num_nodes=1)") from None
                 if exc.status != 409:
                     raise
             try:
@@ -161,13 +220,36 @@ class TrainJobRunner:
             if exc.status != 404:
                 raise
 
-    def follow(self, namespace: str, name: str, timeout_s: float | None = None) -> dict[str, Any]:
+    def stuck_pod(self, namespace: str, name: str) -> str | None:
+        """Why a pod of the TrainJob cannot start by itself (unschedulable, image not pullable, a
+        missing Secret), or None."""
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            pods = self.core.list_namespaced_pod(namespace, label_selector=PODS_SELECTOR.format(name=name)).items
+        except ApiException:
+            return None
+        for pod in pods:
+            status = pod.status
+            for item in (status.conditions or []) if status else []:
+                if item.type == "PodScheduled" and item.status == "False" and item.reason == "Unschedulable":
+                    return f"pod {pod.metadata.name} is Unschedulable: {item.message}"
+            for container in (status.container_statuses or []) if status else []:
+                waiting = container.state.waiting if container.state else None
+                if waiting and waiting.reason in STUCK_WAITING:
+                    return f"pod {pod.metadata.name} is {waiting.reason}: {waiting.message}"
+        return None
+
+    def follow(self, namespace: str, name: str, timeout_s: float | None = None,
+               stuck_after_s: float = 900.0) -> dict[str, Any]:
         """Poll until Complete (returns the TrainJob) or Failed (TrainJobFailed with its reason);
-        print progress changes and new rank-0 log lines on the way."""
+        print progress changes and new rank-0 log lines on the way. A pod that stays unschedulable
+        or unable to start for `stuck_after_s` (time for a cluster autoscaler to add a GPU node)
+        fails the step with the pod's reason and deletes the TrainJob; so does `timeout_s`."""
         from kubernetes.client.exceptions import ApiException
 
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        printed, last_progress = 0, None
+        printed, last_progress, stuck_since = 0, None, None
         while True:
             if self._stop.is_set():
                 self.delete(namespace, name)
@@ -190,8 +272,16 @@ class TrainJobRunner:
             if failed:
                 raise TrainJobFailed(f"TrainJob {namespace}/{name} failed: {failed.get('reason')}: "
                                      f"{failed.get('message', '')}".rstrip(": "))
+            stuck = self.stuck_pod(namespace, name)
+            stuck_since = (stuck_since or time.monotonic()) if stuck else None
+            if stuck and time.monotonic() - stuck_since >= stuck_after_s:
+                self.delete(namespace, name)
+                raise TrainJobFailed(f"TrainJob {namespace}/{name}: {stuck} (for {stuck_after_s:.0f} s); "
+                                     "TrainJob deleted")
             if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"TrainJob {namespace}/{name} not finished after {timeout_s} s")
+                self.delete(namespace, name)
+                raise TrainJobFailed(f"TrainJob {namespace}/{name} not finished after {timeout_s:.0f} s; "
+                                     "TrainJob deleted")
             self._stop.wait(self.poll_s)
 
     def _print_rank0_log(self, namespace: str, name: str, printed: int) -> int:
@@ -209,14 +299,16 @@ class TrainJobRunner:
             self.log(f"[rank 0] {line}")
         return len(text)
 
-    def run(self, spec: TrainJobSpec, timeout_s: float | None = None) -> dict[str, Any]:
-        """Create and follow; SIGTERM (main thread only) deletes the TrainJob and raises TrainJobFailed."""
+    def run(self, spec: TrainJobSpec, timeout_s: float | None = None, stuck_after_s: float = 900.0) -> dict[str, Any]:
+        """Create and follow; SIGTERM (main thread only) deletes the TrainJob and raises TrainJobFailed.
+        The step waits at most the TrainJob's own deadline plus ten minutes (the Trainer's verdict)."""
         previous = None
         if threading.current_thread() is threading.main_thread():
             previous = signal.signal(signal.SIGTERM, lambda signum, frame: self._stop.set())
         try:
             self.create(spec)
-            return self.follow(spec.namespace, spec.name, timeout_s)
+            limit = timeout_s if timeout_s is not None else spec.active_deadline_s + 600
+            return self.follow(spec.namespace, spec.name, limit, stuck_after_s)
         finally:
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
@@ -234,10 +326,22 @@ class ClusterSettings:
     node_selector: dict[str, str]
     tolerations: list[dict[str, Any]]
     gpu_memory_gb: float | None = None
+    cpu_per_gpu: str = ""  # the node profile's share per GPU (components/images.py: NodeProfile.gpu_step)
+    memory_per_gpu: str = ""
+    shm_size: str = "16Gi"
+    service_account: str = ""
+    image_pull_secrets: list[str] = field(default_factory=list)
+    queue_name: str = ""
+    active_deadline_s: int = 7 * 24 * 3600
 
     ENV = {"volume_claim": "SELFGUIDED_SHARED_PVC", "mount_path": "SELFGUIDED_SHARED_MOUNT",
            "node_selector": "SELFGUIDED_GPU_NODE_SELECTOR", "tolerations": "SELFGUIDED_GPU_TOLERATIONS",
            "gpu_memory_gb": "SELFGUIDED_GPU_MEMORY_GB"}
+    # optional: set by the pipeline from what it was compiled with (pipelines/platform.py: TRAINJOB_ENV)
+    OPTIONAL_ENV = {"image": "SELFGUIDED_TRAINJOB_IMAGE", "cpu_per_gpu": "SELFGUIDED_GPU_STEP_CPU",
+                    "memory_per_gpu": "SELFGUIDED_GPU_STEP_MEMORY", "shm_size": "SELFGUIDED_SHM_SIZE",
+                    "service_account": "SELFGUIDED_SERVICE_ACCOUNT", "image_pull_secrets": "SELFGUIDED_IMAGE_PULL_SECRETS",
+                    "queue_name": "SELFGUIDED_KUEUE_QUEUE", "active_deadline_s": "SELFGUIDED_TRAINJOB_DEADLINE_S"}
     NAMESPACE_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 
     @classmethod
@@ -257,9 +361,16 @@ class ClusterSettings:
             raise RuntimeError(f"no namespace for the TrainJob: set SELFGUIDED_NAMESPACE or run in a pod "
                                f"({cls.NAMESPACE_FILE})")
         memory = env.get(cls.ENV["gpu_memory_gb"])
-        return cls(namespace=namespace, image=image, volume_claim=env[cls.ENV["volume_claim"]],
+        optional = {key: env[name] for key, name in cls.OPTIONAL_ENV.items() if env.get(name)}
+        if "image_pull_secrets" in optional:
+            optional["image_pull_secrets"] = [n.strip() for n in optional["image_pull_secrets"].split(",") if n.strip()]
+        if "active_deadline_s" in optional:
+            optional["active_deadline_s"] = int(optional["active_deadline_s"])
+        optional.setdefault("image", image)  # the compiled image wins over this process's default
+        return cls(namespace=namespace, volume_claim=env[cls.ENV["volume_claim"]],
                    mount_path=env[cls.ENV["mount_path"]], node_selector=json.loads(env[cls.ENV["node_selector"]]),
-                   tolerations=json.loads(env[cls.ENV["tolerations"]]), gpu_memory_gb=float(memory) if memory else None)
+                   tolerations=json.loads(env[cls.ENV["tolerations"]]), gpu_memory_gb=float(memory) if memory else None,
+                   **optional)
 
 
 def trainjob_name(*identity: str) -> str:
@@ -302,10 +413,25 @@ def finetune_on_trainjob(train_file, base_model: str, arm: str, strategy: str, c
                         num_nodes=num_nodes, gpus_per_node=gpus_per_node, volume_claim=settings.volume_claim,
                         mount_path=settings.mount_path, node_selector=settings.node_selector,
                         tolerations=settings.tolerations,
-                        env={k: os.environ[k] for k in ("HF_HOME", "HF_ENDPOINT") if os.environ.get(k)})
+                        env={k: os.environ[k] for k in ("HF_HOME", "HF_ENDPOINT") if os.environ.get(k)},
+                        cpu_per_node=_times(settings.cpu_per_gpu, gpus_per_node),
+                        memory_per_node=_times(settings.memory_per_gpu, gpus_per_node), shm_size=settings.shm_size,
+                        service_account=settings.service_account, image_pull_secrets=settings.image_pull_secrets,
+                        active_deadline_s=settings.active_deadline_s, queue_name=settings.queue_name)
     runner = runner or TrainJobRunner()
     if plan is not None:
         runner.log(f"memory plan: {plan.describe()}")
     runner.run(spec)
     copy_artifact(work / "model", output_dir)
     return read_manifest(output_dir).train_metrics
+
+
+def _times(quantity: str, factor: int) -> str:
+    """A per-GPU CPU or memory quantity ("3", "500m", "24Gi") times the GPUs of a node; "" stays ""."""
+    import re
+
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([A-Za-z]*)", quantity.strip()) if quantity else None
+    if not match:
+        return ""
+    value = float(match.group(1)) * max(1, factor)
+    return f"{value:g}{match.group(2)}"
