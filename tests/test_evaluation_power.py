@@ -46,16 +46,19 @@ def test_plan_eval_from_a_run_in_mlflow(tmp_path, capsys):
     experiment = client.create_experiment("selfguided", artifact_location=str(tmp_path / "artifacts"))
     parent = client.create_run(experiment, tags={"row_kind": "pipeline", "pipeline_run": "run-1"}).info.run_id
     for row in (make_row("tiny/self_guided", arm="self_guided", shift=0.5, seed=1),
+                make_row("tiny/self_guided#1", arm="self_guided", shift=0.5, seed=4, replicate=1),
                 make_row("tiny/unscored", arm="unscored", seed=3), make_row("base/tiny", "base", seed=2)):
         run = client.create_run(experiment, tags={"mlflow.parentRunId": parent, "row": row.row, "row_kind": row.row_kind,
-                                                  "base_model": row.base_model, "arm": row.arm, "judge": row.judge})
+                                                  "base_model": row.base_model, "arm": row.arm, "judge": row.judge,
+                                                  "replicate": str(row.replicate)})  # as registry/runs tags a row
         folder = tmp_path / run.info.run_id
         folder.mkdir()
         (folder / "judgments.jsonl").write_text("".join(json.dumps(j) + "\n" for j in row.judgments), encoding="utf-8")
         client.log_artifact(run.info.run_id, str(folder / "judgments.jsonl"))  # as the registry logs it
     assert main(["plan-eval", "--from-run", parent, "--delta", "0.5", "--tracking-uri", uri]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("challenger vs base (first champion): 60 shared questions, 1 training seed(s)")
+    # the training seeds come back from the row runs' `replicate` tags: one arm of two seeds
+    assert out.startswith("challenger vs base (first champion): 60 shared questions, 2 training seed(s)")
     figure = float(out.splitlines()[1].rsplit(": ", 1)[1])
-    assert 0 < figure < 1 and math.isfinite(figure)
-    assert "overall 0.5 points:" in out
+    assert 0 < figure < 5 and math.isfinite(figure)  # two seeds: the seed spread widens it
+    assert "overall 0.5 points with 2 seed(s)" in out
