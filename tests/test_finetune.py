@@ -249,6 +249,29 @@ def test_full_fine_tuning_writes_a_standalone_model(tmp_path, train_file):
     assert model.config.use_cache and not model.training
     with torch.no_grad():
         model(torch.tensor([tokenizer("시", add_special_tokens=False)["input_ids"]]))
+    # written in bf16 (half of fp32), in shards of at most 2 GB, so MLflow's staging volume and S3
+    # move a 5.8B model one shard at a time; fp32 only where asked
+    from safetensors import safe_open
+
+    shards = sorted((tmp_path / "model").glob("*.safetensors"))
+    with safe_open(str(shards[0]), "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.bfloat16}
+    assert json.loads((tmp_path / "model" / "config.json").read_text())["dtype"] == "bfloat16"
+
+
+def test_full_fine_tuning_in_fp32_only_where_asked_and_in_2gb_shards(tmp_path, train_file, monkeypatch):
+    from safetensors import safe_open
+
+    from selfguided.components.model import artifact
+
+    monkeypatch.setattr(artifact, "MERGED_MAX_SHARD_SIZE", "100KB")  # the tiny model in several shards
+    config = FinetuneConfig.for_model("tiny", method="full", max_steps=1, save_dtype="fp32")
+    train(train_file, "tiny", tmp_path, config)
+    shards = sorted((tmp_path / "model").glob("*.safetensors"))
+    assert len(shards) > 1 and (tmp_path / "model" / "model.safetensors.index.json").exists()
+    with safe_open(str(shards[0]), "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float32}
+    tm.load_trained(tmp_path)
 
 
 def test_unknown_arm_is_refused(tmp_path, train_file):

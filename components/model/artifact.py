@@ -154,19 +154,34 @@ def save_bundled_base(model_dir: str | Path, model, tokenizer) -> None:
 
 
 def save_trained(model_dir: str | Path, model, tokenizer, manifest: ModelManifest,
-                 train_log: list[dict[str, Any]] | None = None, state_dict: dict[str, Any] | None = None) -> Path:
+                 train_log: list[dict[str, Any]] | None = None, state_dict: dict[str, Any] | None = None,
+                 save_dtype: str = "bf16") -> Path:
     """Write a trained model: weights (adapter or full), tokenizer with its chat template, manifest.
 
     `model` is the peft model (method lora) or the plain transformers model (method full).
     `state_dict`: the weights to write when the model's own are sharded (FSDP), gathered whole by
     the trainer; by default the model's.
+    Full weights are written in `save_dtype` ("bf16" or "fp32") in safetensors shards of at most
+    MERGED_MAX_SHARD_SIZE: one fp32 file of a 5.8B model (23 GB) would not fit MLflow's staging
+    volume on the way to the registry.
     The manifest is written last, so a directory with a manifest is complete.
     """
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
     model.config.use_cache = True
-    model.save_pretrained(model_dir / (ADAPTER_DIR if manifest.method == "lora" else FULL_MODEL_DIR),
-                          state_dict=state_dict)
+    if manifest.method == "lora":
+        model.save_pretrained(model_dir / ADAPTER_DIR, state_dict=state_dict)
+    else:
+        import torch
+
+        dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[save_dtype]
+        weights = model.state_dict() if state_dict is None else state_dict
+        weights = {k: v.to(dtype) if torch.is_tensor(v) and v.is_floating_point() else v for k, v in weights.items()}
+        model.save_pretrained(model_dir / FULL_MODEL_DIR, state_dict=weights, max_shard_size=MERGED_MAX_SHARD_SIZE)
+        # save_pretrained writes the live model's dtype; a server loading dtype="auto" (vLLM, KServe)
+        # should get the one on disk
+        model.config.dtype = dtype
+        model.config.save_pretrained(model_dir / FULL_MODEL_DIR)
     tokenizer.chat_template = chat_template(manifest.arm, manifest.strategy)
     tokenizer.save_pretrained(model_dir / TOKENIZER_DIR)
     if train_log is not None:

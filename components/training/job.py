@@ -169,7 +169,8 @@ def train(
         )
         if weights is not None and config.method == "full":
             model, weights = unsharded_copy(model, weights), None
-        save_trained(output_dir, model, tokenizer, manifest, train_log=state.history, state_dict=weights)
+        save_trained(output_dir, model, tokenizer, manifest, train_log=state.history, state_dict=weights,
+                     save_dtype=config.save_dtype)
         if temporary_checkpoints:
             shutil.rmtree(checkpoint_dir, ignore_errors=True)
     distributed.barrier()
