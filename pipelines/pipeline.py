@@ -26,6 +26,8 @@ from selfguided.components.data.categories import HELD_OUT_CATEGORIES, REFERENCE
 from selfguided.components.steps.deploy import deploy
 from selfguided.components.steps.finetune import finetune, finetune_placement
 from selfguided.components.images import CPU_STEP_RESOURCES
+from selfguided.components.cluster import (DEPLOYER, PREDICTOR_S3_ENV, PREDICTOR_S3_SECRET, TRAINJOB_LAUNCHER,
+                                           token_secret)
 from selfguided.components.steps.preflight import preflight
 from selfguided.components.model.prompting import ARMS
 from selfguided.components.steps.generate import generate
@@ -64,6 +66,13 @@ def _sized(task: dsl.PipelineTask, kind: str) -> dsl.PipelineTask:
     _pulled(task)
     return (task.set_cpu_request(wanted["cpu"]).set_cpu_limit(wanted["cpu"])
             .set_memory_request(wanted["memory"]).set_memory_limit(wanted["memory"]))
+
+
+def _acting_as(task: dsl.PipelineTask, identity: tuple[str, str]) -> None:
+    """Mount the token of a narrow identity (components/cluster.py) into this task alone: every task
+    runs as the run's ServiceAccount, which may not launch TrainJobs or change InferenceServices.
+    Optional: a cluster without manifests/training or manifests/serving runs the rest of the pipeline."""
+    kubernetes.use_secret_as_volume(task, token_secret(identity), mount_path=identity[1], optional=True)
 
 
 def _pulled(task: dsl.PipelineTask) -> None:
@@ -249,8 +258,9 @@ def self_guided_pipeline(
                       llm_base_url=llm_base_url, serving_name=serving_name)
     _sized(_with_mlflow_secret(_with_llm_secret(_with_judge_keys(_with_s3_secret(check)))), "light").set_display_name(
         "preflight").set_caching_options(False)
-    # the predictor's S3 keys (selfguided-s3) must read where the server keeps artifacts
+    # the predictor's read-only S3 keys must read where the server keeps artifacts
     kubernetes.use_config_map_as_env(check, platform.MLFLOW_CONFIG_MAP_NAME, platform.MLFLOW_CONFIG_MAP_KEYS)
+    kubernetes.use_secret_as_env(check, PREDICTOR_S3_SECRET, PREDICTOR_S3_ENV, optional=True)
 
     score_task = score(seed_uri=seed_uri, model=score_model, concurrency=llm_concurrency, cache=llm_cache,
                        base_url=llm_base_url).after(check)
@@ -292,6 +302,7 @@ def self_guided_pipeline(
             num_retries=3, backoff_duration="120s")
         finetune_task.set_env_variable("HF_HOME", platform.HF_HOME)
         kubernetes.set_timeout(finetune_task, platform.FINETUNE_TIMEOUT_S)  # nothing waits forever
+        _acting_as(finetune_task, TRAINJOB_LAUNCHER)  # creates the TrainJob when num_nodes > 1
         for name, value in platform.TRAINJOB_ENV.items():  # where a multi-node TrainJob runs (trainjob.py)
             finetune_task.set_env_variable(name, value)
 
@@ -388,4 +399,5 @@ def self_guided_pipeline(
         node_selector=platform.GPU_NODE_SELECTOR, tolerations=platform.GPU_TOLERATIONS,
     )
     _sized(deploy_task, "light").set_display_name("deploy the champion").set_caching_options(False)
+    _acting_as(deploy_task, DEPLOYER)
     return register_task.outputs["result"]

@@ -59,6 +59,7 @@ def test_preflight_proves_the_predictors_keys_read_mlflows_bucket(configured, tm
 
     from selfguided.components.data.jsonl import DataError
     from selfguided.components.data.s3 import check_s3_read_access
+    from selfguided.components.cluster import PREDICTOR_S3_ENV
     from selfguided.components.steps.preflight import PreflightError, run_preflight
 
     admin = configured.client()
@@ -90,6 +91,9 @@ def test_preflight_proves_the_predictors_keys_read_mlflows_bucket(configured, tm
         monkeypatch.setenv("AWS_ACCESS_KEY_ID", keys[user]["AccessKeyId"])
         monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", keys[user]["SecretAccessKey"])
         monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)  # boto3 keeps the first credentials it resolved
+        # the preflight task gets the predictor's keys (selfguided-s3-readonly) under names of their own
+        monkeypatch.setenv(PREDICTOR_S3_ENV["AWS_ACCESS_KEY_ID"], keys[user]["AccessKeyId"])
+        monkeypatch.setenv(PREDICTOR_S3_ENV["AWS_SECRET_ACCESS_KEY"], keys[user]["SecretAccessKey"])
 
     as_user("reader")
     assert "listed and read" in check_s3_read_access("s3://mlflow-artifacts/artifacts")
@@ -97,10 +101,24 @@ def test_preflight_proves_the_predictors_keys_read_mlflows_bucket(configured, tm
                             registered_model_name="m", llm_models=[], serving_storage="s3://mlflow-artifacts/artifacts")
     assert any(line.startswith("serving storage s3://mlflow-artifacts/artifacts: listed and read") for line in checked)
     as_user("stranger")
-    with pytest.raises(PreflightError, match=r"selfguided-s3 keys, and s3://mlflow-artifacts/artifacts cannot be read "
+    with pytest.raises(PreflightError, match=r"selfguided-s3-readonly keys, and s3://mlflow-artifacts/artifacts cannot be read "
                                              r"with these S3 credentials at http://127\.0\.0\.1:\d+ \(AccessDenied\)"):
         run_preflight(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", experiment_name="e", registered_model_name="m",
                       llm_models=[], serving_storage="s3://mlflow-artifacts/artifacts")
+    # the pipeline's own (read-write) keys are not what the predictor uses: a stranger as the
+    # pipeline with reader keys mounted for the predictor passes, and without them nothing is claimed
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", keys["stranger"]["AccessKeyId"])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", keys["stranger"]["SecretAccessKey"])
+    monkeypatch.setenv(PREDICTOR_S3_ENV["AWS_ACCESS_KEY_ID"], keys["reader"]["AccessKeyId"])
+    monkeypatch.setenv(PREDICTOR_S3_ENV["AWS_SECRET_ACCESS_KEY"], keys["reader"]["SecretAccessKey"])
+    monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)
+    checked = run_preflight(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", experiment_name="e",
+                            registered_model_name="m", llm_models=[], serving_storage="s3://mlflow-artifacts/artifacts")
+    assert any("listed and read" in line for line in checked)
+    monkeypatch.delenv(PREDICTOR_S3_ENV["AWS_ACCESS_KEY_ID"])
+    checked = run_preflight(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", experiment_name="e",
+                            registered_model_name="m", llm_models=[], serving_storage="s3://mlflow-artifacts/artifacts")
+    assert any("no selfguided-s3-readonly keys mounted" in line for line in checked)
     as_user("lister")  # listing alone is not reading: the ranged GetObject is refused
     with pytest.raises(DataError, match=r"s3://mlflow-artifacts/artifacts cannot be read .* \(AccessDenied\)"):
         check_s3_read_access("s3://mlflow-artifacts/artifacts")

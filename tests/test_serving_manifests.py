@@ -95,7 +95,8 @@ def _predictor_as_pod(isvc: dict) -> dict:
 
 
 def test_renders_the_serving_objects_in_one_namespace(objects):
-    assert sorted(o["kind"] for o in objects) == ["InferenceService", "Role", "RoleBinding", "ServiceAccount"]
+    assert sorted(o["kind"] for o in objects) == ["InferenceService", "Role", "RoleBinding", "Secret", "ServiceAccount",
+                                                 "ServiceAccount"]  # predictor, deployer and its token
     namespaces = {o["metadata"].get("namespace") for o in objects}
     assert len(namespaces) == 1 and None not in namespaces, f"objects spread over namespaces {namespaces}"
     for obj in objects:
@@ -163,15 +164,16 @@ def test_deploy_rbac_is_get_create_patch_on_inference_services_only(objects):
     assert role["metadata"]["name"] == kserve.DEPLOYER_ROLE
     assert role["rules"] == [{"apiGroups": [kserve.GROUP], "resources": [kserve.PLURAL], "verbs": ["get", "create", "patch"]}]
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": kserve.DEPLOYER_ROLE}
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": platform.PIPELINE_SERVICE_ACCOUNT,
-                                    "namespace": binding["metadata"]["namespace"]}]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": cluster.DEPLOYER[0],
+                                    "namespace": binding["metadata"]["namespace"]}]  # tests/test_cluster_rbac.py
 
 
-def test_predictor_reads_the_weights_with_the_pipeline_s3_secret(objects):
-    account = _one(objects, "ServiceAccount")
+def test_predictor_reads_the_weights_with_read_only_keys_of_its_own(objects):
     isvc = _one(objects, kserve.KIND)
-    assert account["metadata"]["name"] == isvc["spec"]["predictor"]["serviceAccountName"] == cluster.PREDICTOR_SERVICE_ACCOUNT
-    assert account["secrets"] == [{"name": platform.S3_SECRET_NAME}]
+    (account,) = [o for o in objects if o["kind"] == "ServiceAccount"
+                  and o["metadata"]["name"] == isvc["spec"]["predictor"]["serviceAccountName"]]
+    assert account["metadata"]["name"] == cluster.PREDICTOR_SERVICE_ACCOUNT
+    assert account["secrets"] == [{"name": cluster.PREDICTOR_S3_SECRET}] != [{"name": platform.S3_SECRET_NAME}]
     # KServe's storage initializer reads these key names by default (inferenceservice-config).
     assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= set(platform.S3_SECRET_KEYS)
     assert account["automountServiceAccountToken"] is False, "the model server calls no Kubernetes API"

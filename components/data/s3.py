@@ -17,16 +17,20 @@ def s3_endpoint() -> str | None:
     return next((os.environ[v] for v in S3_ENDPOINT_VARIABLES if os.environ.get(v)), None)
 
 
-def s3_client():
+def s3_client(credentials: dict[str, str] | None = None):
     """The one boto3 S3 client factory: seed and question files, the LLM cache. MLflow's own S3
-    access follows the same variable (botocore reads AWS_ENDPOINT_URL_S3 when no endpoint is given)."""
+    access follows the same variable (botocore reads AWS_ENDPOINT_URL_S3 when no endpoint is given).
+    `credentials` ({"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}): other keys than this process's."""
     import boto3  # only needed for S3
 
+    if credentials:
+        return boto3.client("s3", endpoint_url=s3_endpoint(), aws_access_key_id=credentials["AWS_ACCESS_KEY_ID"],
+                            aws_secret_access_key=credentials["AWS_SECRET_ACCESS_KEY"])
     return boto3.client("s3", endpoint_url=s3_endpoint())
 
 
-def check_s3_read_access(uri: str) -> str:
-    """Prove the S3 credentials of this process may list and read under `s3://bucket/prefix`, for
+def check_s3_read_access(uri: str, credentials: dict[str, str] | None = None) -> str:
+    """Prove the S3 credentials of this process (or `credentials`) may list and read under `s3://bucket/prefix`, for
     almost free: one ListObjectsV2 of one key, then a ranged GetObject of that key's first byte when
     there is one. A GET, not a HEAD: under SSE-KMS only a GET proves `kms:Decrypt`, which is what
     KServe's storage initializer needs. An empty prefix (a first run) proves listing only, and the
@@ -37,7 +41,7 @@ def check_s3_read_access(uri: str) -> str:
     if not uri.startswith("s3://") or not bucket:
         raise DataError(f"{uri}: expected s3://BUCKET[/PREFIX]")
     where = s3_endpoint() or "AWS S3"
-    client = s3_client()
+    client = s3_client(credentials)
     try:
         listed = client.list_objects_v2(Bucket=bucket, Prefix=prefix.rstrip("/") + "/" if prefix else "", MaxKeys=1)
         first = [o["Key"] for o in listed.get("Contents", []) if o.get("Size", 1) > 0]

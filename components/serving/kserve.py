@@ -253,18 +253,14 @@ def _model_spec(obj: dict[str, Any]) -> dict[str, Any]:
 
 
 def _default_api_client():
-    """In a pod, the ServiceAccount's token; elsewhere the kubeconfig (KUBECONFIG or ~/.kube/config)."""
-    from kubernetes import client, config
+    """The deployer's own identity when its token is mounted (the deploy task: manifests/serving), else
+    the pod's ServiceAccount, else the kubeconfig (KUBECONFIG or ~/.kube/config)."""
+    from selfguided.components.cluster import DEPLOYER, api_client
 
-    configuration = client.Configuration()
-    try:
-        config.load_incluster_config(client_configuration=configuration)
-    except config.ConfigException:
-        try:
-            config.load_kube_config(config_file=_kubeconfig_path(), client_configuration=configuration)
-        except (config.ConfigException, OSError) as e:
-            raise DeployError(f"no Kubernetes credentials: not running in a pod, and no usable kubeconfig ({e})") from None
-    return client.ApiClient(configuration)
+    found = api_client(DEPLOYER)
+    if found is None:
+        raise DeployError("no Kubernetes credentials: not running in a pod, and no usable kubeconfig")
+    return found
 
 
 def _kubeconfig_path() -> str | None:

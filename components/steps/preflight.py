@@ -10,7 +10,7 @@ wasted the hour. This step checks, in seconds and with one line per problem:
   answers and accepts the key, each model on an endpoint of its own with its own key
   (`llm.check_endpoint`); the offline judge needs none;
 - when the run deploys its champion, the S3 keys KServe's predictor downloads the weights with
-  (the profile's `selfguided-s3`, which this step gets too) may read where MLflow writes them
+  (the profile's read-only `selfguided-s3-readonly`, mounted into this step too) may read where MLflow writes them
   (`data.check_s3_read_access` on the server's artifact destination).
 """
 
@@ -32,6 +32,9 @@ def run_preflight(*, tracking_uri: str, experiment_name: str, registered_model_n
     """Check everything the run needs; returns what was checked, raises PreflightError otherwise.
     `serving_storage`: where MLflow keeps artifacts, read by the serving predictor ("" = no deploy)."""
     from selfguided.components.data.jsonl import DataError
+    import os
+
+    from selfguided.components.cluster import PREDICTOR_S3_ENV, PREDICTOR_S3_SECRET
     from selfguided.components.data.s3 import check_s3_read_access
     from selfguided.components.llm.config import check_endpoint, endpoint_config
     from selfguided.components.registry.auth import check_tracking_access
@@ -57,12 +60,16 @@ def run_preflight(*, tracking_uri: str, experiment_name: str, registered_model_n
             checked.append(f"LLM {model}: endpoint {where} answers")
         except (RuntimeError, ValueError) as exc:
             problems.append(str(exc))
-    if serving_storage.startswith("s3://"):
+    predictor_keys = {key: os.environ[name] for key, name in PREDICTOR_S3_ENV.items() if os.environ.get(name)}
+    if serving_storage.startswith("s3://") and len(predictor_keys) < len(PREDICTOR_S3_ENV):
+        checked.append(f"serving storage {serving_storage}: no {PREDICTOR_S3_SECRET} keys mounted (an IAM role for "
+                       f"the predictor?): its read access is not checked")
+    elif serving_storage.startswith("s3://"):
         try:
-            checked.append(f"serving storage {check_s3_read_access(serving_storage)}")
+            checked.append(f"serving storage {check_s3_read_access(serving_storage, predictor_keys)}")
         except DataError as exc:
-            problems.append(f"KServe's predictor downloads the champion's weights with the selfguided-s3 keys, and {exc}: "
-                            "give them read access to MLflow's artifact bucket (docs/run-on-kubeflow.md, "
+            problems.append(f"KServe's predictor downloads the champion's weights with the {PREDICTOR_S3_SECRET} keys, "
+                            f"and {exc}: give them read access to MLflow's artifact bucket (docs/run-on-kubeflow.md, "
                             "\"Serving the champion\")")
     elif serving_storage:
         checked.append(f"serving storage {serving_storage}: not S3, not checked")

@@ -151,14 +151,15 @@ class TrainJobRunner:
     """Create a TrainJob, follow it to the end, delete it on SIGTERM."""
 
     def __init__(self, api_client=None, poll_s: float = 10.0, log: Callable[[str], None] | None = None):
-        from kubernetes import client, config
+        from kubernetes import client
 
-        if api_client is None:
-            try:
-                config.load_incluster_config()
-            except config.ConfigException:
-                config.load_kube_config()
-            api_client = client.ApiClient()
+        from selfguided.components.cluster import TRAINJOB_LAUNCHER, api_client as cluster_client, token_secret
+
+        if api_client is None:  # the launcher's own identity (manifests/training), not the pipeline's
+            api_client = cluster_client(TRAINJOB_LAUNCHER)
+            if api_client is None:
+                raise RuntimeError(f"no Kubernetes credentials to launch a TrainJob: the finetune task mounts Secret "
+                                   f"{token_secret(TRAINJOB_LAUNCHER)} (kubectl apply -k manifests/training)")
         self.custom = client.CustomObjectsApi(api_client)
         self.core = client.CoreV1Api(api_client)
         self.poll_s = poll_s
