@@ -307,29 +307,37 @@ def null_block(args, layouts) -> list[str]:
     print("| data model | test-set layout | arms | promoted, no true difference [95% CI] | overall 95% interval "
           "covers | category intervals cover |")
     print("|---|---|---|---|---|---|")
-    jobs, labels = [], []
-    for m, model_name in enumerate(args.models):
+    worst, coverage = (0.0, 0, 1, ""), []
+    for m, model_name in enumerate(MODELS):  # one model at a time, printed as it is done
+        if model_name not in args.models:
+            continue
+        jobs, labels = [], []
         for i, (name, (layout, turns)) in enumerate(layouts.items()):
             for arms in (1, 2):
                 jobs.append((layout, turns, [0.0] * arms, args.reps, args.seed * 1000 + m * 100 + i * 10 + arms,
                              MODELS[model_name], GATE, None, 0.0))
                 labels.append((model_name, SHORT[name], arms))
-    tallies = run_cells(jobs, args.jobs)
-    worst, coverage = (0.0, 0, 1, ""), []
-    for (model_name, layout, arms), t in zip(labels, tallies):
-        cov = _pct(t.overall_covered, t.overall_intervals) if arms == 1 else ""
-        cat = _pct(t.category_covered, t.category_intervals) if arms == 1 else ""
-        print(f"| {model_name} | {layout} | {arms} | {_rate(t.promoted, t.runs)} | {cov} | {cat} |")
-        if t.promoted / t.runs >= worst[0]:
-            worst = (t.promoted / t.runs, t.promoted, t.runs, f"{model_name}/{layout}/{arms}")
-        if arms == 1 and t.overall_intervals:
-            coverage.append(t.overall_covered / t.overall_intervals)
-        if arms == 1 and t.category_intervals:
-            coverage.append(t.category_covered / t.category_intervals)
+        for label, t in zip(labels, run_cells(jobs, args.jobs)):
+            worst, coverage = _null_row(label, t, worst, coverage)
     print()
     rate, k, n, where = worst
     return [f"false_promotion_max={rate:.4f} ci_high={clopper_pearson(k, n)[1]:.4f} at={where.replace(' ', '_')}",
             f"coverage_min={min(coverage):.4f} coverage_max={max(coverage):.4f}"]
+
+
+def _null_row(label: tuple, t: Tally, worst: tuple, coverage: list[float]) -> tuple[tuple, list[float]]:
+    model_name, layout, arms = label
+    cov = _pct(t.overall_covered, t.overall_intervals) if arms == 1 else ""
+    cat = _pct(t.category_covered, t.category_intervals) if arms == 1 else ""
+    print(f"| {model_name} | {layout} | {arms} | {_rate(t.promoted, t.runs)} | {cov} | {cat} |")
+    if t.promoted / t.runs >= worst[0]:
+        worst = (t.promoted / t.runs, t.promoted, t.runs, f"{model_name}/{layout}/{arms}")
+    if arms == 1 and t.overall_intervals:
+        coverage.append(t.overall_covered / t.overall_intervals)
+    if arms == 1 and t.category_intervals:
+        coverage.append(t.category_covered / t.category_intervals)
+    sys.stdout.flush()
+    return worst, coverage
 
 
 def power_block(args, layouts) -> None:
