@@ -177,7 +177,7 @@ class JuryUsage:
     def size(self) -> int:
         return len(self.judges)
 
-    def jury(self) -> Jury:
+    def as_judge(self) -> Jury:
         """The jury as a judge (its members as they were recorded)."""
         return Jury([u.as_judge() for u in self.judges], self.aggregate)
 

@@ -29,10 +29,10 @@ def decide(summary_files: Sequence[str], judgment_files: Sequence[str], *, gate:
     """Everything the compare step decides, and the rows' summaries: every row read once
     (judge_summary.load_row; the i-th summary file belongs to the i-th judgments file, as the
     pipeline's loops collected them, checked against the judgments' model), the jury's agreement,
-    and the gate's decision with every rule (the jury's agreement included: gate_rules.judge_agreement_rule,
-    refusing below `min_judge_agreement`). The challenger is the best
-    candidate arm (gate.pick_challenger); its bar is the registry's champion re-evaluated in this run,
-    or with no champion yet the untuned base row of its base model (evaluation.gate)."""
+    and the gate's decision with every rule, the jury's included (gate_rules.judge_agreement_rule:
+    a refusal below `min_judge_agreement`). The challenger is the best candidate arm
+    (gate.pick_challenger); its bar is the registry's champion re-evaluated in this run, or with no
+    champion yet the untuned base row of its base model (evaluation.gate)."""
     if len(summary_files) != len(judgment_files):
         raise ValueError(f"{len(summary_files)} judge summaries but {len(judgment_files)} judgment files")
     rows, notes, summaries = [], [], []
@@ -79,7 +79,7 @@ def run_compare_step(summary_files: Sequence[str], judgment_files: Sequence[str]
             title, _, body = editors.partition("\n")
             sections.append(ReportSection(title.lstrip("# "), body.strip()))
     # Every judge that does not measure quality says so once, at the top (judging/judge.Judge.disclaimer).
-    notice = " ".join(dict.fromkeys(d for s in summaries if (d := s.jury.jury().disclaimer)))
+    notice = " ".join(dict.fromkeys(d for s in summaries if (d := s.jury.as_judge().disclaimer)))
     notes = "".join(f"\n- {note}" for note in result.notes)
     markdown = report_markdown(result.comparison, result.decision, extra=sections, notice=notice) + (
         f"\n## Rows without answers\n{notes}\n" if notes else "")

@@ -57,7 +57,7 @@ def judge_answers(
 
 
 def judge_report_markdown(summary: JudgeSummary) -> str:
-    disclaimer = summary.jury.jury().disclaimer
+    disclaimer = summary.jury.as_judge().disclaimer
     lines = [
         f"# Judge report: {summary.row}",
         "",
