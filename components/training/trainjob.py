@@ -336,10 +336,9 @@ class ClusterSettings:
     active_deadline_s: int = 7 * 24 * 3600
 
     ENV = {"volume_claim": "SELFGUIDED_SHARED_PVC", "mount_path": "SELFGUIDED_SHARED_MOUNT",
-           "node_selector": "SELFGUIDED_GPU_NODE_SELECTOR", "tolerations": "SELFGUIDED_GPU_TOLERATIONS",
-           "gpu_memory_gb": "SELFGUIDED_GPU_MEMORY_GB"}
+           "node_selector": "SELFGUIDED_GPU_NODE_SELECTOR", "tolerations": "SELFGUIDED_GPU_TOLERATIONS"}
     # optional: set by the pipeline from what it was compiled with (pipelines/platform.py: TRAINJOB_ENV)
-    OPTIONAL_ENV = {"image": "SELFGUIDED_TRAINJOB_IMAGE", "cpu_per_gpu": "SELFGUIDED_GPU_STEP_CPU",
+    OPTIONAL_ENV = {"gpu_memory_gb": "SELFGUIDED_GPU_MEMORY_GB", "image": "SELFGUIDED_TRAINJOB_IMAGE", "cpu_per_gpu": "SELFGUIDED_GPU_STEP_CPU",
                     "memory_per_gpu": "SELFGUIDED_GPU_STEP_MEMORY", "shm_size": "SELFGUIDED_SHM_SIZE",
                     "service_account": "SELFGUIDED_SERVICE_ACCOUNT", "image_pull_secrets": "SELFGUIDED_IMAGE_PULL_SECRETS",
                     "queue_name": "SELFGUIDED_KUEUE_QUEUE", "active_deadline_s": "SELFGUIDED_TRAINJOB_DEADLINE_S"}
@@ -352,7 +351,7 @@ class ClusterSettings:
         from pathlib import Path
 
         env = os.environ if env is None else env
-        missing = [name for key, name in cls.ENV.items() if key != "gpu_memory_gb" and not env.get(name)]
+        missing = [name for name in cls.ENV.values() if not env.get(name)]
         if missing:
             raise RuntimeError(f"num_nodes > 1 launches a TrainJob and needs {', '.join(missing)} (the pipeline sets "
                                "them on the finetune task from pipelines/platform.py)")
@@ -361,8 +360,9 @@ class ClusterSettings:
         if not namespace:
             raise RuntimeError(f"no namespace for the TrainJob: set SELFGUIDED_NAMESPACE or run in a pod "
                                f"({cls.NAMESPACE_FILE})")
-        memory = env.get(cls.ENV["gpu_memory_gb"])
         optional = {key: env[name] for key, name in cls.OPTIONAL_ENV.items() if env.get(name)}
+        if "gpu_memory_gb" in optional:
+            optional["gpu_memory_gb"] = float(optional["gpu_memory_gb"])
         if "image_pull_secrets" in optional:
             optional["image_pull_secrets"] = [n.strip() for n in optional["image_pull_secrets"].split(",") if n.strip()]
         if "active_deadline_s" in optional:
@@ -370,8 +370,7 @@ class ClusterSettings:
         optional.setdefault("image", image)  # the compiled image wins over this process's default
         return cls(namespace=namespace, volume_claim=env[cls.ENV["volume_claim"]],
                    mount_path=env[cls.ENV["mount_path"]], node_selector=json.loads(env[cls.ENV["node_selector"]]),
-                   tolerations=json.loads(env[cls.ENV["tolerations"]]), gpu_memory_gb=float(memory) if memory else None,
-                   **optional)
+                   tolerations=json.loads(env[cls.ENV["tolerations"]]), **optional)
 
 
 def trainjob_name(*identity: str) -> str:
