@@ -29,7 +29,8 @@ from selfguided.components.evaluation.gate import PromotionGate
 from selfguided.components.steps.compare import run_compare_step
 from selfguided.components.model.prompting import CRITERIA, inference_prompt
 from selfguided.components.registry.names import CHALLENGER, CHAMPION, PREVIOUS_CHAMPION_TAG, RegistryError
-from selfguided.components.registry.promotion import register_candidates, rollback_champion
+from selfguided.components.registry.aliases import rollback_champion
+from selfguided.components.registry.promotion import register_candidates
 from selfguided.components.evaluation.rows import write_evidence
 from selfguided.components.registry.runs import Candidate, default_artifact_location, load_candidates, load_evidence
 

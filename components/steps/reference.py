@@ -107,7 +107,7 @@ def answer_champion(questions: list[dict[str, Any]], *, registered_model_name: s
     from selfguided.components.evaluation.metrics import is_judge_metric
     from selfguided.components.model.engines import answer_with_trained_model
     from selfguided.components.registry.logged_model import download_model_dir
-    from selfguided.components.registry.promotion import alias_version
+    from selfguided.components.registry.aliases import alias_version
 
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     version = alias_version(client, registered_model_name)

@@ -31,7 +31,7 @@ def _who(args: argparse.Namespace) -> str:
 
 
 def run_models(args: argparse.Namespace) -> int:
-    from selfguided.components.registry.promotion import list_versions
+    from selfguided.components.registry.aliases import list_versions
 
     rows = list_versions(_tracking_uri(args), args.name)
     if not rows:
@@ -49,7 +49,7 @@ def run_models(args: argparse.Namespace) -> int:
 
 
 def run_promote(args: argparse.Namespace) -> int:
-    from selfguided.components.registry.promotion import promote_version
+    from selfguided.components.registry.aliases import promote_version
 
     decision = promote_version(_tracking_uri(args), args.version, args.name, force=args.force, by=_who(args),
                                reason=args.reason or "")
@@ -60,7 +60,7 @@ def run_promote(args: argparse.Namespace) -> int:
 
 
 def run_rollback(args: argparse.Namespace) -> int:
-    from selfguided.components.registry.promotion import rollback_champion
+    from selfguided.components.registry.aliases import rollback_champion
 
     version = rollback_champion(_tracking_uri(args), args.name, args.version, by=_who(args), reason=args.reason or "")
     print(f"champion of {args.name} is now v{version}")
