@@ -347,3 +347,30 @@ def test_the_pipeline_user_runs_the_register_step_and_moves_the_champion(auth_se
                                  pipeline_run="auth-run", scored_data_sha256="0" * 64)
     assert report.decision.promote
     assert str(client.get_model_version_by_alias(MODEL, CHAMPION).version) == report.challenger.version
+
+
+def test_the_pipeline_user_fills_the_datasets_page_with_no_refusal(auth_server, pipeline_user, tmp_path,
+                                                                    monkeypatch, capsys):
+    """The register step's Datasets page as the pipeline user, not the admin: MLflow 3.17's basic-auth
+    refuses a dataset search without experiment ids to everyone but the admin
+    (mlflow/server/auth/__init__.py: validate_can_search_evaluation_datasets), so the search is
+    scoped to the experiment; the same questions in a second experiment are found there or made
+    anew, and nothing is refused."""
+    from test_mlflow_genai_pages import _questions_file
+
+    from selfguided.components.registry.genai_pages import publish_genai_pages
+
+    _as(monkeypatch, pipeline_user)
+    client = MlflowClient(tracking_uri=auth_server.tracking_uri)
+    questions = _questions_file(tmp_path)
+    for name in ("selfguided-datasets-a", "selfguided-datasets-b"):
+        experiment_id = client.create_experiment(f"{name}-{secrets.token_hex(3)}")
+        run_id = client.create_run(experiment_id).info.run_id
+        for _ in range(2):  # a second run reuses the dataset
+            done = publish_genai_pages(auth_server.tracking_uri, experiment_id, summaries=[], run_ids=[run_id],
+                                       questions_file=questions)
+            assert done["dataset"], done
+        (dataset,) = client.search_datasets(experiment_ids=[experiment_id])
+        assert dataset.name == done["dataset"] and len(client.get_dataset(dataset.dataset_id).records) == 3
+    said = capsys.readouterr().out
+    assert "refused" not in said and "PERMISSION_DENIED" not in said, said

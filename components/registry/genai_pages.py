@@ -92,8 +92,13 @@ def ensure_questions_dataset(tracking_uri: str, experiment_id: str, questions_fi
     name = dataset_name(digest)
     mlflow.set_tracking_uri(tracking_uri)  # records go through the fluent store, as in MLflow's own API
     client = MlflowClient(tracking_uri=tracking_uri)
-    found = list(client.search_datasets(filter_string=f"name = '{name}'", order_by=["created_time ASC"],
-                                        max_results=10))
+    # Scoped to the experiment: under basic-auth a search without experiment_ids is refused to every
+    # user but the admin (mlflow/server/auth/__init__.py at 3.17: validate_can_search_evaluation_datasets
+    # requires experiment ids the caller may read), and the pipeline runs as its own, non-admin user.
+    query = dict(filter_string=f"name = '{name}'", order_by=["created_time ASC"], max_results=10)
+    found = list(client.search_datasets(experiment_ids=[experiment_id], **query))
+    if not found:  # the same questions in another experiment: one dataset, linked to both, where allowed
+        found = _search_everywhere(client, query)
     if found:
         dataset = found[0]
         if experiment_id not in dataset.experiment_ids:
@@ -110,6 +115,18 @@ def ensure_questions_dataset(tracking_uri: str, experiment_id: str, questions_fi
     if len(dataset.records) != len(records):  # new, or a run stopped between creating and filling it
         dataset.merge_records([dict(r, tags=dict(r["tags"])) for r in records])  # upserts by inputs
     return client.get_dataset(dataset.dataset_id)
+
+
+def _search_everywhere(client, query: dict) -> list:
+    """Datasets of every experiment; [] where the server allows that search to its admin only."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return list(client.search_datasets(**query))
+    except MlflowException as exc:
+        if exc.error_code == "PERMISSION_DENIED":
+            return []
+        raise
 
 
 def link_dataset(tracking_uri: str, dataset, run_ids: Iterable[str]) -> None:
