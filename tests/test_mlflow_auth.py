@@ -27,6 +27,7 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from servers import _stop_group, _wait_healthy, free_port
+from test_mlflow_genai_pages import summaries  # noqa: F401 (fixture)
 
 from selfguided.components.registry.auth import check_tracking_access, create_pipeline_user
 from selfguided.components.registry.names import CHAMPION, PIPELINE_AUTH_SECRET_NAME
@@ -349,14 +350,14 @@ def test_the_pipeline_user_runs_the_register_step_and_moves_the_champion(auth_se
     assert str(client.get_model_version_by_alias(MODEL, CHAMPION).version) == report.challenger.version
 
 
-def test_the_pipeline_user_fills_the_datasets_page_with_no_refusal(auth_server, pipeline_user, tmp_path,
-                                                                    monkeypatch, capsys):
+def test_the_pipeline_user_fills_the_datasets_and_judges_pages_with_no_refusal(auth_server, pipeline_user, tmp_path,
+                                                                               summaries, monkeypatch, capsys):
     """The register step's Datasets page as the pipeline user, not the admin: MLflow 3.17's basic-auth
     refuses a dataset search without experiment ids to everyone but the admin
     (mlflow/server/auth/__init__.py: validate_can_search_evaluation_datasets), so the search is
     scoped to the experiment; the same questions in a second experiment are found there or made
     anew, and nothing is refused."""
-    from test_mlflow_genai_pages import _questions_file
+    from test_mlflow_genai_pages import _check_judges, _questions_file
 
     from selfguided.components.registry.genai_pages import publish_genai_pages
 
@@ -367,10 +368,13 @@ def test_the_pipeline_user_fills_the_datasets_page_with_no_refusal(auth_server, 
         experiment_id = client.create_experiment(f"{name}-{secrets.token_hex(3)}")
         run_id = client.create_run(experiment_id).info.run_id
         for _ in range(2):  # a second run reuses the dataset
-            done = publish_genai_pages(auth_server.tracking_uri, experiment_id, summaries=[], run_ids=[run_id],
-                                       questions_file=questions)
+            done = publish_genai_pages(auth_server.tracking_uri, experiment_id, summaries=summaries[:1],
+                                       run_ids=[run_id], questions_file=questions)
             assert done["dataset"], done
+            assert {done["judges"][j] for j in ("fair", "long")} <= {"registered", "unchanged"}, done
         (dataset,) = client.search_datasets(experiment_ids=[experiment_id])
         assert dataset.name == done["dataset"] and len(client.get_dataset(dataset.dataset_id).records) == 3
+        mlflow.set_tracking_uri(auth_server.tracking_uri)
+        _check_judges(experiment_id, {"fair", "long"})
     said = capsys.readouterr().out
-    assert "refused" not in said and "PERMISSION_DENIED" not in said, said
+    assert "PERMISSION_DENIED" not in said and "Permission denied" not in said, said
