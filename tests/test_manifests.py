@@ -259,7 +259,12 @@ def test_overlays_differ_in_database_and_object_store(objects):
     postgres_secrets = {n: _secret_data(next(o for o in objs if o["kind"] == "Secret"
                                               and o["metadata"]["name"].startswith("mlflow-postgres")))
                         for n, objs in (("local", local), ("production", production))}
-    assert postgres_secrets["production"]["POSTGRES_SSLMODE"] == "require", "a managed database is reached over TLS"
+    assert postgres_secrets["production"]["POSTGRES_SSLMODE"] == "verify-full", \
+        "a managed database is reached over TLS, its certificate checked"
+    assert postgres_secrets["production"]["POSTGRES_SSLROOTCERT"].startswith("/etc/ssl/postgres/")
+    mounts = {m["mountPath"]: m["name"] for c in _find(production, "Deployment", "mlflow")["spec"]["template"]["spec"][
+        "containers"] for m in c["volumeMounts"]}
+    assert mounts["/etc/ssl/postgres"] == "postgres-ca"
 
 
 def test_gpu_check_schedules_like_the_pipeline_gpu_steps(objects):
@@ -305,7 +310,8 @@ def test_mlflow_backend_uri_is_assembled_from_the_database_secret(objects, name)
     pod = _find(objs, "Deployment", "mlflow", "selfguided")["spec"]["template"]["spec"]
     db = _secret_data(next(o for o in objs if o["kind"] == "Secret" and o["metadata"]["name"].startswith("mlflow-postgres")))
     expected = (f"postgresql+psycopg2://{db['POSTGRES_USER']}:{db['POSTGRES_PASSWORD']}@{db['POSTGRES_HOST']}:"
-                f"{db['POSTGRES_PORT']}/{db['POSTGRES_DB']}?sslmode={db['POSTGRES_SSLMODE']}")
+                f"{db['POSTGRES_PORT']}/{db['POSTGRES_DB']}?sslmode={db['POSTGRES_SSLMODE']}"
+                f"&sslrootcert={db['POSTGRES_SSLROOTCERT']}")
     for container in pod["initContainers"] + pod["containers"]:
         env = _kubelet_env(container, objs, "selfguided")
         assert env["MLFLOW_BACKEND_STORE_URI"] == expected, f"{container['name']}: backend URI miswired"

@@ -81,7 +81,7 @@ def _env_files(pg: Postgres, s3: S3Server, admin: tuple[str, str], user: tuple[s
     return {
         f"{OVERLAY}/secrets/mlflow-postgres.env": (f"POSTGRES_HOST={pg.host}\nPOSTGRES_PORT={pg.port}\nPOSTGRES_DB={pg.database}\n"
                                                    f"POSTGRES_USER={pg.user}\nPOSTGRES_PASSWORD={pg.password}\n"
-                                                   "POSTGRES_SSLMODE=disable\n"),
+                                                   "POSTGRES_SSLMODE=disable\nPOSTGRES_SSLROOTCERT=/etc/ssl/postgres/ca.pem\n"),
         f"{OVERLAY}/secrets/mlflow-s3.env": keys,
         f"{OVERLAY}/secrets/mlflow-auth.env": (f"MLFLOW_AUTH_ADMIN_USERNAME={admin[0]}\nMLFLOW_AUTH_ADMIN_PASSWORD={admin[1]}\n"
                                                f"MLFLOW_FLASK_SERVER_SECRET_KEY={secrets.token_hex(16)}\n"),
@@ -199,7 +199,9 @@ def test_backend_uri_names_a_driver_the_mlflow_image_installs(deployment):
     pod = find(deployment.objects, "Deployment", "mlflow", MLFLOW_NAMESPACE)["spec"]["template"]["spec"]
     uris = {kubelet_env(c, deployment.objects, MLFLOW_NAMESPACE)["MLFLOW_BACKEND_STORE_URI"]
             for c in pod["initContainers"] + pod["containers"]}
-    assert uris == {deployment.postgres.uri()}, "one URI, through psycopg2, for the store and the auth database"
+    # the CA path rides along; libpq reads it only when it verifies a server (sslmode verify-ca/-full)
+    assert uris == {deployment.postgres.uri() + "&sslrootcert=/etc/ssl/postgres/ca.pem"}, \
+        "one URI, through psycopg2, for the store and the auth database"
     installed = (REPO / "images" / "mlflow-server.in").read_text(encoding="utf-8").split()
     assert "psycopg2-binary" in installed, "the URI names psycopg2: the MLflow image must install it"
 
