@@ -265,6 +265,9 @@ def test_overlays_differ_in_database_and_object_store(objects):
     mounts = {m["mountPath"]: m["name"] for c in _find(production, "Deployment", "mlflow")["spec"]["template"]["spec"][
         "containers"] for m in c["volumeMounts"]}
     assert mounts["/etc/ssl/postgres"] == "postgres-ca"
+    for objs in (local, production):  # the upload spool is node disk: asked for, not just capped
+        (mlflow_container,) = _find(objs, "Deployment", "mlflow")["spec"]["template"]["spec"]["containers"]
+        assert "ephemeral-storage" in mlflow_container["resources"]["requests"]
 
 
 def test_gpu_check_schedules_like_the_pipeline_gpu_steps(objects):
