@@ -308,9 +308,8 @@ def null_block(args, layouts) -> list[str]:
           "covers | category intervals cover |")
     print("|---|---|---|---|---|---|")
     worst, coverage = (0.0, 0, 1, ""), []
-    for m, model_name in enumerate(MODELS):  # one model at a time, printed as it is done
-        if model_name not in args.models:
-            continue
+    for model_name in args.models:  # one model at a time, in the order asked, printed as it is done
+        m = list(MODELS).index(model_name)
         jobs, labels = [], []
         for i, (name, (layout, turns)) in enumerate(layouts.items()):
             for arms in (1, 2):
