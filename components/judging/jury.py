@@ -212,7 +212,9 @@ def judge_of(identity: JudgeIdentity, endpoint: str = "") -> Judge:
 class Jury(Judge):
     """Judges graded together (judge.Judge): a jury of one is its judge; a bigger one is named
     `jury-<aggregate>(a,b,c)`, measures quality only if every member does, and carries every
-    member's disclaimer. Its verdict on a trace is the CODE source `selfguided-jury`."""
+    member's disclaimer. Its verdict on a trace is the CODE source `selfguided-jury`. It grades
+    through `judge_with_jury` (its members, repeats and quorum are a JuryConfig's), which records it
+    as a JuryUsage; `JuryUsage.as_judge` gives it back."""
 
     def __init__(self, members: list[Judge], aggregate: str = "mean") -> None:
         if not members:
