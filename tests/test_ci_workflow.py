@@ -300,3 +300,21 @@ def test_make_installs_from_the_lock_and_a_weekly_job_tries_the_newest_releases(
     assert "schedule" in _triggers(newest)
     runs = [line for _, step in _steps(newest) for line in _run_lines(step)]
     assert "make install LOCK=" in runs and "make test LOCK=" in runs
+
+
+def test_the_cluster_workflow_runs_only_by_hand_or_nightly_and_its_submit_parses():
+    """The kind end-to-end job (never run on the development machine: no Docker, no network) stays
+    out of pushes and pull requests, and the `selfguided submit` it runs is accepted by the real
+    parser, with the pipeline parameters it names."""
+    import shlex
+
+    from selfguided.pipelines.cli.main import build_parser
+
+    cluster = yaml.safe_load((WORKFLOW.parent / "cluster.yml").read_text(encoding="utf-8"))
+    assert set(_triggers(cluster)) == {"workflow_dispatch", "schedule"}
+    script = next(s["run"] for _, s in _steps(cluster) if "selfguided submit" in s.get("run", ""))
+    command = script[script.index(".venv/bin/selfguided submit"):script.index("| tee")].replace("\\\n", " ")
+    argv = shlex.split(command)[1:]
+    args = build_parser("submit").parse_args([a.replace("$GITHUB_SHA", SHA) for a in argv])
+    assert (args.base_models, args.num_gpus, args.serving_name) == (["tiny"], 0, "")
+    assert args.mlflow_tracking_uri.startswith("sqlite:////mnt/selfguided/")
