@@ -218,7 +218,9 @@ def test_images_are_built_from_the_commit_and_tagged_with_it(workflow, tmp_path)
     job = workflow["jobs"]["images"]
     assert job["needs"] == "test" and job["if"] == workflow["jobs"]["upload"]["if"]
     assert "images" in workflow["jobs"]["upload"]["needs"], "upload only once the images exist"
-    assert job["permissions"] == {"contents": "read", "packages": "write"}
+    assert job["permissions"] == {"contents": "read", "packages": "write", "id-token": "write"}
+    assert any("cosign sign --yes" in s.get("run", "") and "@$digest" in s["run"] for s in job["steps"]), \
+        "images are signed by digest"
     dockerfiles = sorted(p.name.removesuffix(".Dockerfile") for p in (REPO / "images").glob("*.Dockerfile"))
     assert sorted(job["strategy"]["matrix"]["image"]) == dockerfiles
     from selfguided.pipelines import platform
