@@ -328,8 +328,13 @@ def _category_rule(pair: PairedComparison, gate: PromotionGate, figures: dict[st
                                  "p_within_tolerance": p_within.get(c), "could_hide": hide.get(c)}
                              for c, d in pair.categories.items()}
     if small:
-        listed = ", ".join(f"{c} (n={e.n_questions}: down to {_signed(hide[c])})" if math.isfinite(hide[c]) else
-                           f"{c} (n={e.n_questions}: any, no spread to bound it)" for c, e in small.items())
+        def could_hide(c: str, n: int) -> str:
+            if not math.isfinite(hide[c]):
+                return f"{c} (n={n}: any, no spread to bound it)"
+            return f"{c} (n={n}: down to {_signed(hide[c])})" if hide[c] < 0 else \
+                f"{c} (n={n}: none, lower bound {_signed(hide[c])})"
+
+        listed = ", ".join(could_hide(c, e.n_questions) for c, e in small.items())
         passing.append(f"categories with fewer than {m} questions do not vote, their variance is in the overall "
                        f"interval; the largest regression each could hide (one-sided 97.5% lower bound): {listed}")
     return blocking
