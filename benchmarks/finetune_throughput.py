@@ -90,8 +90,9 @@ def measure(args) -> dict:
     samples = synthetic_samples(args.samples, model.config.vocab_size, config.max_seq_len, seed=args.seed)
     model = prepare_model(model, config)
 
-    train_loop(model, samples, replace(config, max_steps=args.warmup_steps), device=device, pad_token_id=0,
-               progress=False)
+    if args.warmup_steps:  # max_steps=0 would mean every epoch, not none
+        train_loop(model, samples, replace(config, max_steps=args.warmup_steps), device=device, pad_token_id=0,
+                   progress=False)
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats(device)

@@ -28,7 +28,10 @@ def test_a_fake_api_key_is_found_nowhere(tmp_path, monkeypatch):
     with FakeOpenAI() as server:
         monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
         pipeline_yaml = compile_pipeline(tmp_path / "pipeline.yaml")
-        result = run_local(tmp_path / "run", arms=["self_guided"])
+        # Where secrets could leak does not depend on how well the model learns: two training steps
+        # and short answers make the same files, logs and MLflow entries as the demo's 30 epochs.
+        result = run_local(tmp_path / "run", arms=["self_guided"], max_new_tokens=16,
+                           finetune_config='{"method": "full", "max_steps": 2}')
         assert server.chat_requests > 0, "the run did not use the LLM endpoint"
 
     for secret in (CANARY, PASSWORD_CANARY):
