@@ -162,7 +162,7 @@ def test_register_logs_runs_versions_metrics_and_aliases(tmp_path, store, two_ar
     assert run.data.params["base_model"] == HUB_BASE
     assert run.data.params["method"] == "lora"
     assert run.data.params["judge_model"] == "gpt-4o"
-    assert run.data.params["prompt_version"] == "judge-single-v1"
+    assert run.data.params["judge_prompt"] == "judge-single-v1"
     assert run.data.tags["judge"] == "gpt-4o/judge-single-v1" and run.data.tags["replicate"] == "0"
     assert run.data.params["finetune.lora.r"] == "4"
     assert run.data.params["finetune.learning_rate"] == "0.0002"

@@ -177,8 +177,9 @@ def _row_tags(summary: JudgeSummary, pipeline_run: str, parent_run_id: str) -> d
 
 
 def _judge_params(summary: JudgeSummary) -> dict[str, str]:
-    """Who graded the row, as run parameters: the judge's model and its prompt."""
-    return {"judge_model": summary.judge.model, "prompt_version": summary.judge.prompt_id}
+    """Who graded the row, as run parameters: the judge's model and its prompt (name and version, the
+    identity's `prompt_id`); the `judge` tag is its label."""
+    return {"judge_model": summary.judge.model, "judge_prompt": summary.judge.prompt_id}
 
 
 def _row_metrics(summary: JudgeSummary, evaluation_metrics: Mapping[str, float] | None) -> dict[str, float]:
