@@ -364,7 +364,8 @@ def test_registered_model_loads_back_and_generates_like_the_trained_model(tmp_pa
         base = AutoModelForCausalLM.from_pretrained(model_dir / "base")
         reference = PeftModel.from_pretrained(base, model_dir / "adapter").merge_and_unload().eval()
     else:
-        reference = AutoModelForCausalLM.from_pretrained(model_dir / "model").eval()
+        # stored in bf16 (artifact.save_trained); served on a CPU in fp32: the same values, upcast
+        reference = AutoModelForCausalLM.from_pretrained(model_dir / "model", dtype=torch.float32).eval()
     expected = []
     for question in questions:
         ids = tokenizer(inference_prompt(question, "self_guided", "condition"), return_tensors="pt")
