@@ -25,7 +25,7 @@ run: $(STAMP)
 	$(BIN)/selfguided run
 
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder  # order: tests/conftest.py LONGEST_FIRST
 
 compile: $(STAMP)
 	$(BIN)/selfguided compile -o pipelines/selfguided_pipeline.yaml
