@@ -15,13 +15,18 @@ The rule (one rule for every bar a challenger must clear):
   for every candidate at once, so picking the best cannot inflate the false-promotion rate above
   `alpha`. A split of the questions (pick on one half, confirm on the other) would do the same at
   the price of half the questions; on test sets of 30-40 questions that costs far more power than
-  the Bonferroni factor (z 1.96 -> 2.24 for two arms).
-- *No category credibly worse.* For each category with at least `min_category_questions`
-  questions: the one-sided t test of "difference >= -promotion_tolerance"; Holm-adjusted across
-  those categories at `alpha`. Smaller categories are shown but do not vote (their variance is in
-  the overall). A category present in either row without shared items blocks.
+  the Bonferroni factor (z 1.96 -> 2.24 for two arms). All questions alike (no spread): the exact
+  sign test decides, 2^-n against `alpha / k`.
+- *Every category within the tolerance* (issue 28, `_category_rule`). Each category with at least
+  `min_category_questions` questions must show it is not worse than -promotion_tolerance: its
+  one-sided (1 - noninferiority_alpha) lower bound above it (at the default 0.5: its paired
+  difference above it); one that does not blocks, named with the questions it would need. Smaller
+  categories do not vote (their variance is in the overall); each is listed with the largest
+  regression it could hide. A category present in either row without shared items blocks. The rule
+  before issue 28 (block only when credibly worse, Holm at `alpha`) let a -1.0 regression in one
+  10-question category through 61% of the time; it stays as `category_rule="credibly_worse"`.
 - *Replicates.* With several training seeds of the challenger's arm, the differences are of the
-  replicates' mean and the interval adds the seed variance (paired.paired_comparison).
+  replicates' mean and the interval adds the seed variance with its K - 1 df (paired.paired_comparison).
 
 Its false-promotion rate under no true difference is measured with this code by
 `benchmarks/gate_simulation.py` (README: the gate section).
