@@ -24,11 +24,11 @@ from kfp import dsl, kubernetes
 from selfguided.components.steps.compare import compare
 from selfguided.components.data.categories import HELD_OUT_CATEGORIES, REFERENCE_CATEGORIES
 from selfguided.components.steps.deploy import deploy
-from selfguided.components.steps.finetune import finetune, finetune_placement
+from selfguided.components.steps.finetune import finetune, finetune_placement, plan_runs
 from selfguided.components.images import CPU_STEP_RESOURCES
 from selfguided.components.cluster import (DEPLOYER, PREDICTOR_S3_ENV, PREDICTOR_S3_SECRET, TRAINJOB_LAUNCHER,
                                            token_secret)
-from selfguided.components.steps.preflight import preflight
+from selfguided.components.steps.preflight import collect_llm_models, preflight
 from selfguided.components.model.prompting import ARMS
 from selfguided.components.steps.generate import generate
 from selfguided.components.steps.judge import judge, judge_rows
@@ -40,23 +40,6 @@ from selfguided.components.steps.split import split
 from selfguided.pipelines import platform
 
 PIPELINE_NAME = "selfguided"
-
-
-@dsl.component(base_image=platform.CPU_IMAGE, install_kfp_package=False)
-def plan_runs(base_models: List[str], arms: List[str], replicates: int) -> List[dict]:
-    """Every (base model, arm, training-seed replicate) to train, as loop items."""
-    if not base_models or not arms:
-        raise ValueError("base_models and arms must both be non-empty")
-    if replicates < 1:
-        raise ValueError(f"replicates must be at least 1, got {replicates}")
-    return [{"base_model": m, "arm": a, "replicate": r} for m in base_models for a in arms for r in range(replicates)]
-
-
-@dsl.component(base_image=platform.CPU_IMAGE, install_kfp_package=False)
-def collect_llm_models(score_model: str, judge_model: str, judges: str, reference_models: List[str]) -> List[str]:
-    """Every LLM the run calls, for the preflight: the scorer, the judge (or every juror) and the teachers."""
-    jurors = [j.strip() for j in judges.split(",") if j.strip()]
-    return [score_model, *(jurors or [judge_model]), *reference_models]
 
 
 def _sized(task: dsl.PipelineTask, kind: str) -> dsl.PipelineTask:

@@ -73,7 +73,7 @@ HF_HOME = f"{CACHE_MOUNT_PATH}/huggingface"
 
 # A multi-node fine-tuning (num_nodes > 1) runs as a Kubeflow Trainer TrainJob (manifests/training):
 # its nodes mount the cache volume for data, checkpoints and the model output, and land on the GPU
-# pool. The finetune task reads these (components/training/trainjob.py: ClusterSettings).
+# pool. The finetune task reads these (components/training/multinode.py: ClusterSettings).
 # Image pull secrets of every task and TrainJob pod (comma-separated Secret names; "" = none).
 IMAGE_PULL_SECRETS = [n.strip() for n in os.environ.get("SELFGUIDED_IMAGE_PULL_SECRETS", "").split(",") if n.strip()]
 # Kueue (optional): a LocalQueue of the profile namespace that every GPU pod and TrainJob is labelled

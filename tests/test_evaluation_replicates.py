@@ -6,7 +6,7 @@ from selfguided.components.data.jsonl import write_jsonl
 
 
 def test_plan_runs_makes_k_items_per_base_and_arm_and_k1_is_the_plain_plan():
-    from selfguided.pipelines.pipeline import plan_runs
+    from selfguided.components.steps.finetune import plan_runs
 
     items = plan_runs.python_func(base_models=["tiny"], arms=["unscored", "self_guided"], replicates=2)
     assert [(i["arm"], i["replicate"]) for i in items] == [("unscored", 0), ("unscored", 1), ("self_guided", 0),

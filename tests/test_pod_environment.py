@@ -195,8 +195,8 @@ def test_the_scanner_finds_what_the_code_reads(tmp_path):
                       'class S:\n    ENV = {"k": "D"}\n    OPTIONAL_ENV = {"k": "E"}\n')
     assert variables_read(sample) == ({"B", "D"}, {"A", "C", "E"})
     finetune = closure("selfguided.components.steps.finetune", "finetune")
-    assert COMPONENTS / "training" / "trainjob.py" in finetune
-    assert COMPONENTS / "training" / "trainjob.py" not in closure("selfguided.components.steps.finetune",
+    assert COMPONENTS / "training" / "multinode.py" in finetune
+    assert COMPONENTS / "training" / "multinode.py" not in closure("selfguided.components.steps.finetune",
                                                                   "finetune_placement")
 
 

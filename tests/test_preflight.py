@@ -42,7 +42,7 @@ def test_teachers_on_their_own_endpoint_are_checked_there(tmp_path, monkeypatch)
 
 
 def test_the_preflight_checks_every_juror_and_teacher_not_only_the_judge_model():
-    from selfguided.pipelines.pipeline import collect_llm_models
+    from selfguided.components.steps.preflight import collect_llm_models
 
     collect = collect_llm_models.python_func
     assert collect("gpt-4o", "gpt-4o", "", ["gpt-4o-mini"]) == ["gpt-4o", "gpt-4o", "gpt-4o-mini"]

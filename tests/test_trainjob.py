@@ -27,6 +27,7 @@ from kubernetes import client as k8s
 from selfguided.components.data.jsonl import write_jsonl
 from selfguided.components.model.artifact import read_manifest
 from selfguided.components.model.prompting import format_prompt
+from selfguided.components.training import multinode as mn
 from selfguided.components.training import trainjob as tj
 from selfguided.components.training.config import FinetuneConfig
 from selfguided.components.training.memory_plan import DoesNotFit
@@ -252,7 +253,7 @@ def test_a_retry_after_a_failure_starts_the_trainjob_again():
 
 
 def settings(tmp_path, gpu_memory_gb=None):
-    return tj.ClusterSettings(namespace=NAMESPACE, image="ghcr.io/selfguided/gpu:test", volume_claim="selfguided-cache",
+    return mn.ClusterSettings(namespace=NAMESPACE, image="ghcr.io/selfguided/gpu:test", volume_claim="selfguided-cache",
                               mount_path=str(tmp_path / "shared"), node_selector={"selfguided.dev/node-pool": "gpu"},
                               tolerations=[], gpu_memory_gb=gpu_memory_gb)
 
@@ -274,7 +275,7 @@ def test_multi_node_finetune_returns_the_artifact_the_trainjob_wrote(tmp_path):
     fake, lines = FakeTrainer([running(50), COMPLETE], on_complete=run_the_command), []
     config = FinetuneConfig.for_model("tiny", max_steps=1)
     with serving(fake.server):
-        metrics = tj.finetune_on_trainjob(
+        metrics = mn.finetune_on_trainjob(
             train_file, "tiny", "unscored", "filter", config, num_nodes=2, gpus_per_node=4, checkpoint_dir="",
             output_dir=tmp_path / "model", settings=settings(tmp_path), runner=runner(fake, lines))
     manifest = read_manifest(tmp_path / "model")
@@ -293,7 +294,7 @@ def test_multi_node_refuses_a_setup_the_memory_plan_rejects_before_creating_anyt
     fake, lines = FakeTrainer([COMPLETE]), []
     config = FinetuneConfig.for_model("polyglot-ko-12.8b", method="full", parallelism="ddp")
     with serving(fake.server), pytest.raises(DoesNotFit, match=r"does NOT fit.*smallest setup that fits"):
-        tj.finetune_on_trainjob(train_file, "polyglot-ko-12.8b", "unscored", "condition", config, num_nodes=2,
+        mn.finetune_on_trainjob(train_file, "polyglot-ko-12.8b", "unscored", "condition", config, num_nodes=2,
                                 gpus_per_node=8, checkpoint_dir="", output_dir=tmp_path / "model",
                                 settings=settings(tmp_path, gpu_memory_gb=80), runner=runner(fake, lines))
     assert fake.requests == []
@@ -423,9 +424,9 @@ def test_cluster_settings_carry_the_compiled_image_and_the_node_profile(monkeypa
     from selfguided.pipelines import platform
 
     env = dict(platform.TRAINJOB_ENV, SELFGUIDED_NAMESPACE=NAMESPACE)
-    settings = tj.ClusterSettings.from_env("ghcr.io/selfguided/selfguided-gpu:default-in-the-pod", env)
+    settings = mn.ClusterSettings.from_env("ghcr.io/selfguided/selfguided-gpu:default-in-the-pod", env)
     assert settings.image == platform.GPU_IMAGE == env["SELFGUIDED_TRAINJOB_IMAGE"]
     assert (settings.cpu_per_gpu, settings.memory_per_gpu) == (platform.GPU_STEP_CPU, platform.GPU_STEP_MEMORY)
     assert settings.service_account == platform.PIPELINE_SERVICE_ACCOUNT
     assert settings.active_deadline_s == platform.TRAINJOB_DEADLINE_S
-    assert tj._times("3", 8) == "24" and tj._times("24Gi", 8) == "192Gi" and tj._times("", 8) == ""
+    assert mn._times("3", 8) == "24" and mn._times("24Gi", 8) == "192Gi" and mn._times("", 8) == ""

@@ -19,7 +19,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import NamedTuple
+from typing import List, NamedTuple
 
 from kfp.dsl import Dataset, Input, Metrics, Model, Output
 from kfp.dsl.component_decorator import component  # `dsl.component` is absent when a step runs (_KFP_RUNTIME)
@@ -63,7 +63,7 @@ def _train_where_asked(train_file: Path, base_model: str, arm: str, strategy: st
     from selfguided.components.training.worker import WorkerRun
 
     if num_nodes > 1:
-        from selfguided.components.training.trainjob import ClusterSettings, finetune_on_trainjob
+        from selfguided.components.training.multinode import ClusterSettings, finetune_on_trainjob
 
         return finetune_on_trainjob(train_file, base_model, arm, strategy, config, num_nodes, gpus_per_node,
                                     checkpoint_dir, output_dir, settings=ClusterSettings.from_env(GPU_IMAGE))
@@ -148,6 +148,16 @@ def pod_placement(num_gpus: int, num_nodes: int, node_selector: dict, toleration
     if num_nodes > 1:
         return 0, {}, []
     return num_gpus, dict(node_selector), list(tolerations)
+
+
+@component(base_image=CPU_IMAGE, install_kfp_package=False)
+def plan_runs(base_models: List[str], arms: List[str], replicates: int) -> List[dict]:
+    """Every (base model, arm, training-seed replicate) to train, as loop items."""
+    if not base_models or not arms:
+        raise ValueError("base_models and arms must both be non-empty")
+    if replicates < 1:
+        raise ValueError(f"replicates must be at least 1, got {replicates}")
+    return [{"base_model": m, "arm": a, "replicate": r} for m in base_models for a in arms for r in range(replicates)]
 
 
 @component(base_image=CPU_IMAGE, install_kfp_package=False)

@@ -78,6 +78,13 @@ def run_preflight(*, tracking_uri: str, experiment_name: str, registered_model_n
     return checked
 
 
+@component(base_image=CPU_IMAGE, install_kfp_package=False)
+def collect_llm_models(score_model: str, judge_model: str, judges: str, reference_models: List[str]) -> List[str]:
+    """Every LLM the run calls, for the preflight: the scorer, the judge (or every juror) and the teachers."""
+    jurors = [j.strip() for j in judges.split(",") if j.strip()]
+    return [score_model, *(jurors or [judge_model]), *reference_models]
+
+
 @component(base_image=CPU_IMAGE, install_kfp_package=False)  # the image has kfp
 def preflight(tracking_uri: str, experiment_name: str, registered_model_name: str, llm_models: List[str],
               llm_base_url: str, serving_name: str = "") -> str:
