@@ -7,6 +7,8 @@ byte-level BPE tokenizer trained on a few Korean lines, a real PEFT LoRA adapter
 
 from __future__ import annotations
 
+import shutil
+import sqlite3
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -215,3 +217,23 @@ def empty_store(tmp_path_factory) -> Path:
     db = tmp_path_factory.mktemp("template") / "mlflow.db"
     MlflowClient(tracking_uri=f"sqlite:///{db}").search_experiments()
     return db
+
+
+def relocated_copy(template: Path, to: Path) -> Path:
+    """A copy of a folder holding a local MLflow store (`mlflow.db` and its `artifacts/`) at `to`, with
+    every absolute path MLflow recorded in it (artifact locations in the database, a logged model's
+    MLmodel) pointing into the copy: a registry built once per module, then given to each test to
+    change as it likes, for far less than registering its versions again."""
+    shutil.copytree(template, to)
+    old, new = str(template), str(to)
+    connection = sqlite3.connect(to / "mlflow.db")
+    with connection:
+        for (table,) in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall():
+            for column in [c[1] for c in connection.execute(f'PRAGMA table_info("{table}")').fetchall()
+                           if "CHAR" in (c[2] or "").upper() or "TEXT" in (c[2] or "").upper()]:
+                connection.execute(f'UPDATE "{table}" SET "{column}" = replace("{column}", ?, ?) '
+                                   f'WHERE instr("{column}", ?) > 0', (old, new, old))
+    connection.close()
+    for path in to.rglob("MLmodel"):
+        path.write_text(path.read_text(encoding="utf-8").replace(old, new), encoding="utf-8")
+    return to

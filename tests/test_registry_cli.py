@@ -1,11 +1,8 @@
 """`selfguided models | promote | rollback` against a real SQLite MLflow store."""
 
-import shutil
-from pathlib import Path
-
 import pytest
 from mlflow import MlflowClient
-from registry_fixtures import category_scores, decided, make_judgments, make_model_dir, write_row
+from registry_fixtures import category_scores, decided, make_judgments, make_model_dir, relocated_copy, write_row
 
 from selfguided.components.evaluation.judge_summary import load_row
 from selfguided.components.registry.promotion import register_candidates
@@ -15,11 +12,13 @@ from selfguided.pipelines.cli.main import main
 NAME = "korean-writing-assistant"
 
 
-@pytest.fixture
-def registry(tmp_path):
-    """v1 (champion, scores 5.0), v2 (clearly better, 6.5), v3 (the same judgments as v1)."""
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    rows = tmp_path / "rows"
+@pytest.fixture(scope="module")
+def registry_template(tmp_path_factory):
+    """v1 (champion, scores 5.0), v2 (clearly better, 6.5), v3 (the same judgments as v1), registered
+    once for the module: each test gets a copy (`registry`) to promote and roll back in."""
+    root = tmp_path_factory.mktemp("registry")
+    uri = f"sqlite:///{root}/mlflow.db"
+    rows = root / "rows"
     judged = {
         "1": make_judgments(category_scores(5.0), spread=0.6, seed=1),
         "2": make_judgments(category_scores(6.5), spread=0.6, seed=2),
@@ -27,11 +26,19 @@ def registry(tmp_path):
     judged["3"] = judged["1"]
     for number, judgments in judged.items():
         summary_path, judgments_path = write_row(rows, f"v{number}", judgments, arm="self_guided")
-        model_dir = make_model_dir(tmp_path / f"m{number}", arm="self_guided")
+        model_dir = make_model_dir(root / f"m{number}", arm="self_guided")
         candidates = load_candidates([model_dir], [summary_path], [judgments_path])
         evaluation = decided(number == "1", ("first",), champion_version=None if number == "1" else "1")
         register_candidates(candidates, evaluation=evaluation, tracking_uri=uri, pipeline_run=f"run-{number}",
                             scored_data_sha256="0" * 64)
+    return root
+
+
+@pytest.fixture
+def registry(registry_template, tmp_path):
+    """This test's own copy of the module's registry (`registry_template`)."""
+    root = relocated_copy(registry_template, tmp_path / "registry")
+    uri = f"sqlite:///{root}/mlflow.db"
     return uri, MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
