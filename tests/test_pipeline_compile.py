@@ -83,12 +83,17 @@ def test_every_task_requests_cpu_and_memory(compiled):
 
 
 def test_preflight_runs_before_any_paid_or_gpu_work(compiled):
+    from selfguided.components.cluster import PREDICTOR_S3_ENV, PREDICTOR_S3_SECRET
+
     _, spec, _ = compiled
     tasks = spec["root"]["dag"]["tasks"]
     assert "preflight" in tasks["score"]["dependentTasks"]
     assert {s["secretName"] for s in compiled[2]["exec-preflight"]["secretAsEnv"]} == {
-        platform.OPENAI_SECRET_NAME, platform.MLFLOW_AUTH_SECRET_NAME, platform.S3_SECRET_NAME}
-    # the serving predictor's S3 keys are checked against where the server keeps artifacts
+        platform.OPENAI_SECRET_NAME, platform.MLFLOW_AUTH_SECRET_NAME, platform.S3_SECRET_NAME, PREDICTOR_S3_SECRET}
+    # the serving predictor's own (read-only) S3 keys are checked against where the server keeps artifacts,
+    # under names of their own beside the step's keys
+    (predictor,) = [s for s in compiled[2]["exec-preflight"]["secretAsEnv"] if s["secretName"] == PREDICTOR_S3_SECRET]
+    assert {k["envVar"] for k in predictor["keyToEnv"]} == set(PREDICTOR_S3_ENV.values()) and predictor["optional"]
     (config_map,) = compiled[2]["exec-preflight"]["configMapAsEnv"]
     assert config_map["configMapName"] == platform.MLFLOW_CONFIG_MAP_NAME
 
