@@ -227,8 +227,10 @@ def self_guided_pipeline(
         registered_model_name: the MLflow registered model.
         mlflow_tracking_uri: MLflow tracking server.
         experiment_name: MLflow experiment of the runs.
-        promotion_tolerance: a category (of at least 5 questions) credibly worse than the champion's by
-            more than this (Holm-adjusted one-sided t test across categories) blocks a promotion.
+        promotion_tolerance: every category of at least 5 questions must show its paired difference
+            against the champion above -promotion_tolerance, or the promotion is blocked (the gate names
+            the category and the questions it would need); smaller ones are listed with the regression
+            they could hide.
         replicates: trainings of every (base model, arm) with different seeds (data order, LoRA init),
             in parallel; each is answered and judged, and the gate compares their mean, the seed-to-seed
             spread part of its interval. 1 = one training each.

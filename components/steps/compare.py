@@ -125,8 +125,8 @@ def compare(
             evaluation/rows.write_evidence; empty without a teacher).
         min_improvement: the one-sided lower confidence bound (alpha 0.02 over the candidate arms) of
             the overall paired difference against the champion (or, first, the base) must exceed it.
-        promotion_tolerance: a category credibly worse than the champion's by more than this
-            (Holm-adjusted one-sided t test) blocks the promotion.
+        promotion_tolerance: a category of at least 5 questions whose paired difference is not shown
+            above -promotion_tolerance blocks the promotion (evaluation/gate.py).
         min_paired_questions: shared questions (not (question, turn) pairs) needed to compare with the bar.
         gpu_hour_usd: price of a GPU hour, for the cost per 1000 answers of local models (0: omitted).
         result: the comparison, the gate's decision (every rule included), the challenger and every
