@@ -47,3 +47,12 @@ def _isolated_environment(monkeypatch):
     mlflow.set_tracking_uri(None)
     mlflow.set_registry_uri(None)
     os.environ.pop("MLFLOW_REGISTRY_URI", None)
+    # `mlflow.set_experiment` keeps the experiment in a module global and in MLFLOW_EXPERIMENT_ID
+    # (mlflow/tracking/fluent.py): a later test in the same process, on another store, would start
+    # its runs in an experiment id that store does not have. Under `make test`'s workers the order
+    # of tests in a process differs from a plain run, which is how this showed.
+    import mlflow.tracking.fluent as fluent
+
+    fluent._active_experiment_id = None
+    os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
+    os.environ.pop("MLFLOW_EXPERIMENT_NAME", None)
