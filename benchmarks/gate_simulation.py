@@ -39,7 +39,8 @@ from typing import Sequence
 
 import numpy as np
 
-from selfguided.components.evaluation.gate import PromotionGate, evaluate_run
+from selfguided.components.evaluation.decision import PromotionGate
+from selfguided.components.evaluation.gate import evaluate_run
 from selfguided.components.evaluation.rows import RowJudgments
 from selfguided.components.evaluation.statistics import ANSWER_SD, QUESTION_SD, TURN_SD, judge_scores
 

@@ -162,7 +162,7 @@ def decided(promote: bool, reasons: tuple[str, ...] = ("decided",), *, base_mode
     """A compare step result naming `<base_model>/<arm>` as the challenger and carrying a decision
     (the gate is tested in test_gate.py and test_compare_step.py; the registry must follow it)."""
     from selfguided.components.evaluation.agreement import JuryAgreement
-    from selfguided.components.evaluation.gate import Challenger, GateDecision
+    from selfguided.components.evaluation.decision import Challenger, GateDecision
     from selfguided.components.evaluation.paired import Comparison
 
     row = f"{base_model}/{arm}"

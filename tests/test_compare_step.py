@@ -7,7 +7,8 @@ from registry_fixtures import category_scores, make_judgments, write_row
 
 from selfguided.components.data.jsonl import DataError
 from selfguided.components.evaluation.compare_result import CompareResult
-from selfguided.components.evaluation.gate import PromotionGate, pick_challenger
+from selfguided.components.evaluation.decision import PromotionGate
+from selfguided.components.evaluation.gate import pick_challenger
 from selfguided.components.evaluation.judge_summary import load_row
 from selfguided.components.steps.compare import run_compare_step
 

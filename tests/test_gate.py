@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from evaluation_rows import CATS, JUDGE, make_row
 
-from selfguided.components.evaluation.gate import GateDecision, PromotionGate, decide_promotion, evaluate_run
+from selfguided.components.evaluation.decision import GateDecision, PromotionGate
+from selfguided.components.evaluation.gate import decide_promotion, evaluate_run
 from selfguided.components.evaluation.paired import compare_rows
 from selfguided.components.evaluation.rows import RowJudgments
 

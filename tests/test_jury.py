@@ -18,7 +18,7 @@ from selfguided.components.evaluation.agreement import (
     model_family,
     spearman,
 )
-from selfguided.components.evaluation.gate import GateDecision
+from selfguided.components.evaluation.decision import GateDecision
 from selfguided.components.evaluation.gate_rules import judge_agreement_rule
 from selfguided.components.evaluation.report import judges_section
 from selfguided.components.evaluation.rows import RowJudgments

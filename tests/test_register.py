@@ -25,7 +25,7 @@ from selfguided.components.data.categories import CATEGORIES
 from selfguided.components.data.hashing import file_sha256
 from selfguided.components.data.jsonl import DataError
 from selfguided.components.evaluation.compare_result import CompareResult
-from selfguided.components.evaluation.gate import PromotionGate
+from selfguided.components.evaluation.decision import PromotionGate
 from selfguided.components.steps.compare import run_compare_step
 from selfguided.components.model.prompting import CRITERIA, inference_prompt
 from selfguided.components.registry.names import CHALLENGER, CHAMPION, PREVIOUS_CHAMPION_TAG, RegistryError

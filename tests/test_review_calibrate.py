@@ -178,7 +178,7 @@ def test_review_then_human_feedback_then_calibrate(judged_store, capsys, tmp_pat
     # The next pipeline run's compare step reports the same agreement in its evidence report.
     from registry_fixtures import category_scores, make_judgments, write_row
 
-    from selfguided.components.evaluation.gate import PromotionGate
+    from selfguided.components.evaluation.decision import PromotionGate
     from selfguided.components.steps.compare import run_compare_step
 
     written = [write_row(tmp_path, arm, make_judgments(category_scores(score), spread=0.4, seed=i), arm=arm)

@@ -25,7 +25,7 @@ from typing import Any
 
 from selfguided.components.data.jsonl import DataError
 from selfguided.components.evaluation.agreement import JuryAgreement
-from selfguided.components.evaluation.gate import Challenger, GateDecision
+from selfguided.components.evaluation.decision import Challenger, GateDecision
 from selfguided.components.evaluation.paired import Comparison
 from selfguided.components.evaluation.rows import RowJudgments
 

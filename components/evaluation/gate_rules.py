@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 
 from selfguided.components.evaluation.agreement import JuryAgreement
-from selfguided.components.evaluation.gate import GateDecision
+from selfguided.components.evaluation.decision import GateDecision
 
 
 def judge_agreement_rule(decision: GateDecision, jury: JuryAgreement, min_agreement: float) -> GateDecision:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from selfguided.components.evaluation.agreement import JuryAgreement
-from selfguided.components.evaluation.gate import GateDecision
+from selfguided.components.evaluation.decision import GateDecision
 from selfguided.components.evaluation.paired import Comparison, PairedComparison
 from selfguided.components.evaluation.power import power_lines, power_table
 from selfguided.components.evaluation.statistics import Estimate, no_interval_reason, simulated_coverage

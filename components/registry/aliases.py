@@ -12,7 +12,7 @@ import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from selfguided.components.evaluation.gate import GateDecision
+from selfguided.components.evaluation.decision import GateDecision
 from selfguided.components.evaluation.metrics import OVERALL
 from selfguided.components.registry.logged_model import ensure_merged_weights
 from selfguided.components.registry.names import CHAMPION, PREVIOUS_CHAMPION_TAG, REGISTERED_MODEL_NAME, RegistryError
@@ -90,7 +90,8 @@ def promote_version(
     """Make `version` the champion by hand: through gate v2 (its judgments paired with the current
     champion's, same judge required) unless `force`. Who and why are recorded in tags either way.
     Returns the decision; the alias moves only when it promotes."""
-    from selfguided.components.evaluation.gate import PromotionGate, decide_promotion
+    from selfguided.components.evaluation.decision import PromotionGate
+    from selfguided.components.evaluation.gate import decide_promotion
 
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     mlflow.set_tracking_uri(tracking_uri)  # models:/ downloads resolve through the process's registry

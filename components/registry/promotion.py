@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from selfguided.components.data.jsonl import DataError
 from selfguided.components.evaluation.compare_result import CompareResult
-from selfguided.components.evaluation.gate import GateDecision
+from selfguided.components.evaluation.decision import GateDecision
 from selfguided.components.evaluation.gate_rules import champion_moved_rule
 from selfguided.components.evaluation.metrics import OVERALL, categories_from_metrics, judge_metric
 from selfguided.components.judging.rules import SCORE_NAMES

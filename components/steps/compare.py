@@ -15,7 +15,8 @@ from kfp.dsl.component_decorator import component  # `dsl.component` is absent w
 
 from selfguided.components.evaluation.agreement import jury_agreement
 from selfguided.components.evaluation.compare_result import CompareResult, RowIdentity
-from selfguided.components.evaluation.gate import PromotionGate, evaluate_run
+from selfguided.components.evaluation.decision import PromotionGate
+from selfguided.components.evaluation.gate import evaluate_run
 from selfguided.components.evaluation.gate_rules import judge_agreement_rule
 from selfguided.components.evaluation.judge_summary import JudgeSummary, load_row
 from selfguided.components.evaluation.metrics import metrics_for_row
@@ -146,7 +147,7 @@ def compare(
     Returns:
         The gate's decision in one line.
     """
-    from selfguided.components.evaluation.gate import PromotionGate
+    from selfguided.components.evaluation.decision import PromotionGate
     from selfguided.components.evaluation.metrics import OVERALL
     from selfguided.components.evaluation.rows import read_evidence, write_evidence
     from selfguided.components.steps.compare import run_compare_step
