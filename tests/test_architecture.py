@@ -70,8 +70,13 @@ def _resolve(name: str, known: dict[str, Path]) -> str | None:
 def imports_of(path: Path, known: dict[str, Path]) -> set[str]:
     """The modules of `known` that the file imports, at any depth: top-level, inside functions,
     under `if TYPE_CHECKING`, or named in a string."""
+    return imports_in([ast.parse(path.read_text(encoding="utf-8"))], known)
+
+
+def imports_in(trees: list[ast.AST], known: dict[str, Path]) -> set[str]:
+    """The modules of `known` that these syntax trees (a file, or some of its functions) import."""
     found: set[str | None] = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    for node in (inner for tree in trees for inner in ast.walk(tree)):
         if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             found.update(_resolve(f"{node.module}.{alias.name}", known) for alias in node.names)
         elif isinstance(node, ast.Import):

@@ -12,6 +12,7 @@ and the NVIDIA runtime (CUDA_VISIBLE_DEVICES) set, and what only matters off a c
 """
 
 import ast
+import functools
 import shutil
 import subprocess
 from pathlib import Path
@@ -19,6 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 from manifest_tools import kubectl
+from test_architecture import import_graph, imports_in, modules
 
 REPO = Path(__file__).resolve().parents[1]
 COMPONENTS = REPO / "components"
@@ -49,28 +51,6 @@ ABSENT_IS_FINE = {
 COMPILE_TIME = COMPONENTS / "images.py"
 
 
-def _module_file(name: str) -> Path | None:
-    parts = name.split(".")
-    if parts[:2] != ["selfguided", "components"]:
-        return None
-    base = COMPONENTS.joinpath(*parts[2:])
-    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def _imports(path: Path) -> set[str]:
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("selfguided.components"):
-            found.add(node.module)
-            found.update(f"{node.module}.{alias.name}" for alias in node.names)
-        elif isinstance(node, ast.Import):
-            found.update(a.name for a in node.names if a.name.startswith("selfguided.components"))
-    return found
-
-
 def _calls_from(tree: ast.Module, function: str) -> set[str]:
     """The module-level functions `function` reaches through calls within its own module."""
     defined = {n.name: n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
@@ -84,36 +64,32 @@ def _calls_from(tree: ast.Module, function: str) -> set[str]:
     return reached
 
 
+@functools.cache
+def _graph() -> dict[str, set[str]]:
+    return import_graph()
+
+
 def closure(module: str, function: str | None = None) -> set[Path]:
     """The files a step's code can run: `module` (from `function`, the component's body, following
     the calls it makes within the module and the imports made on the way), then every
-    selfguided.components module those import, at any depth, lazily or not."""
-    path = _module_file(module)
-    tree = ast.parse(path.read_text(encoding="utf-8"))
-    roots: set[str] = set()
+    selfguided.components module those import, at any depth, lazily or not (the architecture
+    test's import graph)."""
+    known = modules()
     if function is None:
-        roots = _imports(path)
+        roots = _graph()[module]
     else:
+        tree = ast.parse(known[module].read_text(encoding="utf-8"))
         top = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
-        nodes = top + [n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))
-                       and n.name in _calls_from(tree, function)]
-        for node in nodes:
-            for inner in ast.walk(node):
-                if isinstance(inner, ast.ImportFrom) and inner.module and inner.module.startswith("selfguided.components"):
-                    roots.add(inner.module)
-                    roots.update(f"{inner.module}.{a.name}" for a in inner.names)
-                elif isinstance(inner, ast.Import):
-                    roots.update(a.name for a in inner.names if a.name.startswith("selfguided.components"))
-        roots.discard(module)
-    seen: set[Path] = {path}
-    todo = list(roots)
+        reached = [n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))
+                   and n.name in _calls_from(tree, function)]
+        roots = imports_in(top + reached, known) - {module}
+    seen, todo = {module}, list(roots)
     while todo:
-        found = _module_file(todo.pop())
-        if found is None or found in seen:
-            continue
-        seen.add(found)
-        todo.extend(_imports(found))
-    return seen - {COMPILE_TIME}
+        name = todo.pop()
+        if name not in seen:
+            seen.add(name)
+            todo.extend(_graph().get(name, ()))
+    return {known[n] for n in seen if n.startswith("selfguided.components")} - {COMPILE_TIME}
 
 
 def variables_read(path: Path) -> tuple[set[str], set[str]]:
