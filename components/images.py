@@ -61,6 +61,14 @@ def _memory_text(gib: float) -> str:
     return f"{gib:g}Gi" if float(gib).is_integer() else f"{round(gib * 1024)}Mi"
 
 
+def for_gpus(cpu_per_gpu: str, memory_per_gpu: str, gpus: int) -> tuple[str, str]:
+    """(CPU, memory) of a pod holding `gpus` GPUs, at a GPU task's share per GPU (NodeProfile.gpu_step),
+    e.g. ("3", "24Gi") x 8 -> ("24", "192Gi"); an empty share stays empty."""
+    gpus = max(1, gpus)
+    return (_cpu_text(_cpu(cpu_per_gpu) * gpus) if cpu_per_gpu else "",
+            _memory_text(_gib(memory_per_gpu) * gpus) if memory_per_gpu else "")
+
+
 @dataclass(frozen=True)
 class NodeProfile:
     """The nodes the pipeline runs on. Defaults fit common one-GPU nodes, 4 vCPU and 32 GiB per GPU

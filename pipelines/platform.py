@@ -85,7 +85,9 @@ KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 GPU_PARALLELISM = int(os.environ.get("SELFGUIDED_GPU_PARALLELISM", "4"))
 # A fine-tuning's wall-clock bound: the TrainJob's activeDeadlineSeconds, and (plus an hour) the
 # finetune task's own timeout, so nothing waits forever.
-TRAINJOB_DEADLINE_S = int(os.environ.get("SELFGUIDED_TRAINJOB_DEADLINE_S", str(3 * 24 * 3600)))
+from selfguided.components.training.trainjob import ACTIVE_DEADLINE_S  # noqa: E402
+
+TRAINJOB_DEADLINE_S = int(os.environ.get("SELFGUIDED_TRAINJOB_DEADLINE_S", str(ACTIVE_DEADLINE_S)))
 FINETUNE_TIMEOUT_S = TRAINJOB_DEADLINE_S + 3600
 
 TRAINJOB_ENV = {

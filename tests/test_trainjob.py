@@ -429,4 +429,6 @@ def test_cluster_settings_carry_the_compiled_image_and_the_node_profile(monkeypa
     assert (settings.cpu_per_gpu, settings.memory_per_gpu) == (platform.GPU_STEP_CPU, platform.GPU_STEP_MEMORY)
     assert settings.service_account == platform.PIPELINE_SERVICE_ACCOUNT
     assert settings.active_deadline_s == platform.TRAINJOB_DEADLINE_S
-    assert mn._times("3", 8) == "24" and mn._times("24Gi", 8) == "192Gi" and mn._times("", 8) == ""
+    from selfguided.components.images import for_gpus
+
+    assert for_gpus("3", "24Gi", 8) == ("24", "192Gi") and for_gpus("", "", 8) == ("", "")

@@ -8,7 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from selfguided.components.training.trainjob import TrainJobRunner, TrainJobSpec
+from selfguided.components.images import for_gpus
+from selfguided.components.training.trainjob import ACTIVE_DEADLINE_S, SHM_SIZE, TrainJobRunner, TrainJobSpec
 
 
 @dataclass
@@ -25,11 +26,11 @@ class ClusterSettings:
     gpu_memory_gb: float | None = None
     cpu_per_gpu: str = ""  # the node profile's share per GPU (components/images.py: NodeProfile.gpu_step)
     memory_per_gpu: str = ""
-    shm_size: str = "16Gi"
+    shm_size: str = SHM_SIZE
     service_account: str = ""
     image_pull_secrets: list[str] = field(default_factory=list)
     queue_name: str = ""
-    active_deadline_s: int = 7 * 24 * 3600
+    active_deadline_s: int = ACTIVE_DEADLINE_S
 
     ENV = {"volume_claim": "SELFGUIDED_SHARED_PVC", "mount_path": "SELFGUIDED_SHARED_MOUNT",
            "node_selector": "SELFGUIDED_GPU_NODE_SELECTOR", "tolerations": "SELFGUIDED_GPU_TOLERATIONS"}
@@ -105,13 +106,13 @@ def finetune_on_trainjob(train_file, base_model: str, arm: str, strategy: str, c
     shutil.copyfile(train_file, shared_file)
     command = ["torchrun", *WorkerRun(str(shared_file), base_model, str(work / "model"), config, arm=arm,
                                       strategy=strategy, checkpoint_dir=checkpoint_dir or str(work / "checkpoints")).args()]
+    cpu_per_node, memory_per_node = for_gpus(settings.cpu_per_gpu, settings.memory_per_gpu, gpus_per_node)
     spec = TrainJobSpec(name=name, namespace=settings.namespace, image=settings.image, command=command,
                         num_nodes=num_nodes, gpus_per_node=gpus_per_node, volume_claim=settings.volume_claim,
                         mount_path=settings.mount_path, node_selector=settings.node_selector,
                         tolerations=settings.tolerations,
                         env={k: os.environ[k] for k in ("HF_HOME", "HF_ENDPOINT") if os.environ.get(k)},
-                        cpu_per_node=_times(settings.cpu_per_gpu, gpus_per_node),
-                        memory_per_node=_times(settings.memory_per_gpu, gpus_per_node), shm_size=settings.shm_size,
+                        cpu_per_node=cpu_per_node, memory_per_node=memory_per_node, shm_size=settings.shm_size,
                         service_account=settings.service_account, image_pull_secrets=settings.image_pull_secrets,
                         active_deadline_s=settings.active_deadline_s, queue_name=settings.queue_name)
     runner = runner or TrainJobRunner()
@@ -121,13 +122,3 @@ def finetune_on_trainjob(train_file, base_model: str, arm: str, strategy: str, c
     copy_artifact(work / "model", output_dir)
     return read_manifest(output_dir).train_metrics
 
-
-def _times(quantity: str, factor: int) -> str:
-    """A per-GPU CPU or memory quantity ("3", "500m", "24Gi") times the GPUs of a node; "" stays ""."""
-    import re
-
-    match = re.fullmatch(r"(\d+(?:\.\d+)?)([A-Za-z]*)", quantity.strip()) if quantity else None
-    if not match:
-        return ""
-    value = float(match.group(1)) * max(1, factor)
-    return f"{value:g}{match.group(2)}"

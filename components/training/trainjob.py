@@ -34,6 +34,8 @@ RANK0_SELECTOR = "jobset.sigs.k8s.io/jobset-name={name},batch.kubernetes.io/job-
 PODS_SELECTOR = "jobset.sigs.k8s.io/jobset-name={name}"
 MIN_TRAINER = "v2.3"  # spec.runtimePatches and spec.activeDeadlineSeconds first appear in its TrainJob CRD
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+SHM_SIZE = "16Gi"  # /dev/shm of a node pod, for NCCL and DataLoader workers with several GPUs per node
+ACTIVE_DEADLINE_S = 3 * 24 * 3600  # a TrainJob's activeDeadlineSeconds unless the pipeline sets another
 # A pod in one of these waiting states will not start by itself: the step fails with the reason
 # after STUCK_AFTER_S instead of waiting for the TrainJob's deadline.
 STUCK_WAITING = ("ImagePullBackOff", "ErrImagePull", "InvalidImageName", "CreateContainerConfigError",
@@ -62,10 +64,10 @@ class TrainJobSpec:
     runtime: str = RUNTIME
     cpu_per_node: str = ""  # requests = limits, with memory, from the node profile (ClusterSettings)
     memory_per_node: str = ""
-    shm_size: str = "16Gi"  # /dev/shm for NCCL and DataLoader workers with several GPUs per node
+    shm_size: str = SHM_SIZE
     service_account: str = ""
     image_pull_secrets: list[str] = field(default_factory=list)
-    active_deadline_s: int = 7 * 24 * 3600  # the Trainer fails the TrainJob (DeadlineExceeded) after this
+    active_deadline_s: int = ACTIVE_DEADLINE_S  # the Trainer fails the TrainJob (DeadlineExceeded) after this
     queue_name: str = ""  # a Kueue LocalQueue: the TrainJob waits for quota instead of overcommitting
 
 
