@@ -41,6 +41,13 @@ def token_secret(identity: tuple[str, str]) -> str:
     return f"{identity[0]}-token"
 
 
+def kubeconfig_path() -> str | None:
+    """KUBECONFIG as set now (the kubernetes package reads it once, when imported)."""
+    import os
+
+    return os.environ.get("KUBECONFIG") or None
+
+
 def api_client(identity: tuple[str, str]):
     """A kubernetes ApiClient acting as `identity` when its token is mounted (in the pipeline's task);
     else the pod's own ServiceAccount, else the kubeconfig (a laptop, a test). Returns None when
@@ -63,8 +70,7 @@ def api_client(identity: tuple[str, str]):
         config.load_incluster_config(client_configuration=configuration)
     except config.ConfigException:
         try:
-            config.load_kube_config(config_file=os.environ.get("KUBECONFIG") or None,
-                                    client_configuration=configuration)
+            config.load_kube_config(config_file=kubeconfig_path(), client_configuration=configuration)
         except (config.ConfigException, OSError):
             return None
     return client.ApiClient(configuration)

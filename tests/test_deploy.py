@@ -81,7 +81,7 @@ class FakeKubernetes:
                 name = path.rsplit("/", 1)[-1] if path != COLLECTION and path.count("/") > COLLECTION.count("/") else None
                 if verb in fake.forbidden:
                     return self._status(403, "Forbidden", f'inferenceservices.serving.kserve.io "{name or ""}" is '
-                                        f'forbidden: User "system:serviceaccount:{NAMESPACE}:selfguided-pipeline" cannot '
+                                        f'forbidden: User "system:serviceaccount:{NAMESPACE}:selfguided-deployer" cannot '
                                         f'{verb} resource "inferenceservices" in API group "serving.kserve.io" in the '
                                         f'namespace "{NAMESPACE}"', name)
                 if verb == "get":
@@ -220,7 +220,7 @@ def test_forbidden_names_the_verb_and_the_manifests_that_grant_it(kube):
         _deploy(kube, uri=URI_V4, version=f"{NAME}/4")
     message = str(err.value)
     assert "forbidden" in message and "patch inferenceservices.serving.kserve.io" in message
-    assert f"namespace {NAMESPACE}" in message and SERVING_MANIFESTS in message and "selfguided-pipeline" in message
+    assert f"namespace {NAMESPACE}" in message and SERVING_MANIFESTS in message and "selfguided-deployer-token" in message
     assert "\n" not in message
 
     # The manifests named there exist and grant every verb this step uses.

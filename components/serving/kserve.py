@@ -21,12 +21,12 @@ the kubeconfig. The pipeline's ServiceAccount needs get, create and patch on
 """
 
 import json
-import os
 import re
 from pathlib import Path
 from typing import Any
 
-from selfguided.components.cluster import GPU_RESOURCE, PIPELINE_SERVICE_ACCOUNT, PREDICTOR_SERVICE_ACCOUNT
+from selfguided.components.cluster import (DEPLOYER, GPU_RESOURCE, PREDICTOR_SERVICE_ACCOUNT,
+                                           kubeconfig_path, token_secret)
 from selfguided.components.registry.names import REGISTERED_MODEL_NAME
 
 GROUP = "serving.kserve.io"
@@ -263,11 +263,6 @@ def _default_api_client():
     return found
 
 
-def _kubeconfig_path() -> str | None:
-    """KUBECONFIG as set now (the kubernetes package reads it once, when imported)."""
-    return os.environ.get("KUBECONFIG") or None
-
-
 def _default_namespace() -> str:
     """The pod's own namespace in a cluster (a pipeline step runs in the profile namespace), else
     the kubeconfig context's, else `default`."""
@@ -277,7 +272,7 @@ def _default_namespace() -> str:
     from kubernetes import config
 
     try:
-        _, active = config.list_kube_config_contexts(config_file=_kubeconfig_path())
+        _, active = config.list_kube_config_contexts(config_file=kubeconfig_path())
     except (config.ConfigException, OSError):
         return "default"
     return (active or {}).get("context", {}).get("namespace") or "default"
@@ -308,7 +303,8 @@ def _explain(e, verb: str, namespace: str, name: str) -> DeployError:
         return DeployError(
             f"forbidden: the caller may not {verb} {RESOURCE} in namespace {namespace} (RBAC). Apply "
             f"{SERVING_MANIFESTS} to that namespace: Role {DEPLOYER_ROLE} grants get, create and patch on "
-            f"{RESOURCE} to ServiceAccount {PIPELINE_SERVICE_ACCOUNT}, and run the pipeline under that ServiceAccount. "
+            f"{RESOURCE} to ServiceAccount {DEPLOYER[0]}, whose token (Secret {token_secret(DEPLOYER)}) the deploy "
+            f"task mounts. "
             f"API server: {said}")
     if e.status == 401:
         return DeployError(f"the Kubernetes API rejected the credentials (401) when asked to {verb} "
