@@ -1,7 +1,8 @@
 """A local OpenAI-compatible server for tests and benchmarks, with fault injection.
 
 It runs on 127.0.0.1 on a free port in a background thread and implements what the client layer
-uses: POST /v1/chat/completions, the Files endpoints (upload, retrieve, content) and the Batches
+uses: POST /v1/chat/completions, GET /v1/models (one model, `MODEL_ID`), the Files endpoints
+(upload, retrieve, content) and the Batches
 endpoints (create, retrieve) of the OpenAI Batch API.
 
 Its "model" is deterministic and reads the prompt the way a judge would: the answers to grade sit
@@ -67,6 +68,7 @@ CRITERIA = ("helpfulness", "relevance", "accuracy", "detail")
 
 _TRUTH = re.compile(r"\(품질 (\d+)\)")
 JUDGE_BEHAVIOURS = ("length", "fair", "noisy")
+MODEL_ID = "fake-openai"  # what GET /v1/models lists (chat requests may name any model)
 
 
 def true_quality(answer: str) -> int:
@@ -489,7 +491,9 @@ def _make_handler(server: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
         def do_GET(self) -> None:
             match = re.fullmatch(r"/v1/(files|batches)/([^/]+)(/content)?", self.path)
             with server._lock:
-                if match and match[1] == "batches" and match[2] in server._batches:
+                if self.path == "/v1/models":
+                    self._send(200, {"object": "list", "data": [{"id": MODEL_ID, "object": "model", "owned_by": "fake"}]})
+                elif match and match[1] == "batches" and match[2] in server._batches:
                     self._send(200, dict(server._batches[match[2]]))
                 elif match and match[1] == "files" and match[2] in server._files:
                     entry = server._files[match[2]]

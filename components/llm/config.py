@@ -23,6 +23,10 @@ DEFAULT_PRICES: dict[str, tuple[float, float]] = {
     "gpt-4-turbo": (10.00, 30.00),
     "gpt-4": (30.00, 60.00),
 }
+# Where DEFAULT_PRICES come from and when they were read (gpt-4o 2.50/10.00, gpt-4o-mini 0.15/0.60 as
+# listed there, read through a public copy of the page dated 2026-11-05): a user must check them.
+PRICES_SOURCE = "https://developers.openai.com/api/docs/pricing"
+PRICES_AS_OF = "2026-11-05"
 BATCH_DISCOUNT = 0.5  # the Batch API bills half the list price
 STRUCTURED_OUTPUT_MODES = ("auto", "json", "text")
 DEFAULT_MAX_INPUT_TOKENS = 8000
