@@ -197,6 +197,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                   "selfguided.pipelines.cli.review:add_review_parsers"),
     "plan-eval": ("questions and training seeds a target difference needs, from a finished run's judgments",
                   "selfguided.pipelines.cli.plan_eval:add_plan_eval_parser"),
+    "bench-serve": ("throughput, latency and cost per 1,000 answers of an OpenAI-compatible endpoint under load",
+                    "selfguided.pipelines.cli.bench_serve:add_bench_serve_parser"),
 }
 
 
