@@ -16,8 +16,10 @@ follow it:
   stay as they were and rolling back is the same call with the previous version.
 
 Kubernetes access: in a pipeline pod the ServiceAccount's token (in-cluster config), elsewhere
-the kubeconfig. The pipeline's ServiceAccount needs get, create and patch on
-`inferenceservices.serving.kserve.io` in its namespace: manifests/serving grants exactly that.
+the kubeconfig. The deployer identity needs get, create and patch on
+`inferenceservices.serving.kserve.io` in its namespace (and, for the canary rollout of
+serving/canary.py, delete on them and get, create and patch on Gateway API httproutes):
+manifests/serving grants exactly that.
 """
 
 import json
@@ -236,9 +238,13 @@ def deploy_champion(
     current_version = (existing.get("metadata", {}).get("annotations") or {}).get(MODEL_VERSION_ANNOTATION)
     if spec.get("storageUri") == storage_uri and current_version == model_version:
         return f"InferenceService {where} already serves {model_version} from {storage_uri}: unchanged"
+    patch = pointing_patch(storage_uri, model_version, existing)
+    if (existing.get("spec") or {}).get("predictor", {}).get("canaryTrafficPercent") is not None:
+        # A canary's split or a rollback's pin (canaryTrafficPercent 0, serving/canary.py) would
+        # keep the new weights from 100% of traffic: this call deploys at once.
+        patch["spec"]["predictor"]["canaryTrafficPercent"] = None
     try:
-        api.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name,
-                                           pointing_patch(storage_uri, model_version, existing),
+        api.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name, patch,
                                            field_manager=FIELD_MANAGER)
     except ApiException as e:
         raise _explain(e, "patch", namespace, name) from None
@@ -302,7 +308,7 @@ def _explain(e, verb: str, namespace: str, name: str) -> DeployError:
     if e.status == 403:
         return DeployError(
             f"forbidden: the caller may not {verb} {RESOURCE} in namespace {namespace} (RBAC). Apply "
-            f"{SERVING_MANIFESTS} to that namespace: Role {DEPLOYER_ROLE} grants get, create and patch on "
+            f"{SERVING_MANIFESTS} to that namespace: Role {DEPLOYER_ROLE} grants the verbs it uses on "
             f"{RESOURCE} to ServiceAccount {DEPLOYER[0]}, whose token (Secret {token_secret(DEPLOYER)}) the deploy "
             f"task mounts. "
             f"API server: {said}")
