@@ -22,6 +22,7 @@ SMOKE = {
                           "--concurrency", "4"],
     "startup.py": ["--repeats", "1", "--steps", "register"],
     "gate_simulation.py": ["--quick"],
+    "canary_simulation.py": ["--quick"],
     "memory_plan_check.py": ["--model", "tiny", "--method", "lora", "--tokens", "256", "--steps", "1"],
 }
 
