@@ -47,10 +47,17 @@ def test_personal_data_is_replaced(text, expected):
     "user at example dot com",
     "12-3456-7890",                         # no leading trunk 0
     "접수번호 0101234567890",               # too long for a phone, and no card (13 digits, Luhn fails)
+    "4111-1111 1111-1111",                  # mixed separators: not written as a card number
 ])
 def test_ordinary_text_is_left_alone(text):
     out, counts = redact(text)
     assert out == text and not counts
+
+
+def test_a_phone_number_followed_by_a_number_is_a_phone_number():
+    # 010-1234-5678 100 is 14 Luhn-valid digits; it is a phone number and a number, not a card
+    assert luhn_ok("01012345678100")
+    assert redact("010-1234-5678 100")[0] == "[PHONE] 100"
 
 
 def test_luhn():

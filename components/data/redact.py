@@ -8,11 +8,12 @@ Kinds (`REDACTION_KINDS`), applied in this order, each match replaced by its pla
   required, so that a bare 13-digit number is left to the card check), with a real month and day and
   G in 1-8 (1-4 citizens, 5-8 foreign residents). The old check digit is not required: numbers
   issued since October 2020 do not follow it;
-- `card` -> `[CARD]`: 13 to 19 digits, optionally grouped by single spaces or hyphens, that pass the
-  Luhn check (so an order number of 13 random digits is left alone, 9 times in 10);
 - `phone` -> `[PHONE]`: Korean numbers: mobile 010/011/016-019, Seoul 02, the regions' 031-064, 070;
-  with hyphens, dots, spaces or none (010-1234-5678, 02-123-4567, 01012345678), or international
-  (+82 10-1234-5678, +82-2-123-4567, +821012345678).
+  with hyphens, dots, spaces or none, one kind per number (010-1234-5678, 02-123-4567,
+  01012345678), or international (+82 10-1234-5678, +82-2-123-4567, +821012345678);
+- `card` -> `[CARD]`: 13 to 19 digits, optionally grouped by single spaces or by single hyphens (one
+  kind per number), that pass the Luhn check (so an order number of 13 random digits is left alone,
+  9 times in 10).
 
 Not caught (by design, to keep false alarms rare): names, addresses, foreign phone formats, numbers
 split by other characters. `Redactor(kinds)` applies a chosen subset; `Redactor(())` changes nothing.
@@ -25,7 +26,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-REDACTION_KINDS: tuple[str, ...] = ("email", "rrn", "card", "phone")
+REDACTION_KINDS: tuple[str, ...] = ("email", "rrn", "phone", "card")
 PLACEHOLDERS = {"email": "[EMAIL]", "rrn": "[RRN]", "card": "[CARD]", "phone": "[PHONE]"}
 
 _EMAIL = re.compile(r"(?<![\w.+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}(?![\w-])")
@@ -52,8 +53,10 @@ def luhn_ok(digits: str) -> bool:
 
 
 def _card(match: re.Match) -> str | None:
-    digits = re.sub(r"\D", "", match.group(0))
-    return PLACEHOLDERS["card"] if 13 <= len(digits) <= 19 and luhn_ok(digits) else None
+    text = match.group(0)
+    digits = re.sub(r"\D", "", text)
+    one_separator = len(set(re.findall(r"[ -]", text))) <= 1
+    return PLACEHOLDERS["card"] if one_separator and 13 <= len(digits) <= 19 and luhn_ok(digits) else None
 
 
 def _phone(match: re.Match) -> str | None:

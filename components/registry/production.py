@@ -23,6 +23,8 @@ TAG_MODEL_VERSION = "model_version"  # the registered model version number, e.g.
 TAG_ALIAS = "alias"  # the alias the version was served as ("champion", ...); "" when served by version
 TAG_DEPLOYMENT = "deployment"  # "stable" | "canary": which side of a canary rollout answered
 TAG_REDACTIONS = "redactions"  # how many pieces of personal data were replaced
+TAG_CLIENT_CATEGORY = "client_category"  # what the client sent when it is no known category (then classified)
+TAG_SERVED_MODEL = "served_model"  # the model name clients send (the endpoint's)
 
 DEPLOYMENT_STABLE = "stable"
 DEPLOYMENT_CANARY = "canary"
@@ -32,3 +34,5 @@ CATEGORY_METADATA_KEY = "category"  # in the chat request's `metadata`
 ATTR_LATENCY_MS = "latency_ms"
 ATTR_PROMPT_TOKENS = "prompt_tokens"
 ATTR_COMPLETION_TOKENS = "completion_tokens"
+ATTR_STREAM = "stream"  # true when the answer was streamed (traced once the stream ended)
+ATTR_FINISH_REASON = "finish_reason"  # "stop" | "length" | "cancelled" (the client went away mid-stream)
