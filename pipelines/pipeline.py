@@ -352,6 +352,7 @@ def self_guided_pipeline(
         min_paired_questions=min_paired_questions, gpu_hour_usd=gpu_hour_usd,
         min_judge_agreement=min_judge_agreement, scoring_model=score_model,
         tracking_uri=mlflow_tracking_uri, experiment_name=experiment_name,  # the editors' review labels
+        registered_model_name=registered_model_name,  # the champion's measured serving throughput
     )
     _sized(_with_mlflow_secret(compare_task), "compare").set_display_name("compare with uncertainty")
     compare_task.set_caching_options(False)

@@ -196,3 +196,40 @@ def test_a_version_that_does_not_exist_is_one_line_and_2(registry, capsys):
                                "--tracking-uri", uri, "--registered-model", "writer", "--model-version", "9")
     assert rc == 2 and "not logged to MLflow" in err and "version=9" in err
     assert len(err.strip().splitlines()) == 1 and not out and not fake.chat_requests  # checked before the sweep
+
+
+def test_the_compare_reports_cost_table_uses_the_champions_measured_throughput(registry, tmp_path):
+    from registry_fixtures import category_scores, make_judgments, write_row
+
+    from selfguided.components.evaluation.compare_result import CompareResult
+    from selfguided.components.evaluation.decision import PromotionGate
+    from selfguided.components.steps.compare import measured_champion_cost, run_compare_step
+
+    uri, client = registry
+    client.set_model_version_tag("writer", "2", serving_cost.TAG_ANSWERS_PER_GPU_HOUR, "7200.0")
+    client.set_model_version_tag("writer", "2", serving_cost.TAG_BENCH_RUN_ID, "abc123")
+    folder = tmp_path / "rows"
+    written = [write_row(folder, arm, make_judgments(category_scores(score), spread=0.4, seed=i), arm=arm)
+               for i, (arm, score) in enumerate([("unscored", 5.0), ("self_guided", 6.0)])]
+    written.append(write_row(folder, "champion", make_judgments(category_scores(5.5), spread=0.4, seed=9),
+                             row_kind="champion", base_model="", model="2"))
+    run_compare_step([s for s, _ in written], [j for _, j in written], str(folder / "r.json"), str(folder / "r.md"),
+                     str(folder / "r.html"), gate=PromotionGate(), gpu_hour_usd=3.0, tracking_uri=uri,
+                     registered_model_name="writer")
+    report = (folder / "r.md").read_text(encoding="utf-8")
+    line = next(x for x in report[report.index("## Cost"):].splitlines() if x.startswith("| champion/v2 "))
+    # 7200 answers per GPU hour at $3: $0.4167 per 1000, said to be measured and where
+    assert "$0.4167" in line and "measured under load: 7,200 answers/GPU-hour" in line and "abc123" in line
+    assert "measured under load" in (folder / "r.html").read_text(encoding="utf-8")
+
+    def basis(version: str, gpu_hour_usd: float, name: str = "writer") -> str:
+        result = CompareResult.read(folder / "r.json")
+        result.champion_version = version
+        champion = next(r for r in result.comparison.rows if r.row_kind == "champion")
+        champion.usd_per_1000_answers, champion.cost_basis = None, "as before"
+        measured_champion_cost(result, uri, name, gpu_hour_usd)
+        return f"{champion.usd_per_1000_answers} {champion.cost_basis}"
+
+    assert basis("2", 0.0).startswith("None set gpu_hour_usd; measured under load")
+    assert basis("1", 3.0) == "None as before"  # no bench on v1: today's basis
+    assert basis("2", 3.0, name="other") == "None as before"  # the lookup fails: the basis is kept

@@ -58,15 +58,42 @@ def decide(summary_files: Sequence[str], judgment_files: Sequence[str], *, gate:
     return result, summaries
 
 
+def measured_champion_cost(result: CompareResult, tracking_uri: str, registered_model_name: str,
+                           gpu_hour_usd: float) -> None:
+    """The champion row's cost per 1000 answers from its throughput measured under load, when
+    `selfguided bench-serve --model-version` tagged its version with one (serving/serving_cost.py),
+    instead of its generate step's batch time; the basis says so and names the bench run."""
+    if not (tracking_uri and registered_model_name and result.champion_version):
+        return
+    from selfguided.components.serving.serving_cost import gpu_usd_per_1000, measured_answers_per_gpu_hour
+
+    try:
+        measured = measured_answers_per_gpu_hour(tracking_uri, registered_model_name, result.champion_version)
+    except Exception as exc:  # noqa: BLE001 - the cost table keeps the generate time; the decision never rests on it
+        print(f"[selfguided] compare: no measured serving throughput ({type(exc).__name__})", flush=True)
+        return
+    if measured is None:
+        return
+    per_hour, run_id = measured
+    where = f"measured under load: {per_hour:,.0f} answers/GPU-hour (bench-serve, MLflow run {run_id})"
+    for row in result.comparison.rows:
+        if row.row_kind == "champion":
+            row.usd_per_1000_answers = gpu_usd_per_1000(gpu_hour_usd, per_hour / 3600)
+            row.cost_basis = (f"{where} at ${gpu_hour_usd:g}/GPU-hour" if row.usd_per_1000_answers is not None
+                              else f"set gpu_hour_usd; {where}")
+
+
 def run_compare_step(summary_files: Sequence[str], judgment_files: Sequence[str], result_path: str,
                      report_path: str, html_path: str, *, gate: PromotionGate, gpu_hour_usd: float = 0.0,
                      min_judge_agreement: float = 0.0, scoring_model: str = "", tracking_uri: str = "",
-                     experiment_name: str = "") -> CompareResult:
+                     experiment_name: str = "", registered_model_name: str = "") -> CompareResult:
     """What the KFP component does: decide, then write the result (CompareResult) and both reports.
     With a tracking URI, the report also says how the judges fared against the editors' HUMAN scores
-    of earlier runs' review samples (registry/review.py)."""
+    of earlier runs' review samples (registry/review.py), and with the registered model's name the
+    champion's cost uses its throughput measured under load when there is one (measured_champion_cost)."""
     result, summaries = decide(summary_files, judgment_files, gate=gate, gpu_hour_usd=gpu_hour_usd,
                                min_judge_agreement=min_judge_agreement, scoring_model=scoring_model)
+    measured_champion_cost(result, tracking_uri, registered_model_name, gpu_hour_usd)
     sections = [judges_section(result.judges)]
     if tracking_uri:
         from selfguided.components.registry.review import editors_section
@@ -114,6 +141,7 @@ def compare(
     scoring_model: str = "",
     tracking_uri: str = "",
     experiment_name: str = "",
+    registered_model_name: str = "",
 ) -> str:
     """Compare every row with its uncertainty and decide, on evidence, whether the challenger is promoted.
 
@@ -143,6 +171,8 @@ def compare(
             HUMAN scores on earlier review samples (`selfguided review`); "" = left out.
         experiment_name: the MLflow experiment of the judged answers (its review samples are in
             `<experiment_name>-review`).
+        registered_model_name: the MLflow registered model: the champion's cost per 1000 answers uses
+            the throughput `selfguided bench-serve` measured on its version, when there is one.
 
     Returns:
         The gate's decision in one line.
@@ -160,7 +190,8 @@ def compare(
     write_evidence(evidence.path, summary_files, judgment_files, trained=len(summaries))
     outcome = run_compare_step(summary_files, judgment_files, result.path, report.path, report_page.path, gate=gate,
                                gpu_hour_usd=gpu_hour_usd, min_judge_agreement=min_judge_agreement,
-                               scoring_model=scoring_model, tracking_uri=tracking_uri, experiment_name=experiment_name)
+                               scoring_model=scoring_model, tracking_uri=tracking_uri, experiment_name=experiment_name,
+                               registered_model_name=registered_model_name)
     for row, values in outcome.metrics.items():
         if OVERALL in values:
             metrics.log_metric(f"{row}/overall", values[OVERALL])  # the KFP UI's name: row, then its overall
