@@ -123,8 +123,11 @@ def test_a_category_that_does_not_show_it_is_within_tolerance_blocks_and_says_wh
     assert decision.figures["overall_lower_bound"] > 0  # better overall ...
     assert not decision.promote  # ... but not at poem's expense
     reason = next(r for r in decision.reasons if r.startswith("category poem "))
-    assert reason.startswith("category poem does not show it is within -0.25 of the champion row (its paired difference "
-                             "must lie above -0.25): -"), reason
+    assert reason.startswith("category poem does not show it is within -0.25 of the champion row (it must not be worse "
+                             "than -0.25 at 60% confidence: its one-sided 60% upper bound must lie above -0.25): -"), reason
+    point = decide_promotion(challenger, champion, PromotionGate(noninferiority_alpha=0.5))
+    assert any(r.startswith("category poem does not show it is within -0.25 of the champion row (its paired difference "
+                            "must lie above -0.25): -") for r in point.reasons), point.reasons
     assert "questions would show it for a category truly no worse (80% power)" in reason
     old = decide_promotion(challenger, champion, PromotionGate(category_rule="credibly_worse"))
     assert not old.promote and any(r.startswith("category poem is credibly worse than -0.25") and "Holm" in r

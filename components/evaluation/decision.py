@@ -34,11 +34,15 @@ class PromotionGate:
     min_paired_questions: int = 20
     min_category_questions: int = MIN_CATEGORY_QUESTIONS
     alpha: float = 0.02
-    noninferiority_alpha: float = 0.5
+    noninferiority_alpha: float = 0.6
     """The per-category rule (issue 28): a voting category must show it is within -promotion_tolerance
-    of the bar, its one-sided (1 - noninferiority_alpha) lower bound above -promotion_tolerance (at
-    0.5: its paired difference above it). Chosen by benchmarks/gate_simulation.py --blocks rules: a
-    stricter level costs the power at +0.5 on 80 x 2 that the issue asks to keep."""
+    of the bar, its one-sided (1 - noninferiority_alpha) bound above -promotion_tolerance. Below 0.5
+    a lower confidence bound; at 0.5 its paired difference itself; at 0.6 (the default) it blocks
+    when it is worse than -promotion_tolerance at 60% confidence (its one-sided 60% upper bound at or
+    below it). Chosen by benchmarks/gate_simulation.py --blocks rules: at 0.5, 8 categories of 10
+    questions each passing at about 98.8% left the power at a true +0.5 on 80 x 2 at 90%; at 0.6 it
+    is 95% while a -1.0 regression in one 10-question category is still blocked 88-98% of the time
+    (docs/evaluation.md); a stricter level costs that power."""
     category_rule: str = "non_inferior"
     """`non_inferior` (the rule above) or `credibly_worse` (the rule before issue 28, kept to measure
     against: a category blocks only when credibly worse, Holm-adjusted at alpha)."""
@@ -54,8 +58,8 @@ class PromotionGate:
             raise ValueError(f"PromotionGate.min_category_questions must be >= 2, got {self.min_category_questions}")
         if not 0 < self.alpha < 0.5:
             raise ValueError(f"PromotionGate.alpha must lie in (0, 0.5), got {self.alpha}")
-        if not 0 < self.noninferiority_alpha <= 0.5:
-            raise ValueError(f"PromotionGate.noninferiority_alpha must lie in (0, 0.5], got {self.noninferiority_alpha}")
+        if not 0 < self.noninferiority_alpha < 1:
+            raise ValueError(f"PromotionGate.noninferiority_alpha must lie in (0, 1), got {self.noninferiority_alpha}")
         if self.category_rule not in ("non_inferior", "credibly_worse"):
             raise ValueError(f"PromotionGate.category_rule must be non_inferior or credibly_worse, got "
                              f"{self.category_rule!r}")

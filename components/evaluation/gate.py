@@ -19,8 +19,9 @@ The rule (one rule for every bar a challenger must clear):
   sign test decides, 2^-n against `alpha / k`.
 - *Every category within the tolerance* (issue 28, `_category_rule`). Each category with at least
   `min_category_questions` questions must show it is not worse than -promotion_tolerance: its
-  one-sided (1 - noninferiority_alpha) lower bound above it (at the default 0.5: its paired
-  difference above it); one that does not blocks, named with the questions it would need. Smaller
+  one-sided (1 - noninferiority_alpha) bound above it (at the default 0.6: not worse at 60%
+  confidence, its one-sided 60% upper bound above it; at 0.5 its paired difference, below 0.5 a
+  lower bound); one that does not blocks, named with the questions it would need. Smaller
   categories do not vote (their variance is in the overall); each is listed with the largest
   regression it could hide. A category present in either row without shared items blocks. The rule
   before issue 28 (block only when credibly worse, Holm at `alpha`) let a -1.0 regression in one
@@ -29,7 +30,7 @@ The rule (one rule for every bar a challenger must clear):
   replicates' mean and the interval adds the seed variance with its K - 1 df (paired.paired_comparison).
 
 Its false-promotion rate under no true difference is measured with this code by
-`benchmarks/gate_simulation.py` (README: the gate section).
+`benchmarks/gate_simulation.py` (docs/evaluation.md).
 """
 
 from __future__ import annotations
@@ -197,8 +198,9 @@ def _category_rule(pair: PairedComparison, gate: PromotionGate, figures: dict[st
 
     non_inferior (issue 28): a category with at least min_category_questions questions must show it is
     within -promotion_tolerance of the bar (one-sided (1 - noninferiority_alpha) lower bound above it;
-    exact sign test when its questions are all alike); one that does not blocks, named with the
-    questions it would need. Smaller categories do not vote; each is listed with the largest
+    above 0.5, e.g. the default 0.6: it must not be worse at 60% confidence, its one-sided 60% upper
+    bound above it; exact sign test when its questions are all alike); one that does not blocks,
+    named with the questions it would need. Smaller categories do not vote; each is listed with the largest
     regression it could hide (its one-sided 97.5% lower bound: own spread, or for 1-question
     categories the spread between them). credibly_worse: the rule before issue 28."""
     tol = gate.promotion_tolerance
@@ -220,19 +222,22 @@ def _category_rule(pair: PairedComparison, gate: PromotionGate, figures: dict[st
                            f"{lowest} {ci_text(voting[lowest])})")
     else:
         failing = [c for c, p in p_within.items() if not (math.isfinite(p) and p < beta)]
-        what = "above" if beta == 0.5 else f"with its one-sided {100 * (1 - beta):.4g}% lower bound above"
+        what = (f"its paired difference must lie above -{tol:.2f}" if beta == 0.5 else
+                f"its one-sided {100 * (1 - beta):.4g}% lower bound must lie above -{tol:.2f}" if beta < 0.5 else
+                f"it must not be worse than -{tol:.2f} at {100 * beta:.4g}% confidence: its one-sided "
+                f"{100 * beta:.4g}% upper bound must lie above -{tol:.2f}")
         for c in failing:
             est = voting[c]
             need = questions_needed(est, tol, beta) if not est.no_spread else math.nan
             more = (f"; about {need:.0f} questions would show it for a category truly no worse (80% power)"
                     if math.isfinite(need) else "")
-            blocking.append(f"category {c} does not show it is within -{tol:.2f} of {bar_name} (its paired difference "
-                            f"must lie {what} -{tol:.2f}): {ci_text(est)} over {est.n_questions} questions, one-sided "
+            blocking.append(f"category {c} does not show it is within -{tol:.2f} of {bar_name} ({what}): "
+                            f"{ci_text(est)} over {est.n_questions} questions, one-sided "
                             f"p {p_within[c]:.3g} >= {beta:g}{more}")
         if not failing and voting:
             lowest = min(voting, key=lambda c: voting[c].mean)
-            passing.append(f"every category with {m} or more questions shows it is within -{tol:.2f} (its paired "
-                           f"difference {what} -{tol:.2f}; lowest: {lowest} {ci_text(voting[lowest])})")
+            passing.append(f"every category with {m} or more questions shows it is within -{tol:.2f} ({what}; "
+                           f"lowest: {lowest} {ci_text(voting[lowest])})")
     small = {c: d.estimate for c, d in pair.categories.items() if c not in voting}
     ones = [e.mean for e in small.values() if e.n_questions == 1]
     hide: dict[str, float] = {}
