@@ -165,6 +165,13 @@ class KnativeTraffic:
         return out
 
 
+def apply_route(fake: FakeCluster) -> None:
+    """`kubectl apply -k manifests/serving/canary-raw`: the HTTPRoute, in the namespace, as stored."""
+    route = yaml.safe_load((REPO / canary.CANARY_RAW_MANIFESTS / "httproute.yaml").read_text(encoding="utf-8"))
+    route["metadata"] |= {"namespace": NAMESPACE, "uid": "uid-route", "generation": 1, "resourceVersion": "1"}
+    fake.objects[("httproutes", NAME)] = route
+
+
 def raw_served(fake: FakeCluster) -> dict[str, int]:
     """Where a RawDeployment's traffic goes: the HTTPRoute's weights over the InferenceServices behind
     the predictor Services (everything on the stable one while no route exists)."""
@@ -230,8 +237,11 @@ def _start(fake, mode):
     knative = KnativeTraffic()
     assert "created" in _roll_out(fake, 3, 10)  # the first deployment has no stable side: 100% at once
     if mode == canary.RAW:
+        # KServe's defaulting webhook writes the mode onto every InferenceService of a RawDeployment
+        # cluster (inference_service_defaults.go); the route is applied by hand from the overlay.
         fake.objects[("inferenceservices", NAME)]["metadata"].setdefault("annotations", {})[
-            canary.DEPLOYMENT_MODE_ANNOTATION] = canary.RAW  # as applied from manifests/serving/canary-raw
+            canary.DEPLOYMENT_MODE_ANNOTATION] = canary.RAW
+        apply_route(fake)
     knative.reconcile(fake.isvc())
     message = _roll_out(fake, 4, 10)
     assert "canary started" in message and f"{MODEL}/4" in message and "10%" in message
@@ -348,9 +358,9 @@ def test_one_canary_at_a_time(fake):
 
 
 def test_raw_route_and_canary_validate(fake):
-    """The objects a RawDeployment canary creates: the HTTPRoute passes Gateway API v1.2.1's own schema
-    (tests/data, from kserve v0.15.0), the canary InferenceService is the stable one's spec with the
-    new weights and none of the server's fields."""
+    """The objects of a RawDeployment canary: the HTTPRoute with the canary's weight passes Gateway API
+    v1.2.1's own schema (tests/data, from kserve v0.15.0); the canary InferenceService is the stable
+    one's spec with the new weights and none of the server's fields."""
     _start(fake, canary.RAW)
     route_crd = yaml.safe_load(ROUTE_CRD.read_text(encoding="utf-8"))
     (v1,) = [v for v in route_crd["spec"]["versions"] if v["name"] == "v1"]
@@ -388,3 +398,72 @@ def test_simulated_error_rates():
     regressed = simulate({"closed_qa": -1.0}, reps=60, seed=12)
     assert equal[ROLLBACK] <= 3 / 60 and equal[PROMOTE] >= 0.4
     assert regressed[PROMOTE] == 0 and regressed[ROLLBACK] >= 0.5
+
+
+def test_a_raw_canary_needs_the_route_clients_call(fake):
+    _roll_out(fake, 3, 10, mode=canary.RAW)
+    fake.requests.clear()
+    with pytest.raises(DeployError, match="apply manifests/serving/canary-raw"):
+        _roll_out(fake, 4, 10, mode=canary.RAW)
+    assert {r["method"] for r in fake.requests} == {"GET"}, "nothing may be created without the route"
+
+
+def _render(kustomization: str) -> list[dict]:
+    import subprocess
+
+    from manifest_tools import kubectl
+
+    proc = subprocess.run([kubectl(), "kustomize", str(REPO / kustomization)], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return [d for d in yaml.safe_load_all(proc.stdout) if d]
+
+
+def _isvc_checks(isvc: dict) -> None:
+    """What tests/test_serving_manifests.py checks of an InferenceService: KServe's predictor fields
+    only, and the predictor's pod and container fields against the core/v1 Pod schema."""
+    from test_serving_manifests import KSERVE_PREDICTOR_FIELDS, _predictor_as_pod, _schema_error
+
+    predictor = isvc["spec"]["predictor"]
+    assert set(predictor) <= KSERVE_PREDICTOR_FIELDS | {"serviceAccountName", "nodeSelector", "tolerations"}
+    percent = predictor.get("canaryTrafficPercent")
+    assert percent is None or (isinstance(percent, int) and 0 <= percent <= 100)  # an int64 percentage in KServe
+    assert _schema_error(_predictor_as_pod(isvc)) is None, _schema_error(_predictor_as_pod(isvc))
+
+
+def test_rendered_manifests_validate_for_both_modes(fake):
+    """Serverless: manifests/serving (validated in full by test_serving_manifests.py) and the
+    InferenceService as a canary leaves it. RawDeployment: manifests/serving/canary-raw's HTTPRoute
+    against the Gateway API CRD schema, and the canary InferenceService the code creates from
+    inferenceservice.yaml, which is inferenceservice-canary.yaml (one description)."""
+    stable = yaml.safe_load((REPO / "manifests/serving/inferenceservice.yaml").read_text(encoding="utf-8"))
+    stable["metadata"] |= {"namespace": NAMESPACE, "uid": "uid-0", "generation": 1, "resourceVersion": "1"}
+    stable["metadata"]["annotations"]["selfguided.dev/model-version"] = f"{MODEL}/3"
+    stable["spec"]["predictor"]["model"]["storageUri"] = URI[3]
+    fake.objects[("inferenceservices", NAME)] = copy.deepcopy(stable)
+    _roll_out(fake, 4, 10, mode=canary.SERVERLESS)
+    _isvc_checks(fake.isvc())
+    assert fake.isvc()["spec"]["predictor"]["canaryTrafficPercent"] == 10
+
+    (route,) = _render(canary.CANARY_RAW_MANIFESTS)
+    (v1,) = [v for v in yaml.safe_load(ROUTE_CRD.read_text(encoding="utf-8"))["spec"]["versions"] if v["name"] == "v1"]
+    jsonschema.validate(route, v1["schema"]["openAPIV3Schema"])
+    assert route["metadata"]["namespace"] == NAMESPACE == _render(kserve_manifests := "manifests/serving")[0][
+        "metadata"]["namespace"], f"the route and {kserve_manifests} must share the profile namespace"
+    expected = canary.http_route(NAME, NAMESPACE, 0, hostnames=route["spec"]["hostnames"])
+    assert route["spec"] == expected["spec"], "the committed route is the one canary.py re-weights"
+
+    fake.objects.clear()
+    stable["metadata"]["annotations"][canary.DEPLOYMENT_MODE_ANNOTATION] = canary.RAW
+    fake.objects[("inferenceservices", NAME)] = stable
+    apply_route(fake)
+    _roll_out(fake, 4, 10)
+    created = fake.isvc(canary.canary_name(NAME))
+    template = yaml.safe_load((REPO / canary.CANARY_RAW_MANIFESTS / "inferenceservice-canary.yaml").read_text("utf-8"))
+    template["metadata"]["namespace"] = NAMESPACE  # applied by hand with -n, as inferenceservice.yaml
+    for isvc in (created, template):
+        _isvc_checks(isvc)
+    template["spec"]["predictor"]["model"]["storageUri"] = URI[4]
+    assert created["spec"] == template["spec"]
+    assert created["metadata"]["name"] == template["metadata"]["name"]
+    assert set(created["metadata"]["annotations"]) >= set(template["metadata"]["annotations"])

@@ -103,7 +103,31 @@ def deploy_calls() -> set[tuple[str, str, str]]:
     with d.serving(fake.server):
         for version, uri in ((f"{d.NAME}/3", d.URI_V3), (f"{d.NAME}/4", d.URI_V4)):  # create, then patch
             deploy_champion(True, uri, version, name=d.NAME, namespace=d.NAMESPACE, api_client=fake.api_client())
-    return {authorized_as(r["method"], r["path"], r["query"]) for r in fake.requests}
+    calls = {authorized_as(r["method"], r["path"], r["query"]) for r in fake.requests}
+    return calls | canary_calls()
+
+
+def canary_calls() -> set[tuple[str, str, str]]:
+    """The canary rollout (serving/canary.py) in both modes: start, roll back, start again, promote."""
+    import test_canary as c
+
+    from selfguided.components.serving import canary
+
+    calls = set()
+    for mode in (canary.SERVERLESS, canary.RAW):
+        fake = c.FakeCluster()
+        with c.serving(fake.server):
+            cluster = canary.Cluster(fake.api_client(), c.NAMESPACE)
+            c.apply_route(fake)  # by hand, from manifests/serving/canary-raw
+            for version in (3, 4):  # the first deployment creates, the second starts a canary
+                canary.roll_out(True, c.URI[version], f"{c.MODEL}/{version}", canary_percent=10, name=c.NAME,
+                                namespace=c.NAMESPACE, api_client=fake.api_client(), mode=mode)
+            canary.rollback_canary(cluster, c.NAME, mode=mode)
+            canary.roll_out(True, c.URI[5], f"{c.MODEL}/5", canary_percent=10, name=c.NAME, namespace=c.NAMESPACE,
+                            api_client=fake.api_client(), mode=mode)
+            canary.promote_canary(cluster, c.NAME, mode=mode)
+        calls |= {authorized_as(r["method"], r["path"], r["query"]) for r in fake.requests}
+    return calls
 
 
 @pytest.mark.parametrize("identity, folder, calls", [

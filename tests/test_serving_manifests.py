@@ -159,10 +159,12 @@ def test_inference_service_is_what_the_deploy_step_would_create(objects):
     assert _schema_error(_predictor_as_pod(kserve.inference_service_manifest("x", "ns", "s3://b/m", gpu=False))) is None
 
 
-def test_deploy_rbac_is_get_create_patch_on_inference_services_only(objects):
+def test_deploy_rbac_is_inference_services_and_the_canary_route_only(objects):
     role, binding = _one(objects, "Role"), _one(objects, "RoleBinding")
     assert role["metadata"]["name"] == kserve.DEPLOYER_ROLE
-    assert role["rules"] == [{"apiGroups": [kserve.GROUP], "resources": [kserve.PLURAL], "verbs": ["get", "create", "patch"]}]
+    assert role["rules"] == [  # tests/test_cluster_rbac.py: exactly the calls deploy and the canary make
+        {"apiGroups": [kserve.GROUP], "resources": [kserve.PLURAL], "verbs": ["get", "create", "patch", "delete"]},
+        {"apiGroups": ["gateway.networking.k8s.io"], "resources": ["httproutes"], "verbs": ["get", "patch"]}]
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": kserve.DEPLOYER_ROLE}
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": cluster.DEPLOYER[0],
                                     "namespace": binding["metadata"]["namespace"]}]  # tests/test_cluster_rbac.py

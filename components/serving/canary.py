@@ -31,15 +31,19 @@ KServe's raw mode makes, port 80; pkg/constants/constants.go PredictorServiceNam
 100 - N and N. HTTPRoute, not an Istio VirtualService: it is the portable, GA (v1) API that KServe
 v0.15 itself uses for raw mode ingress (reconcilers/ingress/httproute_reconciler.go), and
 implementations beyond Istio (Envoy Gateway, Cilium, NGINX, GKE) honour backendRef weights.
-Clients then call the Gateway (hostname below), not `<name>.<ns>.svc.cluster.local`.
+The route is applied once, by hand, from manifests/serving/canary-raw (its hostname is the one
+clients call, through the Gateway, instead of `<name>.<ns>.svc.cluster.local`); the code only
+changes its weights, and refuses to start a raw canary without it (a canary nobody routes to).
 
 - promote: the stable InferenceService gets the new storageUri (its Deployment rolls its pods), the
   route goes to 100/0 and the canary InferenceService is deleted;
 - rollback: the route goes to 100/0 (traffic off the canary first), then the canary is deleted.
 
 The mode is a parameter, else the stable InferenceService's `serving.kserve.io/deploymentMode`
-annotation, else Serverless (KServe's default; a cluster whose inferenceservice-config sets
-`defaultDeploymentMode: RawDeployment` must annotate the InferenceService or pass the mode).
+annotation, else Serverless. The annotation is there in raw mode even when nobody wrote it: KServe's
+defaulting webhook sets it from inferenceservice-config's defaultDeploymentMode when that is
+RawDeployment (pkg/apis/serving/v1beta1/inference_service_defaults.go, DefaultInferenceService,
+v0.14.0 and v0.15.0); absent, the mode is KServe's default, Serverless.
 The deployer Role (manifests/serving/role.yaml) grants exactly the calls made here.
 """
 
@@ -63,6 +67,7 @@ ROUTE_GROUP, ROUTE_VERSION, ROUTE_PLURAL = "gateway.networking.k8s.io", "v1", "h
 DEFAULT_GATEWAY = ("kserve", "kserve-ingress-gateway")
 PREDICTOR_PORT = 80  # KServe raw mode's predictor Service port (constants.CommonDefaultHttpPort)
 ROLLED_BACK_ANNOTATION = "selfguided.dev/rolled-back-model-version"
+CANARY_RAW_MANIFESTS = "manifests/serving/canary-raw"  # the HTTPRoute of RawDeployment mode, applied by hand
 
 
 def predictor_service(name: str) -> str:
@@ -76,7 +81,8 @@ def canary_name(name: str) -> str:
 
 def http_route(name: str, namespace: str, canary_percent: int, *, gateway: tuple[str, str] = DEFAULT_GATEWAY,
                hostnames: list[str] | None = None) -> dict[str, Any]:
-    """The weighted route of RawDeployment mode: stable 100 - N, canary N (manifests/serving/canary-raw)."""
+    """The weighted route of RawDeployment mode: stable 100 - N, canary N (manifests/serving/canary-raw
+    holds it at 0, with a hostname)."""
     _check_percent(canary_percent, allow=(0, 100))
     spec: dict[str, Any] = {
         "parentRefs": [{"group": ROUTE_GROUP, "kind": "Gateway", "namespace": gateway[0], "name": gateway[1]}],
@@ -223,6 +229,7 @@ def start_canary(cluster: Cluster, name: str, storage_uri: str, model_version: s
                           "annotations": {DEPLOYMENT_MODE_ANNOTATION: RAW, MODEL_VERSION_ANNOTATION: model_version,
                                           PREVIOUS_MODEL_VERSION_ANNOTATION: stable_version,
                                           PREVIOUS_STORAGE_URI_ANNOTATION: stable_uri}}
+    _route(cluster, name)  # before anything is created
     existing = cluster.get(kserve.KIND, canary_name(name))
     if existing is not None:
         raise DeployError(f"InferenceService {cluster.namespace}/{canary_name(name)} already runs a canary "
@@ -234,16 +241,19 @@ def start_canary(cluster: Cluster, name: str, storage_uri: str, model_version: s
             f"{stable_version or 'the stable version'} ({name}) {100 - percent}%")
 
 
+def _route(cluster: Cluster, name: str) -> dict[str, Any]:
+    route = cluster.get("HTTPRoute", name)
+    if route is None:
+        raise DeployError(f"HTTPRoute {cluster.namespace}/{name} does not exist: a {RAW} canary is a weighted route "
+                          f"that clients already call; apply {CANARY_RAW_MANIFESTS} (its hostname set to the one "
+                          "clients use) and point clients at the Gateway first")
+    return route
+
+
 def _set_route(cluster: Cluster, name: str, percent: int, rolled_back: str | None = None) -> None:
     """Route weights, and the rolled-back version noted on the route (in raw mode a note on the stable
     InferenceService would reach its pod template and restart its pods)."""
-    route = cluster.get("HTTPRoute", name)
-    if route is None:
-        body = http_route(name, cluster.namespace, percent)
-        if rolled_back:
-            body["metadata"]["annotations"] = {ROLLED_BACK_ANNOTATION: rolled_back}
-        cluster.create("HTTPRoute", body)
-        return
+    route = _route(cluster, name)
     rules = copy.deepcopy((route.get("spec") or {}).get("rules") or [{}])
     for rule in rules:  # a user's own matches, filters and hostnames stay; only the backends change
         rule["backendRefs"] = _backends(name, percent)

@@ -18,7 +18,7 @@ follow it:
 Kubernetes access: in a pipeline pod the ServiceAccount's token (in-cluster config), elsewhere
 the kubeconfig. The deployer identity needs get, create and patch on
 `inferenceservices.serving.kserve.io` in its namespace (and, for the canary rollout of
-serving/canary.py, delete on them and get, create and patch on Gateway API httproutes):
+serving/canary.py, delete on them and get and patch on Gateway API httproutes):
 manifests/serving grants exactly that.
 """
 
