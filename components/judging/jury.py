@@ -12,7 +12,8 @@ Every judge grades through the client layer (its cache, retries and cost), or is
 stand-in. A judgment row keeps the jury's figures in `scores` and `score` (what compare, the gate
 and the report use) and every judge's own in `judges`: one entry per judge and repeat,
 `{"judge": JudgeIdentity json, "scores": {criteria..., "overall"} | null, "rationale", "error",
-"repeat"}`, plus `"jury": {"size", "answered", "aggregate"}`. A jury of one (the default, and the
+"repeat"}`, plus `"jury": {"size", "answered", "aggregate"}`. Weights (`a=0.8,b=0.2`, learned from the editors
+by jury_weights.learn_weights) make the mean a weighted mean. A jury of one (the default, and the
 offline stand-in) is its judge: the same `scores`, `score` and identity as a single judge.
 
 The jury is a judge itself (`Jury`, judge.Judge): its identity, whether it measures quality, its
@@ -40,6 +41,7 @@ from typing import Any
 
 from selfguided.components.judging.answers import answer_turns, check_answers
 from selfguided.components.judging.judge import Judge
+from selfguided.components.judging.jury_weights import check_weights, format_weights, parse_weights
 from selfguided.components.judging.llm_judge import LLMJudge
 from selfguided.components.judging.offline import OfflineJudge
 from selfguided.components.judging.rules import JudgeIdentity, judged_ok, judgment_row
@@ -48,8 +50,7 @@ from selfguided.components.model.prompting import CRITERIA
 
 AGGREGATES = ("mean", "median")
 REPEAT_SAMPLE_PER_CATEGORY = 10
-"""Questions per category in the repeated sample (the first by a hash of their id, so every row
-repeats the same questions)."""
+"""Questions per category in the repeated sample (first by a hash of their id: the same in every row)."""
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,8 @@ class JuryConfig:
     """The jurors (see `parse_judges`)."""
     aggregate: str = "mean"
     """`mean` or `median` of the judges' scores: the jury's score, per criterion and overall."""
+    weights: dict[str, float] = field(default_factory=dict)
+    """judge -> its weight in the mean (normalised; 0 excludes it); {} = equal weights."""
     min_judges: int = 0
     """Judges that must have answered an item for the jury to score it; 0 = every judge."""
     repeats: int = 1
@@ -114,6 +117,10 @@ class JuryConfig:
     def __post_init__(self) -> None:
         if self.aggregate not in AGGREGATES:
             raise ValueError(f"jury aggregate must be one of {', '.join(AGGREGATES)}, got {self.aggregate!r}")
+        self.weights = parse_weights(self.weights)
+        check_weights(self.weights, [j.model for j in self.judges])
+        if self.weights and self.aggregate != "mean":
+            raise ValueError("jury weights apply to the mean: use jury aggregate `mean` with weights")
         if self.repeats < 1:
             raise ValueError(f"judge repeats must be >= 1, got {self.repeats}")
         if not 0 <= self.min_judges <= len(self.judges):
@@ -172,6 +179,7 @@ class JuryUsage:
     judges: list[JudgeUsage]
     partial_items: int = 0
     """Items scored by fewer than all judges."""
+    weights: dict[str, float] = field(default_factory=dict)  # the jury's weights ({} = equal)
 
     @property
     def size(self) -> int:
@@ -179,7 +187,7 @@ class JuryUsage:
 
     def as_judge(self) -> Jury:
         """The jury as a judge (its members as they were recorded)."""
-        return Jury([u.as_judge() for u in self.judges], self.aggregate)
+        return Jury([u.as_judge() for u in self.judges], self.aggregate, self.weights)
 
     def cost_usd(self) -> float:
         """The whole jury's LLM cost in the row."""
@@ -188,13 +196,15 @@ class JuryUsage:
     def to_json(self) -> dict[str, Any]:
         return {"identity": self.identity.to_json(), "aggregate": self.aggregate, "min_judges": self.min_judges,
                 "repeats": self.repeats, "temperature": self.temperature,
-                "judges": [u.to_json() for u in self.judges], "partial_items": self.partial_items}
+                "judges": [u.to_json() for u in self.judges], "partial_items": self.partial_items,
+                **({"weights": self.weights} if self.weights else {})}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> JuryUsage:
         return cls(JudgeIdentity.from_json(data["identity"]), str(data["aggregate"]), int(data["min_judges"]),
                    int(data["repeats"]), float(data["temperature"]),
-                   [JudgeUsage.from_json(u) for u in data["judges"]], int(data.get("partial_items", 0)))
+                   [JudgeUsage.from_json(u) for u in data["judges"]], int(data.get("partial_items", 0)),
+                   dict(data.get("weights") or {}))
 
 
 def judge_named(spec: JudgeSpec | str, config: Any = None) -> Judge:
@@ -216,11 +226,11 @@ class Jury(Judge):
     through `judge_with_jury` (its members, repeats and quorum are a JuryConfig's), which records it
     as a JuryUsage; `JuryUsage.as_judge` gives it back."""
 
-    def __init__(self, members: list[Judge], aggregate: str = "mean") -> None:
+    def __init__(self, members: list[Judge], aggregate: str = "mean", weights: dict[str, float] | None = None) -> None:
         if not members:
             raise ValueError("a jury needs at least one judge")
         self.members, self.aggregate = list(members), aggregate
-        self.identity = jury_identity([m.identity for m in members], aggregate)
+        self.identity = jury_identity([m.identity for m in members], aggregate, weights)
         self.endpoint = members[0].endpoint if len(members) == 1 else ""
         self.measures_quality = all(m.measures_quality for m in members)
         self.calls_llm = any(m.calls_llm for m in members)
@@ -235,14 +245,17 @@ JURY_SOURCE = "selfguided-jury"
 """The source id of a jury's own score (`jury_overall`) on a trace."""
 
 
-def jury_identity(members: list[JudgeIdentity], aggregate: str = "mean") -> JudgeIdentity:
+def jury_identity(members: list[JudgeIdentity], aggregate: str = "mean", weights: dict[str, float] | None = None
+                  ) -> JudgeIdentity:
     """The jury's own identity: its judge for a jury of one; otherwise `jury-<aggregate>(a,b,c)`
-    (sorted) with the members' common prompt, so that only rows graded by the same jury compare."""
+    (sorted; weighted: `jury-mean(a=0.8,b=0.2)`) with the members' common prompt, so that only rows
+    graded by the same jury compare."""
     if len(members) == 1:
         return members[0]
     prompts = sorted({(m.prompt, m.prompt_version) for m in members})
     prompt, version = prompts[0] if len(prompts) == 1 else ("+".join(sorted({m.prompt_id for m in members})), "0")
-    return JudgeIdentity(f"jury-{aggregate}({','.join(sorted(m.model for m in members))})", prompt, version, "single")
+    names = format_weights(weights) if weights else ",".join(sorted(m.model for m in members))
+    return JudgeIdentity(f"jury-{aggregate}({names})", prompt, version, "single")
 
 
 def repeat_sample(questions: list[dict[str, Any]], per_category: int = REPEAT_SAMPLE_PER_CATEGORY) -> set[Any]:
@@ -282,7 +295,9 @@ def _entry(identity: JudgeIdentity, row: dict[str, Any], repeat: int) -> dict[st
             "repeat": repeat}
 
 
-def _combine(values: list[float], aggregate: str) -> float:
+def _combine(values: list[float], aggregate: str, weights: list[float] | None = None) -> float:
+    if weights:
+        return round(sum(v * w for v, w in zip(values, weights)) / sum(weights), 3)
     return round(statistics.median(values) if aggregate == "median" else statistics.fmean(values), 3)
 
 
@@ -310,15 +325,17 @@ def jury_row(base: dict[str, Any], entries: list[dict[str, Any]], jury: JuryConf
         return row
     row["judgment"] = "\n\n".join(f"[{e['judge']['model']}#{e['repeat']}] {e['rationale']}" for e in entries
                                   if e["scores"] is not None)
-    if len(answered) < jury.needed or not answered:
+    weights = [jury.weights[m] for m in answered] if jury.weights else None
+    if len(answered) < jury.needed or not answered or (weights is not None and not sum(weights)):
         missing = [m for m in members if m not in per_judge]
         reasons = "; ".join(f"{m}: {next((e['error'] for e in entries if e['judge']['model'] == m and e['error']), 'no verdict')}"
                             for m in missing)
         return {**row, "scores": None, "score": -1.0,
-                "error": f"partial jury: {len(answered)} of {len(members)} judges answered, {jury.needed} needed "
-                         f"(missing {reasons})"}
-    scores = {c: _combine([per_judge[m][c] for m in answered], jury.aggregate) for c in CRITERIA}
-    return {**row, "scores": scores, "score": _combine([per_judge[m]["overall"] for m in answered], jury.aggregate),
+                "error": f"partial jury: {len(answered)} of {len(members)} judges answered, {jury.needed} needed"
+                         + (", none with a weight above 0" if weights is not None and not sum(weights) else "")
+                         + f" (missing {reasons})"}
+    scores = {c: _combine([per_judge[m][c] for m in answered], jury.aggregate, weights) for c in CRITERIA}
+    return {**row, "scores": scores, "score": _combine([per_judge[m]["overall"] for m in answered], jury.aggregate, weights),
             "error": None}
 
 
@@ -356,13 +373,14 @@ def judge_with_jury(questions: list[dict[str, Any]], answers: list[dict[str, Any
         usage.cost_usd = judge.cost_usd(usage.metrics)
         identities.append(identity)
         usages.append(usage)
-    identity = jury_identity(identities, jury.aggregate)
+    identity = jury_identity(identities, jury.aggregate, jury.weights)
     members = [i.model for i in identities]
     judgments = [jury_row(bases[key], entries[key], jury, members, identity) for key in bases]
     judgments += _unanswered_turns(questions, answers, identity, jury, members)
     return judgments, JuryUsage(
         identity, jury.aggregate, jury.needed, jury.repeats, jury.temperature, usages,
-        partial_items=sum(1 for j in judgments if "jury" in j and 0 < j["jury"]["answered"] < len(members)))
+        partial_items=sum(1 for j in judgments if "jury" in j and 0 < j["jury"]["answered"] < len(members)),
+        weights=dict(jury.weights))
 
 
 def _unanswered_turns(questions: list[dict[str, Any]], answers: list[dict[str, Any]], identity: JudgeIdentity,
