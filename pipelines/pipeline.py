@@ -172,6 +172,7 @@ def self_guided_pipeline(
     min_paired_questions: int = 20,
     gpu_hour_usd: float = 0.0,
     serving_name: str = REGISTERED_MODEL_NAME,
+    canary_percent: int = 10,
     registered_model_name: str = REGISTERED_MODEL_NAME,
     mlflow_tracking_uri: str = platform.MLFLOW_TRACKING_URI_IN_CLUSTER,
     experiment_name: str = EXPERIMENT_NAME,
@@ -224,6 +225,8 @@ def self_guided_pipeline(
         min_paired_questions: shared questions (not (question, turn) pairs) needed to compare.
         gpu_hour_usd: price of a GPU hour, for the cost per 1000 answers of local models (0 = omitted).
         serving_name: the KServe InferenceService pointed at a newly promoted champion ("" = no deploy).
+        canary_percent: share of traffic (1-99) a new champion gets beside the previous one until the
+            monitor (or `selfguided canary`) promotes it to 100% or rolls it back; 0 = 100% at once.
         registered_model_name: the MLflow registered model.
         mlflow_tracking_uri: MLflow tracking server.
         experiment_name: MLflow experiment of the runs.
@@ -382,7 +385,7 @@ def self_guided_pipeline(
     deploy_task = deploy(
         promoted=register_task.outputs["promoted"], storage_uri=register_task.outputs["champion_storage_uri"],
         model_version=register_task.outputs["champion_version"], service_name=serving_name, namespace="",
-        node_selector=platform.GPU_NODE_SELECTOR, tolerations=platform.GPU_TOLERATIONS,
+        canary_percent=canary_percent, node_selector=platform.GPU_NODE_SELECTOR, tolerations=platform.GPU_TOLERATIONS,
     )
     _sized(deploy_task, "light").set_display_name("deploy the champion").set_caching_options(False)
     _acting_as(deploy_task, DEPLOYER)

@@ -313,7 +313,8 @@ def test_component_interface():
     spec = deploy.component_spec
     assert {k: v.type for k, v in spec.inputs.items()} == {
         "promoted": "Boolean", "storage_uri": "String", "model_version": "String",
-        "service_name": "String", "namespace": "String", "node_selector": "Dict", "tolerations": "List"}
+        "service_name": "String", "namespace": "String", "canary_percent": "Integer", "node_selector": "Dict",
+        "tolerations": "List"}
     assert {k: v.type for k, v in spec.outputs.items()} == {"Output": "String"}
     assert spec.implementation.container.image == CPU_IMAGE
 
