@@ -130,3 +130,18 @@ def test_power_figures_follow_the_normal_approximation():
     assert need == pytest.approx(60 * (mdd / 0.5) ** 2, rel=0.05)
     assert questions_needed(est, 2 * mdd, 0.025) < 60 < questions_needed(est, mdd / 2, 0.025)
     assert math.isnan(minimal_detectable_difference(Estimate(1.0, math.nan, math.nan, 1, 1), 0.025))
+
+
+def test_the_seed_term_brings_few_df_even_when_its_spread_came_out_small():
+    """paired.seed_df: Satterthwaite with the seed variance at an upper confidence limit. Plain
+    Satterthwaite gives a 1-df seed term that came out small by chance almost the rest's df (5-7%
+    false promotions with two seeds, issue 28); here the df stay between K - 1 and Satterthwaite's."""
+    from selfguided.components.evaluation.paired import seed_df
+
+    assert seed_df(0.02, 40.0, 0.0, 1.0) == 40.0  # no seed spread: the rest's df
+    for seed, k1 in ((0.002, 1.0), (0.02, 1.0), (0.2, 1.0), (0.02, 2.0)):
+        satterthwaite = (0.02 + seed) ** 2 / (0.02 ** 2 / 40 + seed ** 2 / k1)
+        df = seed_df(0.02, 40.0, seed, k1)
+        assert k1 <= df < satterthwaite, (seed, k1, df, satterthwaite)
+    assert seed_df(1e-9, 40.0, 1.0, 1.0) == pytest.approx(1.0, rel=1e-6)  # the seed term alone: K - 1 df
+    assert seed_df(0.02, 40.0, 0.002, 1.0) < 0.7 * ((0.022) ** 2 / (0.02 ** 2 / 40 + 0.002 ** 2))
