@@ -467,3 +467,33 @@ def test_rendered_manifests_validate_for_both_modes(fake):
     assert created["spec"] == template["spec"]
     assert created["metadata"]["name"] == template["metadata"]["name"]
     assert set(created["metadata"]["annotations"]) >= set(template["metadata"]["annotations"])
+
+
+def test_the_cli_reads_the_kubeconfig_and_moves_both_sides(fake, registry, monkeypatch, tmp_path, capsys):
+    from selfguided.components.serving import kserve
+    from selfguided.pipelines.cli.main import main
+
+    kubeconfig = tmp_path / "config"
+    kubeconfig.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "dev",
+        "clusters": [{"name": "dev", "cluster": {"server": fake.host}}],
+        "users": [{"name": "dev", "user": {"token": "kubeconfig-token"}}],
+        "contexts": [{"name": "dev", "context": {"cluster": "dev", "user": "dev", "namespace": NAMESPACE}}]}))
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    monkeypatch.setattr(kserve, "SERVICE_ACCOUNT_NAMESPACE_FILE", str(tmp_path / "not-in-a-pod"))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    _start(fake, canary.SERVERLESS)
+
+    assert main(["canary", "status"]) == 0
+    assert f"canary {MODEL}/4 at 10% of traffic, stable {MODEL}/3 at 90%" in capsys.readouterr().out
+    assert main(["canary", "rollback", "--tracking-uri", registry[0], "--reason", "closed_qa worse", "--by", "ops"]) == 0
+    assert "canary rolled back" in capsys.readouterr().out
+    assert str(registry[1].get_model_version_by_alias(MODEL, CHAMPION).version) == "3"
+    assert registry[1].get_model_version(MODEL, "4").tags[CANARY_TAG] == "rolled back: v3 serves 100% again by ops: " \
+        "closed_qa worse"
+    assert main(["canary", "promote", "--tracking-uri", registry[0]]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("selfguided canary promote: no canary is running") and err.count("\n") == 1
+    with pytest.raises(SystemExit) as bad:
+        main(["canary", "pause"])
+    assert bad.value.code == 2

@@ -185,6 +185,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                 "selfguided.pipelines.cli.registry:add_registry_parsers"),
     "rollback": ("move champion back to the version it replaced (or VERSION)",
                  "selfguided.pipelines.cli.registry:add_registry_parsers"),
+    "canary": ("the champion's canary rollout: status, promote to 100% or roll back (KServe and the alias)",
+               "selfguided.pipelines.cli.canary:add_canary_parser"),
     "plan-training": ("per-GPU memory of a fine-tuning setup (DDP, FSDP) and the smallest that fits",
                       "selfguided.pipelines.cli.training:add_plan_training_parser"),
     "score": ("rate seed records (helpfulness, relevance, accuracy, detail) with an LLM",
