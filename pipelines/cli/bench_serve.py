@@ -52,9 +52,9 @@ def run_bench_serve(args: argparse.Namespace) -> int:
         questions = load_questions(args.questions or sample_path(SAMPLE_QUESTIONS))
         prompts = loadtest.prompts_from_questions(questions, seed=args.random_seed)
         served = loadtest.served_models(base, timeout_s=min(args.timeout, 10.0))
-        model = args.model or (served[0] if served else "")
+        model = args.served_model_name or (served[0] if served else "")
         if not model:
-            raise _BadInput(f"{base}/models lists no model: name the served model with --model")
+            raise _BadInput(f"{base}/models lists no model: name the served model with --served-model-name")
     except (_BadInput, DataError, loadtest.LoadTestError) as exc:
         print(f"bench-serve: {exc}", file=sys.stderr)
         return 2
@@ -156,7 +156,8 @@ def add_bench_serve_parser(sub) -> None:
     p.add_argument("--rates", default="0.5,1,2", help="offered request rates per second, in order (default: %(default)s)")
     p.add_argument("--duration", type=float, default=60.0, help="seconds of arrivals per rate (default: %(default)s)")
     p.add_argument("--max-requests", type=int, default=200, help="requests per rate at most (default: %(default)s)")
-    p.add_argument("--model", help="served model name (default: the first of GET /v1/models)")
+    p.add_argument("--served-model-name", help="the model name to send, as `selfguided serve --served-model-name` "
+                   "(default: the first of GET /v1/models)")
     p.add_argument("--questions", help="FastChat question.jsonl whose first turns are sent (default: the bundled "
                    "test questions)")
     p.add_argument("--max-tokens", type=int, help="max_tokens of every request (default: the server's)")
