@@ -4,10 +4,20 @@ four Vicuna criteria (helpfulness, relevance, accuracy, detail; 1-10).
 A scored record is built in one place, `scored_record`: the seed record plus `scores`, `score`
 (their mean) and `judge` (the scorer's JudgeIdentity plus its rationale). A record the scorer
 could not score keeps its place with `scores: null, score: null, error: <reason>`.
+
+Incremental: with a cache (the LLM cache's location), a record scored before by the same scorer
+model with the same prompt version is not sent again: its scores are read back from an entry keyed
+by the record's content (category, instruction, input, output), the model and the prompt version
+(`scored_key`). A new prompt version matches no entry, so every record is scored again; a second
+entry per content and model (`last_scored_key`) remembers the version that scored it last, so the
+step says how many were re-scored because the prompt changed. The counts come back as usage
+metrics (`score/scored_now`, `score/reused`, `score/rescored_new_prompt`) and as one line
+(`rescoring_line`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -52,28 +62,82 @@ def _score_request_fields(record: dict[str, Any]) -> dict[str, str]:
     }
 
 
+CONTENT_FIELDS = ("category", "instruction", "input", "output")
+"""What a record's score depends on (its id and other fields do not)."""
+
+
+def _key(**payload: Any) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()
+
+
+def scored_key(record: dict[str, Any], model: str, prompt_id: str) -> str:
+    """The cache key of a record's scores: its content, the scorer model and the prompt version."""
+    return _key(kind="scored-record", content=[record.get(f) or "" for f in CONTENT_FIELDS], model=model,
+                prompt=prompt_id)
+
+
+def last_scored_key(record: dict[str, Any], model: str) -> str:
+    """The cache key of the prompt version that last scored this content with this model."""
+    return _key(kind="last-scored-prompt", content=[record.get(f) or "" for f in CONTENT_FIELDS], model=model)
+
+
 def score_with_llm(records: list[dict[str, Any]], config: Any) -> tuple[list[dict[str, Any]], Any]:
     """Score seed records with the LLM of `config` (an LLMConfig); returns the scored records (same
-    order, none dropped) and the client's UsageSummary."""
+    order, none dropped) and the client's UsageSummary (`score_incrementally` without its counts)."""
+    scored, usage, _ = score_incrementally(records, config)
+    return scored, usage
+
+
+def score_incrementally(records: list[dict[str, Any]], config: Any
+                        ) -> tuple[list[dict[str, Any]], Any, dict[str, float]]:
+    """`score_with_llm` plus the incremental counts (module docstring): only records without scores
+    of the same content, model and prompt version are sent; reused ones count as `cached` in the usage."""
     from selfguided.components.judging.verdicts import ask, parse_ratings
+    from selfguided.components.llm.cache import open_cache
     from selfguided.components.llm.client import LLMClient
 
     prompt = load_prompt(SCORE_PROMPT)
     judge = JudgeIdentity(config.model, prompt.name, str(prompt.version), "score")
+    cache = open_cache(config.cache)
+    keys = [scored_key(r, config.model, prompt.id) for r in records]
+    scored: list[dict[str, Any] | None] = [None] * len(records)
+    for i, key in enumerate(keys):
+        if cache is not None and (hit := cache.get(key)) is not None:
+            scored[i] = scored_record(records[i], judge, hit["scores"], rationale=hit.get("rationale"))
+    todo = [i for i, r in enumerate(scored) if r is None]
+    earlier = [cache.get(last_scored_key(records[i], config.model)) if cache is not None else None for i in todo]
     client = LLMClient(config, step="score")
-    verdicts = ask(client, prompt, [prompt.request(**_score_request_fields(r)) for r in records], parse_ratings)
-    scored = []
-    for record, verdict in zip(records, verdicts):
+    verdicts = ask(client, prompt, [prompt.request(**_score_request_fields(records[i])) for i in todo],
+                   parse_ratings) if todo else []
+    for i, verdict in zip(todo, verdicts):
         if verdict.parsed is None:
-            scored.append(scored_record(record, judge, None, error=verdict.error))
-        else:
-            ratings, rationale = verdict.parsed
-            scored.append(scored_record(record, judge, ratings, rationale=rationale))
+            scored[i] = scored_record(records[i], judge, None, error=verdict.error)
+            continue
+        ratings, rationale = verdict.parsed
+        scored[i] = scored_record(records[i], judge, ratings, rationale=rationale)
+        if cache is not None:
+            cache.put(keys[i], {"scores": scored[i]["scores"], "rationale": rationale})
+            cache.put(last_scored_key(records[i], config.model), {"prompt": prompt.id})
+    done = [r for r in scored if r is not None]
     usage = client.usage
     usage.records = len(records)
-    usage.failed = sum(1 for r in scored if r["scores"] is None)
+    usage.failed = sum(1 for r in done if r["scores"] is None)
     usage.done = usage.records - usage.failed
-    return scored, usage
+    usage.cached += len(records) - len(todo)
+    counts = {"score/scored_now": float(len(todo)), "score/reused": float(len(records) - len(todo)),
+              "score/rescored_new_prompt": float(sum(1 for e in earlier if e and e.get("prompt") != prompt.id))}
+    return done, usage, counts
+
+
+def rescoring_line(counts: dict[str, float], model: str) -> str:
+    """`score: 12 scored now, 88 reused (...)`, and why a record scored before was scored again."""
+    prompt = load_prompt(SCORE_PROMPT).id
+    line = (f"score: {counts.get('score/scored_now', 0):.0f} scored now, {counts.get('score/reused', 0):.0f} reused "
+            f"(scored before with {model} and prompt {prompt})")
+    if counts.get("score/rescored_new_prompt"):
+        line += (f"; {counts['score/rescored_new_prompt']:.0f} of those scored now had been scored with an earlier "
+                 f"prompt version: prompt {prompt} is new, so they were scored again")
+    return line
 
 
 def score_records(
@@ -84,12 +148,12 @@ def score_records(
     Returns the scored records (same order) and usage metrics (tokens, cost, parse rate).
     """
     if OfflineJudge.of(model) is not None:
-        return score_offline(records), {}
+        return score_offline(records), {"score/scored_now": float(len(records)), "score/reused": 0.0}
     from selfguided.components.llm.config import llm_step_config
 
     config = llm_step_config("score", model, base_url=base_url, concurrency=concurrency, cache=cache)
-    scored, usage = score_with_llm(records, config)
-    return scored, usage.to_metrics("score")
+    scored, usage, counts = score_incrementally(records, config)
+    return scored, {**usage.to_metrics("score"), **counts}
 
 
 def scoring_prompt_tokens(record: dict[str, Any]) -> int:

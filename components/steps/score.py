@@ -26,7 +26,8 @@ from selfguided.components.data.inputs import SAMPLE_SEED, fetch_input
 from selfguided.components.data.jsonl import write_jsonl
 from selfguided.components.data.seed import load_seed
 from selfguided.components.judging.jury import judge_named
-from selfguided.components.judging.scoring import score_records, set_aside_too_long
+from selfguided.components.judging.offline import OfflineJudge
+from selfguided.components.judging.scoring import rescoring_line, score_records, set_aside_too_long
 from selfguided.components.llm.config import DEFAULT_MAX_INPUT_TOKENS
 from selfguided.components.model.prompting import CRITERIA
 from selfguided.components.images import CPU_IMAGE
@@ -117,6 +118,8 @@ def run_score_step(
     }
     print(f"[selfguided] score: {len(ok)}/{len(scored)} records scored by {model}, {len(rejects)} rejected",
           flush=True)
+    if OfflineJudge.of(model) is None:  # an LLM scorer: what it was asked now, what earlier runs had scored
+        print(f"[selfguided] {rescoring_line(usage, model)}", flush=True)
     return metrics
 
 
