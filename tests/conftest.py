@@ -20,6 +20,7 @@ LONGEST_FIRST = (
     "test_register.py",
     "test_generate.py",
     "test_postgres_deployment.py",  # PostgreSQL, MLflow and S3
+    "test_production_traces.py",    # an MLflow server, 300 traced requests, the server killed
 )
 
 

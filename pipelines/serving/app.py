@@ -5,7 +5,10 @@ Why not `transformers serve`: (transformers 5.x) it does load a local folder on 
 applies its chat template, but it names the model by its filesystem path (no served name), answers
 an unknown model with 400 `{"detail": ...}` instead of OpenAI's 404 error object, an empty
 conversation with 500, ends a stream without `data: [DONE]`, and does not strip the answer as the
-pipeline's generation does; its in-process entry point is marked for tests only. This app's
+pipeline's generation does; its in-process entry point is marked for tests only.
+
+With a `ProductionLogger` (serving/tracing.py), every answer, plain or streamed (once the stream
+ended), is offered to it for a production trace; `GET /v1/trace-stats` shows its counters. This app's
 generation is the pipeline's own (`artifact.generate_tokens`, decoding settings from
 `artifact.generation_config`), so a greedy answer here is the answer the evaluation saw. The
 conversation goes through `ModelManifest.prompt(turns, earlier_answers)`, the same string as the
@@ -25,6 +28,7 @@ from typing import Any
 
 from selfguided.components.model import artifact as tm
 from selfguided.pipelines.serving.protocol import ApiError, AnswerText, parse_chat_request, sse
+from selfguided.pipelines.serving.tracing import offer_answer, trace_stats
 
 DEFAULT_MAX_NEW_TOKENS = 256
 
@@ -116,8 +120,9 @@ def _streamer_class():
 
 
 def create_app(model_dir: str | Path, served_model_name: str, *, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-               device: str | None = None, generator: Generator | None = None):
-    """The OpenAI-compatible FastAPI app on a trained model directory (loaded now)."""
+               device: str | None = None, generator: Generator | None = None, logger=None):
+    """The OpenAI-compatible FastAPI app on a trained model directory (loaded now); `logger`, a
+    started ProductionLogger, traces its answers."""
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse, StreamingResponse
     from starlette.concurrency import run_in_threadpool
@@ -130,6 +135,7 @@ def create_app(model_dir: str | Path, served_model_name: str, *, max_new_tokens:
     app = FastAPI(title="selfguided serve", description=__doc__.split("\n\n", 1)[0])
     app.state.generator = gen
     app.state.served_model_name = served_model_name
+    app.state.logger = logger
 
     @app.exception_handler(ApiError)
     async def _api_error(_request: Request, exc: ApiError):
@@ -153,6 +159,10 @@ def create_app(model_dir: str | Path, served_model_name: str, *, max_new_tokens:
     def health():
         return {"status": "ok", "model": served_model_name}
 
+    @app.get("/v1/trace-stats")
+    def get_trace_stats():
+        return trace_stats(logger)
+
     @app.get("/v1/models")
     def list_models():
         return {"object": "list", "data": [model_card]}
@@ -164,6 +174,7 @@ def create_app(model_dir: str | Path, served_model_name: str, *, max_new_tokens:
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
+        started_ns, started = time.time_ns(), time.perf_counter()
         try:
             body = await request.json()
         except ValueError:
@@ -191,6 +202,8 @@ def create_app(model_dir: str | Path, served_model_name: str, *, max_new_tokens:
             new_ids = await run_in_threadpool(gen.generate, prompt_ids, req.max_tokens, req.temperature)
             answer = AnswerText(req.stops)
             content = answer.feed(gen.decode(new_ids)) + answer.finish()
+            offer_answer(logger, body, req.metadata, content, started_ns, started, prompt_tokens=len(prompt_ids),
+                         completion_tokens=len(new_ids), finish_reason=finish_reason(answer, len(new_ids)))
             return {
                 "id": completion_id, "object": "chat.completion", "created": now, "model": served_model_name,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
@@ -207,28 +220,38 @@ def create_app(model_dir: str | Path, served_model_name: str, *, max_new_tokens:
             cancel = threading.Event()
             streamer = gen.stream(prompt_ids, req.max_tokens, req.temperature, cancel)
             answer = AnswerText(req.stops)
+            sent: list[str] = []
+            finish = "cancelled"  # until the stream ends as it should
             try:
                 yield chunk({"role": "assistant", "content": ""})
                 pieces = iter(streamer)
                 while (piece := await run_in_threadpool(next, pieces, None)) is not None:
                     if delta := answer.feed(piece):
+                        sent.append(delta)
                         yield chunk({"content": delta})
                     if answer.stopped:
                         break
                 cancel.set()
                 if streamer.error is not None:
+                    finish = "error"
                     yield sse(ApiError(500, f"generation failed: {type(streamer.error).__name__}: "
                                              f"{streamer.error}", kind="server_error").body())
                 else:
                     if rest := answer.finish():
+                        sent.append(rest)
                         yield chunk({"content": rest})
-                    yield chunk({}, finish_reason(answer, streamer.generated))
+                    finish = finish_reason(answer, streamer.generated)
+                    yield chunk({}, finish)
                     if req.include_usage:
                         yield sse({"id": completion_id, "object": "chat.completion.chunk", "created": now,
                                     "model": served_model_name, "choices": [], "usage": usage(streamer.generated)})
                 yield "data: [DONE]\n\n"
             finally:  # also when the client goes away: stop generating
                 cancel.set()
+                if finish != "error":
+                    offer_answer(logger, body, req.metadata, "".join(sent), started_ns, started, stream=True,
+                                 prompt_tokens=len(prompt_ids), completion_tokens=streamer.generated,
+                                 finish_reason=finish)
 
         return StreamingResponse(events(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

@@ -6,14 +6,16 @@ messages of one role are joined with a blank line; the user/assistant turns must
 end with a user message. Request fields: `model` (must be the served name, else 404), `messages`,
 `max_tokens` / `max_completion_tokens`, `temperature` (default 0: greedy, as the pipeline
 generates; > 0 samples), `stop` (a string or a list; the answer ends before the first one),
-`stream`, `stream_options.include_usage`, `n` (1 only). Other OpenAI fields (top_p, penalties,
+`stream`, `stream_options.include_usage`, `n` (1 only), `metadata` (OpenAI's: at most 16 string
+values, keys up to 64 and values up to 512 characters; `metadata.category` names the writing
+category of the request for the production traces, registry/production.py). Other OpenAI fields (top_p, penalties,
 seed, ...) are accepted and ignored.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 DROPPED_ROLES = ("system", "developer")
@@ -40,6 +42,7 @@ class ChatRequest:
     stops: list[str]
     stream: bool
     include_usage: bool
+    metadata: dict[str, str] = field(default_factory=dict)
 
 
 def _content_text(content: Any, index: int) -> str:
@@ -98,6 +101,20 @@ def _number(body: dict, key: str, kind: type, low: float, high: float | None = N
     return kind(value)
 
 
+def parse_metadata(body: dict[str, Any]) -> dict[str, str]:
+    """The request's `metadata` as OpenAI defines it: at most 16 string values, keys up to 64 and
+    values up to 512 characters; absent or null is {}."""
+    metadata = body.get("metadata")
+    if metadata is None:
+        return {}
+    if not (isinstance(metadata, dict) and len(metadata) <= 16
+            and all(isinstance(k, str) and len(k) <= 64 and isinstance(v, str) and len(v) <= 512
+                    for k, v in metadata.items())):
+        raise ApiError(400, "metadata must be an object of at most 16 string values (keys up to 64 characters, "
+                       "values up to 512)", param="metadata")
+    return dict(metadata)
+
+
 def parse_chat_request(body: Any, default_max_tokens: int) -> ChatRequest:
     """Check a chat completion request body (the model name is checked by the caller)."""
     if not isinstance(body, dict):
@@ -118,7 +135,8 @@ def parse_chat_request(body: Any, default_max_tokens: int) -> ChatRequest:
     return ChatRequest(turns=turns, answers=answers, max_tokens=max_tokens or default_max_tokens,
                        temperature=temperature or 0.0, stops=[s for s in stops if s],
                        stream=bool(body.get("stream")),
-                       include_usage=bool(isinstance(options, dict) and options.get("include_usage")))
+                       include_usage=bool(isinstance(options, dict) and options.get("include_usage")),
+                       metadata=parse_metadata(body))
 
 
 class AnswerText:

@@ -30,6 +30,10 @@ class ResolvedModel:
     """The default served model name: the registered model's name, else the folder's."""
     source: str
     """What was resolved, for the startup line (`models:/x@champion (version 3)`)."""
+    registered_model: str = ""
+    """The registered model, version and alias (for production traces); "" where not one."""
+    version: str = ""
+    alias: str = ""
 
 
 def _is_uri(text: str) -> bool:
@@ -62,7 +66,30 @@ def resolve_model(model_uri: str, tracking_uri: str | None, download_dir: str | 
         tm.read_manifest(model_dir)
     except tm.ArtifactError as exc:
         raise ServeError(f"{model_uri}: {one_line(exc)}") from None
-    return ResolvedModel(model_dir=model_dir, name=name, source=source)
+    registered, version, alias = registry_labels(model_uri, tracking_uri)
+    if alias and version:
+        source = f"{model_uri} (version {version})"
+    return ResolvedModel(model_dir=model_dir, name=name, source=source, registered_model=registered,
+                         version=version, alias=alias)
+
+
+def registry_labels(model_uri: str, tracking_uri: str | None) -> tuple[str, str, str]:
+    """(registered model, version, alias) of a `models:/` URI, the alias's version looked up in the
+    registry ("" when that fails); ("", "", "") for any other MODEL_URI."""
+    if not model_uri.startswith("models:/"):
+        return "", "", ""
+    ref = model_uri.removeprefix("models:/")
+    if "@" not in ref:
+        name, _, version = ref.rpartition("/")
+        return name, version, ""
+    name, alias = ref.split("@", 1)
+    try:
+        from mlflow import MlflowClient
+
+        version = MlflowClient(tracking_uri, registry_uri=tracking_uri).get_model_version_by_alias(name, alias).version
+    except Exception:  # the trace says the alias; the version stays unknown
+        version = ""
+    return name, str(version), alias
 
 
 def _download(model_uri: str, tracking_uri: str | None, download_dir: Path) -> tuple[Path, str, str]:
@@ -90,15 +117,6 @@ def _download(model_uri: str, tracking_uri: str | None, download_dir: Path) -> t
     if model_uri.startswith("models:/"):
         ref = model_uri.removeprefix("models:/")
         name = ref.split("@", 1)[0] if "@" in ref else ref.rsplit("/", 1)[0]
-        if "@" in ref:
-            try:
-                from mlflow import MlflowClient
-
-                version = MlflowClient(tracking_uri, registry_uri=tracking_uri).get_model_version_by_alias(
-                    *ref.split("@", 1)).version
-                source = f"{model_uri} (version {version})"
-            except Exception:  # only for the startup line
-                pass
     elif model_uri.startswith("runs:/"):
         name = "run-" + model_uri.removeprefix("runs:/").split("/", 1)[0]
     return model_dir, name, source
