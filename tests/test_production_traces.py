@@ -20,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -320,3 +321,49 @@ def test_tracing_options_are_checked():
                          (dict(trace_queue_size=0), "--trace-queue-size")):
         with pytest.raises(TracingError, match=message):
             check_tracing_arguments(args(**bad))
+
+
+def test_the_proxy_traces_an_upstream_it_does_not_own():
+    """`serve --proxy-to`: the answers, plain and streamed, are the upstream's own (less the usage
+    chunk the proxy asked for), and each one is traced with its tokens and the client's category."""
+    from selfguided.pipelines.serving.proxy import create_proxy_app
+
+    sink = ListSink()
+    logger = ProductionLogger(sink, ServingLabels(NAME, "4", "champion", p.DEPLOYMENT_CANARY),
+                              classifier=sample_classifier()).start()
+    upstream_app = serving_app.create_app("unused", NAME, generator=EchoGenerator())
+    with running(upstream_app) as upstream, running(create_proxy_app(upstream + "/v1/", logger)) as proxy:
+        bodies = requests_from_questions(4)  # the fourth streams
+        for body in bodies:
+            assert chat(proxy, body) == chat(upstream, body)
+        with urllib.request.urlopen(f"{proxy}/v1/models", timeout=10) as response:
+            assert [m["id"] for m in json.loads(response.read())["data"]] == [NAME]
+        request = urllib.request.Request(f"{proxy}/v1/chat/completions", headers={"Content-Type": "application/json"},
+                                         data=json.dumps({**bodies[3], "stream": True}).encode())
+        with urllib.request.urlopen(request, timeout=30) as response:
+            events = [line for line in response.read().decode().splitlines() if line.startswith("data: {")]
+        assert all(json.loads(e[6:])["choices"] for e in events)  # no usage-only chunk the client did not ask for
+        bad = urllib.request.Request(f"{proxy}/v1/chat/completions", headers={"Content-Type": "application/json"},
+                                     data=json.dumps({**bodies[0], "model": "other"}).encode())
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(bad, timeout=30)
+        assert refused.value.code == 404  # the upstream's answer, passed on (and not traced)
+        assert json.loads(refused.value.read())["error"]["code"] == "model_not_found"
+        stats_now = stats(proxy)
+    final = logger.close(10)
+    assert stats_now["tracing"] and stats_now["deployment"] == "canary"
+    assert final["written"] == 5 and final["offered"] == 5
+    for record, body in zip(sink.records, bodies + [bodies[3]]):
+        assert record.tags[p.TAG_CATEGORY] == body["metadata"]["category"]
+        assert record.tags[p.TAG_DEPLOYMENT] == "canary" and record.tags[p.TAG_MODEL_VERSION] == "4"
+        assert "[PHONE]" in record.request["messages"][0]["content"] and "[PHONE]" in record.response["answer"]
+        assert record.attributes[p.ATTR_PROMPT_TOKENS] == len(body["messages"][0]["content"])
+        assert record.attributes[p.ATTR_COMPLETION_TOKENS] > 0 and record.attributes[p.ATTR_STREAM] == body["stream"]
+
+
+def test_a_bad_tracing_option_is_one_line_and_exit_2(tmp_path, capsys):
+    from selfguided.pipelines.serving import server
+
+    assert server.main([str(tmp_path), "--trace-sample-rate", "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "selfguided serve: error: --trace-sample-rate must be between 0 and 1, not 2"

@@ -9,7 +9,10 @@ and `GET /health`, chosen by `model/engines.pick_backend` (the generate step's c
   decoding become vLLM's generation defaults (vLLM also caps requests at that many tokens).
 - otherwise the small FastAPI app of `serving/app.py` on the transformers model.
 
-MODEL_URI resolution: `serving/resolve.py`; the protocol: `serving/protocol.py`.
+MODEL_URI resolution: `serving/resolve.py`; the protocol: `serving/protocol.py`. Every answer of the
+transformers backend becomes a production trace (`serving/tracing.py`); vLLM's are traced by running
+`selfguided serve MODEL_URI --proxy-to VLLM_URL` in front of it (`serving/proxy.py`), which is how
+the KServe deployment traces (manifests/serving/transformer.yaml).
 """
 
 import argparse
@@ -21,6 +24,7 @@ from pathlib import Path
 from selfguided.components.model import artifact as tm
 from selfguided.pipelines.serving.app import DEFAULT_MAX_NEW_TOKENS, create_app
 from selfguided.pipelines.serving.resolve import DEFAULT_MODEL_URI, ServeError, one_line, resolve_model
+from selfguided.pipelines.serving.tracing import TracingError, add_tracing_arguments, check_tracing_arguments
 from selfguided.pipelines.workdir import default_tracking_uri
 
 def _choose_backend(wanted: str) -> str:
@@ -54,6 +58,16 @@ def run_serve(args: argparse.Namespace) -> int:
 
         signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
+        check_tracing_arguments(args)
+    except TracingError as exc:
+        print(f"selfguided serve: error: {exc}", file=sys.stderr)
+        return 2
+    if args.proxy_to:
+        from selfguided.pipelines.serving.tracing import run_proxy
+
+        return run_proxy(args, tracking_uri, _run_uvicorn)
+    logger = None
+    try:
         with tempfile.TemporaryDirectory(prefix="selfguided-serve-") as scratch:
             resolved = resolve_model(args.model_uri, tracking_uri, Path(scratch) / "download")
             name = args.served_model_name or resolved.name
@@ -65,11 +79,15 @@ def run_serve(args: argparse.Namespace) -> int:
                 if backend == "vllm":
                     merged = tm.export_merged(resolved.model_dir, Path(scratch) / "merged")
                 else:
-                    app = create_app(resolved.model_dir, name, max_new_tokens=args.max_new_tokens)
+                    from selfguided.pipelines.serving.tracing import labels_for, start_logger
+
+                    logger = start_logger(args, labels_for(resolved, name, args.deployment), tracking_uri)
+                    app = create_app(resolved.model_dir, name, max_new_tokens=args.max_new_tokens, logger=logger)
             except (OSError, ValueError) as exc:  # e.g. a hub base model that cannot be fetched
                 raise ServeError(f"cannot load {resolved.source}: {one_line(exc)}") from None
             if backend == "vllm":
-                print(f"selfguided serve: {where} (vLLM)", flush=True)
+                print(f"selfguided serve: {where} (vLLM; its answers are traced by a `--proxy-to` server in "
+                      "front of it)", flush=True)
                 import subprocess
 
                 from selfguided.components.model.engines import vllm_command
@@ -82,6 +100,9 @@ def run_serve(args: argparse.Namespace) -> int:
     except ServeError as exc:
         print(f"selfguided serve: error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        if logger is not None:
+            logger.close()
 
 
 DESCRIPTION = (
@@ -107,6 +128,10 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         "local run's .selfguided/mlflow.db)")
     parser.add_argument("--backend", choices=("auto", "vllm", "transformers"), default="auto",
                         help="auto: vLLM when installed and a GPU is present, else transformers (default: auto)")
+    parser.add_argument("--proxy-to", metavar="URL", help="serve no model: forward requests to this OpenAI-compatible "
+                        "server (e.g. vLLM, a KServe predictor) and trace its answers; MODEL_URI then only names the "
+                        "version for the traces")
+    add_tracing_arguments(parser)
     parser.set_defaults(func=run_serve)
 
 
