@@ -53,7 +53,8 @@ def add_canary_parser(subparsers) -> None:
         description="The canary rollout the deploy step starts (pipeline parameter canary_percent): see the split, "
         "promote the canary to 100% of traffic, or roll it back (the champion alias and the cluster, one transaction).")
     parser.add_argument("action", choices=("status", "promote", "rollback"))
-    parser.add_argument("--name", default=SERVICE_NAME, help="the InferenceService (default: %(default)s)")
+    parser.add_argument("--serving-name", dest="name", default=SERVICE_NAME,
+                        help="the InferenceService, as the pipeline parameter serving_name (default: %(default)s)")
     parser.add_argument("--namespace", help="its namespace (default: the kubeconfig context's)")
     parser.add_argument("--mode", choices=("Serverless", "RawDeployment"),
                         help="KServe deployment mode (default: the InferenceService's serving.kserve.io/deploymentMode "
