@@ -22,6 +22,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -367,3 +368,32 @@ def test_a_bad_tracing_option_is_one_line_and_exit_2(tmp_path, capsys):
     assert server.main([str(tmp_path), "--trace-sample-rate", "2"]) == 2
     err = capsys.readouterr().err.strip()
     assert err == "selfguided serve: error: --trace-sample-rate must be between 0 and 1, not 2"
+
+
+def test_replay_sends_the_held_out_questions_with_their_category(capsys, tmp_path):
+    """`selfguided replay URL --repeat 2`: every question twice, its category in the metadata, so
+    every trace's category is the client's; with --without-category the classifier's."""
+    from selfguided.pipelines.cli.main import main as selfguided
+
+    questions = load_questions(sample_path(SAMPLE_QUESTIONS))
+    sink = ListSink()
+    logger = ProductionLogger(sink, ServingLabels(NAME), classifier=sample_classifier()).start()
+    with running(serving_app.create_app("unused", NAME, generator=EchoGenerator(), logger=logger)) as base_url:
+        assert selfguided(["replay", base_url, "--repeat", "2", "--llm-concurrency", "4"]) == 0
+        line = capsys.readouterr().out.strip()
+        assert selfguided(["replay", base_url + "/v1/", "--without-category"]) == 0
+        assert selfguided(["replay", base_url, "--questions", str(tmp_path / "none.jsonl")]) == 2
+        assert capsys.readouterr().err.strip().startswith("selfguided replay: error: --questions:")
+    logger.close(10)
+    n = len(questions)
+    assert line.startswith(f"replay: {2 * n} requests to {base_url}/v1 as `{NAME}`") and f"{2 * n} answered, 0 failed" in line
+    assert "answers by category: cover_letter 14, poem 14, blog 14, novel 14, scenario 14, news 14" in line
+    sent, unlabelled = sink.records[:2 * n], sink.records[2 * n:]
+    assert len(unlabelled) == n and all(r.tags[p.TAG_CATEGORY_SOURCE] == "client" for r in sent)
+    asked = Counter(q["category"] for q in questions for _ in range(2))
+    assert Counter(r.tags[p.TAG_CATEGORY] for r in sent) == asked
+    assert all(r.tags[p.TAG_CATEGORY_SOURCE] == "classifier:char-ngram-nb" for r in unlabelled)
+    right = sum(r.tags[p.TAG_CATEGORY] == q["category"] for r, q in
+                zip(sorted(unlabelled, key=lambda r: r.request["messages"][0]["content"]),
+                    sorted(questions, key=lambda q: q["turns"][0])))
+    assert right / n >= 0.9
