@@ -103,8 +103,9 @@ def main(argv: list[str] | None = None) -> int:
               f"{_ci(r[PROMOTE], reps)} | {100 * r[WAIT]:.1f} | {r['mean_answers_at_end']:.0f} |")
     equal, regressed = figures["equal (no difference)"], figures["one category -1.0"]
     print(f"\nRESULT false_rollback_when_equal={100 * equal[ROLLBACK]:.1f}% "
-          f"missed_regression_at_-1.0={100 * (1 - regressed[ROLLBACK]):.1f}% "
-          f"(promoted {100 * regressed[PROMOTE]:.1f}%) reps={reps} seconds={time.perf_counter() - started:.0f}")
+          f"regression_-1.0_promoted={100 * regressed[PROMOTE]:.1f}% "
+          f"regression_-1.0_not_rolled_back_by_{args.max_canary}={100 * (regressed[WAIT] + regressed[PROMOTE]):.1f}% "
+          f"reps={reps} seconds={time.perf_counter() - started:.0f}")
     return 0
 
 

@@ -336,6 +336,17 @@ def test_a_refused_rollback_restores_the_alias(fake, registry, mode, failing, ca
     assert _served(fake, knative, mode) == {URI[3]: 100}
 
 
+def test_a_raw_canary_that_cannot_be_deleted_is_still_rolled_back(fake, registry):
+    """Once the route sends it nothing, the canary's deletion is cleanup: said, not a failed rollback."""
+    uri, client = registry
+    knative = _start(fake, canary.RAW)
+    fake.fail[("delete", "inferenceservices")] = 500
+    message = _apply(fake, registry, "rollback")
+    assert f"{NAME}-canary NOT deleted" in message and "delete it by hand" in message
+    assert str(client.get_model_version_by_alias(MODEL, CHAMPION).version) == "3"
+    assert _served(fake, knative, canary.RAW) == {URI[3]: 100}
+
+
 def test_a_canary_that_is_not_the_champion_is_not_promoted(fake, registry):
     _start(fake, canary.SERVERLESS)
     registry[1].set_registered_model_alias(MODEL, CHAMPION, "3")
@@ -469,9 +480,9 @@ def test_rendered_manifests_validate_for_both_modes(fake):
     assert set(created["metadata"]["annotations"]) >= set(template["metadata"]["annotations"])
 
 
-def test_the_cli_reads_the_kubeconfig_and_moves_both_sides(fake, registry, monkeypatch, tmp_path, capsys):
+def _kubeconfig(fake, monkeypatch, tmp_path):
+    """This process outside a pod, with a kubeconfig whose context is the stand-in and NAMESPACE."""
     from selfguided.components.serving import kserve
-    from selfguided.pipelines.cli.main import main
 
     kubeconfig = tmp_path / "config"
     kubeconfig.write_text(yaml.safe_dump({
@@ -482,6 +493,29 @@ def test_the_cli_reads_the_kubeconfig_and_moves_both_sides(fake, registry, monke
     monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
     monkeypatch.setattr(kserve, "SERVICE_ACCOUNT_NAMESPACE_FILE", str(tmp_path / "not-in-a-pod"))
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+
+
+def test_the_deploy_step_starts_a_canary_and_says_so(fake, monkeypatch, tmp_path, capsys):
+    from selfguided.components.steps.deploy import deploy
+
+    _kubeconfig(fake, monkeypatch, tmp_path)
+    step = deploy.python_func
+    first = step(promoted=True, storage_uri=URI[3], model_version=f"{MODEL}/3", service_name=NAME, namespace="")
+    assert first.startswith("created InferenceService") and "100% at once" in first
+    second = step(promoted=True, storage_uri=URI[4], model_version=f"{MODEL}/4", service_name=NAME, namespace="",
+                  canary_percent=25)
+    assert second.startswith("canary started") and "25% of traffic" in second and f"{MODEL}/3 at 75%" in second
+    assert f"[selfguided] deploy: {second}" in capsys.readouterr().out
+    assert fake.isvc()["spec"]["predictor"]["canaryTrafficPercent"] == 25
+    with pytest.raises(ValueError, match="from 1 to 99"):
+        step(promoted=True, storage_uri=URI[5], model_version=f"{MODEL}/5", service_name=NAME, namespace="",
+             canary_percent=100)
+
+
+def test_the_cli_reads_the_kubeconfig_and_moves_both_sides(fake, registry, monkeypatch, tmp_path, capsys):
+    from selfguided.pipelines.cli.main import main
+
+    _kubeconfig(fake, monkeypatch, tmp_path)
     _start(fake, canary.SERVERLESS)
 
     assert main(["canary", "status"]) == 0

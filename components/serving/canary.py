@@ -67,6 +67,7 @@ ROUTE_GROUP, ROUTE_VERSION, ROUTE_PLURAL = "gateway.networking.k8s.io", "v1", "h
 DEFAULT_GATEWAY = ("kserve", "kserve-ingress-gateway")
 PREDICTOR_PORT = 80  # KServe raw mode's predictor Service port (constants.CommonDefaultHttpPort)
 ROLLED_BACK_ANNOTATION = "selfguided.dev/rolled-back-model-version"
+_LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
 CANARY_RAW_MANIFESTS = "manifests/serving/canary-raw"  # the HTTPRoute of RawDeployment mode, applied by hand
 
 
@@ -226,9 +227,11 @@ def start_canary(cluster: Cluster, name: str, storage_uri: str, model_version: s
     canary["spec"]["predictor"].pop("canaryTrafficPercent", None)
     canary["metadata"] = {"name": canary_name(name), "namespace": cluster.namespace,
                           "labels": dict((stable.get("metadata") or {}).get("labels") or {}),
-                          "annotations": {DEPLOYMENT_MODE_ANNOTATION: RAW, MODEL_VERSION_ANNOTATION: model_version,
-                                          PREVIOUS_MODEL_VERSION_ANNOTATION: stable_version,
-                                          PREVIOUS_STORAGE_URI_ANNOTATION: stable_uri}}
+                          "annotations": {k: v for k, v in _annotations(stable).items()  # autoscaling etc.
+                                          if not k.startswith("selfguided.dev/") and k != _LAST_APPLIED}
+                          | {DEPLOYMENT_MODE_ANNOTATION: RAW, MODEL_VERSION_ANNOTATION: model_version,
+                             PREVIOUS_MODEL_VERSION_ANNOTATION: stable_version,
+                             PREVIOUS_STORAGE_URI_ANNOTATION: stable_uri}}
     _route(cluster, name)  # before anything is created
     existing = cluster.get(kserve.KIND, canary_name(name))
     if existing is not None:
@@ -309,9 +312,19 @@ def promote_canary(cluster: Cluster, name: str, *, mode: str | None = None) -> s
     cluster.patch(kserve.KIND, name, kserve.pointing_patch(status["canary_storage_uri"], status["canary_version"],
                                                            stable))
     _set_route(cluster, name, 0)
-    cluster.delete(kserve.KIND, canary_name(name))
     return (f"canary promoted in {RAW} mode: InferenceService {where} now serves {status['canary_version']} from "
-            f"{status['canary_storage_uri']} with 100% of traffic; {canary_name(name)} deleted")
+            f"{status['canary_storage_uri']} with 100% of traffic; {_delete_canary(cluster, name)}")
+
+
+def _delete_canary(cluster: Cluster, name: str) -> str:
+    """Delete the canary InferenceService once no traffic goes to it: a failure here is cleanup left
+    to do (its GPU stays held), not a failed rollout, so it is said rather than raised."""
+    try:
+        cluster.delete(kserve.KIND, canary_name(name))
+    except DeployError as e:
+        return (f"{canary_name(name)} NOT deleted, although no traffic goes to it ({e}): delete it by hand "
+                f"(kubectl -n {cluster.namespace} delete inferenceservice {canary_name(name)})")
+    return f"{canary_name(name)} deleted"
 
 
 def rollback_canary(cluster: Cluster, name: str, *, mode: str | None = None) -> str:
@@ -330,6 +343,5 @@ def rollback_canary(cluster: Cluster, name: str, *, mode: str | None = None) -> 
                 f"{status['stable_version']} (canaryTrafficPercent 0 pins the last rolled-out revision), "
                 f"{status['canary_version']} out of service")
     _set_route(cluster, name, 0, rolled_back=status["canary_version"])
-    cluster.delete(kserve.KIND, canary_name(name))
     return (f"canary rolled back in {RAW} mode: HTTPRoute {name} sends 100% to {status['stable_version']}; "
-            f"InferenceService {canary_name(name)} ({status['canary_version']}) deleted")
+            f"canary {status['canary_version']}: {_delete_canary(cluster, name)}")
