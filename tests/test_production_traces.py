@@ -334,6 +334,7 @@ def test_the_proxy_traces_an_upstream_it_does_not_own():
                               classifier=sample_classifier()).start()
     upstream_app = serving_app.create_app("unused", NAME, generator=EchoGenerator())
     with running(upstream_app) as upstream, running(create_proxy_app(upstream + "/v1/", logger)) as proxy:
+        assert chat(proxy + "/openai", requests_from_questions(1)[0])[0] == 200  # KServe's path too
         bodies = requests_from_questions(4)  # the fourth streams
         for body in bodies:
             assert chat(proxy, body) == chat(upstream, body)
@@ -353,8 +354,8 @@ def test_the_proxy_traces_an_upstream_it_does_not_own():
         stats_now = stats(proxy)
     final = logger.close(10)
     assert stats_now["tracing"] and stats_now["deployment"] == "canary"
-    assert final["written"] == 5 and final["offered"] == 5
-    for record, body in zip(sink.records, bodies + [bodies[3]]):
+    assert final["written"] == 6 and final["offered"] == 6
+    for record, body in zip(sink.records, bodies[:1] + bodies + [bodies[3]]):
         assert record.tags[p.TAG_CATEGORY] == body["metadata"]["category"]
         assert record.tags[p.TAG_DEPLOYMENT] == "canary" and record.tags[p.TAG_MODEL_VERSION] == "4"
         assert "[PHONE]" in record.request["messages"][0]["content"] and "[PHONE]" in record.response["answer"]
@@ -397,3 +398,55 @@ def test_replay_sends_the_held_out_questions_with_their_category(capsys, tmp_pat
                 zip(sorted(unlabelled, key=lambda r: r.request["messages"][0]["content"]),
                     sorted(questions, key=lambda q: q["turns"][0])))
     assert right / n >= 0.9
+
+
+TRANSFORMER = Path(__file__).resolve().parents[1] / "manifests/serving/transformer.yaml"
+
+
+def _transformer_command(tmp_path: Path, appended: list[str]) -> list[str]:
+    """The `selfguided` command line the transformer container's shell wrapper runs, given the
+    arguments KServe appends (a stand-in `selfguided` on PATH prints its arguments)."""
+    import yaml
+
+    container = yaml.safe_load(TRANSFORMER.read_text(encoding="utf-8"))["spec"]["transformer"]["containers"][0]
+    fake = tmp_path / "selfguided"
+    fake.write_text('#!/bin/sh\nprintf "%s\\n" "$@"\n')
+    fake.chmod(0o755)
+    env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "MLFLOW_TRACKING_URI": "http://mlflow.test:5000"}
+    out = subprocess.run([*container["command"], *container["args"], *appended], env=env, capture_output=True,
+                         text=True, timeout=30, check=True).stdout.splitlines()
+    assert out[0] == "serve"
+    return out[1:]
+
+
+def test_the_kserve_transformer_runs_the_tracing_proxy_in_front_of_the_predictor(tmp_path):
+    import argparse
+
+    import kubernetes_validate
+    import yaml
+
+    from selfguided.pipelines.serving.server import add_serve_arguments
+
+    isvc = yaml.safe_load(TRANSFORMER.read_text(encoding="utf-8"))
+    plain = yaml.safe_load((TRANSFORMER.parent / "inferenceservice.yaml").read_text(encoding="utf-8"))
+    assert isvc["spec"]["predictor"] == plain["spec"]["predictor"]  # one predictor: the deploy step's
+    assert isvc["metadata"]["name"] == plain["metadata"]["name"]
+    transformer = dict(isvc["spec"]["transformer"])
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "transformer", "namespace": "ns"},
+           "spec": transformer}
+    kubernetes_validate.validate(pod, "1.31", strict=True)  # the PodSpec KServe embeds
+
+    parser = argparse.ArgumentParser()
+    add_serve_arguments(parser)
+    kserve_args = ["--model_name", "korean-writing-assistant", "--predictor_host",
+                   "korean-writing-assistant-predictor.ns", "--http_port", "8080"]
+    args = parser.parse_args(_transformer_command(tmp_path, kserve_args))
+    assert args.proxy_to == "http://korean-writing-assistant-predictor.ns/openai/v1"
+    assert (args.model_uri, args.port, args.tracking_uri) == ("models:/korean-writing-assistant@champion", 8080,
+                                                             "http://mlflow.test:5000")
+    assert (args.trace_experiment, args.deployment, args.no_trace) == (p.PRODUCTION_EXPERIMENT, "stable", False)
+    check_tracing_arguments(args)
+    alone = parser.parse_args(_transformer_command(tmp_path, ["--predictor_host=h:8080"]))
+    assert alone.proxy_to == "http://h:8080/openai/v1"
+    assert parser.parse_args(_transformer_command(tmp_path, [])).proxy_to == \
+        "http://korean-writing-assistant-predictor/openai/v1"

@@ -9,6 +9,8 @@ once complete. For a stream whose client did not ask for usage, the proxy asks t
 (`stream_options.include_usage`) to record tokens, and leaves that last usage-only chunk out of
 what the client gets. `GET /v1/models[...]` is forwarded; `GET /health` answers for the proxy;
 `GET /v1/trace-stats` shows the counters. An unreachable upstream is a 502 in OpenAI's error shape.
+Every route also answers under `/openai` (`/openai/v1/chat/completions`), the path KServe's Hugging
+Face runtime serves, so clients keep their URL whether or not the proxy stands in front.
 The HTTP client is the standard library's, in the server's thread pool (one thread per request in
 flight; Starlette's pool holds 40 by default).
 """
@@ -67,23 +69,18 @@ def create_proxy_app(upstream: str, logger=None, *, timeout: float = UPSTREAM_TI
         return Response(content, status_code=response.status,
                         media_type=response.headers.get("Content-Type", "application/json"))
 
-    @app.get("/health")
     def health():
         return {"status": "ok", "upstream": base}
 
-    @app.get("/v1/trace-stats")
     def get_trace_stats():
         return trace_stats(logger)
 
-    @app.get("/v1/models")
     async def list_models():
         return await relay("GET", "/v1/models")
 
-    @app.get("/v1/models/{model_id:path}")
     async def get_model(model_id: str):
         return await relay("GET", f"/v1/models/{model_id}")
 
-    @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         started_ns, started = time.time_ns(), time.perf_counter()
         try:
@@ -133,6 +130,12 @@ def create_proxy_app(upstream: str, logger=None, *, timeout: float = UPSTREAM_TI
         return StreamingResponse(events(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
+    app.add_api_route("/health", health, methods=["GET"])
+    for prefix in ("", "/openai"):
+        app.add_api_route(f"{prefix}/v1/trace-stats", get_trace_stats, methods=["GET"])
+        app.add_api_route(f"{prefix}/v1/models", list_models, methods=["GET"])
+        app.add_api_route(f"{prefix}/v1/models/{{model_id:path}}", get_model, methods=["GET"])
+        app.add_api_route(f"{prefix}/v1/chat/completions", chat_completions, methods=["POST"])
     return app
 
 
