@@ -13,6 +13,7 @@ goes, not only what was patched. MLflow is a SQLite store (the alias and the tag
 from __future__ import annotations
 
 import copy
+import functools
 import itertools
 import json
 import shutil
@@ -47,6 +48,15 @@ MODEL = NAME
 URI = {v: f"s3://selfguided-mlflow/artifacts/1/run{v}/artifacts/merged" for v in (3, 4, 5)}
 ROUTE_CRD = REPO / "tests/data/gateway-api-v1.2.1/gateway.networking.k8s.io_httproutes.yaml"
 PLURALS = {"inferenceservices": ("serving.kserve.io", "v1beta1"), "httproutes": ("gateway.networking.k8s.io", "v1")}
+
+
+@functools.cache
+def route_schema() -> dict:
+    """The openAPIV3Schema of HTTPRoute v1 in Gateway API v1.2.1's CRD (tests/data, from kserve v0.15.0)."""
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    crd = yaml.load(ROUTE_CRD.read_text(encoding="utf-8"), Loader=loader)
+    (v1,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
+    return v1["schema"]["openAPIV3Schema"]
 
 
 class FakeCluster:
@@ -373,13 +383,11 @@ def test_raw_route_and_canary_validate(fake):
     v1.2.1's own schema (tests/data, from kserve v0.15.0); the canary InferenceService is the stable
     one's spec with the new weights and none of the server's fields."""
     _start(fake, canary.RAW)
-    route_crd = yaml.safe_load(ROUTE_CRD.read_text(encoding="utf-8"))
-    (v1,) = [v for v in route_crd["spec"]["versions"] if v["name"] == "v1"]
-    jsonschema.validate(fake.route(), v1["schema"]["openAPIV3Schema"])
+    jsonschema.validate(fake.route(), route_schema())
     broken = copy.deepcopy(fake.route())
     broken["spec"]["rules"][0]["backendRefs"][0]["weight"] = 1_000_001
     with pytest.raises(jsonschema.ValidationError):
-        jsonschema.validate(broken, v1["schema"]["openAPIV3Schema"])
+        jsonschema.validate(broken, route_schema())
     created = [r["body"] for r in fake.requests if r["method"] == "POST" and r["path"].endswith("inferenceservices")]
     canary_isvc = created[-1]
     assert canary_isvc["metadata"]["name"] == f"{NAME}-canary" and "uid" not in canary_isvc["metadata"]
@@ -457,8 +465,7 @@ def test_rendered_manifests_validate_for_both_modes(fake):
     assert fake.isvc()["spec"]["predictor"]["canaryTrafficPercent"] == 10
 
     (route,) = _render(canary.CANARY_RAW_MANIFESTS)
-    (v1,) = [v for v in yaml.safe_load(ROUTE_CRD.read_text(encoding="utf-8"))["spec"]["versions"] if v["name"] == "v1"]
-    jsonschema.validate(route, v1["schema"]["openAPIV3Schema"])
+    jsonschema.validate(route, route_schema())
     assert route["metadata"]["namespace"] == NAMESPACE == _render(kserve_manifests := "manifests/serving")[0][
         "metadata"]["namespace"], f"the route and {kserve_manifests} must share the profile namespace"
     expected = canary.http_route(NAME, NAMESPACE, 0, hostnames=route["spec"]["hostnames"])
