@@ -21,6 +21,7 @@ LONGEST_FIRST = (
     "test_generate.py",
     "test_postgres_deployment.py",  # PostgreSQL, MLflow and S3
     "test_production_traces.py",    # an MLflow server, 300 traced requests, the server killed
+    "test_seed_versions.py",        # MLflow lineage, S3 (moto) and a registered model version
 )
 
 

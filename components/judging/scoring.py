@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from selfguided.components.data.categories import CATEGORY_LABELS_KO
+from selfguided.components.data.hashing import record_hash
 from selfguided.components.data.seed import LoadResult, Reject
 from selfguided.components.judging.offline import OFFLINE_SCORER, OfflineJudge, heuristic_scores
 from selfguided.components.judging.prompts import SCORE_PROMPT, load_prompt
@@ -62,23 +63,19 @@ def _score_request_fields(record: dict[str, Any]) -> dict[str, str]:
     }
 
 
-CONTENT_FIELDS = ("category", "instruction", "input", "output")
-"""What a record's score depends on (its id and other fields do not)."""
-
-
 def _key(**payload: Any) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()
 
 
 def scored_key(record: dict[str, Any], model: str, prompt_id: str) -> str:
-    """The cache key of a record's scores: its content, the scorer model and the prompt version."""
-    return _key(kind="scored-record", content=[record.get(f) or "" for f in CONTENT_FIELDS], model=model,
-                prompt=prompt_id)
+    """The cache key of a record's scores: its content (data.hashing.record_hash), the scorer model
+    and the prompt version."""
+    return _key(kind="scored-record", content=record_hash(record), model=model, prompt=prompt_id)
 
 
 def last_scored_key(record: dict[str, Any], model: str) -> str:
     """The cache key of the prompt version that last scored this content with this model."""
-    return _key(kind="last-scored-prompt", content=[record.get(f) or "" for f in CONTENT_FIELDS], model=model)
+    return _key(kind="last-scored-prompt", content=record_hash(record), model=model)
 
 
 def score_with_llm(records: list[dict[str, Any]], config: Any) -> tuple[list[dict[str, Any]], Any]:

@@ -20,7 +20,8 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from tqdm.auto import tqdm
 
-from selfguided.components.data.jsonl import DataError
+from selfguided.components.data.jsonl import DataError, read_jsonl
+from selfguided.components.data.seed_versions import SeedManifest
 from selfguided.components.evaluation.compare_result import CompareResult
 from selfguided.components.evaluation.decision import GateDecision
 from selfguided.components.evaluation.gate_rules import champion_moved_rule
@@ -29,6 +30,7 @@ from selfguided.components.judging.rules import SCORE_NAMES
 from selfguided.components.registry.genai_pages import publish_genai_pages
 from selfguided.components.registry.aliases import alias_version
 from selfguided.components.registry.logged_model import log_merged
+from selfguided.components.registry.seed_lineage import SEED_VERSION_TAG
 from selfguided.components.registry.names import (
     CHALLENGER, CHAMPION, EXPERIMENT_NAME, PREVIOUS_CHAMPION_TAG, REGISTERED_MODEL_NAME,
 )
@@ -147,7 +149,8 @@ def register_candidates(
         `mlflow.set_tracking_uri`, this also points the process's fluent MLflow API at it.
     pipeline_run: id of the pipeline run that produced the candidates (tag on runs and versions).
     scored_data_sha256: hash of the scored seed data the models were trained from (run tag).
-    scored_data: that file, logged as the parent run's input.
+    scored_data: that file, logged as the parent run's input; the seed version its records make
+        (data/seed_versions) tags every model version `seed_version`.
     reports: files logged on the parent run under the given names: `report.md` and `report.html`
         (the compare step's reports).
     questions: the test questions the rows were judged on (the split's questions.jsonl): the
@@ -179,6 +182,10 @@ def register_candidates(
                        scored_data_sha256=scored_data_sha256, evaluation_metrics=row_metrics.get(c.summary.row))
         for c in tqdm(candidates, desc="register", unit="model")
     ]
+    if scored_data is not None:  # every model version names the seed version it was trained on
+        seed_version = SeedManifest.of(read_jsonl(scored_data, allow_empty=True)).version
+        for registered in versions:
+            client.set_model_version_tag(registered_model_name, registered.version, SEED_VERSION_TAG, seed_version)
     references = list(references)
     reference_runs = [
         log_reference(reference, experiment_id=experiment_id, pipeline_run=pipeline_run,

@@ -203,6 +203,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                "(traffic for the production traces)", "selfguided.pipelines.cli.replay:add_replay_parser"),
     "bench-serve": ("throughput, latency and cost per 1,000 answers of an OpenAI-compatible endpoint under load",
                     "selfguided.pipelines.cli.bench_serve:add_bench_serve_parser"),
+    "data": ("versioned seed data: save a content-addressed version (MLflow lineage), diff two versions",
+             "selfguided.pipelines.cli.data:add_data_parser"),
 }
 
 

@@ -1,0 +1,86 @@
+"""Seed versions in MLflow: each version an MLflow dataset with its lineage, each model version
+naming the seed version it was trained on.
+
+`log_seed_version` makes one run per seed version in the experiment (run name `seed <version>`,
+tag `row_kind=seed_version`) whose input is the version as an MLflow dataset (name = the version,
+digest = its content address, source = where the store keeps its records; context `seed`), with
+the manifest as an artifact, the record counts (overall and per category) as metrics, and the
+lineage as tags: `seed_version`, `seed_parent` (the version it extends, "" for a first one) and
+`seed_source.<key>` (traces, teacher, prompt versions, the file it was read from, when known).
+Logging a version twice finds its run and logs nothing new.
+
+`seed_lineage` walks the parents back from a version; `SEED_VERSION_TAG` is the tag that
+registration (registry/promotion.py) sets on every model version: the version of the seed records
+its scored data holds (data/seed_versions.SeedManifest over the scored records).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from selfguided.components.data.seed_versions import SeedManifest
+
+SEED_VERSION_TAG = "seed_version"
+SEED_PARENT_TAG = "seed_parent"
+SEED_SOURCE_TAG_PREFIX = "seed_source."
+SEED_ROW_KIND = "seed_version"
+
+
+def _find(client: Any, experiment_id: str, version: str) -> Any | None:
+    runs = client.search_runs([experiment_id], filter_string=f"tags.{SEED_VERSION_TAG} = '{version}' "
+                              f"and tags.row_kind = '{SEED_ROW_KIND}'", max_results=1)
+    return runs[0] if runs else None
+
+
+def log_seed_version(tracking_uri: str, experiment_name: str, manifest: SeedManifest, location: str) -> str:
+    """The run of `manifest`'s version in the experiment (made now, or found); returns its run id.
+
+    location: where the version's records are (SeedStore.location), the dataset's source.
+    """
+    import mlflow
+    from mlflow import MlflowClient
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    from selfguided.components.registry.runs import ensure_experiment
+
+    client = MlflowClient(tracking_uri)
+    experiment_id = ensure_experiment(client, experiment_name, tracking_uri)
+    found = _find(client, experiment_id, manifest.version)
+    if found is not None:
+        return found.info.run_id
+    tags = {"row_kind": SEED_ROW_KIND, SEED_VERSION_TAG: manifest.version, SEED_PARENT_TAG: manifest.parent or "",
+            **{f"{SEED_SOURCE_TAG_PREFIX}{k}": str(v)[:5000] for k, v in manifest.source.items()}}
+    mlflow.set_tracking_uri(tracking_uri)
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"seed {manifest.version}", tags=tags) as run:
+        import warnings
+
+        with warnings.catch_warnings():  # a local path reads as two kinds of the same source
+            warnings.simplefilter("ignore", UserWarning)
+            source = resolve_dataset_source(location)
+        dataset = MetaDataset(source, name=manifest.version, digest=manifest.version.removeprefix("seed-")[:36])
+        mlflow.log_input(dataset, context="seed", tags={SEED_PARENT_TAG: manifest.parent or ""})
+        mlflow.log_dict(manifest.to_json(), "manifest.json")
+        mlflow.log_metrics({"seed/records": float(len(manifest.records)),
+                            **{f"seed/{c}/records": float(n) for c, n in manifest.by_category().items() if c}})
+    return run.info.run_id
+
+
+def seed_lineage(tracking_uri: str, experiment_name: str, version: str, *, limit: int = 100) -> list[dict[str, Any]]:
+    """The version and its ancestors, newest first, as MLflow records them: {"version", "parent",
+    "run_id", "source": {...}}; stops at a version that was never logged (or after `limit`)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name(experiment_name)
+    chain: list[dict[str, Any]] = []
+    while version and experiment is not None and len(chain) < limit:
+        run = _find(client, experiment.experiment_id, version)
+        if run is None:
+            break
+        tags = run.data.tags
+        chain.append({"version": version, "parent": tags.get(SEED_PARENT_TAG) or None, "run_id": run.info.run_id,
+                      "source": {k.removeprefix(SEED_SOURCE_TAG_PREFIX): v for k, v in tags.items()
+                                 if k.startswith(SEED_SOURCE_TAG_PREFIX)}})
+        version = tags.get(SEED_PARENT_TAG, "")
+    return chain
