@@ -158,6 +158,7 @@ def self_guided_pipeline(
     min_judges: int = 0,
     min_judge_agreement: float = 0.0,
     jury_aggregate: str = "mean",
+    jury_weights: str = "",
     judge_temperature: float = 0.0,
     llm_base_url: str = "",
     llm_concurrency: int = 8,
@@ -206,6 +207,8 @@ def self_guided_pipeline(
         min_judges: judges an item needs for a jury score (0 = all); with fewer it fails, named.
         min_judge_agreement: refuse a promotion when the judges' Krippendorff's alpha is below this (0 = off).
         jury_aggregate: `mean` or `median` of the judges' scores.
+        jury_weights: the judges' weights in the jury's mean, `a=0.8,b=0.2`, as `selfguided calibrate` learns
+            them from the editors (fit on half the labels, shipped only if the other half agrees); "" = equal.
         judge_temperature: the judges' sampling temperature; 0 keeps verdicts repeatable, judge_repeats
             measure a judge's own noise only above 0 (e.g. 0.7).
         llm_base_url: OpenAI-compatible endpoint for score and judge (Azure, vLLM, ...); "" = OpenAI.
@@ -269,7 +272,7 @@ def self_guided_pipeline(
     # Every row is graded by the same jury (one judge by default), with the same settings.
     jury = dict(model=judge_model, concurrency=llm_concurrency, cache=llm_cache, base_url=llm_base_url, judges=judges,
                 judge_repeats=judge_repeats, min_judges=min_judges, jury_aggregate=jury_aggregate,
-                judge_temperature=judge_temperature)
+                judge_temperature=judge_temperature, jury_weights=jury_weights)
     plan = plan_runs(base_models=base_models, arms=arms, replicates=replicates)
     _sized(plan, "light").set_display_name("plan runs")
     with dsl.ParallelFor(plan.output, name="model-and-arm", parallelism=platform.GPU_PARALLELISM) as run:

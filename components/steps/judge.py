@@ -27,13 +27,14 @@ from selfguided.components.evaluation.judge_summary import ChampionFallback, Jud
 from selfguided.components.images import CPU_IMAGE
 from selfguided.components.judging.answers import load_answers
 from selfguided.components.judging.jury import JuryConfig, JuryUsage, judge_with_jury, parse_judges
+from selfguided.components.judging.jury_weights import parse_weights
 from selfguided.components.judging.rules import SCORE_NAMES, judged_ok
 
 
 def judge_answers(
     questions: list[dict[str, Any]], answers: list[dict[str, Any]], model: str, *, concurrency: int = 8,
     cache: str = "", base_url: str = "", judges: str = "", repeats: int = 1, min_judges: int = 0,
-    aggregate: str = "mean", temperature: float = 0.0,
+    aggregate: str = "mean", temperature: float = 0.0, weights: str = "",
 ) -> tuple[list[dict[str, Any]], dict[str, float], JuryUsage]:
     """Grade answers with the jury `judges` ("" = `model` alone: a jury of one), each judge through
     the LLM client layer or offline; returns judgments, usage metrics and the jury's usage.
@@ -43,7 +44,7 @@ def judge_answers(
     """
     jury = JuryConfig(parse_judges(judges, default=model), aggregate=aggregate, min_judges=min_judges,
                       repeats=repeats, temperature=temperature, concurrency=concurrency, cache=cache,
-                      base_url=base_url)
+                      base_url=base_url, weights=parse_weights(weights))
     judgments, jury_usage = judge_with_jury(questions, answers, jury)
     usage: dict[str, float] = {}
     if jury_usage.size == 1:
@@ -135,7 +136,7 @@ def run_judge_step(
     report_path: str, html_path: str, *, row_kind: str, base_model: str = "", arm: str = "", row_model: str = "",
     generate_seconds: float = 0.0, llm_cost_usd: float = 0.0, note: str = "", fallback: str = "",
     concurrency: int = 8, cache: str = "", base_url: str = "", judges: str = "", repeats: int = 1,
-    min_judges: int = 0, aggregate: str = "mean", replicate: int = 0, temperature: float = 0.0,
+    min_judges: int = 0, aggregate: str = "mean", replicate: int = 0, temperature: float = 0.0, weights: str = "",
 ) -> JudgeSummary:
     """Judge one row's answers (by the jury `judges`, "" = `model` alone) and write its judgments,
     summary and reports.
@@ -150,7 +151,7 @@ def run_judge_step(
         raise ValueError(f"{answers_path}: no answers to judge")
     judgments, usage, jury = judge_answers(questions, answers, model, concurrency=concurrency, cache=cache,
                                            base_url=base_url, judges=judges, repeats=repeats, min_judges=min_judges,
-                                           aggregate=aggregate, temperature=temperature)
+                                           aggregate=aggregate, temperature=temperature, weights=weights)
     write_jsonl(judgments_path, judgments)
     if answers and row_kind == "trained" and not any(judged_ok(j) for j in judgments):
         # Registering a model with no scores would only hide the failure; a retry may succeed.
@@ -233,6 +234,7 @@ def judge(
     chart: Output[HTML],
     replicate: int = 0,
     judge_temperature: float = 0.0,
+    jury_weights: str = "",
 ):
     """Grade one row's answers (every turn) per category on the four criteria plus overall.
 
@@ -264,6 +266,8 @@ def judge(
         chart: a per-category bar chart (HTML).
         judge_temperature: the judges' sampling temperature (repeats measure judge noise only above 0).
         replicate: the training-seed replicate of a trained row (0 otherwise); r > 0 names the row `<row>#r`.
+        jury_weights: the judges' weights in the jury's mean, `a=0.8,b=0.2` (`selfguided calibrate`
+            learns them from the editors); "" = equal.
     """
     from selfguided.components.steps.judge import run_judge_step
 
@@ -272,7 +276,7 @@ def judge(
                             generate_seconds=generate_seconds, llm_cost_usd=answer_cost_usd, note=note,
                             fallback=fallback, concurrency=concurrency, cache=cache, base_url=base_url,
                             judges=judges, repeats=judge_repeats, min_judges=min_judges, aggregate=jury_aggregate,
-                            replicate=replicate, temperature=judge_temperature)
+                            replicate=replicate, temperature=judge_temperature, weights=jury_weights)
     for name, value in result.metrics.items():
         metrics.log_metric(name, value)
     summary.metadata.update({"row": result.row, "overall": result.overall})
@@ -293,6 +297,7 @@ def judge_rows(
     evidence: Output[Artifact],
     report: Output[Markdown],
     judge_temperature: float = 0.0,
+    jury_weights: str = "",
 ):
     """Grade several rows' answers (e.g. every teacher's, answered by one task) as `judge` grades one.
 
@@ -310,9 +315,10 @@ def judge_rows(
         evidence: every row's judge summary and judgments (a folder, evaluation/rows.write_evidence).
         report: every row's score table (Markdown).
         judge_temperature: the judges' sampling temperature.
+        jury_weights: the judges' weights in the jury's mean, as for `judge`; "" = equal.
     """
     from selfguided.components.steps.judge import run_judge_rows
 
     run_judge_rows(questions.path, rows.path, evidence.path, report.path, model=model, concurrency=concurrency,
                    cache=cache, base_url=base_url, judges=judges, repeats=judge_repeats, min_judges=min_judges,
-                   aggregate=jury_aggregate, temperature=judge_temperature)
+                   aggregate=jury_aggregate, temperature=judge_temperature, weights=jury_weights)
