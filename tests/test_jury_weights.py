@@ -18,7 +18,7 @@ from llm_server import FakeOpenAI
 from test_review_calibrate import _editor, _panel
 
 from selfguided.components.judging.calibration import JURY, LabelledItem
-from selfguided.components.judging.jury import Jury, JuryConfig, JuryUsage, judge_with_jury, jury_row, parse_judges
+from selfguided.components.judging.jury import Jury, JuryConfig, JuryUsage, jury_row, parse_judges
 from selfguided.components.judging.jury_weights import (
     WEIGHTED, fit_weights, format_weights, learn_weights, parse_weights, split_half, weighted_score, weights_markdown)
 from selfguided.components.judging.rules import JudgeIdentity
@@ -132,16 +132,18 @@ def test_the_markdown_shows_before_and_after_and_the_parameter_to_pass():
 
 
 def test_a_weighted_jury_scores_the_weighted_mean_and_names_its_weights(tmp_path):
-    with FakeOpenAI(judge="fair") as fair, FakeOpenAI(judge="length") as long:
-        from selfguided.components.llm.config import LLMConfig
+    """Through the judge step's own entry (the pipeline's `jury_weights` parameter as it arrives)."""
+    from selfguided.components.steps.judge import judge_answers
 
-        template = LLMConfig(progress=False, max_attempts=2, backoff_base_s=0.01, backoff_max_s=0.02)
-        jury = JuryConfig(parse_judges(f"fair@{fair.base_url},long@{long.base_url}"), template=template,
-                          cache=str(tmp_path / "c"), weights={"fair": 3, "long": 1})
+    with FakeOpenAI(judge="fair") as fair, FakeOpenAI(judge="length") as long:
         questions = [{"question_id": f"q{i}", "category": "poem", "turns": [f"시를 써 주세요 {i}"]} for i in range(4)]
         answers = [{"question_id": f"q{i}", "model_id": "m", "choices": [{"index": 0, "turns": [
             f"답변입니다 (품질 {3 + i}). " + "아주 긴 문장입니다. " * (8 - 2 * i)]}]} for i in range(4)]
-        judgments, usage = judge_with_jury(questions, answers, jury)
+        judgments, _, usage = judge_answers(questions, answers, "fair", judges=f"fair@{fair.base_url},long@{long.base_url}",
+                                            cache=str(tmp_path / "c"), weights="fair=3,long=1")
+        with pytest.raises(ValueError, match="give every judge a weight"):
+            judge_answers(questions, answers, "fair", judges=f"fair@{fair.base_url},long@{long.base_url}",
+                          weights="fair=1")
     assert usage.identity.model == "jury-mean(fair=0.75,long=0.25)"
     assert JuryUsage.from_json(usage.to_json()) == usage and usage.as_judge().identity == usage.identity
     for row in judgments:
