@@ -65,8 +65,13 @@ def run_calibrate(args: argparse.Namespace) -> int:
     result = calibrate(items, min_labels=args.min_labels, seed=args.seed)
     result.ignored = dict(ignored)
     print(calibration_markdown(result, min_labels=args.min_labels))
+    from selfguided.components.judging.jury_weights import learn_weights, weights_markdown
+
+    learned = learn_weights(items, seed=args.seed, min_labels=args.min_labels)  # fit on half, checked on half
+    print(weights_markdown(learned))
     if args.json:
-        Path(args.json).write_text(json.dumps(result.to_dict(), ensure_ascii=False, indent=2), encoding="utf-8")
+        Path(args.json).write_text(json.dumps({**result.to_dict(), "jury_weights": learned.to_dict()},
+                                              ensure_ascii=False, indent=2), encoding="utf-8")
     return 0
 
 
