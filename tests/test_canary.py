@@ -190,7 +190,7 @@ def raw_served(fake: FakeCluster) -> dict[str, int]:
         return {stable: 100}
     out: dict[str, int] = {}
     for ref in fake.route()["spec"]["rules"][0]["backendRefs"]:
-        name = ref["name"].removesuffix("-predictor")
+        name = ref["name"].removesuffix("-predictor").removesuffix("-transformer")
         isvc = fake.isvc(name)
         assert isvc is not None or ref["weight"] == 0, f"weight {ref['weight']} on {name}, which does not exist"
         if ref["weight"]:
@@ -538,3 +538,31 @@ def test_the_cli_reads_the_kubeconfig_and_moves_both_sides(fake, registry, monke
     with pytest.raises(SystemExit) as bad:
         main(["canary", "pause"])
     assert bad.value.code == 2
+
+
+def test_a_raw_canary_of_a_traced_service_routes_to_its_transformers_and_traces_as_canary(fake, registry):
+    """With the tracing transformer (manifests/serving/transformer.yaml) requests enter through
+    `<name>-transformer`; the canary's copy writes its traces with deployment=canary."""
+    stable = yaml.safe_load((REPO / "manifests/serving/transformer.yaml").read_text(encoding="utf-8"))
+    stable["metadata"] |= {"namespace": NAMESPACE, "uid": "uid-0", "generation": 1, "resourceVersion": "1"}
+    stable["metadata"]["annotations"] |= {"selfguided.dev/model-version": f"{MODEL}/3",
+                                          canary.DEPLOYMENT_MODE_ANNOTATION: canary.RAW}
+    stable["spec"]["predictor"]["model"]["storageUri"] = URI[3]
+    fake.objects[("inferenceservices", NAME)] = stable
+    apply_route(fake)
+    _roll_out(fake, 4, 10)
+
+    backends = {b["name"]: b["weight"] for b in fake.route()["spec"]["rules"][0]["backendRefs"]}
+    assert backends == {f"{NAME}-transformer": 90, f"{NAME}-canary-transformer": 10}
+    jsonschema.validate(fake.route(), route_schema())
+    script = " ".join(fake.isvc(canary.canary_name(NAME))["spec"]["transformer"]["containers"][0]["args"])
+    assert "--deployment canary" in script and "--deployment stable" not in script
+    assert "--deployment stable" in " ".join(stable["spec"]["transformer"]["containers"][0]["args"])
+    assert raw_served(fake) == {URI[4]: 10, URI[3]: 90}
+    status = canary.canary_status(canary.Cluster(fake.api_client(), NAMESPACE), NAME)
+    assert status["state"] == "canary" and status["percent"] == 10
+
+    _apply(fake, registry, "rollback")
+    backends = {b["name"]: b["weight"] for b in fake.route()["spec"]["rules"][0]["backendRefs"]}
+    assert backends == {f"{NAME}-transformer": 100, f"{NAME}-canary-transformer": 0}
+    assert raw_served(fake) == {URI[3]: 100}

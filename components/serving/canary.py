@@ -27,8 +27,9 @@ Read from KServe's source at tag v0.15.0 (the behaviour is the same at v0.14.0):
 **RawDeployment** (`serving.kserve.io/deploymentMode: RawDeployment`): a second InferenceService
 `<name>-canary` (the stable one's spec with the new storageUri) and a Gateway API HTTPRoute `<name>`
 in front whose two backendRefs (the Services `<name>-predictor` and `<name>-canary-predictor` that
-KServe's raw mode makes, port 80; pkg/constants/constants.go PredictorServiceName) carry weights
-100 - N and N. HTTPRoute, not an Istio VirtualService: it is the portable, GA (v1) API that KServe
+KServe's raw mode makes, port 80; pkg/constants/constants.go PredictorServiceName; `-transformer`
+ones when the InferenceService has the tracing transformer of manifests/serving/transformer.yaml,
+whose canary copy then traces with `--deployment canary`) carry weights 100 - N and N. HTTPRoute, not an Istio VirtualService: it is the portable, GA (v1) API that KServe
 v0.15 itself uses for raw mode ingress (reconcilers/ingress/httproute_reconciler.go), and
 implementations beyond Istio (Envoy Gateway, Cilium, NGINX, GKE) honour backendRef weights.
 The route is applied once, by hand, from manifests/serving/canary-raw (its hostname is the one
@@ -71,9 +72,24 @@ _LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
 CANARY_RAW_MANIFESTS = "manifests/serving/canary-raw"  # the HTTPRoute of RawDeployment mode, applied by hand
 
 
-def predictor_service(name: str) -> str:
-    """The Service KServe's raw mode puts in front of an InferenceService's predictor."""
-    return f"{name}-predictor"
+def entry_service(name: str, component: str = "predictor") -> str:
+    """The Service KServe's raw mode puts in front of an InferenceService's component (constants.go
+    PredictorServiceName, TransformerServiceName): `<name>-predictor`, or `<name>-transformer`."""
+    return f"{name}-{component}"
+
+
+def entry_component(isvc: dict[str, Any]) -> str:
+    """Where requests enter an InferenceService: its transformer when it has one (the tracing proxy of
+    manifests/serving/transformer.yaml), else its predictor."""
+    return "transformer" if (isvc.get("spec") or {}).get("transformer") else "predictor"
+
+
+def _as_canary_transformer(spec: dict[str, Any]) -> None:
+    """The canary's copy of a tracing transformer (`selfguided serve --proxy-to ... --deployment
+    stable`) says `--deployment canary`, so its traces are the canary's (registry/production.py)."""
+    for container in ((spec.get("transformer") or {}).get("containers") or []):
+        container["args"] = [a.replace("--deployment stable", "--deployment canary") if isinstance(a, str) else a
+                             for a in container.get("args") or []]
 
 
 def canary_name(name: str) -> str:
@@ -81,14 +97,14 @@ def canary_name(name: str) -> str:
 
 
 def http_route(name: str, namespace: str, canary_percent: int, *, gateway: tuple[str, str] = DEFAULT_GATEWAY,
-               hostnames: list[str] | None = None) -> dict[str, Any]:
+               hostnames: list[str] | None = None, component: str = "predictor") -> dict[str, Any]:
     """The weighted route of RawDeployment mode: stable 100 - N, canary N (manifests/serving/canary-raw
     holds it at 0, with a hostname)."""
     _check_percent(canary_percent, allow=(0, 100))
     spec: dict[str, Any] = {
         "parentRefs": [{"group": ROUTE_GROUP, "kind": "Gateway", "namespace": gateway[0], "name": gateway[1]}],
         "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
-                   "backendRefs": _backends(name, canary_percent)}],
+                   "backendRefs": _backends(name, canary_percent, component)}],
     }
     if hostnames:
         spec["hostnames"] = list(hostnames)
@@ -98,10 +114,10 @@ def http_route(name: str, namespace: str, canary_percent: int, *, gateway: tuple
             "spec": spec}
 
 
-def _backends(name: str, canary_percent: int) -> list[dict[str, Any]]:
-    return [{"group": "", "kind": "Service", "name": predictor_service(name), "port": PREDICTOR_PORT,
+def _backends(name: str, canary_percent: int, component: str = "predictor") -> list[dict[str, Any]]:
+    return [{"group": "", "kind": "Service", "name": entry_service(name, component), "port": PREDICTOR_PORT,
              "weight": 100 - canary_percent},
-            {"group": "", "kind": "Service", "name": predictor_service(canary_name(name)), "port": PREDICTOR_PORT,
+            {"group": "", "kind": "Service", "name": entry_service(canary_name(name), component), "port": PREDICTOR_PORT,
              "weight": canary_percent}]
 
 
@@ -225,6 +241,7 @@ def start_canary(cluster: Cluster, name: str, storage_uri: str, model_version: s
     canary = copy.deepcopy({k: stable[k] for k in ("apiVersion", "kind", "spec")})
     canary["spec"]["predictor"]["model"]["storageUri"] = storage_uri
     canary["spec"]["predictor"].pop("canaryTrafficPercent", None)
+    _as_canary_transformer(canary["spec"])
     canary["metadata"] = {"name": canary_name(name), "namespace": cluster.namespace,
                           "labels": dict((stable.get("metadata") or {}).get("labels") or {}),
                           "annotations": {k: v for k, v in _annotations(stable).items()  # autoscaling etc.
@@ -238,7 +255,7 @@ def start_canary(cluster: Cluster, name: str, storage_uri: str, model_version: s
         raise DeployError(f"InferenceService {cluster.namespace}/{canary_name(name)} already runs a canary "
                           f"({_annotations(existing).get(MODEL_VERSION_ANNOTATION)}): promote or roll it back first")
     cluster.create(kserve.KIND, canary)
-    _set_route(cluster, name, percent)
+    _set_route(cluster, name, percent, component=entry_component(stable))
     return (f"canary started in {RAW} mode: InferenceService {cluster.namespace}/{canary_name(name)} serves "
             f"{model_version} from {storage_uri}; HTTPRoute {name} sends it {percent}% of traffic, "
             f"{stable_version or 'the stable version'} ({name}) {100 - percent}%")
@@ -253,13 +270,14 @@ def _route(cluster: Cluster, name: str) -> dict[str, Any]:
     return route
 
 
-def _set_route(cluster: Cluster, name: str, percent: int, rolled_back: str | None = None) -> None:
+def _set_route(cluster: Cluster, name: str, percent: int, rolled_back: str | None = None, *,
+               component: str = "predictor") -> None:
     """Route weights, and the rolled-back version noted on the route (in raw mode a note on the stable
     InferenceService would reach its pod template and restart its pods)."""
     route = _route(cluster, name)
     rules = copy.deepcopy((route.get("spec") or {}).get("rules") or [{}])
     for rule in rules:  # a user's own matches, filters and hostnames stay; only the backends change
-        rule["backendRefs"] = _backends(name, percent)
+        rule["backendRefs"] = _backends(name, percent, component)
     cluster.patch("HTTPRoute", name, {"metadata": {"annotations": {ROLLED_BACK_ANNOTATION: rolled_back}},
                                       "spec": {"rules": rules}})
 
@@ -290,7 +308,7 @@ def canary_status(cluster: Cluster, name: str, *, mode: str | None = None) -> di
     weights = {b.get("name"): b.get("weight", 1) for rule in ((route or {}).get("spec") or {}).get("rules", [])
                for b in rule.get("backendRefs", [])}
     if canary is not None:
-        status.update(state="canary", percent=weights.get(predictor_service(canary_name(name)), 0),
+        status.update(state="canary", percent=weights.get(entry_service(canary_name(name), entry_component(stable)), 0),
                       canary_version=_annotations(canary).get(MODEL_VERSION_ANNOTATION, ""),
                       canary_storage_uri=kserve._model_spec(canary).get("storageUri", ""))
     elif status["rolled_back_version"]:
@@ -311,7 +329,7 @@ def promote_canary(cluster: Cluster, name: str, *, mode: str | None = None) -> s
     stable = _stable(cluster, name)
     cluster.patch(kserve.KIND, name, kserve.pointing_patch(status["canary_storage_uri"], status["canary_version"],
                                                            stable))
-    _set_route(cluster, name, 0)
+    _set_route(cluster, name, 0, component=entry_component(stable))
     return (f"canary promoted in {RAW} mode: InferenceService {where} now serves {status['canary_version']} from "
             f"{status['canary_storage_uri']} with 100% of traffic; {_delete_canary(cluster, name)}")
 
@@ -342,6 +360,6 @@ def rollback_canary(cluster: Cluster, name: str, *, mode: str | None = None) -> 
         return (f"canary rolled back on InferenceService {where} ({SERVERLESS}): 100% of traffic on "
                 f"{status['stable_version']} (canaryTrafficPercent 0 pins the last rolled-out revision), "
                 f"{status['canary_version']} out of service")
-    _set_route(cluster, name, 0, rolled_back=status["canary_version"])
+    _set_route(cluster, name, 0, rolled_back=status["canary_version"], component=entry_component(_stable(cluster, name)))
     return (f"canary rolled back in {RAW} mode: HTTPRoute {name} sends 100% to {status['stable_version']}; "
             f"canary {status['canary_version']}: {_delete_canary(cluster, name)}")
