@@ -23,6 +23,7 @@ SMOKE = {
     "startup.py": ["--repeats", "1", "--steps", "register"],
     "gate_simulation.py": ["--quick"],
     "canary_simulation.py": ["--quick"],
+    "trace_writer_rate.py": ["--n", "5", "--batch-sizes", "50"],
     "memory_plan_check.py": ["--model", "tiny", "--method", "lora", "--tokens", "256", "--steps", "1"],
 }
 
