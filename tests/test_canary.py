@@ -540,15 +540,29 @@ def test_the_cli_reads_the_kubeconfig_and_moves_both_sides(fake, registry, monke
     assert bad.value.code == 2
 
 
+def _traced_stable(fake, mode):
+    """manifests/serving/transformer.yaml as stored, serving v3 in `mode`."""
+    stable = yaml.safe_load((REPO / "manifests/serving/transformer.yaml").read_text(encoding="utf-8"))
+    stable["metadata"] |= {"namespace": NAMESPACE, "uid": "uid-0", "generation": 1, "resourceVersion": "1"}
+    stable["metadata"]["annotations"] |= {"selfguided.dev/model-version": f"{MODEL}/3"} | (
+        {canary.DEPLOYMENT_MODE_ANNOTATION: mode} if mode == canary.RAW else {})
+    stable["spec"]["predictor"]["model"]["storageUri"] = URI[3]
+    fake.objects[("inferenceservices", NAME)] = stable
+    return stable
+
+
+def test_a_serverless_traced_service_is_not_given_an_unjudgeable_canary(fake):
+    _traced_stable(fake, canary.SERVERLESS)
+    message = _roll_out(fake, 4, 10)
+    assert message.startswith("patched") and "100% at once, not a 10% canary" in message
+    predictor = fake.isvc()["spec"]["predictor"]
+    assert "canaryTrafficPercent" not in predictor and predictor["model"]["storageUri"] == URI[4]
+
+
 def test_a_raw_canary_of_a_traced_service_routes_to_its_transformers_and_traces_as_canary(fake, registry):
     """With the tracing transformer (manifests/serving/transformer.yaml) requests enter through
     `<name>-transformer`; the canary's copy writes its traces with deployment=canary."""
-    stable = yaml.safe_load((REPO / "manifests/serving/transformer.yaml").read_text(encoding="utf-8"))
-    stable["metadata"] |= {"namespace": NAMESPACE, "uid": "uid-0", "generation": 1, "resourceVersion": "1"}
-    stable["metadata"]["annotations"] |= {"selfguided.dev/model-version": f"{MODEL}/3",
-                                          canary.DEPLOYMENT_MODE_ANNOTATION: canary.RAW}
-    stable["spec"]["predictor"]["model"]["storageUri"] = URI[3]
-    fake.objects[("inferenceservices", NAME)] = stable
+    stable = _traced_stable(fake, canary.RAW)
     apply_route(fake)
     _roll_out(fake, 4, 10)
 

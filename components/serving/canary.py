@@ -211,10 +211,18 @@ def roll_out(promoted: bool, storage_uri: str, model_version: str, *, canary_per
         return deploy_champion(promoted, storage_uri, model_version, name=name, namespace=namespace,
                                api_client=api_client, **create_options)
     cluster = Cluster(api_client, namespace)
-    if cluster.get(kserve.KIND, name) is None:
+    stable = cluster.get(kserve.KIND, name)
+    if stable is None:
         return deploy_champion(True, storage_uri, model_version, name=name, namespace=cluster.namespace,
                                api_client=cluster.api_client, **create_options) + \
             " (the first deployment: no stable version to run a canary beside, 100% at once)"
+    if deployment_mode(stable, mode) == SERVERLESS and entry_component(stable) == "transformer":
+        # One transformer revision proxies to both predictor revisions: its traces cannot say which
+        # answered, so a canary would never be judged. 100% at once, said, rather than that.
+        return deploy_champion(True, storage_uri, model_version, name=name, namespace=cluster.namespace,
+                               api_client=cluster.api_client, **create_options) + \
+            (f" (100% at once, not a {canary_percent}% canary: in {SERVERLESS} mode the tracing transformer is shared "
+             f"by both revisions, so canary answers cannot be told from stable ones; use {RAW} for a traced canary)")
     return start_canary(cluster, name, storage_uri, model_version, canary_percent, mode=mode)
 
 
