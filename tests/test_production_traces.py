@@ -352,6 +352,12 @@ def test_the_proxy_traces_an_upstream_it_does_not_own():
         assert refused.value.code == 404  # the upstream's answer, passed on (and not traced)
         assert json.loads(refused.value.read())["error"]["code"] == "model_not_found"
         stats_now = stats(proxy)
+    with running(create_proxy_app(f"http://127.0.0.1:{free_port()}/v1", None)) as orphan:
+        with pytest.raises(urllib.error.HTTPError) as unreachable:
+            chat(orphan, bodies[0])
+        assert unreachable.value.code == 502
+        assert json.loads(unreachable.value.read())["error"]["code"] == "upstream_unreachable"
+        assert stats(orphan) == {"tracing": False}
     final = logger.close(10)
     assert stats_now["tracing"] and stats_now["deployment"] == "canary"
     assert final["written"] == 6 and final["offered"] == 6

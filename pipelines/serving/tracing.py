@@ -65,7 +65,7 @@ def start_logger(args: argparse.Namespace, labels: ServingLabels, tracking_uri: 
     redactor = check_tracing_arguments(args)
     if redactor is None:
         return None
-    if tracking_uri.startswith("sqlite:///") and not os.path.isfile(tracking_uri.removeprefix("sqlite:///")):
+    if _missing_store(tracking_uri):
         print(f"selfguided serve: answers are not traced: no MLflow store at {tracking_uri.removeprefix('sqlite:///')} "
               "(give --tracking-uri, or --no-trace to say so)", flush=True)
         return None
@@ -78,6 +78,11 @@ def start_logger(args: argparse.Namespace, labels: ServingLabels, tracking_uri: 
           f"`{args.trace_experiment}` at {tracking_uri} as {labels.deployment} (redacting {redacting}; "
           "counters at /v1/trace-stats)", flush=True)
     return logger.start()
+
+
+def _missing_store(tracking_uri: str) -> bool:
+    """A local SQLite store that does not exist (MLflow would create it empty)."""
+    return tracking_uri.startswith("sqlite:///") and not os.path.isfile(tracking_uri.removeprefix("sqlite:///"))
 
 
 def _warn_once():
@@ -132,7 +137,8 @@ def run_proxy(args: argparse.Namespace, tracking_uri: str, run_uvicorn) -> int:
     from selfguided.pipelines.serving.proxy import create_proxy_app, upstream_base
     from selfguided.pipelines.serving.resolve import registry_labels
 
-    registered, version, alias = registry_labels(args.model_uri, tracking_uri)
+    registered, version, alias = ("", "", "") if _missing_store(tracking_uri) else \
+        registry_labels(args.model_uri, tracking_uri)
     labels = ServingLabels(registered_model=registered, model_version=version, alias=alias,
                            deployment=args.deployment, served_model=args.served_model_name or registered)
     host = getattr(args, "listen_host", None) or getattr(args, "host", "127.0.0.1")
