@@ -87,8 +87,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--fresh", type=int, default=400, help="fresh answers each rep's weights are scored on")
     args = parser.parse_args()
-    print("| model | labels | best single (held-out oracle) MAD / rho | " +
-          " | ".join(f"{r} MAD / rho / MAD<=best" for r in RULES) + " |")
+    print("| model | labels | best single judge on the fresh answers MAD / rho | " +
+          " | ".join(f"{r} MAD / rho / within 0.02 of best" for r in RULES) + " |")
     print("|---" * (3 + len(RULES)) + "|")
     for model in ("issue", "all_fair", "two_long", "generous", "two_mid"):
         for n in args.labels:
