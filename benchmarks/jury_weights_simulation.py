@@ -16,7 +16,8 @@ Every rule but best_single is guarded as shipped: its weights are used only if, 
 their mean abs diff is no larger than equal weights'. Then each rep's weights grade `--fresh` new
 answers (the ones the jury grades next). Printed per model and label count: on those fresh answers,
 the mean abs diff and Spearman per rule, the best single judge's (the one closest on them), and
-how often each rule's MAD is within 0.02 of that best judge's.
+how often each rule's MAD is within 0.02 of that best judge's. The last line (RESULT) gives the
+shipped rule's MAD minus the best judge's per model and label count.
 """
 
 from __future__ import annotations
@@ -90,6 +91,7 @@ def main() -> None:
     print("| model | labels | best single judge on the fresh answers MAD / rho | " +
           " | ".join(f"{r} MAD / rho / within 0.02 of best" for r in RULES) + " |")
     print("|---" * (3 + len(RULES)) + "|")
+    summary = []
     for model in ("issue", "all_fair", "two_long", "generous", "two_mid"):
         for n in args.labels:
             rng = random.Random(f"{args.seed}-{model}-{n}")
@@ -118,6 +120,10 @@ def main() -> None:
                 a = np.array(res[rule], dtype=float)
                 cells.append(f"{a[:, 0].mean():.3f} / {a[:, 1].mean():.3f} / {a[:, 2].mean():.0%}")
             print(f"| {model} | {n} | {b[:, 0].mean():.3f} / {b[:, 1].mean():.3f} | " + " | ".join(cells) + " |")
+            shipped = np.array(res["nnls_t25"], dtype=float) if "nnls_t25" in res else None
+            if shipped is not None:
+                summary.append(f"{model}@{n}={shipped[:, 0].mean() - b[:, 0].mean():+.3f}")
+    print(f"RESULT shipped_rule_mad_minus_best_judge {' '.join(summary)} reps={args.reps} fresh={args.fresh}")
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ SMOKE = {
                           "--concurrency", "4"],
     "startup.py": ["--repeats", "1", "--steps", "register"],
     "gate_simulation.py": ["--quick"],
+    "jury_weights_simulation.py": ["--reps", "3", "--labels", "40", "--fresh", "50"],
     "canary_simulation.py": ["--quick"],
     "trace_writer_rate.py": ["--n", "5", "--batch-sizes", "50"],
     "memory_plan_check.py": ["--model", "tiny", "--method", "lora", "--tokens", "256", "--steps", "1"],
