@@ -16,6 +16,7 @@ flight; Starlette's pool holds 40 by default).
 """
 
 # No `from __future__ import annotations`: FastAPI reads the route functions' annotations.
+import argparse
 import json
 import time
 import urllib.error
@@ -23,7 +24,8 @@ import urllib.request
 from typing import Any
 
 from selfguided.pipelines.serving.protocol import ApiError, parse_metadata
-from selfguided.pipelines.serving.tracing import offer_answer, trace_stats
+from selfguided.components.registry.production_log import ServingLabels
+from selfguided.pipelines.serving.tracing import missing_store, offer_answer, start_logger, trace_stats
 
 UPSTREAM_TIMEOUT_S = 600.0
 
@@ -161,3 +163,24 @@ def _offer_plain(logger, body: dict[str, Any], metadata: dict[str, str], content
     offer_answer(logger, body, metadata, str((choice.get("message") or {}).get("content") or ""), started_ns, started,
                  prompt_tokens=usage.get("prompt_tokens"), completion_tokens=usage.get("completion_tokens"),
                  finish_reason=choice.get("finish_reason"))
+
+
+def run_proxy(args: argparse.Namespace, tracking_uri: str, run_uvicorn) -> int:
+    """`selfguided serve MODEL_URI --proxy-to URL`: the tracing proxy until interrupted. MODEL_URI
+    (`models:/NAME@ALIAS` or `models:/NAME/VERSION`) only labels the traces: the alias's version is
+    looked up once, at start."""
+    from selfguided.pipelines.serving.resolve import registry_labels
+
+    registered, version, alias = ("", "", "") if missing_store(tracking_uri) else \
+        registry_labels(args.model_uri, tracking_uri)
+    labels = ServingLabels(registered_model=registered, model_version=version, alias=alias,
+                           deployment=args.deployment, served_model=args.served_model_name or registered)
+    host = getattr(args, "listen_host", None) or getattr(args, "host", "127.0.0.1")
+    logger = start_logger(args, labels, tracking_uri)
+    try:
+        print(f"selfguided serve: tracing proxy to {upstream_base(args.proxy_to)} for {args.model_uri}"
+              f"{f' (version {version})' if version else ''} on http://{host}:{args.port}/v1", flush=True)
+        return run_uvicorn(create_proxy_app(args.proxy_to, logger), host, args.port)
+    finally:
+        if logger is not None:
+            logger.close()

@@ -63,7 +63,7 @@ def run_serve(args: argparse.Namespace) -> int:
         print(f"selfguided serve: error: {exc}", file=sys.stderr)
         return 2
     if args.proxy_to:
-        from selfguided.pipelines.serving.tracing import run_proxy
+        from selfguided.pipelines.serving.proxy import run_proxy
 
         return run_proxy(args, tracking_uri, _run_uvicorn)
     logger = None

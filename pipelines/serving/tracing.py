@@ -65,7 +65,7 @@ def start_logger(args: argparse.Namespace, labels: ServingLabels, tracking_uri: 
     redactor = check_tracing_arguments(args)
     if redactor is None:
         return None
-    if _missing_store(tracking_uri):
+    if missing_store(tracking_uri):
         print(f"selfguided serve: answers are not traced: no MLflow store at {tracking_uri.removeprefix('sqlite:///')} "
               "(give --tracking-uri, or --no-trace to say so)", flush=True)
         return None
@@ -80,7 +80,7 @@ def start_logger(args: argparse.Namespace, labels: ServingLabels, tracking_uri: 
     return logger.start()
 
 
-def _missing_store(tracking_uri: str) -> bool:
+def missing_store(tracking_uri: str) -> bool:
     """A local SQLite store that does not exist (MLflow would create it empty)."""
     return tracking_uri.startswith("sqlite:///") and not os.path.isfile(tracking_uri.removeprefix("sqlite:///"))
 
@@ -129,24 +129,3 @@ def trace_stats(logger: ProductionLogger | None) -> dict[str, Any]:
             "registered_model": labels.registered_model, "model_version": labels.model_version,
             "alias": labels.alias, "deployment": labels.deployment, **logger.stats()}
 
-
-def run_proxy(args: argparse.Namespace, tracking_uri: str, run_uvicorn) -> int:
-    """`selfguided serve MODEL_URI --proxy-to URL`: the tracing proxy (serving/proxy.py) until
-    interrupted. MODEL_URI (`models:/NAME@ALIAS` or `models:/NAME/VERSION`) only labels the traces:
-    the alias's version is looked up once, at start."""
-    from selfguided.pipelines.serving.proxy import create_proxy_app, upstream_base
-    from selfguided.pipelines.serving.resolve import registry_labels
-
-    registered, version, alias = ("", "", "") if _missing_store(tracking_uri) else \
-        registry_labels(args.model_uri, tracking_uri)
-    labels = ServingLabels(registered_model=registered, model_version=version, alias=alias,
-                           deployment=args.deployment, served_model=args.served_model_name or registered)
-    host = getattr(args, "listen_host", None) or getattr(args, "host", "127.0.0.1")
-    logger = start_logger(args, labels, tracking_uri)
-    try:
-        print(f"selfguided serve: tracing proxy to {upstream_base(args.proxy_to)} for {args.model_uri}"
-              f"{f' (version {version})' if version else ''} on http://{host}:{args.port}/v1", flush=True)
-        return run_uvicorn(create_proxy_app(args.proxy_to, logger), host, args.port)
-    finally:
-        if logger is not None:
-            logger.close()
