@@ -372,6 +372,13 @@ def test_wait_changes_nothing(fake, registry):
     assert len(fake.requests) == before
 
 
+def test_a_rerun_with_the_stable_version_changes_nothing(fake):
+    _roll_out(fake, 3, 10)
+    fake.requests.clear()
+    assert "unchanged, no canary" in _roll_out(fake, 3, 10)
+    assert {r["method"] for r in fake.requests} == {"GET"}
+
+
 def test_one_canary_at_a_time(fake):
     _start(fake, canary.SERVERLESS)
     with pytest.raises(DeployError, match="already runs a canary"):

@@ -235,6 +235,8 @@ def start_canary(cluster: Cluster, name: str, storage_uri: str, model_version: s
     stable_version = _annotations(stable).get(MODEL_VERSION_ANNOTATION, "")
     stable_uri = kserve._model_spec(stable).get("storageUri", "")
     where = f"{cluster.namespace}/{name}"
+    if stable_uri == storage_uri and stable_version == model_version:
+        return f"InferenceService {where} already serves {model_version} from {storage_uri}: unchanged, no canary"
     if chosen == SERVERLESS:
         if _percent(stable) not in (None, 0, 100):
             raise DeployError(f"InferenceService {where} already runs a canary "
