@@ -37,7 +37,7 @@ from selfguided.components.data.questions import load_questions
 from selfguided.components.data.redact import Redactor
 from selfguided.components.registry import production as p
 from selfguided.components.registry.production_log import (
-    ProductionLogger, ServedAnswer, ServingLabels, TraceRecord, prepare)
+    HTTP_RETRY_DEFAULTS, ProductionLogger, ServedAnswer, ServingLabels, TraceRecord, prepare)
 from selfguided.pipelines.serving import app as serving_app
 from selfguided.pipelines.serving.protocol import ApiError, parse_chat_request
 from selfguided.pipelines.serving.resolve import registry_labels
@@ -154,9 +154,8 @@ def search(tracking_uri: str, experiment: str) -> list:
 
 
 def test_served_answers_become_redacted_traces_and_a_killed_server_loses_no_answer(tmp_path, monkeypatch):
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    for name in HTTP_RETRY_DEFAULTS:  # the logger sets MLflow's short retries while it runs
+        monkeypatch.delenv(name, raising=False)
     with mlflow_sqlite_server(tmp_path) as (process, tracking_uri, database):
         from mlflow import MlflowClient
 
@@ -174,6 +173,7 @@ def test_served_answers_become_redacted_traces_and_a_killed_server_loses_no_answ
         args = type("Args", (), {"no_trace": False, "trace_sample_rate": 1.0, "trace_queue_size": 1000,
                                  "trace_experiment": "production-test", "redact": "all"})
         logger = start_logger(args, labels_for(Resolved, NAME, p.DEPLOYMENT_STABLE), tracking_uri)
+        assert {name: os.environ.get(name) for name in HTTP_RETRY_DEFAULTS} == HTTP_RETRY_DEFAULTS
         app = serving_app.create_app("unused", NAME, generator=EchoGenerator(), logger=logger)
         with running(app) as base_url, ThreadPoolExecutor(8) as pool:
             # 200 requests: every answer traced
@@ -213,6 +213,7 @@ def test_served_answers_become_redacted_traces_and_a_killed_server_loses_no_answ
             after = wait_written(base_url, timeout=90)
         final = logger.close(timeout=30)
     print("trace counters after the kill:", json.dumps(final))
+    assert not any(name in os.environ for name in HTTP_RETRY_DEFAULTS)  # and removes them when it closes
     assert after["pending"] == 0 and final["pending"] == 0, final
     assert final["offered"] == 300 and final["written"] == 230 and final["failed"] > 0, final
     dropped = final["dropped_queue_full"] + final["dropped_sampled_out"] + final["dropped_at_close"]

@@ -23,8 +23,10 @@ the root span's `mlflow.traceTag.*` attributes, which the store turns into trace
 previews and token usage come from the span. A file store (no span ingestion) fails every batch,
 with that reason in `last_error`.
 
-How long one failed write holds the thread is MLflow's HTTP retry policy: `bounded_http_retries()`
-sets short defaults for the serving process (the queue absorbs the wait; beyond it, drops are counted).
+How long one failed write holds the thread is MLflow's HTTP retry policy, read from the environment:
+a logger given `http_retry_env` (serve gives `HTTP_RETRY_DEFAULTS`) sets those variables the user has
+not set while it runs and removes them when it closes (the queue absorbs the wait of a failing
+write; beyond it, drops are counted).
 """
 
 from __future__ import annotations
@@ -47,11 +49,6 @@ SERVICE_NAME = "selfguided-serve"
 HTTP_RETRY_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
                        "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
 
-
-def bounded_http_retries() -> None:
-    """Short MLflow HTTP retries for this process, where the user has not set their own."""
-    for name, value in HTTP_RETRY_DEFAULTS.items():
-        os.environ.setdefault(name, value)
 
 
 @dataclass
@@ -233,11 +230,14 @@ class ProductionLogger:
     sample_rate: the share of answers traced (0..1), drawn independently per answer.
     classifier: labels requests without a known category (default: data/category_classifier's
         sample classifier, trained when the writer starts).
+    http_retry_env: environment variables (MLflow's HTTP retry policy) set from start to close
+        where the process has none of its own.
     """
 
     def __init__(self, sink, labels: ServingLabels, *, sample_rate: float = 1.0, queue_size: int = 1000,
                  batch_size: int = 50, redactor: Redactor | None = None, classifier=None,
-                 rng: random.Random | None = None, on_error: Callable[[str], None] | None = None):
+                 rng: random.Random | None = None, on_error: Callable[[str], None] | None = None,
+                 http_retry_env: dict[str, str] | None = None):
         if not 0.0 <= sample_rate <= 1.0:
             raise ValueError(f"the trace sample rate must be between 0 and 1, not {sample_rate}")
         if queue_size < 1 or batch_size < 1:
@@ -246,6 +246,8 @@ class ProductionLogger:
         self.redactor = redactor if redactor is not None else Redactor()
         self.classifier = classifier
         self.on_error = on_error
+        self.http_retry_env = dict(http_retry_env or {})
+        self._env_set: list[str] = []
         self._queue: queue.Queue[ServedAnswer] = queue.Queue(maxsize=queue_size)
         self._rng = rng or random.Random()
         self._lock = threading.Lock()
@@ -278,6 +280,8 @@ class ProductionLogger:
 
     def start(self) -> "ProductionLogger":
         if self._thread is None:
+            self._env_set = [name for name in self.http_retry_env if name not in os.environ]
+            os.environ.update({name: self.http_retry_env[name] for name in self._env_set})
             self._thread = threading.Thread(target=self._run, name="selfguided-production-log", daemon=True)
             self._thread.start()
         return self
@@ -339,6 +343,9 @@ class ProductionLogger:
                 break
         with self._lock:
             self._counts.left_at_close += left
+        for name in self._env_set:
+            os.environ.pop(name, None)
+        self._env_set = []
         return self.stats()
 
     def stats(self) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from typing import Any
 from selfguided.components.data.redact import Redactor, parse_kinds
 from selfguided.components.registry import production as p
 from selfguided.components.registry.production_log import (
-    MlflowTraceSink, ProductionLogger, ServedAnswer, ServingLabels, bounded_http_retries)
+    HTTP_RETRY_DEFAULTS, MlflowTraceSink, ProductionLogger, ServedAnswer, ServingLabels)
 
 
 class TracingError(ValueError):
@@ -69,10 +69,9 @@ def start_logger(args: argparse.Namespace, labels: ServingLabels, tracking_uri: 
         print(f"selfguided serve: answers are not traced: no MLflow store at {tracking_uri.removeprefix('sqlite:///')} "
               "(give --tracking-uri, or --no-trace to say so)", flush=True)
         return None
-    bounded_http_retries()
     logger = ProductionLogger(MlflowTraceSink(tracking_uri, args.trace_experiment), labels,
                               sample_rate=args.trace_sample_rate, queue_size=args.trace_queue_size,
-                              redactor=redactor, on_error=_warn_once())
+                              redactor=redactor, on_error=_warn_once(), http_retry_env=HTTP_RETRY_DEFAULTS)
     redacting = ", ".join(redactor.kinds) or "nothing"
     print(f"selfguided serve: tracing {args.trace_sample_rate:.0%} of answers to experiment "
           f"`{args.trace_experiment}` at {tracking_uri} as {labels.deployment} (redacting {redacting}; "
