@@ -5,16 +5,16 @@ Why not `transformers serve`: (transformers 5.x) it does load a local folder on 
 applies its chat template, but it names the model by its filesystem path (no served name), answers
 an unknown model with 400 `{"detail": ...}` instead of OpenAI's 404 error object, an empty
 conversation with 500, ends a stream without `data: [DONE]`, and does not strip the answer as the
-pipeline's generation does; its in-process entry point is marked for tests only.
-
-With a `ProductionLogger` (serving/tracing.py), every answer, plain or streamed (once the stream
-ended), is offered to it for a production trace; `GET /v1/trace-stats` shows its counters. This app's
+pipeline's generation does; its in-process entry point is marked for tests only. This app's
 generation is the pipeline's own (`artifact.generate_tokens`, decoding settings from
 `artifact.generation_config`), so a greedy answer here is the answer the evaluation saw. The
 conversation goes through `ModelManifest.prompt(turns, earlier_answers)`, the same string as the
 tokenizer's chat template. Responses carry `usage` token counts. One generation runs at a time (a
 lock around the model): requests queue, which suits a demo or an evaluation on a CPU; use the vLLM
 backend for throughput.
+
+With a `ProductionLogger` (serving/tracing.py), every answer, plain or streamed (once the stream
+ended), is offered to it for a production trace; `GET /v1/trace-stats` shows its counters.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the route functions' annotations, whose
