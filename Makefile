@@ -29,6 +29,7 @@ test: $(STAMP)
 
 compile: $(STAMP)
 	$(BIN)/selfguided compile -o pipelines/selfguided_pipeline.yaml
+	$(BIN)/python -m selfguided.pipelines.monitor_pipeline pipelines/selfguided_monitor.yaml
 
 clean:
 	rm -rf .selfguided .pytest_cache build *.egg-info

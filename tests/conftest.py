@@ -17,6 +17,8 @@ LONGEST_FIRST = (
     "test_no_leaked_secrets.py",    # the pipeline against a stand-in LLM endpoint
     "test_review_calibrate.py",     # an MLflow basic-auth server
     "test_registry_cli.py",
+    "test_monitor.py",              # production traces judged, the CLI, the monitor pipeline compiled
+    "test_monitor_pipeline.py",     # the monitor pipeline under kfp.local, twice
     "test_register.py",
     "test_generate.py",
     "test_postgres_deployment.py",  # PostgreSQL, MLflow and S3

@@ -5,9 +5,15 @@ simulation (evaluation/drift.py)."""
 
 from __future__ import annotations
 
+import datetime as dt
+import inspect
 import json
 import random
 from dataclasses import dataclass
+from types import SimpleNamespace
+
+import kfp
+import yaml
 
 import mlflow
 import pytest
@@ -21,6 +27,9 @@ from selfguided.components.judging.offline import OFFLINE_JUDGE, OFFLINE_JUDGE_N
 from selfguided.components.registry import production as contract
 from selfguided.components.registry import production_read as prod
 from selfguided.components.steps.monitor import MonitorConfig, jury_of_run, run_monitor
+from selfguided.pipelines.cli.main import main
+from selfguided.pipelines.cli.monitor import kfp_cron, since_ms
+from servers import QuietJsonHandler, free_port, local_http_server, serving
 
 PER_CATEGORY = 8  # evaluation questions per category (the held-out set of the fixture)
 
@@ -63,7 +72,7 @@ def _garble(text: str) -> str:
 
 def _serve(store, version: str, *, requests: int, degraded: str = "", seed: int = 0,
            deployment: str = contract.DEPLOYMENT_STABLE) -> None:
-    """`requests` served answers replayed from the champion's prompts, as the serving side traces
+    """`requests` served answers replayed from the champion's prompts (each in turn), as the serving side traces
     them (the contract's name, request, response and tags); answers in category `degraded` garbled."""
     mlflow.set_tracking_uri(store.uri)
     client = MlflowClient(store.uri)
@@ -72,8 +81,11 @@ def _serve(store, version: str, *, requests: int, degraded: str = "", seed: int 
     mlflow.set_experiment(experiment_id=experiment_id)
     items = _seed_items()
     rng = random.Random(seed)
-    for _ in range(requests):
-        category, prompt, answer = rng.choice(items)
+    replay: list = []
+    for _ in range(requests):  # every prompt in turn, each round shuffled (a replay of the questions)
+        if not replay:
+            replay = rng.sample(items, len(items))
+        category, prompt, answer = replay.pop()
         with mlflow.start_span(contract.SERVED_TRACE_NAME, span_type="CHAT_MODEL") as span:
             span.set_inputs({"messages": [{"role": "user", "content": prompt}]})
             span.set_outputs({"answer": _garble(answer) if category == degraded else answer})
@@ -115,8 +127,8 @@ def store(database, request):
 
 
 def test_degraded_category_is_named_with_an_interval_and_the_others_are_not(store, tmp_path):
-    _serve(store, store.version, requests=160, degraded="poem")
-    result = run_monitor(store.config(per_category=20, random_seed=3), output_dir=tmp_path / "out")
+    _serve(store, store.version, requests=96, degraded="poem")
+    result = run_monitor(store.config(per_category=16, random_seed=3), output_dir=tmp_path / "out")
     assert result.drifted == ["poem"], result.report_markdown
     (poem,) = [r for r in result.rows if r.category == "poem"]
     assert poem.difference.has_interval and poem.difference.ci_high < -DriftSettings().tolerance
@@ -143,15 +155,15 @@ def test_degraded_category_is_named_with_an_interval_and_the_others_are_not(stor
 
 
 def test_undegraded_traffic_names_no_category_and_the_watermark_moves_on(store):
-    _serve(store, store.version, requests=120)
-    first = run_monitor(store.config(per_category=20))
+    _serve(store, store.version, requests=48)
+    first = run_monitor(store.config(per_category=8))
     assert first.drifted == [] and first.alerts == [] and first.execution == 1
-    assert first.counts["traces_read"] == 120 and "No drift" in first.report_markdown
-    again = run_monitor(store.config(per_category=20))  # nothing new since the watermark
+    assert first.counts["traces_read"] == 48 and "No drift" in first.report_markdown
+    again = run_monitor(store.config(per_category=8))  # nothing new since the watermark
     assert again.execution == 2 and again.counts["traces_read"] == 0 and again.drifted == []
-    _serve(store, store.version, requests=30, seed=1)
-    third = run_monitor(store.config(per_category=20))
-    assert third.counts["traces_read"] == 30
+    _serve(store, store.version, requests=12, seed=1)
+    third = run_monitor(store.config(per_category=8))
+    assert third.counts["traces_read"] == 12
     client = MlflowClient(store.uri)
     history = prod.history_run_id(client, client.get_experiment_by_name(store.monitor).experiment_id, store.model)
     steps = [m.step for m in client.get_metric_history(history, "monitor/traces_read")]
@@ -159,13 +171,13 @@ def test_undegraded_traffic_names_no_category_and_the_watermark_moves_on(store):
 
 
 def test_other_versions_and_canary_answers_are_kept_apart(store):
-    _serve(store, store.version, requests=60)
-    _serve(store, "7", requests=20, seed=2, degraded="news")  # another version: not the champion's traffic
-    _serve(store, store.version, requests=40, seed=3, deployment=contract.DEPLOYMENT_CANARY, degraded="blog")
+    _serve(store, store.version, requests=48)
+    _serve(store, "7", requests=12, seed=2, degraded="news")  # another version: not the champion's traffic
+    _serve(store, store.version, requests=24, seed=3, deployment=contract.DEPLOYMENT_CANARY, degraded="blog")
     calls = []
-    result = run_monitor(store.config(per_category=20,
+    result = run_monitor(store.config(per_category=8,
                                       canary=lambda scores: calls.append(scores) or {"action": "wait", "reasons": []}))
-    assert result.counts["watched"] == 60 and result.counts["canary"] == 40 and result.drifted == []
+    assert result.counts["watched"] == 48 and result.counts["canary"] == 24 and result.drifted == []
     (scores,) = calls
     assert {s.deployment for s in scores} == {"stable", "canary"}
     assert min(s.score for s in scores if s.category == "blog" and s.deployment == "canary") < 4
@@ -197,3 +209,96 @@ def test_false_alarm_rate_by_simulation_is_at_most_five_percent():
 def test_jury_of_run_reads_a_jury_name():
     assert jury_of_run("jury-median(a,b)") == ("a,b", "median")
     assert jury_of_run("gpt-4o") == ("gpt-4o", "mean")
+
+
+# ---------------------------------------------------------------------------------------------
+# `selfguided monitor` and `selfguided schedule`
+# ---------------------------------------------------------------------------------------------
+
+
+class _Webhook(QuietJsonHandler):
+    received: list = []
+
+    def do_POST(self):
+        self.received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+        self._send(200, {"ok": True})
+
+
+def _monitor_cli(store, *extra):
+    return main(["monitor", "--tracking-uri", store.uri, "--registered-model", store.model, "--experiment",
+                 store.production, "--monitor-experiment", store.monitor, *extra])
+
+
+def test_cli_exits_1_with_an_alert_line_and_posts_the_webhook(store, capsys, tmp_path):
+    _serve(store, store.version, requests=60, degraded="news")
+    server, url = local_http_server(_Webhook)
+    _Webhook.received = []
+    with serving(server):
+        code = _monitor_cli(store, "--per-category", "12", "--random-seed", "5", "--webhook-url", url + "/hook",
+                            "-o", str(tmp_path / "out"))
+    out = capsys.readouterr().out
+    assert code == 1
+    alerts = [line for line in out.splitlines() if line.startswith("ALERT ")]
+    assert len(alerts) == 1 and ": news: live " in alerts[0] and "95% CI" in alerts[0]
+    (body,) = _Webhook.received
+    assert body["drifted"] == ["news"] and body["text"] == alerts[0] and body["version"] == store.version
+    assert json.loads((tmp_path / "out" / "monitor.json").read_text())["drifted"] == ["news"]
+    # the webhook down: counted, never fatal; nothing new since the watermark, so no alert and exit 0
+    _serve(store, store.version, requests=48, seed=4, degraded="news")
+    dead = f"http://127.0.0.1:{free_port()}/hook"
+    assert _monitor_cli(store, "--per-category", "12", "--webhook-url", dead) == 1
+    client = MlflowClient(store.uri)
+    runs = client.search_runs([client.get_experiment_by_name(store.monitor).experiment_id],
+                              filter_string="tags.`monitor.execution` = '2'")
+    assert runs[0].data.metrics["monitor/webhook_failures"] == 2.0
+    capsys.readouterr()
+    assert _monitor_cli(store) == 0 and "traces since" in capsys.readouterr().out
+
+
+def test_cli_bad_input_is_one_line_and_exit_2(capsys):
+    assert main(["monitor", "--since", "last tuesday"]) == 2
+    assert main(["monitor", "--per-category", "0"]) == 2
+    assert main(["schedule", "--kfp-host", "http://127.0.0.1:1", "--cron", "every day"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 3 and all(line.startswith("selfguided ") for line in err)
+    assert since_ms("24h", dt.datetime(2026, 12, 7, tzinfo=dt.timezone.utc)) == \
+        int(dt.datetime(2026, 12, 6, tzinfo=dt.timezone.utc).timestamp() * 1000)
+    assert since_ms("2026-12-01T09:00") == int(dt.datetime(2026, 12, 1, 9, tzinfo=dt.timezone.utc).timestamp() * 1000)
+    assert kfp_cron("0 6 * * *") == "0 0 6 * * *" and kfp_cron("0 0 6 * * 1-5") == "0 0 6 * * 1-5"
+
+
+class _FakeKfpClient:
+    """What `selfguided schedule` asks of kfp.Client, recorded; signatures checked against the real one."""
+
+    calls: list = []
+
+    def __init__(self, **kwargs):
+        inspect.signature(kfp.Client.__init__).bind(None, **kwargs)
+        self.calls.append(("init", kwargs))
+
+    def create_experiment(self, name, **kwargs):
+        inspect.signature(kfp.Client.create_experiment).bind(self, name, **kwargs)
+        self.calls.append(("experiment", name))
+        return SimpleNamespace(experiment_id="exp-1")
+
+    def create_recurring_run(self, **kwargs):
+        inspect.signature(kfp.Client.create_recurring_run).bind(self, **kwargs)
+        package = yaml.safe_load_all(open(kwargs["pipeline_package_path"], encoding="utf-8"))
+        self.calls.append(("recurring", {**kwargs, "pipeline_name": next(package)["pipelineInfo"]["name"]}))
+        return SimpleNamespace(recurring_run_id="rr-1")
+
+
+def test_schedule_creates_a_recurring_run_with_the_compiled_monitor(monkeypatch, capsys):
+    monkeypatch.setattr(kfp, "Client", _FakeKfpClient)
+    _FakeKfpClient.calls = []
+    code = main(["schedule", "--kfp-host", "http://127.0.0.1:8888", "--cron", "30 6 * * 1-5", "--namespace", "team",
+                 "--param", "per_category=30", "--param", "judges=gpt-4o"])
+    assert code == 0, capsys.readouterr().err
+    init, experiment, (kind, recurring) = _FakeKfpClient.calls
+    assert init[1]["host"] == "http://127.0.0.1:8888" and init[1]["namespace"] == "team"
+    assert experiment == ("experiment", "selfguided") and kind == "recurring"
+    assert recurring["cron_expression"] == "0 30 6 * * 1-5" and recurring["experiment_id"] == "exp-1"
+    assert recurring["pipeline_name"] == "selfguided-monitor" and recurring["job_name"] == "selfguided-monitor"
+    assert recurring["params"] == {"per_category": 30, "judges": "gpt-4o"}
+    assert recurring["max_concurrency"] == 1 and recurring["no_catchup"] is True
+    assert "rr-1" in capsys.readouterr().out

@@ -199,6 +199,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
                   "selfguided.pipelines.cli.review:add_review_parsers"),
     "plan-eval": ("questions and training seeds a target difference needs, from a finished run's judgments",
                   "selfguided.pipelines.cli.plan_eval:add_plan_eval_parser"),
+    "monitor": ("judge a sample of the champion's production answers against its offline evaluation (drift)",
+                "selfguided.pipelines.cli.monitor:add_monitor_parsers"),
+    "schedule": ("create a KFP recurring run of the monitor (or training) pipeline on a cron",
+                 "selfguided.pipelines.cli.monitor:add_monitor_parsers"),
     "replay": ("send the held-out questions to an OpenAI-compatible endpoint, their category in the metadata "
                "(traffic for the production traces)", "selfguided.pipelines.cli.replay:add_replay_parser"),
     "bench-serve": ("throughput, latency and cost per 1,000 answers of an OpenAI-compatible endpoint under load",
