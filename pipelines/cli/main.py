@@ -209,6 +209,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                     "selfguided.pipelines.cli.bench_serve:add_bench_serve_parser"),
     "data": ("versioned seed data: save a content-addressed version (MLflow lineage), diff two versions",
              "selfguided.pipelines.cli.data:add_data_parser"),
+    "harvest": ("production prompts -> a new seed version (deduplicated, no test-set question, hard ones apart)",
+                "selfguided.pipelines.cli.harvest:add_harvest_parser"),
 }
 
 

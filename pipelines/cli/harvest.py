@@ -1,0 +1,149 @@
+"""`selfguided harvest`: production prompts become a new seed version.
+
+Reads the served-answer traces (registry/harvest_read.py), leaves out test-set questions (every
+test set published in the experiment, and `--test-set` files), questions already in the seed it
+extends, duplicates and near-duplicates (data/harvest.py), has the teacher answer the rest and the
+scorer score them (the scorer's cache: only new records are sent), keeps the hard ones (jury or
+editors below `--hard-below`) apart in their own file, and saves the others, with the version they
+extend, as a new content-addressed seed version logged to MLflow with its lineage
+(data/seed_versions.py, registry/seed_lineage.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from selfguided.components.registry.names import EXPERIMENT_NAME
+from selfguided.pipelines.cli.data import DEFAULT_SEED_STORE
+
+
+class _Refused(ValueError):
+    """Bad input: one line on stderr, exit 2."""
+
+
+def _seed_records(prompts, answers) -> tuple[list[dict], int]:
+    records, failed = [], 0
+    for prompt, answer in zip(prompts, answers):
+        turns = answer["choices"][0]["turns"]
+        if answer.get("error") or not turns or not turns[0].strip():
+            failed += 1
+            continue
+        records.append({"id": f"harvest-{prompt.trace_id}", "category": prompt.category, "instruction": prompt.text,
+                        "input": "", "output": turns[0]})
+    return records, failed
+
+
+def run_harvest(args: argparse.Namespace) -> int:
+    from selfguided.components.data.harvest import question_hash, select_prompts
+    from selfguided.components.data.questions import load_questions
+    from selfguided.components.data.seed_versions import SeedStore, diff_markdown, diff_versions
+    from selfguided.components.judging.prompts import ANSWER_PROMPT, SCORE_PROMPT
+    from selfguided.components.judging.scoring import score_records
+    from selfguided.components.judging.teacher import answer_with_llm
+    from selfguided.components.llm.config import llm_step_config
+    from selfguided.components.registry.harvest_read import served_prompts, test_set_hashes
+    from selfguided.components.registry.seed_lineage import log_seed_version
+    from selfguided.pipelines.workdir import default_tracking_uri
+
+    uri = args.tracking_uri or default_tracking_uri()
+    store = SeedStore(args.seed_store or DEFAULT_SEED_STORE)
+    parent = []
+    if args.extends:
+        if store.manifest(args.extends) is None:
+            raise _Refused(f"seed version {args.extends} is not in the seed store {store.root}")
+        parent = store.records(args.extends)
+    prompts, notes = served_prompts(uri, experiment=args.production_experiment, since_ms=args.since_ms)
+    test_hashes, test_sets = test_set_hashes(uri, [args.experiment])
+    for path in args.test_set or []:
+        test_hashes |= {question_hash(q["turns"][0]) for q in load_questions(path)}
+    selection = select_prompts(prompts, test_hashes=test_hashes, seed_questions=[r["instruction"] for r in parent],
+                               hard_below=args.hard_below)
+    print(f"Harvest: {len(prompts)} production prompts read from {args.production_experiment}; checked against "
+          f"{len(test_hashes)} test-set questions ({test_sets} test set(s) on record, {len(args.test_set or [])} file(s))")
+    for reason, n in sorted({**selection.dropped, **notes}.items()):
+        print(f"  {n:5d}  {reason}")
+    print(f"  {len(selection.kept):5d}  kept; {len(selection.hard)} hard (score below {args.hard_below:g}) kept apart")
+    if not selection.kept and not selection.hard:
+        print("Nothing new to harvest: no seed version made.")
+        return 0
+    try:
+        teacher = llm_step_config("teacher", args.teacher, base_url=args.llm_base_url, concurrency=args.llm_concurrency,
+                                  cache=args.llm_cache)
+    except RuntimeError as exc:
+        raise _Refused(str(exc)) from None
+    teacher.progress = False
+    wanted = selection.kept + selection.hard
+    questions = [{"question_id": p.trace_id, "category": p.category, "turns": [p.text]} for p in wanted]
+    answers, _ = answer_with_llm(questions, teacher)
+    records, failed = _seed_records(wanted, answers)
+    scored, usage = score_records(records, args.score_model, concurrency=args.llm_concurrency, cache=args.llm_cache,
+                                  base_url=args.llm_base_url)
+    hard_ids = {f"harvest-{p.trace_id}" for p in selection.hard}
+    new = [r for r in scored if r["id"] not in hard_ids]
+    hard = [r for r in scored if r["id"] in hard_ids]
+    if failed:
+        print(f"  {failed:5d}  left out: the teacher gave no answer")
+    print(f"Scored: {usage.get('score/scored_now', 0):.0f} sent to the scorer {args.score_model}, "
+          f"{usage.get('score/reused', 0):.0f} reused")
+    if hard:
+        Path(args.hard_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.hard_out).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in hard), encoding="utf-8")
+        print(f"Hard prompts ({len(hard)}), kept apart for a look before any training: {args.hard_out}")
+    if not new:
+        print("No new seed records: no seed version made.")
+        return 0
+    source = {"traces": args.production_experiment, "since_ms": str(args.since_ms), "teacher": args.teacher,
+              "teacher_prompt": ANSWER_PROMPT, "score_model": args.score_model, "score_prompt": SCORE_PROMPT}
+    manifest, _ = store.save(parent + new, parent=args.extends, source=source)
+    print(f"Seed version {manifest.version}: {len(manifest.records)} records ({len(new)} harvested), in "
+          f"{store.location(manifest.version)}")
+    if args.extends:
+        print(diff_markdown(diff_versions(store.manifest(args.extends), manifest), show=5), end="")
+    if not args.no_mlflow:
+        run_id = log_seed_version(uri, args.experiment, manifest, store.location(manifest.version))
+        print(f"MLflow: dataset {manifest.version} (context seed) on run {run_id}")
+    print(f"Next: selfguided run --seed-data {store.location(manifest.version)}")
+    return 0
+
+
+def _guarded(args: argparse.Namespace) -> int:
+    from selfguided.components.data.jsonl import DataError
+
+    try:
+        return run_harvest(args)
+    except (_Refused, DataError) as exc:
+        print(f"selfguided harvest: {exc}", file=sys.stderr)
+        return 2
+
+
+def add_harvest_parser(subparsers) -> None:
+    from selfguided.components.registry.production import PRODUCTION_EXPERIMENT
+
+    harvest = subparsers.add_parser("harvest", help="production prompts -> a new seed version (deduplicated, no "
+                                    "test-set question, hard ones apart)", description=__doc__.split("\n\n", 1)[1])
+    harvest.add_argument("--teacher", required=True, help="the model that answers the harvested prompts")
+    harvest.add_argument("--score-model", default="gpt-4o", help="the scorer (default: %(default)s)")
+    harvest.add_argument("--extends", metavar="VERSION", help="the seed version the harvest grows (its records stay)")
+    harvest.add_argument("--seed-store", help=f"seed store: a folder or s3://bucket/prefix (default: {DEFAULT_SEED_STORE})")
+    harvest.add_argument("--since-ms", type=int, default=0, help="only traces after this time (ms since the epoch)")
+    harvest.add_argument("--production-experiment", default=PRODUCTION_EXPERIMENT,
+                         help="experiment of the production traces (default: %(default)s)")
+    harvest.add_argument("--test-set", action="append", metavar="FILE",
+                         help="a test questions file whose questions must never be harvested; repeatable "
+                         "(the test sets published in --experiment count without it)")
+    harvest.add_argument("--hard-below", type=float, default=5.0,
+                         help="a prompt whose jury or editors' score is below this is hard (default: %(default)s)")
+    harvest.add_argument("--hard-out", default=".selfguided/harvest-hard.jsonl",
+                         help="where hard prompts go (default: %(default)s)")
+    harvest.add_argument("--llm-base-url", default="", help="OpenAI-compatible endpoint (default: OPENAI_BASE_URL)")
+    harvest.add_argument("--llm-concurrency", type=int, default=8, help="requests in flight (default: %(default)s)")
+    harvest.add_argument("--llm-cache", default=".selfguided/llm-cache", help="LLM and score cache (default: %(default)s)")
+    harvest.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the local "
+                         "run's .selfguided/mlflow.db)")
+    harvest.add_argument("--experiment", default=EXPERIMENT_NAME,
+                         help="MLflow experiment of the runs and test sets (default: %(default)s)")
+    harvest.add_argument("--no-mlflow", action="store_true", help="do not log the new seed version to MLflow")
+    harvest.set_defaults(func=_guarded)

@@ -1,0 +1,136 @@
+"""Harvest: production traffic (traces written in the production contract's shape) becomes a new
+seed version; no test-set question gets in, duplicates and near-duplicates stay out, personal data
+is replaced, hard prompts are kept apart, only new records reach the teacher and the scorer, and
+MLflow records the lineage."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import mlflow
+import pytest
+from llm_server import FakeOpenAI
+from mlflow import MlflowClient
+from mlflow.entities import AssessmentSource
+from registry_fixtures import empty_store  # noqa: F401  (fixture)
+
+from selfguided.components.data.harvest import Prompt, select_prompts
+from selfguided.components.data.seed_versions import SeedStore
+from selfguided.components.registry import production as contract
+from selfguided.components.registry.seed_lineage import seed_lineage
+from selfguided.pipelines.cli.main import main
+
+TEST_QUESTION = "우리 동네 도서관 개관 소식을 알리는 뉴스 기사를 써 주세요."
+
+
+def test_selection_reasons_in_order():
+    prompts = [Prompt("t1", "blog", "회사 소개 블로그 글을 써 주세요. 우리 회사는 친환경 포장재를 만듭니다."),
+               Prompt("t2", "blog", "회사 소개 블로그 글을 써 주세요. 우리 회사는 친환경 포장재를 만들어요."),  # near
+               Prompt("t3", "news", "  " + TEST_QUESTION.upper() + "  "),                                # test set
+               Prompt("t4", "poem", "봄에 대한 시를 써 주세요", score=3.0),                                # hard
+               Prompt("t5", "poem", "봄에 대한   시를 써 주세요"),                                          # duplicate
+               Prompt("t6", "poem", "가을 밤하늘을 노래하는 시를 지어 주세요"),                            # in the seed
+               Prompt("t7", "blog", "   ")]
+    from selfguided.components.data.harvest import question_hash
+
+    selection = select_prompts(prompts, test_hashes={question_hash(TEST_QUESTION)},
+                               seed_questions=["가을 밤하늘을 노래하는 시를 지어 주세요"], hard_below=5)
+    assert [p.trace_id for p in selection.kept] == ["t1"] and [p.trace_id for p in selection.hard] == ["t4"]
+    assert selection.dropped == {"near-duplicate": 1, "test-set question": 1, "duplicate": 1,
+                                 "already in the seed": 1, "empty": 1}
+
+
+def _serve(uri: str, prompts: list[tuple[str, str]], low: set[str] = frozenset()) -> None:
+    """Served answers as the serving side traces them (the contract's name, request, response and tags);
+    the monitor's judge verdict `overall` 2 on the prompts in `low`."""
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name(contract.PRODUCTION_EXPERIMENT)
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment(contract.PRODUCTION_EXPERIMENT)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment(experiment_id=experiment_id)
+    for category, prompt in prompts:
+        with mlflow.start_span(contract.SERVED_TRACE_NAME, span_type="CHAT_MODEL") as span:
+            span.set_inputs({"messages": [{"role": "user", "content": prompt}]})
+            span.set_outputs({"answer": "서비스가 쓴 답변입니다."})
+            mlflow.update_current_trace(tags={contract.TAG_CATEGORY: category, contract.TAG_CATEGORY_SOURCE: "client",
+                                              contract.TAG_MODEL_VERSION: "1", contract.TAG_REDACTIONS: "0"})
+        if prompt in low:
+            mlflow.flush_trace_async_logging()
+            mlflow.log_feedback(trace_id=span.trace_id, name="overall", value=2.0,
+                                source=AssessmentSource(source_type="LLM_JUDGE", source_id="gpt-4o"))
+    mlflow.flush_trace_async_logging()
+
+
+def test_replayed_traffic_grows_the_seed_without_test_questions_and_sends_only_new_records(
+        tmp_path, empty_store, monkeypatch, capsys):  # noqa: F811
+    from selfguided.components.registry.genai_pages import ensure_questions_dataset
+
+    shutil.copyfile(empty_store, tmp_path / "mlflow.db")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("OPENAI_API_KEY", "test")
+    # A test set on record: the pipeline published its questions in the experiment.
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text(json.dumps({"question_id": 1, "category": "news", "turns": [TEST_QUESTION]},
+                                    ensure_ascii=False) + "\n", encoding="utf-8")
+    experiment_id = MlflowClient(uri).create_experiment("selfguided", artifact_location=(tmp_path / "a").as_uri())
+    ensure_questions_dataset(uri, experiment_id, questions)
+    # The seed version production grows from.
+    store = SeedStore(tmp_path / ".selfguided" / "seed-versions")
+    base, _ = store.save([{"id": "s1", "category": "poem", "instruction": "가을 밤하늘을 노래하는 시를 지어 주세요",
+                           "input": "", "output": "별이 빛나는 밤"}])
+    _serve(uri, [("blog", "회사 소개 블로그 글을 써 주세요. 우리 회사는 친환경 포장재를 만듭니다."),
+                 ("blog", "회사 소개 블로그 글을 써 주세요. 우리 회사는 친환경 포장재를 만들어요."),
+                 ("news", TEST_QUESTION),
+                 ("poem", "가을 밤하늘을 노래하는 시를 지어 주세요"),
+                 ("poem", "봄에 대한 시를 써 주세요"),
+                 ("blog", "제 메일 kim.minsu@example.com 으로 보낼 자기소개 글을 써 주세요"),
+                 ("news", "지역 축제 취소 소식을 짧은 기사로 써 주세요")], low={"봄에 대한 시를 써 주세요"})
+
+    with FakeOpenAI() as server:
+        argv = ["harvest", "--tracking-uri", uri, "--teacher", "gpt-4o", "--score-model", "gpt-4o",
+                "--llm-base-url", server.base_url, "--llm-concurrency", "2"]
+        assert main([*argv, "--extends", base.version]) == 0
+        out = capsys.readouterr().out
+        first_requests = server.chat_requests
+        first = out.split("Seed version ", 1)[1].split(":", 1)[0]
+        assert "1  test-set question" in out and "1  near-duplicate" in out and "1  already in the seed" in out
+        assert "3  kept; 1 hard" in out and "Scored: 4 sent to the scorer gpt-4o, 0 reused" in out
+        assert first_requests == 4 + 4  # the teacher and the scorer, once per kept or hard prompt
+
+        records = store.records(first)
+        instructions = [r["instruction"] for r in records]
+        assert TEST_QUESTION not in instructions and len(records) == 1 + 3
+        assert any("[EMAIL]" in t for t in instructions) and not any("@example.com" in t for t in instructions)
+        assert all(r["scores"] for r in records[1:]) and {r["category"] for r in records[1:]} == {"blog", "news"}
+        hard = [json.loads(line) for line in (tmp_path / ".selfguided" / "harvest-hard.jsonl").read_text().splitlines()]
+        assert [h["instruction"] for h in hard] == ["봄에 대한 시를 써 주세요"]
+
+        # A week later: the same prompts again plus two new ones; only the new ones are answered and scored.
+        server.reset_counters()
+        _serve(uri, [("news", "지역 축제 취소 소식을 짧은 기사로 써 주세요"), ("news", TEST_QUESTION),
+                     ("poem", "겨울 바다를 그리는 시를 써 주세요"), ("blog", "주말 캠핑 후기를 블로그 글로 써 주세요")])
+        assert main([*argv, "--extends", first, "--hard-out", "hard2.jsonl"]) == 0
+        out = capsys.readouterr().out
+        second = out.split("Seed version ", 1)[1].split(":", 1)[0]
+        assert server.chat_requests == 2 + 2 and "Scored: 2 sent to the scorer" in out
+    assert len(store.records(second)) == 4 + 2
+    assert TEST_QUESTION not in [r["instruction"] for r in store.records(second)]
+    chain = seed_lineage(uri, "selfguided", second)
+    assert [c["version"] for c in chain] == [second, first]  # the base was never logged: the chain stops there
+    assert chain[0]["parent"] == first and chain[1]["parent"] == base.version
+    assert chain[0]["source"]["traces"] == contract.PRODUCTION_EXPERIMENT and chain[0]["source"]["teacher"] == "gpt-4o"
+
+
+def test_harvest_refuses_an_unknown_parent_in_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["harvest", "--teacher", "gpt-4o", "--extends", "seed-0123456789abcdef",
+                 "--tracking-uri", f"sqlite:///{tmp_path}/m.db"]) == 2
+    err = capsys.readouterr().err
+    assert "is not in the seed store" in err and err.count("\n") == 1
+
+
+@pytest.fixture(autouse=True)
+def _no_stray_mlruns(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)  # MLflow's default ./mlruns lands in the test's folder, never in tests/
