@@ -211,3 +211,88 @@ def run_local(
             builtins.print = original_print  # kfp.local indents prints while a task runs; a failure can leave it so
     return LocalRunResult(register=json.loads(task.output), tracking_uri=tracking_uri, log_path=log_path,
                           seconds=time.monotonic() - started, teachers=list(arguments["reference_models"]))
+
+
+def ui_base(tracking_uri: str) -> tuple[str, str]:
+    """(the MLflow UI's address, how to start it when nothing serves it yet)."""
+    if tracking_uri.startswith(("http://", "https://")):
+        return tracking_uri.rstrip("/"), ""
+    return "http://127.0.0.1:5000", f"mlflow ui --backend-store-uri {tracking_uri} --port 5000"
+
+
+def row_outputs(result: LocalRunResult, workdir: str | Path) -> list[dict[str, str]]:
+    """Every evaluation row of the run, by name: its MLflow run, its judgments there, and its local
+    answers and judgments folders under pipeline-root/ (whose loop folders are numbered, not named)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=result.tracking_uri)
+    parent = client.get_run(result.register["parent_run_id"])
+    children = client.search_runs([parent.info.experiment_id], max_results=1000,
+                                  filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    root = Path(workdir).resolve() / "pipeline-root" / result.run_name
+    local: dict[str, dict[str, str]] = {}
+    for summary in sorted(root.glob("*/judge*/summary")):  # a loop iteration's judge step
+        try:
+            row = json.loads(summary.read_text(encoding="utf-8"))["row"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        answers = next(iter(sorted(summary.parent.parent.glob("*/answers"))), None)
+        local[row] = {"answers": str(answers or ""), "judgments_file": str(summary.parent / "judgments")}
+    for entry in _evidence(root / "judge-rows" / "evidence"):  # the teachers, answered and judged together
+        local.setdefault(entry[0], {"answers": str(root / "answer-teachers" / "answers"), "judgments_file": entry[1]})
+    rows = []
+    for child in sorted(children, key=lambda r: r.data.tags.get("row", "")):
+        name = child.data.tags.get("row", child.info.run_name or child.info.run_id)
+        judged = any(a.path == "judgments.jsonl" for a in client.list_artifacts(child.info.run_id))
+        rows.append({"row": name, "row_kind": child.data.tags.get("row_kind", ""), "mlflow_run_id": child.info.run_id,
+                     "judgments": f"runs:/{child.info.run_id}/judgments.jsonl" if judged else "",
+                     **(local.get(name, {"answers": "", "judgments_file": ""}) if judged else
+                        {"answers": "", "judgments_file": ""})})
+    return rows
+
+
+def _evidence(folder: Path) -> list[tuple[str, str]]:
+    """(row, judgments file) of a folder of judged rows (evaluation/rows.write_evidence)."""
+    try:
+        index = json.loads((folder / "rows.json").read_text(encoding="utf-8"))
+        return [(json.loads((folder / e["summary"]).read_text(encoding="utf-8"))["row"], str(folder / e["judgments"]))
+                for e in index]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+
+
+def next_steps(result: LocalRunResult, workdir: str | Path) -> str:
+    """What to do after `selfguided run`, ready to paste: the MLflow parent run and its page, and
+    the commands that read it; each row's answers and judgments, named, also written to
+    pipeline-root/<run>/rows.json."""
+    from mlflow import MlflowClient
+
+    parent_id = result.register["parent_run_id"]
+    experiment_id = MlflowClient(tracking_uri=result.tracking_uri).get_run(parent_id).info.experiment_id
+    base, start = ui_base(result.tracking_uri)
+    # the commands read the same store by default when run from here; else they are told it
+    store = "" if result.tracking_uri == default_tracking_uri() else f" --tracking-uri {result.tracking_uri}"
+    rows = row_outputs(result, workdir)
+    map_file = Path(workdir).resolve() / "pipeline-root" / result.run_name / "rows.json"
+    map_file.parent.mkdir(parents=True, exist_ok=True)
+    map_file.write_text(json.dumps(rows, ensure_ascii=False, indent=2), encoding="utf-8")
+    lines = [
+        "Next steps (paste any of these):",
+        f"  MLflow parent run {parent_id} (pipeline run {result.run_name})",
+        *([f"  {start}"] if start else []),
+        f"  {base}/#/experiments/{experiment_id}/runs/{parent_id}",
+        f"  selfguided plan-eval --from-run {parent_id}{store}   # questions a 0.5-point difference needs",
+        f"  selfguided review --sample 10{store}   # a blind sample of judged answers for editors",
+        f"  selfguided models{store}   # versions, aliases and the gate's reasons",
+        f"  selfguided serve{store}   # the champion, OpenAI-compatible, on http://127.0.0.1:8000/v1",
+        f"Each row's answers and judgments (also in {map_file}):",
+    ]
+    width = max((len(r["row"]) for r in rows), default=0)
+    for r in rows:
+        if not r["judgments"]:  # e.g. the champion row of a first run
+            lines.append(f"  {r['row']:<{width}}  no answers (MLflow run {r['mlflow_run_id']})")
+            continue
+        lines.append(f"  {r['row']:<{width}}  judgments {r['judgments']}")
+        if r["answers"]:
+            lines.append(f"  {'':<{width}}  answers   {r['answers']}")
+    return "\n".join(lines)

@@ -29,6 +29,7 @@ from typing import Any
 import yaml
 
 from selfguided.components.images import PACKAGE_VERSION
+from selfguided.pipelines.options import add_option
 from selfguided.pipelines.kfp_backend import KfpBackendError, check_backend_version, describe, fetch_healthz
 
 DEFAULT_PACKAGE = "pipelines/selfguided_pipeline.yaml"
@@ -94,7 +95,7 @@ def upload_pipeline(
     package_path = Path(package_path)
     _check_package(package_path)
     if not host.startswith(("http://", "https://")):
-        raise UploadError(f"--host {host!r} must start with http:// or https://")
+        raise UploadError(f"--kfp-host {host!r} must start with http:// or https://")
     host = host.rstrip("/")
     version_name = version_name or default_version_name(package_path)
     _probe(host, existing_token)
@@ -202,7 +203,7 @@ def _explain(e, host: str, pipeline: str, version: str) -> UploadError:
 
 
 def add_upload_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Register `upload --host URL --pipeline NAME [--version NAME] [--package FILE]`."""
+    """Register `upload --kfp-host URL --pipeline NAME [--version NAME] [--package FILE]`."""
     parser = subparsers.add_parser(
         "upload",
         help="publish the compiled pipeline as a new version of a named pipeline on a KFP host",
@@ -210,9 +211,10 @@ def add_upload_parser(subparsers: Any) -> argparse.ArgumentParser:
         "Kubeflow Pipelines host, creating the pipeline the first time. CI runs this on every push to main "
         f"and every tag. A bearer token, when the endpoint needs one, is read from ${TOKEN_ENV}.",
     )
-    parser.add_argument("--host", default=os.environ.get(HOST_ENV), required=not os.environ.get(HOST_ENV),
-                        help=f"KFP API endpoint, e.g. http://localhost:8080 or https://kubeflow.example.com/pipeline "
-                        f"(default: ${HOST_ENV})")
+    add_option(parser, "--kfp-host", old=("--host",), default=os.environ.get(HOST_ENV),
+               required=not os.environ.get(HOST_ENV),
+               help=f"KFP API endpoint, e.g. http://localhost:8080 or https://kubeflow.example.com/pipeline "
+                    f"(default: ${HOST_ENV})")
     parser.add_argument("--pipeline", required=True, help="pipeline name in the Kubeflow UI, e.g. selfguided")
     parser.add_argument("--version", help="name of the new version (default: package version + git commit, "
                         "plus a timestamp when the checkout has uncommitted changes)")
@@ -226,7 +228,7 @@ def add_upload_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run_upload(args: argparse.Namespace) -> int:
     try:
-        result = upload_pipeline(args.package, host=args.host, pipeline_name=args.pipeline, version_name=args.version,
+        result = upload_pipeline(args.package, host=args.kfp_host, pipeline_name=args.pipeline, version_name=args.version,
                                  namespace=args.namespace, existing_token=os.environ.get(TOKEN_ENV) or None,
                                  description=args.description)
     except UploadError as e:

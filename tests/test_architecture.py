@@ -37,6 +37,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     # pipelines/: settings and the KFP server first, then the pipeline, then what runs, compiles,
     # uploads or serves it, then the command line over all of them.
     ("pipelines.platform", "pipelines.workdir", "pipelines.kfp_backend"),
+    ("pipelines.options",),  # the command-line vocabulary, shared by every command's parser
     ("pipelines.pipeline",),
     ("pipelines.compile", "pipelines.local", "pipelines.upload", "pipelines.serving"),
     ("pipelines.cli",),

@@ -47,7 +47,7 @@ def test_help_documents_every_option(capsys):
         with pytest.raises(SystemExit):
             selfguided(command, "--help")
         text = capsys.readouterr().out
-        for option in ("--model", "--concurrency", "--cache", "--batch", "--max-attempts", "--rate-limit-budget",
+        for option in (f"--{command}-model", "--llm-concurrency", "--cache", "--batch", "--max-attempts", "--rate-limit-budget",
                        "--max-input-tokens", "OPENAI_BASE_URL"):
             assert option in text
     assert "--baseline" in text and "--judges" in text and "KoMT-Bench" in text
@@ -55,7 +55,7 @@ def test_help_documents_every_option(capsys):
 
 def test_score_writes_scored_records_and_a_summary(server, tmp_path, capsys):
     write_seed(tmp_path / "seed.jsonl", 8)
-    code = selfguided("score", tmp_path / "seed.jsonl", "-o", tmp_path / "scored.jsonl", "--model", "gpt-4o-mini")
+    code = selfguided("score", tmp_path / "seed.jsonl", "-o", tmp_path / "scored.jsonl", "--score-model", "gpt-4o-mini")
     assert code == 0
     rows = read_jsonl(tmp_path / "scored.jsonl")
     assert len(rows) == 8 and all(r["category"] == "novel" and len(r["scores"]) == 4 for r in rows)
@@ -194,7 +194,7 @@ def test_score_step_sets_records_over_the_input_budget_aside_with_their_size(tmp
 
 
 def test_score_against_an_endpoint_limiting_concurrency(tmp_path, monkeypatch, capsys):
-    """`score --concurrency 32` against an endpoint taking 4 in flight (429 with `Retry-After: 1`
+    """`score --llm-concurrency 32` against an endpoint taking 4 in flight (429 with `Retry-After: 1`
     beyond): nothing fails, and the rerun with the same cache sends no request."""
     records = write_seed(tmp_path / "seed.jsonl", 40)
     with FakeOpenAI(latency_s=0.05, max_concurrent=4, concurrency_retry_after_s=1.0,
@@ -202,7 +202,7 @@ def test_score_against_an_endpoint_limiting_concurrency(tmp_path, monkeypatch, c
         monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
         monkeypatch.setenv("OPENAI_API_KEY", "test")
         args = ("score", tmp_path / "seed.jsonl", "-o", tmp_path / "scored.jsonl", "--cache", tmp_path / "cache",
-                "--concurrency", "32", "--max-attempts", "1")
+                "--llm-concurrency", "32", "--max-attempts", "1")
         assert selfguided(*args) == 0
         assert server.status_counts[200] == len(records) and server.status_counts[429] > 0
         assert server.peak_in_flight <= 4

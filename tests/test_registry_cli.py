@@ -51,8 +51,11 @@ def test_models_lists_versions_with_aliases_scores_and_reasons(registry, capsys)
     assert main(["models", "--tracking-uri", uri]) == 0
     out = capsys.readouterr().out
     lines = out.splitlines()
-    assert lines[1].split()[0] == "3" and lines[-1].split()[0] == "1"  # newest first
-    assert "champion" in lines[-1] and "tiny/self_guided" in lines[-1] and "promoted: first" in lines[-1]
+    versions = [line for line in lines[1:] if line.split()[0].isdigit()]
+    assert versions[0].split()[0] == "3" and versions[-1].split()[0] == "1"  # newest first
+    assert "champion" in versions[-1] and "tiny/self_guided" in versions[-1]
+    # the gate's record follows its version, whole, wrapped between words
+    assert " ".join(out.split(versions[-1], 1)[1].split()).startswith("promoted: first")
 
 
 def test_promote_goes_through_the_paired_gate_and_records_who_and_why(registry, capsys):
@@ -85,6 +88,9 @@ def test_force_skips_the_gate_and_rollback_walks_back(registry, capsys):
 
 def test_registry_commands_say_when_there_is_no_registry(tmp_path, capsys):
     assert main(["models", "--tracking-uri", f"sqlite:///{tmp_path}/empty.db"]) == 2
+    assert "no MLflow store at" in capsys.readouterr().err and not (tmp_path / "empty.db").exists()
+    MlflowClient(f"sqlite:///{tmp_path}/other.db").create_experiment("e", artifact_location=(tmp_path / "a").as_uri())
+    assert main(["models", "--tracking-uri", f"sqlite:///{tmp_path}/other.db"]) == 2
     assert "no registered model 'korean-writing-assistant'" in capsys.readouterr().err
 
 

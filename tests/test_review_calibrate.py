@@ -194,10 +194,14 @@ def test_review_then_human_feedback_then_calibrate(judged_store, capsys, tmp_pat
     assert len(second.copies) == 72 - 30 and not set(second.copies) & {t.info.trace_id for t in originals}
 
 
-def test_calibrate_without_labels_says_what_to_do(judged_store, capsys):
+def test_calibrate_without_labels_says_what_to_do(judged_store, tmp_path, capsys):
     uri, _, _ = judged_store
-    assert main(["calibrate", "--tracking-uri", uri, "--review-sample", "never-made"]) == 0
+    MlflowClient(uri).create_experiment("not-reviewed", artifact_location=(tmp_path / "a").as_uri())
+    assert main(["calibrate", "--tracking-uri", uri, "--experiment", "not-reviewed"]) == 0
     assert "No labelled answers yet: run `selfguided review --sample N`" in capsys.readouterr().out
+    # a sample that was never made is named as such, not mistaken for one without labels
+    assert main(["calibrate", "--tracking-uri", uri, "--review-sample", "never-made"]) == 2
+    assert "no such review sample 'never-made'" in capsys.readouterr().err
 
 
 def test_review_of_an_empty_experiment_is_a_clear_error(judged_store, tmp_path, capsys):

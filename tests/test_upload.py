@@ -154,7 +154,7 @@ def test_a_taken_version_name_is_one_clear_line(kfp_api, capsys):
     with pytest.raises(UploadError, match="already has a version named 'v1'.*--version"):
         upload_pipeline(PACKAGE, host=kfp_api.host, pipeline_name="selfguided", version_name="v1")
 
-    args = _parse(["upload", "--host", kfp_api.host, "--pipeline", "selfguided", "--version", "v1", "--package", str(PACKAGE)])
+    args = _parse(["upload", "--kfp-host", kfp_api.host, "--pipeline", "selfguided", "--version", "v1", "--package", str(PACKAGE)])
     assert run_upload(args) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "already has a version named 'v1'" in err
@@ -172,7 +172,7 @@ def test_private_pipeline_in_a_profile_namespace(kfp_api):
 def test_token_comes_from_the_environment_and_is_sent_as_bearer(kfp_api, monkeypatch, capsys):
     kfp_api.token = "ci-token"
     monkeypatch.setenv(TOKEN_ENV, "ci-token")
-    args = _parse(["upload", "--host", kfp_api.host, "--pipeline", "selfguided", "--version", "v1", "--package", str(PACKAGE)])
+    args = _parse(["upload", "--kfp-host", kfp_api.host, "--pipeline", "selfguided", "--version", "v1", "--package", str(PACKAGE)])
     assert run_upload(args) == 0
     out = capsys.readouterr().out
     assert "created pipeline 'selfguided'" in out and "version 'v1'" in out and out.count("\n") == 1
@@ -242,12 +242,12 @@ def _parse(argv: list[str]) -> argparse.Namespace:
 
 
 def test_cli_options_and_defaults(monkeypatch):
-    args = _parse(["upload", "--host", "http://localhost:8080", "--pipeline", "selfguided"])
-    assert (args.host, args.pipeline, args.version, args.package, args.namespace) == \
+    args = _parse(["upload", "--kfp-host", "http://localhost:8080", "--pipeline", "selfguided"])
+    assert (args.kfp_host, args.pipeline, args.version, args.package, args.namespace) == \
         ("http://localhost:8080", "selfguided", None, DEFAULT_PACKAGE, None)
     assert args.func is run_upload
     with pytest.raises(SystemExit):
-        _parse(["upload", "--host", "http://localhost:8080"])  # --pipeline is required
+        _parse(["upload", "--kfp-host", "http://localhost:8080"])  # --pipeline is required
 
 
 def test_an_old_backend_is_refused_before_anything_is_uploaded(kfp_api, capsys):
@@ -257,7 +257,7 @@ def test_an_old_backend_is_refused_before_anything_is_uploaded(kfp_api, capsys):
     from selfguided.pipelines.cli.main import main as cli_main
 
     kfp_api.backend_version = "2.5.0"
-    assert cli_main(["upload", "--host", kfp_api.host, "--pipeline", "selfguided", "--package", str(PACKAGE)]) == 1
+    assert cli_main(["upload", "--kfp-host", kfp_api.host, "--pipeline", "selfguided", "--package", str(PACKAGE)]) == 1
     err = capsys.readouterr().err
     assert "runs backend 2.5.0" in err and f"needs {MIN_KFP_BACKEND} or newer" in err
     assert kfp_api.calls() == [] and kfp_api.versions == {}
@@ -268,7 +268,7 @@ def test_submit_refuses_an_old_backend_naming_the_minimum(kfp_api, capsys):
     from selfguided.pipelines.kfp_backend import MIN_KFP_BACKEND
 
     kfp_api.backend_version = "2.14.1"
-    assert cli_main(["submit", "--host", kfp_api.host, "--namespace", "kubeflow-user-example-com"]) == 1
+    assert cli_main(["submit", "--kfp-host", kfp_api.host, "--namespace", "kubeflow-user-example-com"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("submit: ") and "2.14.1" in err and f"needs {MIN_KFP_BACKEND} or newer" in err
     assert kfp_api.calls() == [], "nothing was created on an old backend"

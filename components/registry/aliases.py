@@ -49,7 +49,8 @@ def rollback_champion(
         version = current.tags.get(PREVIOUS_CHAMPION_TAG)
         if not version:
             raise RegistryError(f"{registered_model_name!r} champion v{current.version} replaced no earlier "
-                                "champion (no previous_champion tag); pass version= explicitly")
+                                "champion (no previous_champion tag): name the version to make champion "
+                                "(`selfguided rollback VERSION`)")
     version = str(version)
     client.get_model_version(registered_model_name, version)  # fails clearly on an unknown version
     client.set_registered_model_alias(registered_model_name, CHAMPION, version)

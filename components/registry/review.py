@@ -248,11 +248,17 @@ def read_labels(tracking_uri: str, experiment_name: str, *, sample_id: str = "")
     review_id = _experiment_id(client, review_experiment_name(experiment_name), tracking_uri, create=False)
     ignored: Counter = Counter()
     originals = {}
+    samples = set()
     for trace in _search(experiment_id):
+        if trace.info.tags.get(REVIEW_COPY_TAG):
+            samples.add(trace.info.tags.get(REVIEW_SAMPLE_TAG, ""))
         if trace.info.tags.get(REVIEW_COPY_TAG) and (not sample_id or trace.info.tags.get(REVIEW_SAMPLE_TAG) == sample_id):
             originals[trace.info.tags[REVIEW_COPY_TAG]] = trace
         # An editor who graded the judged trace itself saw the row and the judges' scores: not blind.
         ignored["on a trace that is not in a review sample"] += len(_human_scores(trace))
+    if sample_id and sample_id not in samples:
+        known = ", ".join(sorted(s for s in samples if s)) or "none yet: `selfguided review --sample N` makes one"
+        raise RegistryError(f"no such review sample {sample_id!r} in experiment {experiment_name!r} (samples: {known})")
     items = []
     for copy in (_search(review_id) if review_id else []):
         labels = _human_scores(copy)

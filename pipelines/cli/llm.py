@@ -3,19 +3,12 @@
 `judge` grades with a jury (`--judges a,b@url,...`, one judge by default) and prints how far the
 judges agree; `--mode pair` compares with a baseline model's answers (judging.pairwise).
 
-`pipelines/cli.py` registers them:
-
-    subparsers = parser.add_subparsers(dest="command", required=True)
-    add_score_parser(subparsers)
-    add_judge_parser(subparsers)
-    args = parser.parse_args()
-    sys.exit(args.func(args))
-
-Each subcommand sets `func`, a callable taking the parsed arguments and returning the exit code:
-0 when every record got a verdict, 1 when some failed (they are in the output with their
-`error`, and rerunning the same command with the same --cache retries only those), 2 when the
-input is unusable. Like the openai SDK, both read OPENAI_BASE_URL and OPENAI_API_KEY; with
-neither set they say so and use the offline heuristic judge instead.
+`pipelines/cli/main.py` registers them (COMMANDS). Each subcommand sets `func`, a callable taking
+the parsed arguments and returning the exit code: 0 when every record got a verdict, 1 when some
+failed (they are in the output with their `error`, and rerunning the same command with the same
+--cache retries only those), 2 when the input is unusable. Like the openai SDK, both read
+OPENAI_BASE_URL and OPENAI_API_KEY; with neither set and no model asked for, they say so and use
+the offline heuristic judge instead (a model asked for by name with no endpoint is an error).
 """
 
 from __future__ import annotations
@@ -31,32 +24,37 @@ from selfguided.components.data.seed import load_seed
 from selfguided.components.llm.config import DEFAULT_PRICES, STRUCTURED_OUTPUT_MODES, LLMConfig, endpoint_configured
 from selfguided.components.llm.request import UsageSummary
 from selfguided.components.judging.answers import load_answers
+from selfguided.pipelines.options import add_option
 
 _ENDPOINT_HELP = """\
 endpoint:
   OPENAI_BASE_URL   OpenAI-compatible endpoint (vLLM, Azure, a proxy); default: the OpenAI API
   OPENAI_API_KEY    its key
-  With neither set, the offline heuristic judge is used and no LLM is called.
+  With neither set, the offline heuristic judge is used and no LLM is called; naming a
+  model (--score-model / --judge-model) without an endpoint is an error.
 
 resume:
   With --cache every answer is stored the moment it arrives. Rerunning the same command
   (after a crash, kill -9, or with failed records) sends requests only for what is missing.
 
 limits:
-  --concurrency is a ceiling: when the endpoint answers 429 to requests beyond what it takes in
+  --llm-concurrency is a ceiling: when the endpoint answers 429 to requests beyond what it takes in
   flight, the client lowers its concurrency (shown as conc= on the progress bar) and grows it
   back while requests succeed. 429s are waited out within --rate-limit-budget and do not count
   as attempts; only real errors (5xx, timeouts) use up --max-attempts.
 """
 
 
-def _add_llm_options(parser: argparse.ArgumentParser) -> None:
+def _add_llm_options(parser: argparse.ArgumentParser, model_option: str, role: str) -> None:
     defaults = LLMConfig()
     group = parser.add_argument_group("LLM client")
-    group.add_argument("--model", default=defaults.model, help="judge model name (default: %(default)s)")
-    group.add_argument("--concurrency", type=int, default=defaults.concurrency,
-                       help="requests in flight at most; fewer while the endpoint refuses that many with 429 "
-                            "(default: %(default)s)")
+    add_option(group, model_option, old=("--model",), dest="model", metavar="MODEL",
+               help=f"the {role} model on the endpoint (default: {defaults.model} with an endpoint, else the "
+                    "offline heuristic)")
+    add_option(group, "--llm-concurrency", old=("--concurrency",), dest="concurrency", type=int,
+               default=defaults.concurrency,
+               help="requests in flight at most; fewer while the endpoint refuses that many with 429 "
+                    "(default: %(default)s)")
     group.add_argument("--cache", metavar="PATH",
                        help="answer cache: a directory or s3://bucket/prefix; makes reruns resume (default: none)")
     group.add_argument("--batch", action="store_true",
@@ -90,7 +88,7 @@ def _config(args: argparse.Namespace) -> LLMConfig:
     for model, prompt_usd, completion_usd in args.price or []:
         prices[model] = (float(prompt_usd), float(completion_usd))
     return LLMConfig(
-        model=args.model,
+        model=args.model or LLMConfig().model,
         concurrency=args.concurrency,
         max_attempts=args.max_attempts,
         timeout_s=args.timeout,
@@ -124,7 +122,7 @@ def add_score_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument("seed", type=Path, help="seed records, JSONL")
     parser.add_argument("-o", "--output", type=Path, required=True, help="scored records, JSONL")
-    _add_llm_options(parser)
+    _add_llm_options(parser, "--score-model", "scoring")
     parser.set_defaults(func=run_score)
     return parser
 
@@ -158,7 +156,7 @@ def add_judge_parser(subparsers: Any) -> argparse.ArgumentParser:
                         help="the baseline model's answers, required for --mode pair")
     jury = parser.add_argument_group("jury (single mode)")
     jury.add_argument("--judges", default="", metavar="A,B@URL,...",
-                      help="judges: a model on the endpoint, or name@url on its own endpoint (default: --model alone)")
+                      help="judges: a model on the endpoint, or name@url on its own endpoint (default: --judge-model alone)")
     jury.add_argument("--judge-repeats", type=int, default=1, metavar="K",
                       help="grade a stratified sample K times per judge, to measure judge noise (default: 1)")
     jury.add_argument("--judge-temperature", type=float, default=0.0, metavar="T",
@@ -167,7 +165,7 @@ def add_judge_parser(subparsers: Any) -> argparse.ArgumentParser:
                       help="judges an item needs for a jury score; fewer: the item fails (default: 0 = all)")
     jury.add_argument("--jury-aggregate", dest="aggregate", choices=("mean", "median"), default="mean",
                       help="the jury's score from its judges' (default: %(default)s)")
-    _add_llm_options(parser)
+    _add_llm_options(parser, "--judge-model", "judging")
     parser.set_defaults(func=run_judge)
     return parser
 
@@ -180,15 +178,34 @@ def _no_endpoint(step: str) -> None:
     )
 
 
-def _finish(step: str, output: Path, rows: list[dict[str, Any]], usage: UsageSummary | None) -> int:
+def _retry_advice(cache: str | None) -> str:
+    """What to do about failed records: with a cache, only they are sent again."""
+    if cache:
+        return f"rerun the same command (same --cache {cache}) to retry only those"
+    return "rerun the same command to retry them"
+
+
+def _model_without_endpoint(step: str, args: argparse.Namespace) -> bool:
+    """A model asked for by name with no endpoint to ask: said in one line (the caller exits 2)."""
+    from selfguided.components.judging.offline import OFFLINE_JUDGE_NAME
+
+    if args.model and args.model != OFFLINE_JUDGE_NAME and not endpoint_configured():
+        option = "--score-model" if step == "score" else "--judge-model"
+        print(f"{step}: {option} {args.model} needs an LLM endpoint: set OPENAI_BASE_URL and/or OPENAI_API_KEY, "
+              f"or leave {option} out for the offline heuristic judge", file=sys.stderr)
+        return True
+    return False
+
+
+def _finish(step: str, output: Path, rows: list[dict[str, Any]], usage: UsageSummary | None,
+            cache: str | None = None) -> int:
     write_jsonl(output, rows)
     print(f"wrote {len(rows)} rows to {output}", file=sys.stderr)
     if usage is None:
         return 0
     print(usage.summary_line())
     if usage.failed:
-        print(f"{step}: {usage.failed} failed (see their 'error' field); rerun the same command "
-              "with the same --cache to retry only those", file=sys.stderr)
+        print(f"{step}: {usage.failed} failed (see their 'error' field); {_retry_advice(cache)}", file=sys.stderr)
         return 1
     return 0
 
@@ -206,7 +223,7 @@ def run_score(args: argparse.Namespace) -> int:
     from selfguided.components.judging.scoring import score_offline, score_with_llm, set_aside_too_long
 
     config = _checked_config("score", args)
-    if config is None:
+    if config is None or _model_without_endpoint("score", args):
         return 2
     try:
         loaded = load_seed(args.seed)
@@ -225,7 +242,7 @@ def run_score(args: argparse.Namespace) -> int:
         _no_endpoint("score")
         return _finish("score", args.output, score_offline(records), None)
     scored, usage = score_with_llm(records, config)
-    return _finish("score", args.output, scored, usage)
+    return _finish("score", args.output, scored, usage, args.cache)
 
 
 def run_judge(args: argparse.Namespace) -> int:
@@ -238,10 +255,10 @@ def run_judge(args: argparse.Namespace) -> int:
     if args.mode == "pair" and any(jury_options.values()):
         given = ", ".join(name for name, set_ in jury_options.items() if set_)
         print(f"judge: {given} grade with a jury, in --mode single only; --mode pair compares with one judge "
-              "(--model)", file=sys.stderr)
+              "(--judge-model)", file=sys.stderr)
         return 2
     config = _checked_config("judge", args)
-    if config is None:
+    if config is None or _model_without_endpoint("judge", args):
         return 2
     try:
         questions = load_questions(args.questions)
@@ -261,7 +278,7 @@ def run_judge(args: argparse.Namespace) -> int:
         except DataError as exc:
             print(f"judge: {exc}", file=sys.stderr)
             return 2
-        return _finish("judge", args.output, rows, usage)
+        return _finish("judge", args.output, rows, usage, args.cache)
     return _run_jury(args, config, questions, answers)
 
 
@@ -273,7 +290,7 @@ def _run_jury(args: argparse.Namespace, config: LLMConfig, questions: list[dict[
     from selfguided.components.judging.jury import JuryConfig, judge_with_jury, parse_judges
     from selfguided.components.judging.offline import OFFLINE_JUDGE_NAME
 
-    default = args.model
+    default = config.model
     if not args.judges and not endpoint_configured():
         _no_endpoint("judge")
         default = OFFLINE_JUDGE_NAME
@@ -298,7 +315,6 @@ def _run_jury(args: argparse.Namespace, config: LLMConfig, questions: list[dict[
         print(f"## {section.title}\n\n{section.markdown}")
     failed = sum(1 for r in rows if r.get("error"))
     if failed:
-        print(f"judge: {failed} failed (see their 'error' field); rerun the same command with the same --cache "
-              "to retry only those", file=sys.stderr)
+        print(f"judge: {failed} failed (see their 'error' field); {_retry_advice(args.cache)}", file=sys.stderr)
         return 1
     return 0

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from selfguided.components.registry.names import RegistryError
+from selfguided.pipelines.options import OneLineParser, UsageError, add_option, quiet_libraries
 from selfguided.pipelines.local import LOCAL_DEFAULTS
 from selfguided.pipelines.platform import PIPELINE_SERVICE_ACCOUNT
 from selfguided.pipelines.workdir import DEFAULT_WORKDIR
@@ -18,8 +19,26 @@ def _list(value: str) -> list[str]:
 
 
 # Pipeline parameters become options named after them (`--base-models` for base_models); these
-# read better with a shorter name. Their help is the pipeline docstring's Args section.
-_OPTION_NAMES = {"seed_uri": "--seed", "questions_uri": "--questions", "reference_answers_uri": "--reference-answers"}
+# have the CLI's vocabulary's name (pipelines/options.py), and the old spellings it replaced. Their help
+# is the pipeline docstring's Args section.
+_OPTION_NAMES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "seed_uri": ("--seed-data", ("--seed",)), "questions_uri": ("--questions", ()),
+    "reference_answers_uri": ("--reference-answers", ()),
+    "registered_model_name": ("--registered-model", ("--registered-model-name",)),
+    "experiment_name": ("--experiment", ("--experiment-name",)),
+    "mlflow_tracking_uri": ("--tracking-uri", ("--mlflow-tracking-uri",)),
+}
+# Parameters with a closed set of values: checked when the command line is read, before any step runs.
+_CHOICES = {"strategy": ("condition", "filter"), "jury_aggregate": ("mean", "median")}
+# What `run` uses when an option is not given, where that depends on the environment.
+_LOCAL_SHOWN = {
+    "score_model": "$SELFGUIDED_JUDGE_MODEL or gpt-4o if OPENAI_API_KEY/OPENAI_BASE_URL is set, else offline-heuristic",
+    "judge_model": "$SELFGUIDED_JUDGE_MODEL or gpt-4o if OPENAI_API_KEY/OPENAI_BASE_URL is set, else offline-heuristic",
+    "reference_models": "$SELFGUIDED_TEACHER_MODEL or gpt-4o-mini if OPENAI_API_KEY/OPENAI_BASE_URL is set, "
+                        "else none",
+    "finetune_config": LOCAL_DEFAULTS["finetune_config"] + ": the local demo fully fine-tunes the random `tiny` "
+                       "model; \"\" (submit's default) is LoRA for a real base model",
+}
 # Set by `selfguided run` from its work folder: not options of a local run.
 _LOCAL_MANAGED = ("llm_cache", "checkpoint_dir", "mlflow_tracking_uri", "num_gpus")
 _PARSERS = {"String": str, "Integer": int, "Float": float, "Boolean": lambda v: v.lower() in ("1", "true", "yes")}
@@ -39,29 +58,36 @@ def _add_pipeline_options(parser: argparse.ArgumentParser, *, local: bool) -> No
         if local and name in _LOCAL_MANAGED:
             continue
         default = LOCAL_DEFAULTS.get(name, spec.default) if local else spec.default
-        if local and name in ("score_model", "judge_model"):
-            default = "gpt-4o if OPENAI_API_KEY/OPENAI_BASE_URL is set, else offline-heuristic"
         kind = str(spec.type)
         is_list = kind.startswith("typing.List") or kind.startswith("List")
         shown = ",".join(default) if is_list and isinstance(default, list) else default
+        if local and name in _LOCAL_SHOWN:
+            shown = _LOCAL_SHOWN[name]
         help_text = (spec.description or "").replace("%", "%%") + f" (default: {shown!s})".replace("%", "%%")
-        g.add_argument(_OPTION_NAMES.get(name, "--" + name.replace("_", "-")), dest=name, help=help_text,
-                       type=_list if is_list else _PARSERS.get(kind, str), metavar=name.upper())
+        option, old = _OPTION_NAMES.get(name, ("--" + name.replace("_", "-"), ()))
+        add_option(g, option, old=old, dest=name, help=help_text, choices=_CHOICES.get(name),
+                   type=_list if is_list else _PARSERS.get(kind, str), metavar=name.upper())
 
 
 def _parameters(args: argparse.Namespace) -> dict:
     params = {k: getattr(args, k) for k in _pipeline_inputs() if getattr(args, k, None) is not None}
+    from selfguided.components.model.prompting import ARMS
+
+    unknown = [arm for arm in params.get("arms", []) if arm not in ARMS]
+    if unknown or params.get("arms") == []:
+        raise UsageError(f"--arms: {', '.join(unknown) or 'none given'}; choose from {', '.join(ARMS)}")
     if "score_model" in params and "judge_model" not in params:
         params["judge_model"] = params["score_model"]
     return params
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from selfguided.pipelines.local import LocalRunFailed, run_local
+    from selfguided.pipelines.local import LocalRunFailed, next_steps, run_local
 
+    parameters = _parameters(args)
     print(f"selfguided: running the pipeline locally (work folder {Path(args.workdir).resolve()})")
     try:
-        result = run_local(args.workdir, verbose=args.verbose, **_parameters(args))
+        result = run_local(args.workdir, verbose=args.verbose, tracking_uri=args.tracking_uri, **parameters)
     except LocalRunFailed as failure:
         print(f"\nselfguided run: {failure}", file=sys.stderr)
         return 1
@@ -74,11 +100,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"Registry: {result.decision}")
     print("Aliases of '{}': {}".format(result.registered_model_name,
           ", ".join(f"{a} -> v{v}" for a, v in sorted(result.aliases.items())) or "none"))
-    print(f"\nFull log: {result.log_path}")
-    print(f"Open the MLflow UI on the result:\n  mlflow ui --backend-store-uri {result.tracking_uri} --port 5000\n"
-          "  then browse http://127.0.0.1:5000 (Experiments -> selfguided: one parent run per pipeline run with the "
-          "report, one run per row; Models -> {})".format(result.registered_model_name))
-    print(f"Serve the champion (OpenAI-compatible):\n  selfguided serve --tracking-uri {result.tracking_uri}")
+    print(f"\nFull log: {result.log_path}\n")
+    print(next_steps(result, args.workdir))
     return 0
 
 
@@ -108,21 +131,25 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
     # Before anything is compiled or started: an older backend would accept the run and fail it
     # late, on the cluster (pipelines/kfp_backend.py says which features need which version).
+    parameters = _parameters(args)  # bad parameters are refused before the endpoint is asked anything
+    # KFP's experiment defaults to MLflow's: both "selfguided" by default, and `--experiment X`
+    # (the KFP experiment, before --kfp-experiment existed) still files the run under X in Kubeflow.
+    kfp_experiment = args.kfp_experiment or parameters.get("experiment_name") or "selfguided"
     token = os.environ.get("KFP_TOKEN") or None  # the same bearer token for the check and the run
     try:
-        reported = check_backend_version(args.host, token)
-        print(describe(args.host, reported), flush=True)
+        reported = check_backend_version(args.kfp_host, token)
+        print(describe(args.kfp_host, reported), flush=True)
     except KfpBackendError as e:
         print(f"submit: {e}", file=sys.stderr)
         return 1
     from selfguided.pipelines.pipeline import self_guided_pipeline
 
-    client = kfp.Client(host=args.host, namespace=args.namespace, existing_token=token)
+    client = kfp.Client(host=args.kfp_host, namespace=args.namespace, existing_token=token)
     run = client.create_run_from_pipeline_func(
-        self_guided_pipeline, arguments=_parameters(args), run_name=args.run_name,
-        experiment_name=args.experiment, namespace=args.namespace, service_account=args.service_account,
+        self_guided_pipeline, arguments=parameters, run_name=args.run_name,
+        experiment_name=kfp_experiment, namespace=args.namespace, service_account=args.service_account,
     )
-    print(f"submitted run {run.run_id}: {args.host.rstrip('/')}/#/runs/details/{run.run_id}")
+    print(f"submitted run {run.run_id}: {args.kfp_host.rstrip('/')}/#/runs/details/{run.run_id}")
     return 0
 
 
@@ -134,6 +161,8 @@ def add_run_parser(sub) -> None:
                          "OPENAI_BASE_URL is set.")
     run.add_argument("--workdir", default=DEFAULT_WORKDIR, help="folder for MLflow, pipeline outputs, caches and logs (default: %(default)s)")
     run.add_argument("-v", "--verbose", action="store_true", help="stream every step's full log, not just progress")
+    add_option(run, "--tracking-uri", old=("--mlflow-tracking-uri",), help="MLflow tracking URI to log to "
+               "(default: $MLFLOW_TRACKING_URI, else a SQLite store in the work folder, WORKDIR/mlflow.db)")
     _add_pipeline_options(run, local=True)
     run.set_defaults(func=cmd_run)
 
@@ -157,9 +186,11 @@ def add_submit_parser(sub) -> None:
     submit = sub.add_parser("submit", help="compile and submit a run to a Kubeflow Pipelines endpoint",
                             description="Compile the pipeline and start a run with kfp.Client. Credentials for "
                             "the endpoint come from the environment as kfp.Client reads them.")
-    submit.add_argument("--host", required=True, help="Kubeflow Pipelines API endpoint, e.g. http://localhost:8080")
+    add_option(submit, "--kfp-host", old=("--host",), required=True,
+               help="Kubeflow Pipelines API endpoint, e.g. http://localhost:8080")
     submit.add_argument("--namespace", help="Kubeflow profile namespace to run in")
-    submit.add_argument("--experiment", default="selfguided", help="KFP experiment (default: %(default)s)")
+    submit.add_argument("--kfp-experiment", help="KFP experiment to file the run under (default: the MLflow "
+                        "experiment, --experiment, selfguided unless given)")
     submit.add_argument("--run-name", help="name of the run (default: generated)")
     submit.add_argument("--service-account", default=PIPELINE_SERVICE_ACCOUNT,
                         help="service account of the run's pods (default: %(default)s, from manifests/)")
@@ -217,7 +248,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The `selfguided` parser with the full options of `command` (every command when None is not
     asked for: the others are listed with their one line, and built when they are the one run)."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="selfguided",
         description="Self-Guided Approach on Kubeflow Pipelines: an LLM scores Korean writing seed data, small "
         "Korean LMs are fine-tuned on unscored vs score-guided data, judged per category, and the best model is "
@@ -241,12 +272,13 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     command = next((a for a in argv if not a.startswith("-")), None)
     args = build_parser(command).parse_args(argv)
+    quiet_libraries(getattr(args, "verbose", False))
     try:
         return args.func(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except RegistryError as exc:
+    except (RegistryError, UsageError) as exc:
         print(f"selfguided {args.command}: {exc}", file=sys.stderr)
         return 2
 

@@ -12,20 +12,14 @@ import json
 from pathlib import Path
 
 from selfguided.components.registry.names import EXPERIMENT_NAME
+from selfguided.pipelines.options import add_option, add_tracking_uri
 from selfguided.pipelines.cli.registry import _tracking_uri  # one rule for the default store, the registry CLI's
-
-
-def ui_base(tracking_uri: str) -> tuple[str, str]:
-    """(the MLflow UI's address, how to start it when nothing serves it yet)."""
-    if tracking_uri.startswith(("http://", "https://")):
-        return tracking_uri.rstrip("/"), ""
-    return "http://127.0.0.1:5000", f"mlflow ui --backend-store-uri {tracking_uri} --port 5000"
+from selfguided.pipelines.local import ui_base
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the local "
-                        "run's .selfguided/mlflow.db)")
-    parser.add_argument("--experiment", default=EXPERIMENT_NAME,
+    add_tracking_uri(parser)
+    add_option(parser, "--experiment", old=("--experiment-name",), default=EXPERIMENT_NAME,
                         help="experiment of the judged answers (default: %(default)s; the blind copies go to "
                         "<experiment>-review)")
 
@@ -36,7 +30,7 @@ def run_review(args: argparse.Namespace) -> int:
 
     uri = _tracking_uri(args)
     reviewers = [r.strip() for r in (args.reviewers or "").split(",") if r.strip()]
-    sample = create_review_sample(uri, args.experiment, args.sample, seed=args.seed, reviewers=reviewers,
+    sample = create_review_sample(uri, args.experiment, args.sample, seed=args.random_seed, reviewers=reviewers,
                                   pipeline_run=args.pipeline_run or "")
     base, start = ui_base(uri)
     review = f"{base}/#/experiments/{sample.review_experiment_id}"
@@ -62,12 +56,12 @@ def run_calibrate(args: argparse.Namespace) -> int:
     from selfguided.components.registry.review import read_labels
 
     items, ignored = read_labels(_tracking_uri(args), args.experiment, sample_id=args.review_sample or "")
-    result = calibrate(items, min_labels=args.min_labels, seed=args.seed)
+    result = calibrate(items, min_labels=args.min_labels, seed=args.random_seed)
     result.ignored = dict(ignored)
     print(calibration_markdown(result, min_labels=args.min_labels))
     from selfguided.components.judging.jury_weights import learn_weights, weights_markdown
 
-    learned = learn_weights(items, seed=args.seed, min_labels=args.min_labels)  # fit on half, checked on half
+    learned = learn_weights(items, seed=args.random_seed, min_labels=args.min_labels)  # fit on half, checked on half
     print(weights_markdown(learned))
     if args.json:
         Path(args.json).write_text(json.dumps({**result.to_dict(), "jury_weights": learned.to_dict()},
@@ -82,7 +76,8 @@ def add_review_parsers(subparsers) -> None:
         "(conversation and answer only) into the review experiment with a review queue, and print where and how "
         "editors grade them (a `score` feedback, 1-10, source HUMAN).")
     review.add_argument("--sample", type=int, required=True, metavar="N", help="how many answers")
-    review.add_argument("--seed", type=int, default=0, help="random seed of the sample (default: %(default)s)")
+    add_option(review, "--random-seed", old=("--seed",), type=int, default=0,
+               help="random seed of the sample (default: %(default)s)")
     review.add_argument("--reviewers", help="comma-separated MLflow user names the review queue is assigned to")
     review.add_argument("--pipeline-run", help="only answers of this pipeline run (default: any)")
     _common(review)
@@ -96,7 +91,8 @@ def add_review_parsers(subparsers) -> None:
     calibrate.add_argument("--review-sample", help="only this review sample (default: every sample)")
     calibrate.add_argument("--min-labels", type=int, default=10,
                            help="labels a category needs for its own rows (default: %(default)s)")
-    calibrate.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: %(default)s)")
+    add_option(calibrate, "--random-seed", old=("--seed",), type=int, default=0,
+               help="bootstrap seed (default: %(default)s)")
     calibrate.add_argument("--json", help="also write the result as JSON to this file")
     _common(calibrate)
     calibrate.set_defaults(func=run_calibrate)

@@ -10,9 +10,17 @@ import argparse
 
 from selfguided.components.training.config import FinetuneConfig
 from selfguided.components.training.memory_plan import Setup, model_shape, plan_report
+from selfguided.pipelines.options import UsageError
 
 
 def cmd_plan_training(args: argparse.Namespace) -> int:
+    for option, value in (("--gpus", args.gpus), ("--nodes", args.nodes), ("--gpu-memory", args.gpu_memory)):
+        if not value > 0:
+            raise UsageError(f"{option} {value:g}: give a number above 0")
+    try:
+        shape = model_shape(args.base)
+    except ValueError as exc:
+        raise UsageError(f"--base: {exc}") from None
     config = FinetuneConfig.for_model(args.base, method=args.method)
     setup = Setup(
         method=args.method, gpus_per_node=args.gpus, nodes=args.nodes, gpu_memory_gb=args.gpu_memory,
@@ -20,7 +28,7 @@ def cmd_plan_training(args: argparse.Namespace) -> int:
         gradient_checkpointing=config.gradient_checkpointing, lora_r=config.lora_r,
         lora_targets=tuple(config.lora_target_modules),
     )
-    print(plan_report(model_shape(args.base), setup))
+    print(plan_report(shape, setup))
     return 0
 
 
@@ -33,7 +41,7 @@ def add_plan_training_parser(sub) -> None:
                     "plan before loading the model and refuses a setup that cannot fit.")
     plan.add_argument("--base", required=True, help="tiny, or a Polyglot-ko size: 1.3b, polyglot-ko-5.8b, "
                                                     "EleutherAI/polyglot-ko-12.8b, ...")
-    plan.add_argument("--method", choices=("lora", "full"), default="lora")
+    plan.add_argument("--method", choices=("lora", "full"), default="lora", help="(default: %(default)s)")
     plan.add_argument("--gpus", type=int, default=1, help="GPUs per node (default: %(default)s)")
     plan.add_argument("--nodes", type=int, default=1, help="nodes (default: %(default)s)")
     plan.add_argument("--gpu-memory", type=float, default=80.0, help="GB per GPU (default: %(default)s)")

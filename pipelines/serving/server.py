@@ -22,6 +22,7 @@ import threading
 from pathlib import Path
 
 from selfguided.components.model import artifact as tm
+from selfguided.pipelines.options import add_option, add_tracking_uri, quiet_libraries
 from selfguided.pipelines.serving.app import DEFAULT_MAX_NEW_TOKENS, create_app
 from selfguided.pipelines.serving.resolve import DEFAULT_MODEL_URI, ServeError, one_line, resolve_model
 from selfguided.pipelines.serving.tracing import TracingError, add_tracing_arguments, check_tracing_arguments
@@ -74,7 +75,7 @@ def run_serve(args: argparse.Namespace) -> int:
             manifest = tm.read_manifest(resolved.model_dir)
             backend = _choose_backend(args.backend)
             where = (f"{resolved.source} ({manifest.display_name}, arm {manifest.arm}, strategy "
-                     f"{manifest.strategy}) as `{name}` on http://{args.host}:{args.port}/v1")
+                     f"{manifest.strategy}) as `{name}` on http://{args.listen_host}:{args.port}/v1")
             try:
                 if backend == "vllm":
                     merged = tm.export_merged(resolved.model_dir, Path(scratch) / "merged")
@@ -92,11 +93,11 @@ def run_serve(args: argparse.Namespace) -> int:
 
                 from selfguided.components.model.engines import vllm_command
 
-                return subprocess.call(vllm_command(merged, name, host=args.host, port=args.port,
+                return subprocess.call(vllm_command(merged, name, host=args.listen_host, port=args.port,
                                                     max_new_tokens=args.max_new_tokens))
             print(f"selfguided serve: {where} (transformers on {app.state.generator.device}, one generation "
                   "at a time)", flush=True)
-            return _run_uvicorn(app, args.host, args.port)
+            return _run_uvicorn(app, args.listen_host, args.port)
     except ServeError as exc:
         print(f"selfguided serve: error: {exc}", file=sys.stderr)
         return 2
@@ -117,15 +118,16 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model_uri", nargs="?", default=DEFAULT_MODEL_URI, metavar="MODEL_URI",
                         help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/PATH or a trained model "
                         "directory (default: %(default)s)")
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    add_option(parser, "--listen-host", old=("--host",), default="127.0.0.1",
+               help="address to listen on (default: %(default)s)")
     parser.add_argument("--port", type=int, default=8000, help="port (default: %(default)s)")
     parser.add_argument("--served-model-name", help="the model name clients send (default: the registered "
                         "model's name, else the folder's)")
     parser.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS,
                         help="answer length when a request sets no max_tokens (default: %(default)s; with vLLM "
                         "also the most a request gets)")
-    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the "
-                        "local run's .selfguided/mlflow.db)")
+    add_tracking_uri(parser)
+    parser.add_argument("-v", "--verbose", action="store_true", help="show download and weight-loading progress bars")
     parser.add_argument("--backend", choices=("auto", "vllm", "transformers"), default="auto",
                         help="auto: vLLM when installed and a GPU is present, else transformers (default: auto)")
     parser.add_argument("--proxy-to", metavar="URL", help="serve no model: forward requests to this OpenAI-compatible "
@@ -149,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="selfguided serve", description=DESCRIPTION)
     add_serve_arguments(parser)
     args = parser.parse_args(argv)
+    quiet_libraries(args.verbose)
     try:
         return args.func(args)
     except KeyboardInterrupt:
