@@ -24,6 +24,7 @@ SMOKE = {
     "gate_simulation.py": ["--quick"],
     "jury_weights_simulation.py": ["--reps", "3", "--labels", "40", "--fresh", "50"],
     "canary_simulation.py": ["--quick"],
+    "monitor_simulation.py": ["--quick"],
     "trace_writer_rate.py": ["--n", "5", "--batch-sizes", "50"],
     "memory_plan_check.py": ["--model", "tiny", "--method", "lora", "--tokens", "256", "--steps", "1"],
 }

@@ -302,3 +302,32 @@ def test_schedule_creates_a_recurring_run_with_the_compiled_monitor(monkeypatch,
     assert recurring["params"] == {"per_category": 30, "judges": "gpt-4o"}
     assert recurring["max_concurrency"] == 1 and recurring["no_catchup"] is True
     assert "rr-1" in capsys.readouterr().out
+
+
+def test_traces_of_the_serving_writer_read_back(database):
+    """The serving side's writer (registry/production_log.py) and this reader agree on the contract."""
+    import time
+
+    from selfguided.components.data.redact import Redactor
+    from selfguided.components.registry.production_log import MlflowTraceSink, ServedAnswer, ServingLabels, prepare
+
+    class Poems:
+        source = "classifier:test"
+
+        def predict(self, text):
+            return "poem"
+
+    labels = ServingLabels("writer-model", "3", "champion")
+    answers = [ServedAnswer([{"role": "user", "content": f"가을 시를 써 줘 {i}"}, {"role": "assistant", "content": "앞"},
+                             {"role": "user", "content": "더 짧게"}], f"답 {i}", time.time_ns(), 5.0,
+                            client_category="news" if i % 2 else None) for i in range(4)]
+    MlflowTraceSink(database, "writer-production").write([prepare(a, labels, Redactor(), Poems()) for a in answers])
+    client = MlflowClient(database)
+    listing = prod.list_served(client, prod.production_experiment_id(client, "writer-production"), 0)
+    assert len(listing.infos) == 4 and listing.newest_ms > 0
+    served = [prod.read_served(client, info) for info in listing.infos]
+    assert sorted(s.category for s in served) == ["news", "news", "poem", "poem"]
+    assert {s.model_version for s in served} == {"3"} and all(s.answer.startswith("답 ") for s in served)
+    questions, replies = prod.judge_inputs(served)
+    assert questions[0]["turns"][1] == "더 짧게" and replies[0]["choices"][0]["turns"][0] == "앞"
+    assert len({s.prompt_key for s in served}) == 4

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -178,18 +178,22 @@ def drift_findings(live: Mapping[str, Estimate], offline: Mapping[str, Estimate]
 # ---------------------------------------------------------------------------------------------
 
 
-def simulate_drift(offline_layout: Sequence[int], live_per_category: int, *, shift: float = 0.0,
-                   settings: DriftSettings | None = None, reps: int = 400, seed: int = 0) -> dict[str, float]:
+def simulate_drift(offline_layout: Sequence[int], live_per_category: int, *, shift: float = 0.0, shifted: int = 0,
+                   settings: DriftSettings | None = None, reps: int = 400, seed: int = 0,
+                   rule: Callable[[dict[str, Estimate], dict[str, Estimate]], set[str]] | None = None) -> dict[str, float]:
     """Monitor executions simulated with judge-like scores (statistics.judge_scores): per category
     `offline_layout[c]` offline questions and `live_per_category` live prompts (fresh prompts of the
-    same difficulty distribution), category 0's live quality shifted by `shift`. Each repetition
-    draws a new offline evaluation too, so the rates average over the offline draw.
+    same difficulty distribution), category `shifted`'s live quality shifted by `shift`. Each
+    repetition draws a new offline evaluation too, so the rates average over the offline draw.
+    `rule` (live, offline estimates -> the categories found) replaces the shipped rule, to compare.
 
     Returns the share of executions with any finding (`any`: the false-alarm rate when shift = 0),
-    with a finding in category 0 (`shifted`: the detection rate when shift < 0) and with a finding
-    in another category (`others`)."""
+    with a finding in the shifted category (`shifted`: the detection rate when shift < 0) and with a
+    finding in another category (`others`)."""
     settings = settings or DriftSettings()
-    rng = np.random.default_rng([seed, live_per_category, *offline_layout, int(round(shift * 1000)) + 10000])
+    rng = np.random.default_rng([seed, live_per_category, *offline_layout, int(round(shift * 1000)) + 10000, shifted])
+    rule = rule or (lambda live, offline: {r.category for r in drift_findings(live, offline, settings) if r.drift})
+    target = f"c{shifted}"
     hits = {"any": 0, "shifted": 0, "others": 0}
     for _ in range(reps):
         live, offline = {}, {}
@@ -197,12 +201,12 @@ def simulate_drift(offline_layout: Sequence[int], live_per_category: int, *, shi
             name = f"c{c}"
             base = rng.normal(5.5, 0.5)  # the category's own level, shared by offline and live
             q_off = base + rng.normal(0.0, QUESTION_SD, size=n_offline)
-            q_live = base + (shift if c == 0 else 0.0) + rng.normal(0.0, QUESTION_SD, size=live_per_category)
+            q_live = base + (shift if c == shifted else 0.0) + rng.normal(0.0, QUESTION_SD, size=live_per_category)
             offline[name] = cluster_mean(clusters(list(zip(map(str, range(n_offline)), judge_scores(rng, q_off)))),
                                          min_questions=2)
             live[name] = live_estimate(list(zip(map(str, range(live_per_category)), judge_scores(rng, q_live))))
-        found = {r.category for r in drift_findings(live, offline, settings) if r.drift}
+        found = rule(live, offline)
         hits["any"] += bool(found)
-        hits["shifted"] += "c0" in found
-        hits["others"] += bool(found - {"c0"})
+        hits["shifted"] += target in found
+        hits["others"] += bool(found - {target})
     return {k: v / reps for k, v in hits.items()}
