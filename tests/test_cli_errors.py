@@ -167,3 +167,29 @@ def test_what_a_user_sees_is_one_line_in_a_fresh_interpreter(tmp_path):
         lines = [line for line in done.stderr.splitlines() if line.strip()]
         assert done.returncode == 2 and len(lines) == 1 and "Traceback" not in done.stderr, (argv, done.stderr)
     assert not (tmp_path / ".selfguided").exists()
+
+
+def test_library_progress_bars_are_off_unless_verbose(monkeypatch):
+    import logging
+
+    from selfguided.pipelines.options import quiet_libraries
+
+    queue_log = logging.getLogger("mlflow.tracing.export.async_export_queue")
+    monkeypatch.setattr(queue_log, "level", logging.NOTSET)
+    for name in ("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "HF_HUB_DISABLE_PROGRESS_BARS"):
+        monkeypatch.delenv(name, raising=False)
+    quiet_libraries(verbose=True)
+    assert "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR" not in os.environ and queue_log.level == logging.NOTSET
+    quiet_libraries(verbose=False)
+    assert os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] == "false"
+    assert os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1" and queue_log.level == logging.WARNING
+    from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
+
+    assert MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.get() is False  # what MLflow's download bar reads
+
+
+@pytest.mark.parametrize("argv", [["--help"], *([command, "--help"] for command in COMMANDS)])
+def test_every_help_answers(argv, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 0 and "usage: selfguided" in capsys.readouterr().out

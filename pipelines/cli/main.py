@@ -264,7 +264,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
             getattr(importlib.import_module(module), function)(sub)
     for name, (help_line, _) in COMMANDS.items():
         if name not in sub.choices:
-            sub.add_parser(name, help=help_line)
+            sub.add_parser(name, help=help_line.replace("%", "%%"))  # argparse formats help with %
     return parser
 
 
