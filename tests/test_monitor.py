@@ -26,6 +26,7 @@ from selfguided.components.evaluation.statistics import Estimate
 from selfguided.components.judging.offline import OFFLINE_JUDGE, OFFLINE_JUDGE_NAME, judge_offline
 from selfguided.components.registry import production as contract
 from selfguided.components.registry import production_read as prod
+from selfguided.components.registry.runs import ensure_experiment
 from selfguided.components.steps.monitor import MonitorConfig, jury_of_run, run_monitor
 from selfguided.pipelines.cli.main import main
 from selfguided.pipelines.cli.monitor import kfp_cron, since_ms
@@ -49,7 +50,7 @@ def _champion(uri: str, model: str) -> str:
     registered as v1 of `model` with the `champion` alias."""
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri, registry_uri=uri)
-    experiment = client.create_experiment(f"evaluation of {model}")
+    experiment = ensure_experiment(client, f"evaluation of {model}", uri)  # artifacts beside the database
     items = _seed_items()
     questions = [{"question_id": i, "category": c, "turns": [p]} for i, (c, p, _) in enumerate(items)]
     answers = [{"question_id": i, "model_id": "champion", "choices": [{"index": 0, "turns": [a]}]}
@@ -76,8 +77,7 @@ def _serve(store, version: str, *, requests: int, degraded: str = "", seed: int 
     them (the contract's name, request, response and tags); answers in category `degraded` garbled."""
     mlflow.set_tracking_uri(store.uri)
     client = MlflowClient(store.uri)
-    experiment = client.get_experiment_by_name(store.production)
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment(store.production)
+    experiment_id = ensure_experiment(client, store.production, store.uri)
     mlflow.set_experiment(experiment_id=experiment_id)
     items = _seed_items()
     rng = random.Random(seed)
@@ -321,6 +321,7 @@ def test_traces_of_the_serving_writer_read_back(database):
     answers = [ServedAnswer([{"role": "user", "content": f"가을 시를 써 줘 {i}"}, {"role": "assistant", "content": "앞"},
                              {"role": "user", "content": "더 짧게"}], f"답 {i}", time.time_ns(), 5.0,
                             client_category="news" if i % 2 else None) for i in range(4)]
+    ensure_experiment(MlflowClient(database), "writer-production", database)
     MlflowTraceSink(database, "writer-production").write([prepare(a, labels, Redactor(), Poems()) for a in answers])
     client = MlflowClient(database)
     listing = prod.list_served(client, prod.production_experiment_id(client, "writer-production"), 0)
