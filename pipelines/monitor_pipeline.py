@@ -21,8 +21,9 @@ from selfguided.components.registry.names import REGISTERED_MODEL_NAME
 from selfguided.components.registry.production import PRODUCTION_EXPERIMENT
 from selfguided.components.steps.monitor import DEFAULT_PER_CATEGORY, DEFAULT_TOLERANCE, monitor_alert, monitor_production
 from selfguided.pipelines import platform
+from selfguided.components.cluster import DEPLOYER
 from selfguided.pipelines.pipeline import (
-    _sized, _with_cache_volume, _with_judge_keys, _with_llm_secret, _with_mlflow_secret, _with_s3_secret,
+    _acting_as, _sized, _with_cache_volume, _with_judge_keys, _with_llm_secret, _with_mlflow_secret, _with_s3_secret,
 )
 
 MONITOR_PIPELINE_NAME = "selfguided-monitor"
@@ -42,6 +43,7 @@ def monitor_pipeline(
     random_seed: int = 0,
     webhook_url: str = "",
     llm_cache: str = f"{platform.CACHE_MOUNT_PATH}/llm-cache",
+    serving_name: str = "",
     mlflow_tracking_uri: str = platform.MLFLOW_TRACKING_URI_IN_CLUSTER,
 ) -> str:
     """One monitor execution.
@@ -57,14 +59,17 @@ def monitor_pipeline(
         random_seed: the sample's seed.
         webhook_url: POST the alert here ("" = none).
         llm_cache: the LLM answer cache.
+        serving_name: the InferenceService whose canary the monitor rolls back or promotes on its
+            decision (as the deployer identity, manifests/serving); "" = decide and log only.
         mlflow_tracking_uri: MLflow tracking server.
     """
     watch = monitor_production(
         tracking_uri=mlflow_tracking_uri, registered_model_name=registered_model_name,
         production_experiment=production_experiment, monitor_experiment=monitor_experiment,
         model_version=model_version, judges=judges, per_category=per_category, tolerance=tolerance,
-        random_seed=random_seed, webhook_url=webhook_url, llm_cache=llm_cache,
+        random_seed=random_seed, webhook_url=webhook_url, llm_cache=llm_cache, canary_service=serving_name,
     ).set_display_name("judge production answers")
+    _acting_as(watch, DEPLOYER)  # a canary rollback or promotion changes the InferenceService
     _sized(_with_mlflow_secret(_with_s3_secret(_with_llm_secret(_with_judge_keys(_with_cache_volume(watch))))), "llm")
     watch.set_caching_options(False)  # every execution reads new traces
     kubernetes.use_config_map_as_env(watch, platform.MLFLOW_CONFIG_MAP_NAME, platform.MLFLOW_CONFIG_MAP_KEYS)

@@ -170,7 +170,7 @@ def test_undegraded_traffic_names_no_category_and_the_watermark_moves_on(store):
     assert steps == [1, 2, 3]  # one point per execution: the line over time
 
 
-def test_other_versions_and_canary_answers_are_kept_apart(store):
+def test_other_versions_and_canary_answers_are_kept_apart(store, monkeypatch):
     _serve(store, store.version, requests=48)
     _serve(store, "7", requests=12, seed=2, degraded="news")  # another version: not the champion's traffic
     _serve(store, store.version, requests=24, seed=3, deployment=contract.DEPLOYMENT_CANARY, degraded="blog")
@@ -182,6 +182,23 @@ def test_other_versions_and_canary_answers_are_kept_apart(store):
     assert {s.deployment for s in scores} == {"stable", "canary"}
     assert min(s.score for s in scores if s.category == "blog" and s.deployment == "canary") < 4
     assert result.canary == {"action": "wait", "reasons": []}
+    # with a service to act on, a rollback is carried out by the canary's own apply_canary_decision;
+    # a cluster that refuses it is an ALERT, not a crash
+    import selfguided.components.serving.canary_apply as canary_apply
+
+    applied = []
+
+    def refuse(decision, **where):
+        applied.append((decision, where))
+        raise RuntimeError("403 forbidden")
+
+    monkeypatch.setattr(canary_apply, "apply_canary_decision", refuse)
+    again = run_monitor(store.config(per_category=8, since_ms=0, canary_service="assistant",
+                                     canary=lambda scores: {"action": "rollback", "reasons": ["blog worse"]}))
+    ((decision, where),) = applied
+    assert decision["action"] == "rollback" and where["name"] == "assistant" and where["registered_model"] == store.model
+    assert again.canary["applied"] == "failed: RuntimeError: 403 forbidden"
+    assert again.alerts == ["ALERT canary rollback of assistant failed: RuntimeError: 403 forbidden"]
 
 
 def test_drift_rule_on_estimates():

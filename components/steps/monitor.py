@@ -65,6 +65,10 @@ class MonitorConfig:
     llm_cache: str = ""
     canary: Callable[[list[Any]], Any] | None = None
     """The canary decision, given every judged score (CanaryScore); None = decide_canary."""
+    canary_service: str = ""
+    """The InferenceService whose canary the monitor acts on (serving/canary_apply.apply_canary_decision:
+    rollback or promote, with the champion alias); "" = decide and log only."""
+    canary_namespace: str = ""
 
 
 @dataclass
@@ -225,13 +229,16 @@ def run_monitor(config: MonitorConfig, *, output_dir: str | Path | None = None) 
         canary = _canary(config, judged, by_trace)
     alerts = [f"{ALERT_PREFIX} drift in {config.registered_model} v{version}: {r.line(settings.tolerance)}"
               for r in rows if r.drift]
+    if canary and str(canary.get("applied", "")).startswith("failed"):
+        alerts.append(f"{ALERT_PREFIX} canary {canary.get('action')} of {config.canary_service} {canary['applied']}")
     facts = [f"execution {execution}, {config.registered_model} v{version} (offline: run {reference.run_id}, "
              f"from its {reference.source})", f"traces since {since} ms: {counts['traces_read']} read, "
              f"{counts['watched']} of v{version} on the stable side, {counts['sampled']} sampled "
              f"(up to {config.per_category} per category, seed {config.random_seed}), {counts['judged']} judged",
              f"judge: {usage.identity.label if usage else judges}"]
     if canary is not None:
-        facts.append(f"canary: {canary.get('action')}: {'; '.join(canary.get('reasons', []))[:500]}")
+        facts.append(f"canary: {canary.get('action')}: {'; '.join(canary.get('reasons', []))[:500]}"
+                     + (f" -> {canary['applied']}" if canary.get("applied") else ""))
     markdown = drift_markdown(rows, settings, title=f"Monitor: {config.registered_model} v{version}", facts=facts,
                               notes=notes)
     webhook_failures = 0
@@ -241,7 +248,8 @@ def run_monitor(config: MonitorConfig, *, output_dir: str | Path | None = None) 
             "drifted": [r.category for r in rows if r.drift], "execution": execution,
             "categories": [r.to_dict() for r in rows if r.drift]})
     tags = {prod.TAG_MODEL: config.registered_model, prod.TAG_WATERMARK: str(listing.newest_ms),
-            prod.TAG_EXECUTION: str(execution), "model_version": version, "judge": usage.identity.label if usage else ""}
+            prod.TAG_EXECUTION: str(execution), "model_version": version, "judge": usage.identity.label if usage else "",
+            **({"canary.action": str(canary.get("action"))} if canary else {})}
     metrics = {**_metrics(rows), **{f"monitor/{k}": float(v) for k, v in counts.items()},
                "monitor/findings": float(len(alerts)), "monitor/webhook_failures": float(webhook_failures)}
     with mlflow.start_run(experiment_id=state.experiment_id, run_name=f"monitor {execution}", tags=tags) as run:
@@ -273,7 +281,17 @@ def _canary(config: MonitorConfig, judged: dict[str, Any], by_trace: dict[str, A
     scores = [CanaryScore(side, by_trace[j["question_id"]].category, float(j["score"]), by_trace[j["question_id"]].prompt_key)
               for side, (judgments, _) in judged.items() for j in judgments if judged_ok(j)]
     decision = (config.canary or decide_canary)(scores)
-    return decision.to_dict() if hasattr(decision, "to_dict") else dict(decision)
+    out = decision.to_dict() if hasattr(decision, "to_dict") else dict(decision)
+    if config.canary_service and out.get("action") in ("rollback", "promote"):
+        from selfguided.components.serving.canary_apply import apply_canary_decision
+
+        try:
+            out["applied"] = apply_canary_decision(
+                decision, name=config.canary_service, namespace=config.canary_namespace or None,
+                tracking_uri=config.tracking_uri, registered_model=config.registered_model, by="selfguided monitor")
+        except Exception as exc:  # noqa: BLE001 - said in the result and as an ALERT by the caller
+            out["applied"] = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+    return out
 
 
 def raise_on_findings(result_json: str) -> str:
@@ -289,7 +307,8 @@ def raise_on_findings(result_json: str) -> str:
 @component(base_image=CPU_IMAGE, install_kfp_package=False)
 def monitor_production(tracking_uri: str, registered_model_name: str, production_experiment: str,
                        monitor_experiment: str, model_version: str, judges: str, per_category: int, tolerance: float,
-                       random_seed: int, webhook_url: str, llm_cache: str, report: Output[Markdown]) -> str:
+                       random_seed: int, webhook_url: str, llm_cache: str, canary_service: str,
+                       report: Output[Markdown]) -> str:
     """One monitor execution: sample the production traces since the last one, judge them, compare each
     category with the offline evaluation (components/steps/monitor.py).
 
@@ -305,6 +324,8 @@ def monitor_production(tracking_uri: str, registered_model_name: str, production
         random_seed: the sample's seed.
         webhook_url: POST the alert here ("" = none).
         llm_cache: the LLM answer cache ("" = none).
+        canary_service: the InferenceService whose canary is rolled back or promoted on the monitor's
+            decision ("" = decide and log only).
 
     Returns:
         The execution's result as JSON (run id, drifted categories, alert lines, per-category figures).
@@ -316,7 +337,8 @@ def monitor_production(tracking_uri: str, registered_model_name: str, production
     result = run_monitor(MonitorConfig(
         tracking_uri=tracking_uri, registered_model=registered_model_name, production_experiment=production_experiment,
         monitor_experiment=monitor_experiment, model_version=model_version, judges=judges, per_category=per_category,
-        tolerance=tolerance, random_seed=random_seed, webhook_url=webhook_url, llm_cache=llm_cache))
+        tolerance=tolerance, random_seed=random_seed, webhook_url=webhook_url, llm_cache=llm_cache,
+        canary_service=canary_service))
     with open(report.path, "w", encoding="utf-8") as f:
         f.write(result.report_markdown)
     print(f"[selfguided] monitor: execution {result.execution}, run {result.run_id}: "
