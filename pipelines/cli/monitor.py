@@ -8,20 +8,16 @@ import argparse
 import datetime as dt
 import os
 import re
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from selfguided.components.registry.names import EXPERIMENT_NAME, REGISTERED_MODEL_NAME
 from selfguided.components.registry.production import PRODUCTION_EXPERIMENT
+from selfguided.pipelines.options import UsageError, add_tracking_uri, existing_store
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-class UsageError(ValueError):
-    """Bad input on the command line: one line naming what to change, exit 2."""
 
 
 def since_ms(value: str | None, now: dt.datetime | None = None) -> int | None:
@@ -45,23 +41,19 @@ def since_ms(value: str | None, now: dt.datetime | None = None) -> int | None:
 
 def cmd_monitor(args: argparse.Namespace) -> int:
     from selfguided.components.steps.monitor import MonitorConfig, run_monitor
-    from selfguided.pipelines.workdir import default_tracking_uri
 
-    try:
-        since = since_ms(args.since)
-        if args.per_category < 1:
-            raise UsageError(f"--per-category {args.per_category}: sample at least 1 answer per category")
-        if not args.tolerance >= 0:
-            raise UsageError(f"--tolerance {args.tolerance}: give a number of judge points >= 0")
-    except UsageError as exc:
-        print(f"selfguided monitor: {exc}", file=sys.stderr)
-        return 2
+    since = since_ms(args.since)
+    if args.per_category < 1:
+        raise UsageError(f"--per-category {args.per_category}: sample at least 1 answer per category")
+    if not args.tolerance >= 0:
+        raise UsageError(f"--tolerance {args.tolerance}: give a number of judge points >= 0")
     config = MonitorConfig(
-        tracking_uri=args.tracking_uri or default_tracking_uri(), registered_model=args.registered_model,
+        tracking_uri=existing_store(args.tracking_uri), registered_model=args.registered_model,
         production_experiment=args.experiment, monitor_experiment=args.monitor_experiment,
         model_version=args.model_version, judges=args.judges, per_category=args.per_category,
         tolerance=args.tolerance, random_seed=args.random_seed, since_ms=since, webhook_url=args.webhook_url or "",
-        llm_base_url=os.environ.get("OPENAI_BASE_URL", ""))
+        llm_base_url=os.environ.get("OPENAI_BASE_URL", ""), canary_service=args.canary_service or "",
+        canary_namespace=args.namespace or "")
     result = run_monitor(config, output_dir=args.output_dir)
     print(result.report_markdown)
     print(f"MLflow run {result.run_id} (experiment {args.monitor_experiment}), execution {result.execution}")
@@ -116,12 +108,8 @@ def schedule_recurring_run(client: Any, *, pipeline: str, cron: str, package_pat
 
 
 def cmd_schedule(args: argparse.Namespace) -> int:
-    try:
-        cron = kfp_cron(args.cron)
-        params = dict(_param(p) for p in args.param)
-    except UsageError as exc:
-        print(f"selfguided schedule: {exc}", file=sys.stderr)
-        return 2
+    cron = kfp_cron(args.cron)
+    params = dict(_param(p) for p in args.param)
     import kfp
 
     from selfguided.pipelines.platform import PIPELINE_SERVICE_ACCOUNT
@@ -158,8 +146,7 @@ def add_monitor_parsers(sub) -> None:
                              "last execution, sampled per category, judged by the champion evaluation's jury, each "
                              "category's live mean and 95%% interval against the offline one. Exit 1 when a category "
                              "drifted (an ALERT line each), 0 otherwise.")
-    monitor.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the local "
-                         "run's .selfguided/mlflow.db)")
+    add_tracking_uri(monitor)
     monitor.add_argument("--registered-model", default=REGISTERED_MODEL_NAME, help="registered model (default: %(default)s)")
     monitor.add_argument("--experiment", default=PRODUCTION_EXPERIMENT,
                          help="MLflow experiment of the production traces (default: %(default)s)")
@@ -175,6 +162,9 @@ def add_monitor_parsers(sub) -> None:
                          "offline mean before it is a finding (default: %(default)s)")
     monitor.add_argument("--random-seed", type=int, default=0, help="the sample's seed (default: %(default)s)")
     monitor.add_argument("--webhook-url", help="POST the alert as JSON here (failures are counted, never fatal)")
+    monitor.add_argument("--canary-service", help="the InferenceService whose canary the monitor rolls back or promotes "
+                         "on its decision, with the champion alias (default: decide and log only)")
+    monitor.add_argument("--namespace", help="its namespace (default: the kubeconfig's)")
     monitor.add_argument("-o", "--output-dir", help="also write report.md, drift.png and monitor.json here")
     monitor.set_defaults(func=cmd_monitor)
 
