@@ -55,7 +55,7 @@ class DriftSettings:
     min_live: live prompts a category needs to be tested.
     """
 
-    tolerance: float = 0.5
+    tolerance: float = 0.25
     alpha: float = 0.05
     min_live: int = MIN_CATEGORY_QUESTIONS
 

@@ -72,6 +72,6 @@ def drift_png(rows: Sequence[CategoryDrift], settings: DriftSettings) -> bytes |
     ax.set_yticks(range(len(shown)), [r.category + (" (drift)" if r.drift else "") for r in reversed(shown)])
     ax.set_xlabel("judge score (1-10), 95% CI")
     ax.set_title(f"live vs offline per category (tolerance {settings.tolerance:g})", fontsize=10)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, fontsize=8, frameon=False)
     ax.grid(axis="x", alpha=0.3)
     return _png(figure)

@@ -33,12 +33,13 @@ from typing import Any, Callable
 from kfp.dsl import Markdown, Output
 from kfp.dsl.component_decorator import component  # `dsl.component` is absent when a step runs (_KFP_RUNTIME)
 
+from selfguided.components.evaluation.drift import DriftSettings
 from selfguided.components.images import CPU_IMAGE
 from selfguided.components.registry.names import CHAMPION, REGISTERED_MODEL_NAME, RegistryError
 from selfguided.components.registry.production import DEPLOYMENT_CANARY, DEPLOYMENT_STABLE, PRODUCTION_EXPERIMENT
 
 DEFAULT_PER_CATEGORY = 50
-DEFAULT_TOLERANCE = 0.25
+DEFAULT_TOLERANCE = DriftSettings.tolerance
 ALERT_PREFIX = "ALERT"
 
 
