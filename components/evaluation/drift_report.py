@@ -21,7 +21,10 @@ def drift_table(rows: Sequence[CategoryDrift]) -> list[str]:
     body = []
     for r in rows:
         verdict = "**DRIFT**" if r.drift else ("ok" if r.tested else f"not tested: {r.note}")
-        body.append([r.category, str(r.live.n_questions), _cell(r.live), _cell(r.offline) + f" (n={r.offline.n_questions})",
+        offline = _cell(r.offline)
+        if "n=" not in offline:  # _cell names n itself when there are too few for an interval
+            offline += f" (n={r.offline.n_questions})"
+        body.append([r.category, str(r.live.n_questions), _cell(r.live), offline,
                      _ci_cell(r.difference), _p(r.p_holm), verdict])
     return _md_table(["category", "live prompts", "live", "offline", "live - offline [95% CI]", "p (Holm)", "verdict"],
                      body)

@@ -144,7 +144,7 @@ def add_monitor_parsers(sub) -> None:
                              "offline evaluation; exit 1 with ALERT lines on a credible drift",
                              description="One monitor execution on this machine: the production traces since the "
                              "last execution, sampled per category, judged by the champion evaluation's jury, each "
-                             "category's live mean and 95%% interval against the offline one. Exit 1 when a category "
+                             "category's live mean and 95% interval against the offline one. Exit 1 when a category "
                              "drifted (an ALERT line each), 0 otherwise.")
     add_tracking_uri(monitor)
     monitor.add_argument("--registered-model", default=REGISTERED_MODEL_NAME, help="registered model (default: %(default)s)")
