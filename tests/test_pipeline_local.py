@@ -61,6 +61,34 @@ def test_champion_points_at_a_registered_version(local_run):
     assert "challenger vs base (first champion)" in local_run.register["report_markdown"]
 
 
+def test_the_run_ends_with_next_steps_that_work(local_run, capsys):
+    """`selfguided run`'s last lines: the parent run, its page, and commands that work as printed;
+    every row's answers and judgments by name (rows.json beside the outputs)."""
+    import json
+    from pathlib import Path
+
+    from selfguided.pipelines.cli.main import main
+    from selfguided.pipelines.local import next_steps
+
+    workdir = local_run.log_path.parent.parent
+    text = next_steps(local_run, workdir)
+    parent = local_run.register["parent_run_id"]
+    assert f"MLflow parent run {parent} (pipeline run {local_run.run_name})" in text
+    assert f"/runs/{parent}" in text and "selfguided review --sample 10" in text and "selfguided serve" in text
+    plan = next(line for line in text.splitlines() if "selfguided plan-eval" in line).split("#")[0].split()
+    assert plan[1:4] == ["plan-eval", "--from-run", parent]
+    capsys.readouterr()
+    assert main(plan[1:]) == 0 and "smallest overall difference detectable" in capsys.readouterr().out
+    # the pipeline-run name the run prints works too
+    assert main(["plan-eval", "--from-run", local_run.run_name, "--tracking-uri", local_run.tracking_uri]) == 0
+    rows = {r["row"]: r for r in json.loads((workdir / "pipeline-root" / local_run.run_name / "rows.json").read_text())}
+    assert {"tiny/unscored", "tiny/self_guided", "tiny/control", "base/tiny"} <= set(rows)
+    for name in ("tiny/unscored", "tiny/self_guided", "tiny/control", "base/tiny"):
+        assert rows[name]["judgments"] == f"runs:/{rows[name]['mlflow_run_id']}/judgments.jsonl"
+        assert Path(rows[name]["answers"]).stat().st_size > 0 and Path(rows[name]["judgments_file"]).stat().st_size > 0
+        assert f"{name}" in text and rows[name]["answers"] in text
+
+
 def test_a_second_run_keeps_an_identical_champion_and_quotes_the_paired_difference(local_run):
     again = run_local(local_run.log_path.parent.parent)
     assert again.decision.startswith(f"kept champion v{local_run.aliases['champion']}")
