@@ -98,7 +98,7 @@ def test_uploads_only_on_push_to_main_or_a_tag_after_the_tests(workflow):
     assert "github.event_name == 'push'" in condition
     assert "refs/heads/main" in condition and "refs/tags/" in condition
     command = next(line for line in _run_lines(step) if "selfguided upload" in line)
-    assert '--host "$KFP_HOST"' in command and "--pipeline selfguided" in command
+    assert '--kfp-host "$KFP_HOST"' in command and "--pipeline selfguided" in command
 
 
 def test_secrets_only_through_step_environments(workflow):
@@ -170,7 +170,7 @@ def test_upload_script_on_main_and_on_a_tag(workflow, tmp_path):
         "ghcr.io/selfguided", SHA, "IfNotPresent"), "ghcr.io/<owner, lower case>, the commit's tag, pulled once"
     package = compile_call["argv"][compile_call["argv"].index("-o") + 1]
     args = _parse_upload(upload_call["argv"])
-    assert (args.host, args.pipeline, args.package, args.version) == (host, "selfguided", package, None)
+    assert (args.kfp_host, args.pipeline, args.package, args.version) == (host, "selfguided", package, None)
     assert package != DEFAULT_PACKAGE and package.startswith(str(tmp_path / "runner-temp"))
     assert upload_call["registry"] is None and upload_call["tag"] is None, "the image overrides are for the compile only"
 
