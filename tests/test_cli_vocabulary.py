@@ -127,8 +127,8 @@ def test_readme_is_one_page_and_keeps_the_two_commands():
 
 
 def test_no_development_history_where_a_user_reads():
-    for path in (ROOT / "README.md", ROOT / "docs" / "llm-client.md", ROOT / "docs" / "mlflow.md"):
+    for path in (ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))):
         text = path.read_text(encoding="utf-8")
-        for pattern in (r"\bissue \d+\b", r"\bthis session\b", r"^RESULT "):
-            found = re.search(pattern, text, flags=re.M | re.I)
+        for pattern in (r"(?i)\bissue \d+\b", r"(?i)\bthis session\b", r"^RESULT "):
+            found = re.search(pattern, text, flags=re.M)
             assert not found, f"{path.name}: {found.group(0)!r}"
