@@ -187,9 +187,9 @@ def _retry_advice(cache: str | None) -> str:
 
 def _model_without_endpoint(step: str, args: argparse.Namespace) -> bool:
     """A model asked for by name with no endpoint to ask: said in one line (the caller exits 2)."""
-    from selfguided.components.judging.offline import OFFLINE_JUDGE_NAME
+    from selfguided.components.judging.jury import judge_named
 
-    if args.model and args.model != OFFLINE_JUDGE_NAME and not endpoint_configured():
+    if args.model and judge_named(args.model).calls_llm and not endpoint_configured():
         option = "--score-model" if step == "score" else "--judge-model"
         print(f"{step}: {option} {args.model} needs an LLM endpoint: set OPENAI_BASE_URL and/or OPENAI_API_KEY, "
               f"or leave {option} out for the offline heuristic judge", file=sys.stderr)
