@@ -14,6 +14,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from selfguided.pipelines.options import add_tracking_uri
+
 
 class _BadInput(ValueError):
     pass
@@ -170,8 +172,7 @@ def add_bench_serve_parser(sub) -> None:
     p.add_argument("--json", metavar="OUT", help="write every figure as JSON to OUT")
     p.add_argument("--random-seed", type=int, default=0, help="seed of the arrivals and prompt order (default: 0)")
     g = p.add_argument_group("MLflow (any of these logs the results)")
-    g.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the local run's "
-                   ".selfguided/mlflow.db)")
+    add_tracking_uri(g)
     g.add_argument("--experiment", default=BENCH_EXPERIMENT, help="MLflow experiment of the run (default: %(default)s)")
     g.add_argument("--registered-model", help="registered model whose version was served (default, with "
                    f"--model-version: {REGISTERED_MODEL_NAME})")

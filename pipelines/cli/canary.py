@@ -15,6 +15,7 @@ import os
 import sys
 
 from selfguided.components.registry.names import REGISTERED_MODEL_NAME
+from selfguided.pipelines.options import add_tracking_uri
 
 SERVICE_NAME = REGISTERED_MODEL_NAME  # serving/kserve.py DEFAULT_SERVICE_NAME, without importing the client here
 
@@ -59,8 +60,8 @@ def add_canary_parser(subparsers) -> None:
     parser.add_argument("--mode", choices=("Serverless", "RawDeployment"),
                         help="KServe deployment mode (default: the InferenceService's serving.kserve.io/deploymentMode "
                         "annotation, else Serverless)")
-    parser.add_argument("--tracking-uri", help="MLflow tracking URI of the champion alias (default: "
-                        "$MLFLOW_TRACKING_URI, else the local run's .selfguided/mlflow.db)")
+    add_tracking_uri(parser, help="MLflow tracking URI of the champion alias (default: $MLFLOW_TRACKING_URI, else "
+                     "the local run's .selfguided/mlflow.db)")
     parser.add_argument("--registered-model", default=REGISTERED_MODEL_NAME,
                         help="registered model whose champion alias follows (default: %(default)s)")
     parser.add_argument("--reason", help="why, recorded on the canary's model version")

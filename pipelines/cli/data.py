@@ -17,12 +17,9 @@ import sys
 from pathlib import Path
 
 from selfguided.components.registry.names import EXPERIMENT_NAME
+from selfguided.pipelines.options import UsageError, add_tracking_uri
 
 DEFAULT_SEED_STORE = ".selfguided/seed-versions"
-
-
-class _Refused(ValueError):
-    """Bad input: one line on stderr, exit 2."""
 
 
 def _store(args: argparse.Namespace):
@@ -39,12 +36,12 @@ def _manifest(store, name: str):
     if VERSION_PATTERN.fullmatch(name):
         manifest = store.manifest(name)
         if manifest is None:
-            raise _Refused(f"seed version {name} is not in the seed store {store.root}: pass --seed-store, "
+            raise UsageError(f"seed version {name} is not in the seed store {store.root}: pass --seed-store, "
                            "or `selfguided data save FILE` first")
         return manifest
     if Path(name).is_file():
         return SeedManifest.of(load_seed(name).records, source={"file": name})
-    raise _Refused(f"{name!r} is neither a seed version (seed-<16 hex digits>) nor a seed file")
+    raise UsageError(f"{name!r} is neither a seed version (seed-<16 hex digits>) nor a seed file")
 
 
 def _sources(pairs: list[str]) -> dict[str, str]:
@@ -52,7 +49,7 @@ def _sources(pairs: list[str]) -> dict[str, str]:
     for pair in pairs or []:
         key, eq, value = pair.partition("=")
         if not eq or not key.strip():
-            raise _Refused(f"--source {pair!r}: write key=value, e.g. --source teacher=gpt-4o")
+            raise UsageError(f"--source {pair!r}: write key=value, e.g. --source teacher=gpt-4o")
         out[key.strip()] = value.strip()
     return out
 
@@ -62,7 +59,7 @@ def run_save(args: argparse.Namespace) -> int:
     from selfguided.components.data.seed_versions import diff_markdown, diff_versions
 
     if not Path(args.file).is_file():
-        raise _Refused(f"seed file {args.file} does not exist")
+        raise UsageError(f"seed file {args.file} does not exist")
     store = _store(args)
     loaded = load_seed(args.file)
     if args.extends:
@@ -102,7 +99,7 @@ def run_lineage(args: argparse.Namespace) -> int:
 
     chain = seed_lineage(args.tracking_uri or default_tracking_uri(), args.experiment, args.version)
     if not chain:
-        raise _Refused(f"seed version {args.version} was never logged to experiment {args.experiment!r}")
+        raise UsageError(f"seed version {args.version} was never logged to experiment {args.experiment!r}")
     for entry in chain:
         source = ", ".join(f"{k}={v}" for k, v in sorted(entry["source"].items()))
         print(f"{entry['version']}  <- {entry['parent'] or '(first)'}  run {entry['run_id']}  {source}")
@@ -115,7 +112,7 @@ def _guarded(func):
 
         try:
             return func(args)
-        except (_Refused, DataError) as exc:
+        except (UsageError, DataError) as exc:
             print(f"selfguided data {args.data_command}: {exc}", file=sys.stderr)
             return 2
     return run
@@ -133,8 +130,7 @@ def add_data_parser(subparsers) -> None:
     save.add_argument("--source", action="append", metavar="KEY=VALUE",
                       help="where the records came from, e.g. teacher=gpt-4o, traces=<experiment>; repeatable")
     save.add_argument("--seed-store", help=store_help)
-    save.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the local "
-                      "run's .selfguided/mlflow.db)")
+    add_tracking_uri(save)
     save.add_argument("--experiment", default=EXPERIMENT_NAME, help="MLflow experiment (default: %(default)s)")
     save.add_argument("--no-mlflow", action="store_true", help="store only; log nothing to MLflow")
     save.set_defaults(func=_guarded(run_save))
@@ -149,7 +145,6 @@ def add_data_parser(subparsers) -> None:
 
     lineage = sub.add_parser("lineage", help="the versions a seed version grew from, as MLflow recorded them")
     lineage.add_argument("version", metavar="VERSION")
-    lineage.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the "
-                         "local run's .selfguided/mlflow.db)")
+    add_tracking_uri(lineage)
     lineage.add_argument("--experiment", default=EXPERIMENT_NAME, help="MLflow experiment (default: %(default)s)")
     lineage.set_defaults(func=_guarded(run_lineage))

@@ -18,10 +18,7 @@ from pathlib import Path
 
 from selfguided.components.registry.names import EXPERIMENT_NAME
 from selfguided.pipelines.cli.data import DEFAULT_SEED_STORE
-
-
-class _Refused(ValueError):
-    """Bad input: one line on stderr, exit 2."""
+from selfguided.pipelines.options import UsageError, add_tracking_uri
 
 
 def _seed_records(prompts, answers) -> tuple[list[dict], int]:
@@ -53,7 +50,7 @@ def run_harvest(args: argparse.Namespace) -> int:
     parent = []
     if args.extends:
         if store.manifest(args.extends) is None:
-            raise _Refused(f"seed version {args.extends} is not in the seed store {store.root}")
+            raise UsageError(f"seed version {args.extends} is not in the seed store {store.root}")
         parent = store.records(args.extends)
     prompts, notes = served_prompts(uri, experiment=args.production_experiment, since_ms=args.since_ms)
     test_hashes, test_sets = test_set_hashes(uri, [args.experiment])
@@ -73,7 +70,7 @@ def run_harvest(args: argparse.Namespace) -> int:
         teacher = llm_step_config("teacher", args.teacher, base_url=args.llm_base_url, concurrency=args.llm_concurrency,
                                   cache=args.llm_cache)
     except RuntimeError as exc:
-        raise _Refused(str(exc)) from None
+        raise UsageError(str(exc)) from None
     teacher.progress = False
     wanted = selection.kept + selection.hard
     questions = [{"question_id": p.trace_id, "category": p.category, "turns": [p.text]} for p in wanted]
@@ -114,7 +111,7 @@ def _guarded(args: argparse.Namespace) -> int:
 
     try:
         return run_harvest(args)
-    except (_Refused, DataError) as exc:
+    except (UsageError, DataError) as exc:
         print(f"selfguided harvest: {exc}", file=sys.stderr)
         return 2
 
@@ -141,8 +138,7 @@ def add_harvest_parser(subparsers) -> None:
     harvest.add_argument("--llm-base-url", default="", help="OpenAI-compatible endpoint (default: OPENAI_BASE_URL)")
     harvest.add_argument("--llm-concurrency", type=int, default=8, help="requests in flight (default: %(default)s)")
     harvest.add_argument("--llm-cache", default=".selfguided/llm-cache", help="LLM and score cache (default: %(default)s)")
-    harvest.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the local "
-                         "run's .selfguided/mlflow.db)")
+    add_tracking_uri(harvest)
     harvest.add_argument("--experiment", default=EXPERIMENT_NAME,
                          help="MLflow experiment of the runs and test sets (default: %(default)s)")
     harvest.add_argument("--no-mlflow", action="store_true", help="do not log the new seed version to MLflow")
