@@ -102,6 +102,15 @@ def add_tracking_uri(parser: argparse.ArgumentParser | argparse._ArgumentGroup,
     return add_option(parser, "--tracking-uri", old=("--mlflow-tracking-uri",), help=help)
 
 
+def missing_sqlite_store(uri: str) -> str | None:
+    """The database path of a local SQLite store URI whose file does not exist (MLflow would create it
+    empty there); None for any other store, or one that exists."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri[len("sqlite:///"):]
+    return None if path == ":memory:" or os.path.isfile(path) else path
+
+
 def existing_store(given: str | None) -> str:
     """The tracking URI a command reads (`given`, else $MLFLOW_TRACKING_URI, else the work folder's
     SQLite store). A SQLite store that does not exist is refused, not created: a command run from
@@ -109,11 +118,10 @@ def existing_store(given: str | None) -> str:
     from selfguided.pipelines.workdir import default_tracking_uri
 
     uri = given or default_tracking_uri()
-    if uri.startswith("sqlite:///"):
-        path = uri[len("sqlite:///"):]
-        if path != ":memory:" and not os.path.isfile(path):
-            raise UsageError(f"no MLflow store at {path}: run `selfguided run` in this folder first, or pass "
-                             "--tracking-uri (or set MLFLOW_TRACKING_URI)")
+    path = missing_sqlite_store(uri)
+    if path is not None:
+        raise UsageError(f"no MLflow store at {path}: run `selfguided run` in this folder first, or pass "
+                         "--tracking-uri (or set MLFLOW_TRACKING_URI)")
     return uri
 
 

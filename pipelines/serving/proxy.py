@@ -25,7 +25,8 @@ from typing import Any
 
 from selfguided.pipelines.serving.protocol import ApiError, parse_metadata
 from selfguided.components.registry.production_log import ServingLabels
-from selfguided.pipelines.serving.tracing import missing_store, offer_answer, start_logger, trace_stats
+from selfguided.pipelines.options import missing_sqlite_store
+from selfguided.pipelines.serving.tracing import offer_answer, start_logger, trace_stats
 
 UPSTREAM_TIMEOUT_S = 600.0
 
@@ -171,7 +172,7 @@ def run_proxy(args: argparse.Namespace, tracking_uri: str, run_uvicorn) -> int:
     looked up once, at start."""
     from selfguided.pipelines.serving.resolve import registry_labels
 
-    registered, version, alias = ("", "", "") if missing_store(tracking_uri) else \
+    registered, version, alias = ("", "", "") if missing_sqlite_store(tracking_uri) is not None else \
         registry_labels(args.model_uri, tracking_uri)
     labels = ServingLabels(registered_model=registered, model_version=version, alias=alias,
                            deployment=args.deployment, served_model=args.served_model_name or registered)

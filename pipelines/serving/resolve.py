@@ -14,6 +14,7 @@ from pathlib import Path
 
 from selfguided.components.model import artifact as tm
 from selfguided.components.registry.names import CHAMPION, REGISTERED_MODEL_NAME
+from selfguided.pipelines.options import missing_sqlite_store
 
 DEFAULT_MODEL_URI = f"models:/{REGISTERED_MODEL_NAME}@{CHAMPION}"
 
@@ -101,10 +102,8 @@ def _download(model_uri: str, tracking_uri: str | None, download_dir: Path) -> t
     if registry and not tracking_uri:
         raise ServeError(f"cannot resolve {model_uri}: no MLflow tracking store (give --tracking-uri or set "
                          f"MLFLOW_TRACKING_URI){hint}")
-    if registry and tracking_uri.startswith("sqlite:///"):
-        database = Path(tracking_uri.removeprefix("sqlite:///"))
-        if not database.is_file():  # MLflow would create an empty store there
-            raise ServeError(f"cannot resolve {model_uri}: the MLflow store {tracking_uri} does not exist{hint}")
+    if registry and missing_sqlite_store(tracking_uri) is not None:  # MLflow would create an empty store there
+        raise ServeError(f"cannot resolve {model_uri}: the MLflow store {tracking_uri} does not exist{hint}")
 
     from selfguided.components.registry.logged_model import download_model_dir
 

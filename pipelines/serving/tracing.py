@@ -12,7 +12,6 @@ that says so (serving a model folder needs no store). `GET /v1/trace-stats` show
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from typing import Any
@@ -21,6 +20,7 @@ from selfguided.components.data.redact import Redactor, parse_kinds
 from selfguided.components.registry import production as p
 from selfguided.components.registry.production_log import (
     HTTP_RETRY_DEFAULTS, MlflowTraceSink, ProductionLogger, ServedAnswer, ServingLabels)
+from selfguided.pipelines.options import missing_sqlite_store
 
 
 class TracingError(ValueError):
@@ -65,8 +65,9 @@ def start_logger(args: argparse.Namespace, labels: ServingLabels, tracking_uri: 
     redactor = check_tracing_arguments(args)
     if redactor is None:
         return None
-    if missing_store(tracking_uri):
-        print(f"selfguided serve: answers are not traced: no MLflow store at {tracking_uri.removeprefix('sqlite:///')} "
+    missing = missing_sqlite_store(tracking_uri)
+    if missing is not None:
+        print(f"selfguided serve: answers are not traced: no MLflow store at {missing} "
               "(give --tracking-uri, or --no-trace to say so)", flush=True)
         return None
     logger = ProductionLogger(MlflowTraceSink(tracking_uri, args.trace_experiment), labels,
@@ -77,11 +78,6 @@ def start_logger(args: argparse.Namespace, labels: ServingLabels, tracking_uri: 
           f"`{args.trace_experiment}` at {tracking_uri} as {labels.deployment} (redacting {redacting}; "
           "counters at /v1/trace-stats)", flush=True)
     return logger.start()
-
-
-def missing_store(tracking_uri: str) -> bool:
-    """A local SQLite store that does not exist (MLflow would create it empty)."""
-    return tracking_uri.startswith("sqlite:///") and not os.path.isfile(tracking_uri.removeprefix("sqlite:///"))
 
 
 def _warn_once():
