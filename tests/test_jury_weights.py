@@ -105,7 +105,7 @@ def test_with_no_bad_judge_the_weights_do_not_hurt():
 def test_spearman_is_scipys_with_ties():
     from scipy.stats import spearmanr
 
-    from selfguided.components.judging.calibration import _spearman
+    from selfguided.components.judging.calibration import rank_correlation as _spearman
 
     rng = np.random.default_rng(5)
     for _ in range(100):

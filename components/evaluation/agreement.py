@@ -35,14 +35,16 @@ import math
 import random
 import re
 import statistics
-import warnings as python_warnings
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from itertools import combinations
 from typing import Any, Sequence
 
+import numpy as np
+
 from selfguided.components.evaluation.gate import best_candidate
 from selfguided.components.evaluation.rows import RowJudgments, category_means
+from selfguided.components.judging.calibration import rank_correlation
 from selfguided.components.judging.jury import judge_scores
 
 ALPHA_WARNING = 0.4
@@ -84,14 +86,12 @@ def _pair_sq_sum(values: Sequence[float]) -> float:
 
 
 def spearman(x: Sequence[float], y: Sequence[float]) -> float:
-    """Spearman's rho (scipy.stats.spearmanr, ties averaged); NaN below 3 pairs or without variation."""
-    if len(x) != len(y) or len(x) < 3 or len(set(x)) < 2 or len(set(y)) < 2:
+    """Spearman's rho (ties averaged: judging/calibration.rank_correlation); NaN below 3 pairs or
+    without variation."""
+    if len(x) != len(y):
         return math.nan
-    from scipy.stats import spearmanr
-
-    with python_warnings.catch_warnings():
-        python_warnings.simplefilter("ignore")
-        return float(spearmanr(x, y).statistic)
+    rho = rank_correlation(np.asarray(x, dtype=float), np.asarray(y, dtype=float))
+    return math.nan if rho is None else rho
 
 
 def item_overall(judgment: dict[str, Any]) -> dict[str, float]:

@@ -101,7 +101,8 @@ def _ranks(values: np.ndarray) -> np.ndarray:
     return 0.5 * (starts[dense] + starts[dense - 1] + 1)
 
 
-def _spearman(judge: np.ndarray, human: np.ndarray) -> float | None:
+def rank_correlation(judge: np.ndarray, human: np.ndarray) -> float | None:
+    """Spearman's rho, ties averaged (equal to scipy.stats.spearmanr); None below 3 pairs or without variation."""
     if judge.size < 3 or np.ptp(judge) == 0 or np.ptp(human) == 0:
         return None
     return float(np.corrcoef(_ranks(judge), _ranks(human))[0, 1])  # Pearson of the ranks, ties averaged
@@ -132,7 +133,7 @@ def _kappa(judge: np.ndarray, human: np.ndarray) -> float | None:
 
 def _measures(judge: np.ndarray, human: np.ndarray) -> dict[str, float | None]:
     diff = judge - human
-    return {"spearman": _spearman(judge, human), "kappa": _kappa(judge, human),
+    return {"spearman": rank_correlation(judge, human), "kappa": _kappa(judge, human),
             "mad": float(np.mean(np.abs(diff))), "bias": float(np.mean(diff))}
 
 
