@@ -1,6 +1,7 @@
 """`selfguided monitor` (one monitor execution on this machine: the champion's production answers
 judged and compared with its offline evaluation; exit 1 and ALERT lines on a credible drift) and
-`selfguided schedule` (a KFP recurring run of the monitor or the training pipeline on a cron)."""
+`selfguided schedule` (a KFP recurring run of the monitor or the training pipeline on a cron; `--list`
+shows the KFP experiment's recurring runs, `--delete` removes one)."""
 
 from __future__ import annotations
 
@@ -107,15 +108,87 @@ def schedule_recurring_run(client: Any, *, pipeline: str, cron: str, package_pat
         service_account=service_account)
 
 
-def cmd_schedule(args: argparse.Namespace) -> int:
-    cron = kfp_cron(args.cron)
-    params = dict(_param(p) for p in args.param)
+def kfp_client(host: str, namespace: str | None) -> Any:
+    """kfp.Client for `host` (the bearer token from $KFP_TOKEN when set)."""
     import kfp
 
+    return kfp.Client(host=host, namespace=namespace, existing_token=os.environ.get("KFP_TOKEN") or None)
+
+
+def recurring_runs(client: Any, kfp_experiment: str, namespace: str | None, *, max_pages: int = 50) -> list[Any] | None:
+    """The recurring runs of the KFP experiment (kfp.Client.list_recurring_runs, every page), or
+    None when the experiment does not exist."""
+    try:
+        experiment = client.get_experiment(experiment_name=kfp_experiment, namespace=namespace)
+    except ValueError:  # kfp: "No experiment is found with name ..."
+        return None
+    found, token = [], ""
+    for _ in range(max_pages):
+        page = client.list_recurring_runs(page_token=token, page_size=100, experiment_id=experiment.experiment_id)
+        found += page.recurring_runs or []
+        token = page.next_page_token
+        if not token:
+            break
+    return found
+
+
+def describe_recurring_run(job: Any) -> dict[str, str]:
+    """One recurring run as `schedule --list` shows it (a kfp_server_api.V2beta1RecurringRun)."""
+    trigger = job.trigger
+    cron = (trigger.cron_schedule.cron if trigger and trigger.cron_schedule
+            else f"every {trigger.periodic_schedule.interval_second} s" if trigger and trigger.periodic_schedule else "")
+    spec = job.pipeline_spec or {}
+    info = (spec.get("pipeline_spec") or spec).get("pipelineInfo") or {}
+    reference = job.pipeline_version_reference
+    pipeline = info.get("name") or (f"version {reference.pipeline_version_id}" if reference else "")
+    params = (job.runtime_config.parameters if job.runtime_config else None) or {}
+    return {"name": job.display_name or "", "id": job.recurring_run_id or "", "cron": cron,
+            "status": str(job.status or job.mode or ""), "pipeline": pipeline,
+            "created": job.created_at.isoformat(timespec="seconds") if job.created_at else "",
+            "parameters": ", ".join(f"{k}={v}" for k, v in sorted(params.items()))}
+
+
+def list_schedules(args: argparse.Namespace) -> int:
+    found = recurring_runs(kfp_client(args.kfp_host, args.namespace), args.kfp_experiment, args.namespace)
+    if not found:
+        print(f"No recurring runs in KFP experiment {args.kfp_experiment} on {args.kfp_host}"
+              + (" (the experiment does not exist)" if found is None else ""))
+        return 0
+    rows = [describe_recurring_run(job) for job in found]
+    columns = ("name", "id", "cron", "status", "pipeline", "created", "parameters")
+    print(f"{len(rows)} recurring run(s) in KFP experiment {args.kfp_experiment} on {args.kfp_host} (cron: KFP's "
+          "6 fields, seconds first; the runs each one started are listed under the experiment)")
+    print("| " + " | ".join(columns) + " |\n|" + "---|" * len(columns))
+    for row in rows:
+        print("| " + " | ".join(row[c] for c in columns) + " |")
+    return 0
+
+
+def delete_schedule(args: argparse.Namespace) -> int:
+    client = kfp_client(args.kfp_host, args.namespace)
+    found = recurring_runs(client, args.kfp_experiment, args.namespace) or []
+    matches = [j for j in found if args.delete in (j.recurring_run_id, j.display_name)]
+    if len(matches) != 1:
+        raise UsageError(f"--delete {args.delete}: {'no' if not matches else len(matches)} recurring run(s) of that "
+                         f"name or id in KFP experiment {args.kfp_experiment}; see `selfguided schedule --list`"
+                         + (" and give the id" if matches else ""))
+    client.delete_recurring_run(matches[0].recurring_run_id)
+    print(f"deleted recurring run {matches[0].display_name} ({matches[0].recurring_run_id})")
+    return 0
+
+
+def cmd_schedule(args: argparse.Namespace) -> int:
+    if args.list:
+        return list_schedules(args)
+    if args.delete:
+        return delete_schedule(args)
+    if not args.cron:
+        raise UsageError("schedule: give --cron (a new recurring run), --list or --delete NAME_OR_ID")
+    cron = kfp_cron(args.cron)
+    params = dict(_param(p) for p in args.param)
     from selfguided.pipelines.platform import PIPELINE_SERVICE_ACCOUNT
 
-    token = os.environ.get("KFP_TOKEN") or None
-    client = kfp.Client(host=args.kfp_host, namespace=args.namespace, existing_token=token)
+    client = kfp_client(args.kfp_host, args.namespace)
     with tempfile.TemporaryDirectory(prefix="selfguided-schedule-") as folder:
         package = compile_for_schedule(args.pipeline, folder)
         job = schedule_recurring_run(
@@ -170,9 +243,12 @@ def add_monitor_parsers(sub) -> None:
 
     schedule = sub.add_parser("schedule", help="create a KFP recurring run of the monitor (or training) pipeline "
                               "on a cron", description="Compile the pipeline and create a KFP recurring run "
-                              "(kfp.Client.create_recurring_run) on a cron schedule; one run at a time, no catch-up.")
+                              "(kfp.Client.create_recurring_run) on a cron schedule; one run at a time, no catch-up. "
+                              "--list shows the experiment's recurring runs, --delete removes one.")
     schedule.add_argument("--kfp-host", required=True, help="Kubeflow Pipelines API endpoint, e.g. http://localhost:8080")
-    schedule.add_argument("--cron", required=True, help="cron expression, 5 fields ('0 6 * * *': daily 06:00) or KFP's 6")
+    schedule.add_argument("--cron", help="cron expression, 5 fields ('0 6 * * *': daily 06:00) or KFP's 6")
+    schedule.add_argument("--list", action="store_true", help="list the recurring runs of --kfp-experiment instead")
+    schedule.add_argument("--delete", metavar="NAME_OR_ID", help="delete that recurring run instead")
     schedule.add_argument("--pipeline", choices=PIPELINES, default="monitor", help="which pipeline (default: %(default)s)")
     schedule.add_argument("--namespace", help="Kubeflow profile namespace")
     schedule.add_argument("--kfp-experiment", default=EXPERIMENT_NAME, help="KFP experiment (default: %(default)s)")
