@@ -93,6 +93,7 @@ def test_replayed_traffic_grows_the_seed_without_test_questions_and_sends_only_n
                 "--llm-base-url", server.base_url, "--llm-concurrency", "2"]
         assert main([*argv, "--extends", base.version]) == 0
         out = capsys.readouterr().out
+        assert "Watermark: no earlier harvest of selfguided-production on record" in out
         first_requests = server.chat_requests
         first = out.split("Seed version ", 1)[1].split(":", 1)[0]
         assert "1  test-set question" in out and "1  near-duplicate" in out and "1  already in the seed" in out
@@ -115,12 +116,24 @@ def test_replayed_traffic_grows_the_seed_without_test_questions_and_sends_only_n
         out = capsys.readouterr().out
         second = out.split("Seed version ", 1)[1].split(":", 1)[0]
         assert server.chat_requests == 2 + 2 and "Scored: 2 sent to the scorer" in out
+        # The watermark: only the traces served after the newest one the first harvest read.
+        assert f"the newest trace the harvest that made {first} read" in out
+        assert "4 production prompts read" in out
+
+        # No new traffic: the watermark of the second harvest leaves nothing; no version, and it says so.
+        server.reset_counters()
+        assert main(argv) == 0
+        out = capsys.readouterr().out
+        assert f"the harvest that made {second} read" in out and f"Extends {second}" in out
+        assert "No new traffic in selfguided-production since the watermark: no seed version made." in out
+        assert server.chat_requests == 0 and "Seed version " not in out
     assert len(store.records(second)) == 4 + 2
     assert TEST_QUESTION not in [r["instruction"] for r in store.records(second)]
     chain = seed_lineage(uri, "selfguided", second)
     assert [c["version"] for c in chain] == [second, first]  # the base was never logged: the chain stops there
     assert chain[0]["parent"] == first and chain[1]["parent"] == base.version
     assert chain[0]["source"]["traces"] == contract.PRODUCTION_EXPERIMENT and chain[0]["source"]["teacher"] == "gpt-4o"
+    assert int(chain[0]["source"]["since_ms"]) == int(chain[1]["source"]["until_ms"]) < int(chain[0]["source"]["until_ms"])
 
 
 def test_harvest_refuses_an_unknown_parent_in_one_line(tmp_path, capsys, monkeypatch):

@@ -1,7 +1,8 @@
 """What harvest reads from MLflow: the production prompts (in the production-trace contract's shape,
 registry/production.py) and the questions of every test set on record.
 
-`served_prompts` lists the served-answer traces after `since_ms` (production_read.list_served),
+`served_prompts` lists the served-answer traces after `since_ms` (production_read.list_served; it
+also returns the newest trace time it read, the watermark harvest records),
 reads each (production_read.read_served) and returns one data.harvest.Prompt per trace: the first
 user turn, personal data replaced again (data.redact: the serving side redacts before a trace leaves
 the pod; harvest does not rely on it), the category the trace carries (a classifier's guess when it
@@ -39,9 +40,9 @@ def _lowest_score(info: Any) -> float | None:
 
 
 def served_prompts(tracking_uri: str, *, experiment: str = contract.PRODUCTION_EXPERIMENT, since_ms: int = 0,
-                   max_traces: int = 20_000) -> tuple[list[Prompt], Counter]:
-    """The production prompts after `since_ms`, oldest first, and notes (what was left out or
-    replaced -> how many)."""
+                   max_traces: int = 20_000) -> tuple[list[Prompt], Counter, int]:
+    """The production prompts after `since_ms`, oldest first, notes (what was left out or replaced ->
+    how many) and the newest trace time read (ms; `since_ms` when none): the next harvest's watermark."""
     from mlflow import MlflowClient
 
     from selfguided.components.data.categories import CATEGORIES
@@ -51,7 +52,7 @@ def served_prompts(tracking_uri: str, *, experiment: str = contract.PRODUCTION_E
     experiment_id = production_experiment_id(client, experiment)
     skipped: Counter = Counter()
     if experiment_id is None:
-        return [], skipped
+        return [], skipped, since_ms
     classifier = None
     prompts = []
     listing = list_served(client, experiment_id, since_ms, max_traces=max_traces)
@@ -76,7 +77,7 @@ def served_prompts(tracking_uri: str, *, experiment: str = contract.PRODUCTION_E
         prompts.append(Prompt(served.trace_id, str(category), text, _lowest_score(full)))
     if not skipped["personal data replaced"]:
         del skipped["personal data replaced"]
-    return prompts, skipped
+    return prompts, skipped, listing.newest_ms
 
 
 def test_set_hashes(tracking_uri: str, experiments: Iterable[str]) -> tuple[set[str], int]:

@@ -9,7 +9,9 @@ lineage as tags: `seed_version`, `seed_parent` (the version it extends, "" for a
 `seed_source.<key>` (traces, teacher, prompt versions, the file it was read from, when known).
 Logging a version twice finds its run and logs nothing new.
 
-`seed_lineage` walks the parents back from a version; `SEED_VERSION_TAG` is the tag that
+`harvest_watermark` finds the newest harvest of a traces experiment: the logged seed version with
+the largest `seed_source.until_ms` (the newest trace time that harvest read), where the next
+harvest starts. `seed_lineage` walks the parents back from a version; `SEED_VERSION_TAG` is the tag that
 registration (registry/promotion.py) sets on every model version: the version of the seed records
 its scored data holds (data/seed_versions.SeedManifest over the scored records).
 """
@@ -84,3 +86,29 @@ def seed_lineage(tracking_uri: str, experiment_name: str, version: str, *, limit
                                  if k.startswith(SEED_SOURCE_TAG_PREFIX)}})
         version = tags.get(SEED_PARENT_TAG, "")
     return chain
+
+
+WATERMARK_KEY = "until_ms"
+"""The `source` key (tag `seed_source.until_ms`) of a harvested version: the newest trace time it read."""
+
+
+def harvest_watermark(tracking_uri: str, experiment_name: str, traces: str, *, max_runs: int = 1000
+                      ) -> tuple[int, str | None]:
+    """(until_ms, version) of the newest harvest of the traces experiment `traces` logged in
+    `experiment_name` (the seed version whose `seed_source.until_ms` is largest); (0, None) when
+    there is none. Reads the newest `max_runs` seed-version runs."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name(experiment_name)
+    if experiment is None:
+        return 0, None
+    runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.row_kind = '{SEED_ROW_KIND}'",
+                              order_by=["attributes.start_time DESC"], max_results=max_runs)
+    best: tuple[int, str | None] = (0, None)
+    for run in runs:
+        tags = run.data.tags
+        mark = tags.get(f"{SEED_SOURCE_TAG_PREFIX}{WATERMARK_KEY}", "")
+        if tags.get(f"{SEED_SOURCE_TAG_PREFIX}traces") == traces and mark.isdigit() and int(mark) > best[0]:
+            best = (int(mark), tags.get(SEED_VERSION_TAG))
+    return best

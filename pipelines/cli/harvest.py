@@ -12,7 +12,9 @@ extend, as a new content-addressed seed version logged to MLflow with its lineag
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -33,6 +35,31 @@ def _seed_records(prompts, answers) -> tuple[list[dict], int]:
     return records, failed
 
 
+def _when(ms: int) -> str:
+    return dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _watermark(args: argparse.Namespace, uri: str) -> tuple[int, str | None]:
+    """(since_ms, the version of the harvest that set it): --since-ms when given, else the newest
+    harvest's watermark in MLflow (registry/seed_lineage.harvest_watermark); prints which."""
+    from selfguided.components.registry.seed_lineage import harvest_watermark
+
+    if args.since_ms is not None:
+        print(f"Watermark: --since-ms {args.since_ms} (traces after {_when(args.since_ms)})")
+        return args.since_ms, None
+    if args.no_mlflow:
+        print("Watermark: none (--no-mlflow: no harvest on record is read); reading every trace")
+        return 0, None
+    since, version = harvest_watermark(uri, args.experiment, args.production_experiment)
+    if version is None:
+        print(f"Watermark: no earlier harvest of {args.production_experiment} on record in experiment "
+              f"{args.experiment}; reading every trace")
+    else:
+        print(f"Watermark: traces after {_when(since)} ({since} ms), the newest trace the harvest that made "
+              f"{version} read")
+    return since, version
+
+
 def run_harvest(args: argparse.Namespace) -> int:
     from selfguided.components.data.harvest import question_hash, select_prompts
     from selfguided.components.data.questions import load_questions
@@ -42,17 +69,22 @@ def run_harvest(args: argparse.Namespace) -> int:
     from selfguided.components.judging.teacher import answer_with_llm
     from selfguided.components.llm.config import llm_step_config
     from selfguided.components.registry.harvest_read import served_prompts, test_set_hashes
-    from selfguided.components.registry.seed_lineage import log_seed_version
+    from selfguided.components.registry.seed_lineage import WATERMARK_KEY, log_seed_version
     from selfguided.pipelines.workdir import default_tracking_uri
 
     uri = args.tracking_uri or default_tracking_uri()
-    store = SeedStore(args.seed_store or DEFAULT_SEED_STORE)
-    parent = []
-    if args.extends:
-        if store.manifest(args.extends) is None:
-            raise UsageError(f"seed version {args.extends} is not in the seed store {store.root}")
-        parent = store.records(args.extends)
-    prompts, notes = served_prompts(uri, experiment=args.production_experiment, since_ms=args.since_ms)
+    store = SeedStore(args.seed_store or os.environ.get("SELFGUIDED_SEED_STORE") or DEFAULT_SEED_STORE)
+    if args.extends and store.manifest(args.extends) is None:
+        raise UsageError(f"seed version {args.extends} is not in the seed store {store.root}")
+    since, last = _watermark(args, uri)
+    if not args.extends and last and store.manifest(last) is not None:
+        args.extends = last
+        print(f"Extends {last}, the last harvest's version (--extends VERSION to grow another)")
+    parent = store.records(args.extends) if args.extends else []
+    prompts, notes, newest = served_prompts(uri, experiment=args.production_experiment, since_ms=since)
+    if not prompts and not notes:
+        print(f"No new traffic in {args.production_experiment} since the watermark: no seed version made.")
+        return 0
     test_hashes, test_sets = test_set_hashes(uri, [args.experiment])
     for path in args.test_set or []:
         test_hashes |= {question_hash(q["turns"][0]) for q in load_questions(path)}
@@ -92,7 +124,8 @@ def run_harvest(args: argparse.Namespace) -> int:
     if not new:
         print("No new seed records: no seed version made.")
         return 0
-    source = {"traces": args.production_experiment, "since_ms": str(args.since_ms), "teacher": args.teacher,
+    source = {"traces": args.production_experiment, "since_ms": str(since), WATERMARK_KEY: str(newest),
+              "teacher": args.teacher,
               "teacher_prompt": ANSWER_PROMPT, "score_model": args.score_model, "score_prompt": SCORE_PROMPT}
     manifest, _ = store.save(parent + new, parent=args.extends, source=source)
     print(f"Seed version {manifest.version}: {len(manifest.records)} records ({len(new)} harvested), in "
@@ -123,9 +156,12 @@ def add_harvest_parser(subparsers) -> None:
                                     "test-set question, hard ones apart)", description=__doc__.split("\n\n", 1)[1])
     harvest.add_argument("--teacher", required=True, help="the model that answers the harvested prompts")
     harvest.add_argument("--score-model", default="gpt-4o", help="the scorer (default: %(default)s)")
-    harvest.add_argument("--extends", metavar="VERSION", help="the seed version the harvest grows (its records stay)")
-    harvest.add_argument("--seed-store", help=f"seed store: a folder or s3://bucket/prefix (default: {DEFAULT_SEED_STORE})")
-    harvest.add_argument("--since-ms", type=int, default=0, help="only traces after this time (ms since the epoch)")
+    harvest.add_argument("--extends", metavar="VERSION", help="the seed version the harvest grows (its records stay; "
+                         "default: the last harvest's version, when it is in the seed store)")
+    harvest.add_argument("--seed-store", help="seed store: a folder or s3://bucket/prefix (default: "
+                         f"$SELFGUIDED_SEED_STORE, else {DEFAULT_SEED_STORE})")
+    harvest.add_argument("--since-ms", type=int, help="only traces after this time (ms since the epoch; default: the "
+                         "watermark, the newest trace read by the last harvest on record in --experiment, else all)")
     harvest.add_argument("--production-experiment", default=PRODUCTION_EXPERIMENT,
                          help="experiment of the production traces (default: %(default)s)")
     harvest.add_argument("--test-set", action="append", metavar="FILE",
