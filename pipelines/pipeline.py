@@ -149,6 +149,7 @@ def self_guided_pipeline(
     held_out_categories: List[str] = list(HELD_OUT_CATEGORIES),
     eval_fraction: float = 0.1,
     max_eval_questions: int = 0,
+    fresh_questions_uri: str = "",
     reference_answers_uri: str = "",
     reference_categories: List[str] = list(REFERENCE_CATEGORIES),
     score_model: str = "gpt-4o",
@@ -194,7 +195,9 @@ def self_guided_pipeline(
         filter_threshold: minimum mean score for the `filter` strategy.
         held_out_categories: categories never trained on (evaluated as unseen).
         eval_fraction: share of trained-on categories kept for evaluation.
-        max_eval_questions: most test questions per category (0 = all), drawn deterministically.
+        max_eval_questions: most test questions per category of the fixed test set (0 = all), drawn deterministically.
+        fresh_questions_uri: harvested prompts (`selfguided harvest`; question.jsonl, each `"slice": "unseen"` or
+            `"seen"`) appended to the test set; the gate decides on fixed + unseen, seen are reported; "" = none.
         reference_answers_uri: FastChat reference answers (`reference_answer/gpt-4.jsonl`) the judge is shown
             for `reference_categories`; "" = the questions' own inline `reference`, if any.
         reference_categories: categories judged against a reference answer, as FastChat does.
@@ -265,7 +268,7 @@ def self_guided_pipeline(
         scored=score_task.outputs["scored"], questions_uri=questions_uri, arms=arms, strategy=strategy,
         filter_threshold=filter_threshold, held_out_categories=held_out_categories, eval_fraction=eval_fraction,
         max_eval_questions=max_eval_questions, reference_answers_uri=reference_answers_uri,
-        reference_categories=reference_categories,
+        reference_categories=reference_categories, fresh_questions_uri=fresh_questions_uri,
     ).set_display_name("split per arm").set_caching_options(False)
     _sized(_with_s3_secret(_with_cache_volume(split_task)), "light")
 

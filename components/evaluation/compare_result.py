@@ -11,7 +11,9 @@ reader of the compare step's `result` artifact (JSON, schema `selfguided.compare
 - `metrics`: row -> its MLflow metrics (evaluation/metrics names, the jury's per-judge ones included);
 - `rows`: every judged row's identity (row, row_kind, base_model, arm, judge label, replicate);
 - `notes`: why a row had nothing judged (e.g. no champion yet);
-- `judges`: the jury's agreement figures (agreement.JuryAgreement).
+- `judges`: the jury's agreement figures (agreement.JuryAgreement);
+- `slices`: with harvested questions in the test set, each slice's figures (slices.SliceFigures:
+  fixed, unseen, seen and the gate's fixed + unseen); [] without (an older result has none).
 
 Nothing downstream edits it: the register step reads it and moves the aliases as it says.
 """
@@ -28,6 +30,7 @@ from selfguided.components.evaluation.agreement import JuryAgreement
 from selfguided.components.evaluation.decision import Challenger, GateDecision
 from selfguided.components.evaluation.paired import Comparison
 from selfguided.components.evaluation.rows import RowJudgments
+from selfguided.components.evaluation.slices import SliceFigures
 
 SCHEMA = "selfguided.compare-result/v1"
 
@@ -60,6 +63,7 @@ class CompareResult:
     rows: list[RowIdentity]
     judges: JuryAgreement
     notes: list[str] = field(default_factory=list)
+    slices: list[SliceFigures] = field(default_factory=list)
 
     def decision_line(self) -> str:
         """The gate's verdict in one line, with its first reason."""
@@ -70,7 +74,7 @@ class CompareResult:
         return {"schema": SCHEMA, "comparison": self.comparison.to_dict(), "decision": self.decision.to_dict(),
                 "challenger": self.challenger.to_dict(), "champion_version": self.champion_version,
                 "metrics": self.metrics, "rows": [asdict(r) for r in self.rows], "notes": list(self.notes),
-                "judges": self.judges.to_json()}
+                "judges": self.judges.to_json(), "slices": [f.to_dict() for f in self.slices]}
 
     def write(self, path: str | Path) -> Path:
         path = Path(path)
@@ -92,6 +96,7 @@ class CompareResult:
                 champion_version=None if version is None else str(version),
                 metrics={row: {k: float(v) for k, v in values.items()} for row, values in data["metrics"].items()},
                 rows=[RowIdentity(**r) for r in data["rows"]], judges=JuryAgreement.from_json(data["judges"]),
-                notes=[str(n) for n in data["notes"]])
+                notes=[str(n) for n in data["notes"]],
+                slices=[SliceFigures.from_dict(f) for f in data.get("slices", [])])
         except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
             raise DataError(f"{path}: not a compare result ({type(exc).__name__}: {exc})") from None

@@ -8,6 +8,8 @@ categories back) all name metrics through these functions:
 - on a trained row compared with `unscored` of its base: `delta/<category>/overall` (+ CI),
   `delta/overall` (+ CI), `delta/overall_length_controlled` (+ CI), `delta/n_pairs`;
 - `length/mean_chars`, `cost/usd_per_1000_answers` when known;
+- on the challenger, with harvested questions in the test set: `slice/<fixed|unseen|seen|gate>/<figure>`
+  (`slice_metric`, evaluation/slices.py);
 - a jury member's own scores: `jury/<judge>/<category>/overall`, `jury/<judge>/overall` (`per_judge_metric`),
   and the jury's agreement `jury/alpha`.
 
@@ -60,6 +62,11 @@ def metric_names(categories: Iterable[str]) -> dict[str, str]:
 def judge_metric(category: str, score_name: str) -> str:
     """`judge/<category segment>/<criterion|overall>` (a single category, no run-wide de-duplication)."""
     return f"judge/{metric_name(category)}/{score_name}"
+
+
+def slice_metric(key: str, figure: str) -> str:
+    """A test-set slice's figure (evaluation/slices.py): `slice/<fixed|unseen|seen|gate>/<figure>`."""
+    return f"slice/{metric_name(key)}/{figure}"
 
 
 def per_judge_metric(judge: str, category: str | None = None) -> str:

@@ -34,6 +34,12 @@ class ReportSection:
     html: str = ""
 
 
+def table_section(title: str, text: str, header: Sequence[str], rows: Sequence[Sequence[str]]) -> ReportSection:
+    """A section of a sentence and a table, as Markdown and as HTML (the report's own tables)."""
+    return ReportSection(title, "\n".join([text, "", *_md_table(header, rows)]),
+                         f'<p class="note">{html.escape(text)}</p>' + _html_table(header, rows))
+
+
 def _signed(value: float) -> str:
     return "n/a" if not math.isfinite(value) else f"{value:+.2f}"
 

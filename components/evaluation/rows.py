@@ -6,7 +6,9 @@ extended with the four criteria) into scored items keyed by (question_id, turn);
 failed, or whose score lies outside the judge's 1-10 scale, is counted as failed with its reason,
 never used as a number. Categories go in `data/categories.category_order` (the paper's six first,
 then any other alphabetically), the one rule for their order everywhere. `write_evidence` hands
-judged rows from one step to the next as a folder.
+judged rows from one step to the next as a folder. `decision_rows` keeps what the gate decides on:
+the judgments of the fixed test set and of harvested prompts held out of training (`unseen`), not
+those of harvested prompts in the training seed data (`seen`, data/questions.question_slice).
 
 Light on purpose (no numpy): the judge step and the registry import it.
 """
@@ -17,13 +19,14 @@ import json
 import math
 import shutil
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
 from selfguided.components.data.categories import category_order
 from selfguided.components.data.jsonl import DataError
+from selfguided.components.data.questions import question_slice
 from selfguided.components.judging.rules import ROW_KINDS, judgment_problem
 from selfguided.components.model.prompting import CRITERIA
 
@@ -97,6 +100,25 @@ class ParsedRow:
         for item in self.items.values():
             grouped[item.category].append(item)
         return grouped
+
+
+DECIDING_SLICES: tuple[str, ...] = ("fixed", "unseen")
+"""The slices the gate decides on; `seen` (harvested prompts the model was trained on would flatter
+it) is reported only (evaluation/slices.py)."""
+
+
+def slice_rows(rows: Iterable[RowJudgments], slices: Sequence[str]) -> list[RowJudgments]:
+    """`rows` with only the judgments of questions in `slices` (a row unchanged when all of its are)."""
+    out = []
+    for row in rows:
+        kept = [j for j in row.judgments if not isinstance(j, Mapping) or question_slice(j) in slices]
+        out.append(row if len(kept) == len(row.judgments) else replace(row, judgments=kept))
+    return out
+
+
+def decision_rows(rows: Iterable[RowJudgments]) -> list[RowJudgments]:
+    """What the gate decides on: `rows` without the judgments of `seen` harvested questions."""
+    return slice_rows(rows, DECIDING_SLICES)
 
 
 def _number(value: Any) -> float | None:

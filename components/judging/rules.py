@@ -10,8 +10,8 @@
   Hangul syllables and jamo count as Hangul; Hanja and Latin letters count as other letters;
   digits, punctuation and spaces are ignored.
 - One row builder, `judgment_row`: a FastChat `model_judgment` row extended with the four
-  criteria, the turn, the category and whether it was trained on (`seen`), the answer's length
-  and the Korean rule's figures.
+  criteria, the turn, the category and whether it was trained on (`seen`), a harvested question's
+  `slice`, the answer's length and the Korean rule's figures.
 - Who graded: `JudgeIdentity` (model, prompt name, prompt version, mode), the one shape of a
   judge's identity in judgments, scored records, summaries and the gate.
 - Rows of an evaluation have a readable label (`row_label`), for tables only: identity travels
@@ -170,6 +170,7 @@ def judgment_row(
         "scores": scores,
         "category": question["category"],
         "seen": question.get("seen"),
+        **({"slice": question["slice"]} if question.get("slice") else {}),  # harvested questions (data/questions.py)
         "turn": turn,
         "question": question["turns"][turn - 1] if turn - 1 < len(question.get("turns", [])) else "",
         "answer": answer,

@@ -21,6 +21,7 @@ from selfguided.components.evaluation.gate_rules import judge_agreement_rule
 from selfguided.components.evaluation.judge_summary import JudgeSummary, load_row
 from selfguided.components.evaluation.metrics import metrics_for_row
 from selfguided.components.evaluation.report import ReportSection, judges_section, report_html, report_markdown
+from selfguided.components.evaluation.slices import slice_figures, slice_metrics, slices_section
 from selfguided.components.images import CPU_IMAGE
 
 
@@ -53,9 +54,20 @@ def decide(summary_files: Sequence[str], judgment_files: Sequence[str], *, gate:
                               rules=[lambda decision: judge_agreement_rule(decision, agreement, min_judge_agreement)])
     judge_metrics = agreement.metrics()
     metrics = {r.row: {**metrics_for_row(evaluation.comparison, r.row), **judge_metrics.get(r.row, {})} for r in rows}
+    # The gate decided on fixed + unseen questions (gate.evaluate_run); every slice is reported apart.
+    slices = slice_figures(rows, evaluation.challenger, gate_bar(evaluation.decision.figures),
+                           min_category_questions=gate.min_category_questions)
+    metrics.setdefault(evaluation.challenger.row, {}).update(slice_metrics(slices))
     result = CompareResult(evaluation.comparison, evaluation.decision, evaluation.challenger, existing, metrics,
-                           [RowIdentity.of(r) for r in rows], agreement, notes)
+                           [RowIdentity.of(r) for r in rows], agreement, notes, slices)
     return result, summaries
+
+
+def gate_bar(figures: dict) -> str | None:
+    """The row the gate compared the challenger with, pair by pair (champion, or base for the first
+    champion), from its decision's figures; None when it had none (e.g. the unpaired fallback)."""
+    mode = figures.get("mode")
+    return figures.get("champion") if mode == "paired" else figures.get("base") if mode == "first_champion" else None
 
 
 def measured_champion_cost(result: CompareResult, tracking_uri: str, registered_model_name: str,
@@ -94,7 +106,8 @@ def run_compare_step(summary_files: Sequence[str], judgment_files: Sequence[str]
     result, summaries = decide(summary_files, judgment_files, gate=gate, gpu_hour_usd=gpu_hour_usd,
                                min_judge_agreement=min_judge_agreement, scoring_model=scoring_model)
     measured_champion_cost(result, tracking_uri, registered_model_name, gpu_hour_usd)
-    sections = [judges_section(result.judges)]
+    slices = slices_section(result.slices, result.challenger.row, gate_bar(result.decision.figures))
+    sections = ([slices] if slices else []) + [judges_section(result.judges)]
     if tracking_uri:
         from selfguided.components.registry.review import editors_section
 
@@ -195,5 +208,8 @@ def compare(
     for row, values in outcome.metrics.items():
         if OVERALL in values:
             metrics.log_metric(f"{row}/overall", values[OVERALL])  # the KFP UI's name: row, then its overall
+    for name, value in outcome.metrics.get(outcome.challenger.row, {}).items():
+        if name.startswith("slice/"):  # the test-set slices (evaluation/slices.py), when harvested questions ran
+            metrics.log_metric(name, value)
     metrics.log_metric("promote", float(outcome.decision.promote))
     return outcome.decision_line()

@@ -19,6 +19,13 @@ category and `seen` (whether the category was trained on); `max_eval_questions` 
 category, drawn deterministically. With a questions file (any FastChat benchmark, or `sample`
 for the bundled demo questions) those questions are used, marked seen or unseen the same way.
 
+Fresh questions (`fresh_questions_uri`, written by `selfguided harvest`): harvested production
+prompts, each with `"slice": "unseen"` (held out of every seed version) or `"seen"` (in the
+training seed data), appended to the test set after the cap (`max_eval_questions` applies to the
+fixed set only) and keeping their slice; the fixed questions carry no `slice` (read as `fixed`,
+data/questions.question_slice). A question id of both is refused. The gate decides on fixed and
+unseen questions; seen ones are only reported (evaluation/slices.py).
+
 Training rows are `{"id", "category", "prompt", "response"}`, the prompt already formatted, so
 the finetune step needs to know nothing about arms.
 """
@@ -37,7 +44,9 @@ from kfp.dsl import Dataset, Input, Markdown, Output
 from selfguided.components.data.categories import CATEGORIES, HELD_OUT_CATEGORIES, REFERENCE_CATEGORIES, category_order
 from selfguided.components.data.inputs import SAMPLE_QUESTIONS, fetch_input
 from selfguided.components.data.jsonl import DataError, read_jsonl, write_jsonl
-from selfguided.components.data.questions import attach_references, load_questions, load_reference_answers
+from selfguided.components.data.questions import (
+    FRESH_SLICES, attach_references, load_questions, load_reference_answers, question_slice,
+)
 from selfguided.components.model.prompting import ARMS, STRATEGIES, format_prompt
 from selfguided.components.images import CPU_IMAGE
 
@@ -187,6 +196,29 @@ def mark_and_cap(questions: list[dict[str, Any]], config: SplitConfig, trained: 
     return [q for q in marked if id(q) in keep]
 
 
+def load_fresh(fixed: list[dict[str, Any]], fresh_path: str | Path, origin: str) -> list[dict[str, Any]]:
+    """The harvested questions of `fresh_path`, to append to the fixed test set, each keeping its
+    `slice` (FRESH_SLICES). Refused, naming the file: a question id twice in it, or one the fixed set
+    (`fixed`, before the cap) has."""
+    fresh = load_questions(fresh_path, slices=FRESH_SLICES)
+    ids = Counter(str(q["question_id"]) for q in fresh)
+    twice = sorted(i for i, n in ids.items() if n > 1)
+    if twice:
+        raise DataError(f"{origin}: question_id {', '.join(twice[:3])} appears more than once")
+    clash = sorted(set(ids) & {str(q["question_id"]) for q in fixed})
+    if clash:
+        raise DataError(f"{origin}: question_id {', '.join(clash[:3])} is also in the fixed test set "
+                        f"({len(clash)} in all); give harvested questions ids of their own")
+    return fresh
+
+
+def _fresh_line(questions: list[dict[str, Any]], uri: str) -> str:
+    counts = Counter(question_slice(q) for q in questions)
+    return (f" {counts['fixed']} are the fixed set; {counts['unseen'] + counts['seen']} are harvested prompts from "
+            f"{uri}: {counts['unseen']} held out of every seed version (slice unseen) and {counts['seen']} in the "
+            "training seed data (slice seen, reported but never deciding the gate).")
+
+
 def split_report(result: SplitResult, config: SplitConfig) -> str:
     # every one of the paper's categories gets a column, trained on or not
     categories = category_order([*CATEGORIES, *(r["category"] for rows in result.train.values() for r in rows)])
@@ -213,9 +245,10 @@ def split_report(result: SplitResult, config: SplitConfig) -> str:
 
 def run_split_step(
     scored_path: str, questions_uri: str, train_dir: str, questions_path: str, report_path: str,
-    config: SplitConfig, *, workdir: str = ".", reference_answers_uri: str = "",
+    config: SplitConfig, *, workdir: str = ".", reference_answers_uri: str = "", fresh_questions_uri: str = "",
 ) -> tuple[SplitResult, list[dict[str, Any]]]:
-    """Split scored records into per-arm training files and write the test questions."""
+    """Split scored records into per-arm training files and write the test questions (the fixed set,
+    then the harvested questions of `fresh_questions_uri`, see the module docstring)."""
     scored = read_jsonl(scored_path)
     result = split_records(scored, config)
     Path(train_dir).mkdir(parents=True, exist_ok=True)
@@ -226,15 +259,23 @@ def run_split_step(
         source = fetch_input("" if questions_uri == "sample" else questions_uri, SAMPLE_QUESTIONS, workdir)
         questions = load_questions(source)  # fails here, early, with file and line, not in generate
         origin = "the bundled sample questions" if questions_uri == "sample" else questions_uri
+        marked = next((q for q in questions if question_slice(q) != "fixed"), None)
+        if marked is not None:  # it would silently leave (seen) or join (unseen) the gate's questions
+            raise DataError(f"{questions_uri}: question {marked['question_id']} carries slice {marked['slice']!r}; "
+                            "harvested questions go in fresh_questions_uri (--fresh-questions)")
     else:
         questions = seed_questions(result, config)
         origin = "the seed records held out of training"
     trained = {r["category"] for rows in result.train.values() for r in rows}
     references = load_reference_answers(fetch_input(reference_answers_uri, "", workdir)) if reference_answers_uri else {}
-    questions = attach_references(mark_and_cap(questions, config, trained), references, config.reference_categories)
-    if not questions:
+    capped = mark_and_cap(questions, config, trained)
+    if not capped:
         raise DataError(f"no test questions from {origin}: hold out a category, raise eval_fraction or pass a "
                         "questions file")
+    if fresh_questions_uri:  # after the cap: max_eval_questions is the fixed set's
+        fresh = load_fresh(questions, fetch_input(fresh_questions_uri, "", workdir), fresh_questions_uri)
+        capped += [{**q, "seen": q["category"] in trained} for q in fresh]
+    questions = attach_references(capped, references, config.reference_categories)
     write_jsonl(questions_path, questions)
     per_category = Counter(q["category"] for q in questions)
     report = split_report(result, config) + (
@@ -242,11 +283,13 @@ def run_split_step(
         + (f", at most {config.max_eval_questions} per category" if config.max_eval_questions else "") + ": "
         + ", ".join(f"{c} {n}" + ("" if c in trained else " (unseen)") for c, n in per_category.items()) + "."
         + (f" {sum('reference' in q for q in questions)} are judged against a reference answer "
-           f"({', '.join(config.reference_categories)})." if any("reference" in q for q in questions) else "") + "\n")
+           f"({', '.join(config.reference_categories)})." if any("reference" in q for q in questions) else "")
+        + (_fresh_line(questions, fresh_questions_uri) if fresh_questions_uri else "") + "\n")
     Path(report_path).write_text(report, encoding="utf-8")
     sizes = ", ".join(f"{arm} {len(rows)}" for arm, rows in result.train.items())
-    print(f"[selfguided] split: training records per arm: {sizes}; {len(questions)} test questions from {origin}",
-          flush=True)
+    fresh_note = f" (+ harvested from {fresh_questions_uri})" if fresh_questions_uri else ""
+    print(f"[selfguided] split: training records per arm: {sizes}; {len(questions)} test questions from {origin}"
+          f"{fresh_note}", flush=True)
     return result, questions
 
 
@@ -265,6 +308,7 @@ def split(
     train: Output[Dataset],
     questions: Output[Dataset],
     report: Output[Markdown],
+    fresh_questions_uri: str = "",
 ):
     """Split scored seed data into one training set per arm and the test questions.
 
@@ -277,13 +321,17 @@ def split(
         filter_threshold: minimum mean score kept by the `filter` strategy (1-10).
         held_out_categories: categories that never reach training (unseen at evaluation).
         eval_fraction: share of the other records kept for evaluation (by a hash of the id).
-        max_eval_questions: most test questions per category (0: all), drawn deterministically.
+        max_eval_questions: most test questions per category of the fixed set (0: all), drawn
+            deterministically.
         reference_answers_uri: FastChat reference answers (`reference_answer/gpt-4.jsonl`); "" = only
             the questions' own inline `reference`.
         reference_categories: categories judged against a reference answer (math, reasoning, coding).
         train: a directory with `<arm>.jsonl` per arm and `split.json` (the settings).
-        questions: the test questions (FastChat question.jsonl, each with `seen`).
+        questions: the test questions (FastChat question.jsonl, each with `seen`; harvested ones with `slice`).
         report: records per arm and category, what was left out and why, the test set (Markdown).
+        fresh_questions_uri: harvested questions (question.jsonl, each with `"slice"`: `unseen` or `seen`)
+            appended to the test questions after max_eval_questions' cap, which is the fixed set's;
+            the gate decides on the fixed and unseen ones; "" = none.
     """
     import tempfile
 
@@ -293,4 +341,5 @@ def split(
                          held_out_categories=list(held_out_categories), eval_fraction=eval_fraction,
                          max_eval_questions=max_eval_questions, reference_categories=list(reference_categories))
     run_split_step(scored.path, questions_uri, train.path, questions.path, report.path, config,
-                   workdir=tempfile.mkdtemp(), reference_answers_uri=reference_answers_uri)
+                   workdir=tempfile.mkdtemp(), reference_answers_uri=reference_answers_uri,
+                   fresh_questions_uri=fresh_questions_uri)

@@ -23,7 +23,7 @@ def _list(value: str) -> list[str]:
 # is the pipeline docstring's Args section.
 _OPTION_NAMES: dict[str, tuple[str, tuple[str, ...]]] = {
     "seed_uri": ("--seed-data", ("--seed",)), "questions_uri": ("--questions", ()),
-    "reference_answers_uri": ("--reference-answers", ()),
+    "reference_answers_uri": ("--reference-answers", ()), "fresh_questions_uri": ("--fresh-questions", ()),
     "registered_model_name": ("--registered-model", ("--registered-model-name",)),
     "experiment_name": ("--experiment", ("--experiment-name",)),
     "mlflow_tracking_uri": ("--tracking-uri", ("--mlflow-tracking-uri",)),
@@ -81,10 +81,25 @@ def _parameters(args: argparse.Namespace) -> dict:
     return params
 
 
+def _check_fresh_questions(parameters: dict) -> None:
+    """A local run's --fresh-questions file, read before any step runs: a bad one is refused (exit 2)."""
+    uri = parameters.get("fresh_questions_uri")
+    if uri and not uri.startswith("s3://"):
+        from selfguided.components.data.jsonl import DataError
+        from selfguided.components.data.questions import FRESH_SLICES, load_questions
+
+        try:
+            load_questions(uri, slices=FRESH_SLICES)
+        except DataError as exc:
+            raise UsageError(f"--fresh-questions: {exc}") from None
+        parameters["fresh_questions_uri"] = str(Path(uri).resolve())
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from selfguided.pipelines.local import LocalRunFailed, next_steps, run_local
 
     parameters = _parameters(args)
+    _check_fresh_questions(parameters)
     print(f"selfguided: running the pipeline locally (work folder {Path(args.workdir).resolve()})")
     try:
         result = run_local(args.workdir, verbose=args.verbose, tracking_uri=args.tracking_uri, **parameters)
