@@ -44,7 +44,7 @@ from selfguided.components.evaluation.paired import (
     Comparison, PairedComparison, compare_rows, default_comparisons, paired_comparison, paired_comparisons,
     replicate_groups,
 )
-from selfguided.components.evaluation.rows import RowJudgments, parse_row
+from selfguided.components.evaluation.rows import RowJudgments, decision_rows, parse_row
 from selfguided.components.evaluation.statistics import (
     Estimate, holm, no_interval_reason, one_question_spread, p_above, p_below, questions_needed, t_quantile,
 )
@@ -361,7 +361,7 @@ def evaluate_run(rows: Sequence[RowJudgments], gate: PromotionGate = PromotionGa
     rules: the gate's rules on what lies outside the scores (gate_rules.py, e.g. the jury's
         agreement), each taking the decision and returning it, applied in order.
     """
-    rows = list(rows)
+    rows = decision_rows(rows)  # fixed + unseen questions; harvested `seen` ones never decide (slices.py)
     parsed = {r.row: parse_row(r) for r in rows}
     comparison = compare_rows(rows, comparisons=[], gpu_hour_usd=gpu_hour_usd,
                               min_category_questions=gate.min_category_questions, parsed=parsed)
