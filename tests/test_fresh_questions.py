@@ -140,6 +140,20 @@ def test_seen_questions_never_make_the_gate_promote_but_are_reported():
     assert {"slice/fixed/challenger", "slice/unseen/bar", "slice/gate/difference_ci_high"} <= set(metrics)
 
 
+def test_replicates_without_a_paired_bar_show_the_challenger_alone():
+    rows = _three_slice_rows()
+    second = RowJudgments("tiny/self_guided#2", "trained", [{**j, "score": j["score"] - 0.5} for j in rows[0].judgments],
+                          base_model="tiny", arm="self_guided", judge=rows[0].judge, replicate=1)
+    challenger = evaluate_run([rows[0], second]).challenger
+    assert challenger.rows == ["tiny/self_guided", "tiny/self_guided#2"]
+    figures = slice_figures([rows[0], second], challenger, None, min_category_questions=5)
+    seen = {f.key: f for f in figures}["seen"]
+    alone = slice_figures([rows[0]], evaluate_run([rows[0]]).challenger, None, min_category_questions=5)
+    assert seen.bar is None and seen.difference is None and seen.n_questions == 60
+    assert seen.challenger.mean == pytest.approx({f.key: f for f in alone}["seen"].challenger.mean - 0.25, abs=0.01)
+    assert "No paired bar in this run" in slices_section(figures, challenger.row, None).markdown
+
+
 def _write(tmp_path, rows):
     written = []
     for r in rows:
