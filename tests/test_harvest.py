@@ -13,7 +13,9 @@ import pytest
 from llm_server import FakeOpenAI
 from mlflow import MlflowClient
 from mlflow.entities import AssessmentSource
+from kfp_api_stub import API, KfpApiStub
 from registry_fixtures import empty_store  # noqa: F401  (fixture)
+from servers import S3_CREDENTIALS, s3_server, serving  # noqa: F401  (fixture)
 
 from selfguided.components.data.harvest import Prompt, select_prompts
 from selfguided.components.data.seed_versions import SeedStore
@@ -142,6 +144,70 @@ def test_harvest_refuses_an_unknown_parent_in_one_line(tmp_path, capsys, monkeyp
                  "--tracking-uri", f"sqlite:///{tmp_path}/m.db"]) == 2
     err = capsys.readouterr().err
     assert "is not in the seed store" in err and err.count("\n") == 1
+
+
+def test_the_retrain_trigger_submits_one_training_run_once_n_new_records_accumulate(
+        tmp_path, empty_store, s3_server, monkeypatch, capsys):  # noqa: F811
+    """Records counted against the champion's seed version; below N it waits, at N it submits one run
+    of the compiled training pipeline (the real kfp.Client against tests/kfp_api_stub.py) whose
+    seed_uri is the new version's records on S3 (moto); without --kfp-host it prints the command."""
+    shutil.copyfile(empty_store, tmp_path / "mlflow.db")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("OPENAI_API_KEY", "test")
+    for name, value in {**S3_CREDENTIALS, "AWS_ENDPOINT_URL_S3": s3_server.endpoint_url}.items():
+        monkeypatch.setenv(name, value)
+    s3_server.client().create_bucket(Bucket="seeds")
+    root = "s3://seeds/flywheel"
+    store = SeedStore(root, client=s3_server.client())
+    base, _ = store.save([{"id": "s1", "category": "poem", "instruction": "가을 밤하늘을 노래하는 시를 지어 주세요",
+                           "input": "", "output": "별이 빛나는 밤"}])
+    client = MlflowClient(uri)
+    client.create_registered_model("selfguided-model")
+    champion = client.create_model_version("selfguided-model", source=str(tmp_path / "model"),
+                                           tags={"seed_version": base.version})
+    client.set_registered_model_alias("selfguided-model", "champion", champion.version)
+    kfp_api = KfpApiStub()
+    with FakeOpenAI() as server, serving(kfp_api.server):
+        argv = ["harvest", "--tracking-uri", uri, "--teacher", "gpt-4o", "--llm-base-url", server.base_url,
+                "--seed-store", root, "--registered-model", "selfguided-model", "--retrain-after", "4"]
+        _serve(uri, [("poem", "봄비 내리는 오후를 그린 시를 써 주세요"), ("news", "시장 개장 소식을 짧은 기사로 써 주세요")])
+        assert main([*argv, "--extends", base.version, "--kfp-host", kfp_api.host]) == 0
+        out = capsys.readouterr().out
+        assert "retrain: 2 new records (< 4): waiting" in out and not kfp_api.runs
+
+        _serve(uri, [("blog", "동네 빵집 방문 후기를 블로그 글로 써 주세요")])
+        assert main(argv) == 0
+        out = capsys.readouterr().out
+        third = out.split("Seed version ", 1)[1].split(":", 1)[0]
+        assert "retrain: 3 new records (< 4): waiting" in out
+
+        _serve(uri, [("blog", "새로 연 요가 교실을 소개하는 블로그 글을 써 주세요")])
+        assert main(argv) == 0  # no --kfp-host: the command, nothing submitted
+        out = capsys.readouterr().out
+        fourth = out.split("Seed version ", 1)[1].split(":", 1)[0]
+        assert f"retrain: 4 new records since the champion's seed version {base.version} (>= 4)" in out
+        assert f"retrain: selfguided run --seed-data {root}/{fourth}/records.jsonl" in out and not kfp_api.runs
+
+        _serve(uri, [("news", "도서관 야간 개방 소식을 기사로 써 주세요")])
+        assert main([*argv, "--kfp-host", kfp_api.host, "--retrain-param", "num_epochs=2"]) == 0
+        out = capsys.readouterr().out
+        fifth = out.split("Seed version ", 1)[1].split(":", 1)[0]
+        assert "retrain: 5 new records since the champion's seed version" in out
+    (run,) = kfp_api.runs.values()
+    assert f"retrain: submitted KFP run {run['run_id']}" in out
+    assert run["runtime_config"]["parameters"] == {"seed_uri": f"{root}/{fifth}/records.jsonl", "num_epochs": 2}
+    assert run["pipeline_spec"]["pipeline_spec"]["pipelineInfo"]["name"] == "selfguided"
+    assert run["display_name"] == f"selfguided retrain on {fifth}" and ("POST", f"{API}/runs") in kfp_api.calls()
+    assert len(store.records(fifth)) == 1 + 5 and third != fourth
+    # The run's seed_uri is readable where the cluster reads it: the records on S3.
+    assert [r["id"] for r in store.records(fifth)][0] == "s1"
+
+
+def test_retrain_to_a_cluster_needs_an_s3_seed_store(tmp_path, capsys):
+    assert main(["harvest", "--teacher", "gpt-4o", "--retrain-after", "3", "--kfp-host", "http://127.0.0.1:1",
+                 "--tracking-uri", f"sqlite:///{tmp_path}/m.db"]) == 2
+    err = capsys.readouterr().err
+    assert "the cluster cannot read the local seed store" in err and err.count("\n") == 1
 
 
 @pytest.fixture(autouse=True)

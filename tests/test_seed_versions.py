@@ -142,3 +142,32 @@ def test_every_model_version_names_the_seed_version_it_was_trained_on(tmp_path, 
                                  pipeline_run="run-1", scored_data_sha256="0" * 64, scored_data=scored)
     version = MlflowClient(uri, registry_uri=uri).get_model_version("korean-writing-assistant", report.versions[0].version)
     assert version.tags[SEED_VERSION_TAG] == SeedManifest.of(_records(5)).version  # the seed records, not their scores
+
+
+def test_new_records_count_what_the_base_lacks():
+    from selfguided.components.data.seed_versions import new_records
+
+    base = SeedManifest.of(_records(4))
+    grown = SeedManifest.of([*_records(4)[1:], *_records(3, start=10), _records(1)[0] | {"output": "고친 글"}])
+    assert new_records(grown, base) == 3 + 1  # three added, one changed; the removed r0 does not count
+    assert new_records(base, base) == 0 and new_records(grown, None) == len(grown.records) == 7
+    twice = SeedManifest.of([*_records(4), _records(1)[0]])
+    assert new_records(twice, base) == 1  # an extra copy is a record more
+
+
+def test_run_takes_a_seed_version_name_as_seed_data(tmp_path, capsys, monkeypatch):
+    from selfguided.pipelines.cli.main import _parameters, build_parser
+
+    monkeypatch.chdir(tmp_path)
+    manifest, _ = SeedStore(tmp_path / ".selfguided" / "seed-versions").save(_records(3))
+    args = build_parser("run").parse_args(["run", "--seed-data", manifest.version])
+    path = tmp_path / ".selfguided" / "seed-versions" / manifest.version / "records.jsonl"
+    assert _parameters(args)["seed_uri"] == str(path) and path.is_file()
+    assert f"--seed-data {manifest.version} is {path}" in capsys.readouterr().out
+    assert _parameters(build_parser("run").parse_args(["run", "--seed-data", "my.jsonl"]))["seed_uri"] == "my.jsonl"
+    # Unknown version; a cluster run from a local store: one line, exit 2, before anything runs or is asked.
+    assert main(["run", "--seed-data", "seed-0123456789abcdef"]) == 2
+    assert main(["submit", "--kfp-host", "http://127.0.0.1:1", "--seed-data", manifest.version]) == 2
+    unknown, local = capsys.readouterr().err.strip().splitlines()
+    assert "seed version seed-0123456789abcdef is not in the seed store .selfguided/seed-versions" in unknown
+    assert "the cluster cannot read; set SELFGUIDED_SEED_STORE to an s3://" in local

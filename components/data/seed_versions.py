@@ -14,7 +14,9 @@ the root is a local folder or `s3://bucket/prefix` (through data/s3.s3_client). 
 that is already there writes nothing (content-addressed).
 
 `diff_versions(a, b)` says what changed from a to b: records added, removed, and changed (the same
-id, other content), with counts per category.
+id, other content), with counts per category. `new_records(newest, base)` counts the records of a
+version that another lacks (the retrain trigger: records since the champion's seed version), and
+`resolve_seed_data` turns a version name given as seed data into where its records are.
 """
 
 from __future__ import annotations
@@ -209,3 +211,22 @@ def diff_markdown(diff: SeedDiff, *, show: int = 10) -> str:
     for x, y in diff.changed[:show]:
         lines.append(f"~ {y['id']} [{y['category']}] {x['hash'][:12]} -> {y['hash'][:12]}")
     return "\n".join(lines).rstrip() + "\n"
+
+
+def new_records(newest: SeedManifest, base: SeedManifest | None) -> int:
+    """How many records of `newest` are not in `base`, by content hash (an extra copy counts); every
+    record of `newest` when there is no base (no champion, or one trained from no known version)."""
+    if base is None:
+        return len(newest.records)
+    return sum((Counter(e["hash"] for e in newest.records) - Counter(e["hash"] for e in base.records)).values())
+
+
+def resolve_seed_data(value: str, store_root: str) -> str:
+    """Seed data as given (`--seed-data`): a version name (`seed-<16 hex>`) becomes its records'
+    location in the store at `store_root`; anything else (a path, an s3:// URI, "") is returned as is."""
+    if not VERSION_PATTERN.fullmatch(value or ""):
+        return value
+    store = SeedStore(store_root)
+    if store.manifest(value) is None:
+        raise DataError(f"seed version {value} is not in the seed store {store_root} (SELFGUIDED_SEED_STORE sets it)")
+    return store.location(value)

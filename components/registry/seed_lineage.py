@@ -112,3 +112,16 @@ def harvest_watermark(tracking_uri: str, experiment_name: str, traces: str, *, m
         if tags.get(f"{SEED_SOURCE_TAG_PREFIX}traces") == traces and mark.isdigit() and int(mark) > best[0]:
             best = (int(mark), tags.get(SEED_VERSION_TAG))
     return best
+
+
+def champion_seed_version(tracking_uri: str, registered_model: str) -> tuple[str | None, str | None]:
+    """(the champion's model version, the seed version it was trained on: its `seed_version` tag);
+    (None, None) without a champion, (version, None) for a champion that names none."""
+    from mlflow import MlflowClient
+
+    from selfguided.components.registry.aliases import alias_version
+
+    champion = alias_version(MlflowClient(tracking_uri), registered_model)
+    if champion is None:
+        return None, None
+    return str(champion.version), champion.tags.get(SEED_VERSION_TAG) or None

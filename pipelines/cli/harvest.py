@@ -18,7 +18,7 @@ import os
 import sys
 from pathlib import Path
 
-from selfguided.components.registry.names import EXPERIMENT_NAME
+from selfguided.components.registry.names import EXPERIMENT_NAME, REGISTERED_MODEL_NAME
 from selfguided.pipelines.cli.data import DEFAULT_SEED_STORE
 from selfguided.pipelines.options import UsageError, add_tracking_uri
 
@@ -60,6 +60,57 @@ def _watermark(args: argparse.Namespace, uri: str) -> tuple[int, str | None]:
     return since, version
 
 
+def _check_retrain(args: argparse.Namespace, store) -> None:
+    if args.retrain_after < 0:
+        raise UsageError(f"--retrain-after {args.retrain_after}: give a number of new records >= 1 (0: never)")
+    if args.retrain_after and args.kfp_host and not store.bucket:
+        raise UsageError(f"--kfp-host: the cluster cannot read the local seed store {store.root}; give --seed-store "
+                         "s3://bucket/prefix (or leave --kfp-host out to get the command to run)")
+
+
+def _retrain(args: argparse.Namespace, uri: str, store, manifest) -> None:
+    """The retrain trigger: the new version's records the champion's seed version lacks, against
+    --retrain-after; at or above it, one training run submitted (--kfp-host) or its command printed."""
+    from selfguided.components.data.seed_versions import new_records
+    from selfguided.components.registry.seed_lineage import champion_seed_version
+
+    champion, seed = champion_seed_version(uri, args.registered_model)
+    base = store.manifest(seed) if seed else None
+    count = new_records(manifest, base)
+    if count < args.retrain_after:
+        print(f"retrain: {count} new records (< {args.retrain_after}): waiting")
+        return
+    since = (f"since the champion's seed version {seed}" if base is not None
+             else "(no champion: all records count)" if champion is None
+             else f"(the champion v{champion} names no seed version in {store.root}: all records count)")
+    print(f"retrain: {count} new records {since} (>= {args.retrain_after})")
+    location = store.location(manifest.version)
+    if not args.kfp_host:
+        default = os.environ.get("SELFGUIDED_SEED_STORE") or DEFAULT_SEED_STORE
+        print(f"retrain: selfguided run --seed-data {manifest.version if store.root == default else location}")
+        return
+    import tempfile
+
+    from selfguided.pipelines.cli.monitor import compile_for_schedule, kfp_client, pipeline_param
+    from selfguided.pipelines.platform import PIPELINE_SERVICE_ACCOUNT
+
+    params = {**dict(pipeline_param(p) for p in args.retrain_param), "seed_uri": location}
+    client = kfp_client(args.kfp_host, args.namespace)
+    with tempfile.TemporaryDirectory(prefix="selfguided-retrain-") as folder:
+        package = compile_for_schedule("train", folder)
+        run = client.create_run_from_pipeline_package(
+            str(package), arguments=params, run_name=f"selfguided retrain on {manifest.version}",
+            experiment_name=args.kfp_experiment, namespace=args.namespace,
+            service_account=args.service_account or PIPELINE_SERVICE_ACCOUNT)
+    print(f"retrain: submitted KFP run {run.run_id} (experiment {args.kfp_experiment}) with seed_uri={location}")
+
+
+def _no_version(args: argparse.Namespace, message: str) -> None:
+    print(message)
+    if args.retrain_after:
+        print("retrain: no new seed version, nothing to decide")
+
+
 def run_harvest(args: argparse.Namespace) -> int:
     from selfguided.components.data.harvest import question_hash, select_prompts
     from selfguided.components.data.questions import load_questions
@@ -74,6 +125,7 @@ def run_harvest(args: argparse.Namespace) -> int:
 
     uri = args.tracking_uri or default_tracking_uri()
     store = SeedStore(args.seed_store or os.environ.get("SELFGUIDED_SEED_STORE") or DEFAULT_SEED_STORE)
+    _check_retrain(args, store)
     if args.extends and store.manifest(args.extends) is None:
         raise UsageError(f"seed version {args.extends} is not in the seed store {store.root}")
     since, last = _watermark(args, uri)
@@ -83,7 +135,7 @@ def run_harvest(args: argparse.Namespace) -> int:
     parent = store.records(args.extends) if args.extends else []
     prompts, notes, newest = served_prompts(uri, experiment=args.production_experiment, since_ms=since)
     if not prompts and not notes:
-        print(f"No new traffic in {args.production_experiment} since the watermark: no seed version made.")
+        _no_version(args, f"No new traffic in {args.production_experiment} since the watermark: no seed version made.")
         return 0
     test_hashes, test_sets = test_set_hashes(uri, [args.experiment])
     for path in args.test_set or []:
@@ -96,7 +148,7 @@ def run_harvest(args: argparse.Namespace) -> int:
         print(f"  {n:5d}  {reason}")
     print(f"  {len(selection.kept):5d}  kept; {len(selection.hard)} hard (score below {args.hard_below:g}) kept apart")
     if not selection.kept and not selection.hard:
-        print("Nothing new to harvest: no seed version made.")
+        _no_version(args, "Nothing new to harvest: no seed version made.")
         return 0
     try:
         teacher = llm_step_config("teacher", args.teacher, base_url=args.llm_base_url, concurrency=args.llm_concurrency,
@@ -122,7 +174,7 @@ def run_harvest(args: argparse.Namespace) -> int:
         Path(args.hard_out).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in hard), encoding="utf-8")
         print(f"Hard prompts ({len(hard)}), kept apart for a look before any training: {args.hard_out}")
     if not new:
-        print("No new seed records: no seed version made.")
+        _no_version(args, "No new seed records: no seed version made.")
         return 0
     source = {"traces": args.production_experiment, "since_ms": str(since), WATERMARK_KEY: str(newest),
               "teacher": args.teacher,
@@ -136,6 +188,8 @@ def run_harvest(args: argparse.Namespace) -> int:
         run_id = log_seed_version(uri, args.experiment, manifest, store.location(manifest.version))
         print(f"MLflow: dataset {manifest.version} (context seed) on run {run_id}")
     print(f"Next: selfguided run --seed-data {store.location(manifest.version)}")
+    if args.retrain_after:
+        _retrain(args, uri, store, manifest)
     return 0
 
 
@@ -178,4 +232,16 @@ def add_harvest_parser(subparsers) -> None:
     harvest.add_argument("--experiment", default=EXPERIMENT_NAME,
                          help="MLflow experiment of the runs and test sets (default: %(default)s)")
     harvest.add_argument("--no-mlflow", action="store_true", help="do not log the new seed version to MLflow")
+    retrain = harvest.add_argument_group("retrain trigger")
+    retrain.add_argument("--retrain-after", type=int, default=0, metavar="N",
+                         help="when the new version holds at least N records the champion's seed version lacks, "
+                         "start a training run on it (with --kfp-host) or print its command (default: 0, never)")
+    retrain.add_argument("--registered-model", default=REGISTERED_MODEL_NAME,
+                         help="registered model whose champion is compared (default: %(default)s)")
+    retrain.add_argument("--kfp-host", help="Kubeflow Pipelines API endpoint to submit the training run to")
+    retrain.add_argument("--kfp-experiment", default=EXPERIMENT_NAME, help="its KFP experiment (default: %(default)s)")
+    retrain.add_argument("--namespace", help="Kubeflow profile namespace")
+    retrain.add_argument("--service-account", help="service account of the run's pods (default: the pipeline's)")
+    retrain.add_argument("--retrain-param", action="append", default=[], metavar="NAME=VALUE",
+                         help="a parameter of the training run (repeatable); seed_uri is the new version's records")
     harvest.set_defaults(func=_guarded)

@@ -78,7 +78,30 @@ def _parameters(args: argparse.Namespace) -> dict:
         raise UsageError(f"--arms: {', '.join(unknown) or 'none given'}; choose from {', '.join(ARMS)}")
     if "score_model" in params and "judge_model" not in params:
         params["judge_model"] = params["score_model"]
+    if params.get("seed_uri"):
+        params["seed_uri"] = _seed_data(params["seed_uri"], remote=bool(getattr(args, "kfp_host", None)))
     return params
+
+
+def _seed_data(value: str, *, remote: bool) -> str:
+    """--seed-data: a seed version's name (`seed-<16 hex>`) becomes its records in the seed store
+    ($SELFGUIDED_SEED_STORE, else the default folder); a cluster run needs them on S3."""
+    from selfguided.components.data.jsonl import DataError
+    from selfguided.components.data.seed_versions import resolve_seed_data
+    from selfguided.pipelines.cli.data import DEFAULT_SEED_STORE
+
+    try:
+        resolved = resolve_seed_data(value, os.environ.get("SELFGUIDED_SEED_STORE") or DEFAULT_SEED_STORE)
+    except DataError as exc:
+        raise UsageError(f"--seed-data: {exc}") from None
+    if resolved != value and remote and not resolved.startswith("s3://"):
+        raise UsageError(f"--seed-data {value}: its records are in a local seed store ({resolved}), which the "
+                         "cluster cannot read; set SELFGUIDED_SEED_STORE to an s3://bucket/prefix store")
+    if resolved != value and not resolved.startswith("s3://"):
+        resolved = str(Path(resolved).resolve())
+    if resolved != value:
+        print(f"selfguided: --seed-data {value} is {resolved}")
+    return resolved
 
 
 def _check_fresh_questions(parameters: dict) -> None:

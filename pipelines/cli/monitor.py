@@ -185,7 +185,7 @@ def cmd_schedule(args: argparse.Namespace) -> int:
     if not args.cron:
         raise UsageError("schedule: give --cron (a new recurring run), --list or --delete NAME_OR_ID")
     cron = kfp_cron(args.cron)
-    params = dict(_param(p) for p in args.param)
+    params = dict(pipeline_param(p) for p in args.param)
     from selfguided.pipelines.platform import PIPELINE_SERVICE_ACCOUNT
 
     client = kfp_client(args.kfp_host, args.namespace)
@@ -200,7 +200,7 @@ def cmd_schedule(args: argparse.Namespace) -> int:
     return 0
 
 
-def _param(text: str) -> tuple[str, Any]:
+def pipeline_param(text: str) -> tuple[str, Any]:
     name, sep, value = text.partition("=")
     if not sep or not name:
         raise UsageError(f"--param {text!r}: give NAME=VALUE (a pipeline parameter)")
