@@ -251,6 +251,18 @@ def test_replicates_average_the_seeds_and_widen_the_interval():
     single = compare_rows([seeds[0], champion], comparisons=[("tiny/self_guided#0", "champion/v3", "x")]).pairs[0]
     assert pair.overall.estimate.half_width > single.overall.estimate.half_width
     assert "2 training seeds averaged" in evaluation.decision.reasons[0]
+    # the printed interval and the decision's bound take the seed term's df at different limits: the
+    # bound's are fewer (seed-conservative), the interval's ends are the printed ones, and the reason says so
+    est, decision = pair.overall.estimate, pair.overall.decision
+    assert 1.0 <= pair.overall.decision_df < est.df and decision.df == pair.overall.decision_df
+    assert (decision.ci_low, decision.ci_high, decision.se) == (est.ci_low, est.ci_high, est.se)
+    assert evaluation.decision.figures["overall_lower_bound"] == pytest.approx(decision.lower_bound(0.02))
+    assert decision.lower_bound(0.02) < est.lower_bound(0.02)
+    assert f"the seed term's df at its conservative limit: {pair.overall.decision_df:.1f}" in evaluation.decision.reasons[0]
+    again = type(pair.overall).from_dict(json.loads(json.dumps(pair.overall.to_dict())))
+    assert again.decision_df == pair.overall.decision_df
+    # one training seed: nothing differs
+    assert math.isnan(single.overall.decision_df) and single.overall.decision is single.overall.estimate
 
 
 def test_gate_decision_round_trip():

@@ -27,7 +27,8 @@ The rule (one rule for every bar a challenger must clear):
   before issue 28 (block only when credibly worse, Holm at `alpha`) let a -1.0 regression in one
   10-question category through 61% of the time; it stays as `category_rule="credibly_worse"`.
 - *Replicates.* With several training seeds of the challenger's arm, the differences are of the
-  replicates' mean and the interval adds the seed variance with its K - 1 df (paired.paired_comparison).
+  replicates' mean and the interval adds the seed variance with its K - 1 df; the bound and the
+  category rule take its df at a more conservative limit than the printed interval (paired.PairedDiff.decision).
 
 Its false-promotion rate under no true difference is measured with this code by
 `benchmarks/gate_simulation.py` (docs/evaluation.md).
@@ -144,7 +145,7 @@ def _decide_paired(members: list[RowJudgments], bar: RowJudgments, gate: Promoti
                                  min_questions=gate.min_category_questions)
     alpha = gate.alpha / max(1, k)
     overall = pair.overall.estimate
-    bound = overall.lower_bound(alpha)
+    bound = pair.overall.decision.lower_bound(alpha)  # with training seeds: the seed-conservative df (paired.py)
     figures.update(n_pairs=pair.n_pairs, n_questions=pair.n_questions, overall_difference=overall.to_dict(),
                    overall_lower_bound=bound, overall_alpha=alpha, overall_p_value=pair.overall.p_value)
     if pair.n_questions < gate.min_paired_questions:
@@ -154,7 +155,10 @@ def _decide_paired(members: list[RowJudgments], bar: RowJudgments, gate: Promoti
             f"{gate.min_paired_questions}: too few to compare, nothing is promoted"], figures)
     blocking: list[str] = []
     passing: list[str] = []
-    level = f"one-sided {100 * (1 - alpha):.4g}% lower bound"
+    seed_df = pair.overall.decision_df
+    level = f"one-sided {100 * (1 - alpha):.4g}% lower bound" + (
+        f" (the seed term's df at its conservative limit: {seed_df:.1f}, the interval's {overall.df:.1f})"
+        if math.isfinite(seed_df) and seed_df != overall.df else "")
     why = f"alpha {gate.alpha:g}" + (f" / {k} candidate arms" if k > 1 else "")
     seeds = f", {pair.replicates} training seeds averaged" if pair.replicates > 1 else ""
     head = (f"overall paired difference {ci_text(overall)} against {bar_name} over {pair.n_questions} shared questions "
@@ -205,7 +209,7 @@ def _category_rule(pair: PairedComparison, gate: PromotionGate, figures: dict[st
     categories the spread between them). credibly_worse: the rule before issue 28."""
     tol = gate.promotion_tolerance
     m = gate.min_category_questions
-    voting = {c: d.estimate for c, d in pair.categories.items() if d.estimate.n_questions >= m}
+    voting = {c: d.decision for c, d in pair.categories.items() if d.estimate.n_questions >= m}
     p_worse = dict(zip(voting, holm([p_below(e, -tol) for e in voting.values()])))
     beta = gate.noninferiority_alpha
     p_within = {c: p_above(e, -tol) for c, e in voting.items()}
@@ -238,7 +242,7 @@ def _category_rule(pair: PairedComparison, gate: PromotionGate, figures: dict[st
             lowest = min(voting, key=lambda c: voting[c].mean)
             passing.append(f"every category with {m} or more questions shows it is within -{tol:.2f} ({what}; "
                            f"lowest: {lowest} {ci_text(voting[lowest])})")
-    small = {c: d.estimate for c, d in pair.categories.items() if c not in voting}
+    small = {c: d.decision for c, d in pair.categories.items() if c not in voting}
     ones = [e.mean for e in small.values() if e.n_questions == 1]
     hide: dict[str, float] = {}
     for c, est in small.items():

@@ -7,13 +7,11 @@
 - *Overall*: the mean over categories of the category mean differences, its variance carrying
   every category (statistics.stratified_mean).
 - *Replicates* (A trained with several seeds): the difference of each item is the mean over A's
-  replicates; the variance is the between-replicate variance of the per-replicate estimates
-  divided by the number of replicates (seed and the challenger's answer noise, K - 1 df) plus the
-  question variance less the challenger's answer-noise part (estimated from the replicates' question
-  values after their common shifts), so nothing is counted twice; the K - 1 df enter Satterthwaite's
-  formula with the seed variance at an upper confidence limit (`seed_df`: plain Satterthwaite promoted
-  noise 5-7% with two seeds, Banerjee's bound covered 97-98.5%). One replicate: exactly the plain
-  paired difference.
+  replicates, its variance carrying the seed term with its K - 1 df (seeds.py). The printed 95%
+  interval and the gate's one-sided bound take the seed term's df at different levels: with two
+  seeds the interval covers about 95%, the bound (`PairedDiff.decision`) is seed-conservative, so
+  that picking the best of two arms cannot promote noise. One replicate: exactly the plain paired
+  difference.
 - *Length*: the length-controlled difference is the intercept of the regression of the paired
   score difference on the paired log-length difference (the difference expected at equal answer
   length); overall with one common slope and one intercept per category, reported as the mean of
@@ -27,7 +25,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -36,8 +34,9 @@ from selfguided.components.data.categories import category_order
 from selfguided.components.evaluation.rows import ParsedRow, RowJudgments, parse_row
 from selfguided.components.evaluation.statistics import (
     CONFIDENCE, EMPTY, MIN_CATEGORY_QUESTIONS, Estimate, as_float, cluster_mean, clusters, holm, jsonable,
-    ols_contrast, stratified_mean, t_quantile, two_sided_p,
+    ols_contrast, stratified_mean, two_sided_p,
 )
+from selfguided.components.evaluation.seeds import replicate_noise, with_seed_variance
 from selfguided.components.evaluation.summaries import RowSummary, summarise_row
 
 TIE_EPSILON = 1e-6
@@ -50,6 +49,8 @@ class PairedDiff:
     """A - B on shared (question, turn) items of one category (or overall).
 
     seed_se: the between-replicate part of the standard error (NaN with one replicate of A).
+    decision_df: the df the gate's one-sided bound uses (the seed term at its SEED_DF_QUANTILE limit);
+        NaN: the estimate's own (one replicate, or the same df).
     """
 
     estimate: Estimate
@@ -62,13 +63,22 @@ class PairedDiff:
     length_ratio: float = _NAN  # geometric mean of (chars_A + 1) / (chars_B + 1)
     length_extrapolated: bool = False  # equal length lies outside the observed log-length differences
     seed_se: float = _NAN
+    decision_df: float = _NAN
+
+    @property
+    def decision(self) -> Estimate:
+        """The estimate the gate decides on: the printed one, its df the seed-conservative `decision_df`
+        where there is one (its 95% ends are the printed interval's, not recomputed)."""
+        if not math.isfinite(self.decision_df):
+            return self.estimate
+        return replace(self.estimate, df=self.decision_df)
 
     def to_dict(self) -> dict[str, Any]:
         return jsonable({"estimate": self.estimate.to_dict(), "p_value": self.p_value, "p_holm": self.p_holm,
                          "wins": self.wins, "ties": self.ties, "losses": self.losses,
                          "length_controlled": self.length_controlled.to_dict() if self.length_controlled else None,
                          "length_ratio": self.length_ratio, "length_extrapolated": self.length_extrapolated,
-                         "seed_se": self.seed_se})
+                         "seed_se": self.seed_se, "decision_df": self.decision_df})
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> PairedDiff:
@@ -76,7 +86,7 @@ class PairedDiff:
         return cls(Estimate.from_dict(d["estimate"]), as_float(d["p_value"]), as_float(d["p_holm"]), int(d["wins"]),
                    int(d["ties"]), int(d["losses"]), Estimate.from_dict(lc) if lc else None,
                    as_float(d.get("length_ratio")), bool(d.get("length_extrapolated", False)),
-                   as_float(d.get("seed_se")))
+                   as_float(d.get("seed_se")), as_float(d.get("decision_df")))
 
 
 @dataclass
@@ -114,71 +124,6 @@ def _wtl(diffs: Sequence[float], eps: float) -> tuple[int, int, int]:
     d = np.asarray(diffs, dtype=float)
     ties = int(np.sum(np.abs(d) < eps))
     return int(np.sum(d >= eps)), ties, int(np.sum(d <= -eps))
-
-
-def _replicate_noise(per_rep: Mapping[str, list[list[tuple[str, float]]]], order: Sequence[str]) -> dict[str, float]:
-    """Per category, the part of one replicate's category mean that is answer noise, not seed:
-    sum over its questions of their answer-noise variance / n^2, each question's from its values across
-    replicates after the replicates' common shifts are removed (two-way residuals, (K-1)(N-1) df)."""
-    values = {c: np.stack([(lambda x: x[:, 0] / x[:, 1])(clusters(rep)) for rep in per_rep[c]]) for c in order}
-    x = np.concatenate([values[c] for c in order], axis=1)
-    k, n = x.shape
-    if k < 2 or n < 2:
-        return {c: 0.0 for c in order}
-    residual = x - x.mean(axis=0, keepdims=True) - (x.mean(axis=1, keepdims=True) - x.mean())
-    per_question = (residual ** 2).sum(axis=0) / (k - 1) * n / (n - 1)
-    out, start = {}, 0
-    for c in order:
-        size = values[c].shape[1]
-        out[c] = float(per_question[start:start + size].sum()) / size ** 2
-        start += size
-    return out
-
-
-SEED_DF_QUANTILE = {1.0: 0.1, 2.0: 0.2}  # by the seed term's df (K - 1); more seeds: 0.2
-
-
-def seed_df(rest: float, rest_df: float, seed: float, seed_df_: float) -> float:
-    """Degrees of freedom of rest + seed (independent variance estimates; the seed term on K - 1 df).
-
-    Satterthwaite's formula with the seed variance at an upper confidence limit (seed_df /
-    chi^2_{seed_df, q} times the estimate, q = SEED_DF_QUANTILE: 0.1 with two seeds, 0.2 with more):
-    plain Satterthwaite reads a seed spread that came out small by chance as many df (5-7% false
-    promotions with two seeds, issue 28); Banerjee's bound (t_{K-1}^2 on the seed term) made the
-    intervals cover 97-98.5%. Chosen on a Behrens-Fisher simulation over every share of the seed
-    term: with three seeds q = 0.2 covers 95-96.7%; with two no q both covers <= 97% where the seed
-    term is small and keeps two arms' one-sided 1% bounds failing <= 1.25% where it dominates (0.15
-    and 0.2 let 80 x 2 with two arms promote noise 2.4% and 4% of the time in the gate simulation),
-    so two seeds keep a bound about as conservative as Banerjee's (coverage 96.7-98.8%)."""
-    if not (seed > 0 and seed_df_ > 0):
-        return rest_df
-    from scipy import special
-
-    q = SEED_DF_QUANTILE.get(float(seed_df_), 0.2)
-    upper = seed * seed_df_ / (2.0 * float(special.gammaincinv(seed_df_ / 2.0, q)))
-    rest_part = rest * rest / rest_df if rest > 0 and math.isfinite(rest_df) and rest_df > 0 else 0.0
-    return (rest + upper) ** 2 / (rest_part + upper * upper / seed_df_)
-
-
-def _with_seed_variance(est: Estimate, per_replicate: Sequence[float], show: bool,
-                        answer_var: float = 0.0) -> tuple[Estimate, float]:
-    """`est` (on replicate-mean differences) with the between-replicate variance of `per_replicate` / K
-    added (seed and the challenger's answer noise: a scaled chi-square on K - 1 df), and the part of
-    `est`'s variance that is the challenger's answer noise (`answer_var` / K) taken out, so it is not
-    counted twice (that made the interval cover 97-100%)."""
-    k = len(per_replicate)
-    if k < 2 or not math.isfinite(est.mean):
-        return est, _NAN
-    seed_var = float(np.var(per_replicate, ddof=1)) / k
-    q_var = max(0.0, est.se ** 2 - answer_var / k) if math.isfinite(est.se) else _NAN
-    if not math.isfinite(q_var):
-        return Estimate(est.mean, _NAN, _NAN, est.n, est.n_questions, _NAN, _NAN), math.sqrt(seed_var)
-    variance, df = q_var + seed_var, seed_df(q_var, est.df, seed_var, k - 1.0)
-    se = math.sqrt(variance) if math.isfinite(variance) else _NAN
-    if show and math.isfinite(se) and se > 0 and df > 0:
-        half = t_quantile(1 - (1 - CONFIDENCE) / 2, df) * se
-        return Estimate(est.mean, est.mean - half, est.mean + half, est.n, est.n_questions, se, df), math.sqrt(seed_var)
-    return Estimate(est.mean, _NAN, _NAN, est.n, est.n_questions, se, df), math.sqrt(seed_var)
 
 
 def _length_fit(entries: list[tuple[str, float, float | None]], min_questions: int) -> Estimate | None:
@@ -241,35 +186,37 @@ def paired_comparison(a: Sequence[tuple[RowJudgments, ParsedRow]], b: tuple[RowJ
 
     diffs: dict[str, PairedDiff] = {}
     strata = {c: clusters([(q, d) for q, d, _ in shared[c]]) for c in order}
-    noise = _replicate_noise(per_rep, order) if len(a) > 1 and order else {}
+    noise = replicate_noise(per_rep, order) if len(a) > 1 and order else {}
     for category in order:
         entries = shared[category]
         est = cluster_mean(strata[category], min_questions=min_questions)
         if len(a) > 1:
-            est, seed_se = _with_seed_variance(est, [cluster_mean(clusters(reps)).mean for reps in per_rep[category]],
-                                               est.has_interval, noise[category])
+            est, seed_se, decision_df = with_seed_variance(
+                est, [cluster_mean(clusters(reps)).mean for reps in per_rep[category]], est.has_interval,
+                noise[category])
         else:
-            seed_se = _NAN
+            seed_se = decision_df = _NAN
         p = two_sided_p(est) if est.has_interval else _NAN
         diffs[category] = PairedDiff(est, p, _NAN, *_wtl([d for _, d, _ in entries], tie_epsilon),
-                                     _length_fit(entries, min_questions), *_length_shape(entries), seed_se=seed_se)
+                                     _length_fit(entries, min_questions), *_length_shape(entries), seed_se=seed_se,
+                                     decision_df=decision_df)
     for category, adjusted in zip(order, holm([diffs[c].p_value for c in order])):
         diffs[category].p_holm = adjusted
 
     all_entries = [e for c in order for e in shared[c]]
     if order:
         est = stratified_mean([strata[c] for c in order], min_questions=min_questions)
-        seed_se = _NAN
+        seed_se = decision_df = _NAN
         if len(a) > 1:
             per_replicate = [stratified_mean([clusters(per_rep[c][r]) for c in order], min_questions=min_questions).mean
                              for r in range(len(a))]
-            est, seed_se = _with_seed_variance(est, per_replicate, est.has_interval,
-                                               sum(noise.values()) / len(order) ** 2)
+            est, seed_se, decision_df = with_seed_variance(est, per_replicate, est.has_interval,
+                                                            sum(noise.values()) / len(order) ** 2)
         overall_lc = None
         if all(any(x is not None for *_, x in shared[c]) for c in order):  # same categories as the difference
             overall_lc = _length_fit_overall([shared[c] for c in order], min_questions)
         overall = PairedDiff(est, two_sided_p(est), _NAN, *_wtl([d for _, d, _ in all_entries], tie_epsilon),
-                             overall_lc, *_length_shape(all_entries), seed_se=seed_se)
+                             overall_lc, *_length_shape(all_entries), seed_se=seed_se, decision_df=decision_df)
     else:
         overall = PairedDiff(EMPTY, _NAN, _NAN, 0, 0, 0, None)
     judges = {row.judge for row, _ in a} | {row_b.judge}
