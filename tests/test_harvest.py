@@ -17,7 +17,8 @@ from kfp_api_stub import API, KfpApiStub
 from registry_fixtures import empty_store  # noqa: F401  (fixture)
 from servers import S3_CREDENTIALS, s3_server, serving  # noqa: F401  (fixture)
 
-from selfguided.components.data.harvest import Prompt, select_prompts
+from selfguided.components.data.harvest import Prompt, held_out, holdout_questions, question_hash, select_prompts
+from selfguided.components.data.questions import FRESH_SLICES, load_questions
 from selfguided.components.data.seed_versions import SeedStore
 from selfguided.components.registry import production as contract
 from selfguided.components.registry.seed_lineage import seed_lineage
@@ -34,13 +35,23 @@ def test_selection_reasons_in_order():
                Prompt("t5", "poem", "봄에 대한   시를 써 주세요"),                                          # duplicate
                Prompt("t6", "poem", "가을 밤하늘을 노래하는 시를 지어 주세요"),                            # in the seed
                Prompt("t7", "blog", "   ")]
-    from selfguided.components.data.harvest import question_hash
-
     selection = select_prompts(prompts, test_hashes={question_hash(TEST_QUESTION)},
                                seed_questions=["가을 밤하늘을 노래하는 시를 지어 주세요"], hard_below=5)
     assert [p.trace_id for p in selection.kept] == ["t1"] and [p.trace_id for p in selection.hard] == ["t4"]
     assert selection.dropped == {"near-duplicate": 1, "test-set question": 1, "duplicate": 1,
                                  "already in the seed": 1, "empty": 1}
+
+
+def test_the_held_out_side_is_the_prompts_hash_and_the_slice_file_has_as_many_seen():
+    prompts = [Prompt(f"t{i}", "blog", f"블로그 글 {i}번을 써 주세요") for i in range(400)]
+    unseen = [p for p in prompts if held_out(p.text, 0.1)]
+    assert 20 <= len(unseen) <= 60  # about a tenth
+    assert all(held_out("  " + p.text.upper() + " ", 0.1) for p in unseen)  # normalised: the same side
+    assert not any(held_out(p.text, 0.0) for p in prompts)
+    seen = [p for p in prompts if p not in unseen]
+    rows = holdout_questions(unseen[:3], seen)
+    assert [r["slice"] for r in rows] == ["unseen"] * 3 + ["seen"] * 3 and len({r["question_id"] for r in rows}) == 6
+    assert holdout_questions(unseen[:3], seen[::-1]) == rows  # the seen ones: the first by hash, not by order
 
 
 def _serve(uri: str, prompts: list[tuple[str, str]], low: set[str] = frozenset()) -> None:
@@ -117,7 +128,15 @@ def test_replayed_traffic_grows_the_seed_without_test_questions_and_sends_only_n
         assert main([*argv, "--extends", first, "--hard-out", "hard2.jsonl"]) == 0
         out = capsys.readouterr().out
         second = out.split("Seed version ", 1)[1].split(":", 1)[0]
-        assert server.chat_requests == 2 + 2 and "Scored: 2 sent to the scorer" in out
+        # 겨울 바다 is on the held-out side (its hash is below the default --holdout-fraction 0.1):
+        # never answered, never trained on; 캠핑 is answered, scored and saved.
+        assert "1  of the kept held out of training" in out
+        assert server.chat_requests == 1 + 1 and "Scored: 1 sent to the scorer" in out
+        holdout = load_questions(tmp_path / ".selfguided" / "harvest-holdout.jsonl", slices=FRESH_SLICES)
+        assert [(q["turns"][0], q["slice"]) for q in holdout] == [("겨울 바다를 그리는 시를 써 주세요", "unseen"),
+                                                                   ("주말 캠핑 후기를 블로그 글로 써 주세요", "seen")]
+        assert holdout[0]["question_id"] == "harvest-" + question_hash("겨울 바다를 그리는 시를 써 주세요")[:12]
+        assert "--fresh-questions .selfguided/harvest-holdout.jsonl (pipeline parameter fresh_questions_uri)" in out
         # The watermark: only the traces served after the newest one the first harvest read.
         assert f"the newest trace the harvest that made {first} read" in out
         assert "4 production prompts read" in out
@@ -129,7 +148,15 @@ def test_replayed_traffic_grows_the_seed_without_test_questions_and_sends_only_n
         assert f"the harvest that made {second} read" in out and f"Extends {second}" in out
         assert "No new traffic in selfguided-production since the watermark: no seed version made." in out
         assert server.chat_requests == 0 and "Seed version " not in out
-    assert len(store.records(second)) == 4 + 2
+
+        # The held-out prompt served again, harvested with no hold-out at all: its test-set record keeps it out.
+        _serve(uri, [("poem", "겨울 바다를 그리는 시를 써 주세요")])
+        assert main([*argv, "--holdout-fraction", "0"]) == 0
+        out = capsys.readouterr().out
+        assert "1  test-set question" in out and "Nothing new to harvest: no seed version made." in out
+        assert server.chat_requests == 0
+    assert len(store.records(second)) == 4 + 1
+    assert "겨울 바다를 그리는 시를 써 주세요" not in [r["instruction"] for r in store.records(second)]
     assert TEST_QUESTION not in [r["instruction"] for r in store.records(second)]
     chain = seed_lineage(uri, "selfguided", second)
     assert [c["version"] for c in chain] == [second, first]  # the base was never logged: the chain stops there

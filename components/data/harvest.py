@@ -16,6 +16,12 @@ left out, counted by reason):
 Kept prompts whose jury or editors' score is below `hard_below` are returned apart (`hard`): hard
 prompts are what the model fails at, worth a look before training, never silently mixed in.
 Normalisation: Unicode NFKC, lower case, runs of whitespace to one space, trimmed.
+
+The held-out slice: `held_out(text, fraction)` puts a prompt on the held-out side when its
+normalised text's hash, read as a number in [0, 1), is below `fraction`: the same prompt is always
+on the same side, whichever harvest reads it. `holdout_questions` writes the held-out prompts
+(`"slice": "unseen"`, never trained on) and as many of the prompts that went into the seed version
+(`"slice": "seen"`, the first by hash) as FastChat questions, for the gate's seen/unseen comparison.
 """
 
 from __future__ import annotations
@@ -138,3 +144,17 @@ def select_prompts(prompts: Iterable[Prompt], *, test_hashes: set[str], seed_que
         index.add(prompt.text)
         (out.hard if prompt.score is not None and prompt.score < hard_below else out.kept).append(prompt)
     return out
+
+
+def held_out(text: str, fraction: float) -> bool:
+    """Whether the prompt is held out of training (see the module docstring)."""
+    return int(question_hash(text)[:15], 16) / 16 ** 15 < fraction
+
+
+def holdout_questions(unseen: Iterable[Prompt], seen: Iterable[Prompt]) -> list[dict]:
+    """question.jsonl rows: every unseen prompt, then up to as many seen ones (the first by hash);
+    `question_id` is `harvest-` + 12 hex digits of the prompt's hash."""
+    unseen = list(unseen)
+    seen = sorted(seen, key=lambda p: question_hash(p.text))[:len(unseen)]
+    return [{"question_id": f"harvest-{question_hash(p.text)[:12]}", "category": p.category, "turns": [p.text],
+             "slice": side} for side, prompts in (("unseen", unseen), ("seen", seen)) for p in prompts]

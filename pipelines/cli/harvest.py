@@ -105,6 +105,42 @@ def _retrain(args: argparse.Namespace, uri: str, store, manifest) -> None:
     print(f"retrain: submitted KFP run {run.run_id} (experiment {args.kfp_experiment}) with seed_uri={location}")
 
 
+def _write_holdout(args: argparse.Namespace, uri: str, unseen: list, seen: list) -> None:
+    """The held-out slice: the unseen prompts and as many seen ones in --holdout-out, the unseen ones
+    recorded as a test set in --experiment (test_set_hashes reads it: no later harvest takes them)."""
+    from selfguided.components.data.harvest import holdout_questions
+
+    if not unseen:
+        print(f"Held-out slice: no prompt held out this time (--holdout-fraction {args.holdout_fraction:g})")
+        return
+    rows = holdout_questions(unseen, seen)
+    out = Path(args.holdout_out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    print(f"Held-out slice: {len(unseen)} unseen prompts (held out of the seed version) and "
+          f"{len(rows) - len(unseen)} seen ones (in it): {out}")
+    if args.no_mlflow:
+        print("  not recorded as a test set (--no-mlflow): a later harvest holds them out again only by their hash "
+              "(the same --holdout-fraction); give the file as --test-set to be sure")
+    else:
+        import tempfile
+
+        from mlflow import MlflowClient
+
+        from selfguided.components.registry.genai_pages import ensure_questions_dataset
+        from selfguided.components.registry.runs import ensure_experiment
+
+        experiment_id = ensure_experiment(MlflowClient(uri), args.experiment, uri)
+        with tempfile.TemporaryDirectory(prefix="selfguided-holdout-") as folder:
+            unseen_file = Path(folder) / "harvest-holdout-unseen.jsonl"
+            unseen_file.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows
+                                           if r["slice"] == "unseen"), encoding="utf-8")
+            dataset = ensure_questions_dataset(uri, experiment_id, unseen_file)
+        print(f"  the unseen ones are test set {dataset.name} in experiment {args.experiment}: no later harvest "
+              "takes them")
+    print(f"Evaluate on them: selfguided run --fresh-questions {out} (pipeline parameter fresh_questions_uri)")
+
+
 def _no_version(args: argparse.Namespace, message: str) -> None:
     print(message)
     if args.retrain_after:
@@ -112,7 +148,7 @@ def _no_version(args: argparse.Namespace, message: str) -> None:
 
 
 def run_harvest(args: argparse.Namespace) -> int:
-    from selfguided.components.data.harvest import question_hash, select_prompts
+    from selfguided.components.data.harvest import held_out, question_hash, select_prompts
     from selfguided.components.data.questions import load_questions
     from selfguided.components.data.seed_versions import SeedStore, diff_markdown, diff_versions
     from selfguided.components.judging.prompts import ANSWER_PROMPT, SCORE_PROMPT
@@ -126,6 +162,8 @@ def run_harvest(args: argparse.Namespace) -> int:
     uri = args.tracking_uri or default_tracking_uri()
     store = SeedStore(args.seed_store or os.environ.get("SELFGUIDED_SEED_STORE") or DEFAULT_SEED_STORE)
     _check_retrain(args, store)
+    if not 0 <= args.holdout_fraction < 1:
+        raise UsageError(f"--holdout-fraction {args.holdout_fraction}: give a share in [0, 1), e.g. 0.1")
     if args.extends and store.manifest(args.extends) is None:
         raise UsageError(f"seed version {args.extends} is not in the seed store {store.root}")
     since, last = _watermark(args, uri)
@@ -147,7 +185,11 @@ def run_harvest(args: argparse.Namespace) -> int:
     for reason, n in sorted({**selection.dropped, **notes}.items()):
         print(f"  {n:5d}  {reason}")
     print(f"  {len(selection.kept):5d}  kept; {len(selection.hard)} hard (score below {args.hard_below:g}) kept apart")
-    if not selection.kept and not selection.hard:
+    unseen = [p for p in selection.kept if held_out(p.text, args.holdout_fraction)]
+    kept = [p for p in selection.kept if not held_out(p.text, args.holdout_fraction)]
+    print(f"  {len(unseen):5d}  of the kept held out of training (--holdout-fraction {args.holdout_fraction:g})")
+    if not kept and not selection.hard:
+        _write_holdout(args, uri, unseen, [])
         _no_version(args, "Nothing new to harvest: no seed version made.")
         return 0
     try:
@@ -156,7 +198,7 @@ def run_harvest(args: argparse.Namespace) -> int:
     except RuntimeError as exc:
         raise UsageError(str(exc)) from None
     teacher.progress = False
-    wanted = selection.kept + selection.hard
+    wanted = kept + selection.hard
     questions = [{"question_id": p.trace_id, "category": p.category, "turns": [p.text]} for p in wanted]
     answers, _ = answer_with_llm(questions, teacher)
     records, failed = _seed_records(wanted, answers)
@@ -173,6 +215,8 @@ def run_harvest(args: argparse.Namespace) -> int:
         Path(args.hard_out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.hard_out).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in hard), encoding="utf-8")
         print(f"Hard prompts ({len(hard)}), kept apart for a look before any training: {args.hard_out}")
+    new_ids = {r["id"] for r in new}
+    _write_holdout(args, uri, unseen, [p for p in kept if f"harvest-{p.trace_id}" in new_ids])
     if not new:
         _no_version(args, "No new seed records: no seed version made.")
         return 0
@@ -225,6 +269,12 @@ def add_harvest_parser(subparsers) -> None:
                          help="a prompt whose jury or editors' score is below this is hard (default: %(default)s)")
     harvest.add_argument("--hard-out", default=".selfguided/harvest-hard.jsonl",
                          help="where hard prompts go (default: %(default)s)")
+    harvest.add_argument("--holdout-fraction", type=float, default=0.1,
+                         help="share of the kept prompts held out of the seed version, chosen by the prompt's hash "
+                         "(the same prompt always on the same side), for the gate's unseen slice (default: %(default)s)")
+    harvest.add_argument("--holdout-out", default=".selfguided/harvest-holdout.jsonl",
+                         help="where the held-out slice goes: FastChat questions with \"slice\": \"unseen\" or "
+                         "\"seen\", for selfguided run --fresh-questions (default: %(default)s)")
     harvest.add_argument("--llm-base-url", default="", help="OpenAI-compatible endpoint (default: OPENAI_BASE_URL)")
     harvest.add_argument("--llm-concurrency", type=int, default=8, help="requests in flight (default: %(default)s)")
     harvest.add_argument("--llm-cache", default=".selfguided/llm-cache", help="LLM and score cache (default: %(default)s)")
