@@ -1,12 +1,15 @@
 """`selfguided harvest`: production prompts become a new seed version.
 
-Reads the served-answer traces (registry/harvest_read.py), leaves out test-set questions (every
+Reads the served-answer traces after the watermark (the newest trace the last harvest on record
+read; `--since-ms` overrides it) (registry/harvest_read.py), leaves out test-set questions (every
 test set published in the experiment, and `--test-set` files), questions already in the seed it
-extends, duplicates and near-duplicates (data/harvest.py), has the teacher answer the rest and the
+extends, duplicates and near-duplicates (data/harvest.py), holds a share of the rest out of training
+(by the prompt's hash) for the gate's unseen slice, has the teacher answer the others and the
 scorer score them (the scorer's cache: only new records are sent), keeps the hard ones (jury or
 editors below `--hard-below`) apart in their own file, and saves the others, with the version they
 extend, as a new content-addressed seed version logged to MLflow with its lineage
-(data/seed_versions.py, registry/seed_lineage.py).
+(data/seed_versions.py, registry/seed_lineage.py). With `--retrain-after N`, N new records since
+the champion's seed version start a training run on the new version (or print its command).
 """
 
 from __future__ import annotations
