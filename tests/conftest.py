@@ -23,6 +23,7 @@ LONGEST_FIRST = (
     "test_generate.py",
     "test_postgres_deployment.py",  # PostgreSQL, MLflow and S3
     "test_production_traces.py",    # an MLflow server, 300 traced requests, the server killed
+    "test_harvest.py",              # traffic harvested 7 times, S3 (moto), the training pipeline compiled
     "test_seed_versions.py",        # MLflow lineage, S3 (moto) and a registered model version
 )
 

@@ -177,7 +177,8 @@ def test_the_retrain_trigger_submits_one_training_run_once_n_new_records_accumul
         tmp_path, empty_store, s3_server, monkeypatch, capsys):  # noqa: F811
     """Records counted against the champion's seed version; below N it waits, at N it submits one run
     of the compiled training pipeline (the real kfp.Client against tests/kfp_api_stub.py) whose
-    seed_uri is the new version's records on S3 (moto); without --kfp-host it prints the command."""
+    seed_uri is the new version's records on S3 (moto); without --kfp-host it prints the command.
+    N = 3: 2 new records wait, 3 print the command, 4 submit exactly one run."""
     shutil.copyfile(empty_store, tmp_path / "mlflow.db")
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     monkeypatch.setenv("OPENAI_API_KEY", "test")
@@ -196,38 +197,31 @@ def test_the_retrain_trigger_submits_one_training_run_once_n_new_records_accumul
     kfp_api = KfpApiStub()
     with FakeOpenAI() as server, serving(kfp_api.server):
         argv = ["harvest", "--tracking-uri", uri, "--teacher", "gpt-4o", "--llm-base-url", server.base_url,
-                "--seed-store", root, "--registered-model", "selfguided-model", "--retrain-after", "4"]
+                "--seed-store", root, "--registered-model", "selfguided-model", "--retrain-after", "3"]
         _serve(uri, [("poem", "봄비 내리는 오후를 그린 시를 써 주세요"), ("news", "시장 개장 소식을 짧은 기사로 써 주세요")])
         assert main([*argv, "--extends", base.version, "--kfp-host", kfp_api.host]) == 0
         out = capsys.readouterr().out
-        assert "retrain: 2 new records (< 4): waiting" in out and not kfp_api.runs
+        assert "retrain: 2 new records (< 3): waiting" in out and not kfp_api.runs
 
         _serve(uri, [("blog", "동네 빵집 방문 후기를 블로그 글로 써 주세요")])
-        assert main(argv) == 0
-        out = capsys.readouterr().out
-        third = out.split("Seed version ", 1)[1].split(":", 1)[0]
-        assert "retrain: 3 new records (< 4): waiting" in out
-
-        _serve(uri, [("blog", "새로 연 요가 교실을 소개하는 블로그 글을 써 주세요")])
         assert main(argv) == 0  # no --kfp-host: the command, nothing submitted
         out = capsys.readouterr().out
-        fourth = out.split("Seed version ", 1)[1].split(":", 1)[0]
-        assert f"retrain: 4 new records since the champion's seed version {base.version} (>= 4)" in out
-        assert f"retrain: selfguided run --seed-data {root}/{fourth}/records.jsonl" in out and not kfp_api.runs
+        second = out.split("Seed version ", 1)[1].split(":", 1)[0]
+        assert f"retrain: 3 new records since the champion's seed version {base.version} (>= 3)" in out
+        assert f"retrain: selfguided run --seed-data {root}/{second}/records.jsonl" in out and not kfp_api.runs
 
         _serve(uri, [("news", "도서관 야간 개방 소식을 기사로 써 주세요")])
         assert main([*argv, "--kfp-host", kfp_api.host, "--retrain-param", "num_epochs=2"]) == 0
         out = capsys.readouterr().out
-        fifth = out.split("Seed version ", 1)[1].split(":", 1)[0]
-        assert "retrain: 5 new records since the champion's seed version" in out
+        third = out.split("Seed version ", 1)[1].split(":", 1)[0]
+        assert "retrain: 4 new records since the champion's seed version" in out
     (run,) = kfp_api.runs.values()
     assert f"retrain: submitted KFP run {run['run_id']}" in out
-    assert run["runtime_config"]["parameters"] == {"seed_uri": f"{root}/{fifth}/records.jsonl", "num_epochs": 2}
+    assert run["runtime_config"]["parameters"] == {"seed_uri": f"{root}/{third}/records.jsonl", "num_epochs": 2}
     assert run["pipeline_spec"]["pipeline_spec"]["pipelineInfo"]["name"] == "selfguided"
-    assert run["display_name"] == f"selfguided retrain on {fifth}" and ("POST", f"{API}/runs") in kfp_api.calls()
-    assert len(store.records(fifth)) == 1 + 5 and third != fourth
-    # The run's seed_uri is readable where the cluster reads it: the records on S3.
-    assert [r["id"] for r in store.records(fifth)][0] == "s1"
+    assert run["display_name"] == f"selfguided retrain on {third}" and ("POST", f"{API}/runs") in kfp_api.calls()
+    # The run's seed_uri is readable where the cluster reads it: the records on S3, the base's and the 4 harvested.
+    assert [r["id"] for r in store.records(third)][0] == "s1" and len(store.records(third)) == 1 + 4
 
 
 def test_retrain_to_a_cluster_needs_an_s3_seed_store(tmp_path, capsys):
