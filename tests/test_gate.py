@@ -253,6 +253,10 @@ def test_replicates_average_the_seeds_and_widen_the_interval():
     assert "2 training seeds averaged" in evaluation.decision.reasons[0]
     # the printed interval and the decision's bound take the seed term's df at different limits: the
     # bound's are fewer (seed-conservative), the interval's ends are the printed ones, and the reason says so
+    close = [make_row(f"tiny/self_guided#{r}", arm="self_guided", shift=0.6 + s, seed=71 + r, replicate=r)
+             for r, s in enumerate((-0.1, 0.1))]
+    evaluation = evaluate_run([*close, champion])
+    pair = evaluation.comparison.pairs[-1]
     est, decision = pair.overall.estimate, pair.overall.decision
     assert 1.0 <= pair.overall.decision_df < est.df and decision.df == pair.overall.decision_df
     assert (decision.ci_low, decision.ci_high, decision.se) == (est.ci_low, est.ci_high, est.se)

@@ -158,7 +158,7 @@ def _decide_paired(members: list[RowJudgments], bar: RowJudgments, gate: Promoti
     seed_df = pair.overall.decision_df
     level = f"one-sided {100 * (1 - alpha):.4g}% lower bound" + (
         f" (the seed term's df at its conservative limit: {seed_df:.1f}, the interval's {overall.df:.1f})"
-        if math.isfinite(seed_df) and seed_df != overall.df else "")
+        if math.isfinite(seed_df) and f"{seed_df:.1f}" != f"{overall.df:.1f}" else "")
     why = f"alpha {gate.alpha:g}" + (f" / {k} candidate arms" if k > 1 else "")
     seeds = f", {pair.replicates} training seeds averaged" if pair.replicates > 1 else ""
     head = (f"overall paired difference {ci_text(overall)} against {bar_name} over {pair.n_questions} shared questions "
