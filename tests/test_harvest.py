@@ -224,11 +224,15 @@ def test_the_retrain_trigger_submits_one_training_run_once_n_new_records_accumul
     assert [r["id"] for r in store.records(third)][0] == "s1" and len(store.records(third)) == 1 + 4
 
 
-def test_retrain_to_a_cluster_needs_an_s3_seed_store(tmp_path, capsys):
+def test_retrain_and_holdout_refusals_are_one_line(tmp_path, capsys):
     assert main(["harvest", "--teacher", "gpt-4o", "--retrain-after", "3", "--kfp-host", "http://127.0.0.1:1",
                  "--tracking-uri", f"sqlite:///{tmp_path}/m.db"]) == 2
-    err = capsys.readouterr().err
-    assert "the cluster cannot read the local seed store" in err and err.count("\n") == 1
+    assert main(["harvest", "--teacher", "gpt-4o", "--kfp-host", "http://127.0.0.1:1",
+                 "--tracking-uri", f"sqlite:///{tmp_path}/m.db"]) == 2
+    assert main(["harvest", "--teacher", "gpt-4o", "--holdout-fraction", "1"]) == 2
+    local, no_trigger, fraction = capsys.readouterr().err.strip().splitlines()
+    assert "the cluster cannot read the local seed store" in local and "give --retrain-after N too" in no_trigger
+    assert "--holdout-fraction 1.0: give a share in [0, 1)" in fraction
 
 
 @pytest.fixture(autouse=True)

@@ -66,6 +66,8 @@ def _watermark(args: argparse.Namespace, uri: str) -> tuple[int, str | None]:
 def _check_retrain(args: argparse.Namespace, store) -> None:
     if args.retrain_after < 0:
         raise UsageError(f"--retrain-after {args.retrain_after}: give a number of new records >= 1 (0: never)")
+    if args.kfp_host and not args.retrain_after:
+        raise UsageError("--kfp-host is where the retrain trigger submits its run: give --retrain-after N too")
     if args.retrain_after and args.kfp_host and not store.bucket:
         raise UsageError(f"--kfp-host: the cluster cannot read the local seed store {store.root}; give --seed-store "
                          "s3://bucket/prefix (or leave --kfp-host out to get the command to run)")
