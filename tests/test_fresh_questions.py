@@ -57,6 +57,16 @@ def test_harvested_questions_are_appended_after_the_cap_keeping_their_slice(tmp_
     assert "3 held out of every seed version (slice unseen) and 2 in the training seed data (slice seen" in report
 
 
+def test_what_harvest_holds_out_is_what_the_split_takes(tmp_path):
+    from selfguided.components.data.harvest import Prompt, holdout_questions
+
+    rows = holdout_questions([Prompt("t1", "poem", "첫눈 오는 아침의 시를 써 주세요")],
+                             [Prompt("t2", "blog", "동네 책방 후기를 써 주세요"), Prompt("t3", "news", "도서관 소식")])
+    _, merged = _split(tmp_path, rows)
+    fresh = [(q["category"], q["slice"]) for q in merged if "slice" in q]
+    assert fresh[0] == ("poem", "unseen") and len(fresh) == 2 and fresh[1] in {("blog", "seen"), ("news", "seen")}
+
+
 @pytest.mark.parametrize("rows, message", [
     (_fresh(slice="train"), r"fresh.jsonl:1: 'slice' must be one of unseen, seen, got 'train'"),
     ([{k: v for k, v in r.items() if k != "slice"} for r in _fresh()], r"fresh.jsonl:1: 'slice' must be one of"),
