@@ -424,7 +424,8 @@ def power_block(args, layouts) -> None:
     print("| data model | test-set layout | arms | +0.5 promoted | +1.0 promoted |")
     print("|---|---|---|---|---|")
     jobs, labels = [], []
-    for m, model_name in enumerate(args.models):
+    for model_name in args.models:  # each cell's seed by the model's place in MODELS: a subset reruns the same cells
+        m = list(MODELS).index(model_name)
         if model_name not in ("default", "seeds K=2 (seed SD 0.3)", "seeds K=3 (seed SD 0.3)"):
             continue
         for i, (name, (layout, turns)) in enumerate(layouts.items()):
@@ -447,7 +448,8 @@ def regression_block(args, layouts) -> list[str]:
           "one-sided bound holds |")
     print("|---|---|---|---|---|---|---|---|")
     jobs, labels = [], []
-    for m, model_name in enumerate(args.models):
+    for model_name in args.models:  # each cell's seed by the model's place in MODELS (as in null_block)
+        m = list(MODELS).index(model_name)
         for i, (name, (layout, turns)) in enumerate(layouts.items()):
             if max(layout) < 10:
                 continue
