@@ -15,7 +15,7 @@ The earlier revision (`--before`, default: the commit before the restructure) is
 `selfguided/pipelines`) and put first on PYTHONPATH, so both run with this venv's libraries.
 
     python benchmarks/startup.py                 # 3 repeats, median
-    python benchmarks/startup.py --repeats 1 --steps score   # the smoke setting of make test
+    python benchmarks/startup.py --repeats 1 --steps register --cli help   # the smoke setting of make test
 
 The last line is `RESULT key=value ...`.
 """
@@ -79,12 +79,13 @@ def timed(argv: list[str], env: dict[str, str], repeats: int) -> float:
     return statistics.median(times)
 
 
-def measure(env: dict[str, str], cli: str, modules: dict[str, str], repeats: int) -> dict[str, float]:
+CLI_COMMANDS = {"help": ["--help"], "score_help": ["score", "--help"]}
+
+
+def measure(env: dict[str, str], cli: str, modules: dict[str, str], repeats: int,
+            commands: tuple[str, ...] | list[str] = tuple(CLI_COMMANDS)) -> dict[str, float]:
     python = sys.executable
-    figures = {
-        "help": timed([python, "-c", cli, "--help"], env, repeats),
-        "score_help": timed([python, "-c", cli, "score", "--help"], env, repeats),
-    }
+    figures = {name: timed([python, "-c", cli, *CLI_COMMANDS[name]], env, repeats) for name in commands}
     step_env = {**env, "_KFP_RUNTIME": "true"}
     for step, module in modules.items():
         figures[f"step_{step}"] = timed([python, "-c", f"import kfp.dsl.executor_main, {module}"], step_env, repeats)
@@ -96,18 +97,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--before", default=BEFORE, help="earlier revision to compare with (default: %(default)s)")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each command; the median is reported")
     parser.add_argument("--steps", default=",".join(STEPS), help="steps to time (default: all)")
+    parser.add_argument("--cli", default=",".join(CLI_COMMANDS),
+                        help="CLI commands to time (default: all; each costs the earlier revision's full import)")
     args = parser.parse_args(argv)
     steps = [s for s in args.steps.split(",") if s]
     unknown = sorted(set(steps) - set(STEPS))
     if unknown:
         parser.error(f"unknown steps {', '.join(unknown)} (known: {', '.join(STEPS)})")
+    commands = [c for c in args.cli.split(",") if c]
+    unknown = sorted(set(commands) - set(CLI_COMMANDS))
+    if unknown:
+        parser.error(f"unknown CLI commands {', '.join(unknown)} (known: {', '.join(CLI_COMMANDS)})")
 
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    now = measure(env, CLI_NOW, {s: STEPS[s][0] for s in steps}, args.repeats)
+    now = measure(env, CLI_NOW, {s: STEPS[s][0] for s in steps}, args.repeats, commands)
     with tempfile.TemporaryDirectory(prefix="selfguided-startup-") as scratch:
         path = checkout(args.before, Path(scratch))
         before = measure({**env, "PYTHONPATH": str(path)}, CLI_BEFORE, {s: STEPS[s][1] for s in steps},
-                         args.repeats)
+                         args.repeats, commands)
 
     print(f"{'':24} {'before (' + args.before + ')':>18} {'now':>8} {'ratio':>7}")
     for key in now:

@@ -20,19 +20,29 @@ SMOKE = {
                                "--batch-size", "2"],
     "llm_throughput.py": ["--n", "12", "--rpm", "0", "--max-concurrent", "64", "--latency", "0.01",
                           "--concurrency", "4"],
-    "startup.py": ["--repeats", "1", "--steps", "register"],
+    # one CLI command of each revision: the earlier one imports the whole package (~15 s) per command
+    "startup.py": ["--repeats", "1", "--steps", "register", "--cli", "help"],
     "gate_simulation.py": ["--quick"],
     "jury_weights_simulation.py": ["--reps", "3", "--labels", "40", "--fresh", "50"],
     "canary_simulation.py": ["--quick"],
     "monitor_simulation.py": ["--quick"],
     "trace_writer_rate.py": ["--n", "5", "--batch-sizes", "50"],
-    "memory_plan_check.py": ["--model", "tiny", "--method", "lora", "--tokens", "256", "--steps", "1"],
 }
+# Scripts a test module already runs, with a setting at least as large, checking the RESULT line (and
+# more): a smoke run here would only repeat it.
+RUN_BY = {"memory_plan_check.py": "test_memory_plan.py"}  # both methods, 2048 tokens, the ratio checked
 
 
 def test_every_benchmark_has_a_smoke_setting():
     scripts = {p.name for p in (ROOT / "benchmarks").glob("*.py")}
-    assert scripts == set(SMOKE), "add the new benchmark's smallest setting to SMOKE"
+    assert scripts == set(SMOKE) | set(RUN_BY), "add the new benchmark's smallest setting to SMOKE"
+    assert not set(SMOKE) & set(RUN_BY)
+
+
+@pytest.mark.parametrize("script, module", sorted(RUN_BY.items()))
+def test_a_benchmark_another_module_runs_is_run_there(script, module):
+    text = (ROOT / "tests" / module).read_text(encoding="utf-8")
+    assert f'"benchmarks" / "{script}"' in text and '.startswith("RESULT ")' in text
 
 
 @pytest.mark.parametrize("script", sorted(SMOKE))
