@@ -184,8 +184,9 @@ def test_the_retrain_trigger_submits_one_training_run_once_n_new_records_accumul
     monkeypatch.setenv("OPENAI_API_KEY", "test")
     for name, value in {**S3_CREDENTIALS, "AWS_ENDPOINT_URL_S3": s3_server.endpoint_url}.items():
         monkeypatch.setenv(name, value)
-    s3_server.client().create_bucket(Bucket="seeds")
-    root = "s3://seeds/flywheel"
+    # moto keeps buckets per process, whichever server made them: a bucket no other test module uses.
+    s3_server.client().create_bucket(Bucket="harvest-seeds")
+    root = "s3://harvest-seeds/flywheel"
     store = SeedStore(root, client=s3_server.client())
     base, _ = store.save([{"id": "s1", "category": "poem", "instruction": "가을 밤하늘을 노래하는 시를 지어 주세요",
                            "input": "", "output": "별이 빛나는 밤"}])
