@@ -136,7 +136,9 @@ def test_replayed_traffic_grows_the_seed_without_test_questions_and_sends_only_n
         assert [(q["turns"][0], q["slice"]) for q in holdout] == [("겨울 바다를 그리는 시를 써 주세요", "unseen"),
                                                                    ("주말 캠핑 후기를 블로그 글로 써 주세요", "seen")]
         assert holdout[0]["question_id"] == "harvest-" + question_hash("겨울 바다를 그리는 시를 써 주세요")[:12]
-        assert "--fresh-questions .selfguided/harvest-holdout.jsonl (pipeline parameter fresh_questions_uri)" in out
+        assert out.strip().splitlines()[-1] == (
+            f"Next: selfguided run --seed-data .selfguided/seed-versions/{second}/records.jsonl --fresh-questions .selfguided/harvest-holdout.jsonl "
+            "(--fresh-questions: the held-out slice, pipeline parameter fresh_questions_uri)")
         # The watermark: only the traces served after the newest one the first harvest read.
         assert f"the newest trace the harvest that made {first} read" in out
         assert "4 production prompts read" in out

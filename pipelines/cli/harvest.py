@@ -73,7 +73,7 @@ def _check_retrain(args: argparse.Namespace, store) -> None:
                          "s3://bucket/prefix (or leave --kfp-host out to get the command to run)")
 
 
-def _retrain(args: argparse.Namespace, uri: str, store, manifest) -> None:
+def _retrain(args: argparse.Namespace, uri: str, store, manifest, holdout: Path | None = None) -> None:
     """The retrain trigger: the new version's records the champion's seed version lacks, against
     --retrain-after; at or above it, one training run submitted (--kfp-host) or its command printed."""
     from selfguided.components.data.seed_versions import new_records
@@ -92,7 +92,8 @@ def _retrain(args: argparse.Namespace, uri: str, store, manifest) -> None:
     location = store.location(manifest.version)
     if not args.kfp_host:
         default = os.environ.get("SELFGUIDED_SEED_STORE") or DEFAULT_SEED_STORE
-        print(f"retrain: selfguided run --seed-data {manifest.version if store.root == default else location}")
+        print(f"retrain: selfguided run --seed-data {manifest.version if store.root == default else location}"
+              f"{_fresh(holdout)}")
         return
     import tempfile
 
@@ -110,14 +111,14 @@ def _retrain(args: argparse.Namespace, uri: str, store, manifest) -> None:
     print(f"retrain: submitted KFP run {run.run_id} (experiment {args.kfp_experiment}) with seed_uri={location}")
 
 
-def _write_holdout(args: argparse.Namespace, uri: str, unseen: list, seen: list) -> None:
+def _write_holdout(args: argparse.Namespace, uri: str, unseen: list, seen: list) -> Path | None:
     """The held-out slice: the unseen prompts and as many seen ones in --holdout-out, the unseen ones
     recorded as a test set in --experiment (test_set_hashes reads it: no later harvest takes them)."""
     from selfguided.components.data.harvest import holdout_questions
 
     if not unseen:
         print(f"Held-out slice: no prompt held out this time (--holdout-fraction {args.holdout_fraction:g})")
-        return
+        return None
     rows = holdout_questions(unseen, seen)
     out = Path(args.holdout_out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -143,11 +144,18 @@ def _write_holdout(args: argparse.Namespace, uri: str, unseen: list, seen: list)
             dataset = ensure_questions_dataset(uri, experiment_id, unseen_file)
         print(f"  the unseen ones are test set {dataset.name} in experiment {args.experiment}: no later harvest "
               "takes them")
-    print(f"Evaluate on them: selfguided run --fresh-questions {out} (pipeline parameter fresh_questions_uri)")
+    return out
 
 
-def _no_version(args: argparse.Namespace, message: str) -> None:
+def _fresh(holdout: Path | None) -> str:
+    return f" --fresh-questions {holdout}" if holdout else ""
+
+
+def _no_version(args: argparse.Namespace, message: str, holdout: Path | None = None) -> None:
     print(message)
+    if holdout:
+        print(f"Evaluate on the held-out slice: selfguided run --fresh-questions {holdout} (pipeline parameter "
+              "fresh_questions_uri)")
     if args.retrain_after:
         print("retrain: no new seed version, nothing to decide")
 
@@ -194,8 +202,8 @@ def run_harvest(args: argparse.Namespace) -> int:
     kept = [p for p in selection.kept if not held_out(p.text, args.holdout_fraction)]
     print(f"  {len(unseen):5d}  of the kept held out of training (--holdout-fraction {args.holdout_fraction:g})")
     if not kept and not selection.hard:
-        _write_holdout(args, uri, unseen, [])
-        _no_version(args, "Nothing new to harvest: no seed version made.")
+        holdout = _write_holdout(args, uri, unseen, [])
+        _no_version(args, "Nothing new to harvest: no seed version made.", holdout)
         return 0
     try:
         teacher = llm_step_config("teacher", args.teacher, base_url=args.llm_base_url, concurrency=args.llm_concurrency,
@@ -221,9 +229,9 @@ def run_harvest(args: argparse.Namespace) -> int:
         Path(args.hard_out).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in hard), encoding="utf-8")
         print(f"Hard prompts ({len(hard)}), kept apart for a look before any training: {args.hard_out}")
     new_ids = {r["id"] for r in new}
-    _write_holdout(args, uri, unseen, [p for p in kept if f"harvest-{p.trace_id}" in new_ids])
+    holdout = _write_holdout(args, uri, unseen, [p for p in kept if f"harvest-{p.trace_id}" in new_ids])
     if not new:
-        _no_version(args, "No new seed records: no seed version made.")
+        _no_version(args, "No new seed records: no seed version made.", holdout)
         return 0
     source = {"traces": args.production_experiment, "since_ms": str(since), WATERMARK_KEY: str(newest),
               "teacher": args.teacher,
@@ -236,9 +244,10 @@ def run_harvest(args: argparse.Namespace) -> int:
     if not args.no_mlflow:
         run_id = log_seed_version(uri, args.experiment, manifest, store.location(manifest.version))
         print(f"MLflow: dataset {manifest.version} (context seed) on run {run_id}")
-    print(f"Next: selfguided run --seed-data {store.location(manifest.version)}")
+    print(f"Next: selfguided run --seed-data {store.location(manifest.version)}{_fresh(holdout)}"
+          + (" (--fresh-questions: the held-out slice, pipeline parameter fresh_questions_uri)" if holdout else ""))
     if args.retrain_after:
-        _retrain(args, uri, store, manifest)
+        _retrain(args, uri, store, manifest, holdout)
     return 0
 
 
