@@ -213,14 +213,19 @@ def test_the_retrain_trigger_submits_one_training_run_once_n_new_records_accumul
         assert f"retrain: 3 new records since the champion's seed version {base.version} (>= 3)" in out
         assert f"retrain: selfguided run --seed-data {root}/{second}/records.jsonl" in out and not kfp_api.runs
 
-        _serve(uri, [("news", "도서관 야간 개방 소식을 기사로 써 주세요")])
+        _serve(uri, [("news", "도서관 야간 개방 소식을 기사로 써 주세요"), ("poem", "겨울 바다를 그리는 시를 써 주세요")])
         assert main([*argv, "--kfp-host", kfp_api.host, "--retrain-param", "num_epochs=2"]) == 0
         out = capsys.readouterr().out
         third = out.split("Seed version ", 1)[1].split(":", 1)[0]
-        assert "retrain: 4 new records since the champion's seed version" in out
+        assert "retrain: 4 new records since the champion's seed version" in out  # 겨울 바다 held out
     (run,) = kfp_api.runs.values()
     assert f"retrain: submitted KFP run {run['run_id']}" in out
-    assert run["runtime_config"]["parameters"] == {"seed_uri": f"{root}/{third}/records.jsonl", "num_epochs": 2}
+    fresh = f"{root}/{third}/fresh-questions.jsonl"  # the held-out slice, beside the version on S3
+    assert run["runtime_config"]["parameters"] == {"seed_uri": f"{root}/{third}/records.jsonl", "num_epochs": 2,
+                                                   "fresh_questions_uri": fresh}
+    body = s3_server.client().get_object(Bucket="harvest-seeds", Key=f"flywheel/{third}/fresh-questions.jsonl")["Body"]
+    assert [(json.loads(line)["turns"][0], json.loads(line)["slice"]) for line in body.read().decode().splitlines()] == [
+        ("겨울 바다를 그리는 시를 써 주세요", "unseen"), ("도서관 야간 개방 소식을 기사로 써 주세요", "seen")]
     assert run["pipeline_spec"]["pipeline_spec"]["pipelineInfo"]["name"] == "selfguided"
     assert run["display_name"] == f"selfguided retrain on {third}" and ("POST", f"{API}/runs") in kfp_api.calls()
     # The run's seed_uri is readable where the cluster reads it: the records on S3, the base's and the 4 harvested.

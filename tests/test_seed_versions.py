@@ -171,3 +171,15 @@ def test_run_takes_a_seed_version_name_as_seed_data(tmp_path, capsys, monkeypatc
     unknown, local = capsys.readouterr().err.strip().splitlines()
     assert "seed version seed-0123456789abcdef is not in the seed store .selfguided/seed-versions" in unknown
     assert "the cluster cannot read; set SELFGUIDED_SEED_STORE to an s3://" in local
+
+
+def test_a_file_attached_beside_a_version_is_not_its_content(tmp_path):
+    store = SeedStore(tmp_path / "store")
+    manifest, _ = store.save(_records(2))
+    where = store.attach(manifest.version, "fresh-questions.jsonl", '{"question_id": 1}\n')
+    assert where == f"{tmp_path / 'store'}/{manifest.version}/fresh-questions.jsonl"
+    assert (tmp_path / "store" / manifest.version / "fresh-questions.jsonl").read_text() == '{"question_id": 1}\n'
+    assert store.records(manifest.version) == _records(2) and store.save(_records(2))[0].version == manifest.version
+    for version, name in ((manifest.version, "records.jsonl"), ("seed-0123456789abcdef", "x.jsonl")):
+        with pytest.raises(DataError, match="cannot attach"):
+            store.attach(version, name, "")

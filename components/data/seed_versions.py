@@ -135,8 +135,16 @@ class SeedStore:
             raise DataError(f"seed version {version!r} is not in {self.root}")
         return [json.loads(line) for line in text.splitlines() if line.strip()]
 
-    def location(self, version: str) -> str:
-        return f"{self.root.rstrip('/')}/{version}/records.jsonl"
+    def location(self, version: str, name: str = "records.jsonl") -> str:
+        return f"{self.root.rstrip('/')}/{version}/{name}"
+
+    def attach(self, version: str, name: str, text: str) -> str:
+        """Keep a file beside a stored version (e.g. the held-out questions of the harvest that made
+        it: where a cluster run can read them); returns its location. Not part of the version's content."""
+        if self.manifest(version) is None or name in ("records.jsonl", "manifest.json") or "/" in name:
+            raise DataError(f"cannot attach {name!r} to seed version {version!r} in {self.root}")
+        self._write(version, name, text)
+        return self.location(version, name)
 
 
 @dataclass

@@ -101,6 +101,9 @@ def _retrain(args: argparse.Namespace, uri: str, store, manifest, holdout: Path 
     from selfguided.pipelines.platform import PIPELINE_SERVICE_ACCOUNT
 
     params = {**dict(pipeline_param(p) for p in args.retrain_param), "seed_uri": location}
+    if holdout:  # the held-out slice, where the cluster reads it: beside the version in the S3 store
+        params["fresh_questions_uri"] = store.attach(manifest.version, "fresh-questions.jsonl",
+                                                     holdout.read_text(encoding="utf-8"))
     client = kfp_client(args.kfp_host, args.namespace)
     with tempfile.TemporaryDirectory(prefix="selfguided-retrain-") as folder:
         package = compile_for_schedule("train", folder)
@@ -108,7 +111,8 @@ def _retrain(args: argparse.Namespace, uri: str, store, manifest, holdout: Path 
             str(package), arguments=params, run_name=f"selfguided retrain on {manifest.version}",
             experiment_name=args.kfp_experiment, namespace=args.namespace,
             service_account=args.service_account or PIPELINE_SERVICE_ACCOUNT)
-    print(f"retrain: submitted KFP run {run.run_id} (experiment {args.kfp_experiment}) with seed_uri={location}")
+    print(f"retrain: submitted KFP run {run.run_id} (experiment {args.kfp_experiment}) with "
+          + ", ".join(f"{k}={params[k]}" for k in ("seed_uri", "fresh_questions_uri") if k in params))
 
 
 def _write_holdout(args: argparse.Namespace, uri: str, unseen: list, seen: list) -> Path | None:
