@@ -117,6 +117,17 @@ def ensure_questions_dataset(tracking_uri: str, experiment_id: str, questions_fi
     return client.get_dataset(dataset.dataset_id)
 
 
+def dataset_records(tracking_uri: str, dataset_id: str) -> list:
+    """The records of an evaluation dataset in the store at `tracking_uri`. Not
+    `MlflowClient(uri).get_dataset(id).records`: that property loads lazily from the *global*
+    tracking store (mlflow/entities/evaluation_dataset.py at 3.17, `records`: `_get_store()` with no
+    URI), so with another global URI it reads nothing, silently."""
+    from mlflow.tracking._tracking_service.utils import _get_store
+
+    records, _ = _get_store(tracking_uri)._load_dataset_records(dataset_id, max_results=None)
+    return list(records or [])
+
+
 def _search_everywhere(client, query: dict) -> list:
     """Datasets of every experiment; [] where the server allows that search to its admin only."""
     from mlflow.exceptions import MlflowException

@@ -84,7 +84,7 @@ def test_set_hashes(tracking_uri: str, experiments: Iterable[str]) -> tuple[set[
     """The question hashes of every published test set in `experiments`, and how many test sets."""
     from mlflow import MlflowClient
 
-    from selfguided.components.registry.genai_pages import DATASET_PREFIX
+    from selfguided.components.registry.genai_pages import DATASET_PREFIX, dataset_records
 
     client = MlflowClient(tracking_uri)
     ids = [e.experiment_id for e in (client.get_experiment_by_name(name) for name in experiments) if e is not None]
@@ -93,7 +93,7 @@ def test_set_hashes(tracking_uri: str, experiments: Iterable[str]) -> tuple[set[
         return hashes, 0
     datasets = [d for d in client.search_datasets(experiment_ids=ids) if d.name.startswith(DATASET_PREFIX)]
     for dataset in datasets:
-        for record in client.get_dataset(dataset.dataset_id).records:
+        for record in dataset_records(tracking_uri, dataset.dataset_id):
             turns = (record.inputs or {}).get("turns") or []
             if turns:
                 hashes.add(question_hash(str(turns[0])))
