@@ -9,15 +9,18 @@ lineage as tags: `seed_version`, `seed_parent` (the version it extends, "" for a
 `seed_source.<key>` (traces, teacher, prompt versions, the file it was read from, when known).
 Logging a version twice finds its run and logs nothing new.
 
-`harvest_watermark` finds the newest harvest of a traces experiment: the logged seed version with
-the largest `seed_source.until_ms` (the newest trace time that harvest read), where the next
-harvest starts. `seed_lineage` walks the parents back from a version; `SEED_VERSION_TAG` is the tag that
+`log_harvest_execution` makes one run per harvest execution (tag `row_kind=harvest`) with the
+newest trace time it read (`harvest.until_ms`), whether or not it made a seed version, so traces a
+harvest left out are not read again. `harvest_watermark` finds where the next harvest of a traces
+experiment starts: the largest `until_ms` among those runs and the logged seed versions
+(`seed_source.until_ms`, what harvests before the execution runs recorded). `seed_lineage` walks the parents back from a version; `SEED_VERSION_TAG` is the tag that
 registration (registry/promotion.py) sets on every model version: the version of the seed records
 its scored data holds (data/seed_versions.SeedManifest over the scored records).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from selfguided.components.data.seed_versions import SeedManifest
@@ -92,26 +95,71 @@ WATERMARK_KEY = "until_ms"
 """The `source` key (tag `seed_source.until_ms`) of a harvested version: the newest trace time it read."""
 
 
-def harvest_watermark(tracking_uri: str, experiment_name: str, traces: str, *, max_runs: int = 1000
-                      ) -> tuple[int, str | None]:
-    """(until_ms, version) of the newest harvest of the traces experiment `traces` logged in
-    `experiment_name` (the seed version whose `seed_source.until_ms` is largest); (0, None) when
-    there is none. Reads the newest `max_runs` seed-version runs."""
+HARVEST_ROW_KIND = "harvest"
+HARVEST_TAG_PREFIX = "harvest."
+
+
+@dataclass(frozen=True)
+class HarvestMark:
+    """Where the next harvest starts: after `until_ms`; `version` is the seed line's version after
+    the harvest that set it (the one it made, else the one it extended; None when there is none),
+    `made` whether that harvest made it."""
+
+    until_ms: int = 0
+    version: str | None = None
+    made: bool = False
+
+
+def log_harvest_execution(tracking_uri: str, experiment_name: str, *, traces: str, since_ms: int, until_ms: int,
+                          made: str = "", current: str = "", counts: dict[str, float] | None = None) -> str:
+    """One run for one harvest execution (tags `row_kind=harvest`, `harvest.traces`, `harvest.since_ms`,
+    `harvest.until_ms`, `harvest.version` = the version it made or "", `harvest.current` = the seed
+    line's version after it); `counts` as metrics `harvest/<name>`. Returns the run id."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    from selfguided.components.registry.runs import ensure_experiment
+
+    client = MlflowClient(tracking_uri)
+    experiment_id = ensure_experiment(client, experiment_name, tracking_uri)
+    tags = {"row_kind": HARVEST_ROW_KIND, f"{HARVEST_TAG_PREFIX}traces": traces,
+            f"{HARVEST_TAG_PREFIX}since_ms": str(since_ms), f"{HARVEST_TAG_PREFIX}{WATERMARK_KEY}": str(until_ms),
+            f"{HARVEST_TAG_PREFIX}version": made, f"{HARVEST_TAG_PREFIX}current": current or made}
+    run = client.create_run(experiment_id, run_name=f"harvest {made or 'no new version'}", tags=tags)
+    import time
+
+    now = int(time.time() * 1000)
+    client.log_batch(run.info.run_id, metrics=[Metric(f"harvest/{k}", float(v), now, 0)
+                                               for k, v in (counts or {}).items()])
+    client.set_terminated(run.info.run_id)
+    return run.info.run_id
+
+
+def harvest_watermark(tracking_uri: str, experiment_name: str, traces: str, *, max_runs: int = 1000) -> HarvestMark:
+    """The newest harvest of the traces experiment `traces` on record in `experiment_name`: the
+    largest `until_ms` of its execution runs and of the seed versions harvests logged (a tie goes
+    to the newest run); HarvestMark() when there is none. Reads the newest `max_runs` runs of each kind."""
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri)
     experiment = client.get_experiment_by_name(experiment_name)
     if experiment is None:
-        return 0, None
-    runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.row_kind = '{SEED_ROW_KIND}'",
-                              order_by=["attributes.start_time DESC"], max_results=max_runs)
-    best: tuple[int, str | None] = (0, None)
-    for run in runs:
-        tags = run.data.tags
-        mark = tags.get(f"{SEED_SOURCE_TAG_PREFIX}{WATERMARK_KEY}", "")
-        if tags.get(f"{SEED_SOURCE_TAG_PREFIX}traces") == traces and mark.isdigit() and int(mark) > best[0]:
-            best = (int(mark), tags.get(SEED_VERSION_TAG))
-    return best
+        return HarvestMark()
+    marks = []
+    for kind in (SEED_ROW_KIND, HARVEST_ROW_KIND):
+        for run in client.search_runs([experiment.experiment_id], filter_string=f"tags.row_kind = '{kind}'",
+                                      order_by=["attributes.start_time DESC"], max_results=max_runs):
+            tags = run.data.tags
+            if kind == SEED_ROW_KIND:
+                mark, source = tags.get(f"{SEED_SOURCE_TAG_PREFIX}{WATERMARK_KEY}", ""), SEED_SOURCE_TAG_PREFIX
+                version, made = tags.get(SEED_VERSION_TAG), True
+            else:
+                mark, source = tags.get(f"{HARVEST_TAG_PREFIX}{WATERMARK_KEY}", ""), HARVEST_TAG_PREFIX
+                version = tags.get(f"{HARVEST_TAG_PREFIX}current") or None
+                made = bool(tags.get(f"{HARVEST_TAG_PREFIX}version"))
+            if tags.get(f"{source}traces") == traces and mark.isdigit():
+                marks.append((int(mark), run.info.start_time or 0, HarvestMark(int(mark), version, made)))
+    return max(marks, key=lambda m: m[:2])[2] if marks else HarvestMark()
 
 
 def champion_seed_version(tracking_uri: str, registered_model: str) -> tuple[str | None, str | None]:
