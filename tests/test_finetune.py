@@ -303,9 +303,19 @@ def test_module_imports_inside_a_kfp_step():
 
 # -- checkpoints and resume -------------------------------------------------------------------------
 
-# Long enough (~18 steps) that a SIGTERM sent after the 2nd step lands well before the end.
+# Long enough (16 steps on the first 48 seed records) that a SIGTERM sent after the 2nd step lands
+# well before the end. All 84 records make 34 steps: twice the training and the checkpoints in each
+# of the 3 runs that go to the end, and no more proof.
 RESUME_CONFIG = json.dumps({"max_seq_len": 512, "micro_batch_tokens": 512, "grad_accum_steps": 1,
                             "num_epochs": 1, "save_every_steps": 2, "lora_dropout": 0.1})
+RESUME_RECORDS = 48
+
+
+@pytest.fixture(scope="module")
+def resume_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("resume") / "unscored.jsonl"
+    write_jsonl(path, training_rows(RESUME_RECORDS))
+    return path
 
 
 def cli(train_file, out, checkpoint_dir, *extra_python):
@@ -346,11 +356,13 @@ def adapter(out):
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory, train_file):
+def uninterrupted(tmp_path_factory, resume_file):
     root = tmp_path_factory.mktemp("uninterrupted")
-    code, stdout, stderr = finish(cli(train_file, root / "out", root / "ckpt"))
+    code, stdout, stderr = finish(cli(resume_file, root / "out", root / "ckpt"))
     assert code == 0, stderr[-3000:]
-    return root / "out", json.loads(stdout.strip().splitlines()[-1])
+    metrics = json.loads(stdout.strip().splitlines()[-1])
+    assert metrics["steps"] >= 12  # room for the interrupted runs to stop well before the end
+    return root / "out", metrics
 
 
 def assert_same_result(out, reference):
@@ -365,8 +377,8 @@ def assert_same_result(out, reference):
 
 
 @pytest.mark.slow
-def test_sigterm_midway_then_resume_ends_where_an_uninterrupted_run_ends(tmp_path, train_file, uninterrupted):
-    process = cli(train_file, tmp_path / "out", tmp_path / "ckpt")
+def test_sigterm_midway_then_resume_ends_where_an_uninterrupted_run_ends(tmp_path, resume_file, uninterrupted):
+    process = cli(resume_file, tmp_path / "out", tmp_path / "ckpt")
     wait_for_checkpoint(tmp_path / "ckpt", process)
     process.send_signal(signal.SIGTERM)
     code, _, stderr = finish(process)
@@ -377,7 +389,7 @@ def test_sigterm_midway_then_resume_ends_where_an_uninterrupted_run_ends(tmp_pat
     assert 2 <= stopped_at < uninterrupted[1]["steps"]  # really stopped midway
     assert not (tmp_path / "out" / "selfguided.json").exists()
 
-    code, _, stderr = finish(cli(train_file, tmp_path / "out", tmp_path / "ckpt"))
+    code, _, stderr = finish(cli(resume_file, tmp_path / "out", tmp_path / "ckpt"))
     assert code == 0, stderr[-3000:]
     assert_same_result(tmp_path / "out", uninterrupted)
 
@@ -398,8 +410,8 @@ KILL_WHILE_SAVING = textwrap.dedent("""
 
 
 @pytest.mark.slow
-def test_kill_9_while_saving_leaves_no_torn_checkpoint_and_resume_is_exact(tmp_path, train_file, uninterrupted):
-    code, _, stderr = finish(cli(train_file, tmp_path / "out", tmp_path / "ckpt", KILL_WHILE_SAVING))
+def test_kill_9_while_saving_leaves_no_torn_checkpoint_and_resume_is_exact(tmp_path, resume_file, uninterrupted):
+    code, _, stderr = finish(cli(resume_file, tmp_path / "out", tmp_path / "ckpt", KILL_WHILE_SAVING))
     assert code == -signal.SIGKILL, stderr[-3000:]
     run = run_dirs(tmp_path / "ckpt")
     assert sorted(p.name for p in run.iterdir()) == [".tmp-step-000004", "step-000002"]
@@ -407,7 +419,7 @@ def test_kill_9_while_saving_leaves_no_torn_checkpoint_and_resume_is_exact(tmp_p
     assert [p.name for p in checkpoints.complete()] == ["step-000002"]
     assert not (run / ".tmp-step-000004").exists()
 
-    code, _, stderr = finish(cli(train_file, tmp_path / "out", tmp_path / "ckpt"))
+    code, _, stderr = finish(cli(resume_file, tmp_path / "out", tmp_path / "ckpt"))
     assert code == 0, stderr[-3000:]
     assert_same_result(tmp_path / "out", uninterrupted)
 
