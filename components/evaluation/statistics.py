@@ -26,7 +26,8 @@ report's method note quotes it). So:
   the mean of the other categories (1 df). That term has few df and can dominate, where
   Satterthwaite is anti-conservative (when it comes out small by chance, the df come out large), so
   it is added by Banerjee's conservative rule, half-width^2 = t_{df_rest}^2 V_rest + t_{m-1}^2 V_1,
-  expressed as an effective df (`combine`). Training-seed variance (paired.py) enters the same way.
+  expressed as an effective df (`combine`). Training-seed variance enters by Satterthwaite with the
+  seed term at an upper confidence limit (seeds.py).
 - *No spread*: values all alike give no interval (a spread of 0 estimates nothing); the tests fall
   back on the exact sign test (`p_above`, `p_below`): n questions all on one side of the
   threshold give p = 2^-n, never 0 or 1 by fiat.
@@ -200,8 +201,8 @@ BANERJEE_LEVEL = 0.98  # the one-sided level at which `combine`'s effective df m
 
 def combine(terms: Sequence[tuple[float, float]], bounded: Sequence[tuple[float, float]] = ()) -> tuple[float, float]:
     """(variance, df) of a sum of independent variance estimates (v, df): Welch-Satterthwaite across
-    `terms`; `bounded` terms (few df, able to dominate: the 1-question categories, the training
-    seeds) are added by Banerjee's conservative rule, half-width^2 = t_rest^2 V_rest + sum t_i^2 v_i,
+    `terms`; `bounded` terms (few df, able to dominate: the 1-question categories, an offline
+    reference) are added by Banerjee's conservative rule, half-width^2 = t_rest^2 V_rest + sum t_i^2 v_i,
     returned as the df whose t quantile gives that half-width at BANERJEE_LEVEL (one-sided)."""
     terms = [(float(v), float(d)) for v, d in terms if math.isfinite(v) and d > 0]
     bounded = [(float(v), float(d)) for v, d in bounded if math.isfinite(v) and d > 0]
