@@ -30,6 +30,7 @@ test: $(STAMP)
 compile: $(STAMP)
 	$(BIN)/selfguided compile -o pipelines/selfguided_pipeline.yaml
 	$(BIN)/python -m selfguided.pipelines.monitor_pipeline pipelines/selfguided_monitor.yaml
+	$(BIN)/python -m selfguided.pipelines.flywheel_pipeline pipelines/selfguided_flywheel.yaml
 
 clean:
 	rm -rf .selfguided .pytest_cache build *.egg-info

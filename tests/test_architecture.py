@@ -39,7 +39,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("pipelines.platform", "pipelines.workdir", "pipelines.kfp_backend"),
     ("pipelines.options",),  # the command-line vocabulary, shared by every command's parser
     ("pipelines.pipeline",),
-    ("pipelines.compile", "pipelines.local", "pipelines.upload", "pipelines.serving", "pipelines.monitor_pipeline"),
+    ("pipelines.compile", "pipelines.local", "pipelines.upload", "pipelines.serving", "pipelines.monitor_pipeline",
+     "pipelines.flywheel_pipeline"),
     ("pipelines.cli",),
 )
 

@@ -1,6 +1,6 @@
 """`selfguided monitor` (one monitor execution on this machine: the champion's production answers
 judged and compared with its offline evaluation; exit 1 and ALERT lines on a credible drift) and
-`selfguided schedule` (a KFP recurring run of the monitor or the training pipeline on a cron; `--list`
+`selfguided schedule` (a KFP recurring run of the monitor, training or flywheel pipeline on a cron; `--list`
 shows the KFP experiment's recurring runs, `--delete` removes one)."""
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def cmd_monitor(args: argparse.Namespace) -> int:
 # schedule
 # ---------------------------------------------------------------------------------------------
 
-PIPELINES = ("monitor", "train")
+PIPELINES = ("monitor", "train", "flywheel")
 
 
 def kfp_cron(expression: str) -> str:
@@ -88,6 +88,10 @@ def compile_for_schedule(pipeline: str, folder: str | Path) -> Path:
         from selfguided.pipelines.monitor_pipeline import compile_monitor_pipeline
 
         return compile_monitor_pipeline(Path(folder) / "selfguided_monitor.yaml")
+    if pipeline == "flywheel":
+        from selfguided.pipelines.flywheel_pipeline import compile_flywheel_pipeline
+
+        return compile_flywheel_pipeline(Path(folder) / "selfguided_flywheel.yaml")
     from selfguided.pipelines.compile import compile_pipeline
 
     return compile_pipeline(Path(folder) / "selfguided_pipeline.yaml")
@@ -186,6 +190,9 @@ def cmd_schedule(args: argparse.Namespace) -> int:
         raise UsageError("schedule: give --cron (a new recurring run), --list or --delete NAME_OR_ID")
     cron = kfp_cron(args.cron)
     params = dict(pipeline_param(p) for p in args.param)
+    if args.pipeline == "flywheel" and not str(params.get("seed_store", "")).startswith("s3://"):
+        raise UsageError("schedule --pipeline flywheel: give --param seed_store=s3://bucket/prefix (where the harvest "
+                         "saves seed versions and the retrain reads them)")
     from selfguided.pipelines.platform import PIPELINE_SERVICE_ACCOUNT
 
     client = kfp_client(args.kfp_host, args.namespace)
@@ -241,8 +248,8 @@ def add_monitor_parsers(sub) -> None:
     monitor.add_argument("-o", "--output-dir", help="also write report.md, drift.png and monitor.json here")
     monitor.set_defaults(func=cmd_monitor)
 
-    schedule = sub.add_parser("schedule", help="create a KFP recurring run of the monitor (or training) pipeline "
-                              "on a cron", description="Compile the pipeline and create a KFP recurring run "
+    schedule = sub.add_parser("schedule", help="create a KFP recurring run of the monitor (or training, or "
+                              "flywheel) pipeline on a cron", description="Compile the pipeline and create a KFP recurring run "
                               "(kfp.Client.create_recurring_run) on a cron schedule; one run at a time, no catch-up. "
                               "--list shows the experiment's recurring runs, --delete removes one.")
     schedule.add_argument("--kfp-host", required=True, help="Kubeflow Pipelines API endpoint, e.g. http://localhost:8080")
