@@ -36,6 +36,7 @@ COMMITTED_FLYWHEEL_PIPELINE = Path(__file__).with_name("selfguided_flywheel.yaml
               "into a new seed version; when it holds enough new records, run the training pipeline on it.")
 def flywheel_pipeline(
     seed_store: str = "",
+    extends: str = "",
     teacher: str = "gpt-4o",
     min_new_records: int = 100,
     holdout_fraction: float = 0.1,
@@ -60,6 +61,8 @@ def flywheel_pipeline(
     Args:
         seed_store: the seed store, `s3://bucket/prefix`: the harvest saves the new version there and
             the training run reads it (seed_uri) and the held-out slice beside it (fresh_questions_uri).
+        extends: the seed version the harvest grows; "" = the last harvest's version (give the
+            champion's seed version to the first one, or it starts a line of its own).
         teacher: the model that answers the harvested prompts.
         min_new_records: records of the new version that the champion's seed version lacks needed to
             retrain (0 = harvest only, never retrain).
@@ -81,7 +84,8 @@ def flywheel_pipeline(
         experiment_name: MLflow experiment of the runs, test sets and seed versions.
     """
     harvest_task = harvest(
-        tracking_uri=mlflow_tracking_uri, seed_store=seed_store, teacher=teacher, score_model=score_model,
+        tracking_uri=mlflow_tracking_uri, seed_store=seed_store, extends=extends, teacher=teacher,
+        score_model=score_model,
         production_experiment=production_experiment, experiment_name=experiment_name,
         registered_model_name=registered_model_name, min_new_records=min_new_records,
         holdout_fraction=holdout_fraction, hard_below=hard_below, llm_base_url=llm_base_url,

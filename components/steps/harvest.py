@@ -317,9 +317,9 @@ def _harvest(config: HarvestConfig, store, extends: str, result: HarvestResult, 
 
 
 @component(base_image=CPU_IMAGE, install_kfp_package=False)
-def harvest(tracking_uri: str, seed_store: str, teacher: str, score_model: str, production_experiment: str,
-            experiment_name: str, registered_model_name: str, min_new_records: int, holdout_fraction: float,
-            hard_below: float, llm_base_url: str, llm_concurrency: int, llm_cache: str,
+def harvest(tracking_uri: str, seed_store: str, extends: str, teacher: str, score_model: str,
+            production_experiment: str, experiment_name: str, registered_model_name: str, min_new_records: int,
+            holdout_fraction: float, hard_below: float, llm_base_url: str, llm_concurrency: int, llm_cache: str,
             report: Output[Markdown], hard_prompts: Output[Dataset]
             ) -> NamedTuple("Outputs", [("seed_version", str), ("new_records", int), ("retrain", bool),
                                         ("seed_uri", str), ("fresh_questions_uri", str)]):
@@ -329,6 +329,7 @@ def harvest(tracking_uri: str, seed_store: str, teacher: str, score_model: str, 
     Args:
         tracking_uri: MLflow tracking server (traces, test sets, seed versions, the champion).
         seed_store: the seed store, `s3://bucket/prefix` (where the training run reads the version).
+        extends: the seed version the harvest grows ("" = the last harvest's version, when there is one).
         teacher: the model that answers the harvested prompts.
         score_model: the scorer.
         production_experiment: the MLflow experiment the served answers are traced in.
@@ -353,7 +354,7 @@ def harvest(tracking_uri: str, seed_store: str, teacher: str, score_model: str, 
 
     with tempfile.TemporaryDirectory(prefix="selfguided-harvest-") as folder:
         result = run_harvest(HarvestConfig(
-            tracking_uri=tracking_uri, teacher=teacher, seed_store=seed_store, score_model=score_model,
+            tracking_uri=tracking_uri, teacher=teacher, seed_store=seed_store, extends=extends, score_model=score_model,
             production_experiment=production_experiment, experiment=experiment_name,
             registered_model=registered_model_name, retrain_after=max(0, min_new_records),
             holdout_fraction=holdout_fraction, hard_below=hard_below, hard_out=hard_prompts.path,
