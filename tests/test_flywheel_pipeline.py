@@ -6,10 +6,7 @@ pipeline under kfp.local with retrain false (the training pipeline never runs in
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 import yaml
@@ -29,17 +26,11 @@ BASE = {"id": "s1", "category": "poem", "instruction": "가을 밤하늘을 노�
         "output": "별이 빛나는 밤"}
 
 
-def test_committed_flywheel_pipeline_matches_the_code_and_nests_training_under_the_retrain_condition(tmp_path):
-    """CI fails when the flywheel changed without `make compile`. The compiled spec: harvest, then a
+def test_the_compiled_flywheel_nests_training_under_the_retrain_condition():
+    """The committed spec (tests/test_pipeline_compile.py checks it is the code's): harvest, then a
     condition on its `retrain` output holding the training pipeline (its own DAG), whose seed_uri and
     fresh_questions_uri are the harvest's outputs."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SELFGUIDED_")}
-    fresh = tmp_path / "fresh.yaml"
-    subprocess.run([sys.executable, "-m", "selfguided.pipelines.flywheel_pipeline", str(fresh)], check=True, env=env,
-                   capture_output=True)
-    assert fresh.read_text() == COMMITTED_FLYWHEEL_PIPELINE.read_text(), (
-        "pipelines/selfguided_flywheel.yaml is out of date: run `make compile` and commit the result")
-    spec, platform_spec = yaml.safe_load_all(fresh.read_text())
+    spec, platform_spec = yaml.safe_load_all(COMMITTED_FLYWHEEL_PIPELINE.read_text())
     assert spec["pipelineInfo"]["name"] == "selfguided-flywheel"
     tasks = spec["root"]["dag"]["tasks"]
     assert set(tasks) == {"harvest", "condition-1"}

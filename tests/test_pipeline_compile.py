@@ -141,6 +141,18 @@ def test_committed_pipeline_matches_the_code(tmp_path):
     )
 
 
+
+def test_committed_flywheel_pipeline_matches_the_code(tmp_path):
+    """The same for pipelines/selfguided_flywheel.yaml (its structure: tests/test_flywheel_pipeline.py)."""
+    from selfguided.pipelines.flywheel_pipeline import COMMITTED_FLYWHEEL_PIPELINE
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SELFGUIDED_")}
+    fresh = tmp_path / "flywheel.yaml"
+    subprocess.run([sys.executable, "-m", "selfguided.pipelines.flywheel_pipeline", str(fresh)], check=True, env=env,
+                   capture_output=True)
+    assert fresh.read_text() == COMMITTED_FLYWHEEL_PIPELINE.read_text(), (
+        "pipelines/selfguided_flywheel.yaml is out of date: run `make compile` and commit the result")
+
 def test_compile_without_options_writes_the_pipeline_in_the_current_folder(tmp_path):
     result = subprocess.run([sys.executable, "-m", "selfguided.pipelines.cli.main", "compile"], cwd=tmp_path,
                             capture_output=True, text=True, timeout=300)

@@ -58,3 +58,25 @@ def test_schedule_without_cron_list_or_delete_is_one_line(capsys):
     assert main(["schedule", "--kfp-host", "http://127.0.0.1:1"]) == 2
     err = capsys.readouterr().err
     assert "give --cron" in err and err.count("\n") == 1
+
+
+def test_the_flywheel_is_scheduled_as_one_recurring_run_at_a_time(kfp_api, capsys, tmp_path, monkeypatch):
+    """`schedule --pipeline flywheel`: the compiled selfguided-flywheel pipeline (harvest, then the training
+    pipeline under its retrain condition) as a recurring run with max_concurrency 1, so a retrain in
+    flight holds the next harvest back; it needs an S3 seed store the cluster reads."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["schedule", "--kfp-host", kfp_api.host, "--cron", "0 3 * * *", "--pipeline", "flywheel"]) == 2
+    err = capsys.readouterr().err
+    assert "give --param seed_store=s3://bucket/prefix" in err and err.count("\n") == 1 and not kfp_api.recurring_runs
+    assert main(["schedule", "--kfp-host", kfp_api.host, "--cron", "0 3 * * *", "--pipeline", "flywheel",
+                 "--param", "seed_store=s3://seeds/flywheel", "--param", "min_new_records=200"]) == 0
+    (job,) = kfp_api.recurring_runs.values()
+    assert job["display_name"] == "selfguided-flywheel" and job["max_concurrency"] == 1 and job["no_catchup"] is True
+    assert job["trigger"] == {"cron_schedule": {"cron": "0 0 3 * * *"}}
+    spec = job["pipeline_spec"]["pipeline_spec"]
+    assert spec["pipelineInfo"]["name"] == "selfguided-flywheel" and set(spec["root"]["dag"]["tasks"]) == {
+        "harvest", "condition-1"}
+    assert job["runtime_config"]["parameters"] == {"seed_store": "s3://seeds/flywheel", "min_new_records": 200}
+    assert main(["schedule", "--kfp-host", kfp_api.host, "--list"]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| selfguided-flywheel"))
+    assert [c.strip() for c in row.strip("|").split("|")][2:5] == ["0 0 3 * * *", "ENABLED", "selfguided-flywheel"]
