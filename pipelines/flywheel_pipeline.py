@@ -35,7 +35,7 @@ COMMITTED_FLYWHEEL_PIPELINE = Path(__file__).with_name("selfguided_flywheel.yaml
 @dsl.pipeline(name=FLYWHEEL_PIPELINE_NAME, description="Harvest the production prompts since the last harvest "
               "into a new seed version; when it holds enough new records, run the training pipeline on it.")
 def flywheel_pipeline(
-    seed_store: str = "",
+    seed_store: str = f"{platform.CACHE_MOUNT_PATH}/seed-versions",
     extends: str = "",
     teacher: str = "gpt-4o",
     min_new_records: int = 100,
@@ -59,8 +59,9 @@ def flywheel_pipeline(
     """One turn of the flywheel.
 
     Args:
-        seed_store: the seed store, `s3://bucket/prefix`: the harvest saves the new version there and
-            the training run reads it (seed_uri) and the held-out slice beside it (fresh_questions_uri).
+        seed_store: the seed store, `s3://bucket/prefix` or a folder on the cache volume (both steps
+            mount it): the harvest saves the new version there and the training run reads it (seed_uri)
+            and the held-out slice beside it (fresh_questions_uri).
         extends: the seed version the harvest grows; "" = the last harvest's version (give the
             champion's seed version to the first one, or it starts a line of its own).
         teacher: the model that answers the harvested prompts.

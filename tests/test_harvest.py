@@ -157,6 +157,11 @@ def test_replayed_traffic_grows_the_seed_without_test_questions_and_sends_only_n
         out = capsys.readouterr().out
         assert "1  test-set question" in out and "Nothing new to harvest: no seed version made." in out
         assert server.chat_requests == 0
+        # That harvest made no version, yet its watermark is recorded: the left-out trace is not read again.
+        assert main(argv) == 0
+        out = capsys.readouterr().out
+        assert "the newest trace the last harvest read (it made no seed version)" in out
+        assert "No new traffic in selfguided-production since the watermark" in out and f"Extends {second}" in out
     assert len(store.records(second)) == 4 + 1
     assert "겨울 바다를 그리는 시를 써 주세요" not in [r["instruction"] for r in store.records(second)]
     assert TEST_QUESTION not in [r["instruction"] for r in store.records(second)]

@@ -328,7 +328,8 @@ def harvest(tracking_uri: str, seed_store: str, extends: str, teacher: str, scor
 
     Args:
         tracking_uri: MLflow tracking server (traces, test sets, seed versions, the champion).
-        seed_store: the seed store, `s3://bucket/prefix` (where the training run reads the version).
+        seed_store: the seed store, `s3://bucket/prefix` or a folder on the cache volume (where the
+            training run reads the version).
         extends: the seed version the harvest grows ("" = the last harvest's version, when there is one).
         teacher: the model that answers the harvested prompts.
         score_model: the scorer.

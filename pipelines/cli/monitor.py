@@ -190,10 +190,12 @@ def cmd_schedule(args: argparse.Namespace) -> int:
         raise UsageError("schedule: give --cron (a new recurring run), --list or --delete NAME_OR_ID")
     cron = kfp_cron(args.cron)
     params = dict(pipeline_param(p) for p in args.param)
-    if args.pipeline == "flywheel" and not str(params.get("seed_store", "")).startswith("s3://"):
-        raise UsageError("schedule --pipeline flywheel: give --param seed_store=s3://bucket/prefix (where the harvest "
-                         "saves seed versions and the retrain reads them)")
-    from selfguided.pipelines.platform import PIPELINE_SERVICE_ACCOUNT
+    from selfguided.pipelines.platform import CACHE_MOUNT_PATH, PIPELINE_SERVICE_ACCOUNT
+
+    store = str(params.get("seed_store", f"{CACHE_MOUNT_PATH}/"))
+    if args.pipeline == "flywheel" and not store.startswith(("s3://", f"{CACHE_MOUNT_PATH}/")):
+        raise UsageError(f"--param seed_store={store}: the flywheel's steps cannot read it; give s3://bucket/prefix "
+                         f"or a folder on the cache volume ({CACHE_MOUNT_PATH}/..., the default)")
 
     client = kfp_client(args.kfp_host, args.namespace)
     with tempfile.TemporaryDirectory(prefix="selfguided-schedule-") as folder:
