@@ -55,7 +55,7 @@ def test_the_overall_carries_every_category_including_one_question_ones():
     rng = np.random.default_rng(1)
     big = [one_per_question(rng.normal(0.3, 1, 14)) for _ in range(2)]
     small = [one_per_question([0.5]), one_per_question([-0.5]), one_per_question([1.0])]
-    base = stratified_mean(big + small)
+    base = stratified_mean(big + small, skew_floor=False)  # the differences' rule (paired.py)
     assert base.mean == pytest.approx(np.mean([s[:, 0].mean() for s in big + small]))
     assert base.has_interval and base.df > 1
     # the three 1-question categories bring the spread of their values between each other (2 df),
@@ -68,7 +68,8 @@ def test_the_overall_carries_every_category_including_one_question_ones():
     only_big = stratified_mean(big)
     assert base.half_width > 2 * only_big.half_width * 2 / 5  # not the width of the big ones alone, reweighted
     # a noisy small category is never made quieter by the big ones: its spread comes through
-    loud = stratified_mean(big + [one_per_question([4.0]), one_per_question([-4.0]), one_per_question([0.0])])
+    loud = stratified_mean(big + [one_per_question([4.0]), one_per_question([-4.0]), one_per_question([0.0])],
+                           skew_floor=False)
     assert loud.se ** 2 == pytest.approx((own + 3 * 16.0) / 25)
     two = [one_per_question([3.0, -3.0])]
     assert stratified_mean(big + two).se ** 2 == pytest.approx((own + 18.0 / 2) / 9)  # its own variance, n=2
@@ -77,6 +78,25 @@ def test_the_overall_carries_every_category_including_one_question_ones():
     # two 1-question strata: the t interval of their two values (1 df), as a 2-question category would get
     pair = stratified_mean([one_per_question([1.0]), one_per_question([2.0])])
     assert (pair.ci_low, pair.ci_high) == pytest.approx(tuple(stats.ttest_1samp([1.0, 2.0], 0).confidence_interval()))
+
+
+def test_a_rows_one_question_categories_take_the_skew_the_bigger_ones_show():
+    """Near the ceiling a row's scores are skewed and three 1-question values close together at 9-10
+    gave a short interval (covered 90-91%, issue 28): their spread gains the pooled per-question
+    variance of the 2+-question categories times their squared skewness beyond chance, g^2 - 6/N."""
+    small = [one_per_question([9.75]), one_per_question([10.0]), one_per_question([9.5])]
+    symmetric = [one_per_question([5.0, 6.0, 7.0, 4.0, 8.0, 6.0, 6.0]) for _ in range(2)]  # skewness 0
+    assert stratified_mean(symmetric + small).se == stratified_mean(symmetric + small, skew_floor=False).se
+    values = np.array([10.0, 10.0, 9.75, 10.0, 9.5, 10.0, 7.0, 9.75, 10.0, 8.5, 6.25, 10.0, 9.25, 10.0])
+    ceiling = [one_per_question(values), one_per_question(values - 0.5)]
+    g, residuals = stats.skew(values), 28
+    floor = max(0.0, g * g - 6.0 / residuals) * np.var(values, ddof=1)
+    assert floor > 0.5
+    plain = stratified_mean(ceiling + small, skew_floor=False)
+    est = stratified_mean(ceiling + small)
+    assert est.mean == plain.mean
+    assert est.se ** 2 == pytest.approx(plain.se ** 2 + 3 * floor / 25)
+    assert est.ci_high - est.ci_low > 1.5 * (plain.ci_high - plain.ci_low)
 
 
 def test_zero_spread_gives_no_interval_rather_than_a_width_0_one():

@@ -205,7 +205,7 @@ def paired_comparison(a: Sequence[tuple[RowJudgments, ParsedRow]], b: tuple[RowJ
 
     all_entries = [e for c in order for e in shared[c]]
     if order:
-        est = stratified_mean([strata[c] for c in order], min_questions=min_questions)
+        est = stratified_mean([strata[c] for c in order], min_questions=min_questions, skew_floor=False)
         seed_se = decision_df = _NAN
         if len(a) > 1:
             per_replicate = [stratified_mean([clusters(per_rep[c][r]) for c in order], min_questions=min_questions).mean

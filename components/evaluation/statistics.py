@@ -1,12 +1,10 @@
 """Interval estimates on question clusters: the one place where evaluation's numbers get their error bars.
 
-Why t-based and not the bootstrap. Judge scores are clustered by question (the turns of a question,
-and every model's answer to it, share its difficulty), and test sets are small: a category of the
-bundled sample holds 2-14 questions. A percentile or BCa bootstrap interval of a mean of n values
-covers far less than 95% at such n (simulated, normal data: 50% at n=2, 74% at n=3, 83% at n=5,
-91.5% at n=14, issue 18). The Student t interval on question means is exact for normal question
-means and close for judge scores (`simulated_coverage` measures it with the shipped code; the
-report's method note quotes it). So:
+Why t-based and not the bootstrap. Judge scores are clustered by question and test sets are small
+(2-14 questions a category): a percentile or BCa bootstrap interval covers far less than 95% at such
+n (normal data: 50% at n=2, 74% at n=3, 83% at n=5, 91.5% at n=14, issue 18); the Student t interval
+on question means is exact for normal question means and close for judge scores
+(`simulated_coverage`, quoted by the report's method note). So:
 
 - *Unit.* A question is a cluster: `clusters` holds, per question, [sum of its item values, number
   of items] (an item is a scored (question, turn)). A mean is the ratio estimator sum/count (the
@@ -15,26 +13,22 @@ report's method note quotes it). So:
 - *Small n.* n = 0: no estimate; n = 1: a mean, no variance; below `min_questions` (default 5,
   `MIN_CATEGORY_QUESTIONS`) the interval is not shown (NaN ends) although its standard error is
   kept for planning.
-- *Overall = mean of the category means* (every category weighs the same, `judge/overall`). Its
-  variance is sum_c V_c / K^2 and carries every category, each with its own noise (judges are
-  noisier on some categories than others; issue 28 measured 8-35% false promotions when small
-  categories borrowed the big ones' variance): a category with 2 or more questions brings its own
-  variance with n - 1 degrees of freedom, whatever its size (Satterthwaite across them); the
-  1-question categories, which have no spread of their own, bring the spread of their values
-  between each other (m of them: m - 1 df; their variance is never borrowed from the big
-  categories, and a true difference between them only widens it), or, a lone one, its distance from
-  the mean of the other categories (1 df). That term has few df and can dominate, where
-  Satterthwaite is anti-conservative (when it comes out small by chance, the df come out large), so
-  it is added by Banerjee's conservative rule, half-width^2 = t_{df_rest}^2 V_rest + t_{m-1}^2 V_1,
-  expressed as an effective df (`combine`). Training-seed variance enters by Satterthwaite with the
-  seed term at an upper confidence limit (seeds.py).
+- *Overall = mean of the category means* (each weighs the same, `judge/overall`); its variance
+  sum_c V_c / K^2 carries each category's own noise (issue 28: 8-35% false promotions when small
+  categories borrowed the big ones' variance): 2+ questions, its own (n - 1 df; Satterthwaite across
+  them); the 1-question categories, the spread of their values between each other (m - 1 df; never
+  borrowed; a true difference between them only widens it), a lone one its distance from the others'
+  mean (1 df). That term has few df and can dominate, where Satterthwaite is anti-conservative, so it
+  is added by Banerjee's rule, half-width^2 = t_{df_rest}^2 V_rest + t_{m-1}^2 V_1, as an effective
+  df (`combine`). A row's own scores near the ceiling are skewed: three 1-question values close
+  together at 9-10 gave a short interval (90-91%), so `_skew_floor` adds to their spread what the
+  skew of the 2+-question categories implies (not to paired differences). Training-seed variance:
+  Satterthwaite, the seed term at an upper confidence limit (seeds.py).
 - *No spread*: values all alike give no interval (a spread of 0 estimates nothing); the tests fall
   back on the exact sign test (`p_above`, `p_below`): n questions all on one side of the
   threshold give p = 2^-n, never 0 or 1 by fiat.
 - *p-values* are the matching t tests (so p < 0.05 exactly when the 95% interval excludes 0);
-  Holm's step-down adjustment for families.
-
-Only numpy here; scipy.special (the t distribution) is imported where it is used.
+  Holm's step-down adjustment for families. Only numpy here; scipy.special where it is used.
 """
 
 from __future__ import annotations
@@ -50,8 +44,6 @@ CONFIDENCE = 0.95
 MIN_CATEGORY_QUESTIONS = 5
 POWER = 0.8
 _NAN = float("nan")
-
-
 _SPECIAL: Any = None
 
 
@@ -99,10 +91,8 @@ def as_float(value: Any) -> float:
 @dataclass
 class Estimate:
     """A mean with its 95% CI (NaN ends when there is none), standard error and degrees of freedom.
-
-    n = scored (question, turn) items, n_questions = clusters. `se` and `df` let the gate take a
-    one-sided bound at any level (`lower_bound`) and the planner a minimal detectable difference.
-    """
+    n = scored (question, turn) items, n_questions = clusters; `se` and `df` give one-sided bounds at
+    any level (`lower_bound`) and the planner's minimal detectable difference."""
 
     mean: float
     ci_low: float
@@ -122,9 +112,8 @@ class Estimate:
 
     @property
     def no_spread(self) -> bool:
-        """Every question gave the same value: a sample spread of 0 estimates nothing, so there is no
-        interval (a width-0 t interval would claim certainty from, e.g., a model that always answers
-        alike and is always scored alike)."""
+        """Every question gave the same value: a spread of 0 estimates nothing, so no interval (a width-0
+        one would claim certainty from a model that always answers alike, scored alike)."""
         return self.se == 0.0
 
     def lower_bound(self, alpha: float) -> float:
@@ -222,11 +211,26 @@ def combine(terms: Sequence[tuple[float, float]], bounded: Sequence[tuple[float,
     return variance, df if math.isfinite(df) and df < 1e9 else math.inf
 
 
-def stratified_mean(strata: Sequence[np.ndarray], *, min_questions: int = MIN_CATEGORY_QUESTIONS) -> Estimate:
+def _skew_floor(parts: list, strata: Sequence[np.ndarray]) -> float:
+    """Added to a 1-question category's variance for skew seen in the 2+-question categories: their
+    pooled per-question variance x max(0, g^2 - 6/N), g the skewness of their N question residuals
+    (6/N: g^2's expectation for symmetric data; chosen by simulation, docs/evaluation.md)."""
+    own = [(p, s.shape[0]) for p, s in zip(parts, strata) if s.shape[0] >= 2]
+    r = np.concatenate([p[2] for p, _ in own]) if own else np.zeros(0)
+    m2 = float(np.mean(r ** 2)) if r.size >= 3 else 0.0
+    if not m2 > 0:
+        return 0.0
+    excess = max(0.0, float(np.mean(r ** 3)) ** 2 / m2 ** 3 - 6.0 / r.size)
+    return excess * sum(p[1] * n * (n - 1) for p, n in own) / sum(n - 1 for _, n in own)
+
+
+def stratified_mean(strata: Sequence[np.ndarray], *, min_questions: int = MIN_CATEGORY_QUESTIONS,
+                    skew_floor: bool = True) -> Estimate:
     """The mean over strata (categories) of their means, every stratum weighing the same, with a t
     interval whose variance carries every stratum with its own noise (the module docstring: own
     variance from 2 questions on, the 1-question strata's spread between each other, `combine`).
-    `min_questions` is where a stratum shows its own interval; it does not change the overall's."""
+    `min_questions` is where a stratum shows its own interval; it does not change the overall's.
+    `skew_floor`: add `_skew_floor` to the 1-question spread (a row's own scores; differences: False)."""
     strata = [s for s in strata if s.shape[0]]
     if not strata:
         return EMPTY
@@ -240,7 +244,8 @@ def stratified_mean(strata: Sequence[np.ndarray], *, min_questions: int = MIN_CA
     ones = [i for i, s in enumerate(strata) if s.shape[0] == 1]
     bounded: list[tuple[float, float]] = []
     if len(ones) >= 2:
-        bounded.append((len(ones) * float(np.var([means[i] for i in ones], ddof=1)) / k ** 2, len(ones) - 1.0))
+        spread = float(np.var([means[i] for i in ones], ddof=1)) + (_skew_floor(parts, strata) if skew_floor else 0.0)
+        bounded.append((len(ones) * spread / k ** 2, len(ones) - 1.0))
     elif ones and k >= 2:
         others = float(np.mean([m for i, m in enumerate(means) if i != ones[0]]))
         bounded.append(((means[ones[0]] - others) ** 2 / k ** 2, 1.0))
@@ -325,9 +330,7 @@ def ols_contrast(design: np.ndarray, y: np.ndarray, groups: np.ndarray, contrast
     return _interval(value, variance, n_groups - 1.0, int(y.size), int(n_groups), n_groups >= max(2, min_questions))
 
 
-# ---------------------------------------------------------------------------------------------
-# Power and planning
-# ---------------------------------------------------------------------------------------------
+# --- Power and planning ---
 
 
 def minimal_detectable_difference(est: Estimate, alpha: float, power: float = POWER) -> float:
@@ -355,9 +358,7 @@ def questions_needed(est: Estimate, delta: float, alpha: float, power: float = P
     return float(math.ceil(n))
 
 
-# ---------------------------------------------------------------------------------------------
-# Judge-like scores, for coverage and the gate's simulation
-# ---------------------------------------------------------------------------------------------
+# --- Judge-like scores, for coverage and the gate's simulation ---
 
 QUESTION_SD, TURN_SD, ANSWER_SD = 1.2, 0.5, 1.0  # issue 18's simulation model
 
@@ -390,7 +391,7 @@ def simulated_coverage(layout: Sequence[int], *, reps: int = 400, seed: int = 0,
             quality = 5.5 + rng.normal(0.0, QUESTION_SD, size=n)
             diff = judge_scores(rng, quality) - judge_scores(rng, quality)
             strata.append(np.column_stack([diff, np.ones(n)]))
-        est = stratified_mean(strata, min_questions=min_questions) if len(layout) > 1 else \
+        est = stratified_mean(strata, min_questions=min_questions, skew_floor=False) if len(layout) > 1 else \
             cluster_mean(strata[0], min_questions=2)
         if est.has_interval:
             total += 1
