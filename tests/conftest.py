@@ -26,6 +26,14 @@ def _temp_root_in_memory(root: Path = Path("/dev/shm"), room: int = 4 * 2**30) -
 
 _temp_root_in_memory()
 
+# One OpenMP thread per process (a set OMP_NUM_THREADS wins), here and in every subprocess the tests
+# start: `make test` runs 2 workers on 2 cores, and each PyTorch process taking every core spins
+# its idle threads against the other worker's (pipelines/local.py shares the cores out the same way
+# for a pipeline's concurrent steps). test_finetune.py's in-process training tests on the loaded
+# 2-core dev machine: 67 s and 48 s wall, 49-50 s CPU with the default; 35 s and 29 s, 24 s CPU
+# with one thread.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 # The modules that take longest, longest first (measured with `--durations`, one module at a time, on
 # a 2-core machine). `make test` runs the suite on 2 workers, one module per worker at a time
 # (`-n 2 --dist loadfile --no-loadscope-reorder`): started first, the long ones run beside the many
