@@ -62,8 +62,8 @@ def flywheel_pipeline(
         seed_store: the seed store, `s3://bucket/prefix` or a folder on the cache volume (both steps
             mount it): the harvest saves the new version there and the training run reads it (seed_uri)
             and the held-out slice beside it (fresh_questions_uri).
-        extends: the seed version the harvest grows; "" = the last harvest's version (give the
-            champion's seed version to the first one, or it starts a line of its own).
+        extends: the seed version the harvest grows; "" = the last harvest's version; the first
+            harvest grows the champion's seed version (the records its pipeline run logged).
         teacher: the model that answers the harvested prompts.
         min_new_records: records of the new version that the champion's seed version lacks needed to
             retrain (0 = harvest only, never retrain).

@@ -183,3 +183,36 @@ def test_a_file_attached_beside_a_version_is_not_its_content(tmp_path):
     for version, name in ((manifest.version, "records.jsonl"), ("seed-0123456789abcdef", "x.jsonl")):
         with pytest.raises(DataError, match="cannot attach"):
             store.attach(version, name, "")
+
+
+def test_the_first_harvest_grows_the_seed_the_champion_was_trained_on(tmp_path, empty_store):  # noqa: F811
+    """register_candidates logs the records trained on (seed/records.jsonl on the pipeline run);
+    a harvest with no earlier harvest and no --extends finds the champion's seed version through
+    them, puts it into its seed store and extends it (the seed version grows from what is served)."""
+    from test_register import decided
+
+    from selfguided.components.registry.promotion import register_candidates
+    from selfguided.components.registry.runs import Candidate
+    from selfguided.components.registry.seed_lineage import champion_seed_records
+    from selfguided.components.steps.harvest import HarvestConfig, _champion_seed
+
+    shutil.copyfile(empty_store, tmp_path / "mlflow.db")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    store = SeedStore(tmp_path / "seeds")
+    config = HarvestConfig(tracking_uri=uri, teacher="t", seed_store=str(store.root))
+    said: list[str] = []
+    assert _champion_seed(config, store, said.append) == "" and "no champion's seed" in said[-1]  # no champion yet
+
+    scored = tmp_path / "scored.jsonl"
+    records = [{**r, "scores": {"helpfulness": 7}, "score": 7.0} for r in _records(5)]
+    scored.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in records), encoding="utf-8")
+    candidate = Candidate(make_model_dir(tmp_path / "m", base_model="tiny", arm="self_guided"),
+                          make_summary("tiny", "self_guided", {"blog": 6.0, "poem": 6.0, "news": 6.0}))
+    register_candidates([candidate], evaluation=decided(candidate, True), tracking_uri=uri,
+                        pipeline_run="run-1", scored_data_sha256="0" * 64, scored_data=scored)
+    champion, version, found = champion_seed_records(uri, "korean-writing-assistant")
+    assert version == SeedManifest.of(_records(5)).version and found == records
+
+    assert store.manifest(version) is None
+    assert _champion_seed(config, store, said.append) == version
+    assert store.records(version) == records and f"champion v{champion}" in said[-1]

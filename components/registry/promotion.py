@@ -30,7 +30,7 @@ from selfguided.components.judging.rules import SCORE_NAMES
 from selfguided.components.registry.genai_pages import publish_genai_pages
 from selfguided.components.registry.aliases import alias_version
 from selfguided.components.registry.logged_model import log_merged
-from selfguided.components.registry.seed_lineage import SEED_VERSION_TAG
+from selfguided.components.registry.seed_lineage import SEED_RECORDS_ARTIFACT, SEED_VERSION_TAG
 from selfguided.components.registry.names import (
     CHALLENGER, CHAMPION, EXPERIMENT_NAME, PREVIOUS_CHAMPION_TAG, REGISTERED_MODEL_NAME,
 )
@@ -174,6 +174,10 @@ def register_candidates(
             for name, path in (reports or {}).items():  # under readable names: report.md, report.html
                 shutil.copyfile(path, Path(staging) / name)
                 mlflow.log_artifact(str(Path(staging) / name))
+            if scored_data is not None:  # the records trained on: where a harvest finds the champion's seed
+                folder, name = SEED_RECORDS_ARTIFACT.rsplit("/", 1)
+                shutil.copyfile(scored_data, Path(staging) / name)
+                mlflow.log_artifact(str(Path(staging) / name), artifact_path=folder)
         if scored_data is not None:
             log_dataset(Path(scored_data), "scored.jsonl", context="scored")
     versions = [

@@ -26,6 +26,8 @@ from typing import Any
 from selfguided.components.data.seed_versions import SeedManifest
 
 SEED_VERSION_TAG = "seed_version"
+# the records a pipeline run trained on, on its parent run (registry/promotion.register_candidates)
+SEED_RECORDS_ARTIFACT = "seed/records.jsonl"
 SEED_PARENT_TAG = "seed_parent"
 SEED_SOURCE_TAG_PREFIX = "seed_source."
 SEED_ROW_KIND = "seed_version"
@@ -173,3 +175,37 @@ def champion_seed_version(tracking_uri: str, registered_model: str) -> tuple[str
     if champion is None:
         return None, None
     return str(champion.version), champion.tags.get(SEED_VERSION_TAG) or None
+
+
+def champion_seed_records(tracking_uri: str, registered_model: str) -> tuple[str, str, list[dict[str, Any]]] | None:
+    """(the champion's model version, its seed version, the records it was trained on) from the
+    pipeline run that registered it (its parent run's SEED_RECORDS_ARTIFACT), checked against the
+    version's `seed_version` tag; None without a champion, a tag, or those records (a champion
+    registered before the records were logged)."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from selfguided.components.registry.aliases import alias_version
+
+    client = MlflowClient(tracking_uri)
+    champion = alias_version(client, registered_model)
+    seed = champion.tags.get(SEED_VERSION_TAG) if champion is not None else None
+    if not seed or not champion.run_id:
+        return None
+    parent = client.get_run(champion.run_id).data.tags.get("mlflow.parentRunId")
+    if not parent:
+        return None
+    with tempfile.TemporaryDirectory(prefix="selfguided-seed-") as folder:
+        try:
+            path = client.download_artifacts(parent, SEED_RECORDS_ARTIFACT, folder)
+        except (MlflowException, OSError):
+            return None
+        text = Path(path).read_text(encoding="utf-8")
+    records = [json.loads(line) for line in text.splitlines() if line.strip()]
+    if SeedManifest.of(records).version != seed:
+        return None
+    return str(champion.version), seed, records

@@ -46,7 +46,7 @@ class HarvestConfig:
     seed_store: str
     score_model: str = "gpt-4o"
     extends: str = ""
-    """The seed version grown; "" = the last harvest's version when it is in the store."""
+    """The seed version grown; "" = the last harvest's version when it is in the store, else the champion's seed version."""
     since_ms: int | None = None
     """Read traces after this (ms since the epoch); None = after the watermark."""
     production_experiment: str = PRODUCTION_EXPERIMENT
@@ -208,6 +208,8 @@ def run_harvest(config: HarvestConfig, say: Callable[[str], None] = print) -> Ha
     if not extends and mark.version and store.manifest(mark.version) is not None:
         extends = mark.version
         report(f"Extends {extends}, the last harvest's version (--extends VERSION to grow another)")
+    elif not extends and mark.version is None and not config.no_mlflow:
+        extends = _champion_seed(config, store, report)
     counts: dict[str, float] = {}
     _harvest(config, store, extends, result, counts, report)
     if not config.no_mlflow:  # only once it went through: a failed harvest leaves the watermark where it was
@@ -217,6 +219,22 @@ def run_harvest(config: HarvestConfig, say: Callable[[str], None] = print) -> Ha
                               since_ms=result.since_ms, until_ms=result.until_ms, made=result.version,
                               current=result.version or extends, counts=counts)
     return result
+
+
+def _champion_seed(config: HarvestConfig, store, say: Callable[[str], None]) -> str:
+    """The first harvest grows the seed the champion was trained on: its version, put into the seed
+    store from the records its pipeline run logged when the store lacks it; "" when there is none."""
+    from selfguided.components.registry.seed_lineage import champion_seed_records
+
+    found = champion_seed_records(config.tracking_uri, config.registered_model)
+    if found is None:
+        say("Extends nothing: no champion's seed on record (--extends VERSION to grow one; `selfguided data save`)")
+        return ""
+    champion, version, records = found
+    if store.manifest(version) is None:
+        store.save(records, source={"model_version": f"{config.registered_model} v{champion}"})
+    say(f"Extends {version}, the seed version the champion v{champion} was trained on ({len(records)} records)")
+    return version
 
 
 def _harvest(config: HarvestConfig, store, extends: str, result: HarvestResult, counts: dict[str, float],
@@ -330,7 +348,8 @@ def harvest(tracking_uri: str, seed_store: str, extends: str, teacher: str, scor
         tracking_uri: MLflow tracking server (traces, test sets, seed versions, the champion).
         seed_store: the seed store, `s3://bucket/prefix` or a folder on the cache volume (where the
             training run reads the version).
-        extends: the seed version the harvest grows ("" = the last harvest's version, when there is one).
+        extends: the seed version the harvest grows ("" = the last harvest's version, when there is one;
+            else the champion's seed version, from the records its pipeline run logged).
         teacher: the model that answers the harvested prompts.
         score_model: the scorer.
         production_experiment: the MLflow experiment the served answers are traced in.

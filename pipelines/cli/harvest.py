@@ -106,7 +106,7 @@ def add_harvest_parser(subparsers) -> None:
     harvest.add_argument("--teacher", required=True, help="the model that answers the harvested prompts")
     harvest.add_argument("--score-model", default="gpt-4o", help="the scorer (default: %(default)s)")
     harvest.add_argument("--extends", metavar="VERSION", help="the seed version the harvest grows (its records stay; "
-                         "default: the last harvest's version, when it is in the seed store)")
+                         "default: the last harvest's version when it is in the seed store; the first harvest: the champion's seed version, taken from the records its pipeline run logged)")
     harvest.add_argument("--seed-store", help="seed store: a folder or s3://bucket/prefix (default: "
                          f"$SELFGUIDED_SEED_STORE, else {DEFAULT_SEED_STORE})")
     harvest.add_argument("--since-ms", type=int, help="only traces after this time (ms since the epoch; default: the "
