@@ -191,3 +191,16 @@ def test_two_seeds_print_an_interval_that_covers_95_and_decide_on_a_seed_conserv
         if share == 0.9:
             decided = np.array([seed_df(r, rest_df, s, 1.0) for r, s in zip(rest, seed)])
             assert np.mean(z > stats.t.ppf(0.99, decided) * se) <= 0.0125, (rest_df, share)
+
+
+def test_combine_at_an_upper_limit_is_satterthwaite_with_the_bounded_term_raised():
+    """The printed paired difference's 1-question term (statistics.SHOWN_LIMIT): Satterthwaite with its
+    variance at the upper confidence limit v d / chi^2_{d, q}; Banerjee's df (no limit) is smaller."""
+    from selfguided.components.evaluation.statistics import SHOWN_LIMIT, combine
+
+    terms, bounded = [(0.04, 13.0), (0.05, 13.0)], [(0.07, 2.0)]
+    upper = 0.07 * 2 / stats.chi2.ppf(SHOWN_LIMIT, 2)
+    expected = (0.09 + upper) ** 2 / ((0.09 ** 2) / (0.09 ** 2 / (0.04 ** 2 / 13 + 0.05 ** 2 / 13)) + upper ** 2 / 2)
+    variance, df = combine(terms, bounded, SHOWN_LIMIT)
+    assert variance == pytest.approx(0.16) and df == pytest.approx(expected)
+    assert combine(terms, bounded)[1] < df < 26

@@ -89,3 +89,32 @@ def test_each_rows_own_intervals_are_checked_against_the_expected_judge_score():
     t = run(L80, [0.0], 40, 6, "ceiling (mean 8.5)", truth=0.0)
     assert t.row_category_intervals == 40 * 2 * 8 and t.row_overall_intervals == 40 * 2
     assert t.row_category_covered / t.row_category_intervals >= 0.9, t
+
+
+def test_one_question_categories_print_a_difference_at_the_upper_limit_and_decide_by_banerjee():
+    """14/14/1/1/1, big categories 4x noisier: Banerjee's bound on the 1-question term made the printed
+    difference cover 97.5-98.1% (4000 runs); it now takes that term's df at its upper limit
+    (statistics.SHOWN_LIMIT) while the gate's bound keeps Banerjee's df (decision_df), so decisions
+    are those of before, and the reason says which df it used."""
+    from gate_simulation import simulate_rows
+    from selfguided.components.evaluation.gate import evaluate_run
+    from selfguided.components.evaluation.statistics import clusters, stratified_mean
+
+    rng = np.random.default_rng(5)
+    shown = 0
+    for _ in range(20):  # bounded: draws until one prints a df other than the decision's (to 0.1)
+        rows = simulate_rows(rng, L1[0], L1[1], [0.0], model=MODELS["noise x4, big categories noisier"])
+        evaluation = evaluate_run(rows, GATE, existing_champion="1")
+        overall = evaluation.comparison.pairs[-1].overall
+        by = {r.row: {(j["question_id"], j["turn"]): (j["category"], j["score"]) for j in r.judgments} for r in rows}
+        strata = [clusters([(q, by["sim/self_guided"][q, t][1] - s) for (q, t), (c, s) in by["champion"].items()
+                            if c == f"cat{k}"]) for k in range(5)]
+        banerjee = stratified_mean(strata, skew_floor=False)
+        assert overall.decision_df == banerjee.df and overall.estimate.se == banerjee.se
+        assert overall.estimate.df >= banerjee.df and overall.estimate.half_width <= banerjee.half_width
+        assert overall.decision.lower_bound(0.02) == banerjee.lower_bound(0.02)
+        if f"{banerjee.df:.1f}" != f"{overall.estimate.df:.1f}":
+            shown += 1
+            assert f"Banerjee's bound: {banerjee.df:.1f}, the interval's {overall.estimate.df:.1f}" in \
+                evaluation.decision.reasons[0]
+    assert shown >= 5

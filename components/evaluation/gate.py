@@ -156,8 +156,10 @@ def _decide_paired(members: list[RowJudgments], bar: RowJudgments, gate: Promoti
     blocking: list[str] = []
     passing: list[str] = []
     seed_df = pair.overall.decision_df
+    term = ("the seed term's df at its conservative limit" if pair.replicates > 1 else
+            "the df with the 1-question categories by Banerjee's bound")
     level = f"one-sided {100 * (1 - alpha):.4g}% lower bound" + (
-        f" (the seed term's df at its conservative limit: {seed_df:.1f}, the interval's {overall.df:.1f})"
+        f" ({term}: {seed_df:.1f}, the interval's {overall.df:.1f})"
         if math.isfinite(seed_df) and f"{seed_df:.1f}" != f"{overall.df:.1f}" else "")
     why = f"alpha {gate.alpha:g}" + (f" / {k} candidate arms" if k > 1 else "")
     seeds = f", {pair.replicates} training seeds averaged" if pair.replicates > 1 else ""

@@ -176,8 +176,7 @@ def no_interval_reason(est: Estimate) -> str:
 
 
 def cluster_mean(c: np.ndarray, *, min_questions: int = MIN_CATEGORY_QUESTIONS) -> Estimate:
-    """The mean of the items of `c` (rows [sum, count] per question) with its t interval on n - 1 df,
-    shown only from `min_questions` questions on (and never below 2)."""
+    """The mean of `c`'s items with its t interval on n - 1 df, shown from `min_questions` (>= 2) on."""
     n = c.shape[0]
     if n == 0:
         return EMPTY
@@ -186,13 +185,16 @@ def cluster_mean(c: np.ndarray, *, min_questions: int = MIN_CATEGORY_QUESTIONS) 
 
 
 BANERJEE_LEVEL = 0.98  # the one-sided level at which `combine`'s effective df matches Banerjee's bound
+SHOWN_LIMIT = 0.3  # the printed paired difference: its 1-question term's chi^2 quantile (paired.py)
 
 
-def combine(terms: Sequence[tuple[float, float]], bounded: Sequence[tuple[float, float]] = ()) -> tuple[float, float]:
+def combine(terms: Sequence[tuple[float, float]], bounded: Sequence[tuple[float, float]] = (),
+            limit: float | None = None) -> tuple[float, float]:
     """(variance, df) of a sum of independent variance estimates (v, df): Welch-Satterthwaite across
     `terms`; `bounded` terms (few df, able to dominate: the 1-question categories, an offline
     reference) are added by Banerjee's conservative rule, half-width^2 = t_rest^2 V_rest + sum t_i^2 v_i,
-    returned as the df whose t quantile gives that half-width at BANERJEE_LEVEL (one-sided)."""
+    returned as the df whose t quantile gives that half-width at BANERJEE_LEVEL (one-sided); with
+    `limit`, by Satterthwaite with each at its upper confidence limit v d / chi^2_{d, limit} instead."""
     terms = [(float(v), float(d)) for v, d in terms if math.isfinite(v) and d > 0]
     bounded = [(float(v), float(d)) for v, d in bounded if math.isfinite(v) and d > 0]
     v_rest = sum(v for v, _ in terms)
@@ -202,6 +204,10 @@ def combine(terms: Sequence[tuple[float, float]], bounded: Sequence[tuple[float,
     variance = v_rest + sum(v for v, _ in extra)
     if not extra:
         return variance, df_rest
+    if limit is not None:
+        upper = [(v * d / (2.0 * float(_special().gammaincinv(d / 2.0, limit))), d) for v, d in extra]
+        rest = v_rest * v_rest / df_rest if v_rest > 0 and math.isfinite(df_rest) else 0.0
+        return variance, (v_rest + sum(u for u, _ in upper)) ** 2 / (rest + sum(u * u / d for u, d in upper))
     p = BANERJEE_LEVEL
     q = math.sqrt(t_quantile(p, df_rest) ** 2 * v_rest + sum(t_quantile(p, d) ** 2 * v for v, d in extra)) \
         / math.sqrt(variance)
@@ -212,9 +218,8 @@ def combine(terms: Sequence[tuple[float, float]], bounded: Sequence[tuple[float,
 
 
 def _skew_floor(parts: list, strata: Sequence[np.ndarray]) -> float:
-    """Added to a 1-question category's variance for skew seen in the 2+-question categories: their
-    pooled per-question variance x max(0, g^2 - 6/N), g the skewness of their N question residuals
-    (6/N: g^2's expectation for symmetric data; chosen by simulation, docs/evaluation.md)."""
+    """For skew seen in the 2+-question categories: their pooled per-question variance x max(0, g^2 -
+    6/N), g the skewness of their N question residuals (6/N: g^2's mean for symmetric data)."""
     own = [(p, s.shape[0]) for p, s in zip(parts, strata) if s.shape[0] >= 2]
     r = np.concatenate([p[2] for p, _ in own]) if own else np.zeros(0)
     m2 = float(np.mean(r ** 2)) if r.size >= 3 else 0.0
@@ -225,12 +230,13 @@ def _skew_floor(parts: list, strata: Sequence[np.ndarray]) -> float:
 
 
 def stratified_mean(strata: Sequence[np.ndarray], *, min_questions: int = MIN_CATEGORY_QUESTIONS,
-                    skew_floor: bool = True) -> Estimate:
+                    skew_floor: bool = True, limit: float | None = None) -> Estimate:
     """The mean over strata (categories) of their means, every stratum weighing the same, with a t
     interval whose variance carries every stratum with its own noise (the module docstring: own
     variance from 2 questions on, the 1-question strata's spread between each other, `combine`).
     `min_questions` is where a stratum shows its own interval; it does not change the overall's.
-    `skew_floor`: add `_skew_floor` to the 1-question spread (a row's own scores; differences: False)."""
+    `skew_floor`: add `_skew_floor` to the 1-question spread (a row's own scores; differences: False).
+    `limit`: the 1-question term's df by `combine`'s upper limit, not Banerjee's (printed differences)."""
     strata = [s for s in strata if s.shape[0]]
     if not strata:
         return EMPTY
@@ -251,21 +257,19 @@ def stratified_mean(strata: Sequence[np.ndarray], *, min_questions: int = MIN_CA
         bounded.append(((means[ones[0]] - others) ** 2 / k ** 2, 1.0))
     elif ones:
         return Estimate(mean, _NAN, _NAN, n_items, nq)  # one stratum of one question: no spread at all
-    variance, df = combine(own, bounded)
+    variance, df = combine(own, bounded, limit)
     return _interval(mean, variance, df, n_items, nq, True)
 
 
 def one_question_spread(means: Sequence[float]) -> tuple[float, float]:
-    """(standard error, df) of a 1-question category's mean, from the spread of the 1-question
-    categories' values between each other (the overall's rule); NaN with fewer than two of them."""
+    """(se, df) of a 1-question category's mean: the 1-question values' spread (NaN below two)."""
     if len(means) < 2:
         return _NAN, _NAN
     return float(np.std(means, ddof=1)), len(means) - 1.0
 
 
 def sign_test_p(n_questions: int) -> float:
-    """Exact one-sided p of the sign (sign-flip) test when all n question values lie on the tested
-    side: 2^-n (under no difference, each question's sign is a fair coin)."""
+    """Exact one-sided p of the sign test when all n question values lie on the tested side: 2^-n."""
     return 0.5 ** n_questions if n_questions > 0 else 1.0
 
 
@@ -334,16 +338,14 @@ def ols_contrast(design: np.ndarray, y: np.ndarray, groups: np.ndarray, contrast
 
 
 def minimal_detectable_difference(est: Estimate, alpha: float, power: float = POWER) -> float:
-    """The smallest true difference a one-sided level-alpha test on `est` detects with `power`,
-    at its standard error and df: (t_{1-alpha} + t_{power}) * se."""
+    """The smallest true difference a one-sided level-alpha test on `est` detects with `power`."""
     if not (math.isfinite(est.se) and est.df > 0):
         return _NAN
     return (t_quantile(1 - alpha, est.df) + t_quantile(power, est.df)) * est.se
 
 
 def questions_needed(est: Estimate, delta: float, alpha: float, power: float = POWER) -> float:
-    """Questions (in the same proportions across categories) for the test on `est` to detect `delta`
-    with `power`: the standard error scales as 1/sqrt(questions); t quantiles at the new df."""
+    """Questions (same proportions) for the test on `est` to detect `delta` with `power` (se ~ 1/sqrt(n))."""
     if not (math.isfinite(est.se) and est.se > 0 and est.n_questions > 0 and delta > 0):
         return _NAN
     spread = est.se * math.sqrt(est.n_questions)  # se at one question
@@ -365,10 +367,9 @@ QUESTION_SD, TURN_SD, ANSWER_SD = 1.2, 0.5, 1.0  # issue 18's simulation model
 
 def judge_scores(rng: np.random.Generator, true_mean: np.ndarray, answer_sd: float | np.ndarray = ANSWER_SD, *,
                  criteria: int = 4, tails: float = math.inf) -> np.ndarray:
-    """What a judge prints for answers whose true quality is `true_mean`: `criteria` integer criteria
-    (answer noise SD `answer_sd`, a scalar or broadcast against `true_mean`; each criterion its own
-    noise SD 0.5), rounded, clipped to 1-10, averaged. `tails`: the answer noise is Student t with
-    that many df, scaled to SD `answer_sd` (inf: normal)."""
+    """What a judge prints for answers of true quality `true_mean`: `criteria` integer criteria (answer
+    noise SD `answer_sd`, broadcast; each criterion its own noise SD 0.5), rounded, clipped to 1-10,
+    averaged. `tails`: the answer noise is Student t with that many df, scaled to SD `answer_sd`."""
     shape = true_mean.shape
     if math.isinf(tails):
         base = rng.normal(0.0, 1.0, size=shape)
@@ -380,9 +381,8 @@ def judge_scores(rng: np.random.Generator, true_mean: np.ndarray, answer_sd: flo
 
 def simulated_coverage(layout: Sequence[int], *, reps: int = 400, seed: int = 0,
                        min_questions: int = MIN_CATEGORY_QUESTIONS) -> float:
-    """Coverage of the overall paired difference's 95% interval (`stratified_mean`), simulated on the
-    layout (questions per category) with judge-like scores and no true difference between the two
-    models: the share of intervals that contain 0. One category = that category's own interval."""
+    """Coverage of the printed overall paired difference's 95% interval (`stratified_mean`) on the
+    layout (questions per category), judge-like scores, no true difference: the share containing 0."""
     rng = np.random.default_rng([seed, *layout])
     hits = total = 0
     for _ in range(reps):
@@ -391,7 +391,8 @@ def simulated_coverage(layout: Sequence[int], *, reps: int = 400, seed: int = 0,
             quality = 5.5 + rng.normal(0.0, QUESTION_SD, size=n)
             diff = judge_scores(rng, quality) - judge_scores(rng, quality)
             strata.append(np.column_stack([diff, np.ones(n)]))
-        est = stratified_mean(strata, min_questions=min_questions, skew_floor=False) if len(layout) > 1 else \
+        est = stratified_mean(strata, min_questions=min_questions, skew_floor=False, limit=SHOWN_LIMIT) \
+            if len(layout) > 1 else \
             cluster_mean(strata[0], min_questions=2)
         if est.has_interval:
             total += 1
