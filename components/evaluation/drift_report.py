@@ -8,7 +8,7 @@ from typing import Sequence
 
 from selfguided.components.evaluation.drift import CategoryDrift, DriftSettings
 from selfguided.components.evaluation.figures import _new_figure, _png
-from selfguided.components.evaluation.report import _cell, _ci_cell, _md_table
+from selfguided.components.evaluation.report import _md_table, difference_cell, mean_cell
 
 
 def _p(value: float) -> str:
@@ -21,11 +21,11 @@ def drift_table(rows: Sequence[CategoryDrift]) -> list[str]:
     body = []
     for r in rows:
         verdict = "**DRIFT**" if r.drift else ("ok" if r.tested else f"not tested: {r.note}")
-        offline = _cell(r.offline)
-        if "n=" not in offline:  # _cell names n itself when there are too few for an interval
+        offline = mean_cell(r.offline)
+        if "n=" not in offline:  # mean_cell names n itself when there are too few for an interval
             offline += f" (n={r.offline.n_questions})"
-        body.append([r.category, str(r.live.n_questions), _cell(r.live), offline,
-                     _ci_cell(r.difference), _p(r.p_holm), verdict])
+        body.append([r.category, str(r.live.n_questions), mean_cell(r.live), offline,
+                     difference_cell(r.difference), _p(r.p_holm), verdict])
     return _md_table(["category", "live prompts", "live", "offline", "live - offline [95% CI]", "p (Holm)", "verdict"],
                      body)
 

@@ -48,7 +48,7 @@ def _too_few(est: Estimate) -> str:
     return no_interval_reason(est)
 
 
-def _cell(est: Estimate | None) -> str:
+def mean_cell(est: Estimate | None) -> str:
     if est is None or est.n == 0 or not math.isfinite(est.mean):
         return "-"
     if not est.has_interval:
@@ -56,7 +56,7 @@ def _cell(est: Estimate | None) -> str:
     return f"{est.mean:.2f} ± {est.half_width:.2f}"
 
 
-def _ci_cell(est: Estimate | None) -> str:
+def difference_cell(est: Estimate | None) -> str:
     if est is None or est.n == 0:
         return "-"
     if not est.has_interval:
@@ -88,7 +88,7 @@ def _table_rows(comparison: Comparison) -> tuple[list[str], list[list[str]], lis
         ests = [r.categories[c].overall if c in r.categories else None for c in comparison.categories] + [r.overall]
         ests += [r.seen, r.unseen] if has_seen else []
         kind = r.row_kind + (f" ({r.arm})" if r.arm and r.row_kind == "trained" else "")
-        body.append([r.row, kind] + [_cell(e) for e in ests] + [str(r.overall.n), str(r.n_failed)])
+        body.append([r.row, kind] + [mean_cell(e) for e in ests] + [str(r.overall.n), str(r.n_failed)])
         estimates.append([None, None, *ests, None, None])
     return header, body, ordered, estimates
 
@@ -114,9 +114,9 @@ def _pair_rows(pair: PairedComparison) -> list[list[str]]:
     for category, diff in [*pair.categories.items(), ("overall", pair.overall)]:
         p = _p_text(diff.p_holm) if category != "overall" else f"{_p_text(diff.p_value)} (unadj.)"
         ratio = "-" if not math.isfinite(diff.length_ratio) else f"{diff.length_ratio:.2f}x"
-        lc = _ci_cell(diff.length_controlled) + (" †" if diff.length_controlled and diff.length_extrapolated else "")
+        lc = difference_cell(diff.length_controlled) + (" †" if diff.length_controlled and diff.length_extrapolated else "")
         label = pair.label + (f" ({pair.replicates} seeds)" if pair.replicates > 1 else "")
-        out.append([label, category, f"{diff.estimate.n_questions} ({diff.estimate.n})", _ci_cell(diff.estimate), p,
+        out.append([label, category, f"{diff.estimate.n_questions} ({diff.estimate.n})", difference_cell(diff.estimate), p,
                     _spread(diff), f"{diff.wins}/{diff.ties}/{diff.losses}", ratio, lc])
     return out
 _EXTRAPOLATION_NOTE = ("† every answer of A is longer (or every one shorter) than B's: equal length lies outside the "
@@ -135,7 +135,7 @@ def _length_rows(ordered: Sequence[RowSummary]) -> list[list[str]]:
 
 
 def _cost_rows(ordered: Sequence[RowSummary]) -> list[list[str]]:
-    return [[r.row, str(r.answers or r.n_judgments), _money(r.usd_per_1000_answers), r.cost_basis, _cell(r.overall)]
+    return [[r.row, str(r.answers or r.n_judgments), _money(r.usd_per_1000_answers), r.cost_basis, mean_cell(r.overall)]
             for r in ordered]
 
 

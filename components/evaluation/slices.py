@@ -24,9 +24,9 @@ from selfguided.components.data.questions import SLICES, question_slice
 from selfguided.components.evaluation.decision import Challenger
 from selfguided.components.evaluation.metrics import slice_metric
 from selfguided.components.evaluation.paired import compare_rows
-from selfguided.components.evaluation.report import ReportSection, table_section
+from selfguided.components.evaluation.report import ReportSection, difference_cell, mean_cell, table_section
 from selfguided.components.evaluation.rows import DECIDING_SLICES, RowJudgments, slice_rows
-from selfguided.components.evaluation.statistics import Estimate, no_interval_reason
+from selfguided.components.evaluation.statistics import Estimate
 
 LABELS = {"fixed": "fixed test set", "unseen": "harvested, held out of every seed version (unseen)",
           "seen": "harvested, in the training seed data (seen)", "gate": "the gate's questions (fixed + unseen)"}
@@ -100,20 +100,6 @@ def slice_figures(rows: Sequence[RowJudgments], challenger: Challenger, bar: str
     return figures
 
 
-def _mean(est: Estimate | None) -> str:
-    if est is None or est.n == 0 or not math.isfinite(est.mean):
-        return "-"
-    return f"{est.mean:.2f} ± {est.half_width:.2f}" if est.has_interval else f"{est.mean:.2f} ({no_interval_reason(est)})"
-
-
-def _difference(est: Estimate | None) -> str:
-    if est is None or est.n == 0 or not math.isfinite(est.mean):
-        return "-"
-    if not est.has_interval:
-        return f"{est.mean:+.2f} ({no_interval_reason(est)})"
-    return f"{est.mean:+.2f} [{est.ci_low:+.2f}, {est.ci_high:+.2f}]"
-
-
 def slices_section(figures: Sequence[SliceFigures], challenger: str, bar: str | None) -> ReportSection | None:
     """The report's per-slice table and which slices decided; None when there is no harvested question."""
     if not figures:
@@ -130,7 +116,7 @@ def slices_section(figures: Sequence[SliceFigures], challenger: str, bar: str | 
     header = ["slice", "decides", "questions", f"challenger ({challenger})", f"bar ({bar or 'none'})",
               "paired difference [95% CI]"]
     rows = [[LABELS.get(f.key, f.key), "yes" if f.decides else "no, reported only", str(f.n_questions),
-             _mean(f.challenger), _mean(f.bar), _difference(f.difference)] for f in figures]
+             mean_cell(f.challenger), mean_cell(f.bar), difference_cell(f.difference)] for f in figures]
     return table_section("Test-set slices", text, header, rows)
 
 
