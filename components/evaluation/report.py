@@ -304,7 +304,7 @@ def report_markdown(comparison: Comparison, decision: GateDecision | None = None
 _CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:24px;color:#222;max-width:1200px}
 table{border-collapse:collapse;margin:8px 0 16px;font-size:13px}
-th,td{border:1px solid #ddd;padding:4px 8px;text-align:right;white-space:nowrap}
+th,td{border:1px solid #ddd;padding:4px 8px;text-align:right;white-space:nowrap}td{white-space:normal;min-width:6em;max-width:14em}
 th{background:#f4f4f4}td:first-child,th:first-child,td.l{text-align:left}
 tr.overall td{font-weight:600;background:#fafafa}td.up{color:#16794a}td.down{color:#b3261e}
 p.note{font-size:12px;color:#555;max-width:1000px}img{max-width:100%;display:block;margin:8px 0 20px}
