@@ -117,6 +117,8 @@ def log_harvest_execution(tracking_uri: str, experiment_name: str, *, traces: st
     """One run for one harvest execution (tags `row_kind=harvest`, `harvest.traces`, `harvest.since_ms`,
     `harvest.until_ms`, `harvest.version` = the version it made or "", `harvest.current` = the seed
     line's version after it); `counts` as metrics `harvest/<name>`. Returns the run id."""
+    import time
+
     from mlflow import MlflowClient
     from mlflow.entities import Metric
 
@@ -128,8 +130,6 @@ def log_harvest_execution(tracking_uri: str, experiment_name: str, *, traces: st
             f"{HARVEST_TAG_PREFIX}since_ms": str(since_ms), f"{HARVEST_TAG_PREFIX}{WATERMARK_KEY}": str(until_ms),
             f"{HARVEST_TAG_PREFIX}version": made, f"{HARVEST_TAG_PREFIX}current": current or made}
     run = client.create_run(experiment_id, run_name=f"harvest {made or 'no new version'}", tags=tags)
-    import time
-
     now = int(time.time() * 1000)
     client.log_batch(run.info.run_id, metrics=[Metric(f"harvest/{k}", float(v), now, 0)
                                                for k, v in (counts or {}).items()])
@@ -182,13 +182,12 @@ def champion_seed_records(tracking_uri: str, registered_model: str) -> tuple[str
     pipeline run that registered it (its parent run's SEED_RECORDS_ARTIFACT), checked against the
     version's `seed_version` tag; None without a champion, a tag, or those records (a champion
     registered before the records were logged)."""
-    import json
     import tempfile
-    from pathlib import Path
 
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
+    from selfguided.components.data.jsonl import read_jsonl
     from selfguided.components.registry.aliases import alias_version
 
     client = MlflowClient(tracking_uri)
@@ -202,10 +201,9 @@ def champion_seed_records(tracking_uri: str, registered_model: str) -> tuple[str
     with tempfile.TemporaryDirectory(prefix="selfguided-seed-") as folder:
         try:
             path = client.download_artifacts(parent, SEED_RECORDS_ARTIFACT, folder)
+            records = read_jsonl(path, allow_empty=True)
         except (MlflowException, OSError):
             return None
-        text = Path(path).read_text(encoding="utf-8")
-    records = [json.loads(line) for line in text.splitlines() if line.strip()]
     if SeedManifest.of(records).version != seed:
         return None
     return str(champion.version), seed, records

@@ -20,7 +20,6 @@ submits a run or prints its command, the flywheel pipeline runs the training pip
 """
 
 import datetime as dt
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, NamedTuple
@@ -28,7 +27,7 @@ from typing import Callable, NamedTuple
 from kfp.dsl import Dataset, Markdown, Output
 from kfp.dsl.component_decorator import component  # `dsl.component` is absent when a step runs (_KFP_RUNTIME)
 
-from selfguided.components.data.jsonl import DataError
+from selfguided.components.data.jsonl import DataError, write_jsonl
 from selfguided.components.images import CPU_IMAGE
 from selfguided.components.registry.names import EXPERIMENT_NAME, REGISTERED_MODEL_NAME
 from selfguided.components.registry.production import PRODUCTION_EXPERIMENT
@@ -133,8 +132,7 @@ def _write_holdout(config: HarvestConfig, unseen: list, seen: list, say: Callabl
         return None
     rows = holdout_questions(unseen, seen)
     out = Path(config.holdout_out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    write_jsonl(out, rows)
     say(f"Held-out slice: {len(unseen)} unseen prompts (held out of the seed version) and "
         f"{len(rows) - len(unseen)} seen ones (in it): {out}")
     if config.no_mlflow:
@@ -151,8 +149,7 @@ def _write_holdout(config: HarvestConfig, unseen: list, seen: list, say: Callabl
     experiment_id = ensure_experiment(MlflowClient(config.tracking_uri), config.experiment, config.tracking_uri)
     with tempfile.TemporaryDirectory(prefix="selfguided-holdout-") as folder:
         unseen_file = Path(folder) / "harvest-holdout-unseen.jsonl"
-        unseen_file.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows
-                                       if r["slice"] == "unseen"), encoding="utf-8")
+        write_jsonl(unseen_file, (r for r in rows if r["slice"] == "unseen"))
         dataset = ensure_questions_dataset(config.tracking_uri, experiment_id, unseen_file)
     say(f"  the unseen ones are test set {dataset.name} in experiment {config.experiment}: no later harvest "
         "takes them")
@@ -300,9 +297,7 @@ def _harvest(config: HarvestConfig, store, extends: str, result: HarvestResult, 
     say(f"Scored: {usage.get('score/scored_now', 0):.0f} sent to the scorer {config.score_model}, "
         f"{usage.get('score/reused', 0):.0f} reused")
     if hard:
-        Path(config.hard_out).parent.mkdir(parents=True, exist_ok=True)
-        Path(config.hard_out).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in hard),
-                                         encoding="utf-8")
+        write_jsonl(config.hard_out, hard)
         say(f"Hard prompts ({len(hard)}), kept apart for a look before any training: {config.hard_out}")
     new_ids = {r["id"] for r in new}
     holdout = _write_holdout(config, unseen, [p for p in kept if f"harvest-{p.trace_id}" in new_ids], say)
