@@ -210,10 +210,11 @@ def paired_comparison(a: Sequence[tuple[RowJudgments, ParsedRow]], b: tuple[RowJ
     if order:
         est = stratified_mean([strata[c] for c in order], min_questions=min_questions, skew_floor=False)
         seed_se = decision_df = _NAN
-        shown = stratified_mean([strata[c] for c in order], min_questions=min_questions, skew_floor=False,
-                                limit=SHOWN_LIMIT)
-        if len(a) == 1 and shown.df != est.df:  # 1-question categories: the printed df at the upper limit
-            est, decision_df = shown, est.df
+        if len(a) == 1:  # with 1-question categories the printed df is at the upper limit (else the same)
+            shown = stratified_mean([strata[c] for c in order], min_questions=min_questions, skew_floor=False,
+                                    limit=SHOWN_LIMIT)
+            if shown.df != est.df:
+                est, decision_df = shown, est.df
         if len(a) > 1:
             per_replicate = [stratified_mean([clusters(per_rep[c][r]) for c in order], min_questions=min_questions).mean
                              for r in range(len(a))]
