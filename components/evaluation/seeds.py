@@ -17,7 +17,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from selfguided.components.evaluation.statistics import CONFIDENCE, Estimate, clusters, t_quantile
+from selfguided.components.evaluation.statistics import CONFIDENCE, Estimate, clusters, combine, t_quantile
 
 _NAN = float("nan")
 
@@ -70,19 +70,15 @@ def seed_df(rest: float, rest_df: float, seed: float, seed_df_: float,
     """Degrees of freedom of rest + seed (independent variance estimates; the seed term on K - 1 df).
 
     Satterthwaite's formula with the seed variance at an upper confidence limit (seed_df /
-    chi^2_{seed_df, q} times the estimate, q = quantile(seed_df_, rest_df)): plain Satterthwaite reads
+    chi^2_{seed_df, q} times the estimate, q = quantile(seed_df_, rest_df); statistics.combine's
+    `limit`, the same rule the printed difference uses for its 1-question categories): plain Satterthwaite reads
     a seed spread that came out small by chance as many df. The gate's bound takes
     `decision_quantile`, the printed interval `shown_quantile`; both chosen on a Behrens-Fisher
     simulation over every share of the seed term and checked in the gate simulation
     (docs/evaluation.md)."""
     if not (seed > 0 and seed_df_ > 0):
         return rest_df
-    from scipy import special
-
-    q = quantile(seed_df_, rest_df)
-    upper = seed * seed_df_ / (2.0 * float(special.gammaincinv(seed_df_ / 2.0, q)))
-    rest_part = rest * rest / rest_df if rest > 0 and math.isfinite(rest_df) and rest_df > 0 else 0.0
-    return (rest + upper) ** 2 / (rest_part + upper * upper / seed_df_)
+    return combine([(rest, rest_df)], [(seed, seed_df_)], limit=quantile(seed_df_, rest_df))[1]
 
 
 def with_seed_variance(est: Estimate, per_replicate: Sequence[float], show: bool,
