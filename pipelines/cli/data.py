@@ -22,10 +22,15 @@ from selfguided.pipelines.options import UsageError, add_tracking_uri
 DEFAULT_SEED_STORE = ".selfguided/seed-versions"
 
 
+def seed_store_root(given: str | None = None) -> str:
+    """The seed store a command uses: `--seed-store`, else $SELFGUIDED_SEED_STORE, else DEFAULT_SEED_STORE."""
+    return given or os.environ.get("SELFGUIDED_SEED_STORE") or DEFAULT_SEED_STORE
+
+
 def _store(args: argparse.Namespace):
     from selfguided.components.data.seed_versions import SeedStore
 
-    return SeedStore(args.seed_store or os.environ.get("SELFGUIDED_SEED_STORE") or DEFAULT_SEED_STORE)
+    return SeedStore(seed_store_root(args.seed_store))
 
 
 def _manifest(store, name: str):

@@ -15,12 +15,11 @@ The harvest itself is components/steps/harvest.py (also the flywheel pipeline's 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 from selfguided.components.registry.names import EXPERIMENT_NAME, REGISTERED_MODEL_NAME
-from selfguided.pipelines.cli.data import DEFAULT_SEED_STORE
+from selfguided.pipelines.cli.data import DEFAULT_SEED_STORE, seed_store_root
 from selfguided.pipelines.options import UsageError, add_tracking_uri
 
 
@@ -43,7 +42,7 @@ def _retrain(args: argparse.Namespace, store_root: str, result) -> None:
 
     fresh = f" --fresh-questions {result.holdout}" if result.holdout else ""
     if not args.kfp_host:
-        default = os.environ.get("SELFGUIDED_SEED_STORE") or DEFAULT_SEED_STORE
+        default = seed_store_root()
         print(f"retrain: selfguided run --seed-data {result.version if store_root == default else result.records_uri}"
               f"{fresh}")
         return
@@ -72,7 +71,7 @@ def cmd_harvest(args: argparse.Namespace) -> int:
     from selfguided.components.steps.harvest import HarvestConfig, run_harvest
     from selfguided.pipelines.workdir import default_tracking_uri
 
-    store_root = args.seed_store or os.environ.get("SELFGUIDED_SEED_STORE") or DEFAULT_SEED_STORE
+    store_root = seed_store_root(args.seed_store)
     _check(args, store_root)
     config = HarvestConfig(
         tracking_uri=args.tracking_uri or default_tracking_uri(), teacher=args.teacher, seed_store=store_root,

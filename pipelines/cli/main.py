@@ -88,10 +88,10 @@ def _seed_data(value: str, *, remote: bool) -> str:
     ($SELFGUIDED_SEED_STORE, else the default folder); a cluster run needs them on S3."""
     from selfguided.components.data.jsonl import DataError
     from selfguided.components.data.seed_versions import resolve_seed_data
-    from selfguided.pipelines.cli.data import DEFAULT_SEED_STORE
+    from selfguided.pipelines.cli.data import seed_store_root
 
     try:
-        resolved = resolve_seed_data(value, os.environ.get("SELFGUIDED_SEED_STORE") or DEFAULT_SEED_STORE)
+        resolved = resolve_seed_data(value, seed_store_root())
     except DataError as exc:
         raise UsageError(f"--seed-data: {exc}") from None
     if resolved != value and remote and not resolved.startswith("s3://"):
